@@ -1,0 +1,54 @@
+# Two commands matter: `make demo` and `make test`. Everything else is set up on the way.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+NODE_DIR := tests/interop/node
+EXT_SO = $(wildcard hyco_proto/_frames*.so)
+
+.PHONY: demo test lint typecheck pytest pytest-ext pytest-noext bench clean setup node
+
+setup: .stamp-venv .stamp-ext
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# The package (editable) with its test extras; the extension is built separately, in place.
+.stamp-venv: $(PY) pyproject.toml setup.py
+	HYCO_PROTO_BUILD_EXTENSION=no $(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Build the Cython extension in place; HYCO_PROTO_BUILD_EXTENSION=yes makes a failure an error.
+.stamp-ext: .stamp-venv hyco_proto/_frames.pyx setup.py
+	HYCO_PROTO_BUILD_EXTENSION=yes $(PY) setup.py -q build_ext --inplace
+	HYCO_PROTO_REQUIRE_EXTENSION=1 $(PY) -c "import hyco_proto.frames as f; print('frames implementation:', f.IMPLEMENTATION)"
+	touch $@
+
+# Microsoft's Node clients (hyco-ws pins a broken `http` dependency; see tests/interop/node/README.md).
+node: .stamp-node
+.stamp-node: $(NODE_DIR)/package.json
+	cd $(NODE_DIR) && npm install --no-audit --no-fund --loglevel=error
+	touch $@
+
+lint: .stamp-venv
+	$(VENV)/bin/ruff check hyco_proto tests bench
+
+typecheck: .stamp-venv
+	$(VENV)/bin/mypy --strict hyco_proto
+
+pytest-ext: setup node
+	HYCO_PROTO_REQUIRE_EXTENSION=1 $(PY) -m pytest -q -p no:cacheprovider tests
+
+pytest-noext: setup node
+	HYCO_PROTO_NO_EXTENSIONS=1 $(PY) -m pytest -q -p no:cacheprovider tests
+
+test: lint typecheck pytest-ext pytest-noext
+
+demo: setup
+	$(PY) -m hyco_proto.demo
+
+bench: setup
+	$(PY) -m pytest -q bench
+
+clean:
+	rm -rf $(VENV) build .stamp-* hyco_proto/_frames*.so hyco_proto/_frames.c $(NODE_DIR)/node_modules

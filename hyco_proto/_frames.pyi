@@ -1,0 +1,70 @@
+"""Type stub shared by both frame kernels: ``_frames`` (Cython) and ``_frames_py`` (pure Python).
+
+Both modules implement exactly this API; ``hyco_proto.frames`` picks one at import time.
+"""
+
+from typing import Final
+
+from typing_extensions import Buffer
+
+OP_CONTINUATION: Final[int]
+OP_TEXT: Final[int]
+OP_BINARY: Final[int]
+OP_CLOSE: Final[int]
+OP_PING: Final[int]
+OP_PONG: Final[int]
+
+def apply_mask(data: Buffer, key: bytes, offset: int = 0) -> bytes:
+    """XOR ``data`` with the 4-byte ``key`` starting at phase ``offset`` (mod 4); return new bytes."""
+
+def apply_mask_inplace(buffer: Buffer, key: bytes, offset: int = 0) -> None:
+    """XOR a writable buffer in place with ``key`` starting at phase ``offset`` (mod 4)."""
+
+def encode_header(
+    opcode: int, length: int, fin: bool = True, rsv: int = 0, mask_key: bytes | None = None
+) -> bytes:
+    """The frame header for a payload of ``length`` bytes (mask key appended when given)."""
+
+def encode_frame(
+    opcode: int, payload: Buffer, fin: bool = True, rsv: int = 0, masked: bool = False
+) -> bytes:
+    """A whole frame. ``masked=True`` (client role) masks with a fresh random key."""
+
+def decode_header(
+    data: Buffer, offset: int = 0
+) -> tuple[bool, int, int, bytes | None, int, int] | None:
+    """Parse a header at ``offset``: ``(fin, rsv, opcode, mask_key, payload_length,
+    header_length)``, or ``None`` when ``data`` does not hold the whole header yet."""
+
+class FrameDecoder:
+    """Streaming RFC 6455 frame decoder.
+
+    ``feed(data)`` returns chunks ``(opcode, payload, fin)`` as soon as payload bytes arrive:
+    control frames come whole (``fin`` True); data frames may come in several chunks, with
+    ``opcode`` the frame's own opcode (0 for continuations) and ``fin`` True only on the last
+    chunk of a frame whose FIN bit is set, i.e. at the end of a message. A zero-length data
+    frame yields one empty chunk. Payloads are unmasked.
+
+    Violations stop the decoder: ``error_code`` becomes 1002 (protocol) or 1009 (too big) and
+    ``error_reason`` says why; chunks decoded before the violation are still returned.
+    """
+
+    error_code: int
+    error_reason: str
+
+    def __init__(
+        self,
+        *,
+        masked: bool,
+        max_frame_size: int = 0,
+        max_message_size: int = 0,
+        allowed_rsv: int = 0,
+    ) -> None:
+        """``masked=True`` in the server role (clients must mask), ``False`` in the client role
+        (servers must not). Sizes of 0 mean no limit. ``allowed_rsv`` is the RSV bits an
+        extension negotiated (none by default)."""
+
+    def feed(self, data: Buffer) -> list[tuple[int, bytes, bool]]: ...
+    @property
+    def buffered(self) -> int:
+        """Bytes held back: a partial header or a partial control frame."""

@@ -1,0 +1,142 @@
+"""Exception hierarchy.
+
+``ProtocolError`` splits, as in h11/wsproto, into ``LocalProtocolError`` (the caller misused the
+API: the message says what to do instead) and ``RemoteProtocolError`` (the peer broke the
+protocol). ``RelayError`` and its subclasses describe what the relay service answered: an HTTP
+status on a handshake or a WebSocket close code, with the service's tracking id when it sent one.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = [
+    "AuthorizationError",
+    "ConnectionLostError",
+    "EndpointNotFoundError",
+    "ForbiddenError",
+    "LocalProtocolError",
+    "ProtocolError",
+    "QuotaExceededError",
+    "RelayError",
+    "RemoteProtocolError",
+    "TokenError",
+    "extract_tracking_id",
+    "relay_error_for_close",
+    "relay_error_for_status",
+]
+
+_TRACKING_RE = re.compile(r"TrackingId:\s*([^,\s]+)", re.IGNORECASE)
+
+
+def extract_tracking_id(text: str | None) -> str | None:
+    """Return the ``TrackingId:…`` value from a relay status description, if any."""
+    if not text:
+        return None
+    match = _TRACKING_RE.search(text)
+    return match.group(1) if match else None
+
+
+class ProtocolError(Exception):
+    """Base class of protocol violations; never raised itself."""
+
+    def __init__(self, message: str, *, close_code: int | None = None,
+                 status_hint: int | None = None) -> None:
+        if type(self) is ProtocolError:
+            raise TypeError("raise LocalProtocolError or RemoteProtocolError, not ProtocolError")
+        super().__init__(message)
+        self.message = message
+        #: WebSocket close code that fits this error (1002, 1007, 1009, ...), if any.
+        self.close_code = close_code
+        #: HTTP status that fits this error on a handshake (400, 426, 431, ...), if any.
+        self.status_hint = status_hint
+
+
+class LocalProtocolError(ProtocolError):
+    """The caller asked for something the protocol or the current state does not allow."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something the protocol does not allow (bad frame, bad JSON, bad field)."""
+
+
+class RelayError(Exception):
+    """The relay service refused or ended something.
+
+    ``status`` is the HTTP status of a refused handshake, ``close_code`` the WebSocket close code of
+    an ended connection; one of them is set. ``tracking_id`` is parsed from the description.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None,
+                 close_code: int | None = None, description: str | None = None,
+                 tracking_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.close_code = close_code
+        self.description = description
+        self.tracking_id = tracking_id or extract_tracking_id(description)
+
+    @property
+    def transient(self) -> bool:
+        """Whether trying again later may succeed (reconnect policy, hybrid-connections-wire §4.2)."""
+        return self.status != 404
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.message!r}, status={self.status!r}, "
+                f"close_code={self.close_code!r}, tracking_id={self.tracking_id!r})")
+
+
+class AuthorizationError(RelayError):
+    """401: token missing, malformed, invalid or expired; or close 1008 (token expired)."""
+
+
+class ForbiddenError(RelayError):
+    """403: token not valid for this path or action, or an invalid rendezvous address."""
+
+
+class QuotaExceededError(ForbiddenError):
+    """403 with a quota description, e.g. more than 25 listeners on one hybrid connection."""
+
+
+class EndpointNotFoundError(RelayError):
+    """404: the hybrid connection does not exist. Terminal for a listener."""
+
+
+class ConnectionLostError(RelayError):
+    """The relay closed an established connection (close 1001, 1011, …) or the TCP link died."""
+
+
+class TokenError(ValueError):
+    """A SAS token could not be parsed or failed verification; ``reason`` says exactly why."""
+
+    def __init__(self, reason: str, *, status: int = 401) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        #: 401 for a bad or expired token, 403 for a token that is valid but not for this target.
+        self.status = status
+
+
+def relay_error_for_status(status: int, description: str | None = None,
+                           tracking_id: str | None = None) -> RelayError:
+    """Map a handshake HTTP status to the matching ``RelayError`` subclass."""
+    text = f"relay answered {status}" + (f": {description}" if description else "")
+    cls: type[RelayError]
+    if status == 401:
+        cls = AuthorizationError
+    elif status == 403:
+        quota = description is not None and "quota" in description.lower()
+        cls = QuotaExceededError if quota else ForbiddenError
+    elif status == 404:
+        cls = EndpointNotFoundError
+    else:
+        cls = RelayError
+    return cls(text, status=status, description=description, tracking_id=tracking_id)
+
+
+def relay_error_for_close(code: int, reason: str = "") -> RelayError:
+    """Map a close code the relay sent on an established connection to a ``RelayError``."""
+    text = f"relay closed the connection with {code}" + (f": {reason}" if reason else "")
+    cls: type[RelayError] = AuthorizationError if code == 1008 else ConnectionLostError
+    return cls(text, close_code=code, description=reason or None)
+

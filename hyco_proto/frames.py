@@ -1,0 +1,88 @@
+"""The frame kernel in use: Cython ``_frames`` when built, else the pure-Python ``_frames_py``.
+
+``HYCO_PROTO_NO_EXTENSIONS=1`` forces the pure-Python twin; ``HYCO_PROTO_REQUIRE_EXTENSION=1``
+turns a missing extension into an ImportError (CI uses it so a failed build cannot pass silently).
+``IMPLEMENTATION`` is ``"cython"`` or ``"python"``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+__all__ = [
+    "IMPLEMENTATION",
+    "OP_BINARY",
+    "OP_CLOSE",
+    "OP_CONTINUATION",
+    "OP_PING",
+    "OP_PONG",
+    "OP_TEXT",
+    "FrameDecoder",
+    "apply_mask",
+    "apply_mask_inplace",
+    "decode_header",
+    "encode_frame",
+    "encode_header",
+]
+
+_NO_EXT = os.environ.get("HYCO_PROTO_NO_EXTENSIONS", "") not in ("", "0")
+_REQUIRE_EXT = os.environ.get("HYCO_PROTO_REQUIRE_EXTENSION", "") not in ("", "0")
+
+if TYPE_CHECKING or _NO_EXT:
+    from ._frames_py import (
+        OP_BINARY,
+        OP_CLOSE,
+        OP_CONTINUATION,
+        OP_PING,
+        OP_PONG,
+        OP_TEXT,
+        FrameDecoder,
+        apply_mask,
+        apply_mask_inplace,
+        decode_header,
+        encode_frame,
+        encode_header,
+    )
+
+    IMPLEMENTATION = "python"
+else:
+    try:
+        from ._frames import (
+            OP_BINARY,
+            OP_CLOSE,
+            OP_CONTINUATION,
+            OP_PING,
+            OP_PONG,
+            OP_TEXT,
+            FrameDecoder,
+            apply_mask,
+            apply_mask_inplace,
+            decode_header,
+            encode_frame,
+            encode_header,
+        )
+
+        IMPLEMENTATION = "cython"
+    except ImportError:
+        if _REQUIRE_EXT:
+            raise ImportError(
+                "HYCO_PROTO_REQUIRE_EXTENSION is set but hyco_proto._frames is not built; "
+                "run `make setup` (or `python setup.py build_ext --inplace`)"
+            ) from None
+        from ._frames_py import (
+            OP_BINARY,
+            OP_CLOSE,
+            OP_CONTINUATION,
+            OP_PING,
+            OP_PONG,
+            OP_TEXT,
+            FrameDecoder,
+            apply_mask,
+            apply_mask_inplace,
+            decode_header,
+            encode_frame,
+            encode_header,
+        )
+
+        IMPLEMENTATION = "python"
