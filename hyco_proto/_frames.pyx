@@ -1,0 +1,413 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Cython frame kernel: masking, header codec and the streaming decoder (RFC 6455 §5).
+
+Same API as the pure-Python twin ``_frames_py``; contract in ``_frames.pyi``. Entry points take
+plain objects and use the buffer protocol (no typed memoryviews: their per-call cost dwarfs small
+frames). Large buffers are masked with the GIL released.
+"""
+
+from cpython.buffer cimport (
+    PyBUF_SIMPLE,
+    PyBUF_WRITABLE,
+    PyBuffer_Release,
+    PyObject_GetBuffer,
+)
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.stdint cimport uint8_t, uint64_t
+from libc.string cimport memcpy
+
+import os
+
+OP_CONTINUATION = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+# Masking at or above this size releases the GIL (below it, the release costs more than it frees).
+cdef Py_ssize_t NOGIL_THRESHOLD = 65536
+
+
+cdef inline void _xor_into(uint8_t* dst, const uint8_t* src, Py_ssize_t n,
+                           const uint8_t* key, Py_ssize_t phase) noexcept nogil:
+    """dst[i] = src[i] ^ key[(phase + i) % 4]; dst may equal src (in place)."""
+    cdef uint8_t k[8]
+    cdef uint64_t k64, w
+    cdef Py_ssize_t i
+    for i in range(8):
+        k[i] = key[(i + phase) & 3]
+    memcpy(&k64, k, 8)
+    i = 0
+    while i + 32 <= n:
+        memcpy(&w, src + i, 8); w ^= k64; memcpy(dst + i, &w, 8)
+        memcpy(&w, src + i + 8, 8); w ^= k64; memcpy(dst + i + 8, &w, 8)
+        memcpy(&w, src + i + 16, 8); w ^= k64; memcpy(dst + i + 16, &w, 8)
+        memcpy(&w, src + i + 24, 8); w ^= k64; memcpy(dst + i + 24, &w, 8)
+        i += 32
+    while i + 8 <= n:
+        memcpy(&w, src + i, 8); w ^= k64; memcpy(dst + i, &w, 8)
+        i += 8
+    while i < n:
+        dst[i] = src[i] ^ k[i & 3]
+        i += 1
+
+
+cdef inline void _mask(uint8_t* dst, const uint8_t* src, Py_ssize_t n,
+                       const uint8_t* key, Py_ssize_t phase) noexcept:
+    if n >= NOGIL_THRESHOLD:
+        with nogil:
+            _xor_into(dst, src, n, key, phase)
+    else:
+        _xor_into(dst, src, n, key, phase)
+
+
+cdef inline const uint8_t* _key_ptr(bytes key) except NULL:
+    if key is None or len(key) != 4:
+        raise ValueError(f"mask key must be 4 bytes, got {0 if key is None else len(key)}")
+    return <const uint8_t*>PyBytes_AS_STRING(key)
+
+
+def apply_mask(data, bytes key, Py_ssize_t offset=0):
+    """XOR ``data`` with ``key`` starting at phase ``offset`` (mod 4); return new bytes."""
+    cdef const uint8_t* k = _key_ptr(key)
+    cdef Py_buffer view
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        out = PyBytes_FromStringAndSize(NULL, view.len)
+        _mask(<uint8_t*>PyBytes_AS_STRING(out), <const uint8_t*>view.buf, view.len, k, offset & 3)
+    finally:
+        PyBuffer_Release(&view)
+    return out
+
+
+def apply_mask_inplace(buffer, bytes key, Py_ssize_t offset=0):
+    """XOR a writable buffer in place with ``key`` starting at phase ``offset`` (mod 4)."""
+    cdef const uint8_t* k = _key_ptr(key)
+    cdef Py_buffer view
+    if type(buffer) is bytearray:
+        _mask(<uint8_t*>PyByteArray_AS_STRING(buffer), <const uint8_t*>PyByteArray_AS_STRING(buffer),
+              PyByteArray_GET_SIZE(buffer), k, offset & 3)
+        return
+    try:
+        PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE)
+    except BufferError:
+        raise TypeError(
+            "apply_mask_inplace needs a writable buffer (bytearray, writable memoryview)"
+        ) from None
+    try:
+        _mask(<uint8_t*>view.buf, <const uint8_t*>view.buf, view.len, k, offset & 3)
+    finally:
+        PyBuffer_Release(&view)
+
+
+# A pool of os.urandom bytes for mask keys (RFC 6455 §5.3: keys must be unpredictable).
+cdef bytes _pool = b""
+cdef Py_ssize_t _pool_pos = 0
+
+
+cdef inline const uint8_t* _random_key_ptr() except NULL:
+    global _pool, _pool_pos
+    if _pool_pos + 4 > len(_pool):
+        _pool = os.urandom(8192)
+        _pool_pos = 0
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(_pool) + _pool_pos
+    _pool_pos += 4
+    return p
+
+
+cdef inline Py_ssize_t _write_header(uint8_t* out, int opcode, unsigned long long length,
+                                     bint fin, int rsv, const uint8_t* key) noexcept:
+    cdef Py_ssize_t size
+    cdef int i
+    cdef uint8_t mbit = 0x80 if key != NULL else 0
+    out[0] = (0x80 if fin else 0) | (rsv << 4) | opcode
+    if length < 126:
+        out[1] = mbit | <uint8_t>length
+        size = 2
+    elif length < 65536:
+        out[1] = mbit | 126
+        out[2] = <uint8_t>(length >> 8)
+        out[3] = <uint8_t>length
+        size = 4
+    else:
+        out[1] = mbit | 127
+        for i in range(8):
+            out[2 + i] = <uint8_t>(length >> (56 - 8 * i))
+        size = 10
+    if key != NULL:
+        memcpy(out + size, key, 4)
+        size += 4
+    return size
+
+
+cdef inline int _check_header_args(int opcode, long long length, int rsv) except -1:
+    if opcode < 0 or opcode > 15:
+        raise ValueError(f"opcode must be 0..15, got {opcode}")
+    if rsv < 0 or rsv > 7:
+        raise ValueError(f"rsv must be 0..7, got {rsv}")
+    if length < 0:
+        raise ValueError(f"payload length out of range: {length}")
+    return 0
+
+
+def encode_header(int opcode, long long length, bint fin=True, int rsv=0, bytes mask_key=None):
+    """The frame header for a payload of ``length`` bytes (mask key appended when given)."""
+    cdef uint8_t buf[14]
+    cdef const uint8_t* k = NULL
+    _check_header_args(opcode, length, rsv)
+    if mask_key is not None:
+        k = _key_ptr(mask_key)
+    cdef Py_ssize_t size = _write_header(buf, opcode, <unsigned long long>length, fin, rsv, k)
+    return PyBytes_FromStringAndSize(<char*>buf, size)
+
+
+def encode_frame(int opcode, payload, bint fin=True, int rsv=0, bint masked=False):
+    """A whole frame. ``masked=True`` (client role) masks with a fresh random key."""
+    cdef Py_buffer view
+    cdef uint8_t header[14]
+    cdef const uint8_t* k = NULL
+    cdef Py_ssize_t hsize
+    cdef uint8_t* dst
+    PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+    try:
+        _check_header_args(opcode, view.len, rsv)
+        if masked:
+            k = _random_key_ptr()
+        hsize = _write_header(header, opcode, <unsigned long long>view.len, fin, rsv, k)
+        out = PyBytes_FromStringAndSize(NULL, hsize + view.len)
+        dst = <uint8_t*>PyBytes_AS_STRING(out)
+        memcpy(dst, header, hsize)
+        if masked:
+            _mask(dst + hsize, <const uint8_t*>view.buf, view.len, k, 0)
+        else:
+            memcpy(dst + hsize, view.buf, view.len)
+    finally:
+        PyBuffer_Release(&view)
+    return out
+
+
+def decode_header(data, Py_ssize_t offset=0):
+    """Parse a header at ``offset``: ``(fin, rsv, opcode, mask_key, payload_length,
+    header_length)``, or ``None`` when ``data`` does not hold the whole header yet."""
+    cdef Py_buffer view
+    cdef const uint8_t* p
+    cdef Py_ssize_t avail, size
+    cdef unsigned long long length
+    cdef int i
+    PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+    try:
+        if offset < 0 or offset > view.len:
+            raise ValueError("offset out of range")
+        p = <const uint8_t*>view.buf + offset
+        avail = view.len - offset
+        if avail < 2:
+            return None
+        length = p[1] & 0x7F
+        size = 2
+        if length == 126:
+            size = 4
+            if avail < size:
+                return None
+            length = (<unsigned long long>p[2] << 8) | p[3]
+        elif length == 127:
+            size = 10
+            if avail < size:
+                return None
+            length = 0
+            for i in range(8):
+                length = (length << 8) | p[2 + i]
+        key = None
+        if p[1] & 0x80:
+            if avail < size + 4:
+                return None
+            key = PyBytes_FromStringAndSize(<const char*>p + size, 4)
+            size += 4
+        return bool(p[0] & 0x80), (p[0] >> 4) & 7, p[0] & 0x0F, key, length, size
+    finally:
+        PyBuffer_Release(&view)
+
+
+cdef class FrameDecoder:
+    """Streaming RFC 6455 frame decoder; see ``_frames.pyi`` for the contract."""
+
+    cdef bytearray _buf
+    cdef bint _masked
+    cdef long long _max_frame
+    cdef long long _max_message
+    cdef int _allowed_rsv
+    cdef unsigned long long _remaining
+    cdef int _opcode
+    cdef bint _fin
+    cdef uint8_t _key[4]
+    cdef Py_ssize_t _phase
+    cdef bint _in_message
+    cdef unsigned long long _message_size
+    cdef public int error_code
+    cdef public str error_reason
+
+    def __init__(self, *, bint masked, long long max_frame_size=0, long long max_message_size=0,
+                 int allowed_rsv=0):
+        self._buf = bytearray()
+        self._masked = masked
+        self._max_frame = max_frame_size
+        self._max_message = max_message_size
+        self._allowed_rsv = allowed_rsv
+        self._remaining = 0
+        self._opcode = 0
+        self._fin = False
+        self._phase = 0
+        self._in_message = False
+        self._message_size = 0
+        self.error_code = 0
+        self.error_reason = ""
+
+    @property
+    def buffered(self):
+        return len(self._buf)
+
+    cdef int _fail(self, int code, str reason) except -1:
+        self.error_code = code
+        self.error_reason = reason
+        self._buf = bytearray()
+        self._remaining = 0
+        return 0
+
+    cdef Py_ssize_t _parse(self, const uint8_t* p, Py_ssize_t n, list out) except -1:
+        """Decode from p[0:n]; append chunks to out; return the number of bytes consumed."""
+        cdef Py_ssize_t pos = 0, head, take
+        cdef unsigned long long length, size
+        cdef uint8_t b0, b1
+        cdef int opcode, rsv, len7, i
+        cdef bint fin, control
+        cdef object chunk
+        while True:
+            if self._remaining:
+                take = n - pos
+                if <unsigned long long>take > self._remaining:
+                    take = <Py_ssize_t>self._remaining
+                if take == 0:
+                    break
+                chunk = PyBytes_FromStringAndSize(NULL, take)
+                if self._masked:
+                    _mask(<uint8_t*>PyBytes_AS_STRING(chunk), p + pos, take, self._key, self._phase)
+                    self._phase = (self._phase + take) & 3
+                else:
+                    memcpy(PyBytes_AS_STRING(chunk), p + pos, take)
+                self._remaining -= take
+                pos += take
+                out.append((self._opcode, chunk, self._fin and self._remaining == 0))
+                continue
+            if n - pos < 2:
+                break
+            b0 = p[pos]
+            b1 = p[pos + 1]
+            fin = (b0 & 0x80) != 0
+            rsv = (b0 >> 4) & 7
+            opcode = b0 & 0x0F
+            len7 = b1 & 0x7F
+            # Checks that need only two bytes first: report a violation as soon as it shows.
+            if rsv & ~self._allowed_rsv:
+                self._fail(1002, f"reserved bits set (RSV={rsv}) but no extension negotiated")
+                return pos
+            if not (opcode <= 2 or 8 <= opcode <= 10):
+                self._fail(1002, f"reserved opcode {opcode}")
+                return pos
+            if ((b1 & 0x80) != 0) != self._masked:
+                if self._masked:
+                    self._fail(1002, "client frames must be masked (RFC 6455 §5.1)")
+                else:
+                    self._fail(1002, "server frames must not be masked (RFC 6455 §5.1)")
+                return pos
+            control = opcode >= 8
+            if control:
+                if not fin:
+                    self._fail(1002, "control frames must not be fragmented (RFC 6455 §5.5)")
+                    return pos
+                if len7 > 125:
+                    self._fail(1002, "control frame payload longer than 125 bytes (RFC 6455 §5.5)")
+                    return pos
+            elif opcode == 0:
+                if not self._in_message:
+                    self._fail(1002, "continuation frame without a message in progress")
+                    return pos
+            elif self._in_message:
+                self._fail(1002, "new data frame while a fragmented message is in progress")
+                return pos
+            head = 2
+            length = len7
+            if len7 == 126:
+                head = 4
+                if n - pos < head:
+                    break
+                length = (<unsigned long long>p[pos + 2] << 8) | p[pos + 3]
+            elif len7 == 127:
+                head = 10
+                if n - pos < head:
+                    break
+                length = 0
+                for i in range(8):
+                    length = (length << 8) | p[pos + 2 + i]
+                if length >> 63:
+                    self._fail(1002, "64-bit payload length has its most significant bit set")
+                    return pos
+            if self._masked:
+                head += 4
+            size = 0
+            if not control:
+                if self._max_frame and length > <unsigned long long>self._max_frame:
+                    self._fail(1009, f"frame of {length} bytes exceeds the limit of {self._max_frame}")
+                    return pos
+                size = self._message_size + length if opcode == 0 else length
+                if self._max_message and size > <unsigned long long>self._max_message:
+                    self._fail(1009, f"message of {size}+ bytes exceeds the limit of {self._max_message}")
+                    return pos
+            if n - pos < head:
+                break
+            if control:
+                if <unsigned long long>(n - pos - head) < length:
+                    break
+                chunk = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>length)
+                if self._masked:
+                    _xor_into(<uint8_t*>PyBytes_AS_STRING(chunk), p + pos + head, <Py_ssize_t>length,
+                              p + pos + head - 4, 0)
+                else:
+                    memcpy(PyBytes_AS_STRING(chunk), p + pos + head, <Py_ssize_t>length)
+                pos += head + <Py_ssize_t>length
+                out.append((opcode, chunk, True))
+                continue
+            if self._masked:
+                memcpy(self._key, p + pos + head - 4, 4)
+            pos += head
+            self._message_size = size
+            self._in_message = not fin
+            self._opcode = opcode
+            self._fin = fin
+            self._phase = 0
+            self._remaining = length
+            if length == 0:
+                out.append((opcode, b"", fin))
+        return pos
+
+    def feed(self, data):
+        cdef list out = []
+        cdef Py_buffer view
+        cdef Py_ssize_t used
+        if self.error_code:
+            return out
+        if PyByteArray_GET_SIZE(self._buf) == 0:
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+            try:
+                used = self._parse(<const uint8_t*>view.buf, view.len, out)
+                if used < view.len and not self.error_code:
+                    self._buf += (<const char*>view.buf)[used:view.len]
+            finally:
+                PyBuffer_Release(&view)
+        else:
+            self._buf += data
+            used = self._parse(<const uint8_t*>PyByteArray_AS_STRING(self._buf),
+                               PyByteArray_GET_SIZE(self._buf), out)
+            if used and not self.error_code:
+                del self._buf[:used]
+        return out

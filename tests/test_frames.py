@@ -1,0 +1,306 @@
+"""Frame kernel tests, run against every available implementation (``fmod`` fixture).
+
+RFC 6455 §5.2 (framing), §5.3 (masking), §5.4 (fragmentation), §5.5 (control frames).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+from types import ModuleType
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.conftest import FRAME_MODULES
+
+KEY = b"\x37\xfa\x21\x3d"
+
+
+def naive_mask(data: bytes, key: bytes, offset: int = 0) -> bytes:
+    return bytes(b ^ key[(i + offset) % 4] for i, b in enumerate(data))
+
+
+def masked_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0,
+                 key: bytes = KEY) -> bytes:
+    """Build a client frame by hand (independent of the code under test)."""
+    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
+    n = len(payload)
+    if n < 126:
+        head = bytes((b0, 0x80 | n))
+    elif n < 65536:
+        head = struct.pack("!BBH", b0, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, 0x80 | 127, n)
+    return head + key + naive_mask(payload, key)
+
+
+def plain_frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    b0 = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    if n < 126:
+        return bytes((b0, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", b0, 126, n) + payload
+    return struct.pack("!BBQ", b0, 127, n) + payload
+
+
+def collect(chunks: list[tuple[int, bytes, bool]]) -> list[tuple[int, bytes, bool]]:
+    """Merge consecutive chunks of one frame so split feeds compare equal to whole feeds."""
+    out: list[tuple[int, bytes, bool]] = []
+    for op, data, fin in chunks:
+        if out and out[-1][0] == op and op < 8 and not out[-1][2] and data and out[-1][1]:
+            prev = out.pop()
+            out.append((op, prev[1] + data, fin))
+        else:
+            out.append((op, data, fin))
+    return out
+
+
+def feed_all(dec: object, data: bytes, step: int | None = None) -> list[tuple[int, bytes, bool]]:
+    res: list[tuple[int, bytes, bool]] = []
+    if step is None:
+        res.extend(dec.feed(data))  # type: ignore[attr-defined]
+    else:
+        for i in range(0, len(data), step):
+            res.extend(dec.feed(data[i : i + step]))  # type: ignore[attr-defined]
+    return res
+
+
+def payload_by_message(chunks: list[tuple[int, bytes, bool]]) -> list[tuple[int, bytes]]:
+    """Reassemble data messages; control frames pass through."""
+    msgs: list[tuple[int, bytes]] = []
+    cur_op, cur = -1, b""
+    for op, data, fin in chunks:
+        if op >= 8:
+            msgs.append((op, data))
+            continue
+        if op != 0 and cur_op == -1:
+            cur_op = op
+        cur += data
+        if fin:
+            msgs.append((cur_op, cur))
+            cur_op, cur = -1, b""
+    return msgs
+
+
+class TestMask:
+    @pytest.mark.parametrize("size", [0, 1, 3, 4, 5, 7, 8, 9, 31, 32, 33, 125, 1000, 70000])
+    @pytest.mark.parametrize("offset", [0, 1, 2, 3, 6])
+    def test_apply_mask_matches_naive(self, fmod: ModuleType, size: int, offset: int) -> None:
+        data = os.urandom(size)
+        assert fmod.apply_mask(data, KEY, offset) == naive_mask(data, KEY, offset)
+
+    def test_apply_mask_accepts_buffers(self, fmod: ModuleType) -> None:
+        data = b"hello world, masked"
+        expected = naive_mask(data, KEY)
+        assert fmod.apply_mask(bytearray(data), KEY) == expected
+        assert fmod.apply_mask(memoryview(data), KEY) == expected
+        assert fmod.apply_mask(memoryview(b"xx" + data)[2:], KEY) == expected
+
+    @pytest.mark.parametrize("size", [0, 1, 5, 64, 1023, 100_000])
+    def test_inplace_bytearray_and_memoryview(self, fmod: ModuleType, size: int) -> None:
+        data = os.urandom(size)
+        buf = bytearray(data)
+        fmod.apply_mask_inplace(buf, KEY, 1)
+        assert bytes(buf) == naive_mask(data, KEY, 1)
+        whole = bytearray(b"ab" + data)
+        fmod.apply_mask_inplace(memoryview(whole)[2:], KEY, 3)
+        assert bytes(whole) == b"ab" + naive_mask(data, KEY, 3)
+
+    def test_chunked_masking_with_phase(self, fmod: ModuleType) -> None:
+        data = os.urandom(1001)
+        parts, pos = [], 0
+        for size in (1, 2, 3, 5, 8, 13, 21, 948):
+            parts.append(fmod.apply_mask(data[pos : pos + size], KEY, pos))
+            pos += size
+        assert b"".join(parts) == naive_mask(data, KEY)
+
+    def test_bad_key_and_readonly(self, fmod: ModuleType) -> None:
+        with pytest.raises(ValueError, match="4 bytes"):
+            fmod.apply_mask(b"abc", b"123")
+        with pytest.raises(ValueError, match="4 bytes"):
+            fmod.apply_mask_inplace(bytearray(b"abc"), b"12345")
+        with pytest.raises(TypeError, match="writable"):
+            fmod.apply_mask_inplace(b"read-only", KEY)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(max_size=300), st.binary(min_size=4, max_size=4), st.integers(0, 7))
+    def test_implementations_agree(self, data: bytes, key: bytes, offset: int) -> None:
+        results = {m.apply_mask(data, key, offset) for m in FRAME_MODULES}
+        assert results == {naive_mask(data, key, offset)}
+
+
+class TestHeader:
+    @pytest.mark.parametrize("length", [0, 1, 125, 126, 65535, 65536, 2**32 + 5])
+    @pytest.mark.parametrize("key", [None, KEY])
+    def test_roundtrip(self, fmod: ModuleType, length: int, key: bytes | None) -> None:
+        head = fmod.encode_header(2, length, True, 0, key)
+        assert fmod.decode_header(head) == (True, 0, 2, key, length, len(head))
+        # Any prefix is incomplete.
+        for cut in range(len(head)):
+            assert fmod.decode_header(head[:cut]) is None
+        # Trailing data and an offset do not change the result.
+        assert fmod.decode_header(b"zz" + head + b"payload", 2) == (True, 0, 2, key, length, len(head))
+
+    def test_header_bytes(self, fmod: ModuleType) -> None:
+        assert fmod.encode_header(1, 5) == b"\x81\x05"
+        assert fmod.encode_header(0, 5, False) == b"\x00\x05"
+        assert fmod.encode_header(2, 126, True, 4) == b"\xc2\x7e\x00\x7e"
+        assert fmod.encode_header(2, 65536) == b"\x82\x7f" + (65536).to_bytes(8, "big")
+        assert fmod.encode_header(9, 0, mask_key=KEY) == b"\x89\x80" + KEY
+
+    @pytest.mark.parametrize("args", [(16, 0), (-1, 0), (1, -1), (1, 0, True, 8)])
+    def test_bad_arguments(self, fmod: ModuleType, args: tuple[object, ...]) -> None:
+        with pytest.raises((ValueError, OverflowError)):
+            fmod.encode_header(*args)
+
+    def test_encode_frame(self, fmod: ModuleType) -> None:
+        assert fmod.encode_frame(1, b"hi") == b"\x81\x02hi"
+        frame = fmod.encode_frame(2, b"payload", masked=True)
+        fin, rsv, op, key, length, size = fmod.decode_header(frame)
+        assert (fin, rsv, op, length, size) == (True, 0, 2, 7, 6)
+        assert naive_mask(frame[size:], key) == b"payload"
+        keys = {fmod.encode_frame(2, b"x", masked=True)[2:6] for _ in range(50)}
+        assert len(keys) > 45, "mask keys must be fresh per frame"
+
+
+class TestDecoder:
+    def test_messages_whole_and_split(self, fmod: ModuleType) -> None:
+        stream = (
+            masked_frame(1, b"fragment1", fin=False)
+            + masked_frame(9, b"ping payload")
+            + masked_frame(0, b"fragment2")
+            + masked_frame(2, b"\xfe" * 70000)
+            + masked_frame(2, b"")
+            + masked_frame(8, b"\x03\xe8")
+        )
+        expected = [
+            (9, b"ping payload"),
+            (1, b"fragment1fragment2"),
+            (2, b"\xfe" * 70000),
+            (2, b""),
+            (8, b"\x03\xe8"),
+        ]
+        for step in (None, 1, 3, 997, 65536):
+            dec = fmod.FrameDecoder(masked=True)
+            got = feed_all(dec, stream, step)
+            assert payload_by_message(got) == expected, step
+            assert dec.error_code == 0 and dec.buffered == 0
+
+    def test_streams_partial_payload(self, fmod: ModuleType) -> None:
+        dec = fmod.FrameDecoder(masked=True)
+        frame = masked_frame(2, b"abcdefghij")
+        assert dec.feed(frame[:8]) == [(2, b"ab", False)]
+        assert dec.feed(frame[8:12]) == [(2, b"cdef", False)]
+        assert dec.feed(frame[12:]) == [(2, b"ghij", True)]
+
+    def test_client_role(self, fmod: ModuleType) -> None:
+        dec = fmod.FrameDecoder(masked=False)
+        data = plain_frame(1, b"hello") + plain_frame(10, b"") + plain_frame(2, b"x" * 300)
+        assert dec.feed(data) == [(1, b"hello", True), (10, b"", True), (2, b"x" * 300, True)]
+
+    def test_trailing_partial_frame_is_kept(self, fmod: ModuleType) -> None:
+        dec = fmod.FrameDecoder(masked=True)
+        frame = masked_frame(9, b"ping")
+        assert dec.feed(masked_frame(1, b"a") + frame[:3]) == [(1, b"a", True)]
+        assert dec.buffered == 3
+        assert dec.feed(frame[3:]) == [(9, b"ping", True)]
+        assert dec.buffered == 0
+
+    VIOLATIONS = [
+        ("rsv1", masked_frame(1, b"hello", rsv=4), 1002, "reserved bits"),
+        ("rsv7 close", masked_frame(8, b"\x03\xe8", rsv=7), 1002, "reserved bits"),
+        ("opcode 3", masked_frame(3, b""), 1002, "reserved opcode 3"),
+        ("opcode 11", masked_frame(11, b""), 1002, "reserved opcode 11"),
+        ("unmasked", plain_frame(1, b"hello"), 1002, "must be masked"),
+        ("ping 126", masked_frame(9, b"\xfe" * 126), 1002, "125"),
+        ("pong 126", masked_frame(10, b"\xfe" * 126), 1002, "125"),
+        ("fragmented ping", masked_frame(9, b"fragment1", fin=False), 1002, "fragmented"),
+        ("fragmented close", masked_frame(8, b"\x03\xe8", fin=False), 1002, "fragmented"),
+        ("stray continuation", masked_frame(0, b"x"), 1002, "continuation"),
+        ("stray continuation nofin", masked_frame(0, b"x", fin=False), 1002, "continuation"),
+        ("text inside message", masked_frame(1, b"a", fin=False) + masked_frame(1, b"b"), 1002,
+         "in progress"),
+        ("binary inside text", masked_frame(1, b"a", fin=False) + masked_frame(2, b"b"), 1002,
+         "in progress"),
+        ("64-bit msb", b"\x82\xff" + b"\x80" + b"\x00" * 7 + KEY, 1002, "most significant"),
+    ]
+
+    @pytest.mark.parametrize("name,data,code,reason", VIOLATIONS, ids=[v[0] for v in VIOLATIONS])
+    @pytest.mark.parametrize("step", [None, 1])
+    def test_violations(self, fmod: ModuleType, name: str, data: bytes, code: int, reason: str,
+                        step: int | None) -> None:
+        dec = fmod.FrameDecoder(masked=True)
+        feed_all(dec, data, step)
+        assert dec.error_code == code
+        assert reason in dec.error_reason
+        assert dec.feed(masked_frame(1, b"after")) == []
+
+    def test_violation_reported_early(self, fmod: ModuleType) -> None:
+        # Two bytes are enough to see a reserved opcode; no need to wait for the payload.
+        dec = fmod.FrameDecoder(masked=True)
+        assert dec.feed(b"\x83\xfe") == []
+        assert dec.error_code == 1002
+
+    def test_server_frames_must_not_be_masked(self, fmod: ModuleType) -> None:
+        dec = fmod.FrameDecoder(masked=False)
+        dec.feed(masked_frame(1, b"x"))
+        assert dec.error_code == 1002 and "must not be masked" in dec.error_reason
+
+    def test_allowed_rsv(self, fmod: ModuleType) -> None:
+        dec = fmod.FrameDecoder(masked=True, allowed_rsv=4)
+        assert dec.feed(masked_frame(1, b"x", rsv=4)) == [(1, b"x", True)]
+
+    def test_size_limits(self, fmod: ModuleType) -> None:
+        dec = fmod.FrameDecoder(masked=True, max_frame_size=10)
+        assert dec.feed(masked_frame(2, b"x" * 10)) == [(2, b"x" * 10, True)]
+        dec.feed(masked_frame(2, b"x" * 11)[:4])
+        assert dec.error_code == 1009 and "limit" in dec.error_reason
+        dec = fmod.FrameDecoder(masked=True, max_message_size=10)
+        out = dec.feed(masked_frame(2, b"x" * 6, fin=False) + masked_frame(0, b"y" * 5))
+        assert out == [(2, b"x" * 6, False)] and dec.error_code == 1009
+        # Control frames are not counted against the message size.
+        dec = fmod.FrameDecoder(masked=True, max_message_size=4)
+        assert dec.feed(masked_frame(9, b"x" * 100)) == [(9, b"x" * 100, True)]
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.tuples(st.sampled_from([1, 2, 9, 10]), st.binary(max_size=200)),
+                    max_size=6), st.integers(1, 50))
+    def test_every_split_agrees_across_implementations(
+        self, frames: list[tuple[int, bytes]], step: int
+    ) -> None:
+        stream = b"".join(masked_frame(op, data[:125] if op >= 8 else data) for op, data in frames)
+        whole = None
+        for mod in FRAME_MODULES:
+            for s in (None, step):
+                got = collect(feed_all(mod.FrameDecoder(masked=True), stream, s))
+                if whole is None:
+                    whole = got
+                assert got == whole
+
+    def test_every_split_point_small_input(self, fmod: ModuleType) -> None:
+        stream = masked_frame(1, b"ab", fin=False) + masked_frame(9, b"p") + masked_frame(0, b"cd")
+        expected = payload_by_message(fmod.FrameDecoder(masked=True).feed(stream))
+        for i in range(len(stream) + 1):
+            for j in range(i, len(stream) + 1):
+                dec = fmod.FrameDecoder(masked=True)
+                got = dec.feed(stream[:i]) + dec.feed(stream[i:j]) + dec.feed(stream[j:])
+                assert payload_by_message(got) == expected
+
+
+def test_implementation_selection() -> None:
+    code = "import hyco_proto.frames as f; print(f.IMPLEMENTATION)"
+    env = dict(os.environ, HYCO_PROTO_NO_EXTENSIONS="1")
+    env.pop("HYCO_PROTO_REQUIRE_EXTENSION", None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "python"
+    if len(FRAME_MODULES) > 1:
+        env.pop("HYCO_PROTO_NO_EXTENSIONS")
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True)
+        assert out.stdout.strip() == "cython"
