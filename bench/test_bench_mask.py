@@ -1,0 +1,58 @@
+"""Masking throughput: ours (Cython and Python) against websockets' C apply_mask and aiohttp's
+Cython in-place mask, in one run. Run with `make bench`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+from aiohttp._websocket.mask import _websocket_mask_cython as aiohttp_mask
+from websockets.speedups import apply_mask as websockets_apply_mask
+
+from bench.conftest import KERNELS
+
+KEY = b"\x12\x34\x56\x78"
+COPY_SIZES = [125, 1024, 64 * 1024, 1024 * 1024, 16 * 1024 * 1024]
+INPLACE_SIZES = [1024, 64 * 1024, 1024 * 1024]
+
+
+def _label(n: int) -> str:
+    return f"{n // (1024 * 1024)}MiB" if n >= 1024 * 1024 else (f"{n // 1024}KiB" if n >= 1024 else f"{n}B")
+
+
+COPY_IMPLS: dict[str, Callable[[bytes], object]] = {
+    "hyco-cython": lambda d: KERNELS["hyco-cython"].apply_mask(d, KEY),
+    "websockets-c": lambda d: websockets_apply_mask(d, KEY),
+    "hyco-python": lambda d: KERNELS["hyco-python"].apply_mask(d, KEY),
+}
+
+
+@pytest.mark.parametrize("size", COPY_SIZES, ids=_label)
+@pytest.mark.parametrize("impl", list(COPY_IMPLS))
+def test_mask_copy(benchmark: pytest.FixtureRequest, impl: str, size: int) -> None:
+    if impl == "hyco-python" and size > 1024 * 1024:
+        pytest.skip("pure Python at 16 MiB takes minutes; 1 MiB shows its rate")
+    data = os.urandom(size)
+    fn = COPY_IMPLS[impl]
+    benchmark.group = f"mask copy {_label(size)}"
+    benchmark.extra_info["bytes"] = size
+    result = benchmark(fn, data)
+    assert len(result) == size  # type: ignore[arg-type]
+
+
+INPLACE_IMPLS: dict[str, Callable[[bytearray], object]] = {
+    "hyco-cython": lambda b: KERNELS["hyco-cython"].apply_mask_inplace(b, KEY),
+    "aiohttp-cython": lambda b: aiohttp_mask(KEY, b),
+    "hyco-python": lambda b: KERNELS["hyco-python"].apply_mask_inplace(b, KEY),
+}
+
+
+@pytest.mark.parametrize("size", INPLACE_SIZES, ids=_label)
+@pytest.mark.parametrize("impl", list(INPLACE_IMPLS))
+def test_mask_inplace(benchmark: pytest.FixtureRequest, impl: str, size: int) -> None:
+    buf = bytearray(os.urandom(size))
+    fn = INPLACE_IMPLS[impl]
+    benchmark.group = f"unmask in place {_label(size)}"
+    benchmark.extra_info["bytes"] = size
+    benchmark(fn, buf)

@@ -1,0 +1,590 @@
+"""Sans-IO WebSocket opening handshake (RFC 6455 §4) on top of h11.
+
+``ClientHandshake`` writes the upgrade request and checks the server's answer; ``ServerHandshake``
+parses a request, refuses bad ones with the right HTTP status, and writes the 101 (or any
+rejection) for its owner. Both hand over to ``WebSocketConnection`` with ``trailing_data``: bytes
+that arrived right behind the HTTP message belong to the frame layer and are never lost.
+
+We never negotiate extensions: a client offers none and fails a 101 that selects one, a server
+never answers with ``Sec-WebSocket-Extensions`` (so it also ignores junk such as the header named
+``0`` that hyco-ws sends on rendezvous, whose value looks like an extension offer).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import http
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import h11
+
+from .errors import LocalProtocolError, RemoteProtocolError
+
+__all__ = [
+    "WEBSOCKET_GUID",
+    "ClientHandshake",
+    "HandshakeAccepted",
+    "HandshakeRejected",
+    "HandshakeRequest",
+    "ServerHandshake",
+    "WebSocketURL",
+    "accept_token",
+    "parse_ws_url",
+]
+
+#: RFC 6455 §1.3: appended to the client's key before hashing.
+WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+Headers = Sequence[tuple[str, str]] | Mapping[str, str]
+
+_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_BAD_VALUE_RE = re.compile(r"[\x00\r\n]")
+
+# Headers the handshake writes itself; callers may not pass them as extra headers.
+_CLIENT_OWNED = frozenset((
+    "upgrade", "connection", "sec-websocket-key", "sec-websocket-version",
+    "sec-websocket-protocol", "sec-websocket-extensions",
+))
+_SERVER_OWNED = frozenset((
+    "upgrade", "connection", "sec-websocket-accept", "sec-websocket-protocol",
+    "sec-websocket-extensions",
+))
+_BODY_HEADERS = frozenset(("content-length", "transfer-encoding"))
+
+#: Rejection bodies kept by ``ClientHandshake`` are cut at this size.
+MAX_REJECTION_BODY = 65536
+
+
+def accept_token(key: str) -> str:
+    """``Sec-WebSocket-Accept`` for a ``Sec-WebSocket-Key``: base64(SHA-1(key + GUID)) (§4.2.2)."""
+    digest = hashlib.sha1((key + WEBSOCKET_GUID).encode("ascii")).digest()
+    return base64.b64encode(digest).decode("ascii")
+
+
+def _key_is_valid(key: str) -> bool:
+    """A key is the base64 encoding of 16 bytes (§4.1, §4.2.1)."""
+    try:
+        raw = base64.b64decode(key.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        return False
+    return len(raw) == 16
+
+
+def _header_items(headers: Headers) -> list[tuple[str, str]]:
+    items = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+    for item in items:
+        if not (isinstance(item, tuple) and len(item) == 2
+                and isinstance(item[0], str) and isinstance(item[1], str)):
+            raise LocalProtocolError(
+                f"headers must be (name, value) pairs of str or a str->str mapping, got {item!r}"
+            )
+        name, value = item
+        if not _TOKEN_RE.match(name):
+            raise LocalProtocolError(f"invalid header name {name!r}: use an HTTP token")
+        if _BAD_VALUE_RE.search(value):
+            raise LocalProtocolError(
+                f"header {name!r} has CR, LF or NUL in its value; remove them"
+            )
+    return items
+
+
+def _tokens(values: Sequence[str]) -> list[str]:
+    """Comma-separated list values of every occurrence of a header, trimmed, empties dropped."""
+    return [t.strip() for v in values for t in v.split(",") if t.strip()]
+
+
+def _get_all(headers: Sequence[tuple[str, str]], name: str) -> list[str]:
+    return [v for k, v in headers if k.lower() == name]
+
+
+def _decode_headers(raw: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    # Original case kept (h11 ``raw_items``); latin-1 maps every byte of an HTTP/1.1 header.
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+
+
+def _format_response(status: int, reason: str, headers: Sequence[tuple[str, str]],
+                     body: bytes = b"") -> bytes:
+    if _BAD_VALUE_RE.search(reason):
+        raise LocalProtocolError("reason phrase may not contain CR, LF or NUL")
+    phrase = reason.encode("latin-1", "replace")
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, phrase)]
+    for name, value in headers:
+        lines.append(f"{name}: {value}\r\n".encode("latin-1", "replace"))
+    lines.append(b"\r\n")
+    return b"".join(lines) + body
+
+
+def _default_reason(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+# --------------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeRequest:
+    """A valid WebSocket upgrade request, ready for ``ServerHandshake.accept`` or ``reject``."""
+
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    subprotocols: list[str]
+    key: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeAccepted:
+    """The server switched protocols; ``trailing_data`` goes to ``WebSocketConnection``."""
+
+    subprotocol: str | None
+    headers: list[tuple[str, str]]
+    trailing_data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeRejected:
+    """The server answered with something other than 101. For the relay, ``reason`` is its
+    status description (with the ``TrackingId``)."""
+
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+# --------------------------------------------------------------------------------- URLs
+
+
+@dataclass(frozen=True, slots=True)
+class WebSocketURL:
+    """A ``ws://`` / ``wss://`` URL taken apart for connecting."""
+
+    secure: bool
+    host: str  # for connecting: no brackets around IPv6 literals
+    port: int
+    host_header: str  # the ``Host`` value: port only when it is not the scheme's default
+    target: str  # path and query, at least "/"
+
+
+def parse_ws_url(url: str) -> WebSocketURL:
+    """Split a WebSocket URL; raises ``ValueError`` for other schemes or a missing host."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("ws", "wss"):
+        raise ValueError(f"not a WebSocket URL (expected ws:// or wss://): {url!r}")
+    if not parts.hostname:
+        raise ValueError(f"WebSocket URL without a host: {url!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("WebSocket URLs may not carry user:password@; send credentials in headers")
+    secure = scheme == "wss"
+    default = 443 if secure else 80
+    port = parts.port or default  # ValueError from urlsplit for a bad port
+    host = parts.hostname
+    shown = f"[{host}]" if ":" in host else host
+    host_header = shown if port == default else f"{shown}:{port}"
+    target = parts.path or "/"
+    if parts.query:
+        target += "?" + parts.query
+    return WebSocketURL(secure, host, port, host_header, target)
+
+
+# --------------------------------------------------------------------------------- client
+
+
+class ClientHandshake:
+    """The client side: ``data_to_send()`` is the upgrade request; feed the server's bytes to
+    ``receive_data`` (``b""`` for EOF) and call ``next_event()`` until it is not ``None``.
+
+    ``next_event`` raises ``RemoteProtocolError`` when the server's answer is not valid HTTP or is
+    a 101 that breaks RFC 6455 §4.1 (wrong accept token, missing Upgrade/Connection, a subprotocol
+    we did not offer, any extension).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        target: str,
+        *,
+        subprotocols: Sequence[str] = (),
+        headers: Headers = (),
+        key: bytes | None = None,
+    ) -> None:
+        if not target.startswith("/"):
+            raise LocalProtocolError(f"target must start with '/', got {target!r}")
+        if isinstance(subprotocols, str):
+            raise LocalProtocolError("subprotocols is a sequence of names, not one str")
+        for proto in subprotocols:
+            if not isinstance(proto, str) or not _TOKEN_RE.match(proto):
+                raise LocalProtocolError(f"invalid subprotocol name {proto!r}: use an HTTP token")
+        self.host = host
+        self.target = target
+        self.subprotocols = list(subprotocols)
+        if key is None:
+            key = os.urandom(16)
+        self.key = self._encode_key(key)
+        self.expected_accept = accept_token(self.key)
+        #: Set by ``from_url``: where to connect and whether to use TLS.
+        self.url: WebSocketURL | None = None
+
+        extra = _header_items(headers)
+        out: list[tuple[str, str]] = []
+        if not any(k.lower() == "host" for k, _ in extra):
+            out.append(("Host", host))
+        out += [
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Key", self.key),
+            ("Sec-WebSocket-Version", "13"),
+        ]
+        if self.subprotocols:
+            out.append(("Sec-WebSocket-Protocol", ", ".join(self.subprotocols)))
+        for name, value in extra:
+            if name.lower() in _CLIENT_OWNED:
+                raise LocalProtocolError(
+                    f"header {name!r} is written by the handshake itself; "
+                    "use the subprotocols argument for Sec-WebSocket-Protocol"
+                )
+            out.append((name, value))
+        self.request_headers = out
+
+        self._h11 = h11.Connection(h11.CLIENT)
+        try:
+            request = self._h11.send(h11.Request(method="GET", target=target, headers=out))
+            request_end = self._h11.send(h11.EndOfMessage())
+        except h11.LocalProtocolError as exc:
+            raise LocalProtocolError(f"cannot build the upgrade request: {exc}") from exc
+        self._to_send = (request or b"") + (request_end or b"")
+        self._result: HandshakeAccepted | HandshakeRejected | None = None
+        self._error: RemoteProtocolError | None = None
+        self._rejection: h11.Response | None = None
+        self._body = bytearray()
+
+    @staticmethod
+    def _encode_key(key: bytes) -> str:
+        if len(key) == 16:
+            return base64.b64encode(key).decode("ascii")
+        try:
+            text = key.decode("ascii")
+        except UnicodeDecodeError:
+            text = ""
+        if _key_is_valid(text):
+            return text
+        raise LocalProtocolError(
+            "key must be 16 random bytes (or their base64 form); leave it None to generate one"
+        )
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        subprotocols: Sequence[str] = (),
+        headers: Headers = (),
+        key: bytes | None = None,
+    ) -> ClientHandshake:
+        """Build the handshake for a ``ws://host[:port]/path?query`` or ``wss://`` URL;
+        ``.url`` tells the caller where to connect and whether to use TLS."""
+        parsed = parse_ws_url(url)
+        hs = cls(parsed.host_header, parsed.target, subprotocols=subprotocols,
+                 headers=headers, key=key)
+        hs.url = parsed
+        return hs
+
+    def data_to_send(self) -> bytes:
+        """The upgrade request, once; ``b""`` afterwards."""
+        data, self._to_send = self._to_send, b""
+        return data
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed the server's bytes; ``b""`` means the server closed the connection."""
+        if self._result is not None and isinstance(self._result, HandshakeAccepted):
+            # Late bytes after the 101 still belong to the frame layer.
+            self._result = HandshakeAccepted(self._result.subprotocol, self._result.headers,
+                                             self._result.trailing_data + data)
+            return
+        self._h11.receive_data(data)
+
+    def next_event(self) -> HandshakeAccepted | HandshakeRejected | None:
+        """``None`` until the answer is complete; then the same event on every call."""
+        if self._error is not None:
+            raise self._error
+        if self._result is not None:
+            return self._result
+        try:
+            self._result = self._advance()
+        except RemoteProtocolError as exc:
+            self._error = exc
+            raise
+        return self._result
+
+    def _advance(self) -> HandshakeAccepted | HandshakeRejected | None:
+        while True:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                if self._rejection is not None:
+                    # The rejection's body was cut short: report what we have.
+                    return self._rejected()
+                raise RemoteProtocolError(
+                    f"invalid HTTP response to the WebSocket upgrade: {exc}", status_hint=502
+                ) from exc
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return None
+            if isinstance(event, h11.InformationalResponse):
+                if event.status_code != 101:
+                    continue  # e.g. 100 Continue: not the answer yet
+                return self._accepted(event)
+            if isinstance(event, h11.Response):
+                self._rejection = event
+                continue
+            if isinstance(event, h11.Data):
+                room = MAX_REJECTION_BODY - len(self._body)
+                self._body += event.data[:room]
+                if len(self._body) >= MAX_REJECTION_BODY:
+                    return self._rejected()
+                continue
+            if isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                if self._rejection is not None:
+                    return self._rejected()
+                raise RemoteProtocolError(
+                    "the server closed the connection without answering the WebSocket upgrade",
+                    status_hint=502,
+                )
+
+    def _rejected(self) -> HandshakeRejected:
+        response = self._rejection
+        assert response is not None
+        return HandshakeRejected(
+            response.status_code,
+            response.reason.decode("latin-1"),
+            _decode_headers(response.headers.raw_items()),
+            bytes(self._body),
+        )
+
+    def _accepted(self, response: h11.InformationalResponse) -> HandshakeAccepted:
+        headers = _decode_headers(response.headers.raw_items())
+
+        def fail(why: str) -> RemoteProtocolError:
+            return RemoteProtocolError(f"invalid 101 response: {why} (RFC 6455 §4.1)",
+                                       status_hint=502)
+
+        upgrade = _tokens(_get_all(headers, "upgrade"))
+        if [u.lower() for u in upgrade] != ["websocket"]:
+            raise fail(f"Upgrade must be 'websocket', got {upgrade!r}")
+        if "upgrade" not in (t.lower() for t in _tokens(_get_all(headers, "connection"))):
+            raise fail("Connection header does not contain 'Upgrade'")
+        accept = _get_all(headers, "sec-websocket-accept")
+        if accept != [self.expected_accept]:
+            raise fail(f"Sec-WebSocket-Accept is {accept!r}, expected {self.expected_accept!r}")
+        extensions = _tokens(_get_all(headers, "sec-websocket-extensions"))
+        if extensions:
+            raise fail(f"the server selected extensions {extensions!r}; we offered none")
+        protocols = _tokens(_get_all(headers, "sec-websocket-protocol"))
+        subprotocol: str | None = None
+        if protocols:
+            if len(protocols) > 1:
+                raise fail(f"the server selected several subprotocols {protocols!r}")
+            if protocols[0] not in self.subprotocols:
+                raise fail(f"the server selected subprotocol {protocols[0]!r}, "
+                           f"which was not offered ({self.subprotocols!r})")
+            subprotocol = protocols[0]
+        trailing, _ = self._h11.trailing_data
+        return HandshakeAccepted(subprotocol, headers, bytes(trailing))
+
+
+# --------------------------------------------------------------------------------- server
+
+
+class ServerHandshake:
+    """The server side: feed the client's bytes, call ``next_event()``.
+
+    ``next_event()`` returns ``None`` while the request is incomplete, then the
+    ``HandshakeRequest`` (answer it with ``accept()`` or ``reject()``). A request that is not a
+    valid WebSocket upgrade is refused here: ``next_event()`` stays ``None`` and ``rejection`` holds
+    the response to send before closing TCP (400 malformed or bad key, 405 not GET, 426 not an
+    upgrade or wrong version, 431 headers too big); ``error`` says why.
+    """
+
+    def __init__(self, *, max_header_size: int = 16384) -> None:
+        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_size)
+        self.request: HandshakeRequest | None = None
+        #: Response bytes when the handshake refused the request by itself.
+        self.rejection: bytes | None = None
+        #: HTTP status of ``rejection``.
+        self.rejection_status: int | None = None
+        #: Why the request was refused, or the client left before finishing it.
+        self.error: RemoteProtocolError | None = None
+        #: Bytes received after the request: the first WebSocket frames.
+        self.trailing_data = b""
+        self._pending: h11.Request | None = None
+        self._answered = False
+        self._eof = False
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed the client's bytes; ``b""`` means the client closed the connection."""
+        if self.request is not None:
+            self.trailing_data += data
+            if not data:
+                self._eof = True
+            return
+        if self.error is not None:
+            return
+        if not data:
+            self._eof = True
+        self._h11.receive_data(data)
+
+    def next_event(self) -> HandshakeRequest | None:
+        """The request once it is complete and valid; ``None`` otherwise (see ``rejection``)."""
+        if self.request is not None or self.error is not None:
+            return None
+        while True:
+            try:
+                event = self._h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                if status == 431:
+                    why = "request headers too large"
+                else:
+                    why = f"malformed HTTP request: {exc}"
+                self._refuse(status, why)
+                return None
+            if event is h11.NEED_DATA:
+                if self._eof:
+                    self.error = RemoteProtocolError(
+                        "the client closed the connection before finishing its request")
+                return None
+            if isinstance(event, h11.Request):
+                self._pending = event
+                continue
+            if isinstance(event, h11.Data):
+                if event.data:
+                    self._refuse(400, "a WebSocket upgrade request has no body")
+                    return None
+                continue
+            if isinstance(event, h11.EndOfMessage) or event is h11.PAUSED:
+                break
+            if isinstance(event, h11.ConnectionClosed):
+                self.error = RemoteProtocolError(
+                    "the client closed the connection before finishing its request")
+                return None
+        request = self._pending
+        assert request is not None
+        trailing, _ = self._h11.trailing_data
+        self.trailing_data = bytes(trailing)
+        return self._validate(request)
+
+    def _validate(self, request: h11.Request) -> HandshakeRequest | None:
+        headers = _decode_headers(request.headers.raw_items())
+        method = request.method.decode("ascii")
+        if method != "GET":
+            self._refuse(405, f"a WebSocket upgrade uses GET, not {method}", [("Allow", "GET")])
+            return None
+        if request.http_version != b"1.1":
+            self._refuse(400, "a WebSocket upgrade needs HTTP/1.1")
+            return None
+        upgrade = [t.lower() for t in _tokens(_get_all(headers, "upgrade"))]
+        connection = [t.lower() for t in _tokens(_get_all(headers, "connection"))]
+        if "websocket" not in upgrade or "upgrade" not in connection:
+            self._refuse(426, "expected a WebSocket upgrade (Upgrade: websocket, "
+                         "Connection: Upgrade)",
+                         [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                          ("Sec-WebSocket-Version", "13")])
+            return None
+        versions = _get_all(headers, "sec-websocket-version")
+        version = versions[0].strip() if len(versions) == 1 else ", ".join(versions)
+        if version != "13":
+            # §4.2.2: answer an unsupported version with 426 and the versions we speak.
+            self._refuse(426, f"unsupported Sec-WebSocket-Version {version!r}; this server "
+                         "speaks 13", [("Sec-WebSocket-Version", "13")])
+            return None
+        keys = _get_all(headers, "sec-websocket-key")
+        key = keys[0].strip() if len(keys) == 1 else ""
+        if not _key_is_valid(key):
+            self._refuse(400, "Sec-WebSocket-Key missing, repeated, or not the base64 form of "
+                         "16 bytes (RFC 6455 §4.2.1)")
+            return None
+        self.request = HandshakeRequest(
+            method=method,
+            target=request.target.decode("latin-1"),
+            headers=headers,
+            subprotocols=_tokens(_get_all(headers, "sec-websocket-protocol")),
+            key=key,
+            version=version,
+        )
+        return self.request
+
+    def _refuse(self, status: int, why: str,
+                headers: Sequence[tuple[str, str]] = ()) -> None:
+        self.error = RemoteProtocolError(why, status_hint=status)
+        self.rejection = self._response(status, _default_reason(status), headers,
+                                        why.encode("utf-8") + b"\n",
+                                        content_type="text/plain; charset=utf-8")
+        self.rejection_status = status
+        self._answered = True
+
+    @staticmethod
+    def _response(status: int, reason: str, headers: Sequence[tuple[str, str]], body: bytes,
+                  content_type: str | None = None) -> bytes:
+        out = list(headers)
+        if content_type is not None and body:
+            out.append(("Content-Type", content_type))
+        out.append(("Content-Length", str(len(body))))
+        if not any(k.lower() == "connection" for k, _ in out):
+            out.append(("Connection", "close"))
+        return _format_response(status, reason, out, body)
+
+    def accept(self, subprotocol: str | None = None, headers: Headers = ()) -> bytes:
+        """The 101 response for the request; never selects an extension."""
+        if self.request is None:
+            raise LocalProtocolError("accept() needs a HandshakeRequest from next_event() first")
+        if self._answered:
+            raise LocalProtocolError("the request was already answered; accept() or reject() once")
+        if subprotocol is not None and subprotocol not in self.request.subprotocols:
+            raise LocalProtocolError(
+                f"subprotocol {subprotocol!r} was not offered by the client "
+                f"({self.request.subprotocols!r}); pick one of those or None"
+            )
+        extra = _header_items(headers)
+        out = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+               ("Sec-WebSocket-Accept", accept_token(self.request.key))]
+        if subprotocol is not None:
+            out.append(("Sec-WebSocket-Protocol", subprotocol))
+        for name, value in extra:
+            if name.lower() in _SERVER_OWNED or name.lower() in _BODY_HEADERS:
+                raise LocalProtocolError(
+                    f"header {name!r} is written by the handshake itself (extensions are never "
+                    "negotiated); use the subprotocol argument for Sec-WebSocket-Protocol"
+                )
+            out.append((name, value))
+        self._answered = True
+        return _format_response(101, "Switching Protocols", out)
+
+    def reject(self, status: int, reason: str = "", headers: Headers = (),
+               body: bytes = b"") -> bytes:
+        """A complete non-101 response (``Content-Length`` added); close TCP after sending it.
+        ``reason`` is the reason phrase (the relay puts its status description there)."""
+        if not isinstance(status, int) or not 200 <= status <= 599:
+            raise LocalProtocolError(
+                f"reject() needs a final HTTP status 200-599, got {status!r}; use accept() for 101"
+            )
+        if self._answered and self.rejection is None:
+            raise LocalProtocolError("the request was already answered; accept() or reject() once")
+        if not isinstance(body, (bytes, bytearray)):
+            raise LocalProtocolError(f"body must be bytes, not {type(body).__name__}")
+        extra = _header_items(headers)
+        for name, _ in extra:
+            if name.lower() in _BODY_HEADERS:
+                raise LocalProtocolError(
+                    f"header {name!r} is computed from the body; do not pass it")
+        self._answered = True
+        return self._response(status, reason or _default_reason(status), extra, bytes(body))

@@ -1,0 +1,204 @@
+"""Sender connect: the parameters of a sender's WebSocket handshake, and its failures as errors.
+
+A sender opens a WebSocket to ``wss://{ns}/$hc/{hc}[/suffix][?query]`` with
+``sb-hc-action=connect`` and a token in the ``ServiceBusAuthorization`` header or the
+``sb-hc-token`` query parameter (hybrid-connections-wire §1.2, §2.5). The relay holds the
+handshake until a listener accepts or rejects; a reject fails it with the listener's status and
+reason. This module computes what to send (:meth:`SenderConnect.handshake` gives the sans-IO
+:class:`~hyco_proto.handshake.ClientHandshake`) and maps refusals and close codes to
+:mod:`hyco_proto.errors` types. The adapter connects to ``hostname``:``port`` (TLS if ``secure``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from urllib.parse import quote, urlsplit
+
+from .errors import RelayError, relay_error_for_close, relay_error_for_status
+from .handshake import ClientHandshake, HandshakeRejected
+
+__all__ = [
+    "ALLOWED_LISTENERS_HEADER",
+    "DISALLOWED_LISTENERS_HEADER",
+    "SenderConnect",
+    "error_for_close",
+    "error_for_rejection",
+    "error_for_status",
+]
+
+#: Undocumented listener-pinning headers; comma-separated listener ids (§4.6).
+ALLOWED_LISTENERS_HEADER = "Microsoft-Relay-AllowedListeners"
+DISALLOWED_LISTENERS_HEADER = "Microsoft-Relay-DisallowedListeners"
+AUTH_HEADER = "ServiceBusAuthorization"
+
+# Headers the WebSocket handshake writes itself; a caller-supplied copy would clash.
+_RESERVED_HEADERS = frozenset({
+    "host", "upgrade", "connection", "sec-websocket-key", "sec-websocket-version",
+    "sec-websocket-protocol", "sec-websocket-extensions", "content-length", "transfer-encoding",
+})
+_DEFAULT_PORTS = {"ws": 80, "wss": 443}
+_TOKEN_SEPARATORS = frozenset('()<>@,;:\\"/[]?={} \t')
+
+
+def _is_token(value: str) -> bool:
+    return bool(value) and all(33 <= ord(c) <= 126 and c not in _TOKEN_SEPARATORS for c in value)
+
+
+def _listener_ids(name: str, ids: Sequence[str]) -> str | None:
+    if isinstance(ids, str):
+        raise TypeError(f"{name} must be a sequence of listener ids, not a single string")
+    for item in ids:
+        if not item or "," in item or item != item.strip():
+            raise ValueError(f"{name}: listener id {item!r} must be non-empty, without commas "
+                             "or surrounding spaces")
+    return ",".join(ids) if ids else None
+
+
+def error_for_status(status: int, reason: str | None = None) -> RelayError:
+    """The error for a refused sender handshake (§4.3).
+
+    401 → ``AuthorizationError``, 403 → ``ForbiddenError`` (``QuotaExceededError`` when the
+    description mentions a quota), 404 → ``EndpointNotFoundError``, anything else, including a
+    status passed through from a listener's reject (e.g. 400 "Rejected by user code"), →
+    ``RelayError`` with ``status`` set. ``tracking_id`` is parsed from ``reason``.
+    """
+    return relay_error_for_status(status, reason or None)
+
+
+def error_for_rejection(rejected: HandshakeRejected) -> RelayError:
+    """The error for a :class:`~hyco_proto.handshake.HandshakeRejected` answer to a sender.
+
+    The relay (or a rejecting listener) puts its description in the reason phrase (§3.1, §4.3).
+    """
+    return error_for_status(rejected.status, rejected.reason)
+
+
+def error_for_close(code: int, reason: str = "") -> RelayError | None:
+    """The error for a close of an established sender connection, or None for a normal one.
+
+    1000 is a normal closure (the listener shut the socket down, §4.4); 1008 (token expired)
+    becomes ``AuthorizationError``; 1001, 1006, 1011 and the rest ``ConnectionLostError``.
+    """
+    if code == 1000:
+        return None
+    return relay_error_for_close(code, reason)
+
+
+class SenderConnect:
+    """The handshake parameters of one sender connection.
+
+    ``address`` is the send URI (``ws://`` or ``wss://``, ``/$hc/{hc}[/suffix]``, optional app
+    query). ``sb-hc-action=connect`` is added when missing (a different action is an error).
+    ``token`` goes into ``ServiceBusAuthorization``, or into ``sb-hc-token`` when
+    ``token_in_query`` (for stacks that cannot set headers). ``allowed_listeners`` /
+    ``disallowed_listeners`` pin or exclude listener ids (§4.6).
+
+    Attributes: ``scheme``, ``secure``, ``host`` (the ``Host`` header value), ``hostname``,
+    ``port``, ``target`` (path and query), ``url``, ``headers`` (name/value pairs to add to the
+    handshake, in order), ``subprotocols``.
+    """
+
+    __slots__ = ("headers", "host", "hostname", "port", "scheme", "secure", "subprotocols",
+                 "target", "token", "url")
+
+    def __init__(self, address: str, *, token: str | None = None, token_in_query: bool = False,
+                 headers: Mapping[str, str] | Sequence[tuple[str, str]] = (),
+                 subprotocols: Sequence[str] = (),
+                 allowed_listeners: Sequence[str] = (),
+                 disallowed_listeners: Sequence[str] = ()) -> None:
+        parts = urlsplit(address)
+        scheme = parts.scheme.lower()
+        if scheme not in _DEFAULT_PORTS:
+            raise ValueError(f"send address must be a ws:// or wss:// URI, not {address!r}")
+        if not parts.hostname:
+            raise ValueError(f"send address {address!r} has no host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("send address may not carry user:password@; pass a token")
+        if parts.fragment:
+            raise ValueError(f"send address {address!r} must not have a #fragment")
+        try:
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"send address {address!r} has an invalid port") from exc
+        default_port = _DEFAULT_PORTS[scheme]
+        self.scheme = scheme
+        self.secure = scheme == "wss"
+        self.hostname = parts.hostname
+        self.port = port if port is not None else default_port
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        self.host = host if self.port == default_port else f"{host}:{self.port}"
+        self.token = token
+
+        query = [kv for kv in parts.query.split("&") if kv]
+        actions = [kv.split("=", 1)[1] if "=" in kv else "" for kv in query
+                   if kv.split("=", 1)[0].lower() == "sb-hc-action"]
+        if any(a.lower() != "connect" for a in actions):
+            raise ValueError(f"send address has sb-hc-action={actions[0]!r}; a sender connects "
+                             "with sb-hc-action=connect (or none)")
+        if not actions:
+            query.append("sb-hc-action=connect")
+        if token_in_query:
+            if token is None:
+                raise ValueError("token_in_query=True needs a token")
+            query = [kv for kv in query if kv.split("=", 1)[0].lower() != "sb-hc-token"]
+            query.append("sb-hc-token=" + quote(token, safe=""))
+        path = parts.path or "/"
+        self.target = f"{path}?{'&'.join(query)}"
+        self.url = f"{scheme}://{self.host}{self.target}"
+
+        items = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+        out: list[tuple[str, str]] = []
+        for name, value in items:
+            lower = name.lower()
+            if lower in _RESERVED_HEADERS:
+                raise ValueError(f"header {name!r} is written by the WebSocket handshake; pass "
+                                 "subprotocols as `subprotocols` and leave the rest out")
+            if lower == AUTH_HEADER.lower() and token is not None:
+                raise ValueError(f"pass the token either as `token` or as a {AUTH_HEADER} "
+                                 "header, not both")
+            if lower in (ALLOWED_LISTENERS_HEADER.lower(), DISALLOWED_LISTENERS_HEADER.lower()):
+                raise ValueError(f"use allowed_listeners / disallowed_listeners, not a {name} "
+                                 "header")
+            if any(c in name + value for c in "\r\n\0"):
+                raise ValueError(f"header {name!r} contains CR, LF or NUL")
+            out.append((name, value))
+        if token is not None and not token_in_query:
+            out.append((AUTH_HEADER, token))
+        allowed = _listener_ids("allowed_listeners", allowed_listeners)
+        if allowed is not None:
+            out.append((ALLOWED_LISTENERS_HEADER, allowed))
+        disallowed = _listener_ids("disallowed_listeners", disallowed_listeners)
+        if disallowed is not None:
+            out.append((DISALLOWED_LISTENERS_HEADER, disallowed))
+        self.headers: tuple[tuple[str, str], ...] = tuple(out)
+
+        if isinstance(subprotocols, str):
+            raise TypeError("subprotocols must be a sequence of names, not a single string")
+        for proto in subprotocols:
+            if not _is_token(proto):
+                raise ValueError(f"subprotocol {proto!r} is not a valid token")
+        self.subprotocols: tuple[str, ...] = tuple(subprotocols)
+
+    def __repr__(self) -> str:
+        # The token is a credential: keep it out of logs.
+        url = self.url
+        if self.token is not None:
+            url = url.replace(quote(self.token, safe=""), "***")
+        return f"SenderConnect({url!r}, subprotocols={list(self.subprotocols)!r})"
+
+    def handshake(self, *, key: bytes | None = None) -> ClientHandshake:
+        """A fresh sans-IO opening handshake for this connection (``key``: for tests only)."""
+        return ClientHandshake(self.host, self.target, subprotocols=self.subprotocols,
+                               headers=self.headers, key=key)
+
+    def error_for_rejection(self, rejected: HandshakeRejected) -> RelayError:
+        """The typed error for a refused handshake (see :func:`error_for_rejection`)."""
+        return error_for_rejection(rejected)
+
+    def error_for_status(self, status: int, reason: str | None = None) -> RelayError:
+        """The typed error for this handshake being refused with ``status`` (see module docs)."""
+        return error_for_status(status, reason)
+
+    def error_for_close(self, code: int, reason: str = "") -> RelayError | None:
+        """The typed error for the established connection closing with ``code`` (None: normal)."""
+        return error_for_close(code, reason)

@@ -1,0 +1,375 @@
+"""The relay service's rendezvous broker: sans-IO, message level.
+
+It decides everything the relay decides — who may listen or send (SAS rights), which listener gets
+a sender, what the ``accept`` message says, whether a rendezvous address is valid, what a reject
+means for both sides, when a listener's token has run out — and leaves bytes, sockets and
+WebSocket framing to its driver. The driver reports handshakes and control-channel messages; the
+broker returns decisions and queues actions (send this control message, close that listener,
+fail that sender). Timers: ``next_deadline()`` / ``handle_timer(now)``.
+
+Wire rules: hybrid-connections-wire §1 (addresses), §2 (tokens), §3.1 (accept, reject), §4.3
+(status codes), §4.5–4.6 (listener limit and pinning), §8 (emulator checklist).
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from urllib.parse import parse_qsl, quote, unquote
+
+from ..control import AcceptCommand, RemoteEndpoint, RenewTokenCommand, parse_command, serialize_command
+from ..errors import RemoteProtocolError, TokenError
+from ..sas import verify_token
+from ..uris import strip_relay_query
+from .config import HybridConnectionConfig, Right, ServiceConfig
+
+__all__ = [
+    "Action",
+    "CloseListener",
+    "FailSender",
+    "ListenerRecord",
+    "PendingConnect",
+    "Refused",
+    "RelayBroker",
+    "RendezvousAccepted",
+    "RendezvousRejected",
+    "SendControl",
+]
+
+#: Headers that carry credentials and never reach the listener (hybrid-connections-wire §2.5).
+_AUTH_HEADERS = frozenset({"servicebusauthorization"})
+_ALLOWED = "microsoft-relay-allowedlisteners"
+_DISALLOWED = "microsoft-relay-disallowedlisteners"
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A handshake the relay refuses: answer it with ``status`` and ``description``."""
+
+    status: int
+    description: str
+    tracking_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendControl:
+    """Send ``text`` as a text message on a listener's control channel."""
+
+    listener_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class CloseListener:
+    """Close a listener's control channel with ``code`` (1008: token expired or renewal failed)."""
+
+    listener_id: str
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FailSender:
+    """Answer a waiting sender's handshake with an error status (accept timed out)."""
+
+    connect_id: str
+    status: int
+    description: str
+
+
+Action = SendControl | CloseListener | FailSender
+
+
+@dataclass(slots=True)
+class ListenerRecord:
+    """A connected listener's control channel, as the broker sees it."""
+
+    id: str
+    hc: HybridConnectionConfig
+    base_url: str
+    token_expiry: float | None
+    opened_at: float
+
+
+@dataclass(slots=True)
+class PendingConnect:
+    """A sender waiting for its listener to accept or reject."""
+
+    id: str
+    hc: HybridConnectionConfig
+    listener_id: str
+    address: str
+    created: float
+    accept: AcceptCommand
+    subprotocols: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RendezvousAccepted:
+    """The listener connected to a valid accept address: join it with ``pending``'s sender."""
+
+    pending: PendingConnect
+
+
+@dataclass(frozen=True, slots=True)
+class RendezvousRejected:
+    """The listener rejected: answer it 410, and the sender with ``status`` / ``description``."""
+
+    pending: PendingConnect
+    status: int
+    description: str
+
+
+@dataclass(slots=True)
+class _HcState:
+    listeners: dict[str, ListenerRecord] = field(default_factory=dict)
+
+
+def _header(headers: Sequence[tuple[str, str]], name: str) -> str | None:
+    lname = name.lower()
+    for key, value in headers:
+        if key.lower() == lname:
+            return value
+    return None
+
+
+def _query_value(query: str, *names: str) -> str | None:
+    """Value of the first of ``names`` present in ``query`` (case-insensitive keys, decoded)."""
+    wanted = [n.lower() for n in names]
+    found: dict[str, str] = {}
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        found.setdefault(key.lower(), value)
+    for name in wanted:
+        if name in found:
+            return found[name]
+    return None
+
+
+def _base_id(listener_id: str) -> str:
+    """Strip the service's ``_G<n>`` suffixes (hybrid-connections-wire §1.4)."""
+    return listener_id.split("_G", 1)[0].lower()
+
+
+class RelayBroker:
+    """Rendezvous and authorization decisions of the relay service (sans-IO)."""
+
+    def __init__(self, config: ServiceConfig | None = None, *,
+                 new_id: Callable[[], str] | None = None,
+                 rng: random.Random | None = None) -> None:
+        self.config = config or ServiceConfig()
+        self._new_id = new_id or (lambda: str(uuid.uuid4()))
+        self._rng = rng or random.Random()
+        self._hcs: dict[str, _HcState] = {}
+        self._listeners: dict[str, ListenerRecord] = {}
+        self._pending: dict[str, PendingConnect] = {}
+        self._actions: list[Action] = []
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _refuse(self, now: float, status: int, message: str, hc: str | None = None) -> Refused:
+        tracking = self._new_id()
+        stamp = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        tracker = f"{self.config.namespace}:HybridConnection:{hc}" if hc else self.config.namespace
+        text = f"{message} TrackingId:{tracking}, SystemTracker:{tracker}, Timestamp:{stamp}"
+        return Refused(status, text, tracking)
+
+    def _authorize(self, now: float, hc: HybridConnectionConfig, target_path: str,
+                   token: str | None, right: Right) -> Refused | float | None:
+        """Check ``token`` for ``right`` on ``target_path``; return its expiry or a refusal."""
+        if token is None:
+            return self._refuse(now, 401, "MissingToken: the request has no SAS token "
+                                "(ServiceBusAuthorization header or sb-hc-token query).", hc.name)
+        rules = self.config.rules_for(hc)
+        try:
+            parsed = verify_token(token, keys=lambda name: rules[name].key if name in rules else None,
+                                  target_path=target_path, now=now)
+        except TokenError as exc:
+            return self._refuse(now, exc.status, f"InvalidToken: {exc.reason}.", hc.name)
+        rule = rules[parsed.key_name]
+        if not rule.grants(right):
+            return self._refuse(now, 403, f"Unauthorized: rule '{rule.name}' does not grant "
+                                f"'{right.value}' on '{hc.name}'.", hc.name)
+        return float(parsed.expiry)
+
+    def _resolve(self, now: float, path: str) -> HybridConnectionConfig | Refused:
+        hc = self.config.lookup(path)
+        if hc is None:
+            return self._refuse(now, 404, f"Endpoint does not exist: no hybrid connection "
+                                f"matches '/{path.strip('/')}'.")
+        return hc
+
+    @staticmethod
+    def _suffix(hc: HybridConnectionConfig, path: str) -> str:
+        """The path after the hybrid connection's name ('' or '/a/b')."""
+        stripped = path.strip("/")
+        return "/" + stripped[len(hc.name):].lstrip("/") if len(stripped) > len(hc.name) else ""
+
+    # -- listeners -------------------------------------------------------------------------
+
+    def open_listener(self, now: float, path: str, *, headers: Sequence[tuple[str, str]] = (),
+                      query: str = "", base_url: str) -> ListenerRecord | Refused:
+        """A listener asks to open a control channel on ``/$hc/{path}`` (``path`` without $hc).
+
+        ``base_url`` is the scheme and host the listener used (``ws://127.0.0.1:9090``): accept
+        addresses are built on it so the listener can reach them (hybrid-connections-wire §5.2).
+        """
+        hc = self._resolve(now, path)
+        if isinstance(hc, Refused):
+            return hc
+        token = _header(headers, "ServiceBusAuthorization") or _query_value(query, "sb-hc-token")
+        auth = self._authorize(now, hc, "/" + path.strip("/"), token, Right.LISTEN)
+        if isinstance(auth, Refused):
+            return auth
+        state = self._hcs.setdefault(hc.name.lower(), _HcState())
+        if len(state.listeners) >= self.config.max_listeners:
+            return self._refuse(now, 403, f"QuotaExceeded: hybrid connection '{hc.name}' already "
+                                f"has the maximum of {self.config.max_listeners} listeners.", hc.name)
+        listener_id = _query_value(query, "sb-hc-id") or self._new_id()
+        while listener_id in self._listeners:
+            listener_id = f"{listener_id}_G{len(self._listeners)}"
+        record = ListenerRecord(listener_id, hc, base_url.rstrip("/"), auth, now)
+        state.listeners[listener_id] = record
+        self._listeners[listener_id] = record
+        return record
+
+    def close_listener(self, now: float, listener_id: str) -> None:
+        """The listener's control channel is gone; its pending accepts stay until they expire."""
+        record = self._listeners.pop(listener_id, None)
+        if record is not None:
+            self._hcs[record.hc.name.lower()].listeners.pop(listener_id, None)
+
+    def listener_count(self, hc_name: str) -> int:
+        state = self._hcs.get(hc_name.lower())
+        return len(state.listeners) if state else 0
+
+    def listener_message(self, now: float, listener_id: str, text: str) -> None:
+        """A text message arrived on a control channel: only ``renewToken`` is meaningful."""
+        record = self._listeners.get(listener_id)
+        if record is None:
+            return
+        try:
+            command = parse_command(text)
+        except RemoteProtocolError as exc:
+            self._actions.append(CloseListener(listener_id, 1008, f"malformed control message: {exc}"))
+            return
+        if isinstance(command, RenewTokenCommand):
+            auth = self._authorize(now, record.hc, "/" + record.hc.name, command.token, Right.LISTEN)
+            if isinstance(auth, Refused):
+                # A failed renewToken closes the channel with 1008 (hybrid-connections-wire §3.4).
+                self._actions.append(CloseListener(listener_id, 1008, auth.description))
+            else:
+                record.token_expiry = auth
+
+    # -- senders ---------------------------------------------------------------------------
+
+    def connect(self, now: float, path: str, *, headers: Sequence[tuple[str, str]],
+                query: str = "", remote: tuple[str, int] = ("127.0.0.1", 0),
+                subprotocols: Iterable[str] = ()) -> PendingConnect | Refused:
+        """A sender's WebSocket handshake on ``/$hc/{path}``: pick a listener, queue ``accept``."""
+        hc = self._resolve(now, path)
+        if isinstance(hc, Refused):
+            return hc
+        if hc.requires_client_authorization:
+            token = _header(headers, "ServiceBusAuthorization") or _query_value(query, "sb-hc-token")
+            auth = self._authorize(now, hc, "/" + path.strip("/"), token, Right.SEND)
+            if isinstance(auth, Refused):
+                return auth
+        listener = self._pick_listener(hc, headers)
+        if listener is None:
+            return self._refuse(now, 404, f"Endpoint does not exist: no listener is connected "
+                                f"to hybrid connection '{hc.name}'.", hc.name)
+        connect_id = _query_value(query, "sb-hc-id") or self._new_id()
+        while connect_id in self._pending:
+            connect_id = f"{connect_id}_G{len(self._pending)}"
+        app_query = strip_relay_query(query)
+        sep = "&" if app_query else ""
+        address = (f"{listener.base_url}/$hc/{hc.name}{quote(self._suffix(hc, path), safe='/%')}?"
+                   f"{app_query}{sep}sb-hc-action=accept&sb-hc-id={quote(connect_id, safe='')}")
+        connect_headers: dict[str, str] = {}
+        for key, value in headers:
+            if key.lower() in _AUTH_HEADERS:
+                continue
+            # Repeated headers are joined with ", " (hybrid-connections-wire §3.2).
+            connect_headers[key] = f"{connect_headers[key]}, {value}" if key in connect_headers else value
+        accept = AcceptCommand(address=address, id=connect_id, connect_headers=connect_headers,
+                               remote_endpoint=RemoteEndpoint(address=remote[0], port=remote[1]))
+        pending = PendingConnect(connect_id, hc, listener.id, address, now, accept,
+                                 tuple(subprotocols))
+        self._pending[connect_id] = pending
+        self._actions.append(SendControl(listener.id, serialize_command(accept)))
+        return pending
+
+    def _pick_listener(self, hc: HybridConnectionConfig,
+                       headers: Sequence[tuple[str, str]]) -> ListenerRecord | None:
+        state = self._hcs.get(hc.name.lower())
+        if state is None or not state.listeners:
+            return None
+        candidates = list(state.listeners.values())
+        allowed = _header(headers, _ALLOWED)
+        disallowed = _header(headers, _DISALLOWED)
+        # Listener pinning (hybrid-connections-wire §4.6): comma-separated listener ids.
+        if allowed:
+            keep = {_base_id(x.strip()) for x in allowed.split(",") if x.strip()}
+            candidates = [c for c in candidates if _base_id(c.id) in keep]
+        if disallowed:
+            drop = {_base_id(x.strip()) for x in disallowed.split(",") if x.strip()}
+            candidates = [c for c in candidates if _base_id(c.id) not in drop]
+        return self._rng.choice(candidates) if candidates else None
+
+    def cancel_connect(self, now: float, connect_id: str) -> None:
+        """The sender went away before the rendezvous: its accept address becomes invalid."""
+        self._pending.pop(connect_id, None)
+
+    # -- rendezvous ------------------------------------------------------------------------
+
+    def rendezvous(self, now: float, query: str) -> RendezvousAccepted | RendezvousRejected | Refused:
+        """The listener connects to an accept address (``sb-hc-action=accept``).
+
+        The address is single-use and valid ``accept_timeout`` seconds (§3.1). With
+        ``sb-hc-statusCode`` (or hyco-ws's unprefixed ``statusCode``, §1.4) it is a reject.
+        """
+        connect_id = _query_value(query, "sb-hc-id")
+        pending = self._pending.pop(connect_id, None) if connect_id else None
+        if pending is None or now - pending.created > self.config.accept_timeout:
+            return self._refuse(now, 403, "The rendezvous address is invalid or has expired.")
+        status = _query_value(query, "sb-hc-statusCode", "statusCode")
+        if status is None:
+            return RendezvousAccepted(pending)
+        description = _query_value(query, "sb-hc-statusDescription", "statusDescription")
+        try:
+            code = int(status)
+        except ValueError:
+            code = 0
+        if not 100 <= code <= 599:
+            code = 500
+        return RendezvousRejected(pending, code, unquote(description or "") or "Rejected by listener")
+
+    # -- time ------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        deadlines = [p.created + self.config.accept_timeout for p in self._pending.values()]
+        deadlines += [r.token_expiry + self.config.token_grace for r in self._listeners.values()
+                      if r.token_expiry is not None]
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> None:
+        for connect_id, pending in list(self._pending.items()):
+            if now - pending.created >= self.config.accept_timeout:
+                del self._pending[connect_id]
+                refusal = self._refuse(now, 504, "The listener did not accept the connection in "
+                                       "time.", pending.hc.name)
+                self._actions.append(FailSender(connect_id, refusal.status, refusal.description))
+        for record in list(self._listeners.values()):
+            expiry = record.token_expiry
+            if expiry is not None and now >= expiry + self.config.token_grace:
+                record.token_expiry = None  # close once
+                self._actions.append(CloseListener(record.id, 1008, "The token has expired; "
+                                                   "renew it with renewToken before expiry."))
+
+    def actions_to_take(self) -> list[Action]:
+        actions, self._actions = self._actions, []
+        return actions
+

@@ -1,0 +1,104 @@
+"""Relay service configuration: namespaces' SAS rules and hybrid connections.
+
+Development defaults follow the Azurite habit: a fixed, documented key for the default rule
+``RootManageSharedAccessKey`` (never use it outside local development), hybrid connections created
+on first use unless ``strict`` is set.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+__all__ = [
+    "DEFAULT_RULE_NAME",
+    "DEVELOPMENT_KEY",
+    "HybridConnectionConfig",
+    "Right",
+    "SasRule",
+    "ServiceConfig",
+]
+
+#: The default namespace rule, named like Azure's.
+DEFAULT_RULE_NAME = "RootManageSharedAccessKey"
+#: The documented development key of the default rule (like Azurite's well-known account key).
+DEVELOPMENT_KEY = "hyco-proto-development-key-do-not-use-in-production="
+
+
+class Right(str, enum.Enum):
+    """SAS rule rights (hybrid-connections-wire §2.4). Manage implies Listen and Send."""
+
+    LISTEN = "Listen"
+    SEND = "Send"
+    MANAGE = "Manage"
+
+
+@dataclass(frozen=True, slots=True)
+class SasRule:
+    """A shared access rule: a name, a key (UTF-8 text, not base64-decoded) and rights."""
+
+    name: str
+    key: str
+    rights: frozenset[Right] = frozenset({Right.MANAGE, Right.LISTEN, Right.SEND})
+
+    def grants(self, right: Right) -> bool:
+        return right in self.rights or Right.MANAGE in self.rights
+
+
+@dataclass(frozen=True, slots=True)
+class HybridConnectionConfig:
+    """One hybrid connection; ``rules`` are entity-scoped rules in addition to namespace rules."""
+
+    name: str
+    requires_client_authorization: bool = True
+    rules: tuple[SasRule, ...] = ()
+
+
+@dataclass(slots=True)
+class ServiceConfig:
+    """What the relay service serves and how strictly."""
+
+    rules: tuple[SasRule, ...] = (SasRule(DEFAULT_RULE_NAME, DEVELOPMENT_KEY),)
+    hybrid_connections: dict[str, HybridConnectionConfig] = field(default_factory=dict)
+    #: Refuse unknown hybrid connections with 404 instead of creating them on first use.
+    strict: bool = False
+    #: At most this many listeners per hybrid connection (the service's limit is 25).
+    max_listeners: int = 25
+    #: An accept address is valid this long (hybrid-connections-wire §3.1: about 30 s).
+    accept_timeout: float = 30.0
+    #: After a listener token's expiry, wait this long before closing with 1008 (§2.6).
+    token_grace: float = 60.0
+    #: Namespace name used in tracking descriptions.
+    namespace: str = "localhost"
+
+    @classmethod
+    def with_hybrid_connections(cls, names: Iterable[str], **kwargs: object) -> ServiceConfig:
+        config = cls(**kwargs)  # type: ignore[arg-type]
+        for name in names:
+            config.hybrid_connections[name.lower()] = HybridConnectionConfig(name)
+        return config
+
+    def lookup(self, path: str) -> HybridConnectionConfig | None:
+        """Resolve a hybrid connection from a path ``hc[/suffix]`` by longest configured prefix
+        (names may contain '/', hybrid-connections-wire §8), else the first segment when not
+        strict (created on first use)."""
+        segments = [s for s in path.strip("/").split("/") if s]
+        if not segments:
+            return None
+        for count in range(len(segments), 0, -1):
+            candidate = "/".join(segments[:count]).lower()
+            found = self.hybrid_connections.get(candidate)
+            if found is not None:
+                return found
+        if self.strict:
+            return None
+        created = HybridConnectionConfig(segments[0])
+        self.hybrid_connections[segments[0].lower()] = created
+        return created
+
+    def rules_for(self, hc: HybridConnectionConfig) -> Mapping[str, SasRule]:
+        """Rules that may sign for ``hc``: entity rules win over namespace rules of the same name."""
+        found = {rule.name: rule for rule in self.rules}
+        found.update({rule.name: rule for rule in hc.rules})
+        return found

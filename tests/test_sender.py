@@ -1,0 +1,215 @@
+"""Sender connect parameters and error mapping (hybrid-connections-wire §1.2, §2.5, §4.3, §4.6)."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+import pytest
+
+from hyco_proto.errors import (
+    AuthorizationError,
+    ConnectionLostError,
+    EndpointNotFoundError,
+    ForbiddenError,
+    QuotaExceededError,
+    RelayError,
+)
+from hyco_proto.handshake import HandshakeRejected
+from hyco_proto.sender import (
+    ALLOWED_LISTENERS_HEADER,
+    DISALLOWED_LISTENERS_HEADER,
+    SenderConnect,
+    error_for_close,
+    error_for_status,
+)
+
+NS = "contoso.servicebus.windows.net"
+TOKEN = "SharedAccessSignature sr=http%3A%2F%2Fcontoso%2Fmyhc&sig=a%2Bb%3D&se=1&skn=k"
+
+
+class TestParameters:
+    def test_minimal(self) -> None:
+        conn = SenderConnect(f"wss://{NS}/$hc/myhc", token=TOKEN)
+        assert conn.scheme == "wss" and conn.secure
+        assert conn.host == NS and conn.hostname == NS and conn.port == 443
+        assert conn.target == "/$hc/myhc?sb-hc-action=connect"
+        assert conn.url == f"wss://{NS}/$hc/myhc?sb-hc-action=connect"
+        assert conn.headers == (("ServiceBusAuthorization", TOKEN),)
+        assert conn.subprotocols == ()
+
+    def test_suffix_and_app_query_are_kept(self) -> None:
+        conn = SenderConnect(f"wss://{NS}:443/$hc/myhc/some/suffix?foo=bar&x")
+        assert conn.host == NS  # default port is not written into Host
+        assert conn.target == "/$hc/myhc/some/suffix?foo=bar&x&sb-hc-action=connect"
+        assert conn.headers == ()
+
+    def test_existing_connect_action_is_not_duplicated(self) -> None:
+        conn = SenderConnect(f"wss://{NS}/$hc/myhc?sb-hc-action=connect&sb-hc-id=me")
+        assert conn.target == "/$hc/myhc?sb-hc-action=connect&sb-hc-id=me"
+
+    def test_other_action_is_refused(self) -> None:
+        with pytest.raises(ValueError, match="sb-hc-action='listen'"):
+            SenderConnect(f"wss://{NS}/$hc/myhc?sb-hc-action=listen")
+
+    def test_plain_ws_and_custom_port(self) -> None:
+        conn = SenderConnect("ws://127.0.0.1:9090/$hc/myhc")
+        assert not conn.secure
+        assert conn.host == "127.0.0.1:9090" and conn.port == 9090
+        assert SenderConnect("ws://localhost/$hc/x").port == 80
+        assert SenderConnect("ws://localhost:80/$hc/x").host == "localhost"
+
+    def test_ipv6_host(self) -> None:
+        conn = SenderConnect("ws://[::1]:9090/$hc/x")
+        assert conn.hostname == "::1" and conn.host == "[::1]:9090"
+
+    def test_token_in_query(self) -> None:
+        conn = SenderConnect(f"wss://{NS}/$hc/myhc?a=1&sb-hc-token=old", token=TOKEN,
+                             token_in_query=True)
+        assert conn.headers == ()
+        pairs = parse_qsl(conn.target.split("?", 1)[1])
+        assert pairs == [("a", "1"), ("sb-hc-action", "connect"), ("sb-hc-token", TOKEN)]
+        assert "sb-hc-token=SharedAccessSignature%20sr%3Dhttp%253A" in conn.target
+
+    def test_token_in_query_needs_token(self) -> None:
+        with pytest.raises(ValueError, match="needs a token"):
+            SenderConnect(f"wss://{NS}/$hc/myhc", token_in_query=True)
+
+    def test_repr_hides_token(self) -> None:
+        conn = SenderConnect(f"wss://{NS}/$hc/myhc", token=TOKEN, token_in_query=True)
+        assert "sig=" not in repr(conn) and "sig%3D" not in repr(conn)
+        assert "***" in repr(conn)
+
+    def test_headers_mapping_or_pairs_and_listener_pinning(self) -> None:
+        conn = SenderConnect(f"wss://{NS}/$hc/myhc", token=TOKEN,
+                             headers={"X-Custom": "hello"},
+                             allowed_listeners=["guid1", "guid2"],
+                             disallowed_listeners=("guid3",))
+        assert conn.headers == (("X-Custom", "hello"), ("ServiceBusAuthorization", TOKEN),
+                                (ALLOWED_LISTENERS_HEADER, "guid1,guid2"),
+                                (DISALLOWED_LISTENERS_HEADER, "guid3"))
+        assert ALLOWED_LISTENERS_HEADER == "Microsoft-Relay-AllowedListeners"
+        assert DISALLOWED_LISTENERS_HEADER == "Microsoft-Relay-DisallowedListeners"
+        pairs = SenderConnect(f"wss://{NS}/$hc/myhc", headers=[("A", "1"), ("A", "2")])
+        assert pairs.headers == (("A", "1"), ("A", "2"))
+
+    def test_own_auth_header_without_token(self) -> None:
+        conn = SenderConnect(f"wss://{NS}/$hc/myhc", headers={"ServiceBusAuthorization": "t"})
+        assert conn.headers == (("ServiceBusAuthorization", "t"),)
+
+    def test_subprotocols(self) -> None:
+        conn = SenderConnect(f"wss://{NS}/$hc/myhc", subprotocols=["chat", "superchat"])
+        assert conn.subprotocols == ("chat", "superchat")
+
+    @pytest.mark.parametrize(("kwargs", "message"), [
+        ({"headers": {"Sec-WebSocket-Protocol": "x"}}, "written by the WebSocket handshake"),
+        ({"headers": {"host": "x"}}, "written by the WebSocket handshake"),
+        ({"headers": {"ServiceBusAuthorization": "x"}, "token": "t"}, "not both"),
+        ({"headers": {"Microsoft-Relay-AllowedListeners": "a"}}, "allowed_listeners"),
+        ({"headers": {"X-Bad": "a\r\nInjected: 1"}}, "CR, LF"),
+        ({"subprotocols": ["a b"]}, "not a valid token"),
+        ({"subprotocols": ["a,b"]}, "not a valid token"),
+        ({"allowed_listeners": ["a,b"]}, "without commas"),
+        ({"disallowed_listeners": [""]}, "non-empty"),
+    ])
+    def test_invalid_arguments(self, kwargs: dict[str, object], message: str) -> None:
+        with pytest.raises(ValueError, match=message):
+            SenderConnect(f"wss://{NS}/$hc/myhc", **kwargs)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize("kwargs", [{"subprotocols": "chat"}, {"allowed_listeners": "g1"}])
+    def test_single_string_instead_of_sequence(self, kwargs: dict[str, object]) -> None:
+        with pytest.raises(TypeError, match="not a single string"):
+            SenderConnect(f"wss://{NS}/$hc/myhc", **kwargs)  # type: ignore[arg-type]
+
+    @pytest.mark.parametrize(("address", "message"), [
+        (f"https://{NS}/myhc", "ws:// or wss://"),
+        ("wss:///$hc/x", "no host"),
+        (f"wss://{NS}/$hc/x#frag", "fragment"),
+        (f"wss://{NS}:99999/$hc/x", "invalid port"),
+    ])
+    def test_invalid_address(self, address: str, message: str) -> None:
+        with pytest.raises(ValueError, match=message):
+            SenderConnect(address)
+
+    def test_empty_path_becomes_slash(self) -> None:
+        assert SenderConnect(f"wss://{NS}").target == "/?sb-hc-action=connect"
+
+
+class TestErrors:
+    @pytest.mark.parametrize(("status", "reason", "cls"), [
+        (401, "ExpiredToken: . TrackingId:t-401, SystemTracker:x", AuthorizationError),
+        (403, "Unauthorized access. 'Send' claim(s) are required", ForbiddenError),
+        (403, "QuotaExceeded: too many connections", QuotaExceededError),
+        (404, "Endpoint does not exist. TrackingId:t-404, SystemTracker:sb://ns/x",
+         EndpointNotFoundError),
+        (400, "Rejected by user code", RelayError),  # a listener's reject, passed through
+        (502, "The Listener's custom AcceptHandler threw an exception", RelayError),
+        (504, "timeout", RelayError),
+    ])
+    def test_handshake_status(self, status: int, reason: str, cls: type[RelayError]) -> None:
+        error = error_for_status(status, reason)
+        assert type(error) is cls
+        assert error.status == status and error.close_code is None
+        assert error.description == reason
+        assert reason in str(error)
+        assert SenderConnect("ws://h/$hc/x").error_for_status(status, reason).status == status
+
+    def test_tracking_id(self) -> None:
+        assert error_for_status(404, "Endpoint does not exist. TrackingId:t-404, X").tracking_id \
+            == "t-404"
+        assert error_for_status(401).tracking_id is None
+        assert error_for_status(401, "").description is None
+
+    def test_transient_follows_the_listener_rule(self) -> None:
+        # RelayError.transient follows the listener rule (§4.2); senders may retry anyway.
+        assert not error_for_status(404).transient
+        assert error_for_status(401).transient
+
+    @pytest.mark.parametrize(("code", "cls"), [(1001, ConnectionLostError),
+                                               (1006, ConnectionLostError),
+                                               (1008, AuthorizationError),
+                                               (1011, ConnectionLostError)])
+    def test_close_codes(self, code: int, cls: type[RelayError]) -> None:
+        error = error_for_close(code, "reason")
+        assert type(error) is cls
+        assert error is not None and error.close_code == code
+
+    def test_normal_close_is_not_an_error(self) -> None:
+        assert error_for_close(1000) is None
+        assert SenderConnect("ws://h/$hc/x").error_for_close(1000, "bye") is None
+
+
+class TestHandshake:
+    def test_request_carries_target_headers_and_subprotocols(self) -> None:
+        conn = SenderConnect("ws://127.0.0.1:9090/$hc/myhc/sfx?foo=bar", token=TOKEN,
+                             headers={"X-Custom": "hello"}, subprotocols=["chat"],
+                             allowed_listeners=["g1"])
+        hs = conn.handshake(key=b"0123456789abcdef")
+        request = hs.data_to_send().decode("ascii")
+        head, _, _ = request.partition("\r\n")
+        assert head == "GET /$hc/myhc/sfx?foo=bar&sb-hc-action=connect HTTP/1.1"
+        headers = {name.lower(): value for name, _, value in
+                   (line.partition(": ") for line in request.split("\r\n")[1:] if line)}
+        assert headers["host"] == "127.0.0.1:9090"
+        assert headers["servicebusauthorization"] == TOKEN
+        assert headers["x-custom"] == "hello"
+        assert headers["microsoft-relay-allowedlisteners"] == "g1"
+        assert headers["sec-websocket-protocol"] == "chat"
+
+    @pytest.mark.parametrize(("status", "reason", "cls"), [
+        (401, "ExpiredToken. TrackingId:t1, SystemTracker:x", AuthorizationError),
+        (404, "Endpoint does not exist. TrackingId:t2", EndpointNotFoundError),
+        (400, "Rejected by user code", RelayError),
+    ])
+    def test_rejection_maps_to_error(self, status: int, reason: str,
+                                     cls: type[RelayError]) -> None:
+        conn = SenderConnect("wss://h/$hc/x", token="t")
+        hs = conn.handshake()
+        hs.data_to_send()
+        hs.receive_data(f"HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\n\r\n".encode())
+        event = hs.next_event()
+        assert isinstance(event, HandshakeRejected)
+        error = conn.error_for_rejection(event)
+        assert type(error) is cls
+        assert error.status == status and error.description == reason
+        if "TrackingId" in reason:
+            assert error.tracking_id in ("t1", "t2")
