@@ -417,6 +417,7 @@ class ServerHandshake:
 
     def __init__(self, *, max_header_size: int = 16384) -> None:
         self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_size)
+        self._max_header_size = max_header_size
         self.request: HandshakeRequest | None = None
         #: Response bytes when the handshake refused the request by itself.
         self.rejection: bytes | None = None
@@ -451,6 +452,11 @@ class ServerHandshake:
             try:
                 event = self._h11.next_event()
             except h11.RemoteProtocolError as exc:
+                if self._eof:
+                    # The client left mid-request: nobody to answer.
+                    self.error = RemoteProtocolError(
+                        f"the client closed the connection before finishing its request ({exc})")
+                    return None
                 status = exc.error_status_hint
                 if status == 431:
                     why = "request headers too large"
@@ -479,6 +485,12 @@ class ServerHandshake:
                 return None
         request = self._pending
         assert request is not None
+        # h11 only bounds *incomplete* heads; a big head that arrives at once is checked here.
+        size = len(request.method) + len(request.target) + 12 + sum(
+            len(k) + len(v) + 4 for k, v in request.headers.raw_items())
+        if size > self._max_header_size:
+            self._refuse(431, "request headers too large")
+            return None
         trailing, _ = self._h11.trailing_data
         self.trailing_data = bytes(trailing)
         return self._validate(request)
@@ -586,5 +598,6 @@ class ServerHandshake:
             if name.lower() in _BODY_HEADERS:
                 raise LocalProtocolError(
                     f"header {name!r} is computed from the body; do not pass it")
+        data = self._response(status, reason or _default_reason(status), extra, bytes(body))
         self._answered = True
-        return self._response(status, reason or _default_reason(status), extra, bytes(body))
+        return data

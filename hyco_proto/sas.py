@@ -502,7 +502,7 @@ def verify_token(token: str | SasToken, *, keys: KeyLookup, target_path: str, no
             raise TokenError(f"token is for host {sr_host!r}, not {_host_only(host)!r}",
                              status=403)
     sr_segs = _segments(resource.path)
-    target_segs = _segments(target_path)
+    target_segs = _segments(target_path.split("?", 1)[0])
     if sr_segs != target_segs[: len(sr_segs)] or len(sr_segs) > len(target_segs):
         raise TokenError(
             f"token is for path '/{'/'.join(sr_segs)}', which does not cover "
@@ -531,6 +531,10 @@ def token_expiry(token: str) -> int | None:
     if isinstance(exp, bool) or not isinstance(exp, (int, float)):
         return None
     return int(exp)
+
+
+#: Seconds before asking a token callable again when it returned an already-expired token.
+_EXPIRED_RETRY = 1.0
 
 
 class TokenSource:
@@ -589,7 +593,11 @@ class TokenSource:
         if self._expiry is None:
             ttl = self._fallback_ttl
         else:
-            ttl = max(0.0, self._expiry - self._issued_at)
+            ttl = self._expiry - self._issued_at
+            if ttl <= 0:
+                # The callable handed out an already-expired token: try again shortly rather
+                # than in a busy loop.
+                return self._issued_at + _EXPIRED_RETRY
         return self._issued_at + self._renew_at * ttl
 
     def needs_renewal(self, now: float) -> bool:

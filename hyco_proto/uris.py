@@ -105,7 +105,7 @@ def _relay_path(path: str) -> str:
     """The hybrid connection name plus optional ``/suffix``, percent-encoded where needed."""
     if not isinstance(path, str):
         raise TypeError(f"path must be a str, not {type(path).__name__}")
-    trimmed = path.lstrip("/")
+    trimmed = path[1:] if path.startswith("/") else path
     if not trimmed or trimmed.startswith("/"):
         raise ValueError(f"path must name a hybrid connection, e.g. 'myhc' or 'myhc/sub', "
                          f"not {path!r}")

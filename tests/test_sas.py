@@ -269,7 +269,7 @@ def test_parse_token_strips_outer_whitespace() -> None:
     ("SharedAccessSignature sr=a&sig=b&se=1.5&skn=c", "'se' must be an integer"),
     ("SharedAccessSignature sr=a&sig=b&se=-1&skn=c", "'se' must be an integer"),
     ("SharedAccessSignature sr=a&sig=b&se=soon&skn=c", "'se' must be an integer"),
-    ("SharedAccessSignature sr=a&sig=b&se=１&skn=c", "'se' must be an integer"),
+    ("SharedAccessSignature sr=a&sig=b&se=\uff11&skn=c", "'se' must be an integer"),
     ("SharedAccessSignature sr=a&sigb&se=1&skn=c", "has no '='"),
 ])
 def test_parse_token_malformed(token: str, reason: str) -> None:
@@ -363,7 +363,7 @@ def test_verify_uses_constant_time_compare(monkeypatch: pytest.MonkeyPatch) -> N
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(sas.hmac, "compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)
     token = create_relay_token("http://ns/myhc", RULE, KEY, now=NOW)
     verify(token)
     assert len(calls) == 1
@@ -404,6 +404,7 @@ def test_verify_expired_reported_before_audience() -> None:
     ("http://ns/a%20b", "/a b"),                       # compared decoded
     ("http://ns/a b", "/a%20b"),
     ("http://ns/myhc", "/$hc/myhc"),                   # a target written with $hc
+    ("http://ns/myhc", "/myhc/x?sb-hc-action=connect"),  # a query on the target is ignored
 ])
 def test_verify_path_prefix_accepts(resource: str, target: str) -> None:
     token = make_token(encode_uri_component(resource), 1_700_000_060)
@@ -478,10 +479,11 @@ def test_token_source_callable_renews_half_way() -> None:
     factory = Factory(ttl=3600)
     src = TokenSource(factory)
     assert src.is_renewable
-    assert src.current is None and src.expiry is None
+    assert src.current is None
     assert src.next_renewal(NOW) == NOW and src.needs_renewal(NOW)
     first = src.get(NOW)
-    assert factory.calls == 1 and src.expiry == NOW + 3600
+    assert factory.calls == 1
+    assert src.expiry == NOW + 3600
     assert src.next_renewal(NOW) == NOW + 1800
     assert src.get(NOW + 1799) == first and factory.calls == 1  # cached
     assert not src.needs_renewal(NOW + 1799.9)
@@ -509,6 +511,15 @@ def test_token_source_explicit_renew() -> None:
     src.renew(NOW + 5)
     assert factory.calls == 2
     assert src.next_renewal(NOW) == pytest.approx(NOW + 5 + 0.5 * 3595)
+
+
+def test_token_source_expired_token_retried_shortly() -> None:
+    factory = Factory(ttl=60)
+    factory.clock = NOW - 120                      # the callable hands out stale tokens
+    src = TokenSource(factory)
+    src.get(NOW)
+    assert src.next_renewal(NOW) == NOW + 1.0
+    assert src.get(NOW + 0.5) and factory.calls == 1
 
 
 def test_token_source_unknown_expiry_uses_fallback_ttl() -> None:

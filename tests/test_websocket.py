@@ -3,6 +3,7 @@ kernel that is available (the ``kernel`` fixture swaps the kernel the module use
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -114,13 +115,12 @@ def test_partial_frame_waits_for_the_rest(role: Role) -> None:
 @pytest.mark.parametrize("role", ROLES, ids=lambda r: r.value)
 def test_trailing_data_from_the_handshake_is_parsed(role: Role) -> None:
     data = peer_frame(role, OP_TEXT, "early") + peer_frame(role, OP_PING, b"p")
-    conn = WebSocketConnection(role, trailing_data=data + peer_frame(role, OP_TEXT, "x")[:1])
+    third = peer_frame(role, OP_TEXT, "x")
+    conn = WebSocketConnection(role, trailing_data=data + third[:1])
     assert conn.events_received() == [TextMessage("early"), Ping(b"p")]
     assert output(conn) == [pong(b"p")]
-    conn.receive_data(peer_frame(role, OP_TEXT, "x")[1:])
-    # The header byte above belonged to a different frame (fresh key): only check no crash and
-    # that the connection still parses a following valid frame when the server role unmasks.
-    conn.events_received()
+    conn.receive_data(third[1:])
+    assert conn.events_received() == [TextMessage("x")]
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -401,7 +401,7 @@ def test_half_close_with_reply_to_close_false(role: Role) -> None:
     assert conn.state is State.CLOSED
     assert conn.events_received() == [ConnectionClosed(1000, "Shutdown", None)]
     want = [binary(b"more"), ping(b"still here"), closed(1000)]
-    assert output(conn) == (want + [EOF] if role is Role.SERVER else want)
+    assert output(conn) == ([*want, EOF] if role is Role.SERVER else want)
 
 
 def test_half_close_then_eof_before_our_close() -> None:
@@ -449,7 +449,7 @@ def test_fail(role: Role) -> None:
     conn.fail(1011, "internal error")
     assert conn.events_received() == [ConnectionClosed(1011, "internal error", None)]
     want = [closed(1011)]
-    assert output(conn) == (want + [EOF] if role is Role.SERVER else want)
+    assert output(conn) == ([*want, EOF] if role is Role.SERVER else want)
     conn.fail(1000)  # no-op once closed
     assert conn.data_to_send() == [] and conn.events_received() == []
     conn.receive_data(peer_frame(role, OP_PING, b"x"))
@@ -557,10 +557,10 @@ def test_split_invariance(items: list[tuple[int, bytes]], cuts: list[int], role:
     whole.receive_data(wire)
     split = WebSocketConnection(role)
     points = sorted({c % (len(wire) + 1) for c in cuts} | {0, len(wire)})
-    for a, b in zip(points, points[1:], strict=False):
+    for a, b in itertools.pairwise(points):
         split.receive_data(wire[a:b])
     assert _norm(split.events_received()) == _norm(whole.events_received())
     out_w = decode_output(whole.data_to_send(), expect_masked=role is Role.CLIENT)
     out_s = decode_output(split.data_to_send(), expect_masked=role is Role.CLIENT)
     assert out_w == out_s
-    assert whole.state is State.CLOSED  # garbage fails it, the final close ends it otherwise
+    assert whole.state is split.state  # garbage may also swallow the final close

@@ -8,7 +8,7 @@ broker returns decisions and queues actions (send this control message, close th
 fail that sender). Timers: ``next_deadline()`` / ``handle_timer(now)``.
 
 Wire rules: hybrid-connections-wire §1 (addresses), §2 (tokens), §3.1 (accept, reject), §4.3
-(status codes), §4.5–4.6 (listener limit and pinning), §8 (emulator checklist).
+(status codes), §4.5-4.6 (listener limit and pinning), §8 (emulator checklist).
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from urllib.parse import parse_qsl, quote, unquote
 
-from ..control import AcceptCommand, RemoteEndpoint, RenewTokenCommand, parse_command, serialize_command
+from ..control import (
+    AcceptCommand,
+    RemoteEndpoint,
+    RenewTokenCommand,
+    parse_command,
+    serialize_command,
+)
 from ..errors import RemoteProtocolError, TokenError
 from ..sas import verify_token
 from ..uris import strip_relay_query
@@ -156,9 +162,13 @@ def _base_id(listener_id: str) -> str:
 class RelayBroker:
     """Rendezvous and authorization decisions of the relay service (sans-IO)."""
 
-    def __init__(self, config: ServiceConfig | None = None, *,
-                 new_id: Callable[[], str] | None = None,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        config: ServiceConfig | None = None,
+        *,
+        new_id: Callable[[], str] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.config = config or ServiceConfig()
         self._new_id = new_id or (lambda: str(uuid.uuid4()))
         self._rng = rng or random.Random()
@@ -176,41 +186,70 @@ class RelayBroker:
         text = f"{message} TrackingId:{tracking}, SystemTracker:{tracker}, Timestamp:{stamp}"
         return Refused(status, text, tracking)
 
-    def _authorize(self, now: float, hc: HybridConnectionConfig, target_path: str,
-                   token: str | None, right: Right) -> Refused | float | None:
+    def _authorize(
+        self,
+        now: float,
+        hc: HybridConnectionConfig,
+        target_path: str,
+        token: str | None,
+        right: Right,
+    ) -> Refused | float | None:
         """Check ``token`` for ``right`` on ``target_path``; return its expiry or a refusal."""
         if token is None:
-            return self._refuse(now, 401, "MissingToken: the request has no SAS token "
-                                "(ServiceBusAuthorization header or sb-hc-token query).", hc.name)
+            return self._refuse(
+                now,
+                401,
+                "MissingToken: the request has no SAS token "
+                "(ServiceBusAuthorization header or sb-hc-token query).",
+                hc.name,
+            )
         rules = self.config.rules_for(hc)
         try:
-            parsed = verify_token(token, keys=lambda name: rules[name].key if name in rules else None,
-                                  target_path=target_path, now=now)
+            parsed = verify_token(
+                token,
+                keys=lambda name: rules[name].key if name in rules else None,
+                target_path=target_path,
+                now=now,
+            )
         except TokenError as exc:
             return self._refuse(now, exc.status, f"InvalidToken: {exc.reason}.", hc.name)
         rule = rules[parsed.key_name]
         if not rule.grants(right):
-            return self._refuse(now, 403, f"Unauthorized: rule '{rule.name}' does not grant "
-                                f"'{right.value}' on '{hc.name}'.", hc.name)
+            return self._refuse(
+                now,
+                403,
+                f"Unauthorized: rule '{rule.name}' does not grant '{right.value}' on '{hc.name}'.",
+                hc.name,
+            )
         return float(parsed.expiry)
 
     def _resolve(self, now: float, path: str) -> HybridConnectionConfig | Refused:
         hc = self.config.lookup(path)
         if hc is None:
-            return self._refuse(now, 404, f"Endpoint does not exist: no hybrid connection "
-                                f"matches '/{path.strip('/')}'.")
+            return self._refuse(
+                now,
+                404,
+                f"Endpoint does not exist: no hybrid connection matches '/{path.strip('/')}'.",
+            )
         return hc
 
     @staticmethod
     def _suffix(hc: HybridConnectionConfig, path: str) -> str:
         """The path after the hybrid connection's name ('' or '/a/b')."""
         stripped = path.strip("/")
-        return "/" + stripped[len(hc.name):].lstrip("/") if len(stripped) > len(hc.name) else ""
+        return "/" + stripped[len(hc.name) :].lstrip("/") if len(stripped) > len(hc.name) else ""
 
     # -- listeners -------------------------------------------------------------------------
 
-    def open_listener(self, now: float, path: str, *, headers: Sequence[tuple[str, str]] = (),
-                      query: str = "", base_url: str) -> ListenerRecord | Refused:
+    def open_listener(
+        self,
+        now: float,
+        path: str,
+        *,
+        headers: Sequence[tuple[str, str]] = (),
+        query: str = "",
+        base_url: str,
+    ) -> ListenerRecord | Refused:
         """A listener asks to open a control channel on ``/$hc/{path}`` (``path`` without $hc).
 
         ``base_url`` is the scheme and host the listener used (``ws://127.0.0.1:9090``): accept
@@ -225,8 +264,13 @@ class RelayBroker:
             return auth
         state = self._hcs.setdefault(hc.name.lower(), _HcState())
         if len(state.listeners) >= self.config.max_listeners:
-            return self._refuse(now, 403, f"QuotaExceeded: hybrid connection '{hc.name}' already "
-                                f"has the maximum of {self.config.max_listeners} listeners.", hc.name)
+            return self._refuse(
+                now,
+                403,
+                f"QuotaExceeded: hybrid connection '{hc.name}' already "
+                f"has the maximum of {self.config.max_listeners} listeners.",
+                hc.name,
+            )
         listener_id = _query_value(query, "sb-hc-id") or self._new_id()
         while listener_id in self._listeners:
             listener_id = f"{listener_id}_G{len(self._listeners)}"
@@ -253,10 +297,14 @@ class RelayBroker:
         try:
             command = parse_command(text)
         except RemoteProtocolError as exc:
-            self._actions.append(CloseListener(listener_id, 1008, f"malformed control message: {exc}"))
+            self._actions.append(
+                CloseListener(listener_id, 1008, f"malformed control message: {exc}")
+            )
             return
         if isinstance(command, RenewTokenCommand):
-            auth = self._authorize(now, record.hc, "/" + record.hc.name, command.token, Right.LISTEN)
+            auth = self._authorize(
+                now, record.hc, "/" + record.hc.name, command.token, Right.LISTEN
+            )
             if isinstance(auth, Refused):
                 # A failed renewToken closes the channel with 1008 (hybrid-connections-wire §3.4).
                 self._actions.append(CloseListener(listener_id, 1008, auth.description))
@@ -265,45 +313,69 @@ class RelayBroker:
 
     # -- senders ---------------------------------------------------------------------------
 
-    def connect(self, now: float, path: str, *, headers: Sequence[tuple[str, str]],
-                query: str = "", remote: tuple[str, int] = ("127.0.0.1", 0),
-                subprotocols: Iterable[str] = ()) -> PendingConnect | Refused:
+    def connect(
+        self,
+        now: float,
+        path: str,
+        *,
+        headers: Sequence[tuple[str, str]],
+        query: str = "",
+        remote: tuple[str, int] = ("127.0.0.1", 0),
+        subprotocols: Iterable[str] = (),
+    ) -> PendingConnect | Refused:
         """A sender's WebSocket handshake on ``/$hc/{path}``: pick a listener, queue ``accept``."""
         hc = self._resolve(now, path)
         if isinstance(hc, Refused):
             return hc
         if hc.requires_client_authorization:
-            token = _header(headers, "ServiceBusAuthorization") or _query_value(query, "sb-hc-token")
+            token = _header(headers, "ServiceBusAuthorization") or _query_value(
+                query, "sb-hc-token"
+            )
             auth = self._authorize(now, hc, "/" + path.strip("/"), token, Right.SEND)
             if isinstance(auth, Refused):
                 return auth
         listener = self._pick_listener(hc, headers)
         if listener is None:
-            return self._refuse(now, 404, f"Endpoint does not exist: no listener is connected "
-                                f"to hybrid connection '{hc.name}'.", hc.name)
+            return self._refuse(
+                now,
+                404,
+                f"Endpoint does not exist: no listener is connected "
+                f"to hybrid connection '{hc.name}'.",
+                hc.name,
+            )
         connect_id = _query_value(query, "sb-hc-id") or self._new_id()
         while connect_id in self._pending:
             connect_id = f"{connect_id}_G{len(self._pending)}"
         app_query = strip_relay_query(query)
         sep = "&" if app_query else ""
-        address = (f"{listener.base_url}/$hc/{hc.name}{quote(self._suffix(hc, path), safe='/%')}?"
-                   f"{app_query}{sep}sb-hc-action=accept&sb-hc-id={quote(connect_id, safe='')}")
+        address = (
+            f"{listener.base_url}/$hc/{hc.name}{quote(self._suffix(hc, path), safe='/%')}?"
+            f"{app_query}{sep}sb-hc-action=accept&sb-hc-id={quote(connect_id, safe='')}"
+        )
         connect_headers: dict[str, str] = {}
         for key, value in headers:
             if key.lower() in _AUTH_HEADERS:
                 continue
             # Repeated headers are joined with ", " (hybrid-connections-wire §3.2).
-            connect_headers[key] = f"{connect_headers[key]}, {value}" if key in connect_headers else value
-        accept = AcceptCommand(address=address, id=connect_id, connect_headers=connect_headers,
-                               remote_endpoint=RemoteEndpoint(address=remote[0], port=remote[1]))
-        pending = PendingConnect(connect_id, hc, listener.id, address, now, accept,
-                                 tuple(subprotocols))
+            connect_headers[key] = (
+                f"{connect_headers[key]}, {value}" if key in connect_headers else value
+            )
+        accept = AcceptCommand(
+            address=address,
+            id=connect_id,
+            connect_headers=connect_headers,
+            remote_endpoint=RemoteEndpoint(address=remote[0], port=remote[1]),
+        )
+        pending = PendingConnect(
+            connect_id, hc, listener.id, address, now, accept, tuple(subprotocols)
+        )
         self._pending[connect_id] = pending
         self._actions.append(SendControl(listener.id, serialize_command(accept)))
         return pending
 
-    def _pick_listener(self, hc: HybridConnectionConfig,
-                       headers: Sequence[tuple[str, str]]) -> ListenerRecord | None:
+    def _pick_listener(
+        self, hc: HybridConnectionConfig, headers: Sequence[tuple[str, str]]
+    ) -> ListenerRecord | None:
         state = self._hcs.get(hc.name.lower())
         if state is None or not state.listeners:
             return None
@@ -325,7 +397,9 @@ class RelayBroker:
 
     # -- rendezvous ------------------------------------------------------------------------
 
-    def rendezvous(self, now: float, query: str) -> RendezvousAccepted | RendezvousRejected | Refused:
+    def rendezvous(
+        self, now: float, query: str
+    ) -> RendezvousAccepted | RendezvousRejected | Refused:
         """The listener connects to an accept address (``sb-hc-action=accept``).
 
         The address is single-use and valid ``accept_timeout`` seconds (§3.1). With
@@ -345,31 +419,41 @@ class RelayBroker:
             code = 0
         if not 100 <= code <= 599:
             code = 500
-        return RendezvousRejected(pending, code, unquote(description or "") or "Rejected by listener")
+        return RendezvousRejected(
+            pending, code, unquote(description or "") or "Rejected by listener"
+        )
 
     # -- time ------------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
         deadlines = [p.created + self.config.accept_timeout for p in self._pending.values()]
-        deadlines += [r.token_expiry + self.config.token_grace for r in self._listeners.values()
-                      if r.token_expiry is not None]
+        deadlines += [
+            r.token_expiry + self.config.token_grace
+            for r in self._listeners.values()
+            if r.token_expiry is not None
+        ]
         return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> None:
         for connect_id, pending in list(self._pending.items()):
             if now - pending.created >= self.config.accept_timeout:
                 del self._pending[connect_id]
-                refusal = self._refuse(now, 504, "The listener did not accept the connection in "
-                                       "time.", pending.hc.name)
+                refusal = self._refuse(
+                    now, 504, "The listener did not accept the connection in time.", pending.hc.name
+                )
                 self._actions.append(FailSender(connect_id, refusal.status, refusal.description))
         for record in list(self._listeners.values()):
             expiry = record.token_expiry
             if expiry is not None and now >= expiry + self.config.token_grace:
                 record.token_expiry = None  # close once
-                self._actions.append(CloseListener(record.id, 1008, "The token has expired; "
-                                                   "renew it with renewToken before expiry."))
+                self._actions.append(
+                    CloseListener(
+                        record.id,
+                        1008,
+                        "The token has expired; renew it with renewToken before expiry.",
+                    )
+                )
 
     def actions_to_take(self) -> list[Action]:
         actions, self._actions = self._actions, []
         return actions
-

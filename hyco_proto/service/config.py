@@ -98,7 +98,7 @@ class ServiceConfig:
         return created
 
     def rules_for(self, hc: HybridConnectionConfig) -> Mapping[str, SasRule]:
-        """Rules that may sign for ``hc``: entity rules win over namespace rules of the same name."""
+        """Rules that may sign for ``hc``; an entity rule wins over a namespace rule of its name."""
         found = {rule.name: rule for rule in self.rules}
         found.update({rule.name: rule for rule in hc.rules})
         return found

@@ -49,10 +49,10 @@ _LEGACY_PREFIX = "/$servicebus/hybridconnection/"
 
 
 class ConnectionKind(enum.Enum):
-    HANDSHAKE = "handshake"   # reading the HTTP upgrade request
-    LISTENER = "listener"     # a listener's control channel
-    WAITING = "waiting"       # a sender whose handshake waits for accept/reject
-    RELAY = "relay"           # one leg of a joined pair
+    HANDSHAKE = "handshake"  # reading the HTTP upgrade request
+    LISTENER = "listener"  # a listener's control channel
+    WAITING = "waiting"  # a sender whose handshake waits for accept/reject
+    RELAY = "relay"  # one leg of a joined pair
     CLOSED = "closed"
 
 
@@ -90,8 +90,13 @@ def _split_target(target: str) -> tuple[str, str] | None:
     path = parts.path
     for prefix in (_HC_PREFIX, _LEGACY_PREFIX):
         if path.lower().startswith(prefix):
-            return path[len(prefix):], parts.query
+            return path[len(prefix) :], parts.query
     return None
+
+
+def _can_send(ws: WebSocketConnection) -> bool:
+    """Whether ``ws`` has not sent its close frame yet (it may have received the peer's)."""
+    return ws.state is State.OPEN or (ws.state is State.CLOSING and not ws.close_expected())
 
 
 def _action(query: str) -> str:
@@ -105,8 +110,9 @@ def _action(query: str) -> str:
 class RelayService:
     """Sans-IO relay service: see the module docstring for the driving loop."""
 
-    def __init__(self, config: ServiceConfig | None = None, *,
-                 broker: RelayBroker | None = None) -> None:
+    def __init__(
+        self, config: ServiceConfig | None = None, *, broker: RelayBroker | None = None
+    ) -> None:
         self.broker = broker or RelayBroker(config)
         self.stats = ServiceStats()
         self._conns: dict[int, _Conn] = {}
@@ -117,8 +123,9 @@ class RelayService:
 
     # -- driver API ------------------------------------------------------------------------
 
-    def connection_made(self, now: float, remote: tuple[str, int] = ("127.0.0.1", 0), *,
-                        scheme: str = "ws") -> int:
+    def connection_made(
+        self, now: float, remote: tuple[str, int] = ("127.0.0.1", 0), *, scheme: str = "ws"
+    ) -> int:
         """A TCP (or TLS, ``scheme="wss"``) connection was accepted; returns its id."""
         conn = _Conn(self._next_id, remote, scheme)
         self._next_id += 1
@@ -204,8 +211,12 @@ class RelayService:
         elif action == "accept":
             self._rendezvous(now, conn, query)
         else:
-            self._reject(conn, 400, f"Unsupported sb-hc-action '{action}' on a WebSocket "
-                         "connection (expected listen, connect or accept).")
+            self._reject(
+                conn,
+                400,
+                f"Unsupported sb-hc-action '{action}' on a WebSocket "
+                "connection (expected listen, connect or accept).",
+            )
 
     def _reject(self, conn: _Conn, status: int, description: str) -> None:
         if status in (401, 403):
@@ -213,19 +224,22 @@ class RelayService:
         self._send(conn, conn.handshake.reject(status, description))
         self._close_tcp(conn)
 
-    def _accept_ws(self, conn: _Conn, kind: ConnectionKind, subprotocol: str | None,
-                   *, reply_to_close: bool) -> None:
+    def _accept_ws(
+        self, conn: _Conn, kind: ConnectionKind, subprotocol: str | None, *, reply_to_close: bool
+    ) -> None:
         self._send(conn, conn.handshake.accept(subprotocol))
         trailing = conn.handshake.trailing_data + bytes(conn.early)
         conn.early.clear()
         conn.kind = kind
-        conn.ws = WebSocketConnection(Role.SERVER, reply_to_close=reply_to_close,
-                                      trailing_data=trailing)
+        conn.ws = WebSocketConnection(
+            Role.SERVER, reply_to_close=reply_to_close, trailing_data=trailing
+        )
 
     def _open_listener(self, now: float, conn: _Conn, path: str, query: str, base: str) -> None:
         assert conn.request is not None
-        result = self.broker.open_listener(now, path, headers=conn.request.headers, query=query,
-                                           base_url=base)
+        result = self.broker.open_listener(
+            now, path, headers=conn.request.headers, query=query, base_url=base
+        )
         if isinstance(result, Refused):
             self._reject(conn, result.status, result.description)
             return
@@ -237,8 +251,14 @@ class RelayService:
 
     def _open_sender(self, now: float, conn: _Conn, path: str, query: str) -> None:
         assert conn.request is not None
-        result = self.broker.connect(now, path, headers=conn.request.headers, query=query,
-                                     remote=conn.remote, subprotocols=conn.request.subprotocols)
+        result = self.broker.connect(
+            now,
+            path,
+            headers=conn.request.headers,
+            query=query,
+            remote=conn.remote,
+            subprotocols=conn.request.subprotocols,
+        )
         if isinstance(result, Refused):
             self._reject(conn, result.status, result.description)
             return
@@ -305,7 +325,7 @@ class RelayService:
         peer = self._conns.get(conn.peer) if conn.peer is not None else None
         peer_ws = peer.ws if peer is not None else None
         if isinstance(event, (TextMessage, BinaryMessage)):
-            if peer_ws is not None and peer_ws.state is State.OPEN:
+            if peer_ws is not None and _can_send(peer_ws):
                 if isinstance(event, TextMessage):
                     peer_ws.send_text(event.data)
                     self.stats.bytes_relayed += len(event.data.encode())
@@ -314,16 +334,20 @@ class RelayService:
                     self.stats.bytes_relayed += len(event.data)
                 self.stats.messages_relayed += 1
         elif isinstance(event, CloseReceived):
-            # Forward the close to the other leg; each side completes its own handshake, so a
-            # one-sided close with data still flowing the other way works (azbridge half-close).
+            # Forward the close to the other leg; each leg completes its own closing handshake
+            # when the other side answers, so a one-sided close with data still flowing the
+            # other way works (port bridges carry TCP half-close this way).
             code = 1000 if event.code in (1005, 1006) else event.code
-            if peer_ws is not None and peer_ws.state is State.OPEN:
+            if peer_ws is not None and _can_send(peer_ws):
                 peer_ws.send_close(code, event.reason)
-            elif peer_ws is None or peer_ws.state is State.CLOSED:
-                if conn.ws is not None and conn.ws.state is State.OPEN:
-                    conn.ws.send_close(code, event.reason)
+            elif (
+                (peer_ws is None or peer_ws.state is State.CLOSED)
+                and conn.ws is not None
+                and _can_send(conn.ws)
+            ):
+                conn.ws.send_close(code, event.reason)
         elif isinstance(event, ConnectionClosed):
-            if peer_ws is not None and peer_ws.state is State.OPEN:
+            if peer_ws is not None and _can_send(peer_ws):
                 # One leg dropped: the other gets 1001 (hybrid-connections-wire §4.4).
                 code = 1001 if event.code in (1005, 1006) else event.code
                 peer_ws.send_close(code, event.reason)
@@ -345,12 +369,12 @@ class RelayService:
         for action in self.broker.actions_to_take():
             if isinstance(action, SendControl):
                 target = self._conn_for_listener(action.listener_id)
-                if target is not None and target.ws is not None and target.ws.state is State.OPEN:
+                if target is not None and target.ws is not None and _can_send(target.ws):
                     target.ws.send_text(action.text)
                     self._flush(target)
             elif isinstance(action, CloseListener):
                 target = self._conn_for_listener(action.listener_id)
-                if target is not None and target.ws is not None and target.ws.state is State.OPEN:
+                if target is not None and target.ws is not None and _can_send(target.ws):
                     target.ws.send_close(action.code, action.reason[:120])
                     self._flush(target)
             elif isinstance(action, FailSender):
@@ -387,4 +411,3 @@ class RelayService:
         if conn.connect_id is not None and self._by_connect.get(conn.connect_id) == conn.id:
             del self._by_connect[conn.connect_id]
             self.broker.cancel_connect(now, conn.connect_id)
-
