@@ -501,7 +501,7 @@ class WebSocketConnection:
         """Both close frames have passed: a server closes TCP first (§7.1.1); a client waits
         for the server's FIN (``close_expected()``)."""
         self._discard = True
-        if False:
+        if not self._client and not self._eof_sent:
             self._send_eof()
         self._closed(self._received_code, self._received_reason, None)
 
