@@ -18,7 +18,11 @@ INPLACE_SIZES = [1024, 64 * 1024, 1024 * 1024]
 
 
 def _label(n: int) -> str:
-    return f"{n // (1024 * 1024)}MiB" if n >= 1024 * 1024 else (f"{n // 1024}KiB" if n >= 1024 else f"{n}B")
+    return (
+        f"{n // (1024 * 1024)}MiB"
+        if n >= 1024 * 1024
+        else (f"{n // 1024}KiB" if n >= 1024 else f"{n}B")
+    )
 
 
 COPY_IMPLS: dict[str, Callable[[bytes], object]] = {

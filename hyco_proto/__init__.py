@@ -3,11 +3,23 @@
 A sans-IO protocol core (listener, sender, control messages, SAS tokens, relay URIs, the relay
 service side), a Cython fast path for the WebSocket byte path, and thin adapters for asyncio,
 threads and gevent. See docs/architecture.md.
+
+The names here mirror Node's ``hyco-ws`` in Python spelling (``create_relay_token`` for
+``createRelayToken``), so code moves across easily.
 """
 
 from __future__ import annotations
 
 from ._version import __version__
+from .control import (
+    AcceptCommand,
+    RemoteEndpoint,
+    RenewTokenCommand,
+    RequestCommand,
+    ResponseCommand,
+    parse_command,
+    serialize_command,
+)
 from .errors import (
     AuthorizationError,
     ConnectionLostError,
@@ -20,17 +32,65 @@ from .errors import (
     RemoteProtocolError,
     TokenError,
 )
+from .listener import Listener, ListenerState
+from .sas import (
+    SasToken,
+    TokenSource,
+    append_relay_token,
+    create_relay_token,
+    parse_token,
+    verify_token,
+)
+from .sender import SenderConnect
+from .uris import (
+    ConnectionString,
+    RelayAddress,
+    build_reject_uri,
+    create_relay_base_uri,
+    create_relay_http_uri,
+    create_relay_listen_uri,
+    create_relay_send_uri,
+    parse_connection_string,
+    parse_relay_uri,
+    strip_relay_query,
+)
 
 __all__ = [
+    "AcceptCommand",
     "AuthorizationError",
     "ConnectionLostError",
+    "ConnectionString",
     "EndpointNotFoundError",
     "ForbiddenError",
+    "Listener",
+    "ListenerState",
     "LocalProtocolError",
     "ProtocolError",
     "QuotaExceededError",
+    "RelayAddress",
     "RelayError",
+    "RemoteEndpoint",
     "RemoteProtocolError",
+    "RenewTokenCommand",
+    "RequestCommand",
+    "ResponseCommand",
+    "SasToken",
+    "SenderConnect",
     "TokenError",
+    "TokenSource",
     "__version__",
+    "append_relay_token",
+    "build_reject_uri",
+    "create_relay_base_uri",
+    "create_relay_http_uri",
+    "create_relay_listen_uri",
+    "create_relay_send_uri",
+    "create_relay_token",
+    "parse_command",
+    "parse_connection_string",
+    "parse_relay_uri",
+    "parse_token",
+    "serialize_command",
+    "strip_relay_query",
+    "verify_token",
 ]

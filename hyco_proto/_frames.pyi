@@ -15,7 +15,7 @@ OP_PING: Final[int]
 OP_PONG: Final[int]
 
 def apply_mask(data: Buffer, key: bytes, offset: int = 0) -> bytes:
-    """XOR ``data`` with the 4-byte ``key`` starting at phase ``offset`` (mod 4); return new bytes."""
+    """XOR ``data`` with the 4-byte ``key`` from phase ``offset`` (mod 4); return new bytes."""
 
 def apply_mask_inplace(buffer: Buffer, key: bytes, offset: int = 0) -> None:
     """XOR a writable buffer in place with ``key`` starting at phase ``offset`` (mod 4)."""

@@ -63,7 +63,9 @@ def apply_mask_inplace(buffer: Any, key: bytes, offset: int = 0) -> None:
     """XOR a writable buffer in place with ``key`` starting at phase ``offset`` (mod 4)."""
     view = memoryview(buffer)
     if view.readonly:
-        raise TypeError("apply_mask_inplace needs a writable buffer (bytearray, writable memoryview)")
+        raise TypeError(
+            "apply_mask_inplace needs a writable buffer (bytearray, writable memoryview)"
+        )
     view = view.cast("B")
     view[:] = apply_mask(view, key, offset)
 
@@ -75,7 +77,7 @@ _URANDOM_POS = 0
 def _random_key() -> bytes:
     """A fresh unpredictable mask key (RFC 6455 §5.3), drawn from an os.urandom pool."""
     global _URANDOM_POOL, _URANDOM_POS
-    if _URANDOM_POS + 4 > len(_URANDOM_POOL):
+    if len(_URANDOM_POOL) < _URANDOM_POS + 4:
         _URANDOM_POOL = os.urandom(8192)
         _URANDOM_POS = 0
     pos = _URANDOM_POS
@@ -118,7 +120,9 @@ def encode_frame(
     return encode_header(opcode, n, fin, rsv) + bytes(payload)
 
 
-def decode_header(data: Any, offset: int = 0) -> tuple[bool, int, int, bytes | None, int, int] | None:
+def decode_header(
+    data: Any, offset: int = 0
+) -> tuple[bool, int, int, bytes | None, int, int] | None:
     """Parse a header at ``offset``: ``(fin, rsv, opcode, mask_key, payload_length,
     header_length)``, or ``None`` when ``data`` does not hold the whole header yet."""
     view = memoryview(data).cast("B")
@@ -278,11 +282,15 @@ class FrameDecoder:
                 head += 4
             if not control:
                 if self._max_frame and length > self._max_frame:
-                    self._fail(1009, f"frame of {length} bytes exceeds the limit of {self._max_frame}")
+                    self._fail(
+                        1009, f"frame of {length} bytes exceeds the limit of {self._max_frame}"
+                    )
                     return out
                 size = self._message_size + length if opcode == OP_CONTINUATION else length
                 if self._max_message and size > self._max_message:
-                    self._fail(1009, f"message of {size}+ bytes exceeds the limit of {self._max_message}")
+                    self._fail(
+                        1009, f"message of {size}+ bytes exceeds the limit of {self._max_message}"
+                    )
                     return out
             if n - pos < head:
                 break

@@ -40,8 +40,9 @@ def extract_tracking_id(text: str | None) -> str | None:
 class ProtocolError(Exception):
     """Base class of protocol violations; never raised itself."""
 
-    def __init__(self, message: str, *, close_code: int | None = None,
-                 status_hint: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, close_code: int | None = None, status_hint: int | None = None
+    ) -> None:
         if type(self) is ProtocolError:
             raise TypeError("raise LocalProtocolError or RemoteProtocolError, not ProtocolError")
         super().__init__(message)
@@ -67,9 +68,15 @@ class RelayError(Exception):
     an ended connection; one of them is set. ``tracking_id`` is parsed from the description.
     """
 
-    def __init__(self, message: str, *, status: int | None = None,
-                 close_code: int | None = None, description: str | None = None,
-                 tracking_id: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        close_code: int | None = None,
+        description: str | None = None,
+        tracking_id: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
@@ -79,12 +86,14 @@ class RelayError(Exception):
 
     @property
     def transient(self) -> bool:
-        """Whether trying again later may succeed (reconnect policy, hybrid-connections-wire §4.2)."""
+        """Whether trying again may succeed (reconnect policy, hybrid-connections-wire §4.2)."""
         return self.status != 404
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({self.message!r}, status={self.status!r}, "
-                f"close_code={self.close_code!r}, tracking_id={self.tracking_id!r})")
+        return (
+            f"{type(self).__name__}({self.message!r}, status={self.status!r}, "
+            f"close_code={self.close_code!r}, tracking_id={self.tracking_id!r})"
+        )
 
 
 class AuthorizationError(RelayError):
@@ -117,8 +126,9 @@ class TokenError(ValueError):
         self.status = status
 
 
-def relay_error_for_status(status: int, description: str | None = None,
-                           tracking_id: str | None = None) -> RelayError:
+def relay_error_for_status(
+    status: int, description: str | None = None, tracking_id: str | None = None
+) -> RelayError:
     """Map a handshake HTTP status to the matching ``RelayError`` subclass."""
     text = f"relay answered {status}" + (f": {description}" if description else "")
     cls: type[RelayError]
@@ -139,4 +149,3 @@ def relay_error_for_close(code: int, reason: str = "") -> RelayError:
     text = f"relay closed the connection with {code}" + (f": {reason}" if reason else "")
     cls: type[RelayError] = AuthorizationError if code == 1008 else ConnectionLostError
     return cls(text, close_code=code, description=reason or None)
-

@@ -86,14 +86,14 @@ class MemoryNetwork:
             for conn_id, data in self.service.data_to_send():
                 moved = True
                 endpoint = self._endpoints.get(conn_id)
-                if endpoint is None:
-                    continue
                 self.bytes_moved += len(data)
                 if data:
-                    endpoint._from_relay(data)
+                    if endpoint is not None:
+                        endpoint._from_relay(data)
                 else:
                     # The service closed TCP: the endpoint sees EOF; the service forgets it.
-                    endpoint._from_relay(b"")
+                    if endpoint is not None:
+                        endpoint._from_relay(b"")
                     self.service.connection_lost(self.now, conn_id)
                     self._endpoints.pop(conn_id, None)
             for endpoint in list(self._endpoints.values()):

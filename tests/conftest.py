@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import importlib
+import os
 from types import ModuleType
 
 import pytest
 
 
 def _frame_modules() -> list[ModuleType]:
+    """The pure-Python kernel always; the Cython one when built (required in `make test`)."""
     mods = [importlib.import_module("hyco_proto._frames_py")]
     try:
         mods.append(importlib.import_module("hyco_proto._frames"))
     except ImportError:
-        pass
+        if os.environ.get("HYCO_PROTO_REQUIRE_EXTENSION", "") not in ("", "0"):
+            raise
     return mods
 
 

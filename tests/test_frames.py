@@ -24,8 +24,9 @@ def naive_mask(data: bytes, key: bytes, offset: int = 0) -> bytes:
     return bytes(b ^ key[(i + offset) % 4] for i, b in enumerate(data))
 
 
-def masked_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0,
-                 key: bytes = KEY) -> bytes:
+def masked_frame(
+    opcode: int, payload: bytes, fin: bool = True, rsv: int = 0, key: bytes = KEY
+) -> bytes:
     """Build a client frame by hand (independent of the code under test)."""
     b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
     n = len(payload)
@@ -144,7 +145,14 @@ class TestHeader:
         for cut in range(len(head)):
             assert fmod.decode_header(head[:cut]) is None
         # Trailing data and an offset do not change the result.
-        assert fmod.decode_header(b"zz" + head + b"payload", 2) == (True, 0, 2, key, length, len(head))
+        assert fmod.decode_header(b"zz" + head + b"payload", 2) == (
+            True,
+            0,
+            2,
+            key,
+            length,
+            len(head),
+        )
 
     def test_header_bytes(self, fmod: ModuleType) -> None:
         assert fmod.encode_header(1, 5) == b"\x81\x05"
@@ -223,17 +231,26 @@ class TestDecoder:
         ("fragmented close", masked_frame(8, b"\x03\xe8", fin=False), 1002, "fragmented"),
         ("stray continuation", masked_frame(0, b"x"), 1002, "continuation"),
         ("stray continuation nofin", masked_frame(0, b"x", fin=False), 1002, "continuation"),
-        ("text inside message", masked_frame(1, b"a", fin=False) + masked_frame(1, b"b"), 1002,
-         "in progress"),
-        ("binary inside text", masked_frame(1, b"a", fin=False) + masked_frame(2, b"b"), 1002,
-         "in progress"),
+        (
+            "text inside message",
+            masked_frame(1, b"a", fin=False) + masked_frame(1, b"b"),
+            1002,
+            "in progress",
+        ),
+        (
+            "binary inside text",
+            masked_frame(1, b"a", fin=False) + masked_frame(2, b"b"),
+            1002,
+            "in progress",
+        ),
         ("64-bit msb", b"\x82\xff" + b"\x80" + b"\x00" * 7 + KEY, 1002, "most significant"),
     ]
 
     @pytest.mark.parametrize("name,data,code,reason", VIOLATIONS, ids=[v[0] for v in VIOLATIONS])
     @pytest.mark.parametrize("step", [None, 1])
-    def test_violations(self, fmod: ModuleType, name: str, data: bytes, code: int, reason: str,
-                        step: int | None) -> None:
+    def test_violations(
+        self, fmod: ModuleType, name: str, data: bytes, code: int, reason: str, step: int | None
+    ) -> None:
         dec = fmod.FrameDecoder(masked=True)
         feed_all(dec, data, step)
         assert dec.error_code == code
@@ -268,8 +285,10 @@ class TestDecoder:
         assert dec.feed(masked_frame(9, b"x" * 100)) == [(9, b"x" * 100, True)]
 
     @settings(max_examples=150, deadline=None)
-    @given(st.lists(st.tuples(st.sampled_from([1, 2, 9, 10]), st.binary(max_size=200)),
-                    max_size=6), st.integers(1, 50))
+    @given(
+        st.lists(st.tuples(st.sampled_from([1, 2, 9, 10]), st.binary(max_size=200)), max_size=6),
+        st.integers(1, 50),
+    )
     def test_every_split_agrees_across_implementations(
         self, frames: list[tuple[int, bytes]], step: int
     ) -> None:
@@ -296,11 +315,13 @@ def test_implementation_selection() -> None:
     code = "import hyco_proto.frames as f; print(f.IMPLEMENTATION)"
     env = dict(os.environ, HYCO_PROTO_NO_EXTENSIONS="1")
     env.pop("HYCO_PROTO_REQUIRE_EXTENSION", None)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     assert out.stdout.strip() == "python"
     if len(FRAME_MODULES) > 1:
         env.pop("HYCO_PROTO_NO_EXTENSIONS")
-        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                             text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
         assert out.stdout.strip() == "cython"

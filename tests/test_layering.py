@@ -12,8 +12,19 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "hyco_proto"
-FORBIDDEN = {"socket", "ssl", "asyncio", "threading", "gevent", "select", "selectors", "time",
-             "trio", "anyio", "subprocess"}
+FORBIDDEN = {
+    "socket",
+    "ssl",
+    "asyncio",
+    "threading",
+    "gevent",
+    "select",
+    "selectors",
+    "time",
+    "trio",
+    "anyio",
+    "subprocess",
+}
 EDGE = {"cli.py", "__main__.py", "demo.py", "_wallclock.py"}
 # State machines must take `now` from their driver, never from the wall clock default.
 NO_WALLCLOCK = {"listener.py", "sender.py", "websocket.py", "handshake.py", "control.py"}
@@ -41,8 +52,11 @@ def imported_names(path: Path) -> set[str]:
                 names.update(f".{alias.name}" for alias in node.names)
                 if node.module:
                     names.add(f".{node.module}")
-        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
-                and node.func.id == "__import__":
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "__import__"
+        ):
             names.add("__import__")
     return names
 
@@ -55,7 +69,9 @@ def test_core_modules_found() -> None:
 @pytest.mark.parametrize("path", core_modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_core_module_does_no_io(path: Path) -> None:
     bad = {n for n in imported_names(path) if n.split(".")[0] in FORBIDDEN or n == "__import__"}
-    assert not bad, f"{path.name} imports {sorted(bad)}: the sans-IO core may not do I/O or read the clock"
+    assert not bad, (
+        f"{path.name} imports {sorted(bad)}: the sans-IO core may not do I/O or read the clock"
+    )
     if path.name in NO_WALLCLOCK:
         wall = {n for n in imported_names(path) if "_wallclock" in n}
         assert not wall, f"{path.name} is a state machine: take `now` as an argument instead"
@@ -63,8 +79,9 @@ def test_core_module_does_no_io(path: Path) -> None:
 
 def test_cython_kernel_does_no_io() -> None:
     source = (PACKAGE / "_frames.pyx").read_text()
-    tree_imports = {line.split()[1] for line in source.splitlines()
-                    if line.startswith(("import ", "from "))}
+    tree_imports = {
+        line.split()[1] for line in source.splitlines() if line.startswith(("import ", "from "))
+    }
     assert not {n.split(".")[0] for n in tree_imports} & FORBIDDEN
 
 

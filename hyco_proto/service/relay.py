@@ -74,6 +74,7 @@ class _Conn:
     id: int
     remote: tuple[str, int]
     scheme: str
+    opened: float
     kind: ConnectionKind = ConnectionKind.HANDSHAKE
     handshake: ServerHandshake = field(default_factory=ServerHandshake)
     request: HandshakeRequest | None = None
@@ -111,9 +112,15 @@ class RelayService:
     """Sans-IO relay service: see the module docstring for the driving loop."""
 
     def __init__(
-        self, config: ServiceConfig | None = None, *, broker: RelayBroker | None = None
+        self,
+        config: ServiceConfig | None = None,
+        *,
+        broker: RelayBroker | None = None,
+        handshake_timeout: float = 10.0,
     ) -> None:
         self.broker = broker or RelayBroker(config)
+        #: Seconds a client has to send a complete upgrade request.
+        self.handshake_timeout = handshake_timeout
         self.stats = ServiceStats()
         self._conns: dict[int, _Conn] = {}
         self._next_id = 1
@@ -127,7 +134,7 @@ class RelayService:
         self, now: float, remote: tuple[str, int] = ("127.0.0.1", 0), *, scheme: str = "ws"
     ) -> int:
         """A TCP (or TLS, ``scheme="wss"``) connection was accepted; returns its id."""
-        conn = _Conn(self._next_id, remote, scheme)
+        conn = _Conn(self._next_id, remote, scheme, now)
         self._next_id += 1
         self._conns[conn.id] = conn
         return conn.id
@@ -175,9 +182,21 @@ class RelayService:
         return out
 
     def next_deadline(self) -> float | None:
-        return self.broker.next_deadline()
+        deadlines = [c.opened + self.handshake_timeout for c in self._conns.values()
+                     if c.kind is ConnectionKind.HANDSHAKE]
+        broker = self.broker.next_deadline()
+        if broker is not None:
+            deadlines.append(broker)
+        return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> None:
+        for conn in list(self._conns.values()):
+            expired = now >= conn.opened + self.handshake_timeout
+            if conn.kind is ConnectionKind.HANDSHAKE and expired:
+                # A client that never finishes its request must not hold a connection forever.
+                self.stats.handshake_errors += 1
+                self._send(conn, conn.handshake.reject(408, "Request Timeout"))
+                self._close_tcp(conn)
         self.broker.handle_timer(now)
         self._run_broker(now)
 
