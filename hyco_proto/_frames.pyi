@@ -68,3 +68,39 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes held back: a partial header or a partial control frame."""
+
+def check_close_payload(payload: Buffer) -> tuple[int, str, int, str]:
+    """Parse a close frame body: ``(code, reason, error_code, error_reason)``. ``code`` is 1005
+    for an empty body; ``error_code`` is 0, or 1002 (bad length or code) / 1007 (bad UTF-8)."""
+
+class Forwarder:
+    """One direction of a relayed pair: client frames in, the same frames for the other leg out.
+
+    ``feed(data)`` returns the bytes to write to the other leg: every frame re-framed unmasked
+    (FIN, RSV, opcode and length encoding preserved) in one pass, one copy per payload byte. Data
+    frames stream (a header goes out as soon as it is parsed, its payload as it arrives), so
+    memory stays bounded whatever the frame size; control frames pass whole. A close frame is
+    checked (``check_close_payload``), forwarded, recorded in ``close_code`` / ``close_reason``
+    and ends the direction. A violation stops it: ``error_code`` (1002 / 1007 / 1009) and
+    ``error_reason`` are set and the bytes forwarded before the violation are returned.
+    """
+
+    close_code: int
+    close_reason: str
+    error_code: int
+    error_reason: str
+    frames: int
+    payload_bytes: int
+
+    def __init__(
+        self, *, masked: bool = True, max_frame_size: int = 0, allowed_rsv: int = 0
+    ) -> None:
+        """``masked=True``: the source leg is a client (the relay's case)."""
+
+    def feed(self, data: Buffer) -> bytes: ...
+    @property
+    def mid_frame(self) -> bool:
+        """The output is inside a data frame: nothing may be injected into it now."""
+    @property
+    def buffered(self) -> int:
+        """Bytes held back: at most a partial header or a partial control frame."""

@@ -15,6 +15,7 @@ from cpython.buffer cimport (
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint64_t
+from cpython.object cimport PyObject
 from libc.string cimport memcpy
 
 import os
@@ -411,3 +412,246 @@ cdef class FrameDecoder:
             if used and not self.error_code:
                 del self._buf[:used]
         return out
+
+
+cdef extern from "Python.h":
+    # Raw-pointer forms, so the output bytes object can be shrunk in place (it has one owner).
+    PyObject* _bytes_new "PyBytes_FromStringAndSize" (const char* v, Py_ssize_t n)
+    char* _bytes_data "PyBytes_AS_STRING" (PyObject* o)
+    int _PyBytes_Resize(PyObject** o, Py_ssize_t n) except -1
+    void _decref "Py_DECREF" (PyObject* o)
+
+
+cdef inline bint _close_code_valid(int code) noexcept:
+    # RFC 6455 §7.4; 1012-1014 were registered with IANA after the RFC.
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def check_close_payload(payload):
+    """Parse a close frame body: ``(code, reason, error_code, error_reason)``; see ``_frames.pyi``."""
+    cdef bytes body = bytes(payload)
+    cdef Py_ssize_t n = len(body)
+    cdef int code
+    if n == 0:
+        return 1005, "", 0, ""
+    if n == 1:
+        return 0, "", 1002, "close frame with a 1-byte payload"
+    code = (<uint8_t>body[0] << 8) | <uint8_t>body[1]
+    if not _close_code_valid(code):
+        return code, "", 1002, f"invalid close code {code}"
+    try:
+        reason = body[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        return code, "", 1007, "close reason is not valid UTF-8"
+    return code, reason, 0, ""
+
+
+cdef class Forwarder:
+    """One direction of a relayed pair: client frames in, server frames out; see ``_frames.pyi``."""
+
+    cdef bytearray _buf
+    cdef bint _masked
+    cdef long long _max_frame
+    cdef int _allowed_rsv
+    cdef unsigned long long _remaining
+    cdef uint8_t _key[4]
+    cdef Py_ssize_t _phase
+    cdef bint _in_message
+    cdef public int close_code
+    cdef public str close_reason
+    cdef public int error_code
+    cdef public str error_reason
+    cdef public unsigned long long frames
+    cdef public unsigned long long payload_bytes
+
+    def __init__(self, *, bint masked=True, long long max_frame_size=0, int allowed_rsv=0):
+        self._buf = bytearray()
+        self._masked = masked
+        self._max_frame = max_frame_size
+        self._allowed_rsv = allowed_rsv
+        self._remaining = 0
+        self._phase = 0
+        self._in_message = False
+        self.close_code = -1
+        self.close_reason = ""
+        self.error_code = 0
+        self.error_reason = ""
+        self.frames = 0
+        self.payload_bytes = 0
+
+    @property
+    def mid_frame(self):
+        return self._remaining > 0
+
+    @property
+    def buffered(self):
+        return len(self._buf)
+
+    cdef int _fail(self, int code, str reason) except -1:
+        self.error_code = code
+        self.error_reason = reason
+        return 0
+
+    cdef Py_ssize_t _forward(self, const uint8_t* p, Py_ssize_t n, uint8_t* dst,
+                             Py_ssize_t* written) except -1:
+        """Re-frame p[0:n] into dst; return bytes consumed, add bytes written to *written."""
+        cdef Py_ssize_t pos = 0, w = 0, take, head, hlen
+        cdef unsigned long long length
+        cdef uint8_t b0, b1
+        cdef int opcode, rsv, len7, i
+        cdef bint fin
+        while pos < n:
+            if self._remaining:
+                take = n - pos
+                if <unsigned long long>take > self._remaining:
+                    take = <Py_ssize_t>self._remaining
+                if self._masked:
+                    _mask(dst + w, p + pos, take, self._key, self._phase)
+                    self._phase = (self._phase + take) & 3
+                else:
+                    memcpy(dst + w, p + pos, take)
+                w += take
+                pos += take
+                self._remaining -= take
+                self.payload_bytes += take
+                continue
+            if n - pos < 2:
+                break
+            b0 = p[pos]
+            b1 = p[pos + 1]
+            fin = (b0 & 0x80) != 0
+            rsv = (b0 >> 4) & 7
+            opcode = b0 & 0x0F
+            len7 = b1 & 0x7F
+            # The same early checks as FrameDecoder (RFC 6455 §5.1, §5.2, §5.4, §5.5).
+            if rsv & ~self._allowed_rsv:
+                self._fail(1002, f"reserved bits set (RSV={rsv}) but no extension negotiated")
+                break
+            if not (opcode <= 2 or 8 <= opcode <= 10):
+                self._fail(1002, f"reserved opcode {opcode}")
+                break
+            if ((b1 & 0x80) != 0) != self._masked:
+                if self._masked:
+                    self._fail(1002, "client frames must be masked (RFC 6455 §5.1)")
+                else:
+                    self._fail(1002, "server frames must not be masked (RFC 6455 §5.1)")
+                break
+            if opcode >= 8:
+                if not fin:
+                    self._fail(1002, "control frames must not be fragmented (RFC 6455 §5.5)")
+                    break
+                if len7 > 125:
+                    self._fail(1002, "control frame payload longer than 125 bytes (RFC 6455 §5.5)")
+                    break
+            elif opcode == 0:
+                if not self._in_message:
+                    self._fail(1002, "continuation frame without a message in progress")
+                    break
+            elif self._in_message:
+                self._fail(1002, "new data frame while a fragmented message is in progress")
+                break
+            hlen = 2
+            length = len7
+            if len7 == 126:
+                hlen = 4
+                if n - pos < hlen:
+                    break
+                length = (<unsigned long long>p[pos + 2] << 8) | p[pos + 3]
+            elif len7 == 127:
+                hlen = 10
+                if n - pos < hlen:
+                    break
+                length = 0
+                for i in range(8):
+                    length = (length << 8) | p[pos + 2 + i]
+                if length >> 63:
+                    self._fail(1002, "64-bit payload length has its most significant bit set")
+                    break
+            head = hlen + 4 if self._masked else hlen
+            if opcode < 8 and self._max_frame and length > <unsigned long long>self._max_frame:
+                self._fail(1009, f"frame of {length} bytes exceeds the limit of {self._max_frame}")
+                break
+            if n - pos < head:
+                break
+            if opcode >= 8:
+                if <unsigned long long>(n - pos - head) < length:
+                    break
+                dst[w] = b0
+                dst[w + 1] = <uint8_t>length
+                if self._masked:
+                    _xor_into(dst + w + 2, p + pos + head, <Py_ssize_t>length, p + pos + hlen, 0)
+                else:
+                    memcpy(dst + w + 2, p + pos + head, <Py_ssize_t>length)
+                if opcode == 8:
+                    code, reason, err, why = check_close_payload(
+                        PyBytes_FromStringAndSize(<char*>dst + w + 2, <Py_ssize_t>length))
+                    if err:
+                        self._fail(err, why)
+                        break
+                w += 2 + <Py_ssize_t>length
+                pos += head + <Py_ssize_t>length
+                self.frames += 1
+                self.payload_bytes += length
+                if opcode == 8:
+                    self.close_code = code
+                    self.close_reason = reason
+                    pos = n  # nothing after a close is forwarded (RFC 6455 §5.5.1)
+                    break
+                continue
+            if opcode != 0 or fin:
+                self._in_message = not fin
+            # The header goes out as it came (FIN, RSV, opcode, length bytes), unmasked.
+            memcpy(dst + w, p + pos, hlen)
+            dst[w + 1] = b1 & 0x7F
+            w += hlen
+            if self._masked:
+                memcpy(self._key, p + pos + hlen, 4)
+            self._phase = 0
+            self._remaining = length
+            self.frames += 1
+            pos += head
+        written[0] += w
+        return pos
+
+    def feed(self, data):
+        """Bytes from the source leg in; bytes for the other leg out (``b""`` when none)."""
+        cdef Py_buffer view
+        cdef Py_ssize_t used = 0, written = 0, n
+        cdef PyObject* out = NULL
+        cdef bint direct
+        if self.error_code or self.close_code >= 0:
+            return b""
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            direct = PyByteArray_GET_SIZE(self._buf) == 0
+            if not direct:
+                self._buf += (<const char*>view.buf)[:view.len]
+            n = view.len if direct else PyByteArray_GET_SIZE(self._buf)
+            if n == 0:
+                return b""
+            # Output is never longer than input: unmasked headers are 4 bytes shorter.
+            out = _bytes_new(NULL, n)
+            if out == NULL:
+                raise MemoryError()
+            if direct:
+                used = self._forward(<const uint8_t*>view.buf, n, <uint8_t*>_bytes_data(out),
+                                     &written)
+                if used < n and not self.error_code and self.close_code < 0:
+                    self._buf += (<const char*>view.buf)[used:n]
+            else:
+                used = self._forward(<const uint8_t*>PyByteArray_AS_STRING(self._buf), n,
+                                     <uint8_t*>_bytes_data(out), &written)
+                if self.error_code or self.close_code >= 0:
+                    self._buf = bytearray()
+                elif used:
+                    del self._buf[:used]
+            if written != n:
+                _PyBytes_Resize(&out, written)  # shrinks in place; frees and NULLs on error
+            result = <object>out
+            _decref(out)
+            out = NULL
+            return result
+        finally:
+            if out != NULL:
+                _decref(out)
+            PyBuffer_Release(&view)

@@ -17,9 +17,11 @@ __all__ = [
     "OP_PING",
     "OP_PONG",
     "OP_TEXT",
+    "Forwarder",
     "FrameDecoder",
     "apply_mask",
     "apply_mask_inplace",
+    "check_close_payload",
     "decode_header",
     "encode_frame",
     "encode_header",
@@ -317,3 +319,199 @@ class FrameDecoder:
         if pos:
             del buf[:pos]
         return out
+
+
+def _close_code_valid(code: int) -> bool:
+    """Close codes a peer may send (RFC 6455 §7.4; 1012-1014 registered with IANA later)."""
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
+def check_close_payload(payload: bytes) -> tuple[int, str, int, str]:
+    """Parse a close frame body: ``(code, reason, error_code, error_reason)``.
+
+    ``code`` is 1005 for an empty body; ``error_code`` is 0, or 1002 / 1007 when the body is not
+    a valid close body (RFC 6455 §5.5.1, §7.4, §8.1).
+    """
+    if not payload:
+        return 1005, "", 0, ""
+    if len(payload) == 1:
+        return 0, "", 1002, "close frame with a 1-byte payload"
+    code = (payload[0] << 8) | payload[1]
+    if not _close_code_valid(code):
+        return code, "", 1002, f"invalid close code {code}"
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError:
+        return code, "", 1007, "close reason is not valid UTF-8"
+    return code, reason, 0, ""
+
+
+class Forwarder:
+    """One direction of a relayed pair: client frames in, server frames out (see ``_frames.pyi``).
+
+    Masked frames from a client leg are re-framed unmasked for the other leg in one pass, one
+    copy per payload byte. Data frames stream: a frame's header goes out as soon as it is parsed
+    and its payload as it arrives, so memory stays bounded whatever the frame size. FIN, RSV and
+    opcode are preserved; control frames (ping, pong, close) pass through whole, so the endpoints
+    answer each other's pings. A close frame is checked, forwarded, and ends the direction.
+    """
+
+    __slots__ = (
+        "_allowed_rsv",
+        "_buf",
+        "_in_message",
+        "_key",
+        "_masked",
+        "_max_frame",
+        "_phase",
+        "_remaining",
+        "close_code",
+        "close_reason",
+        "error_code",
+        "error_reason",
+        "frames",
+        "payload_bytes",
+    )
+
+    def __init__(
+        self, *, masked: bool = True, max_frame_size: int = 0, allowed_rsv: int = 0
+    ) -> None:
+        self._masked = masked
+        self._max_frame = max_frame_size
+        self._allowed_rsv = allowed_rsv
+        self._buf = bytearray()
+        self._remaining = 0
+        self._key: bytes | None = None
+        self._phase = 0
+        self._in_message = False
+        #: Code of the close frame forwarded (1005 if it had none); -1 until one passed.
+        self.close_code = -1
+        self.close_reason = ""
+        self.error_code = 0
+        self.error_reason = ""
+        #: Frames whose header has been forwarded, and payload bytes forwarded.
+        self.frames = 0
+        self.payload_bytes = 0
+
+    @property
+    def mid_frame(self) -> bool:
+        """True while the output is inside a data frame (nothing may be injected there)."""
+        return self._remaining > 0
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def _fail(self, code: int, reason: str) -> None:
+        self.error_code = code
+        self.error_reason = reason
+        self._buf = bytearray()
+
+    def feed(self, data: Any) -> bytes:
+        """Bytes from the source leg in; bytes for the other leg out (``b""`` when none)."""
+        if self.error_code or self.close_code >= 0:
+            return b""
+        buf = self._buf
+        buf += data
+        n = len(buf)
+        pos = 0
+        out: list[bytes] = []
+        while pos < n:
+            if self._remaining:
+                take = min(self._remaining, n - pos)
+                view = memoryview(buf)[pos : pos + take]
+                if self._key is not None:
+                    out.append(apply_mask(view, self._key, self._phase))
+                    self._phase = (self._phase + take) & 3
+                else:
+                    out.append(bytes(view))
+                view.release()
+                self._remaining -= take
+                self.payload_bytes += take
+                pos += take
+                continue
+            if n - pos < 2:
+                break
+            b0, b1 = buf[pos], buf[pos + 1]
+            fin, rsv, opcode = bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 0x0F
+            # Same early checks as FrameDecoder (RFC 6455 §5.1, §5.2, §5.4, §5.5).
+            problem = self._check(fin, rsv, opcode, bool(b1 & 0x80), b1 & 0x7F)
+            if problem:
+                self._fail(1002, problem)
+                break
+            hlen = 2
+            length = b1 & 0x7F
+            if length == 126:
+                hlen = 4
+                if n - pos < hlen:
+                    break
+                length = _UNPACK_16(buf, pos + 2)[0]
+            elif length == 127:
+                hlen = 10
+                if n - pos < hlen:
+                    break
+                length = _UNPACK_64(buf, pos + 2)[0]
+                if length >> 63:
+                    self._fail(1002, "64-bit payload length has its most significant bit set")
+                    break
+            if opcode < 8 and self._max_frame and length > self._max_frame:
+                self._fail(1009, f"frame of {length} bytes exceeds the limit of {self._max_frame}")
+                break
+            size = hlen + 4 if self._masked else hlen
+            if n - pos < size:
+                break
+            key = bytes(buf[pos + hlen : pos + size]) if self._masked else None
+            if opcode >= 8:
+                if n - pos < size + length:
+                    break
+                payload = bytes(buf[pos + size : pos + size + length])
+                if key is not None:
+                    payload = apply_mask(payload, key)
+                if opcode == OP_CLOSE:
+                    code, reason, err, why = check_close_payload(payload)
+                    if err:
+                        self._fail(err, why)
+                        break
+                out.append(bytes((buf[pos], length)) + payload)
+                self.frames += 1
+                self.payload_bytes += length
+                pos += size + length
+                if opcode == OP_CLOSE:
+                    self.close_code, self.close_reason = code, reason
+                    pos = n  # nothing after a close is forwarded (RFC 6455 §5.5.1)
+                    break
+                continue
+            if opcode != OP_CONTINUATION or fin:
+                self._in_message = not fin
+            # The header goes out as it came (same FIN, RSV, opcode and length bytes), unmasked.
+            out.append(bytes((b0, b1 & 0x7F)) + bytes(buf[pos + 2 : pos + hlen]))
+            self.frames += 1
+            self._key = key
+            self._phase = 0
+            self._remaining = length
+            pos += size
+        del buf[:pos]  # after a failure `buf` is no longer ours (_fail dropped it)
+        return b"".join(out)
+
+    def _check(self, fin: bool, rsv: int, opcode: int, masked: bool, len7: int) -> str:
+        if rsv & ~self._allowed_rsv:
+            return f"reserved bits set (RSV={rsv}) but no extension negotiated"
+        if opcode not in _KNOWN_OPCODES:
+            return f"reserved opcode {opcode}"
+        if masked != self._masked:
+            return (
+                "client frames must be masked (RFC 6455 §5.1)"
+                if self._masked
+                else "server frames must not be masked (RFC 6455 §5.1)"
+            )
+        if opcode >= 8:
+            if not fin:
+                return "control frames must not be fragmented (RFC 6455 §5.5)"
+            if len7 > 125:
+                return "control frame payload longer than 125 bytes (RFC 6455 §5.5)"
+        elif opcode == OP_CONTINUATION:
+            if not self._in_message:
+                return "continuation frame without a message in progress"
+        elif self._in_message:
+            return "new data frame while a fragmented message is in progress"
+        return ""

@@ -325,3 +325,159 @@ def test_implementation_selection() -> None:
             [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
         )
         assert out.stdout.strip() == "cython"
+
+
+def forward_all(fwd: object, data: bytes, step: int | None = None) -> bytes:
+    if step is None:
+        return fwd.feed(data)  # type: ignore[attr-defined,no-any-return]
+    return b"".join(fwd.feed(data[i : i + step]) for i in range(0, len(data), step))  # type: ignore[attr-defined]
+
+
+class TestForwarder:
+    """The relay's byte path: masked client frames in, the same frames unmasked out."""
+
+    STREAM = (
+        masked_frame(1, b"fragment1", fin=False)
+        + masked_frame(9, b"ping payload")
+        + masked_frame(0, b"fragment2")
+        + masked_frame(2, bytes(range(256)) * 300)
+        + masked_frame(2, b"")
+        + masked_frame(10, b"")
+        + masked_frame(1, b"x" * 126, rsv=0)
+    )
+
+    def expected(self) -> bytes:
+        return (
+            plain_frame(1, b"fragment1", fin=False)
+            + plain_frame(9, b"ping payload")
+            + plain_frame(0, b"fragment2")
+            + plain_frame(2, bytes(range(256)) * 300)
+            + plain_frame(2, b"")
+            + plain_frame(10, b"")
+            + plain_frame(1, b"x" * 126)
+        )
+
+    @pytest.mark.parametrize("step", [None, 1, 2, 7, 1000, 65536])
+    def test_reframes_unmasked(self, fmod: ModuleType, step: int | None) -> None:
+        fwd = fmod.Forwarder()
+        assert forward_all(fwd, self.STREAM, step) == self.expected()
+        assert fwd.frames == 7 and fwd.error_code == 0 and fwd.close_code == -1
+        assert fwd.payload_bytes == 9 + 12 + 9 + 76800 + 126
+        assert not fwd.mid_frame and fwd.buffered == 0
+
+    def test_streams_partial_frames_with_bounded_memory(self, fmod: ModuleType) -> None:
+        payload = os.urandom(3 * 1024 * 1024)
+        frame = masked_frame(2, payload)
+        fwd = fmod.Forwarder()
+        out = []
+        for i in range(0, len(frame), 65536):
+            out.append(fwd.feed(frame[i : i + 65536]))
+            assert fwd.buffered < 14, "payload bytes must stream, never accumulate"
+            if i + 65536 < len(frame):
+                assert fwd.mid_frame
+        assert b"".join(out) == plain_frame(2, payload)
+        # The header goes out before the payload has arrived.
+        fwd = fmod.Forwarder()
+        assert fwd.feed(frame[:14]) == b"\x82\x7f" + len(payload).to_bytes(8, "big")
+
+    def test_preserves_rsv_when_allowed_and_header_encoding(self, fmod: ModuleType) -> None:
+        fwd = fmod.Forwarder(allowed_rsv=4)
+        assert fwd.feed(masked_frame(1, b"hi", rsv=4)) == b"\xc1\x02hi"
+        # A non-minimal 16-bit length is passed through as it came.
+        frame = b"\x82\xfe\x00\x03" + KEY + naive_mask(b"abc", KEY)
+        assert fmod.Forwarder().feed(frame) == b"\x82\x7e\x00\x03abc"
+
+    def test_close_is_forwarded_and_ends_the_direction(self, fmod: ModuleType) -> None:
+        fwd = fmod.Forwarder()
+        data = (
+            masked_frame(1, b"last") + masked_frame(8, b"\x03\xe8bye") + masked_frame(1, b"after")
+        )
+        out = fwd.feed(data)
+        assert out == plain_frame(1, b"last") + plain_frame(8, b"\x03\xe8bye")
+        assert (fwd.close_code, fwd.close_reason) == (1000, "bye")
+        assert fwd.feed(masked_frame(1, b"more")) == b""
+        empty = fmod.Forwarder()
+        assert empty.feed(masked_frame(8, b"")) == b"\x88\x00" and empty.close_code == 1005
+
+    BAD_CLOSES = [
+        (b"\x03", 1002),
+        (b"\x03\xe7", 1002),  # 999
+        (b"\x03\xed", 1002),  # 1005
+        (b"\x03\xee", 1002),  # 1006
+        (b"\x03\xf7", 1002),  # 1015
+        (b"\x07\xd0", 1002),  # 2000
+        (b"\x13\x88", 1002),  # 5000
+        (b"\x03\xe8\xce\xba\xed\xa0\x80", 1007),  # reason with a surrogate
+    ]
+
+    @pytest.mark.parametrize("payload,code", BAD_CLOSES)
+    def test_bad_close_bodies(self, fmod: ModuleType, payload: bytes, code: int) -> None:
+        fwd = fmod.Forwarder()
+        assert fwd.feed(masked_frame(8, payload)) == b""
+        assert fwd.error_code == code and fwd.close_code == -1
+
+    @pytest.mark.parametrize("code", [1000, 1001, 1003, 1007, 1011, 1012, 1014, 3000, 4999])
+    def test_good_close_codes(self, fmod: ModuleType, code: int) -> None:
+        fwd = fmod.Forwarder()
+        fwd.feed(masked_frame(8, code.to_bytes(2, "big")))
+        assert fwd.close_code == code and fwd.error_code == 0
+
+    @pytest.mark.parametrize(
+        "name,data,code,reason", TestDecoder.VIOLATIONS, ids=[v[0] for v in TestDecoder.VIOLATIONS]
+    )
+    def test_violations_stop_after_good_frames(
+        self, fmod: ModuleType, name: str, data: bytes, code: int, reason: str
+    ) -> None:
+        fwd = fmod.Forwarder()
+        out = forward_all(fwd, masked_frame(2, b"ok") + data, 1)
+        assert out.startswith(plain_frame(2, b"ok"))
+        assert fwd.error_code == code and reason in fwd.error_reason
+        assert fwd.feed(masked_frame(2, b"later")) == b""
+
+    def test_frame_size_limit(self, fmod: ModuleType) -> None:
+        fwd = fmod.Forwarder(max_frame_size=100)
+        assert fwd.feed(masked_frame(2, b"x" * 100)) == plain_frame(2, b"x" * 100)
+        fwd.feed(masked_frame(2, b"x" * 101)[:4])
+        assert fwd.error_code == 1009
+
+    def test_client_role_passthrough(self, fmod: ModuleType) -> None:
+        fwd = fmod.Forwarder(masked=False)
+        data = plain_frame(1, b"abc") + plain_frame(8, b"\x03\xe8")
+        assert fwd.feed(data) == data and fwd.close_code == 1000
+
+    @settings(max_examples=150, deadline=None)
+    @given(
+        st.lists(st.tuples(st.sampled_from([1, 2, 9, 10]), st.binary(max_size=300)), max_size=6),
+        st.integers(1, 64),
+    )
+    def test_implementations_agree_and_match_decoder(
+        self, frames: list[tuple[int, bytes]], step: int
+    ) -> None:
+        stream = b"".join(masked_frame(op, d[:125] if op >= 8 else d) for op, d in frames)
+        expected = b"".join(plain_frame(op, d[:125] if op >= 8 else d) for op, d in frames)
+        for mod in FRAME_MODULES:
+            for s in (None, step):
+                assert forward_all(mod.Forwarder(), stream, s) == expected
+
+    def test_every_split_point_small_input(self, fmod: ModuleType) -> None:
+        stream = masked_frame(1, b"ab", fin=False) + masked_frame(9, b"p") + masked_frame(0, b"cd")
+        expected = fmod.Forwarder().feed(stream)
+        for i in range(len(stream) + 1):
+            for j in range(i, len(stream) + 1):
+                fwd = fmod.Forwarder()
+                assert (
+                    fwd.feed(stream[:i]) + fwd.feed(stream[i:j]) + fwd.feed(stream[j:]) == expected
+                )
+
+
+@pytest.mark.parametrize(
+    "payload,result",
+    [
+        (b"", (1005, "", 0, "")),
+        (b"\x03\xe8", (1000, "", 0, "")),
+        (b"\x0f\xa0hi", (4000, "hi", 0, "")),
+        (b"\x01", (0, "", 1002, "close frame with a 1-byte payload")),
+    ],
+)
+def test_check_close_payload(fmod: ModuleType, payload: bytes, result: tuple[object, ...]) -> None:
+    assert fmod.check_close_payload(payload) == result

@@ -1,0 +1,302 @@
+"""The local relay service on asyncio: real TCP (or TLS) sockets around :class:`RelayService`.
+
+One :class:`asyncio.Protocol` per accepted connection feeds the sans-IO service core
+(``connection_made`` / ``receive_data`` / ``receive_eof`` / ``connection_lost``) and writes what
+``data_to_send()`` returns (``b""``: close that connection once its buffer has flushed). A single
+timer follows ``service.next_deadline()``; it is re-armed after every input. The core works in
+epoch seconds (token expiry), so the clock is ``time.time()``, not ``loop.time()``.
+
+Backpressure: the core relays whole messages from one leg to the other. When a connection's
+write buffer goes over the high-water mark, the connections whose input produced that output
+(the other leg of its relayed pair) stop being read until the buffer drains below the low-water
+mark. The adapter learns who writes to whom by watching which connection's input produced output
+for which other relayed connection, so it needs no private core state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl as _ssl
+import time
+from types import TracebackType
+
+from ...service.config import ServiceConfig
+from ...service.relay import ConnectionKind, RelayService
+
+__all__ = ["DEFAULT_WRITE_HIGH_WATER", "RelayServiceServer"]
+
+#: Write buffer size above which the writing leg's peer stops being read.
+DEFAULT_WRITE_HIGH_WATER = 1 << 20
+# A timer whose deadline is already past fires again after at least this long (no busy loop
+# if the core ever reports a deadline that handle_timer does not clear).
+_MIN_TIMER_DELAY = 0.001
+
+
+class _ServiceProtocol(asyncio.Protocol):
+    """One TCP connection of the relay service."""
+
+    def __init__(self, server: RelayServiceServer) -> None:
+        self._server = server
+        self.transport: asyncio.Transport | None = None
+        self.conn_id = -1
+        #: Connections whose input wrote to this one (the other leg of a relayed pair).
+        self.writers: set[int] = set()
+        #: Connections (targets) whose full write buffers keep this one from being read.
+        self.blocked_by: set[int] = set()
+        self.over_high_water = False
+        self.reading_paused = False
+
+    # -- asyncio callbacks -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        server = self._server
+        high = server.write_high_water
+        transport.set_write_buffer_limits(high=high, low=high // 4)
+        peer = transport.get_extra_info("peername")
+        remote = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("127.0.0.1", 0)
+        self.conn_id = server.service.connection_made(
+            time.time(), remote, scheme=server.scheme)
+        server._protocols[self.conn_id] = self
+        server._after_input(self.conn_id)
+
+    def data_received(self, data: bytes) -> None:
+        server = self._server
+        server.service.receive_data(time.time(), self.conn_id, data)
+        server._after_input(self.conn_id)
+
+    def eof_received(self) -> bool | None:
+        server = self._server
+        server.service.receive_eof(time.time(), self.conn_id)
+        server._after_input(self.conn_id)
+        return False  # close our side too, after flushing what is buffered
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        server = self._server
+        server._protocols.pop(self.conn_id, None)
+        server.service.connection_lost(time.time(), self.conn_id)
+        # Whoever we blocked may read again (and see its own peer's close).
+        self.over_high_water = False
+        for writer_id in self.writers:
+            writer = server._protocols.get(writer_id)
+            if writer is not None:
+                writer._unblock(self.conn_id)
+        server._after_input(None)
+        if not server._protocols:
+            server._all_lost.set()
+
+    def pause_writing(self) -> None:
+        self.over_high_water = True
+        for writer_id in self.writers:
+            writer = self._server._protocols.get(writer_id)
+            if writer is not None:
+                writer._block(self.conn_id)
+
+    def resume_writing(self) -> None:
+        self.over_high_water = False
+        for writer_id in self.writers:
+            writer = self._server._protocols.get(writer_id)
+            if writer is not None:
+                writer._unblock(self.conn_id)
+
+    # -- flow control ----------------------------------------------------------------------
+
+    def _block(self, target: int) -> None:
+        self.blocked_by.add(target)
+        transport = self.transport
+        if not self.reading_paused and transport is not None and not transport.is_closing():
+            self.reading_paused = True
+            transport.pause_reading()
+
+    def _unblock(self, target: int) -> None:
+        self.blocked_by.discard(target)
+        transport = self.transport
+        if self.reading_paused and not self.blocked_by:
+            self.reading_paused = False
+            if transport is not None and not transport.is_closing():
+                transport.resume_reading()
+
+    def add_writer(self, writer_id: int) -> None:
+        if writer_id in self.writers:
+            return
+        self.writers.add(writer_id)
+        if self.over_high_water:
+            writer = self._server._protocols.get(writer_id)
+            if writer is not None:
+                writer._block(self.conn_id)
+
+
+class RelayServiceServer:
+    """Serve a :class:`RelayService` on ``host``:``port`` (``port=0``: any free port).
+
+    Pass a ready ``service`` or a ``config`` for a new one. With ``ssl`` the service speaks
+    ``wss://``. Use ``async with RelayServiceServer(...) as server:`` or ``await start()`` /
+    ``await close()``; ``server.url`` is the base address clients use (``ws://127.0.0.1:9090``).
+    """
+
+    def __init__(
+        self,
+        service: RelayService | None = None,
+        *,
+        config: ServiceConfig | None = None,
+        host: str = "127.0.0.1",
+        port: int = 9090,
+        ssl: _ssl.SSLContext | None = None,
+        write_high_water: int = DEFAULT_WRITE_HIGH_WATER,
+    ) -> None:
+        if service is not None and config is not None:
+            raise ValueError("pass either a RelayService or a ServiceConfig, not both")
+        if write_high_water < 4:
+            raise ValueError("write_high_water must be at least 4 bytes")
+        self.service = service if service is not None else RelayService(config)
+        self.host = host
+        self._requested_port = port
+        self.ssl = ssl
+        self.scheme = "wss" if ssl is not None else "ws"
+        self.write_high_water = write_high_water
+        self._server: asyncio.AbstractServer | None = None
+        self._protocols: dict[int, _ServiceProtocol] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = asyncio.Event()
+        self._all_lost = asyncio.Event()
+        self._port: int | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind and start accepting connections. Idempotent."""
+        if self._server is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._closed.clear()
+        self._server = await loop.create_server(
+            lambda: _ServiceProtocol(self), self.host, self._requested_port, ssl=self.ssl,
+            reuse_address=True)
+        sockets = self._server.sockets
+        self._port = int(sockets[0].getsockname()[1]) if sockets else self._requested_port
+        self._arm_timer()
+
+    async def close(self) -> None:
+        """Stop accepting, close every connection, cancel the timer. Idempotent."""
+        server = self._server
+        if server is None:
+            return
+        server.close()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._timer_at = None
+        protocols = list(self._protocols.values())
+        for proto in protocols:
+            if proto.transport is not None:
+                proto.transport.close()
+        # Let the transports flush and report connection_lost (bounded: a stuck peer with a
+        # full buffer is aborted).
+        if self._protocols:
+            self._all_lost.clear()
+            try:
+                await asyncio.wait_for(self._all_lost.wait(), 2.0)
+            except asyncio.TimeoutError:
+                for proto in list(self._protocols.values()):
+                    if proto.transport is not None:
+                        proto.transport.abort()
+                await asyncio.sleep(0)
+        await server.wait_closed()
+        self._server = None
+        self._closed.set()
+
+    async def serve_forever(self) -> None:
+        """Serve until :meth:`close` is called (or this task is cancelled, which closes)."""
+        await self.start()
+        try:
+            await self._closed.wait()
+        finally:
+            await self.close()
+
+    async def __aenter__(self) -> RelayServiceServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- addresses -------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The bound port (the actual one when created with ``port=0``)."""
+        if self._port is None:
+            raise RuntimeError("the server is not started: await start() first")
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port`` (``wss://`` with TLS); a wildcard host is shown as loopback."""
+        host = self.host
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{self.scheme}://{host}:{self.port}"
+
+    @property
+    def connections(self) -> int:
+        """How many TCP connections are open."""
+        return len(self._protocols)
+
+    # -- the byte pump ---------------------------------------------------------------------
+
+    def _after_input(self, source: int | None) -> None:
+        """Write what the core produced, learn relay writers, re-arm the timer."""
+        service = self.service
+        for conn_id, data in service.data_to_send():
+            proto = self._protocols.get(conn_id)
+            if proto is None or proto.transport is None:
+                continue
+            transport = proto.transport
+            if data:
+                if (source is not None and source != conn_id
+                        and service.kind(conn_id) is ConnectionKind.RELAY
+                        and service.kind(source) is ConnectionKind.RELAY):
+                    proto.add_writer(source)
+                if not transport.is_closing():
+                    transport.write(data)
+            else:
+                # The core closes TCP (server closes first, RFC 6455 §7.1.1): close() flushes
+                # the write buffer before the socket goes; connection_lost tells the core.
+                transport.close()
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        loop = self._loop
+        if loop is None or self._server is None or not self._server.is_serving():
+            return
+        deadline = self.service.next_deadline()
+        if deadline == self._timer_at and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is None:
+            return
+        delay = max(deadline - time.time(), _MIN_TIMER_DELAY)
+        self._timer = loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.service.handle_timer(time.time())
+        self._after_input(None)
+
