@@ -7,7 +7,9 @@ turns a missing extension into an ImportError (CI uses it so a failed build cann
 
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 __all__ = [
@@ -31,7 +33,22 @@ __all__ = [
 _NO_EXT = os.environ.get("HYCO_PROTO_NO_EXTENSIONS", "") not in ("", "0")
 _REQUIRE_EXT = os.environ.get("HYCO_PROTO_REQUIRE_EXTENSION", "") not in ("", "0")
 
-if TYPE_CHECKING or _NO_EXT:
+
+def _load() -> tuple[ModuleType, str]:
+    if not _NO_EXT:
+        try:
+            return importlib.import_module("hyco_proto._frames"), "cython"
+        except ImportError:
+            if _REQUIRE_EXT:
+                raise ImportError(
+                    "HYCO_PROTO_REQUIRE_EXTENSION is set but hyco_proto._frames is not built; "
+                    "run `make setup` (or `python setup.py build_ext --inplace`)"
+                ) from None
+    return importlib.import_module("hyco_proto._frames_py"), "python"
+
+
+if TYPE_CHECKING:
+    # Both kernels have this API (``_frames.pyi``); type checkers read the Python twin.
     from ._frames_py import (
         OP_BINARY,
         OP_CLOSE,
@@ -51,42 +68,5 @@ if TYPE_CHECKING or _NO_EXT:
 
     IMPLEMENTATION = "python"
 else:
-    try:
-        from ._frames import (
-            OP_BINARY,
-            OP_CLOSE,
-            OP_CONTINUATION,
-            OP_PING,
-            OP_PONG,
-            OP_TEXT,
-            FrameDecoder,
-            apply_mask,
-            apply_mask_inplace,
-            decode_header,
-            encode_frame,
-            encode_header,
-        )
-
-        IMPLEMENTATION = "cython"
-    except ImportError:
-        if _REQUIRE_EXT:
-            raise ImportError(
-                "HYCO_PROTO_REQUIRE_EXTENSION is set but hyco_proto._frames is not built; "
-                "run `make setup` (or `python setup.py build_ext --inplace`)"
-            ) from None
-        from ._frames_py import (
-            OP_BINARY,
-            OP_CLOSE,
-            OP_CONTINUATION,
-            OP_PING,
-            OP_PONG,
-            OP_TEXT,
-            FrameDecoder,
-            apply_mask,
-            apply_mask_inplace,
-            decode_header,
-            encode_frame,
-            encode_header,
-        )
-
-        IMPLEMENTATION = "python"
+    _impl, IMPLEMENTATION = _load()
+    globals().update({name: getattr(_impl, name) for name in __all__ if name != "IMPLEMENTATION"})

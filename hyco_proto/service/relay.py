@@ -20,10 +20,9 @@ import enum
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from ..frames import OP_CLOSE, Forwarder, encode_frame
 from ..handshake import HandshakeRequest, ServerHandshake
 from ..websocket import (
-    BinaryMessage,
-    CloseReceived,
     ConnectionClosed,
     Role,
     State,
@@ -83,6 +82,11 @@ class _Conn:
     listener_id: str | None = None
     connect_id: str | None = None
     early: bytearray = field(default_factory=bytearray)  # frames sent before our 101
+    # Relay legs only: the forwarder re-framing this leg's frames for the peer leg.
+    fwd: Forwarder | None = None
+    close_in: bool = False  # this leg's close frame has passed to the peer
+    eof: bool = False  # this leg's TCP connection has ended
+    closing_deadline: float | None = None  # tear the pair down by then
 
 
 def _split_target(target: str) -> tuple[str, str] | None:
@@ -117,10 +121,19 @@ class RelayService:
         *,
         broker: RelayBroker | None = None,
         handshake_timeout: float = 10.0,
+        half_close_timeout: float = 3600.0,
+        close_timeout: float = 10.0,
+        max_frame_size: int = 0,
     ) -> None:
         self.broker = broker or RelayBroker(config)
         #: Seconds a client has to send a complete upgrade request.
         self.handshake_timeout = handshake_timeout
+        #: After one leg's close passed, the other leg may keep sending this long (half-close).
+        self.half_close_timeout = half_close_timeout
+        #: After the relay closed a leg itself (peer failed or left), seconds to wait for a reply.
+        self.close_timeout = close_timeout
+        #: Largest data frame relayed (0: no limit); bigger ones fail the leg with 1009.
+        self.max_frame_size = max_frame_size
         self.stats = ServiceStats()
         self._conns: dict[int, _Conn] = {}
         self._next_id = 1
@@ -148,6 +161,8 @@ class RelayService:
             self._advance_handshake(now, conn)
         elif conn.kind is ConnectionKind.WAITING:
             conn.early += data
+        elif conn.fwd is not None:
+            self._relay_data(now, conn, data)
         elif conn.ws is not None:
             conn.ws.receive_data(data)
             self._pump(now, conn)
@@ -158,7 +173,9 @@ class RelayService:
         conn = self._conns.get(conn_id)
         if conn is None:
             return
-        if conn.ws is not None:
+        if conn.fwd is not None:
+            self._relay_eof(now, conn)
+        elif conn.ws is not None:
             conn.ws.receive_eof()
             self._pump(now, conn)
         else:
@@ -170,7 +187,9 @@ class RelayService:
         conn = self._conns.get(conn_id)
         if conn is None:
             return
-        if conn.ws is not None and conn.ws.state is not State.CLOSED:
+        if conn.fwd is not None:
+            self._relay_eof(now, conn)
+        elif conn.ws is not None and conn.ws.state is not State.CLOSED:
             conn.ws.receive_eof()
             self._pump(now, conn)
         self._drop(now, conn)
@@ -182,8 +201,11 @@ class RelayService:
         return out
 
     def next_deadline(self) -> float | None:
-        deadlines = [c.opened + self.handshake_timeout for c in self._conns.values()
-                     if c.kind is ConnectionKind.HANDSHAKE]
+        deadlines = [
+            c.opened + self.handshake_timeout
+            for c in self._conns.values()
+            if c.kind is ConnectionKind.HANDSHAKE
+        ]
         broker = self.broker.next_deadline()
         if broker is not None:
             deadlines.append(broker)
@@ -196,6 +218,13 @@ class RelayService:
                 # A client that never finishes its request must not hold a connection forever.
                 self.stats.handshake_errors += 1
                 self._send(conn, conn.handshake.reject(408, "Request Timeout"))
+                self._close_tcp(conn)
+            elif (
+                conn.kind is ConnectionKind.RELAY
+                and conn.closing_deadline is not None
+                and now >= conn.closing_deadline
+            ):
+                # The close never completed: tear the leg down (its peer has its own deadline).
                 self._close_tcp(conn)
         self.broker.handle_timer(now)
         self._run_broker(now)
@@ -243,16 +272,13 @@ class RelayService:
         self._send(conn, conn.handshake.reject(status, description))
         self._close_tcp(conn)
 
-    def _accept_ws(
-        self, conn: _Conn, kind: ConnectionKind, subprotocol: str | None, *, reply_to_close: bool
-    ) -> None:
-        self._send(conn, conn.handshake.accept(subprotocol))
+    def _accept_listener(self, conn: _Conn) -> None:
+        """Answer a listener's upgrade: its control channel is a WebSocket the service speaks."""
+        self._send(conn, conn.handshake.accept(None))
         trailing = conn.handshake.trailing_data + bytes(conn.early)
         conn.early.clear()
-        conn.kind = kind
-        conn.ws = WebSocketConnection(
-            Role.SERVER, reply_to_close=reply_to_close, trailing_data=trailing
-        )
+        conn.kind = ConnectionKind.LISTENER
+        conn.ws = WebSocketConnection(Role.SERVER, trailing_data=trailing)
 
     def _open_listener(self, now: float, conn: _Conn, path: str, query: str, base: str) -> None:
         assert conn.request is not None
@@ -265,7 +291,7 @@ class RelayService:
         conn.listener_id = result.id
         self._by_listener[result.id] = conn.id
         self.stats.listeners += 1
-        self._accept_ws(conn, ConnectionKind.LISTENER, None, reply_to_close=True)
+        self._accept_listener(conn)
         self._pump(now, conn)
 
     def _open_sender(self, now: float, conn: _Conn, path: str, query: str) -> None:
@@ -309,12 +335,19 @@ class RelayService:
         chosen = conn.request.subprotocols[0] if conn.request.subprotocols else None
         if chosen is not None and chosen not in result.pending.subprotocols:
             chosen = None
-        self._accept_ws(conn, ConnectionKind.RELAY, chosen, reply_to_close=False)
-        self._accept_ws(sender, ConnectionKind.RELAY, chosen, reply_to_close=False)
         conn.peer, sender.peer = sender.id, conn.id
         self.stats.relayed_pairs += 1
-        self._pump(now, conn)
-        self._pump(now, sender)
+        for leg in (conn, sender):
+            self._send(leg, leg.handshake.accept(chosen))
+            leg.kind = ConnectionKind.RELAY
+            leg.fwd = Forwarder(masked=True, max_frame_size=self.max_frame_size)
+        for leg in (conn, sender):
+            # Frames that came with (or after) the upgrade request go through the forwarder.
+            early = leg.handshake.trailing_data + bytes(leg.early)
+            leg.early = bytearray()
+            leg.request = None
+            if early:
+                self._relay_data(now, leg, early)
 
     def _sender_for(self, pending: PendingConnect) -> _Conn | None:
         conn_id = self._by_connect.pop(pending.id, None)
@@ -327,10 +360,7 @@ class RelayService:
         ws = conn.ws
         assert ws is not None
         for event in ws.events_received():
-            if conn.kind is ConnectionKind.LISTENER:
-                self._listener_event(now, conn, event)
-            else:
-                self._relay_event(now, conn, event)
+            self._listener_event(now, conn, event)
         self._flush(conn)
 
     def _listener_event(self, now: float, conn: _Conn, event: object) -> None:
@@ -340,39 +370,94 @@ class RelayService:
         elif isinstance(event, ConnectionClosed):
             self._drop(now, conn)
 
-    def _relay_event(self, now: float, conn: _Conn, event: object) -> None:
+    # -- relayed pairs ---------------------------------------------------------------------
+    #
+    # Each leg's bytes go through its Forwarder to the other leg: frames are re-framed, not
+    # interpreted (the service relays frames "with no interpretation", hybrid-connections-wire
+    # §3.1), so pings, pongs and closes travel end to end. A close passes like any frame and the
+    # pair is torn down only when both closes have passed (port bridges carry TCP half-close as a
+    # one-sided close). The relay speaks for itself only when a leg breaks the protocol or drops.
+
+    def _peer(self, conn: _Conn) -> _Conn | None:
         peer = self._conns.get(conn.peer) if conn.peer is not None else None
-        peer_ws = peer.ws if peer is not None else None
-        if isinstance(event, (TextMessage, BinaryMessage)):
-            if peer_ws is not None and _can_send(peer_ws):
-                if isinstance(event, TextMessage):
-                    peer_ws.send_text(event.data)
-                    self.stats.bytes_relayed += len(event.data.encode())
-                else:
-                    peer_ws.send_binary(event.data)
-                    self.stats.bytes_relayed += len(event.data)
-                self.stats.messages_relayed += 1
-        elif isinstance(event, CloseReceived):
-            # Forward the close to the other leg; each leg completes its own closing handshake
-            # when the other side answers, so a one-sided close with data still flowing the
-            # other way works (port bridges carry TCP half-close this way).
-            code = 1000 if event.code in (1005, 1006) else event.code
-            if peer_ws is not None and _can_send(peer_ws):
-                peer_ws.send_close(code, event.reason)
-            elif (
-                (peer_ws is None or peer_ws.state is State.CLOSED)
-                and conn.ws is not None
-                and _can_send(conn.ws)
-            ):
-                conn.ws.send_close(code, event.reason)
-        elif isinstance(event, ConnectionClosed):
-            if peer_ws is not None and _can_send(peer_ws):
-                # One leg dropped: the other gets 1001 (hybrid-connections-wire §4.4).
-                code = 1001 if event.code in (1005, 1006) else event.code
-                peer_ws.send_close(code, event.reason)
-            conn.kind = ConnectionKind.CLOSED
+        return peer if peer is not None and peer.kind is ConnectionKind.RELAY else None
+
+    def _relay_data(self, now: float, conn: _Conn, data: bytes) -> None:
+        fwd = conn.fwd
+        assert fwd is not None
+        bytes_before, frames_before = fwd.payload_bytes, fwd.frames
+        out = fwd.feed(data)
+        peer = self._peer(conn)
+        if out and peer is not None:
+            self._send(peer, out)
+        self.stats.bytes_relayed += fwd.payload_bytes - bytes_before
+        self.stats.messages_relayed += fwd.frames - frames_before
+        if fwd.error_code:
+            self._leg_failed(now, conn, fwd.error_code, fwd.error_reason)
+        elif fwd.close_code >= 0 and not conn.close_in:
+            conn.close_in = True
+            if peer is None or peer.close_in or peer.eof:
+                self._finish_pair(conn, peer)
+            elif conn.closing_deadline is None:
+                conn.closing_deadline = now + self.half_close_timeout
+                peer.closing_deadline = conn.closing_deadline
+
+    def _close_frame(self, code: int, reason: str) -> bytes:
+        payload = code.to_bytes(2, "big") + reason.encode("utf-8")[:123]
+        return encode_frame(OP_CLOSE, payload)
+
+    def _can_inject(self, toward: _Conn, source: _Conn | None) -> bool:
+        """A frame may be written to ``toward`` only between frames of the stream it gets from
+        ``source``, and not after a close has already gone its way."""
+        if toward.kind is not ConnectionKind.RELAY or toward.eof:
+            return False
+        if source is None or source.fwd is None:
+            return True
+        return not source.fwd.mid_frame and not source.close_in
+
+    def _leg_failed(self, now: float, conn: _Conn, code: int, reason: str) -> None:
+        """``conn`` broke the protocol: fail it with ``code`` (RFC 6455 §7.1.7); its peer hears
+        1001 and gets a short time to answer the close."""
+        peer = self._peer(conn)
+        if self._can_inject(conn, peer):
+            self._send(conn, self._close_frame(code, reason))
+        self._close_tcp(conn)
         if peer is not None:
-            self._flush(peer)
+            self._leg_gone(now, peer, conn, "The other side of the relayed connection failed.")
+
+    def _relay_eof(self, now: float, conn: _Conn) -> None:
+        """``conn``'s TCP connection ended (with or without its close frame)."""
+        if conn.eof:
+            return
+        conn.eof = True
+        peer = self._peer(conn)
+        if conn.kind is ConnectionKind.RELAY:
+            self._close_tcp(conn)
+        if peer is None:
+            return
+        if conn.close_in and (peer.close_in or peer.eof):
+            self._finish_pair(conn, peer)
+        elif not conn.close_in:
+            # One leg dropped: the other gets 1001 (hybrid-connections-wire §4.4).
+            self._leg_gone(now, peer, conn, "The other side of the relayed connection went away.")
+
+    def _leg_gone(self, now: float, peer: _Conn, gone: _Conn, reason: str) -> None:
+        """``gone`` can no longer carry ``peer``'s traffic: tell ``peer`` (1001), let it close."""
+        if self._can_inject(peer, gone):
+            self._send(peer, self._close_frame(1001, reason))
+            gone.close_in = True
+            if peer.close_in:
+                self._close_tcp(peer)
+            else:
+                peer.closing_deadline = now + self.close_timeout
+        elif peer.kind is ConnectionKind.RELAY:
+            self._close_tcp(peer)  # mid-frame: nothing clean can be said any more
+
+    def _finish_pair(self, conn: _Conn, peer: _Conn | None) -> None:
+        """Both closes have passed: the server closes TCP first (RFC 6455 §7.1.1)."""
+        for leg in (conn, peer):
+            if leg is not None and leg.kind is ConnectionKind.RELAY:
+                self._close_tcp(leg)
 
     def _flush(self, conn: _Conn) -> None:
         if conn.ws is None:
