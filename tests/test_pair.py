@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from urllib.parse import quote
 
 import pytest
 
@@ -295,3 +296,59 @@ def test_accept_address_is_single_use_and_expires() -> None:
     late = net.connect(seen[0].command.address)
     net.pump()
     assert late.rejected is not None and late.rejected.status == 403
+
+
+@pytest.mark.parametrize(
+    "status,description,seen_status,seen_reason",
+    [
+        (400, "a\r\nb: injected", 400, "a  b: injected"),
+        (150, "informational", 500, "informational"),
+        (503, "100%25 busy", 503, "100%25 busy"),
+    ],
+)
+def test_reject_with_hostile_status_or_description_is_made_safe(
+    status: int, description: str, seen_status: int, seen_reason: str
+) -> None:
+    """A listener's reject reaches the sender as an HTTP status line: the relay must not let a
+    peer's text break it (CR/LF) or its status be something a 101 upgrade cannot end with."""
+    from hyco_proto.uris import build_reject_uri
+
+    net = make_net()
+    seen: list[ConnectionRequested] = []
+    start_listener(net, on_request=lambda req: seen.append(req) or False)  # type: ignore[func-returns-value]
+    s = sender(net)
+    address = seen[0].command.address
+    uri = build_reject_uri(address, 400, "x").replace(
+        "sb-hc-statusCode=400", f"sb-hc-statusCode={status}"
+    )
+    uri = (
+        uri.rsplit("sb-hc-statusDescription=", 1)[0]
+        + "sb-hc-statusDescription="
+        + quote(description)
+    )
+    rendezvous = net.connect(uri)
+    net.pump()
+    assert rendezvous.rejected is not None and rendezvous.rejected.status == 410
+    assert s.rejected is not None
+    assert (s.rejected.status, s.rejected.reason) == (seen_status, seen_reason)
+
+
+def test_renew_token_is_checked_against_the_listen_path() -> None:
+    """A listener on /hc/sub with a token scoped to that path must survive its renewals."""
+    net = make_net()
+    uri = f"{BASE}/$hc/myhc/sub"
+    lst = start_listener(
+        net, uri, token=lambda: token_for(net, uri, ttl=600), keepalive_interval=None
+    )
+    net.advance(1500)
+    assert [e for e in lst.events if isinstance(e, TokenRenewed)]
+    assert not [e for e in lst.events if isinstance(e, Disconnected)]
+
+
+def test_listener_ids_with_g_inside_are_not_cut() -> None:
+    net = make_net()
+    a = start_listener(net, listener_id="team_Green")
+    b = start_listener(net, listener_id="team")
+    for _ in range(3):
+        sender(net, headers=[("Microsoft-Relay-AllowedListeners", "team_Green")])
+    assert len(a.connections) == 3 and not b.connections

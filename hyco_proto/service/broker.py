@@ -14,11 +14,12 @@ Wire rules: hybrid-connections-wire §1 (addresses), §2 (tokens), §3.1 (accept
 from __future__ import annotations
 
 import random
+import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from urllib.parse import parse_qsl, quote, unquote
+from urllib.parse import parse_qsl, quote
 
 from ..control import (
     AcceptCommand,
@@ -98,6 +99,8 @@ class ListenerRecord:
     base_url: str
     token_expiry: float | None
     opened_at: float
+    #: The path the listener authorised for (``/hc`` or ``/hc/suffix``); renewals must match it.
+    path: str = ""
 
 
 @dataclass(slots=True)
@@ -154,9 +157,19 @@ def _query_value(query: str, *names: str) -> str | None:
     return None
 
 
+_G_SUFFIXES = re.compile(r"(?:_G\d+)+$")
+_UNSAFE_REASON = re.compile(r"[^\x20-\x7e\x80-\xff]")
+
+
 def _base_id(listener_id: str) -> str:
-    """Strip the service's ``_G<n>`` suffixes (hybrid-connections-wire §1.4)."""
-    return listener_id.split("_G", 1)[0].lower()
+    """Strip the service's trailing ``_G<n>`` suffixes (hybrid-connections-wire §1.4)."""
+    return _G_SUFFIXES.sub("", listener_id).lower()
+
+
+def _reason_phrase(text: str) -> str:
+    """A listener's reject description made safe for an HTTP reason phrase (no CR/LF, no
+    control characters, Latin-1 only, bounded): it comes from a peer, not from us."""
+    return _UNSAFE_REASON.sub(" ", text)[:512].strip() or "Rejected by listener"
 
 
 class RelayBroker:
@@ -274,7 +287,9 @@ class RelayBroker:
         listener_id = _query_value(query, "sb-hc-id") or self._new_id()
         while listener_id in self._listeners:
             listener_id = f"{listener_id}_G{len(self._listeners)}"
-        record = ListenerRecord(listener_id, hc, base_url.rstrip("/"), auth, now)
+        record = ListenerRecord(
+            listener_id, hc, base_url.rstrip("/"), auth, now, "/" + path.strip("/")
+        )
         state.listeners[listener_id] = record
         self._listeners[listener_id] = record
         return record
@@ -302,9 +317,7 @@ class RelayBroker:
             )
             return
         if isinstance(command, RenewTokenCommand):
-            auth = self._authorize(
-                now, record.hc, "/" + record.hc.name, command.token, Right.LISTEN
-            )
+            auth = self._authorize(now, record.hc, record.path, command.token, Right.LISTEN)
             if isinstance(auth, Refused):
                 # A failed renewToken closes the channel with 1008 (hybrid-connections-wire §3.4).
                 self._actions.append(CloseListener(listener_id, 1008, auth.description))
@@ -417,11 +430,10 @@ class RelayBroker:
             code = int(status)
         except ValueError:
             code = 0
-        if not 100 <= code <= 599:
+        if not 200 <= code <= 599:
+            # Only a final status can answer the sender's upgrade request.
             code = 500
-        return RendezvousRejected(
-            pending, code, unquote(description or "") or "Rejected by listener"
-        )
+        return RendezvousRejected(pending, code, _reason_phrase(description or ""))
 
     # -- time ------------------------------------------------------------------------------
 

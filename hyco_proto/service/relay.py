@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from ..frames import OP_CLOSE, Forwarder, encode_frame
 from ..handshake import HandshakeRequest, ServerHandshake
@@ -105,8 +105,7 @@ def _can_send(ws: WebSocketConnection) -> bool:
 
 
 def _action(query: str) -> str:
-    for pair in query.split("&"):
-        key, _, value = pair.partition("=")
+    for key, value in parse_qsl(query, keep_blank_values=True):
         if key.lower() == "sb-hc-action":
             return value.lower()
     return "connect"  # a missing action means connect (hybrid-connections-wire §1.2)
