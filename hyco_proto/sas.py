@@ -132,8 +132,14 @@ def _to_ascii_host(hostname: str, uri: str) -> str:
 def _check_punycode_label(label: str, uri: str) -> None:
     try:
         decoded = label[4:].encode("ascii").decode("punycode")
-        ok = bool(decoded) and not decoded.isascii() and \
-            decoded.encode("idna").decode("ascii") == label
+        if any(c in _IDNA_DEVIATIONS for c in decoded):
+            # Python's IDNA 2003 codec maps ß to "ss" (and so on), so it cannot round-trip the
+            # IDNA 2008 labels Node produces for these characters (xn--fa-hia is faß): check
+            # them with plain punycode instead.
+            ok = "xn--" + decoded.encode("punycode").decode("ascii") == label.lower()
+        else:
+            ok = bool(decoded) and not decoded.isascii() and \
+                decoded.encode("idna").decode("ascii") == label
     except (UnicodeError, ValueError):
         ok = False
     if not ok:
