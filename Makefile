@@ -47,8 +47,16 @@ test: lint typecheck pytest-ext pytest-noext
 demo: setup
 	$(PY) -m hyco_proto.demo
 
-bench: setup
-	$(PY) -m pytest -q bench
+.stamp-bench: .stamp-venv pyproject.toml
+	HYCO_PROTO_BUILD_EXTENSION=no $(PY) -m pip install -q -e '.[test,bench]'
+	touch $@
+
+# Benchmarks against the peers in one run; writes bench/RESULTS.md and bench/results.png.
+bench: setup .stamp-bench
+	mkdir -p .benchmarks
+	HYCO_PROTO_REQUIRE_EXTENSION=1 $(PY) -m pytest -q -p no:cacheprovider bench \
+		--benchmark-json=.benchmarks/latest.json --benchmark-columns=median,ops
+	$(PY) -m bench.report .benchmarks/latest.json
 
 clean:
 	rm -rf $(VENV) build .stamp-* hyco_proto/_frames*.so hyco_proto/_frames.c $(NODE_DIR)/node_modules

@@ -6,7 +6,7 @@ One :class:`asyncio.Protocol` per accepted connection feeds the sans-IO service 
 timer follows ``service.next_deadline()``; it is re-armed after every input. The core works in
 epoch seconds (token expiry), so the clock is ``time.time()``, not ``loop.time()``.
 
-Backpressure: the core relays whole messages from one leg to the other. When a connection's
+Backpressure: the core forwards one leg's frames to the other leg. When a connection's
 write buffer goes over the high-water mark, the connections whose input produced that output
 (the other leg of its relayed pair) stop being read until the buffer drains below the low-water
 mark. The adapter learns who writes to whom by watching which connection's input produced output
