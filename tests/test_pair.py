@@ -352,3 +352,46 @@ def test_listener_ids_with_g_inside_are_not_cut() -> None:
     for _ in range(3):
         sender(net, headers=[("Microsoft-Relay-AllowedListeners", "team_Green")])
     assert len(a.connections) == 3 and not b.connections
+
+
+def test_shutdown_says_going_away_to_everyone() -> None:
+    net = make_net()
+    lst = start_listener(net, keepalive_interval=None, reconnect_delays=(1000,))
+    s = sender(net)
+    leg = lst.connections[0]
+    waiting = net.connect(SEND, headers=[("ServiceBusAuthorization", token_for(net, SEND))])
+    lst.on_request = lambda req: False  # leave the next one waiting
+    net.pump()
+    service = net.service
+    service.shutdown(net.now)
+    net.pump()
+    assert s.close_received is not None and s.close_received.code == 1001
+    assert leg.close_received is not None and leg.close_received.code == 1001
+    assert waiting.rejected is not None and waiting.rejected.status == 503
+    lost = [e for e in lst.events if isinstance(e, Disconnected)]
+    assert lost and lost[0].error.close_code == 1001
+
+
+def test_peer_of_names_the_other_leg() -> None:
+    net = make_net()
+    lst = start_listener(net)
+    sender(net)
+    service = net.service
+    legs = [c for c in range(1, 10) if service.peer_of(c) is not None]
+    assert len(legs) == 2
+    a, b = legs
+    assert service.peer_of(a) == b and service.peer_of(b) == a
+    assert service.peer_of(1) is None  # the control channel is not a relay leg
+    assert lst.connections
+
+
+def test_sender_flooding_before_its_101_is_refused() -> None:
+    net = make_net()
+    start_listener(net, on_request=lambda req: False)  # never answers
+    s = sender(net)
+    assert s.accepted is None and s.rejected is None
+    conn_id = s._conn_id
+    net.service.receive_data(net.now, conn_id, b"\x82\x80abcd" * 20000)
+    out = net.service.data_to_send()
+    assert any(data.startswith(b"HTTP/1.1 400") for cid, data in out if cid == conn_id)
+    assert (conn_id, b"") in out

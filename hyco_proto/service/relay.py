@@ -133,6 +133,8 @@ class RelayService:
         self.close_timeout = close_timeout
         #: Largest data frame relayed (0: no limit); bigger ones fail the leg with 1009.
         self.max_frame_size = max_frame_size
+        #: Bytes a waiting sender may send before its 101 (they are relayed once it is joined).
+        self.max_early_bytes = 65536
         self.stats = ServiceStats()
         self._conns: dict[int, _Conn] = {}
         self._next_id = 1
@@ -159,7 +161,10 @@ class RelayService:
             conn.handshake.receive_data(data)
             self._advance_handshake(now, conn)
         elif conn.kind is ConnectionKind.WAITING:
+            # A client should not send frames before its 101; tolerate a little, not a flood.
             conn.early += data
+            if len(conn.early) > self.max_early_bytes:
+                self._reject(conn, 400, "Frames sent before the WebSocket handshake completed.")
         elif conn.fwd is not None:
             self._relay_data(now, conn, data)
         elif conn.ws is not None:
@@ -228,6 +233,31 @@ class RelayService:
         self.broker.handle_timer(now)
         self._run_broker(now)
 
+    def peer_of(self, conn_id: int) -> int | None:
+        """The other leg of a relayed pair (the connection this one's bytes are written to)."""
+        conn = self._conns.get(conn_id)
+        return conn.peer if conn is not None and conn.kind is ConnectionKind.RELAY else None
+
+    def shutdown(
+        self, now: float, code: int = 1001, reason: str = "The relay is shutting down."
+    ) -> None:
+        """Close everything cleanly: listeners and relayed legs hear ``code`` (1001: going
+        away, hybrid-connections-wire §4.4), waiting senders get 503, half-read requests end."""
+        for conn in list(self._conns.values()):
+            if conn.kind is ConnectionKind.LISTENER and conn.ws is not None:
+                if _can_send(conn.ws):
+                    conn.ws.send_close(code, reason)
+                    self._flush(conn)
+                self._close_tcp(conn)
+            elif conn.kind is ConnectionKind.RELAY:
+                if self._can_inject(conn, self._peer(conn)):
+                    self._send(conn, self._close_frame(code, reason))
+                self._close_tcp(conn)
+            elif conn.kind is ConnectionKind.WAITING:
+                self._reject(conn, 503, reason)
+            elif conn.kind is ConnectionKind.HANDSHAKE:
+                self._close_tcp(conn)
+
     def kind(self, conn_id: int) -> ConnectionKind | None:
         conn = self._conns.get(conn_id)
         return conn.kind if conn else None
@@ -238,6 +268,27 @@ class RelayService:
         event = conn.handshake.next_event()
         if event is None:
             if conn.handshake.rejection is not None:
+                # Local import: status imports this module's types (no import cycle at load).
+                from .status import is_status_target, status_response_body
+
+                refused = conn.handshake.refused_request
+                if refused is not None and is_status_target(refused.method, refused.target):
+                    # Plain-HTTP health endpoint on the relay's port (not an upgrade).
+                    kinds: dict[str, int] = {}
+                    for other in self._conns.values():
+                        if other is conn:
+                            continue  # the status request itself
+                        kinds[other.kind.value] = kinds.get(other.kind.value, 0) + 1
+                    body = status_response_body(
+                        now=now, stats=self.stats, broker=self.broker, connections=kinds
+                    )
+                    headers = [
+                        ("Content-Type", "application/json"),
+                        ("Cache-Control", "no-store"),
+                    ]
+                    self._send(conn, conn.handshake.reject(200, "OK", headers, body))
+                    self._close_tcp(conn)
+                    return
                 self.stats.handshake_errors += 1
                 self._send(conn, conn.handshake.rejection)
                 self._close_tcp(conn)
@@ -266,8 +317,14 @@ class RelayService:
             )
 
     def _reject(self, conn: _Conn, status: int, description: str) -> None:
+        from .status import refusal_log
+
         if status in (401, 403):
             self.stats.auth_failures += 1
+        # The description carries the TrackingId; logged throttled (hyco-ws retries 401s in a
+        # tight loop, hybrid-connections-wire §4.2). Only the path: the query may hold a token.
+        target = conn.request.target if conn.request is not None else "/"
+        refusal_log.refused(conn.opened, status, target, description)
         self._send(conn, conn.handshake.reject(status, description))
         self._close_tcp(conn)
 
