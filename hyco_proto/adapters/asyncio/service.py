@@ -21,7 +21,7 @@ import time
 from types import TracebackType
 
 from ...service.config import ServiceConfig
-from ...service.relay import ConnectionKind, RelayService
+from ...service.relay import RelayService
 
 __all__ = ["DEFAULT_WRITE_HIGH_WATER", "RelayServiceServer"]
 
@@ -190,8 +190,10 @@ class RelayServiceServer:
             self._timer.cancel()
             self._timer = None
             self._timer_at = None
-        protocols = list(self._protocols.values())
-        for proto in protocols:
+        # Everyone hears 1001 (or 503 while waiting) before their TCP connection closes.
+        self.service.shutdown(time.time())
+        self._after_input(None)
+        for proto in list(self._protocols.values()):
             if proto.transport is not None:
                 proto.transport.close()
         # Let the transports flush and report connection_lost (bounded: a stuck peer with a
@@ -266,10 +268,8 @@ class RelayServiceServer:
                 continue
             transport = proto.transport
             if data:
-                if (source is not None and source != conn_id
-                        and service.kind(conn_id) is ConnectionKind.RELAY
-                        and service.kind(source) is ConnectionKind.RELAY):
-                    proto.add_writer(source)
+                if source is not None and service.peer_of(conn_id) == source:
+                    proto.add_writer(source)  # stop reading `source` while `conn_id` is full
                 if not transport.is_closing():
                     transport.write(data)
             else:
