@@ -294,6 +294,33 @@ def decode_header(data, Py_ssize_t offset=0):
         PyBuffer_Release(&view)
 
 
+cdef inline str _header_problem(uint8_t b0, uint8_t b1, bint expect_masked, int allowed_rsv,
+                                bint in_message):
+    """What is wrong with a frame whose first two bytes are b0 b1, or None (RFC 6455 §5.1,
+    §5.2, §5.4, §5.5). Needs only two bytes, so violations show as early as possible."""
+    cdef int rsv = (b0 >> 4) & 7
+    cdef int opcode = b0 & 0x0F
+    if rsv & ~allowed_rsv:
+        return f"reserved bits set (RSV={rsv}) but no extension negotiated"
+    if not (opcode <= 2 or 8 <= opcode <= 10):
+        return f"reserved opcode {opcode}"
+    if ((b1 & 0x80) != 0) != expect_masked:
+        if expect_masked:
+            return "client frames must be masked (RFC 6455 §5.1)"
+        return "server frames must not be masked (RFC 6455 §5.1)"
+    if opcode >= 8:
+        if not (b0 & 0x80):
+            return "control frames must not be fragmented (RFC 6455 §5.5)"
+        if (b1 & 0x7F) > 125:
+            return "control frame payload longer than 125 bytes (RFC 6455 §5.5)"
+    elif opcode == 0:
+        if not in_message:
+            return "continuation frame without a message in progress"
+    elif in_message:
+        return "new data frame while a fragmented message is in progress"
+    return None
+
+
 cdef class FrameDecoder:
     """Streaming RFC 6455 frame decoder; see ``_frames.pyi`` for the contract."""
 
@@ -344,7 +371,8 @@ cdef class FrameDecoder:
         cdef Py_ssize_t pos = 0, head, take
         cdef unsigned long long length, size
         cdef uint8_t b0, b1
-        cdef int opcode, rsv, len7, i
+        cdef int opcode, len7, i
+        cdef str problem
         cdef bint fin, control
         cdef object chunk
         while True:
@@ -369,37 +397,13 @@ cdef class FrameDecoder:
             b0 = p[pos]
             b1 = p[pos + 1]
             fin = (b0 & 0x80) != 0
-            rsv = (b0 >> 4) & 7
             opcode = b0 & 0x0F
             len7 = b1 & 0x7F
-            # Checks that need only two bytes first: report a violation as soon as it shows.
-            if rsv & ~self._allowed_rsv:
-                self._fail(1002, f"reserved bits set (RSV={rsv}) but no extension negotiated")
-                return pos
-            if not (opcode <= 2 or 8 <= opcode <= 10):
-                self._fail(1002, f"reserved opcode {opcode}")
-                return pos
-            if ((b1 & 0x80) != 0) != self._masked:
-                if self._masked:
-                    self._fail(1002, "client frames must be masked (RFC 6455 §5.1)")
-                else:
-                    self._fail(1002, "server frames must not be masked (RFC 6455 §5.1)")
+            problem = _header_problem(b0, b1, self._masked, self._allowed_rsv, self._in_message)
+            if problem is not None:
+                self._fail(1002, problem)
                 return pos
             control = opcode >= 8
-            if control:
-                if not fin:
-                    self._fail(1002, "control frames must not be fragmented (RFC 6455 §5.5)")
-                    return pos
-                if len7 > 125:
-                    self._fail(1002, "control frame payload longer than 125 bytes (RFC 6455 §5.5)")
-                    return pos
-            elif opcode == 0:
-                if not self._in_message:
-                    self._fail(1002, "continuation frame without a message in progress")
-                    return pos
-            elif self._in_message:
-                self._fail(1002, "new data frame while a fragmented message is in progress")
-                return pos
             head = 2
             length = len7
             if len7 == 126:
@@ -562,7 +566,8 @@ cdef class Forwarder:
         cdef Py_ssize_t pos = 0, w = 0, take, head, hlen
         cdef unsigned long long length
         cdef uint8_t b0, b1
-        cdef int opcode, rsv, len7, i
+        cdef int opcode, len7, i
+        cdef str problem
         cdef bint fin
         while pos < n:
             if self._remaining:
@@ -584,35 +589,11 @@ cdef class Forwarder:
             b0 = p[pos]
             b1 = p[pos + 1]
             fin = (b0 & 0x80) != 0
-            rsv = (b0 >> 4) & 7
             opcode = b0 & 0x0F
             len7 = b1 & 0x7F
-            # The same early checks as FrameDecoder (RFC 6455 §5.1, §5.2, §5.4, §5.5).
-            if rsv & ~self._allowed_rsv:
-                self._fail(1002, f"reserved bits set (RSV={rsv}) but no extension negotiated")
-                break
-            if not (opcode <= 2 or 8 <= opcode <= 10):
-                self._fail(1002, f"reserved opcode {opcode}")
-                break
-            if ((b1 & 0x80) != 0) != self._masked:
-                if self._masked:
-                    self._fail(1002, "client frames must be masked (RFC 6455 §5.1)")
-                else:
-                    self._fail(1002, "server frames must not be masked (RFC 6455 §5.1)")
-                break
-            if opcode >= 8:
-                if not fin:
-                    self._fail(1002, "control frames must not be fragmented (RFC 6455 §5.5)")
-                    break
-                if len7 > 125:
-                    self._fail(1002, "control frame payload longer than 125 bytes (RFC 6455 §5.5)")
-                    break
-            elif opcode == 0:
-                if not self._in_message:
-                    self._fail(1002, "continuation frame without a message in progress")
-                    break
-            elif self._in_message:
-                self._fail(1002, "new data frame while a fragmented message is in progress")
+            problem = _header_problem(b0, b1, self._masked, self._allowed_rsv, self._in_message)
+            if problem is not None:
+                self._fail(1002, problem)
                 break
             hlen = 2
             length = len7

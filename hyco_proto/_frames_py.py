@@ -154,6 +154,33 @@ def decode_header(
     return bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 0x0F, key, length, size
 
 
+def _header_problem(b0: int, b1: int, expect_masked: bool, allowed_rsv: int,
+                    in_message: bool) -> str:
+    """What is wrong with a frame whose first two bytes are b0 b1, or "" (RFC 6455 §5.1, §5.2,
+    §5.4, §5.5). Needs only two bytes, so violations show as early as possible."""
+    rsv = (b0 >> 4) & 7
+    opcode = b0 & 0x0F
+    if rsv & ~allowed_rsv:
+        return f"reserved bits set (RSV={rsv}) but no extension negotiated"
+    if opcode not in _KNOWN_OPCODES:
+        return f"reserved opcode {opcode}"
+    if bool(b1 & 0x80) != expect_masked:
+        if expect_masked:
+            return "client frames must be masked (RFC 6455 §5.1)"
+        return "server frames must not be masked (RFC 6455 §5.1)"
+    if opcode >= 8:
+        if not b0 & 0x80:
+            return "control frames must not be fragmented (RFC 6455 §5.5)"
+        if (b1 & 0x7F) > 125:
+            return "control frame payload longer than 125 bytes (RFC 6455 §5.5)"
+    elif opcode == OP_CONTINUATION:
+        if not in_message:
+            return "continuation frame without a message in progress"
+    elif in_message:
+        return "new data frame while a fragmented message is in progress"
+    return ""
+
+
 class FrameDecoder:
     """Streaming RFC 6455 frame decoder; see ``_frames.pyi`` for the contract."""
 
@@ -233,38 +260,13 @@ class FrameDecoder:
             b0 = buf[pos]
             b1 = buf[pos + 1]
             fin = bool(b0 & 0x80)
-            rsv = (b0 >> 4) & 7
             opcode = b0 & 0x0F
             len7 = b1 & 0x7F
-            # Checks that need only the first two bytes come first, so a violation is reported
-            # as soon as it is visible (RFC 6455 §5.2, §5.1, §5.5).
-            if rsv & ~self._allowed_rsv:
-                self._fail(1002, f"reserved bits set (RSV={rsv}) but no extension negotiated")
-                return out
-            if opcode not in _KNOWN_OPCODES:
-                self._fail(1002, f"reserved opcode {opcode}")
-                return out
-            if bool(b1 & 0x80) != self._masked:
-                if self._masked:
-                    self._fail(1002, "client frames must be masked (RFC 6455 §5.1)")
-                else:
-                    self._fail(1002, "server frames must not be masked (RFC 6455 §5.1)")
+            problem = _header_problem(b0, b1, self._masked, self._allowed_rsv, self._in_message)
+            if problem:
+                self._fail(1002, problem)
                 return out
             control = opcode >= 8
-            if control:
-                if not fin:
-                    self._fail(1002, "control frames must not be fragmented (RFC 6455 §5.5)")
-                    return out
-                if len7 > 125:
-                    self._fail(1002, "control frame payload longer than 125 bytes (RFC 6455 §5.5)")
-                    return out
-            elif opcode == OP_CONTINUATION:
-                if not self._in_message:
-                    self._fail(1002, "continuation frame without a message in progress")
-                    return out
-            elif self._in_message:
-                self._fail(1002, "new data frame while a fragmented message is in progress")
-                return out
             head = 2
             length = len7
             if len7 == 126:
@@ -433,9 +435,8 @@ class Forwarder:
             if n - pos < 2:
                 break
             b0, b1 = buf[pos], buf[pos + 1]
-            fin, rsv, opcode = bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 0x0F
-            # Same early checks as FrameDecoder (RFC 6455 §5.1, §5.2, §5.4, §5.5).
-            problem = self._check(fin, rsv, opcode, bool(b1 & 0x80), b1 & 0x7F)
+            fin, opcode = bool(b0 & 0x80), b0 & 0x0F
+            problem = _header_problem(b0, b1, self._masked, self._allowed_rsv, self._in_message)
             if problem:
                 self._fail(1002, problem)
                 break
@@ -492,26 +493,3 @@ class Forwarder:
             pos += size
         del buf[:pos]  # after a failure `buf` is no longer ours (_fail dropped it)
         return b"".join(out)
-
-    def _check(self, fin: bool, rsv: int, opcode: int, masked: bool, len7: int) -> str:
-        if rsv & ~self._allowed_rsv:
-            return f"reserved bits set (RSV={rsv}) but no extension negotiated"
-        if opcode not in _KNOWN_OPCODES:
-            return f"reserved opcode {opcode}"
-        if masked != self._masked:
-            return (
-                "client frames must be masked (RFC 6455 §5.1)"
-                if self._masked
-                else "server frames must not be masked (RFC 6455 §5.1)"
-            )
-        if opcode >= 8:
-            if not fin:
-                return "control frames must not be fragmented (RFC 6455 §5.5)"
-            if len7 > 125:
-                return "control frame payload longer than 125 bytes (RFC 6455 §5.5)"
-        elif opcode == OP_CONTINUATION:
-            if not self._in_message:
-                return "continuation frame without a message in progress"
-        elif self._in_message:
-            return "new data frame while a fragmented message is in progress"
-        return ""
