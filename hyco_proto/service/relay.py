@@ -210,6 +210,11 @@ class RelayService:
             for c in self._conns.values()
             if c.kind is ConnectionKind.HANDSHAKE
         ]
+        deadlines += [
+            c.closing_deadline
+            for c in self._conns.values()
+            if c.closing_deadline is not None and c.kind is ConnectionKind.RELAY
+        ]
         broker = self.broker.next_deadline()
         if broker is not None:
             deadlines.append(broker)
