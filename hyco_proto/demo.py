@@ -37,9 +37,11 @@ async def run_sockets(*, round_trips: int = 2000, small: int = 20000, big: int =
     async with RelayServiceServer(port=0) as relay:
         base = relay.url
         _say("relay", f"listening on {base}  (rule {DEFAULT_RULE_NAME}, development key)")
-        print(f"             connection string: Endpoint=sb://127.0.0.1:{relay.port}/;"
-              f"SharedAccessKeyName={DEFAULT_RULE_NAME};SharedAccessKey={DEVELOPMENT_KEY};"
-              "EntityPath=demo")
+        print(
+            f"             connection string: Endpoint=sb://127.0.0.1:{relay.port}/;"
+            f"SharedAccessKeyName={DEFAULT_RULE_NAME};SharedAccessKey={DEVELOPMENT_KEY};"
+            "EntityPath=demo"
+        )
         listen_uri = f"{base}/$hc/demo"
         send_uri = f"{base}/$hc/demo/orders?region=eu"
 
@@ -66,7 +68,9 @@ async def run_sockets(*, round_trips: int = 2000, small: int = 20000, big: int =
             samples.sort()
             p50 = statistics.median(samples) * 1e6
             p99 = samples[int(len(samples) * 0.99)] * 1e6
-            _say("latency", f"{round_trips} round trips of 64 B: p50 {p50:.0f} µs, p99 {p99:.0f} µs")
+            _say(
+                "latency", f"{round_trips} round trips of 64 B: p50 {p50:.0f} µs, p99 {p99:.0f} µs"
+            )
 
             # Throughput: many 64-byte messages in flight, echoed back.
             async def reader(count: int) -> int:
@@ -81,8 +85,10 @@ async def run_sockets(*, round_trips: int = 2000, small: int = 20000, big: int =
                 await ws.send(payload)
             await task
             elapsed = time.perf_counter() - start
-            _say("small", f"{small} messages of 64 B echoed: {small / elapsed:,.0f} messages/s "
-                 "each way")
+            _say(
+                "small",
+                f"{small} messages of 64 B echoed: {small / elapsed:,.0f} messages/s each way",
+            )
 
             blob = bytes(1024 * 1024)
             start = time.perf_counter()
@@ -91,14 +97,18 @@ async def run_sockets(*, round_trips: int = 2000, small: int = 20000, big: int =
                 await ws.send(blob)
             received = await task
             elapsed = time.perf_counter() - start
-            _say("large", f"{big} messages of 1 MiB echoed: {received / elapsed / 1e6:,.0f} MB/s "
-                 "each way")
+            _say(
+                "large",
+                f"{big} messages of 1 MiB echoed: {received / elapsed / 1e6:,.0f} MB/s each way",
+            )
 
             await ws.close(1000, "done")
             _say("sender", f"closed: {ws.close_code} {ws.close_reason!r}")
         stats = relay.service.stats
-        print(f"relay stats: {stats.relayed_pairs} relayed pair(s), {stats.messages_relayed:,} "
-              f"frames, {stats.bytes_relayed:,} payload bytes relayed")
+        print(
+            f"relay stats: {stats.relayed_pairs} relayed pair(s), {stats.messages_relayed:,} "
+            f"frames, {stats.bytes_relayed:,} payload bytes relayed"
+        )
     return 0
 
 
@@ -119,13 +129,15 @@ def run_in_memory() -> int:
         _say("listener", f"accept message for {request.command.address} -> {verdict}")
         return decision
 
-    runner = net.listen(Listener(listen_uri, listener_token, keepalive_interval=60.0),
-                        on_request=on_request)
+    runner = net.listen(
+        Listener(listen_uri, listener_token, keepalive_interval=60.0), on_request=on_request
+    )
     _say("listener", f"control channel open: {runner.attempts[-1][1]}")
     send_uri = f"{base}/$hc/demo/orders?region=eu&sb-hc-action=connect"
     token = create_relay_token(send_uri, DEFAULT_RULE_NAME, DEVELOPMENT_KEY, now=net.now)
-    sender = net.connect(send_uri, headers=[("ServiceBusAuthorization", token)],
-                         subprotocols=["orders.v1"])
+    sender = net.connect(
+        send_uri, headers=[("ServiceBusAuthorization", token)], subprotocols=["orders.v1"]
+    )
     net.pump()
     if sender.accepted is None:
         print("demo failed: the sender was not accepted", file=sys.stderr)
@@ -155,8 +167,11 @@ def run_in_memory() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hyco_proto.demo", description=__doc__)
-    parser.add_argument("--in-memory", action="store_true",
-                        help="run on the sans-IO cores with a virtual clock, no sockets")
+    parser.add_argument(
+        "--in-memory",
+        action="store_true",
+        help="run on the sans-IO cores with a virtual clock, no sockets",
+    )
     args = parser.parse_args(argv)
     if args.in_memory:
         return run_in_memory()

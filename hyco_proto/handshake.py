@@ -32,6 +32,7 @@ __all__ = [
     "HandshakeAccepted",
     "HandshakeRejected",
     "HandshakeRequest",
+    "RefusedRequest",
     "ServerHandshake",
     "WebSocketURL",
     "accept_token",
@@ -140,6 +141,17 @@ class HandshakeRequest:
     subprotocols: list[str]
     key: str
     version: str
+
+
+@dataclass(frozen=True, slots=True)
+class RefusedRequest:
+    """A complete HTTP request that ``ServerHandshake`` refused as a WebSocket upgrade (426, 405,
+    400 for a bad key or version). A server may still answer plain HTTP routes from it (the relay's
+    status endpoint) instead of sending ``ServerHandshake.rejection``."""
+
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -425,6 +437,10 @@ class ServerHandshake:
         self.rejection_status: int | None = None
         #: Why the request was refused, or the client left before finishing it.
         self.error: RemoteProtocolError | None = None
+        #: The complete request behind ``rejection`` when it was parseable HTTP but not a valid
+        #: upgrade (None for malformed or oversized requests, and before a request completes).
+        self.refused_request: RefusedRequest | None = None
+        self._candidate: RefusedRequest | None = None
         #: Bytes received after the request: the first WebSocket frames.
         self.trailing_data = b""
         self._pending: h11.Request | None = None
@@ -498,6 +514,8 @@ class ServerHandshake:
     def _validate(self, request: h11.Request) -> HandshakeRequest | None:
         headers = _decode_headers(request.headers.raw_items())
         method = request.method.decode("ascii")
+        # Kept for ``refused_request`` should any check below refuse the upgrade.
+        self._candidate = RefusedRequest(method, request.target.decode("latin-1"), headers)
         if method != "GET":
             self._refuse(405, f"a WebSocket upgrade uses GET, not {method}", [("Allow", "GET")])
             return None
@@ -538,6 +556,7 @@ class ServerHandshake:
     def _refuse(self, status: int, why: str,
                 headers: Sequence[tuple[str, str]] = ()) -> None:
         self.error = RemoteProtocolError(why, status_hint=status)
+        self.refused_request = self._candidate
         self.rejection = self._response(status, _default_reason(status), headers,
                                         why.encode("utf-8") + b"\n",
                                         content_type="text/plain; charset=utf-8")

@@ -1,10 +1,19 @@
 """The local relay service on asyncio: real TCP (or TLS) sockets around :class:`RelayService`.
 
-One :class:`asyncio.Protocol` per accepted connection feeds the sans-IO service core
+One :class:`asyncio.BufferedProtocol` per accepted connection feeds the sans-IO service core
 (``connection_made`` / ``receive_data`` / ``receive_eof`` / ``connection_lost``) and writes what
 ``data_to_send()`` returns (``b""``: close that connection once its buffer has flushed). A single
-timer follows ``service.next_deadline()``; it is re-armed after every input. The core works in
-epoch seconds (token expiry), so the clock is ``time.time()``, not ``loop.time()``.
+timer follows ``service.next_deadline()``; it is re-armed after every input except data on a
+relayed leg (relaying sets no service deadline, and ``next_deadline`` looks at every connection).
+The core works in epoch seconds (token expiry), so the clock is ``time.time()``, not
+``loop.time()``.
+
+Reads: every connection reads into one buffer owned by the server (``READ_BUFFER_SIZE``): the loop
+handles one socket at a time and ``buffer_updated`` consumes the bytes before the next read, so an
+idle connection holds no read buffer and the hot path allocates nothing per read. Bytes of a
+relayed leg go to the core as a view of that buffer (the leg's forwarder copies what it keeps);
+every other connection's bytes are copied first, since handshakes and control channels may keep
+them.
 
 Backpressure: the core forwards one leg's frames to the other leg. When a connection's
 write buffer goes over the high-water mark, the connections whose input produced that output
@@ -21,18 +30,21 @@ import time
 from types import TracebackType
 
 from ...service.config import ServiceConfig
-from ...service.relay import RelayService
+from ...service.relay import ConnectionKind, RelayService
 
-__all__ = ["DEFAULT_WRITE_HIGH_WATER", "RelayServiceServer"]
+__all__ = ["DEFAULT_WRITE_HIGH_WATER", "READ_BUFFER_SIZE", "RelayServiceServer"]
 
 #: Write buffer size above which the writing leg's peer stops being read.
 DEFAULT_WRITE_HIGH_WATER = 1 << 20
+#: Bytes read from a socket at once (asyncio's own reads are 256 KiB).
+READ_BUFFER_SIZE = 1 << 18
+_RELAY = ConnectionKind.RELAY
 # A timer whose deadline is already past fires again after at least this long (no busy loop
 # if the core ever reports a deadline that handle_timer does not clear).
 _MIN_TIMER_DELAY = 0.001
 
 
-class _ServiceProtocol(asyncio.Protocol):
+class _ServiceProtocol(asyncio.BufferedProtocol):
     """One TCP connection of the relay service."""
 
     def __init__(self, server: RelayServiceServer) -> None:
@@ -61,10 +73,22 @@ class _ServiceProtocol(asyncio.Protocol):
         server._protocols[self.conn_id] = self
         server._after_input(self.conn_id)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._server._read_view
+
+    def buffer_updated(self, nbytes: int) -> None:
         server = self._server
-        server.service.receive_data(time.time(), self.conn_id, data)
-        server._after_input(self.conn_id)
+        service = server.service
+        conn_id = self.conn_id
+        data = server._read_view[:nbytes]
+        if service.kind(conn_id) is _RELAY:
+            # The forwarder copies what it keeps (a partial header or control frame), so the
+            # shared buffer is lent, not copied.
+            service.receive_data(time.time(), conn_id, data)  # type: ignore[arg-type]
+            server._after_input(conn_id, rearm=service.kind(conn_id) is not _RELAY)
+        else:
+            service.receive_data(time.time(), conn_id, bytes(data))
+            server._after_input(conn_id)
 
     def eof_received(self) -> bool | None:
         server = self._server
@@ -163,6 +187,7 @@ class RelayServiceServer:
         self._closed = asyncio.Event()
         self._all_lost = asyncio.Event()
         self._port: int | None = None
+        self._read_view = memoryview(bytearray(READ_BUFFER_SIZE))
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -259,8 +284,8 @@ class RelayServiceServer:
 
     # -- the byte pump ---------------------------------------------------------------------
 
-    def _after_input(self, source: int | None) -> None:
-        """Write what the core produced, learn relay writers, re-arm the timer."""
+    def _after_input(self, source: int | None, *, rearm: bool = True) -> None:
+        """Write what the core produced, learn relay writers, re-arm the timer (``rearm``)."""
         service = self.service
         for conn_id, data in service.data_to_send():
             proto = self._protocols.get(conn_id)
@@ -276,7 +301,8 @@ class RelayServiceServer:
                 # The core closes TCP (server closes first, RFC 6455 §7.1.1): close() flushes
                 # the write buffer before the socket goes; connection_lost tells the core.
                 transport.close()
-        self._arm_timer()
+        if rearm:
+            self._arm_timer()
 
     def _arm_timer(self) -> None:
         loop = self._loop
