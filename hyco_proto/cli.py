@@ -1,0 +1,779 @@
+"""``hyco``: the local relay emulator, SAS tokens, and netcat over a hybrid connection.
+
+    hyco emulator [--port 9090] [--config emulator.toml] [--tls-self-signed] ...
+    hyco token URI [--rule NAME] [--key KEY] [--ttl SECONDS]
+    hyco listen --path myhc          # received messages -> stdout, stdin -> messages
+    hyco send --path myhc            # the other end
+    hyco status                      # the emulator's /$status document
+
+Without a connection string, ``listen`` / ``send`` / ``token`` talk to a default emulator on
+``ws://127.0.0.1:9090`` with the development key, so ``hyco emulator`` in one terminal and
+``hyco listen --path myhc`` / ``echo hi | hyco send --path myhc`` in two others just work.
+See docs/emulator.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shlex
+import signal
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from ._version import __version__
+from .errors import ProtocolError, RelayError
+from .sas import create_relay_token
+from .service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY, HybridConnectionConfig
+from .service.devcert import DevCertError, ensure_dev_cert, node_hint
+from .service.tomlconfig import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    ConfigError,
+    EmulatorConfig,
+    TlsConfig,
+    apply_default_key,
+    default_rule,
+    is_development_key,
+    load_config,
+)
+from .uris import (
+    ConnectionString,
+    create_relay_listen_uri,
+    create_relay_send_uri,
+    parse_connection_string,
+)
+
+if TYPE_CHECKING:
+    from .adapters.asyncio import RelayedWebSocket, RelayServiceServer
+
+__all__ = ["build_parser", "main"]
+
+PROG = "hyco"
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+class CliError(Exception):
+    """A user-facing error: printed as ``hyco <command>: error: <message>``, exit status 1."""
+
+
+# -------------------------------------------------------------------------------------------
+# TLS helpers (the I/O half of hyco_proto.service.devcert)
+
+
+def _run_quiet(argv: Sequence[str]) -> int:
+    """Run a helper command (openssl); its error output is shown only when it fails."""
+    try:
+        done = subprocess.run(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        print(f"{PROG}: {argv[0]} failed: {exc}", file=sys.stderr)
+        return 127
+    if done.returncode != 0 and done.stderr and "-checkend" not in argv:
+        sys.stderr.write(done.stderr.decode("utf-8", "replace"))
+    return done.returncode
+
+
+def server_ssl_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """A server-side TLS context from PEM files; ``CliError`` names the file that is wrong."""
+    for what, path in (("certificate", cert), ("key", key)):
+        if not path.is_file():
+            raise CliError(f"TLS {what} file {path} does not exist")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(str(cert), str(key))
+    except (ssl.SSLError, OSError) as exc:
+        raise CliError(f"cannot load the TLS certificate {cert} with key {key}: {exc}") from None
+    return context
+
+
+def client_ssl_context(cafile: str | None, insecure: bool) -> ssl.SSLContext | None:
+    """The context for ``wss://`` clients: system trust, plus ``cafile`` (e.g. the emulator's
+    development certificate); ``insecure`` turns verification off."""
+    if insecure:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if cafile is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=cafile)
+    except (ssl.SSLError, OSError) as exc:
+        raise CliError(f"cannot load CA file {cafile}: {exc}") from None
+
+
+# -------------------------------------------------------------------------------------------
+# hyco emulator
+
+
+def _emulator_config(args: argparse.Namespace) -> EmulatorConfig:
+    config = load_config(args.config) if args.config else EmulatorConfig()
+    service = config.service
+    if args.host is not None:
+        config.host = args.host
+    if args.port is not None:
+        config.port = args.port
+    if args.strict:
+        service.strict = True
+    if args.token_grace is not None:
+        service.token_grace = args.token_grace
+    if args.max_listeners is not None:
+        service.max_listeners = args.max_listeners
+    if args.namespace is not None:
+        service.namespace = args.namespace
+    apply_default_key(service, args.key)
+    for name in args.hc or ():
+        clean = name.strip("/")
+        if not clean:
+            raise CliError(f"--hc {name!r} is not a hybrid connection name")
+        service.hybrid_connections.setdefault(clean.lower(), HybridConnectionConfig(clean))
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise CliError("--tls-cert and --tls-key go together")
+        if args.tls_self_signed:
+            raise CliError("use either --tls-cert/--tls-key or --tls-self-signed, not both")
+        config.tls = TlsConfig(cert=Path(args.tls_cert).expanduser(),
+                               key=Path(args.tls_key).expanduser())
+    elif args.tls_self_signed:
+        config.tls = TlsConfig(self_signed=True)
+    if args.state_dir is not None and config.tls is not None:
+        config.tls.state_dir = Path(args.state_dir).expanduser()
+    if not service.rules:
+        raise CliError("the configuration defines no SAS rules: nobody could connect")
+    return config
+
+
+def _tls_context(config: EmulatorConfig, out: IO[str]) -> tuple[ssl.SSLContext | None,
+                                                                 Path | None]:
+    tls = config.tls
+    if tls is None:
+        return None, None
+    if tls.self_signed:
+        try:
+            made = ensure_dev_cert(tls.state_dir, run=_run_quiet, now=time.time())
+        except DevCertError as exc:
+            raise CliError(str(exc)) from None
+        verb = "generated" if made.created else "using"
+        print(f"TLS: {verb} the development certificate {made.cert} (localhost, 127.0.0.1, "
+              "::1)", file=out)
+        return server_ssl_context(made.cert, made.key), made.cert
+    assert tls.cert is not None and tls.key is not None
+    return server_ssl_context(tls.cert, tls.key), tls.cert
+
+
+def _banner(config: EmulatorConfig, server: RelayServiceServer, cert: Path | None) -> str:
+    service = config.service
+    url = server.url
+    scheme = "wss" if server.ssl is not None else "ws"
+    authority = url.split("://", 1)[1]
+    rule = default_rule(service)
+    names = sorted(hc.name for hc in service.hybrid_connections.values())
+    example = names[0] if names else "myhc"
+    lines = [
+        f"hyco_proto relay emulator {__version__} (Azure Relay Hybrid Connections, for local "
+        "development only)",
+        f"listening on {url}",
+        f"status: {'https' if scheme == 'wss' else 'http'}://{authority}/$status",
+    ]
+    if names:
+        lines.append(f"hybrid connections: {', '.join(names)}"
+                     + ("" if service.strict else " (others are created on first use)"))
+    elif service.strict:
+        lines.append("hybrid connections: none configured, and --strict refuses unknown names")
+    else:
+        lines.append("hybrid connections: created on first use (any name works)")
+    if rule is not None:
+        connection_string = (f"Endpoint=sb://{authority}/;SharedAccessKeyName={rule.name};"
+                             f"SharedAccessKey={rule.key};EntityPath={example}")
+        quoted = shlex.quote(connection_string)
+        lines += [
+            "",
+            f"connection string (rule {rule.name}):",
+            f"  {connection_string}",
+            "",
+            "try it, in two more terminals:",
+            f"  {PROG} listen --connection-string {quoted} --scheme {scheme}",
+            f"  echo hello | {PROG} send --connection-string {quoted} --scheme {scheme}",
+            "",
+            "hyco-ws (Node): build the URL by hand (its helpers force wss://…:443):",
+            f"  const uri = '{url}/$hc/{example}?sb-hc-action=listen';",
+            f"  WebSocket.createRelayedServer({{ server: uri, token: () => "
+            f"WebSocket.createRelayToken(uri, '{rule.name}', '{rule.key}') }}, (ws) => {{ … }});",
+        ]
+        if is_development_key([rule]):
+            lines.append(f"(the key is the documented development key of {DEFAULT_RULE_NAME}; "
+                         "pass --key or a config file for anything shared)")
+    if cert is not None:
+        lines += ["", "trust the certificate in Node (hyco-ws, hyco-https):",
+                  f"  export {node_hint(cert)}",
+                  f"and in {PROG} listen/send: --cafile {cert}"]
+    lines += ["", "press Ctrl-C to stop"]
+    return "\n".join(lines)
+
+
+async def _serve_emulator(config: EmulatorConfig, context: ssl.SSLContext | None,
+                          cert: Path | None, out: IO[str]) -> None:
+    from .adapters.asyncio import RelayServiceServer
+
+    server = RelayServiceServer(config=config.service, host=config.host,
+                                port=config.effective_port, ssl=context)
+    try:
+        await server.start()
+    except OSError as exc:
+        raise CliError(f"cannot listen on {config.host}:{config.effective_port}: "
+                       f"{exc.strerror or exc}") from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+    try:
+        print(_banner(config, server, cert), file=out, flush=True)
+        await stop.wait()
+        print("stopping", file=out, flush=True)
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        await server.close()
+
+
+def cmd_emulator(args: argparse.Namespace) -> int:
+    config = _emulator_config(args)
+    out = sys.stdout
+    context, cert = _tls_context(config, out)
+    _setup_logging(args.log_level)
+    try:
+        asyncio.run(_serve_emulator(config, context, cert, out))
+    except KeyboardInterrupt:  # platforms without loop signal handlers
+        print("stopped", file=out, flush=True)
+    return 0
+
+
+# -------------------------------------------------------------------------------------------
+# endpoints for token / listen / send
+
+
+@dataclass(frozen=True, slots=True)
+class _Endpoint:
+    """Where a command connects and how it signs."""
+
+    namespace: str  # host[:port]
+    path: str
+    scheme: str
+    rule: str | None
+    key: str | None
+    token: str | None  # a fixed SAS token (--token or SharedAccessSignature)
+
+    def token_for(self, uri: str, ttl: float) -> Callable[[], str] | str | None:
+        if self.token is not None:
+            return self.token
+        if self.rule is None or self.key is None:
+            return None
+        rule, key = self.rule, self.key
+        return lambda: create_relay_token(uri, rule, key, ttl)
+
+
+def _split_host_port(namespace: str) -> tuple[str, int | None]:
+    if namespace.startswith("["):
+        host, _, rest = namespace[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+        return host, int(port) if port else None
+    if namespace.count(":") == 1:
+        host, _, port = namespace.partition(":")
+        return host, int(port) if port else None
+    return namespace, None
+
+
+def _endpoint(args: argparse.Namespace) -> _Endpoint:
+    cs: ConnectionString | None = None
+    if args.connection_string:
+        try:
+            cs = parse_connection_string(args.connection_string)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    if cs is not None and args.namespace:
+        raise CliError("use either --connection-string or --namespace, not both")
+    namespace = cs.namespace if cs is not None else (
+        args.namespace or f"{DEFAULT_HOST}:{DEFAULT_PORT}")
+    try:
+        host, port = _split_host_port(namespace)
+    except ValueError:
+        raise CliError(f"--namespace {namespace!r}: expected host or host:port") from None
+    if args.port is not None:
+        port = args.port
+    shown_host = f"[{host}]" if ":" in host else host
+    namespace = f"{shown_host}:{port}" if port is not None else shown_host
+    path = args.path or (cs.entity_path if cs is not None else None)
+    if not path:
+        raise CliError("which hybrid connection? pass --path NAME (or EntityPath in the "
+                       "connection string)")
+    scheme = args.scheme
+    if scheme is None:
+        # Plain ws:// for a local emulator on a plain port; TLS everywhere else, and whenever
+        # TLS options are given.
+        tls_options = getattr(args, "cafile", None) or getattr(args, "insecure", False)
+        plain = host.lower() in _LOOPBACK and port not in (None, 443, 9443)
+        scheme = "ws" if plain and not tls_options else "wss"
+    rule = args.rule or (cs.shared_access_key_name if cs is not None else None)
+    key = args.key or (cs.shared_access_key if cs is not None else None)
+    token = args.token or (cs.shared_access_signature if cs is not None else None)
+    if cs is None:
+        rule = rule or DEFAULT_RULE_NAME
+        key = key or DEVELOPMENT_KEY
+    return _Endpoint(namespace, path.strip("/"), scheme, rule, key, token)
+
+
+def _add_endpoint_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("where to connect")
+    group.add_argument("--connection-string", "-c", metavar="CS",
+                       default=os.environ.get("HYCO_CONNECTION_STRING"),
+                       help="Endpoint=sb://…;SharedAccessKeyName=…;SharedAccessKey=…"
+                            "[;EntityPath=…] (default: $HYCO_CONNECTION_STRING)")
+    group.add_argument("--namespace", "-n", metavar="HOST[:PORT]",
+                       help=f"relay namespace (default: {DEFAULT_HOST}:{DEFAULT_PORT}, "
+                            "the local emulator)")
+    group.add_argument("--path", "-p", metavar="HC[/SUFFIX]",
+                       help="hybrid connection name (default: EntityPath)")
+    group.add_argument("--port", type=_port, help="override the namespace's port")
+    group.add_argument("--scheme", choices=("ws", "wss"),
+                       help="ws for a plain local emulator; default: ws for 127.0.0.1/"
+                            "localhost on a port other than 443/9443 (without --cafile/"
+                            "--insecure), else wss")
+    group.add_argument("--rule", "-r", metavar="NAME",
+                       help=f"SAS rule name (default: {DEFAULT_RULE_NAME})")
+    group.add_argument("--key", "-k", metavar="KEY",
+                       help="SAS rule key (default: the emulator's development key)")
+    group.add_argument("--token", metavar="SAS", help="use this SAS token instead of signing")
+    group.add_argument("--ttl", type=float, default=3600.0, metavar="SECONDS",
+                       help="lifetime of the tokens we sign (default 3600)")
+    group.add_argument("--cafile", metavar="PEM",
+                       help="trust this CA/certificate for wss:// (e.g. the emulator's "
+                            "development certificate)")
+    group.add_argument("--insecure", action="store_true",
+                       help="do not verify the relay's TLS certificate")
+
+
+# -------------------------------------------------------------------------------------------
+# hyco token
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from .sas import append_relay_token
+
+    ttl = args.ttl
+    if args.connection_string:
+        try:
+            cs = parse_connection_string(args.connection_string)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        if args.uri:
+            if cs.shared_access_key_name is None or cs.shared_access_key is None:
+                raise CliError("the connection string has no SharedAccessKeyName/"
+                               "SharedAccessKey to sign with")
+            rule, key = args.rule or cs.shared_access_key_name, args.key or cs.shared_access_key
+        else:
+            try:
+                print(cs.create_token(args.path, ttl))
+            except ValueError as exc:
+                raise CliError(str(exc)) from None
+            return 0
+    else:
+        if not args.uri:
+            raise CliError("give the URI to sign (e.g. http://127.0.0.1:9090/myhc) or "
+                           "--connection-string")
+        rule, key = args.rule or DEFAULT_RULE_NAME, args.key or DEVELOPMENT_KEY
+    try:
+        if args.append:
+            print(append_relay_token(args.uri, rule, key, ttl))
+        else:
+            print(create_relay_token(args.uri, rule, key, ttl))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    return 0
+
+
+# -------------------------------------------------------------------------------------------
+# hyco listen / hyco send: netcat over a relayed WebSocket
+
+
+class _Stdin:
+    """Reads stdin on a daemon thread (portable, never blocks interpreter exit) into a bounded
+    queue: binary chunks, or lines (without the newline) in text mode. ``None`` marks EOF and
+    is returned forever after."""
+
+    def __init__(self, stream: IO[bytes] | None, *, text: bool) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[str | bytes | None] = asyncio.Queue(16)
+        self._eof = False
+        self._text = text
+        self._stream = stream
+        threading.Thread(target=self._read, name="hyco-stdin", daemon=True).start()
+
+    def _put(self, item: str | bytes | None) -> bool:
+        future = asyncio.run_coroutine_threadsafe(self._queue.put(item), self._loop)
+        try:
+            future.result()
+        except Exception:  # the loop is gone: stop reading
+            return False
+        return True
+
+    def _read(self) -> None:
+        stream = self._stream
+        try:
+            if stream is not None:
+                if self._text:
+                    for line in stream:
+                        text = line.rstrip(b"\n").rstrip(b"\r").decode("utf-8", "replace")
+                        if not self._put(text):
+                            return
+                else:
+                    read = getattr(stream, "read1", stream.read)
+                    while True:
+                        chunk = read(65536)
+                        if not chunk:
+                            break
+                        if not self._put(bytes(chunk)):
+                            return
+        except (OSError, ValueError):
+            pass
+        self._put(None)
+
+    async def get(self) -> str | bytes | None:
+        if self._eof:
+            return None
+        item = await self._queue.get()
+        if item is None:
+            self._eof = True
+        return item
+
+
+def _write_message(out: IO[bytes], message: str | bytes, *, text: bool) -> None:
+    data = message.encode("utf-8") if isinstance(message, str) else message
+    out.write(data + b"\n" if text else data)
+    out.flush()
+
+
+async def _session(ws: RelayedWebSocket, stdin: _Stdin, args: argparse.Namespace,
+                   out: IO[bytes]) -> int:
+    """Pump stdin → ``ws`` and ``ws`` → stdout until the peer closes; the exit status."""
+    from .adapters.asyncio import RelayConnectionClosed
+
+    async def outgoing() -> None:
+        while True:
+            item = await stdin.get()
+            if item is None:
+                if args.close_on_eof:
+                    await ws.close()
+                return
+            await ws.send(item)
+
+    sender = asyncio.create_task(outgoing())
+    status = 0
+    try:
+        async for message in ws:
+            _write_message(out, message, text=args.text)
+    except RelayConnectionClosed as exc:
+        print(f"{PROG}: connection closed with {exc.code} {exc.reason}".rstrip(),
+              file=sys.stderr)
+        status = 1
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, RelayError, OSError):
+            await sender
+        with contextlib.suppress(RelayError, OSError):
+            await ws.close()
+    if args.verbose:
+        print(f"{PROG}: connection closed ({ws.close_code} {ws.close_reason or ''})".rstrip(),
+              file=sys.stderr)
+    return status
+
+
+def _scheme_hint(ep: _Endpoint) -> str:
+    other = "wss" if ep.scheme == "ws" else "ws"
+    return f" (is the relay serving {other}://? try --scheme {other})"
+
+
+def _parse_headers(values: Sequence[str] | None) -> list[tuple[str, str]]:
+    headers = []
+    for value in values or ():
+        name, sep, content = value.partition(":")
+        if not sep or not name.strip():
+            raise CliError(f"--header {value!r}: expected 'Name: value'")
+        headers.append((name.strip(), content.strip()))
+    return headers
+
+
+async def _listen(args: argparse.Namespace) -> int:
+    from .adapters.asyncio import RelayedServer
+
+    ep = _endpoint(args)
+    host, port = _split_host_port(ep.namespace)
+    uri = create_relay_listen_uri(host if ":" not in host else f"[{host}]", ep.path,
+                                  scheme=ep.scheme, port=port)
+    token = ep.token_for(uri, args.ttl)
+    if token is None:
+        raise CliError("no credentials: pass --key (and --rule), --token or a connection "
+                       "string with a key")
+    context = client_ssl_context(args.cafile, args.insecure)
+
+    def on_error(error: Exception) -> None:
+        if args.verbose:
+            print(f"{PROG}: listener: {error}", file=sys.stderr)
+
+    stdin = _Stdin(None if args.no_stdin else sys.stdin.buffer, text=args.text)
+    out = sys.stdout.buffer
+    status = 0
+    server = RelayedServer(uri, token, error=on_error, ssl=context)
+    try:
+        await server.start()
+    except (RelayError, ProtocolError, OSError) as exc:
+        await server.close()
+        raise CliError(f"cannot listen on {uri.split('?', 1)[0]}: {exc}{_scheme_hint(ep)}"
+                       ) from None
+    try:
+        print(f"{PROG}: listening on {uri.split('?', 1)[0]}", file=sys.stderr, flush=True)
+        async for ws in server:
+            if args.verbose:
+                print(f"{PROG}: connection from {ws.remote_endpoint} to {ws.request_url}",
+                      file=sys.stderr, flush=True)
+            status = await _session(ws, stdin, args, out)
+            if not args.keep_open:
+                break
+    finally:
+        await server.close()
+    return status
+
+
+async def _send(args: argparse.Namespace) -> int:
+    from .adapters.asyncio import relayed_connect
+
+    ep = _endpoint(args)
+    host, port = _split_host_port(ep.namespace)
+    uri = create_relay_send_uri(host if ":" not in host else f"[{host}]", ep.path,
+                                scheme=ep.scheme, port=port, query=args.query or None)
+    token = ep.token_for(uri, args.ttl)
+    token_text = token() if callable(token) else token
+    context = client_ssl_context(args.cafile, args.insecure)
+    try:
+        ws = await relayed_connect(uri, token_text, headers=_parse_headers(args.header),
+                                   subprotocols=args.subprotocol or (), ssl=context,
+                                   token_in_query=args.token_in_query,
+                                   open_timeout=args.timeout)
+    except (RelayError, ProtocolError, OSError, TimeoutError) as exc:
+        raise CliError(f"cannot connect to {uri.split('?', 1)[0]}: {exc}{_scheme_hint(ep)}"
+                       ) from None
+    if args.verbose:
+        print(f"{PROG}: connected to {uri.split('?', 1)[0]}"
+              + (f" (subprotocol {ws.subprotocol})" if ws.subprotocol else ""),
+              file=sys.stderr, flush=True)
+    stdin = _Stdin(None if args.no_stdin else sys.stdin.buffer, text=args.text)
+    return await _session(ws, stdin, args, sys.stdout.buffer)
+
+
+def _run_client(coro_fn: Callable[[argparse.Namespace], Coroutine[object, object, int]],
+                args: argparse.Namespace) -> int:
+    _setup_logging(args.log_level)
+    try:
+        return asyncio.run(coro_fn(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    return _run_client(_listen, args)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    return _run_client(_send, args)
+
+
+def _add_netcat_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--text", "-t", action="store_true",
+                        help="text mode: each stdin line is a text message; each received "
+                             "message is printed on its own line (default: binary, raw bytes)")
+    parser.add_argument("--close-on-eof", "-N", action="store_true",
+                        help="close the connection when stdin ends (default: keep receiving "
+                             "until the other side closes, like netcat)")
+    parser.add_argument("--no-stdin", action="store_true",
+                        help="do not read stdin (receive only)")
+    parser.add_argument("--verbose", "-v", action="store_true",
+                        help="report connections and listener errors on stderr")
+    parser.add_argument("--log-level", default="WARNING", help=argparse.SUPPRESS)
+
+
+# -------------------------------------------------------------------------------------------
+# hyco status
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    url = args.url.rstrip("/")
+    if "://" not in url:
+        url = "http://" + url
+    target = url if url.endswith(("/$status", "/health")) else url + "/$status"
+    context = None
+    if target.startswith("https:"):
+        context = client_ssl_context(args.cafile, args.insecure) or ssl.create_default_context()
+    try:
+        with urllib.request.urlopen(target, timeout=args.timeout, context=context) as response:
+            document = json.loads(response.read().decode("utf-8"))
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise CliError(f"cannot read {target}: {exc}") from None
+    print(json.dumps(document, indent=2))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------
+# plumbing
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 65535")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError("must be a non-negative number of seconds")
+    return value
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, str(level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Azure Relay Hybrid Connections tools: a local relay emulator, SAS tokens, "
+                    "and netcat over a hybrid connection.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    emu = commands.add_parser(
+        "emulator", help="run the local relay service in the foreground",
+        description="Run the local relay service (hyco-ws, hyco-https and hyco_proto clients "
+                    "connect to it). Flags override the --config file.")
+    emu.add_argument("--host", help=f"address to bind (default {DEFAULT_HOST})")
+    emu.add_argument("--port", type=_port,
+                     help="port (default 9090, or 9443 with TLS; 0 picks a free one)")
+    emu.add_argument("--key", help=f"key of the rule {DEFAULT_RULE_NAME} (default: the "
+                                   "documented development key)")
+    emu.add_argument("--config", metavar="FILE", help="TOML configuration (docs/emulator.md)")
+    emu.add_argument("--strict", action="store_true",
+                     help="refuse unknown hybrid connections with 404 instead of creating "
+                          "them on first use")
+    emu.add_argument("--hc", action="append", metavar="NAME",
+                     help="declare a hybrid connection (repeatable)")
+    emu.add_argument("--namespace", help="namespace name used in tracking descriptions")
+    emu.add_argument("--tls-cert", metavar="PEM", help="serve wss:// with this certificate")
+    emu.add_argument("--tls-key", metavar="PEM", help="... and this private key")
+    emu.add_argument("--tls-self-signed", action="store_true",
+                     help="serve wss:// with a generated development certificate for "
+                          "localhost/127.0.0.1")
+    emu.add_argument("--state-dir", metavar="DIR",
+                     help="where the development certificate is kept (default "
+                          "~/.hyco_proto, or $HYCO_PROTO_STATE_DIR)")
+    emu.add_argument("--token-grace", type=_seconds, metavar="SECONDS",
+                     help="keep a listener this long after its token expired (default 60)")
+    emu.add_argument("--max-listeners", type=int, metavar="N",
+                     help="listeners per hybrid connection (default 25)")
+    emu.add_argument("--log-level", default="INFO",
+                     help="DEBUG, INFO (default: refusals with tracking ids), WARNING")
+    emu.set_defaults(func=cmd_emulator)
+
+    tok = commands.add_parser(
+        "token", help="print a SAS token",
+        description="Print a SAS token for URI, signed like hyco-ws createRelayToken.")
+    tok.add_argument("uri", nargs="?",
+                     help="resource to sign, e.g. http://127.0.0.1:9090/myhc or a listen/send "
+                          "URI (optional with --connection-string)")
+    tok.add_argument("--rule", "-r", help=f"SAS rule name (default {DEFAULT_RULE_NAME})")
+    tok.add_argument("--key", "-k", help="rule key (default: the development key)")
+    tok.add_argument("--ttl", type=_seconds, default=3600.0, metavar="SECONDS",
+                     help="lifetime (default 3600)")
+    tok.add_argument("--connection-string", "-c", metavar="CS",
+                     help="sign with this connection string's rule (for its EntityPath, or "
+                          "--path, or the whole namespace)")
+    tok.add_argument("--path", "-p", help="with --connection-string: the entity to sign for")
+    tok.add_argument("--append", action="store_true",
+                     help="print URI with ?sb-hc-token=… appended instead of the token")
+    tok.set_defaults(func=cmd_token)
+
+    lst = commands.add_parser(
+        "listen", help="listen on a hybrid connection: messages → stdout, stdin → messages",
+        description="Accept relayed connections (one at a time): received messages go to "
+                    "stdout, stdin goes to the connection. Exits after the first connection "
+                    "unless --keep-open.")
+    _add_endpoint_options(lst)
+    lst.add_argument("--keep-open", "-K", action="store_true",
+                     help="accept further connections after one closes")
+    _add_netcat_options(lst)
+    lst.set_defaults(func=cmd_listen)
+
+    snd = commands.add_parser(
+        "send", help="connect to a hybrid connection: stdin → messages, messages → stdout",
+        description="Connect as a sender: stdin goes to the listener, its messages to stdout.")
+    _add_endpoint_options(snd)
+    snd.add_argument("--subprotocol", action="append", metavar="NAME",
+                     help="offer this WebSocket subprotocol (repeatable)")
+    snd.add_argument("--header", "-H", action="append", metavar="'NAME: VALUE'",
+                     help="extra connect header, visible to the listener (repeatable)")
+    snd.add_argument("--query", "-q", metavar="A=1&B=2",
+                     help="application query string, visible to the listener")
+    snd.add_argument("--token-in-query", action="store_true",
+                     help="send the token as sb-hc-token in the query instead of the "
+                          "ServiceBusAuthorization header")
+    snd.add_argument("--timeout", type=_seconds, default=30.0, metavar="SECONDS",
+                     help="give up connecting after this long (default 30)")
+    _add_netcat_options(snd)
+    snd.set_defaults(func=cmd_send)
+
+    sta = commands.add_parser("status", help="print the emulator's /$status document")
+    sta.add_argument("--url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
+                     help=f"emulator address (default http://{DEFAULT_HOST}:{DEFAULT_PORT})")
+    sta.add_argument("--cafile", help="trust this certificate for https://")
+    sta.add_argument("--insecure", action="store_true", help="do not verify TLS")
+    sta.add_argument("--timeout", type=_seconds, default=10.0, help=argparse.SUPPRESS)
+    sta.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hyco`` command (and ``python -m hyco_proto``)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (CliError, ConfigError) as exc:
+        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,149 @@
+"""The relay service's health endpoint and refusal log (sans-IO).
+
+``GET /$status`` (alias ``/health``) on the service port, as plain HTTP, answers ``200
+application/json`` with what :class:`~hyco_proto.service.relay.RelayService` counts: listeners per
+hybrid connection, live connections by kind, relayed pairs, bytes and messages relayed, rejects,
+auth failures. ``RelayService._advance_handshake`` calls :func:`status_response` for requests the
+WebSocket handshake refused (they are not upgrades), so the endpoint shares the relay's port.
+
+Refusals (401/403/404 handshakes) are logged on ``hyco_proto.service`` with their tracking id.
+hyco-ws listeners retry a 401 in a tight loop, thousands of times a second
+(hybrid-connections-wire §4.2, §5.6 item 10), so :class:`RefusalLog` lets the first few refusals
+of a kind through per window and then one summary line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from .._version import __version__
+
+if TYPE_CHECKING:
+    from .broker import RelayBroker
+    from .relay import ServiceStats
+
+__all__ = [
+    "STATUS_PATHS",
+    "RefusalLog",
+    "is_status_target",
+    "status_document",
+    "status_response_body",
+]
+
+logger = logging.getLogger("hyco_proto.service")
+
+#: Plain-HTTP paths answered with the status document (case-insensitive, trailing '/' ignored).
+STATUS_PATHS = frozenset({"/$status", "/health", "/healthz"})
+
+
+def is_status_target(method: str, target: str) -> bool:
+    """Whether an HTTP request line asks for the status document (GET only)."""
+    if method != "GET":
+        return False
+    path = urlsplit(target).path.rstrip("/").lower() or "/"
+    return path in STATUS_PATHS
+
+
+def status_document(
+    *,
+    now: float,
+    stats: ServiceStats,
+    broker: RelayBroker,
+    connections: Mapping[str, int],
+) -> dict[str, Any]:
+    """The status as a JSON-ready dict.
+
+    ``connections`` counts open TCP connections by kind (``listener``, ``waiting``, ``relay``,
+    ``handshake``); live relayed pairs are the relay legs halved.
+    """
+    config = broker.config
+    hcs = []
+    for hc in sorted(config.hybrid_connections.values(), key=lambda h: h.name.lower()):
+        hcs.append(
+            {
+                "name": hc.name,
+                "requires_client_authorization": hc.requires_client_authorization,
+                "listeners": broker.listener_count(hc.name),
+                "rules": sorted(rule.name for rule in hc.rules),
+            }
+        )
+    live = {kind: int(count) for kind, count in sorted(connections.items()) if kind != "closed"}
+    return {
+        "status": "ok",
+        "service": "hyco_proto relay emulator",
+        "version": __version__,
+        "time": datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "namespace": config.namespace,
+        "strict": config.strict,
+        "max_listeners": config.max_listeners,
+        "token_grace": config.token_grace,
+        "connections": live,
+        "live_relayed_pairs": live.get("relay", 0) // 2,
+        "counters": asdict(stats),
+        "hybrid_connections": hcs,
+    }
+
+
+def status_response_body(
+    *,
+    now: float,
+    stats: ServiceStats,
+    broker: RelayBroker,
+    connections: Mapping[str, int],
+) -> bytes:
+    """:func:`status_document` as indented UTF-8 JSON with a final newline."""
+    doc = status_document(now=now, stats=stats, broker=broker, connections=connections)
+    return (json.dumps(doc, indent=2, sort_keys=False) + "\n").encode("utf-8")
+
+
+@dataclass(slots=True)
+class _Window:
+    start: float
+    logged: int = 0
+    suppressed: int = 0
+
+
+@dataclass(slots=True)
+class RefusalLog:
+    """Log refused handshakes with their tracking id, throttled per (status, path) key.
+
+    At most ``burst`` lines per key per ``window`` seconds; the rest are counted and reported in
+    one line when the next window opens. Time comes from the caller (sans-IO).
+    """
+
+    burst: int = 5
+    window: float = 10.0
+    level: int = logging.INFO
+    _windows: dict[tuple[int, str], _Window] = field(default_factory=dict)
+
+    def refused(self, now: float, status: int, target: str, description: str) -> None:
+        """Record one refusal of a request for ``target`` with ``status`` and ``description``
+        (the relay's status description, which carries the ``TrackingId``)."""
+        path = urlsplit(target).path
+        key = (status, path.lower())
+        win = self._windows.get(key)
+        if win is None or not 0 <= now - win.start < self.window:  # clocks may step back
+            if win is not None and win.suppressed:
+                logger.log(
+                    self.level,
+                    "%d more refusals with %d for %s in the last %.0f s were not logged",
+                    win.suppressed, status, path, self.window,
+                )
+            if len(self._windows) > 1024:
+                self._windows.clear()  # bounded memory whatever the clients try
+            win = self._windows[key] = _Window(now)
+        if win.logged < self.burst:
+            win.logged += 1
+            logger.log(self.level, "refused %s with %d: %s", path, status, description)
+        else:
+            win.suppressed += 1
+
+
+#: The refusal log the relay service writes to (process-wide: it only throttles log lines).
+refusal_log = RefusalLog()

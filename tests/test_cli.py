@@ -1,0 +1,397 @@
+"""The ``hyco`` command line: token, emulator, listen/send, status.
+
+The emulator, listener and sender run as real subprocesses (``python -m hyco_proto``) on
+loopback, with bounded timeouts; every process is killed on teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from hyco_proto import cli, parse_connection_string
+from hyco_proto.sas import parse_token, verify_token
+from hyco_proto.service import devcert
+from hyco_proto.service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 20.0
+
+
+# -------------------------------------------------------------------------------------------
+# subprocess helpers
+
+
+class Proc:
+    """A ``python -m hyco_proto`` subprocess whose output lines are collected by threads."""
+
+    def __init__(self, args: Sequence[str], *, stdin: bytes | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        full_env["PYTHONUNBUFFERED"] = "1"
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "hyco_proto", *args], cwd=ROOT,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env)
+        self.stdout = bytearray()
+        self.stderr_lines: queue.Queue[str] = queue.Queue()
+        self.stderr_text: list[str] = []
+        self.stdout_lines: queue.Queue[str] = queue.Queue()
+        assert self.popen.stdout is not None and self.popen.stderr is not None
+        threading.Thread(target=self._pump_out, args=(self.popen.stdout,), daemon=True).start()
+        threading.Thread(target=self._pump_err, args=(self.popen.stderr,), daemon=True).start()
+        if stdin is not None:
+            assert self.popen.stdin is not None
+            threading.Thread(target=self._feed, args=(self.popen.stdin, stdin),
+                             daemon=True).start()
+
+    @staticmethod
+    def _feed(pipe: IO[bytes], data: bytes) -> None:
+        try:
+            pipe.write(data)
+            pipe.close()
+        except OSError:
+            pass
+
+    def _pump_out(self, pipe: IO[bytes]) -> None:
+        buffer = b""
+        while True:
+            chunk = pipe.read1(65536)  # type: ignore[attr-defined]
+            if not chunk:
+                break
+            self.stdout += chunk
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                self.stdout_lines.put(line.decode("utf-8", "replace"))
+
+    def _pump_err(self, pipe: IO[bytes]) -> None:
+        for raw in pipe:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.stderr_text.append(line)
+            self.stderr_lines.put(line)
+
+    def wait_line(self, pattern: str, *, stream: str = "stdout",
+                  timeout: float = TIMEOUT) -> re.Match[str]:
+        lines = self.stdout_lines if stream == "stdout" else self.stderr_lines
+        deadline = time.monotonic() + timeout
+        seen = []
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no line matching {pattern!r} within {timeout} s; "
+                                     f"{stream}: {seen!r}; stderr: {self.stderr_text!r}")
+            try:
+                line = lines.get(timeout=min(left, 0.2))
+            except queue.Empty:
+                if self.popen.poll() is not None and lines.empty():
+                    raise AssertionError(
+                        f"process exited ({self.popen.returncode}) before printing "
+                        f"{pattern!r}; {stream}: {seen!r}; stderr: {self.stderr_text!r}"
+                    ) from None
+                continue
+            seen.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+    def wait(self, timeout: float = TIMEOUT) -> int:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"process did not exit within {timeout} s; "
+                                 f"stderr: {self.stderr_text!r}") from None
+
+    def stop(self) -> int:
+        """SIGTERM (a clean stop), then kill after a bound."""
+        if self.popen.poll() is None:
+            self.popen.terminate()
+        return self.wait(10)
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(5)
+
+
+class Emulator:
+    def __init__(self, proc: Proc, url: str) -> None:
+        self.proc = proc
+        self.url = url
+        self.port = int(url.rsplit(":", 1)[1])
+
+    def status(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/$status",
+                                    timeout=5) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"] == "application/json"
+            doc = json.loads(response.read())
+            assert isinstance(doc, dict)
+            return doc
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    proc = Proc(["emulator", "--port", "0"])
+    try:
+        match = proc.wait_line(r"listening on (ws://\S+)")
+        proc.wait_line(r"press Ctrl-C to stop")
+        yield Emulator(proc, match.group(1))
+    finally:
+        proc.kill()
+
+
+def hyco(args: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    status = cli.main(list(args))
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+# -------------------------------------------------------------------------------------------
+# hyco token
+
+
+def test_token_verifies(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = hyco(["token", "http://127.0.0.1:9090/myhc", "--ttl", "120"], capsys)
+    assert status == 0
+    token = out.strip()
+    parsed = verify_token(token, keys={DEFAULT_RULE_NAME: DEVELOPMENT_KEY},
+                          target_path="/myhc/suffix", now=time.time())
+    assert parsed.key_name == DEFAULT_RULE_NAME
+    assert parsed.resource == "http://127.0.0.1:9090/myhc"
+    assert 100 <= parsed.expiry - time.time() <= 121
+
+
+def test_token_with_rule_key_and_listen_uri(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = hyco(["token", "ws://127.0.0.1:9090/$hc/myhc?sb-hc-action=listen",
+                           "--rule", "listen-rule", "--key", "s3cr3t"], capsys)
+    assert status == 0
+    parsed = verify_token(out.strip(), keys={"listen-rule": "s3cr3t"}, target_path="/myhc",
+                          now=time.time())
+    assert parsed.resource == "http://127.0.0.1:9090/myhc"  # hyco-ws normalisation (§2.3)
+    with pytest.raises(Exception, match="bad signature"):
+        verify_token(out.strip(), keys={"listen-rule": "other"}, target_path="/myhc",
+                     now=time.time())
+
+
+def test_token_from_connection_string(capsys: pytest.CaptureFixture[str]) -> None:
+    cs = "Endpoint=sb://ns.example/;SharedAccessKeyName=rule;SharedAccessKey=k;EntityPath=hc"
+    status, out, _ = hyco(["token", "--connection-string", cs], capsys)
+    assert status == 0
+    verify_token(out.strip(), keys={"rule": "k"}, target_path="/hc", now=time.time())
+    # Namespace-wide without an entity.
+    cs_ns = "Endpoint=sb://ns.example/;SharedAccessKeyName=rule;SharedAccessKey=k"
+    status, out, _ = hyco(["token", "-c", cs_ns], capsys)
+    assert status == 0
+    assert parse_token(out.strip()).resource == "http://ns.example/"
+    verify_token(out.strip(), keys={"rule": "k"}, target_path="/any/thing", now=time.time())
+
+
+def test_token_append(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = hyco(["token", "--append", "ws://127.0.0.1:9090/$hc/myhc"], capsys)
+    assert status == 0
+    assert out.startswith("ws://127.0.0.1:9090/$hc/myhc?sb-hc-token=SharedAccessSignature")
+
+
+def test_token_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = hyco(["token"], capsys)
+    assert status == 1 and "hyco token: error: give the URI" in err
+    status, _, err = hyco(["token", "-c", "nonsense"], capsys)
+    assert status == 1 and "not Key=Value" in err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["token", "http://x/y", "--ttl", "soon"])
+    assert exc.value.code == 2
+
+
+def test_python_m_hyco_proto_version() -> None:
+    done = subprocess.run([sys.executable, "-m", "hyco_proto", "--version"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0 and done.stdout.startswith("hyco ")
+
+
+# -------------------------------------------------------------------------------------------
+# hyco emulator
+
+
+def test_emulator_answers_status_and_stops_cleanly(emulator: Emulator) -> None:
+    doc = emulator.status()
+    assert doc["status"] == "ok"
+    assert doc["counters"]["listeners"] == 0
+    with urllib.request.urlopen(f"http://127.0.0.1:{emulator.port}/health", timeout=5) as r:
+        assert json.loads(r.read())["status"] == "ok"
+    out = "\n".join(emulator.proc.stdout.decode().splitlines())
+    # Ready-to-paste connection string and commands.
+    match = re.search(r"^  (Endpoint=sb://127\.0\.0\.1:\d+/;\S+)$", out, re.M)
+    assert match, out
+    cs = parse_connection_string(match.group(1))
+    assert cs.port == emulator.port
+    assert cs.shared_access_key_name == DEFAULT_RULE_NAME
+    assert cs.shared_access_key == DEVELOPMENT_KEY
+    assert cs.entity_path == "myhc"
+    assert "hyco listen --connection-string" in out and "--scheme ws" in out
+    assert f"ws://127.0.0.1:{emulator.port}/$hc/myhc?sb-hc-action=listen" in out
+    assert emulator.proc.stop() == 0
+    assert "stopping" in emulator.proc.stdout.decode()
+
+
+def test_emulator_config_file_and_flags(tmp_path: Path) -> None:
+    config = tmp_path / "emu.toml"
+    config.write_text('[server]\nstrict = true\n\n[[rules]]\nname = "app"\nkey = "app-key"\n'
+                      '\n[hybrid_connections.orders]\n')
+    proc = Proc(["emulator", "--port", "0", "--config", str(config), "--key", "root-key",
+                 "--hc", "extra"])
+    try:
+        url = proc.wait_line(r"listening on (ws://\S+)").group(1)
+        proc.wait_line(r"press Ctrl-C to stop")
+        emulator = Emulator(proc, url)
+        doc = emulator.status()
+        assert doc["strict"] is True
+        assert [hc["name"] for hc in doc["hybrid_connections"]] == ["extra", "orders"]
+        out = proc.stdout.decode()
+        assert "SharedAccessKeyName=RootManageSharedAccessKey;SharedAccessKey=root-key;" \
+               "EntityPath=extra" in out
+    finally:
+        proc.kill()
+
+
+def test_emulator_reports_config_errors(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("[server]\nprot = 1\n")
+    proc = Proc(["emulator", "--port", "0", "--config", str(config)])
+    assert proc.wait() == 1
+    assert any(f"{config}:2: server.prot: unknown key; did you mean 'port'?" in line
+               for line in proc.stderr_text), proc.stderr_text
+
+
+def test_emulator_port_in_use(emulator: Emulator) -> None:
+    proc = Proc(["emulator", "--port", str(emulator.port)])
+    assert proc.wait() == 1
+    assert any("cannot listen on 127.0.0.1:" in line for line in proc.stderr_text)
+
+
+# -------------------------------------------------------------------------------------------
+# hyco listen / hyco send
+
+
+def _client_args(emulator: Emulator, path: str = "myhc") -> list[str]:
+    return ["--port", str(emulator.port), "--path", path]
+
+
+def test_listen_send_text_both_directions(emulator: Emulator) -> None:
+    # Sender -> listener: the sender closes after its stdin (-N); the listener prints and exits.
+    listener = Proc(["listen", *_client_args(emulator), "--text", "--no-stdin"])
+    try:
+        listener.wait_line(r"listening on ws://", stream="stderr")
+        sender = Proc(["send", *_client_args(emulator), "--text", "-N"],
+                      stdin=b"first line\nsecond \xc3\xa9\n")
+        assert sender.wait() == 0, sender.stderr_text
+        assert listener.wait() == 0, listener.stderr_text
+        assert listener.stdout.decode() == "first line\nsecond é\n"
+    finally:
+        listener.kill()
+    # Listener -> sender, with a connection string.
+    cs = (f"Endpoint=sb://127.0.0.1:{emulator.port}/;SharedAccessKeyName={DEFAULT_RULE_NAME};"
+          f"SharedAccessKey={DEVELOPMENT_KEY};EntityPath=other")
+    listener = Proc(["listen", "-c", cs, "--scheme", "ws", "--text", "-N"], stdin=b"pong\n")
+    try:
+        listener.wait_line(r"listening on ws://", stream="stderr")
+        sender = Proc(["send", "-c", cs, "--scheme", "ws", "--text", "--no-stdin"])
+        assert sender.wait() == 0, sender.stderr_text
+        assert sender.stdout.decode() == "pong\n"
+        assert listener.wait() == 0, listener.stderr_text
+    finally:
+        listener.kill()
+    counters = emulator.status()["counters"]
+    assert counters["relayed_pairs"] == 2
+
+
+def test_listen_send_binary_is_byte_exact(emulator: Emulator) -> None:
+    payload = os.urandom(300_000) + b"\x00\r\n\xff"
+    listener = Proc(["listen", *_client_args(emulator, "bin"), "--no-stdin"])
+    try:
+        listener.wait_line(r"listening on ws://", stream="stderr")
+        sender = Proc(["send", *_client_args(emulator, "bin"), "-N"], stdin=payload)
+        assert sender.wait() == 0, sender.stderr_text
+        assert listener.wait() == 0, listener.stderr_text
+        assert bytes(listener.stdout) == payload
+    finally:
+        listener.kill()
+    assert emulator.status()["counters"]["bytes_relayed"] >= len(payload)
+
+
+def test_send_with_wrong_key_fails_with_401(emulator: Emulator) -> None:
+    sender = Proc(["send", *_client_args(emulator), "--key", "wrong", "--no-stdin"])
+    assert sender.wait() == 1
+    text = "\n".join(sender.stderr_text)
+    assert "hyco send: error: cannot connect" in text and "401" in text
+    assert emulator.status()["counters"]["auth_failures"] == 1
+
+
+def test_listen_with_wrong_key_fails(emulator: Emulator) -> None:
+    listener = Proc(["listen", *_client_args(emulator), "--key", "wrong", "--no-stdin"])
+    assert listener.wait() == 1
+    assert "401" in "\n".join(listener.stderr_text)
+
+
+# -------------------------------------------------------------------------------------------
+# TLS with the development certificate
+
+
+def test_self_signed_tls_round_trip(tmp_path: Path) -> None:
+    proc = Proc(["emulator", "--port", "0", "--tls-self-signed", "--state-dir", str(tmp_path)])
+    try:
+        url = proc.wait_line(r"listening on (wss://\S+)").group(1)
+        proc.wait_line(r"press Ctrl-C to stop")
+        cert = tmp_path / "devcert" / "cert.pem"
+        assert cert.is_file() and (tmp_path / "devcert" / "key.pem").is_file()
+        assert f"NODE_EXTRA_CA_CERTS={cert}" in proc.stdout.decode()
+        port = url.rsplit(":", 1)[1]
+        common = ["--namespace", f"localhost:{port}", "--path", "secure", "--cafile", str(cert)]
+        listener = Proc(["listen", *common, "--text", "--no-stdin"])
+        try:
+            listener.wait_line(r"listening on wss://", stream="stderr")
+            sender = Proc(["send", *common, "--text", "-N"], stdin=b"over tls\n")
+            assert sender.wait() == 0, sender.stderr_text
+            assert listener.wait() == 0, listener.stderr_text
+            assert listener.stdout.decode() == "over tls\n"
+        finally:
+            listener.kill()
+        # Without trusting the certificate, verification fails.
+        untrusted = Proc(["send", "--namespace", f"localhost:{port}", "--path", "secure",
+                          "--scheme", "wss", "--no-stdin"])
+        assert untrusted.wait() == 1
+        assert "CERTIFICATE_VERIFY_FAILED" in "\n".join(untrusted.stderr_text)
+    finally:
+        proc.kill()
+    # A second start reuses the certificate.
+    again = devcert.ensure_dev_cert(tmp_path, run=cli._run_quiet, now=time.time())
+    assert not again.created and again.cert == cert
+
+
+def test_devcert_without_openssl_or_cryptography(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(devcert, "_cryptography_available", lambda: False)
+    with pytest.raises(devcert.DevCertError, match="pip install cryptography"):
+        devcert.ensure_dev_cert(tmp_path, run=None, now=time.time())
+
+
+def test_tls_cert_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = hyco(["emulator", "--port", "0", "--tls-cert", str(tmp_path / "c.pem"),
+                           "--tls-key", str(tmp_path / "k.pem")], capsys)
+    assert status == 1 and "TLS certificate file" in err and "does not exist" in err
+    status, _, err = hyco(["emulator", "--tls-cert", "x.pem"], capsys)
+    assert status == 1 and "--tls-cert and --tls-key go together" in err

@@ -1,0 +1,164 @@
+"""The relay's plain-HTTP status endpoint (``GET /$status``, ``/health``) and refusal log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from typing import Any
+
+import pytest
+
+from hyco_proto.handshake import ServerHandshake
+from hyco_proto.listener import Listener
+from hyco_proto.memory import MemoryNetwork
+from hyco_proto.sas import create_relay_token
+from hyco_proto.service.broker import RelayBroker
+from hyco_proto.service.config import (
+    DEFAULT_RULE_NAME,
+    DEVELOPMENT_KEY,
+    HybridConnectionConfig,
+    ServiceConfig,
+)
+from hyco_proto.service.relay import RelayService
+from hyco_proto.service.status import RefusalLog, is_status_target
+
+NOW = 1_700_000_000.0
+BASE = "ws://127.0.0.1:9090"
+
+
+def http_get(service: RelayService, target: str, *, method: str = "GET",
+             chunked: bool = False) -> tuple[int, dict[str, str], bytes]:
+    conn = service.connection_made(NOW, ("127.0.0.1", 40000))
+    request = f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:9090\r\n\r\n".encode()
+    if chunked:
+        for i in range(len(request)):
+            service.receive_data(NOW, conn, request[i : i + 1])
+    else:
+        service.receive_data(NOW, conn, request)
+    out = service.data_to_send()
+    assert out[-1] == (conn, b""), "the connection is closed after the answer"
+    raw = b"".join(data for cid, data in out if cid == conn)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    assert int(headers["content-length"]) == len(body)
+    return status, headers, body
+
+
+def status_doc(service: RelayService, target: str = "/$status") -> dict[str, Any]:
+    status, headers, body = http_get(service, target)
+    assert status == 200
+    assert headers["content-type"] == "application/json"
+    doc = json.loads(body)
+    assert isinstance(doc, dict)
+    return doc
+
+
+@pytest.mark.parametrize("target", ["/$status", "/health", "/$STATUS", "/health/",
+                                    "/$status?verbose=1", "/healthz"])
+def test_status_routes_answer_json(target: str) -> None:
+    doc = status_doc(RelayService(), target)
+    assert doc["status"] == "ok"
+    assert doc["counters"]["listeners"] == 0
+    assert doc["connections"] == {}, "the status request itself is not counted"
+
+
+def test_status_request_fed_byte_by_byte() -> None:
+    status, _, body = http_get(RelayService(), "/$status", chunked=True)
+    assert status == 200 and json.loads(body)["status"] == "ok"
+
+
+@pytest.mark.parametrize(("method", "target", "expected"), [
+    ("GET", "/", 426),
+    ("GET", "/$hc/myhc", 426),
+    ("GET", "/$statusx", 426),
+    ("POST", "/$status", 405),
+])
+def test_other_plain_requests_keep_their_refusal(method: str, target: str, expected: int) -> None:
+    service = RelayService()
+    status, _, _ = http_get(service, target, method=method)
+    assert status == expected
+    assert service.stats.handshake_errors == 1
+
+
+def test_refused_request_is_exposed_by_the_handshake() -> None:
+    hs = ServerHandshake()
+    hs.receive_data(b"GET /$status?x=1 HTTP/1.1\r\nHost: h\r\nX-A: b\r\n\r\n")
+    assert hs.next_event() is None
+    assert hs.rejection_status == 426
+    assert hs.refused_request is not None
+    assert (hs.refused_request.method, hs.refused_request.target) == ("GET", "/$status?x=1")
+    assert ("X-A", "b") in hs.refused_request.headers
+    malformed = ServerHandshake()
+    malformed.receive_data(b"NOT HTTP\r\n\r\n")
+    assert malformed.next_event() is None
+    assert malformed.rejection_status == 400 and malformed.refused_request is None
+
+
+def test_is_status_target() -> None:
+    assert is_status_target("GET", "/$status")
+    assert not is_status_target("HEAD", "/$status")
+    assert not is_status_target("GET", "/$hc/$status")
+
+
+def test_counters_with_a_listener_a_pair_and_refusals() -> None:
+    config = ServiceConfig()
+    config.hybrid_connections["other"] = HybridConnectionConfig("other",
+                                                                requires_client_authorization=False)
+    net = MemoryNetwork(RelayService(broker=RelayBroker(config, rng=random.Random(1))), now=NOW)
+
+    def token(uri: str, key: str = DEVELOPMENT_KEY) -> str:
+        return create_relay_token(uri, DEFAULT_RULE_NAME, key, 3600, now=net.now)
+
+    listen_uri = f"{BASE}/$hc/myhc"
+    listener = net.listen(Listener(listen_uri, lambda: token(listen_uri)))
+    send_uri = f"{BASE}/$hc/myhc?sb-hc-action=connect"
+    ws = net.connect(send_uri, headers=[("ServiceBusAuthorization", token(send_uri))])
+    net.pump()
+    assert ws.accepted is not None
+    ws.send(b"12345")
+    net.pump()
+    bad = net.connect(send_uri, headers=[("ServiceBusAuthorization", token(send_uri, "nope"))])
+    net.pump()
+    assert bad.rejected is not None and bad.rejected.status == 401
+
+    doc = status_doc(net.service)
+    assert doc["counters"]["listeners"] == 1
+    assert doc["counters"]["relayed_pairs"] == 1
+    assert doc["counters"]["bytes_relayed"] >= 5
+    assert doc["counters"]["auth_failures"] == 1
+    assert doc["live_relayed_pairs"] == 1
+    assert doc["connections"] == {"listener": 1, "relay": 2}
+    by_name = {hc["name"]: hc for hc in doc["hybrid_connections"]}
+    assert by_name["myhc"]["listeners"] == 1
+    assert by_name["other"] == {"name": "other", "requires_client_authorization": False,
+                                "listeners": 0, "rules": []}
+    assert listener.connections
+
+
+def test_refusal_log_names_tracking_id_and_throttles(caplog: pytest.LogCaptureFixture) -> None:
+    log = RefusalLog(burst=2, window=10.0)
+    with caplog.at_level(logging.INFO, logger="hyco_proto.service"):
+        for i in range(50):
+            log.refused(100.0 + i * 0.01, 401, "/$hc/myhc?sb-hc-token=SECRET",
+                        "InvalidToken: bad. TrackingId:abc-123, SystemTracker:x")
+        log.refused(200.0, 401, "/$hc/myhc", "again TrackingId:def")
+    text = caplog.text
+    assert text.count("refused /$hc/myhc with 401") == 3
+    assert "TrackingId:abc-123" in text and "TrackingId:def" in text
+    assert "48 more refusals" in text
+    assert "SECRET" not in text, "tokens in the query are never logged"
+
+
+def test_service_logs_refusals(caplog: pytest.LogCaptureFixture) -> None:
+    service = RelayService(ServiceConfig(strict=True))
+    conn = service.connection_made(NOW + 12345, ("127.0.0.1", 1))
+    with caplog.at_level(logging.INFO, logger="hyco_proto.service"):
+        service.receive_data(NOW + 12345, conn, (
+            b"GET /$hc/nothere?sb-hc-action=listen HTTP/1.1\r\nHost: h\r\n"
+            b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"))
+    assert "refused /$hc/nothere with 404" in caplog.text
+    assert "TrackingId:" in caplog.text
