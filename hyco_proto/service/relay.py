@@ -40,6 +40,7 @@ from .broker import (
     SendControl,
 )
 from .config import ServiceConfig
+from .status import RefusalLog, is_status_target, status_response_body
 
 __all__ = ["ConnectionKind", "RelayService", "ServiceStats"]
 
@@ -136,6 +137,8 @@ class RelayService:
         #: Bytes a waiting sender may send before its 101 (they are relayed once it is joined).
         self.max_early_bytes = 65536
         self.stats = ServiceStats()
+        #: Throttled log of refused handshakes (with their TrackingId).
+        self.refusal_log = RefusalLog()
         self._conns: dict[int, _Conn] = {}
         self._next_id = 1
         self._out: list[tuple[int, bytes]] = []
@@ -273,9 +276,6 @@ class RelayService:
         event = conn.handshake.next_event()
         if event is None:
             if conn.handshake.rejection is not None:
-                # Local import: status imports this module's types (no import cycle at load).
-                from .status import is_status_target, status_response_body
-
                 refused = conn.handshake.refused_request
                 if refused is not None and is_status_target(refused.method, refused.target):
                     # Plain-HTTP health endpoint on the relay's port (not an upgrade).
@@ -322,14 +322,12 @@ class RelayService:
             )
 
     def _reject(self, conn: _Conn, status: int, description: str) -> None:
-        from .status import refusal_log
-
         if status in (401, 403):
             self.stats.auth_failures += 1
         # The description carries the TrackingId; logged throttled (hyco-ws retries 401s in a
         # tight loop, hybrid-connections-wire §4.2). Only the path: the query may hold a token.
         target = conn.request.target if conn.request is not None else "/"
-        refusal_log.refused(conn.opened, status, target, description)
+        self.refusal_log.refused(conn.opened, status, target, description)
         self._send(conn, conn.handshake.reject(status, description))
         self._close_tcp(conn)
 

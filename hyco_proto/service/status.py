@@ -144,6 +144,3 @@ class RefusalLog:
         else:
             win.suppressed += 1
 
-
-#: The refusal log the relay service writes to (process-wide: it only throttles log lines).
-refusal_log = RefusalLog()
