@@ -2,7 +2,10 @@
 
 Usage: python -m bench.report .benchmarks/latest.json
 Each benchmark's ``extra_info`` says how many frames and bytes one call moves; rates come from the
-median time. Ratios compare every row with ``hyco-cython`` in the same group (same run).
+median time. Ratios compare every row with ours (``hyco-cython``, or ``hyco_proto`` for the relay
+groups) in the same group (same run). When the relay benchmarks ran (``bench/test_bench_relay.py``),
+a summary table comes first: ours against the websockets and picows relays, the targets, and the
+load generator's own ceiling.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 def _impl(name: str) -> str:
     match = re.search(r"\[(.+)\]", name)
     label = match.group(1) if match else name
-    return re.sub(r"-\d+(B|KiB|MiB)$", "", label)
+    return re.sub(r"-(\d+(B|KiB|MiB)|seq|x\d+)$", "", label)
 
 
 def _rate(value: float, unit: str) -> str:
@@ -36,6 +39,21 @@ def _time(seconds: float) -> str:
         if seconds >= scale:
             return f"{seconds / scale:.2f} {unit}"
     return f"{seconds * 1e9:.0f} ns"
+
+
+# Written as escapes: ruff (RUF001) flags these characters in string literals.
+TIMES = "\u00d7"
+DASH = "\u2013"
+OURS = ("hyco-cython", "hyco_proto")
+RELAY_PEERS = ("hyco_proto", "websockets", "picows")
+
+
+def _ours(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    for name in OURS:
+        found = next((r for r in rows if r["impl"] == name), None)
+        if found is not None:
+            return found
+    return None
 
 
 def load(path: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
@@ -64,22 +82,127 @@ def write_markdown(groups: dict[str, list[dict[str, Any]]], machine: dict[str, A
         f"Machine: {machine.get('cpu', {}).get('brand_raw', platform.processor())}, "
         f"{machine.get('cpu', {}).get('count', '?')} cores, Python "
         f"{machine.get('python_version', platform.python_version())}.",
-        "Ratios are against `hyco-cython` in the same group (>1 means faster than ours).",
+        "Ratios are against ours (`hyco-cython`; `hyco_proto` in relay groups) in the same group "
+        "(>1 means faster than ours).",
         "",
     ]
+    lines += relay_summary(groups)
     for group in sorted(groups):
         rows = sorted(groups[group], key=lambda r: r["median"])
-        ours = next((r for r in rows if r["impl"] == "hyco-cython"), None)
+        ours = _ours(rows)
         lines += [f"## {group}", "", "| implementation | median per call | per second | "
-                  "throughput | vs hyco-cython |", "|---|---|---|---|---|"]
+                  "throughput | vs ours |", "|---|---|---|---|---|"]
         for r in rows:
-            ratio = f"{ours['median'] / r['median']:.2f}×" if ours else "–"
-            per = _rate(r["frames_s"], "frames/s" if r["info"].get("frames", 1) > 1 else "ops/s")
-            thr = _rate(r["bytes_s"], "B/s") if r["bytes_s"] else "–"
+            ratio = f"{ours['median'] / r['median']:.2f}{TIMES}" if ours else DASH
+            unit = r["info"].get("unit", "frames" if r["info"].get("frames", 1) > 1 else "ops")
+            per = _rate(r["frames_s"], f"{unit}/s")
+            thr = _rate(r["bytes_s"], "B/s") if r["bytes_s"] else DASH
             lines.append(f"| {r['impl']} | {_time(r['median'])} | {per} | {thr} | {ratio} |")
         lines.append("")
     lines += ["![chart](results.png)", ""]
     out.write_text("\n".join(lines))
+
+
+def _relay_rows(groups: dict[str, list[dict[str, Any]]], prefix: str) -> dict[str, dict[str, Any]]:
+    for group, rows in groups.items():
+        if group.startswith(prefix):
+            return {r["impl"]: r for r in rows}
+    return {}
+
+
+def relay_summary(groups: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The relay comparison at a glance: one row per figure, ours against both peer relays."""
+    small = _relay_rows(groups, "relay: 64 B")
+    if not small:
+        return []
+    big = _relay_rows(groups, "relay: 1 MiB")
+    seq = _relay_rows(groups, "relay: rendezvous, sequential")
+    conc = _relay_rows(groups, "relay: rendezvous, 16")
+    idle = _relay_rows(groups, "relay: 500 idle")
+    ceiling_small = _relay_rows(groups, "loadgen ceiling: no relay, loopback TCP, 64 B")
+    ceiling_big = _relay_rows(groups, "loadgen ceiling: no relay, loopback TCP, 1 MiB")
+
+    def msgs(r: dict[str, Any]) -> float:
+        return float(r["frames_s"])
+
+    def mbs(r: dict[str, Any]) -> float:
+        return float(r["bytes_s"]) / 1e6
+
+    def kib(r: dict[str, Any]) -> float:
+        return float(r["info"].get("kib_per_pair", float("nan")))
+
+    # (label, rows, value, format, higher is better, target test or None, target text)
+    metrics: list[tuple[str, dict[str, dict[str, Any]], Any, str, bool, Any, str]] = [
+        ("64 B messages/s", small, msgs, "{:,.0f}", True,
+         lambda v: v["hyco_proto"] >= 3 * v["websockets"], f"≥ 3{TIMES} websockets"),
+        ("1 MiB messages, MB/s", big, mbs, "{:,.0f}", True,
+         lambda v: v["hyco_proto"] >= 2 * v["websockets"], f"≥ 2{TIMES} websockets"),
+        ("rendezvous/s, sequential", seq, msgs, "{:,.0f}", True,
+         lambda v: v["hyco_proto"] >= 300, "≥ 300/s"),
+        ("rendezvous/s, 16 in flight", conc, msgs, "{:,.0f}", True, None, ""),
+        ("KiB per idle pair (RSS)", idle, kib, "{:.1f}", False,
+         lambda v: v["hyco_proto"] <= 64, "≤ 64 KiB"),
+    ]
+    lines = [
+        "## Relay comparison (loopback, one relay process at a time)",
+        "",
+        "Sender→listener through each relay, driven by one raw-socket load generator "
+        "(`bench/loadgen.py`). MB = 10⁶ bytes. Ratios are ours ÷ peer (for memory, lower is "
+        "better, so a ratio below 1 means ours uses less).",
+        "",
+        "| figure | hyco_proto | websockets | picows | ours ÷ websockets | ours ÷ picows "
+        "| target | met |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label, rows, value, fmt, _higher, check, target in metrics:
+        if not all(name in rows for name in RELAY_PEERS):
+            continue
+        values = {name: value(rows[name]) for name in RELAY_PEERS}
+        cells = [fmt.format(values[name]) for name in RELAY_PEERS]
+        ratios = [f"{values['hyco_proto'] / values[p]:.2f}{TIMES}" if values[p] else DASH
+                  for p in ("websockets", "picows")]
+        met = ("yes" if check(values) else "**no**") if check else ""
+        lines.append(f"| {label} | {' | '.join(cells)} | {' | '.join(ratios)} | {target} "
+                     f"| {met} |")
+    lines.append("")
+    if ceiling_small or ceiling_big:
+        fastest_small = max((msgs(r) for r in small.values()), default=0.0)
+        fastest_big = max((mbs(r) for r in big.values()), default=0.0)
+        lines += ["Load generator alone (sender and counter joined over loopback TCP, no relay): "]
+        parts = []
+        for rows, value, unit, fastest in ((ceiling_small, msgs, "64 B messages/s", fastest_small),
+                                           (ceiling_big, mbs, "MB/s with 1 MiB messages",
+                                            fastest_big)):
+            for r in rows.values():
+                ratio = f" ({value(r) / fastest:.1f}{TIMES} the fastest relay)" if fastest else ""
+                parts.append(f"{value(r):,.0f} {unit}{ratio}")
+        lines += ["; ".join(parts) + ".", ""]
+    cpu_rows = [(label, rows) for label, rows, *_ in metrics[:4]
+                if all(name in rows for name in RELAY_PEERS)]
+    if cpu_rows:
+        lines += ["CPU use during the timed runs, in cores (relay process / load generator):", "",
+                  "| figure | " + " | ".join(RELAY_PEERS) + " |",
+                  "|---|" + "---|" * len(RELAY_PEERS)]
+        for label, rows in cpu_rows:
+            cells = [f"{rows[n]['info'].get('relay_cpu', 0):.2f} / "
+                     f"{rows[n]['info'].get('loadgen_cpu', 0):.2f}" for n in RELAY_PEERS]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+        efficiency = [(label, rows, value) for label, rows, value, *_ in metrics[:2]
+                      if all(rows[n]["info"].get("relay_cpu") for n in RELAY_PEERS)]
+        if efficiency:
+            lines += ["Per relay CPU-second (rate ÷ relay cores; shows relay cost when the "
+                      "machine, not the relay, limits the rate):", "",
+                      "| figure | " + " | ".join(RELAY_PEERS) + " | ours ÷ websockets "
+                      "| ours ÷ picows |", "|---|" + "---|" * (len(RELAY_PEERS) + 2)]
+            for label, rows, value in efficiency:
+                per = {n: value(rows[n]) / rows[n]["info"]["relay_cpu"] for n in RELAY_PEERS}
+                cells = [f"{per[n]:,.0f}" for n in RELAY_PEERS]
+                ratios = [f"{per['hyco_proto'] / per[p]:.2f}{TIMES}"
+                          for p in ("websockets", "picows")]
+                lines.append(f"| {label} | " + " | ".join(cells + ratios) + " |")
+            lines.append("")
+    return lines
 
 
 def write_chart(groups: dict[str, list[dict[str, Any]]], out: Path) -> None:

@@ -3,10 +3,9 @@
 One :class:`asyncio.BufferedProtocol` per accepted connection feeds the sans-IO service core
 (``connection_made`` / ``receive_data`` / ``receive_eof`` / ``connection_lost``) and writes what
 ``data_to_send()`` returns (``b""``: close that connection once its buffer has flushed). A single
-timer follows ``service.next_deadline()``; it is re-armed after every input except data on a
-relayed leg (relaying sets no service deadline, and ``next_deadline`` looks at every connection).
-The core works in epoch seconds (token expiry), so the clock is ``time.time()``, not
-``loop.time()``.
+timer follows ``service.next_deadline()``; it is re-armed after every input (relayed data too: a
+close passing through a leg sets that pair's closing deadline). The core works in epoch seconds
+(token expiry), so the clock is ``time.time()``, not ``loop.time()``.
 
 Reads: every connection reads into one buffer owned by the server (``READ_BUFFER_SIZE``): the loop
 handles one socket at a time and ``buffer_updated`` consumes the bytes before the next read, so an
@@ -36,8 +35,9 @@ __all__ = ["DEFAULT_WRITE_HIGH_WATER", "READ_BUFFER_SIZE", "RelayServiceServer"]
 
 #: Write buffer size above which the writing leg's peer stops being read.
 DEFAULT_WRITE_HIGH_WATER = 1 << 20
-#: Bytes read from a socket at once (asyncio's own reads are 256 KiB).
-READ_BUFFER_SIZE = 1 << 18
+#: Bytes read from a socket at once (asyncio's own reads are 256 KiB; bigger reads mean fewer
+#: syscalls and loop turns per MiB relayed, and the one buffer is shared by all connections).
+READ_BUFFER_SIZE = 1 << 20
 _RELAY = ConnectionKind.RELAY
 # A timer whose deadline is already past fires again after at least this long (no busy loop
 # if the core ever reports a deadline that handle_timer does not clear).
@@ -85,10 +85,9 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
             # The forwarder copies what it keeps (a partial header or control frame), so the
             # shared buffer is lent, not copied.
             service.receive_data(time.time(), conn_id, data)  # type: ignore[arg-type]
-            server._after_input(conn_id, rearm=service.kind(conn_id) is not _RELAY)
         else:
             service.receive_data(time.time(), conn_id, bytes(data))
-            server._after_input(conn_id)
+        server._after_input(conn_id)
 
     def eof_received(self) -> bool | None:
         server = self._server
@@ -284,8 +283,8 @@ class RelayServiceServer:
 
     # -- the byte pump ---------------------------------------------------------------------
 
-    def _after_input(self, source: int | None, *, rearm: bool = True) -> None:
-        """Write what the core produced, learn relay writers, re-arm the timer (``rearm``)."""
+    def _after_input(self, source: int | None) -> None:
+        """Write what the core produced, learn relay writers, re-arm the timer."""
         service = self.service
         for conn_id, data in service.data_to_send():
             proto = self._protocols.get(conn_id)
@@ -301,8 +300,7 @@ class RelayServiceServer:
                 # The core closes TCP (server closes first, RFC 6455 §7.1.1): close() flushes
                 # the write buffer before the socket goes; connection_lost tells the core.
                 transport.close()
-        if rearm:
-            self._arm_timer()
+        self._arm_timer()
 
     def _arm_timer(self) -> None:
         loop = self._loop

@@ -1,0 +1,562 @@
+"""One raw-socket load generator for every relay: ours (``hyco_proto``) and the peer relays.
+
+It must never be the bottleneck, so it does as little per message as possible:
+
+- sockets are plain blocking sockets (bounded by timeouts); no asyncio, no WebSocket library;
+- handshakes use the sans-IO ``ClientHandshake`` (HTTP only, never in a timed data path);
+- the sender writes pre-built buffers of pre-masked binary frames, a batch of ~256 KiB (or one
+  1 MiB frame) per ``sendall``;
+- a receiver thread ``recv_into``s a 1 MiB buffer and counts whole frames in bulk with the Cython
+  ``Forwarder`` (a C header walker with ``frames`` / ``payload_bytes`` counters; ``masked=False``
+  for relayed, unmasked server frames) — it checks every header, never per-frame Python code.
+
+``loopback_pair()`` wires the same sender and receiver back to back over loopback TCP (no relay):
+that rate is the generator's own ceiling, reported next to the relays.
+
+Relays run as subprocesses (``RelayProcess``), one at a time; ``python -m bench.loadgen`` runs the
+whole comparison without pytest (handy when profiling a relay).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import selectors
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hyco_proto._frames import OP_BINARY, Forwarder, FrameDecoder, encode_frame
+from hyco_proto.handshake import ClientHandshake, HandshakeRejected, parse_ws_url
+from hyco_proto.sas import create_relay_token
+from hyco_proto.service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY
+
+__all__ = [
+    "RELAYS",
+    "Control",
+    "Counter",
+    "LoadgenError",
+    "Pair",
+    "RelayProcess",
+    "Session",
+    "Stream",
+    "loopback_pair",
+]
+
+HOST = "127.0.0.1"
+HC = "bench"
+ROOT = Path(__file__).resolve().parent.parent
+#: Module names under bench.relays, by the label the report uses.
+RELAYS = {"hyco_proto": "hyco_relay", "websockets": "websockets_relay", "picows": "picows_relay"}
+#: Every blocking socket operation is bounded by this (seconds).
+TIMEOUT = 15.0
+SMALL = 64
+BIG = 1 << 20
+SMALL_BATCH_BYTES = 256 * 1024
+RECV_BUFFER = 1 << 20
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+class LoadgenError(RuntimeError):
+    """A relay refused, broke the protocol, or did not answer in time."""
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+# ------------------------------------------------------------------------------ relay process
+
+
+class RelayProcess:
+    """``python -m bench.relays.<module>`` on 127.0.0.1, any free port; ``stop()`` kills it."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", f"bench.relays.{RELAYS[label]}", "--port", "0"],
+            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )
+        self.pid = self.proc.pid
+        try:
+            self.port = self._read_port()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _read_port(self) -> int:
+        assert self.proc.stdout is not None
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            if not sel.select(TIMEOUT):
+                raise LoadgenError(f"{self.label} relay did not announce its port in {TIMEOUT}s")
+        line = self.proc.stdout.readline().decode().split()
+        if len(line) != 2 or line[0] != "PORT":
+            raise LoadgenError(f"{self.label} relay said {line!r} instead of PORT <n>")
+        return int(line[1])
+
+    def rss(self) -> int:
+        """Resident set size in bytes (``VmRSS`` in /proc/<pid>/status)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise LoadgenError("no VmRSS line")
+
+    def cpu(self) -> float:
+        """User + system CPU seconds used so far."""
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc.poll() is None:
+            if proc.stdin is not None:
+                proc.stdin.close()  # the relay's watchdog exits on EOF
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None and not stream.closed:
+                stream.close()
+
+
+# ------------------------------------------------------------------------------ handshakes
+
+
+def _connect(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # no getaddrinfo per connection
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(TIMEOUT)
+    sock.connect((HOST, port))
+    return sock
+
+
+def _handshake(port: int, target: str, headers: list[tuple[str, str]]) -> ClientHandshake:
+    return ClientHandshake(f"{HOST}:{port}", target, headers=headers)
+
+
+def _start(port: int, handshake: ClientHandshake) -> tuple[socket.socket, ClientHandshake]:
+    sock = _connect(port)
+    sock.sendall(handshake.data_to_send())
+    return sock, handshake
+
+
+def _finish(sock: socket.socket, handshake: ClientHandshake) -> bytes:
+    """Read the answer to an upgrade request; returns the bytes after the 101.
+
+    Fast path (the rendezvous benchmark must not measure h11): a complete head that starts with
+    ``HTTP/1.1 101`` and carries the expected ``Sec-WebSocket-Accept`` token is taken as is;
+    anything else goes through ``ClientHandshake`` for a full check and a precise error."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        data += chunk
+        end = data.find(b"\r\n\r\n")
+        if end >= 0 or not chunk:
+            break
+    if (end >= 0 and data.startswith(b"HTTP/1.1 101 ")
+            and handshake.expected_accept.encode() in data[:end]):
+        return data[end + 4 :]
+    handshake.receive_data(data)
+    while True:
+        event = handshake.next_event()
+        if event is not None:
+            break
+        handshake.receive_data(sock.recv(65536))
+    if isinstance(event, HandshakeRejected):
+        raise LoadgenError(f"handshake refused: {event.status} {event.reason}")
+    return event.trailing_data
+
+
+class Control:
+    """The listener's control channel: collects ``accept`` messages by id."""
+
+    def __init__(self, port: int, auth: list[tuple[str, str]]) -> None:
+        self.sock, handshake = _start(port, _handshake(
+            port, f"/$hc/{HC}?sb-hc-action=listen&sb-hc-id=bench-listener", auth))
+        self.decoder = FrameDecoder(masked=False)
+        self.accepts: dict[str, str] = {}
+        self._text = bytearray()
+        self._feed(_finish(self.sock, handshake))
+
+    def _feed(self, data: bytes) -> None:
+        for opcode, payload, fin in self.decoder.feed(data):
+            if opcode == 8:
+                raise LoadgenError(f"the relay closed the control channel: {payload!r}")
+            if opcode in (0, 1):
+                self._text += payload
+                if fin:
+                    accept = json.loads(bytes(self._text))["accept"]
+                    self._text.clear()
+                    self.accepts[accept["id"]] = accept["address"]
+        if self.decoder.error_code:
+            raise LoadgenError(f"bad control channel frame: {self.decoder.error_reason}")
+
+    def wait_accept(self, ident: str) -> str:
+        while ident not in self.accepts:
+            data = self.sock.recv(65536)
+            if not data:
+                raise LoadgenError("the relay closed the control channel")
+            self._feed(data)
+        return self.accepts.pop(ident)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class Pair:
+    """A relayed connection: ``sender`` writes client frames, ``listener`` reads them."""
+
+    sender: socket.socket
+    listener: socket.socket
+    listener_pending: bytes = b""  # frames that arrived with the rendezvous 101
+    sender_pending: bytes = b""
+
+    def close(self) -> None:
+        for sock in (self.sender, self.listener):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # also wakes a thread blocked in recv
+            sock.close()
+
+
+class Session:
+    """One listener on one relay; opens relayed pairs through it."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        # Token creation happens here, before anything is timed (the peers ignore it).
+        token = create_relay_token(f"ws://{HOST}:{port}/$hc/{HC}", DEFAULT_RULE_NAME,
+                                   DEVELOPMENT_KEY)
+        self.auth = [("ServiceBusAuthorization", token)]
+        self.control = Control(port, self.auth)
+        self._ids = 0
+
+    def prepare(self, count: int) -> list[tuple[str, ClientHandshake, ClientHandshake]]:
+        """Upgrade requests for ``count`` pairs, built ahead of any timing: the sender's, and
+        the rendezvous for the accept address we expect (used only if the relay names it)."""
+        prepared = []
+        for _ in range(count):
+            self._ids += 1
+            ident = f"s{self._ids}"
+            sender = _handshake(
+                self.port, f"/$hc/{HC}?sb-hc-action=connect&sb-hc-id={ident}", self.auth)
+            accept = _handshake(self.port, f"/$hc/{HC}?sb-hc-action=accept&sb-hc-id={ident}", [])
+            prepared.append((ident, sender, accept))
+        return prepared
+
+    def open_pairs(self, count: int, prepared: list[tuple[str, ClientHandshake,
+                                                          ClientHandshake]] | None = None,
+                   ) -> list[Pair]:
+        """``count`` senders connect at once; each accept opens its rendezvous; both 101s."""
+        if prepared is None:
+            prepared = self.prepare(count)
+        senders = [_start(self.port, sender) for _, sender, _ in prepared]
+        rendezvous = []
+        for ident, _, accept in prepared:
+            url = parse_ws_url(self.control.wait_accept(ident))
+            if url.target != accept.target or url.port != self.port:
+                accept = _handshake(url.port, url.target, [])
+            rendezvous.append(_start(url.port, accept))
+        pairs = []
+        for (s_sock, s_hs), (l_sock, l_hs) in zip(senders, rendezvous, strict=True):
+            l_pending = _finish(l_sock, l_hs)
+            s_pending = _finish(s_sock, s_hs)
+            pairs.append(Pair(s_sock, l_sock, l_pending, s_pending))
+        return pairs
+
+    def rendezvous(self, prepared: list[tuple[str, ClientHandshake, ClientHandshake]],
+                   concurrency: int = 1) -> int:
+        """Open and close one relayed connection per prepared entry, ``concurrency`` at a
+        time; returns how many."""
+        for start in range(0, len(prepared), concurrency):
+            for pair in self.open_pairs(0, prepared[start : start + concurrency]):
+                pair.close()
+        return len(prepared)
+
+    def close(self) -> None:
+        self.control.close()
+
+
+def loopback_pair() -> Pair:
+    """Sender and receiver joined directly over loopback TCP: the generator without a relay."""
+    with socket.create_server((HOST, 0)) as server:
+        sender = _connect(server.getsockname()[1])
+        listener, _ = server.accept()
+    listener.settimeout(TIMEOUT)
+    listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return Pair(sender, listener)
+
+
+# ------------------------------------------------------------------------------ data path
+
+
+class Counter(threading.Thread):
+    """Counts the frames arriving on a socket in bulk (C header walker), signals targets."""
+
+    def __init__(self, sock: socket.socket, initial: bytes = b"", *, masked: bool = False):
+        super().__init__(name="loadgen-counter", daemon=True)
+        self.sock = sock
+        self.fwd = Forwarder(masked=masked)
+        self.target = 0
+        self.reached = threading.Event()
+        self.failure: str | None = None
+        self._stopping = False
+        if initial:
+            self.fwd.feed(initial)
+
+    @property
+    def frames(self) -> int:
+        return int(self.fwd.frames)
+
+    def expect(self, frames: int) -> None:
+        self.reached.clear()
+        self.target = frames
+        if self.fwd.frames >= frames:
+            self.reached.set()
+
+    def run(self) -> None:
+        buffer = bytearray(RECV_BUFFER)
+        view = memoryview(buffer)
+        recv_into = self.sock.recv_into
+        feed = self.fwd.feed
+        fwd = self.fwd
+        try:
+            while not self._stopping:
+                try:
+                    n = recv_into(view)
+                except TimeoutError:
+                    continue
+                if not n:
+                    self.failure = "the relay closed the connection"
+                    break
+                feed(view[:n])
+                if fwd.frames >= self.target:
+                    self.reached.set()
+                if fwd.error_code or fwd.close_code >= 0:
+                    self.failure = f"unexpected frame: {fwd.error_reason or fwd.close_reason}"
+                    break
+        except OSError as exc:
+            if not self._stopping:
+                self.failure = f"receive failed: {exc}"
+        finally:
+            self.reached.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+
+
+@dataclass
+class RunStats:
+    """CPU use per timed run, as a fraction of one core (1.0: one core fully busy)."""
+
+    loadgen: list[float] = field(default_factory=list)
+    relay: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        def median(values: list[float]) -> float:
+            ordered = sorted(values)
+            return ordered[len(ordered) // 2] if ordered else 0.0
+
+        return {"loadgen_cpu": round(median(self.loadgen), 3),
+                "relay_cpu": round(median(self.relay), 3)}
+
+
+class Stream:
+    """Moves pre-masked frames sender→listener over a pair and waits until all are counted."""
+
+    def __init__(self, pair: Pair, size: int, *, masked_receiver: bool = False,
+                 relay_cpu: Callable[[], float] | None = None) -> None:
+        self.pair = pair
+        self.size = size
+        frame = encode_frame(OP_BINARY, os.urandom(size), masked=True)
+        self.per_batch = max(1, SMALL_BATCH_BYTES // len(frame))
+        self.batch = frame * self.per_batch
+        self.counter = Counter(pair.listener, pair.listener_pending, masked=masked_receiver)
+        self.counter.start()
+        self.relay_cpu = relay_cpu
+        self.stats = RunStats()
+
+    def batches_for(self, messages: int) -> int:
+        return max(1, messages // self.per_batch)
+
+    def run(self, batches: int) -> int:
+        """Send ``batches`` batches; return the messages counted at the far end."""
+        counter = self.counter
+        start_frames = counter.frames
+        wanted = start_frames + batches * self.per_batch
+        counter.expect(wanted)
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        relay0 = self.relay_cpu() if self.relay_cpu else 0.0
+        send = self.pair.sender.sendall
+        batch = self.batch
+        for _ in range(batches):
+            send(batch)
+        if not counter.reached.wait(TIMEOUT * 4) or counter.failure:
+            raise LoadgenError(counter.failure or f"only {counter.frames - start_frames} of "
+                               f"{wanted - start_frames} messages arrived in time")
+        wall = time.perf_counter() - wall0
+        self.stats.loadgen.append((time.process_time() - cpu0) / wall)
+        if self.relay_cpu:
+            self.stats.relay.append((self.relay_cpu() - relay0) / wall)
+        return counter.frames - start_frames
+
+    def close(self) -> None:
+        self.counter.stop()
+        self.pair.close()
+        self.counter.join(TIMEOUT)
+
+
+# ------------------------------------------------------------------------------ memory
+
+
+def idle_pairs_memory(relay: RelayProcess, session: Session, count: int,
+                      batch: int = 50) -> tuple[list[Pair], dict[str, float]]:
+    """Open ``count`` idle pairs (each carried one 64 B message, then stays idle); returns them
+    and the relay's RSS growth per pair. The baseline is taken after a warm-up of opened, used and
+    closed pairs, so one-time allocations are not charged to the pairs."""
+    message = encode_frame(OP_BINARY, b"x" * SMALL, masked=True)
+
+    def open_used(n: int) -> list[Pair]:
+        pairs = session.open_pairs(n)
+        for pair in pairs:
+            pair.sender.sendall(message)
+        for pair in pairs:
+            got = len(pair.listener_pending)
+            while got < SMALL + 2:
+                data = pair.listener.recv(4096)
+                if not data:
+                    raise LoadgenError("the relay closed an idle pair")
+                got += len(data)
+        return pairs
+
+    for _ in range(2):
+        for pair in open_used(batch):
+            pair.close()
+    time.sleep(0.3)
+    baseline = relay.rss()
+    t0 = time.perf_counter()
+    pairs: list[Pair] = []
+    while len(pairs) < count:
+        pairs += open_used(min(batch, count - len(pairs)))
+    elapsed = time.perf_counter() - t0
+    time.sleep(0.3)
+    after = relay.rss()
+    return pairs, {
+        "pairs": count,
+        "rss_baseline_kib": baseline / 1024,
+        "rss_after_kib": after / 1024,
+        "kib_per_pair": (after - baseline) / 1024 / count,
+        "open_seconds": elapsed,
+    }
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def _rate(messages: int, seconds: float) -> float:
+    return messages / seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Relay comparison without pytest.")
+    parser.add_argument("--relays", default=",".join(RELAYS))
+    parser.add_argument("--small", type=int, default=400_000, help="64 B messages per run")
+    parser.add_argument("--big", type=int, default=300, help="1 MiB messages per run")
+    parser.add_argument("--rendezvous", type=int, default=1000)
+    parser.add_argument("--pairs", type=int, default=500)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", default="small,big,rendezvous,memory,ceiling")
+    args = parser.parse_args(argv)
+    raise_fd_limit()
+    only = set(args.only.split(","))
+    rows: dict[str, dict[str, str]] = {}
+
+    def best(run: Callable[[], float]) -> float:
+        run()  # warm-up
+        return max(run() for _ in range(args.runs))
+
+    if "ceiling" in only:
+        for size, count, label in ((SMALL, args.small, "small"), (BIG, args.big, "big")):
+            stream = Stream(loopback_pair(), size, masked_receiver=True)
+            batches = stream.batches_for(count)
+
+            def once(stream: Stream = stream, batches: int = batches) -> float:
+                t0 = time.perf_counter()
+                moved = stream.run(batches)
+                return _rate(moved, time.perf_counter() - t0)
+
+            rate = best(once)
+            stream.close()
+            rows.setdefault("loadgen ceiling", {})[label] = (
+                f"{rate:,.0f} msg/s" if size == SMALL else f"{rate * size / 1e6:,.0f} MB/s")
+    for label in args.relays.split(","):
+        relay = RelayProcess(label)
+        row = rows.setdefault(label, {})
+        try:
+            session = Session(relay.port)
+            for size, count, key in ((SMALL, args.small, "small"), (BIG, args.big, "big")):
+                if key not in only:
+                    continue
+                (pair,) = session.open_pairs(1)
+                stream = Stream(pair, size, relay_cpu=relay.cpu)
+                batches = stream.batches_for(count)
+
+                def once(stream: Stream = stream, batches: int = batches) -> float:
+                    t0 = time.perf_counter()
+                    moved = stream.run(batches)
+                    return _rate(moved, time.perf_counter() - t0)
+
+                rate = best(once)
+                cpu = stream.stats.summary()
+                stream.close()
+                shown = (f"{rate:,.0f} msg/s" if size == SMALL
+                         else f"{rate * size / 1e6:,.0f} MB/s")
+                row[key] = (f"{shown} (relay cpu {cpu['relay_cpu']:.2f}, "
+                            f"generator {cpu['loadgen_cpu']:.2f})")
+            if "rendezvous" in only:
+                for conc in (1, 16):
+                    gen_us: list[float] = []
+
+                    def rdv(conc: int = conc, session: Session = session,
+                            gen_us: list[float] = gen_us) -> float:
+                        prepared = session.prepare(args.rendezvous)
+                        t0, c0 = time.perf_counter(), time.process_time()
+                        session.rendezvous(prepared, conc)
+                        elapsed = time.perf_counter() - t0
+                        gen_us.append((time.process_time() - c0) / args.rendezvous * 1e6)
+                        return args.rendezvous / elapsed
+
+                    rate = best(rdv)
+                    row[f"rendezvous x{conc}"] = (
+                        f"{rate:,.0f}/s (generator {min(gen_us):.0f} us cpu each)")
+            if "memory" in only:
+                pairs, info = idle_pairs_memory(relay, session, args.pairs)
+                row["memory"] = f"{info['kib_per_pair']:.1f} KiB/pair"
+                for pair in pairs:
+                    pair.close()
+            session.close()
+        finally:
+            relay.stop()
+    for label, row in rows.items():
+        print(f"{label:16} " + " | ".join(f"{k}: {v}" for k, v in row.items()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""Relay benchmarks: our relay service against minimal pairing relays on websockets and picows.
+
+Every relay runs as its own subprocess (``bench/relays``), one at a time, on 127.0.0.1, and is
+driven by the same raw-socket load generator (``bench/loadgen.py``): pre-masked frames written in
+large batches, frames counted in bulk by a C header walker. Measured sender→listener:
+
+- 64 B messages/s and 1 MiB messages (MB/s) over one relayed connection;
+- rendezvous/s: sender connect → accept → rendezvous → 101 on both legs → close, one at a time
+  and 16 in flight;
+- relay RSS per idle relayed pair (500 pairs, each used once).
+
+Run sizes adapt to the relay (a calibration run picks a message count that takes ~0.4 s), so slow
+and fast relays get comparable timing precision; ``extra_info`` records the count, CPU use of the
+relay and of the generator (fraction of one core), for ``bench/report.py``. ``loadgen ceiling``
+runs the generator back to back over loopback TCP with no relay: its own limit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from bench import loadgen
+from bench.loadgen import BIG, SMALL, RelayProcess, Session, Stream
+
+RELAYS = list(loadgen.RELAYS)
+ROUNDS = 7
+RUN_SECONDS = 0.4
+RENDEZVOUS_PER_ROUND = 400
+IDLE_PAIRS = 500
+
+GROUP_SMALL = "relay: 64 B messages sender→listener"
+GROUP_BIG = "relay: 1 MiB messages sender→listener"
+GROUP_RDV = "relay: rendezvous, sequential"
+GROUP_RDV_CONC = "relay: rendezvous, 16 in flight"
+GROUP_IDLE = "relay: 500 idle pairs (memory)"
+GROUP_CEILING = "loadgen ceiling: no relay, loopback TCP"
+
+loadgen.raise_fd_limit()
+
+
+@pytest.fixture(params=RELAYS)
+def relay(request: pytest.FixtureRequest) -> Iterator[RelayProcess]:
+    """A fresh relay process per test (so each measurement starts clean); always killed."""
+    proc = RelayProcess(request.param)
+    request.addfinalizer(proc.stop)
+    yield proc
+
+
+@pytest.fixture
+def session(relay: RelayProcess) -> Iterator[Session]:
+    sess = Session(relay.port)
+    yield sess
+    sess.close()
+
+
+def _calibrated_batches(stream: Stream) -> int:
+    """Warm the path up, then pick a batch count that takes about RUN_SECONDS."""
+    stream.run(1)
+    batches = 2
+    while True:
+        t0 = time.perf_counter()
+        stream.run(batches)
+        elapsed = time.perf_counter() - t0
+        if elapsed >= RUN_SECONDS / 4 or batches >= 1 << 16:
+            break
+        batches *= 2
+    return max(1, round(batches * RUN_SECONDS / elapsed))
+
+
+def _stream_bench(benchmark: Any, stream: Stream, group: str, size: int) -> None:
+    try:
+        batches = _calibrated_batches(stream)
+        messages = batches * stream.per_batch
+        stream.stats = loadgen.RunStats()
+        benchmark.group = group
+        benchmark.extra_info.update(frames=messages, bytes=messages * size, message_size=size)
+        moved = benchmark.pedantic(stream.run, args=(batches,), rounds=ROUNDS, iterations=1,
+                                   warmup_rounds=1)
+        assert moved == messages
+        benchmark.extra_info.update(stream.stats.summary())
+    finally:
+        stream.close()
+
+
+@pytest.mark.parametrize("size", [SMALL, BIG], ids=["64B", "1MiB"])
+def test_loadgen_ceiling(benchmark: Any, size: int) -> None:
+    """The generator alone: sender and counter joined directly (the receiver also unmasks)."""
+    stream = Stream(loadgen.loopback_pair(), size, masked_receiver=True)
+    _stream_bench(benchmark, stream, f"{GROUP_CEILING}, {'64 B' if size == SMALL else '1 MiB'}",
+                  size)
+
+
+def test_relay_small(benchmark: Any, relay: RelayProcess, session: Session) -> None:
+    (pair,) = session.open_pairs(1)
+    _stream_bench(benchmark, Stream(pair, SMALL, relay_cpu=relay.cpu), GROUP_SMALL, SMALL)
+
+
+def test_relay_big(benchmark: Any, relay: RelayProcess, session: Session) -> None:
+    (pair,) = session.open_pairs(1)
+    _stream_bench(benchmark, Stream(pair, BIG, relay_cpu=relay.cpu), GROUP_BIG, BIG)
+
+
+@pytest.mark.parametrize("concurrency", [1, 16], ids=["seq", "x16"])
+def test_relay_rendezvous(benchmark: Any, relay: RelayProcess, session: Session,
+                          concurrency: int) -> None:
+    """New relayed connections per second; upgrade requests are built before timing."""
+    session.rendezvous(session.prepare(100), concurrency)  # warm-up
+    cpu: list[tuple[float, float, float]] = []
+
+    def setup() -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return (session.prepare(RENDEZVOUS_PER_ROUND), concurrency), {}
+
+    def run(prepared: Any, conc: int) -> int:
+        t0, c0, r0 = time.perf_counter(), time.process_time(), relay.cpu()
+        done = session.rendezvous(prepared, conc)
+        wall = time.perf_counter() - t0
+        cpu.append(((time.process_time() - c0) / wall, (relay.cpu() - r0) / wall,
+                    (time.process_time() - c0) / done * 1e6))
+        return done
+
+    benchmark.group = GROUP_RDV if concurrency == 1 else GROUP_RDV_CONC
+    benchmark.extra_info.update(frames=RENDEZVOUS_PER_ROUND, unit="rendezvous")
+    done = benchmark.pedantic(run, setup=setup, rounds=ROUNDS, iterations=1)
+    assert done == RENDEZVOUS_PER_ROUND
+    cpu.sort()
+    mid = cpu[len(cpu) // 2]
+    benchmark.extra_info.update(loadgen_cpu=round(mid[0], 3), relay_cpu=round(mid[1], 3),
+                                loadgen_cpu_us_per_rendezvous=round(mid[2], 1))
+
+
+def test_relay_idle_memory(benchmark: Any, relay: RelayProcess, session: Session) -> None:
+    """Relay RSS growth per idle pair; the timing is how long opening them took."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        pairs, info = loadgen.idle_pairs_memory(relay, session, IDLE_PAIRS)
+        result.update(info)
+        for pair in pairs:
+            pair.close()
+
+    benchmark.group = GROUP_IDLE
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info.update(frames=IDLE_PAIRS, unit="pairs",
+                                **{k: round(v, 2) for k, v in result.items()})
