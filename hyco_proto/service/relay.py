@@ -140,6 +140,8 @@ class RelayService:
         #: Throttled log of refused handshakes (with their TrackingId).
         self.refusal_log = RefusalLog()
         self._conns: dict[int, _Conn] = {}
+        #: Connections that have (or had) a deadline of their own; see ``next_deadline``.
+        self._timed: set[int] = set()
         self._next_id = 1
         self._out: list[tuple[int, bytes]] = []
         self._by_listener: dict[str, int] = {}
@@ -152,16 +154,18 @@ class RelayService:
     ) -> int:
         """A TCP (or TLS, ``scheme="wss"``) connection was accepted; returns its id."""
         conn = _Conn(self._next_id, remote, scheme, now)
+        self._timed.add(conn.id)  # the handshake timeout
         self._next_id += 1
         self._conns[conn.id] = conn
         return conn.id
 
-    def receive_data(self, now: float, conn_id: int, data: bytes) -> None:
+    def receive_data(self, now: float, conn_id: int, data: bytes | memoryview) -> None:
+        """Bytes read from a connection. A view may be lent: nothing keeps it after the call."""
         conn = self._conns.get(conn_id)
         if conn is None or conn.kind is ConnectionKind.CLOSED:
             return
         if conn.kind is ConnectionKind.HANDSHAKE:
-            conn.handshake.receive_data(data)
+            conn.handshake.receive_data(bytes(data))  # kept (trailing data): copy a lent view
             self._advance_handshake(now, conn)
         elif conn.kind is ConnectionKind.WAITING:
             # A client should not send frames before its 101; tolerate a little, not a flood.
@@ -171,7 +175,7 @@ class RelayService:
         elif conn.fwd is not None:
             self._relay_data(now, conn, data)
         elif conn.ws is not None:
-            conn.ws.receive_data(data)
+            conn.ws.receive_data(bytes(data))
             self._pump(now, conn)
         self._run_broker(now)
 
@@ -207,37 +211,40 @@ class RelayService:
         out, self._out = self._out, []
         return out
 
+    def _deadline_of(self, conn: _Conn) -> float | None:
+        """The connection's own deadline: its handshake's, or its relayed pair's closing one."""
+        if conn.kind is ConnectionKind.HANDSHAKE:
+            return conn.opened + self.handshake_timeout
+        if conn.kind is ConnectionKind.RELAY:
+            return conn.closing_deadline
+        return None
+
     def next_deadline(self) -> float | None:
-        deadlines = [
-            c.opened + self.handshake_timeout
-            for c in self._conns.values()
-            if c.kind is ConnectionKind.HANDSHAKE
-        ]
-        deadlines += [
-            c.closing_deadline
-            for c in self._conns.values()
-            if c.closing_deadline is not None and c.kind is ConnectionKind.RELAY
-        ]
-        broker = self.broker.next_deadline()
-        if broker is not None:
-            deadlines.append(broker)
-        return min(deadlines) if deadlines else None
+        # Only connections that ever had a deadline are looked at (not every relayed pair on
+        # every read); the ones whose deadline has gone are dropped on the way.
+        best = self.broker.next_deadline()
+        for conn_id in list(self._timed):
+            conn = self._conns.get(conn_id)
+            deadline = self._deadline_of(conn) if conn is not None else None
+            if deadline is None:
+                self._timed.discard(conn_id)
+            elif best is None or deadline < best:
+                best = deadline
+        return best
 
     def handle_timer(self, now: float) -> None:
-        for conn in list(self._conns.values()):
-            expired = now >= conn.opened + self.handshake_timeout
-            if conn.kind is ConnectionKind.HANDSHAKE and expired:
+        for conn_id in list(self._timed):
+            conn = self._conns.get(conn_id)
+            deadline = self._deadline_of(conn) if conn is not None else None
+            if conn is None or deadline is None or now < deadline:
+                continue
+            if conn.kind is ConnectionKind.HANDSHAKE:
                 # A client that never finishes its request must not hold a connection forever.
                 self.stats.handshake_errors += 1
                 self._send(conn, conn.handshake.reject(408, "Request Timeout"))
-                self._close_tcp(conn)
-            elif (
-                conn.kind is ConnectionKind.RELAY
-                and conn.closing_deadline is not None
-                and now >= conn.closing_deadline
-            ):
-                # The close never completed: tear the leg down (its peer has its own deadline).
-                self._close_tcp(conn)
+            # else: a relayed leg whose close never completed is torn down (its peer has its own
+            # deadline).
+            self._close_tcp(conn)
         self.broker.handle_timer(now)
         self._run_broker(now)
 
@@ -441,7 +448,7 @@ class RelayService:
         peer = self._conns.get(conn.peer) if conn.peer is not None else None
         return peer if peer is not None and peer.kind is ConnectionKind.RELAY else None
 
-    def _relay_data(self, now: float, conn: _Conn, data: bytes) -> None:
+    def _relay_data(self, now: float, conn: _Conn, data: bytes | memoryview) -> None:
         fwd = conn.fwd
         assert fwd is not None
         bytes_before, frames_before = fwd.payload_bytes, fwd.frames
@@ -460,6 +467,7 @@ class RelayService:
             elif conn.closing_deadline is None:
                 conn.closing_deadline = now + self.half_close_timeout
                 peer.closing_deadline = conn.closing_deadline
+                self._timed.update((conn.id, peer.id))
 
     def _close_frame(self, code: int, reason: str) -> bytes:
         payload = code.to_bytes(2, "big") + reason.encode("utf-8")[:123]
@@ -509,6 +517,7 @@ class RelayService:
                 self._close_tcp(peer)
             else:
                 peer.closing_deadline = now + self.close_timeout
+                self._timed.add(peer.id)
         elif peer.kind is ConnectionKind.RELAY:
             self._close_tcp(peer)  # mid-frame: nothing clean can be said any more
 

@@ -78,16 +78,9 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         server = self._server
-        service = server.service
-        conn_id = self.conn_id
-        data = server._read_view[:nbytes]
-        if service.kind(conn_id) is _RELAY:
-            # The forwarder copies what it keeps (a partial header or control frame), so the
-            # shared buffer is lent, not copied.
-            service.receive_data(time.time(), conn_id, data)  # type: ignore[arg-type]
-        else:
-            service.receive_data(time.time(), conn_id, bytes(data))
-        server._after_input(conn_id)
+        # The shared read buffer is lent to the core, which copies whatever it keeps.
+        server.service.receive_data(time.time(), self.conn_id, server._read_view[:nbytes])
+        server._after_input(self.conn_id)
 
     def eof_received(self) -> bool | None:
         server = self._server
