@@ -90,6 +90,41 @@ cdef extern from *:
     #else
     #define hyco_xor_big hyco_xor_small
     #endif
+    #if defined(__GNUC__) && defined(__x86_64__)
+    #include <emmintrin.h>
+    #include <unistd.h>
+    #define HYCO_STREAM 1
+    /* Copies that do not fit the last-level cache (source and destination together): measured on
+       a 32 MiB-L3 EPYC, streaming wins from about 3/8 of L3. Set once at import. */
+    static Py_ssize_t hyco_stream_min = 12 << 20;
+    static void hyco_init_stream_min(void) {
+    #ifdef _SC_LEVEL3_CACHE_SIZE
+        long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+        if (l3 > 0) hyco_stream_min = (Py_ssize_t)l3 / 8 * 3;
+        if (hyco_stream_min < (2 << 20)) hyco_stream_min = 2 << 20;
+    #endif
+    }
+    /* Non-temporal stores skip reading each destination line before writing it (SSE2,
+       baseline on x86-64). dst must be 16-byte aligned. */
+    static void hyco_xor_stream(uint8_t *dst, const uint8_t *src, Py_ssize_t n,
+                                const uint8_t *key, Py_ssize_t phase) {
+        uint8_t r[4];
+        __m128i kv = _mm_set1_epi32((int)hyco_key_word(key, phase, r));
+        Py_ssize_t i = 0;
+        for (; i + 64 <= n; i += 64) {
+            __m128i a = _mm_loadu_si128((const __m128i *)(src + i));
+            __m128i b = _mm_loadu_si128((const __m128i *)(src + i + 16));
+            __m128i c = _mm_loadu_si128((const __m128i *)(src + i + 32));
+            __m128i d = _mm_loadu_si128((const __m128i *)(src + i + 48));
+            _mm_stream_si128((__m128i *)(dst + i), _mm_xor_si128(a, kv));
+            _mm_stream_si128((__m128i *)(dst + i + 16), _mm_xor_si128(b, kv));
+            _mm_stream_si128((__m128i *)(dst + i + 32), _mm_xor_si128(c, kv));
+            _mm_stream_si128((__m128i *)(dst + i + 48), _mm_xor_si128(d, kv));
+        }
+        _mm_sfence();
+        hyco_xor_small(dst + i, src + i, n - i, key, phase);
+    }
+    #endif
     /* Small buffers skip the 32-byte key expansion and the dispatched call. Big ones first
        bring dst to a 32-byte boundary: a bytes object's data sits 16 bytes off one, and
        32-byte stores that straddle cache lines cost more than the XOR itself. */
@@ -102,11 +137,24 @@ cdef extern from *:
         }
         head = (Py_ssize_t)((32 - ((uintptr_t)dst & 31)) & 31);
         if (head) hyco_xor_small(dst, src, head, key, phase);
+    #ifdef HYCO_STREAM
+        if (n >= hyco_stream_min && dst != src) {
+            hyco_xor_stream(dst + head, src + head, n - head, key, (phase + head) & 3);
+            return;
+        }
+    #endif
         hyco_xor_big(dst + head, src + head, n - head, key, (phase + head) & 3);
     }
+    #ifndef HYCO_STREAM
+    static void hyco_init_stream_min(void) {}
+    #endif
     """
     void _xor_into "hyco_xor" (uint8_t* dst, const uint8_t* src, Py_ssize_t n,
                                const uint8_t* key, Py_ssize_t phase) noexcept nogil
+    void _init_stream_min "hyco_init_stream_min" () noexcept
+
+
+_init_stream_min()
 
 
 cdef inline void _mask(uint8_t* dst, const uint8_t* src, Py_ssize_t n,
