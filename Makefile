@@ -55,7 +55,8 @@ demo: setup
 bench: setup .stamp-bench
 	mkdir -p .benchmarks
 	HYCO_PROTO_REQUIRE_EXTENSION=1 $(PY) -m pytest -q -p no:cacheprovider bench \
-		--benchmark-json=.benchmarks/latest.json --benchmark-columns=median,ops
+		--benchmark-json=.benchmarks/latest.json --benchmark-columns=median,ops \
+		--benchmark-min-time=0.002 --benchmark-warmup=on
 	$(PY) -m bench.report .benchmarks/latest.json
 
 clean:

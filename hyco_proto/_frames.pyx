@@ -369,6 +369,29 @@ cdef inline str _header_problem(uint8_t b0, uint8_t b1, bint expect_masked, int 
     return None
 
 
+cdef inline Py_ssize_t _length_field(const uint8_t* p, Py_ssize_t avail,
+                                     unsigned long long* length) noexcept:
+    """Header size up to the mask key (2, 4 or 10) and the payload length, from a header at p
+    with ``avail`` bytes; 0 when the length field is incomplete, -1 when its 64-bit form has the
+    most significant bit set (RFC 6455 §5.2)."""
+    cdef int len7 = p[1] & 0x7F
+    cdef int i
+    if len7 < 126:
+        length[0] = len7
+        return 2
+    if len7 == 126:
+        if avail < 4:
+            return 0
+        length[0] = (<unsigned long long>p[2] << 8) | p[3]
+        return 4
+    if avail < 10:
+        return 0
+    length[0] = 0
+    for i in range(8):
+        length[0] = (length[0] << 8) | p[2 + i]
+    return -1 if length[0] >> 63 else 10
+
+
 cdef class FrameDecoder:
     """Streaming RFC 6455 frame decoder; see ``_frames.pyi`` for the contract."""
 
@@ -419,7 +442,7 @@ cdef class FrameDecoder:
         cdef Py_ssize_t pos = 0, head, take
         cdef unsigned long long length, size
         cdef uint8_t b0, b1
-        cdef int opcode, len7, i
+        cdef int opcode
         cdef str problem
         cdef bint fin, control
         cdef object chunk
@@ -446,29 +469,17 @@ cdef class FrameDecoder:
             b1 = p[pos + 1]
             fin = (b0 & 0x80) != 0
             opcode = b0 & 0x0F
-            len7 = b1 & 0x7F
             problem = _header_problem(b0, b1, self._masked, self._allowed_rsv, self._in_message)
             if problem is not None:
                 self._fail(1002, problem)
                 return pos
             control = opcode >= 8
-            head = 2
-            length = len7
-            if len7 == 126:
-                head = 4
-                if n - pos < head:
-                    break
-                length = (<unsigned long long>p[pos + 2] << 8) | p[pos + 3]
-            elif len7 == 127:
-                head = 10
-                if n - pos < head:
-                    break
-                length = 0
-                for i in range(8):
-                    length = (length << 8) | p[pos + 2 + i]
-                if length >> 63:
-                    self._fail(1002, "64-bit payload length has its most significant bit set")
-                    return pos
+            head = _length_field(p + pos, n - pos, &length)
+            if head == 0:
+                break
+            if head < 0:
+                self._fail(1002, "64-bit payload length has its most significant bit set")
+                return pos
             if self._masked:
                 head += 4
             size = 0
@@ -614,7 +625,7 @@ cdef class Forwarder:
         cdef Py_ssize_t pos = 0, w = 0, take, head, hlen
         cdef unsigned long long length
         cdef uint8_t b0, b1
-        cdef int opcode, len7, i
+        cdef int opcode
         cdef str problem
         cdef bint fin
         while pos < n:
@@ -638,28 +649,16 @@ cdef class Forwarder:
             b1 = p[pos + 1]
             fin = (b0 & 0x80) != 0
             opcode = b0 & 0x0F
-            len7 = b1 & 0x7F
             problem = _header_problem(b0, b1, self._masked, self._allowed_rsv, self._in_message)
             if problem is not None:
                 self._fail(1002, problem)
                 break
-            hlen = 2
-            length = len7
-            if len7 == 126:
-                hlen = 4
-                if n - pos < hlen:
-                    break
-                length = (<unsigned long long>p[pos + 2] << 8) | p[pos + 3]
-            elif len7 == 127:
-                hlen = 10
-                if n - pos < hlen:
-                    break
-                length = 0
-                for i in range(8):
-                    length = (length << 8) | p[pos + 2 + i]
-                if length >> 63:
-                    self._fail(1002, "64-bit payload length has its most significant bit set")
-                    break
+            hlen = _length_field(p + pos, n - pos, &length)
+            if hlen == 0:
+                break
+            if hlen < 0:
+                self._fail(1002, "64-bit payload length has its most significant bit set")
+                break
             head = hlen + 4 if self._masked else hlen
             if opcode < 8 and self._max_frame and length > <unsigned long long>self._max_frame:
                 self._fail(1009, f"frame of {length} bytes exceeds the limit of {self._max_frame}")

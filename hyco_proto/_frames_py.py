@@ -181,6 +181,21 @@ def _header_problem(b0: int, b1: int, expect_masked: bool, allowed_rsv: int,
     return ""
 
 
+def _length_field(buf: Any, pos: int, avail: int) -> tuple[int, int]:
+    """``(size, length)`` of the header at ``pos`` up to the mask key (2, 4 or 10 bytes) and its
+    payload length; size 0 when the length field is incomplete, -1 when its 64-bit form has the
+    most significant bit set (RFC 6455 §5.2)."""
+    len7 = buf[pos + 1] & 0x7F
+    if len7 < 126:
+        return 2, len7
+    if len7 == 126:
+        return (4, _UNPACK_16(buf, pos + 2)[0]) if avail >= 4 else (0, 0)
+    if avail < 10:
+        return 0, 0
+    length = _UNPACK_64(buf, pos + 2)[0]
+    return (-1 if length >> 63 else 10), length
+
+
 class FrameDecoder:
     """Streaming RFC 6455 frame decoder; see ``_frames.pyi`` for the contract."""
 
@@ -261,27 +276,17 @@ class FrameDecoder:
             b1 = buf[pos + 1]
             fin = bool(b0 & 0x80)
             opcode = b0 & 0x0F
-            len7 = b1 & 0x7F
             problem = _header_problem(b0, b1, self._masked, self._allowed_rsv, self._in_message)
             if problem:
                 self._fail(1002, problem)
                 return out
             control = opcode >= 8
-            head = 2
-            length = len7
-            if len7 == 126:
-                head = 4
-                if n - pos < head:
-                    break
-                length = (buf[pos + 2] << 8) | buf[pos + 3]
-            elif len7 == 127:
-                head = 10
-                if n - pos < head:
-                    break
-                length = _UNPACK_64(buf, pos + 2)[0]
-                if length >> 63:
-                    self._fail(1002, "64-bit payload length has its most significant bit set")
-                    return out
+            head, length = _length_field(buf, pos, n - pos)
+            if head == 0:
+                break
+            if head < 0:
+                self._fail(1002, "64-bit payload length has its most significant bit set")
+                return out
             if self._masked:
                 head += 4
             if not control:
@@ -440,21 +445,12 @@ class Forwarder:
             if problem:
                 self._fail(1002, problem)
                 break
-            hlen = 2
-            length = b1 & 0x7F
-            if length == 126:
-                hlen = 4
-                if n - pos < hlen:
-                    break
-                length = _UNPACK_16(buf, pos + 2)[0]
-            elif length == 127:
-                hlen = 10
-                if n - pos < hlen:
-                    break
-                length = _UNPACK_64(buf, pos + 2)[0]
-                if length >> 63:
-                    self._fail(1002, "64-bit payload length has its most significant bit set")
-                    break
+            hlen, length = _length_field(buf, pos, n - pos)
+            if hlen == 0:
+                break
+            if hlen < 0:
+                self._fail(1002, "64-bit payload length has its most significant bit set")
+                break
             if opcode < 8 and self._max_frame and length > self._max_frame:
                 self._fail(1009, f"frame of {length} bytes exceeds the limit of {self._max_frame}")
                 break
