@@ -56,7 +56,7 @@ bench: setup .stamp-bench
 	mkdir -p .benchmarks
 	HYCO_PROTO_REQUIRE_EXTENSION=1 $(PY) -m pytest -q -p no:cacheprovider bench \
 		--benchmark-json=.benchmarks/latest.json --benchmark-columns=median,ops \
-		--benchmark-min-time=0.002 --benchmark-warmup=on
+		--benchmark-min-time=0.002 --benchmark-warmup=on --benchmark-warmup-iterations=2000
 	$(PY) -m bench.report .benchmarks/latest.json
 
 clean:

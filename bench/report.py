@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 def _impl(name: str) -> str:
     match = re.search(r"\[(.+)\]", name)
     label = match.group(1) if match else name
+    label = re.sub(r"^\d+(B|KiB|MiB)-", "", label)  # size-first ids (mask benchmarks)
     return re.sub(r"-(\d+(B|KiB|MiB)|seq|x\d+)$", "", label)
 
 

@@ -41,7 +41,9 @@ COPY_CASES = [
 ]
 
 
-@pytest.mark.parametrize("impl,size", COPY_CASES, ids=[f"{i}-{_label(n)}" for i, n in COPY_CASES])
+# Ids start with the size: the run sorts by id, so each size's implementations run back to back
+# under the same machine conditions.
+@pytest.mark.parametrize("impl,size", COPY_CASES, ids=[f"{_label(n)}-{i}" for i, n in COPY_CASES])
 def test_mask_copy(benchmark: Any, impl: str, size: int) -> None:
     data = os.urandom(size)
     fn = COPY_IMPLS[impl]
@@ -59,8 +61,12 @@ INPLACE_IMPLS: dict[str, tuple[Callable[[Any, Any], None], bool]] = {
 }
 
 
-@pytest.mark.parametrize("size", INPLACE_SIZES, ids=_label)
-@pytest.mark.parametrize("impl", list(INPLACE_IMPLS))
+INPLACE_CASES = [(i, n) for n in INPLACE_SIZES for i in INPLACE_IMPLS]
+
+
+@pytest.mark.parametrize(
+    "impl,size", INPLACE_CASES, ids=[f"{_label(n)}-{i}" for i, n in INPLACE_CASES]
+)
 def test_mask_inplace(benchmark: Any, impl: str, size: int) -> None:
     buf = bytearray(os.urandom(size))
     benchmark.group = f"unmask in place {_label(size)}"
