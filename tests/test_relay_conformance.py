@@ -76,6 +76,7 @@ from tests.wsutil import (
     binary,
     closed,
     decode_output,
+    fragmented,
     pong,
     split_bytes,
     split_every,
@@ -306,12 +307,8 @@ def test_9_1_9_2_one_big_frame(kind: str, size: int) -> None:
 def test_9_3_9_4_message_in_fragments(kind: str, fragment: int) -> None:
     size = 256 * 1024  # 4 MiB in the suite
     data = ("*" * size).encode() if kind == "9.3-text" else bytes(range(256)) * (size // 256)
-    pieces = split_every(data, fragment)
     op = OP_TEXT if kind == "9.3-text" else OP_BINARY
-    frames = b"".join(
-        raw_frame(op if i == 0 else OP_CONT, p, fin=i == len(pieces) - 1)
-        for i, p in enumerate(pieces)
-    )
+    frames = fragmented(op, data, fragment)
     _echo_one([frames], text(data.decode()) if op == OP_TEXT else binary(data))
 
 

@@ -199,6 +199,14 @@ def split_every(data: bytes, size: int) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)]
 
 
+def fragmented(opcode: int, data: bytes, fragment: int) -> bytes:
+    """One masked message of ``data`` sent as frames of ``fragment`` bytes (rows 9.3, 9.4)."""
+    pieces = split_every(data, fragment)
+    return b"".join(
+        frame(opcode if i == 0 else 0, p, fin=i == len(pieces) - 1) for i, p in enumerate(pieces)
+    )
+
+
 MODES = ("whole", "frames", "bytes")
 
 

@@ -358,27 +358,19 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
     server = top.table("server")
     if server is not None:
         server.check_keys(_SERVER_KEYS)
-        host = server.string("host")
-        if host is not None:
-            result.host = host
-        port = server.integer("port", low=0, high=65535)
-        if port is not None:
-            result.port = port
-        namespace = server.string("namespace")
-        if namespace is not None:
-            service.namespace = namespace
-        strict = server.boolean("strict")
-        if strict is not None:
-            service.strict = strict
-        grace = server.seconds("token_grace")
-        if grace is not None:
-            service.token_grace = grace
-        accept_timeout = server.seconds("accept_timeout")
-        if accept_timeout is not None:
-            service.accept_timeout = accept_timeout
-        max_listeners = server.integer("max_listeners", low=1, high=100000)
-        if max_listeners is not None:
-            service.max_listeners = max_listeners
+        # Each key that is present overrides the default on its target object.
+        settings_found: list[tuple[object, str, object]] = [
+            (result, "host", server.string("host")),
+            (result, "port", server.integer("port", low=0, high=65535)),
+            (service, "namespace", server.string("namespace")),
+            (service, "strict", server.boolean("strict")),
+            (service, "token_grace", server.seconds("token_grace")),
+            (service, "accept_timeout", server.seconds("accept_timeout")),
+            (service, "max_listeners", server.integer("max_listeners", low=1, high=100000)),
+        ]
+        for target, name, value in settings_found:
+            if value is not None:
+                setattr(target, name, value)
 
     tls = top.table("tls")
     if tls is not None:
