@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import h11
 
+from ._syntax import is_token
 from .errors import LocalProtocolError, RemoteProtocolError
 
 __all__ = [
@@ -44,7 +45,6 @@ WEBSOCKET_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 Headers = Sequence[tuple[str, str]] | Mapping[str, str]
 
-_TOKEN_RE = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _BAD_VALUE_RE = re.compile(r"[\x00\r\n]")
 
 # Headers the handshake writes itself; callers may not pass them as extra headers.
@@ -86,7 +86,7 @@ def _header_items(headers: Headers) -> list[tuple[str, str]]:
                 f"headers must be (name, value) pairs of str or a str->str mapping, got {item!r}"
             )
         name, value = item
-        if not _TOKEN_RE.match(name):
+        if not is_token(name):
             raise LocalProtocolError(f"invalid header name {name!r}: use an HTTP token")
         if _BAD_VALUE_RE.search(value):
             raise LocalProtocolError(
@@ -187,20 +187,57 @@ class WebSocketURL:
     host_header: str  # the ``Host`` value: port only when it is not the scheme's default
     target: str  # path and query, at least "/"
 
+    @property
+    def scheme(self) -> str:
+        """``"wss"`` or ``"ws"``."""
+        return "wss" if self.secure else "ws"
 
-def parse_ws_url(url: str) -> WebSocketURL:
-    """Split a WebSocket URL; raises ``ValueError`` for other schemes or a missing host."""
+    @property
+    def path(self) -> str:
+        """The path part of ``target`` (at least ``"/"``)."""
+        return self.target.partition("?")[0]
+
+    @property
+    def query(self) -> str:
+        """The query part of ``target``, without ``?`` (``""`` when there is none)."""
+        return self.target.partition("?")[2]
+
+    @property
+    def url(self) -> str:
+        """The URL again, normalised: lower-case scheme and host, no default port."""
+        return f"{self.scheme}://{self.host_header}{self.target}"
+
+
+def parse_ws_url(url: str, *, what: str = "WebSocket URL") -> WebSocketURL:
+    """Split a WebSocket URL (RFC 6455 §3).
+
+    Raises ``ValueError`` for another scheme, a missing host, ``user:password@``, a bad port or
+    a ``#fragment``; the message starts with ``what`` (e.g. ``"send address"``) so it names the
+    argument the caller passed.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"{what} must be a str, not {type(url).__name__}")
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in ("ws", "wss"):
-        raise ValueError(f"not a WebSocket URL (expected ws:// or wss://): {url!r}")
+        raise ValueError(f"{what} must be a ws:// or wss:// URL, not {url!r}")
     if not parts.hostname:
-        raise ValueError(f"WebSocket URL without a host: {url!r}")
+        raise ValueError(f"{what} {url!r} has no host")
     if parts.username is not None or parts.password is not None:
-        raise ValueError("WebSocket URLs may not carry user:password@; send credentials in headers")
+        raise ValueError(f"{what} may not carry user:password@; send credentials in headers "
+                         "(for the relay: pass a token)")
+    if parts.fragment or url.endswith("#"):
+        raise ValueError(f"{what} {url!r} must not have a #fragment (RFC 6455 §3)")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{what} {url!r} has an invalid port ({exc})") from None
+    if port == 0:
+        raise ValueError(f"{what} {url!r} has an invalid port (0)")
     secure = scheme == "wss"
     default = 443 if secure else 80
-    port = parts.port or default  # ValueError from urlsplit for a bad port
+    if port is None:
+        port = default
     host = parts.hostname
     shown = f"[{host}]" if ":" in host else host
     host_header = shown if port == default else f"{shown}:{port}"
@@ -236,7 +273,7 @@ class ClientHandshake:
         if isinstance(subprotocols, str):
             raise LocalProtocolError("subprotocols is a sequence of names, not one str")
         for proto in subprotocols:
-            if not isinstance(proto, str) or not _TOKEN_RE.match(proto):
+            if not is_token(proto):
                 raise LocalProtocolError(f"invalid subprotocol name {proto!r}: use an HTTP token")
         self.host = host
         self.target = target

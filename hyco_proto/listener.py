@@ -37,8 +37,9 @@ import enum
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeAlias
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
+from ._syntax import is_token
 from .control import (
     AcceptCommand,
     RenewTokenCommand,
@@ -56,6 +57,7 @@ from .errors import (
     relay_error_for_close,
     relay_error_for_status,
 )
+from .handshake import parse_ws_url
 from .sas import TokenSource
 from .uris import build_reject_uri
 
@@ -322,24 +324,14 @@ class _Pending:
 
 def _listen_url(address: str, listener_id: str | None) -> str:
     """``address`` with ``sb-hc-action=listen`` (and ``sb-hc-id``) replacing any given (§1.2)."""
-    parts = urlsplit(address)
-    if parts.scheme.lower() not in ("ws", "wss"):
-        raise ValueError(f"listener address must be a ws:// or wss:// URI, not {address!r}")
-    if not parts.netloc:
-        raise ValueError(f"listener address {address!r} has no host")
+    parsed = parse_ws_url(address, what="listener address")
     drop = {"sb-hc-action", "sb-hc-id"}
-    query = [kv for kv in parts.query.split("&")
+    query = [kv for kv in parsed.query.split("&")
              if kv and kv.split("=", 1)[0].lower() not in drop]
     query.append("sb-hc-action=listen")
     if listener_id:
         query.append("sb-hc-id=" + quote(listener_id, safe=""))
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, "&".join(query), ""))
-
-
-def _is_token(value: str) -> bool:
-    # RFC 6455 §4.1: a subprotocol is an RFC 2616 token.
-    separators = set('()<>@,;:\\"/[]?={} \t')
-    return bool(value) and all(33 <= ord(c) <= 126 and c not in separators for c in value)
+    return f"{parsed.scheme}://{parsed.host_header}{parsed.path}?{'&'.join(query)}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -590,7 +582,7 @@ class Listener:
         command = pending.command
         if subprotocol is not None:
             offered = command.requested_subprotocols
-            if not _is_token(subprotocol):
+            if not is_token(subprotocol):
                 raise LocalProtocolError(f"subprotocol {subprotocol!r} is not a valid token")
             if subprotocol not in offered:
                 raise LocalProtocolError(

@@ -12,10 +12,11 @@ reason. This module computes what to send (:meth:`SenderConnect.handshake` gives
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
+from ._syntax import is_token
 from .errors import RelayError, relay_error_for_close, relay_error_for_status
-from .handshake import ClientHandshake, HandshakeRejected
+from .handshake import ClientHandshake, HandshakeRejected, parse_ws_url
 
 __all__ = [
     "ALLOWED_LISTENERS_HEADER",
@@ -36,13 +37,6 @@ _RESERVED_HEADERS = frozenset({
     "host", "upgrade", "connection", "sec-websocket-key", "sec-websocket-version",
     "sec-websocket-protocol", "sec-websocket-extensions", "content-length", "transfer-encoding",
 })
-_DEFAULT_PORTS = {"ws": 80, "wss": 443}
-_TOKEN_SEPARATORS = frozenset('()<>@,;:\\"/[]?={} \t')
-
-
-def _is_token(value: str) -> bool:
-    return bool(value) and all(33 <= ord(c) <= 126 and c not in _TOKEN_SEPARATORS for c in value)
-
 
 def _listener_ids(name: str, ids: Sequence[str]) -> str | None:
     if isinstance(ids, str):
@@ -106,30 +100,15 @@ class SenderConnect:
                  subprotocols: Sequence[str] = (),
                  allowed_listeners: Sequence[str] = (),
                  disallowed_listeners: Sequence[str] = ()) -> None:
-        parts = urlsplit(address)
-        scheme = parts.scheme.lower()
-        if scheme not in _DEFAULT_PORTS:
-            raise ValueError(f"send address must be a ws:// or wss:// URI, not {address!r}")
-        if not parts.hostname:
-            raise ValueError(f"send address {address!r} has no host")
-        if parts.username is not None or parts.password is not None:
-            raise ValueError("send address may not carry user:password@; pass a token")
-        if parts.fragment:
-            raise ValueError(f"send address {address!r} must not have a #fragment")
-        try:
-            port = parts.port
-        except ValueError as exc:
-            raise ValueError(f"send address {address!r} has an invalid port") from exc
-        default_port = _DEFAULT_PORTS[scheme]
-        self.scheme = scheme
-        self.secure = scheme == "wss"
-        self.hostname = parts.hostname
-        self.port = port if port is not None else default_port
-        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-        self.host = host if self.port == default_port else f"{host}:{self.port}"
+        parsed = parse_ws_url(address, what="send address")
+        self.scheme = parsed.scheme
+        self.secure = parsed.secure
+        self.hostname = parsed.host
+        self.port = parsed.port
+        self.host = parsed.host_header
         self.token = token
 
-        query = [kv for kv in parts.query.split("&") if kv]
+        query = [kv for kv in parsed.query.split("&") if kv]
         actions = [kv.split("=", 1)[1] if "=" in kv else "" for kv in query
                    if kv.split("=", 1)[0].lower() == "sb-hc-action"]
         if any(a.lower() != "connect" for a in actions):
@@ -142,9 +121,8 @@ class SenderConnect:
                 raise ValueError("token_in_query=True needs a token")
             query = [kv for kv in query if kv.split("=", 1)[0].lower() != "sb-hc-token"]
             query.append("sb-hc-token=" + quote(token, safe=""))
-        path = parts.path or "/"
-        self.target = f"{path}?{'&'.join(query)}"
-        self.url = f"{scheme}://{self.host}{self.target}"
+        self.target = f"{parsed.path}?{'&'.join(query)}"
+        self.url = f"{self.scheme}://{self.host}{self.target}"
 
         items = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
         out: list[tuple[str, str]] = []
@@ -175,7 +153,7 @@ class SenderConnect:
         if isinstance(subprotocols, str):
             raise TypeError("subprotocols must be a sequence of names, not a single string")
         for proto in subprotocols:
-            if not _is_token(proto):
+            if not is_token(proto):
                 raise ValueError(f"subprotocol {proto!r} is not a valid token")
         self.subprotocols: tuple[str, ...] = tuple(subprotocols)
 
