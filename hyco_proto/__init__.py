@@ -1,8 +1,9 @@
-"""hyco_proto: Azure Relay Hybrid Connections (and Web PubSub) for Python.
+"""hyco_proto: Azure Relay Hybrid Connections (WebSocket) for Python.
 
 A sans-IO protocol core (listener, sender, control messages, SAS tokens, relay URIs, the relay
-service side), a Cython fast path for the WebSocket byte path, and thin adapters for asyncio,
-threads and gevent. See docs/architecture.md.
+service side), a Cython fast path for the WebSocket byte path, and an asyncio adapter
+(``hyco_proto.adapters.asyncio``). Relayed HTTP requests are not supported yet. See
+docs/architecture.md.
 
 The names here mirror Node's ``hyco-ws`` in Python spelling (``create_relay_token`` for
 ``createRelayToken``), so code moves across easily.
