@@ -144,14 +144,20 @@ class ConnectRendezvous:
 
     For an accept, offer ``subprotocol`` (if any) and ``headers``; the resulting socket *is* the
     connection to the sender. For a reject (``reject=True``) the relay answers 410 on success.
-    Report the handshake status with :meth:`Listener.rendezvous_result`.
+    Report the handshake status with :meth:`Listener.rendezvous_result`. ``request`` is the
+    :class:`ConnectionRequested` this rendezvous answers (``request_id`` is its id).
     """
 
     url: str
     headers: tuple[tuple[str, str], ...]
     subprotocol: str | None
-    request_id: str
+    request: ConnectionRequested
     reject: bool = False
+
+    @property
+    def request_id(self) -> str:
+        """The id of the request this rendezvous answers (``request.id``)."""
+        return self.request.id
 
 
 Action: TypeAlias = (OpenControlChannel | SendControlMessage | SendPing | CloseControlChannel
@@ -310,12 +316,19 @@ _TERMINAL = frozenset({_S.CLOSED, _S.OFFLINE})
 class _Pending:
     """Book-keeping for one accept command until its rendezvous result is reported."""
 
-    __slots__ = ("answer", "command", "received_at")
+    __slots__ = ("answer", "request")
 
-    def __init__(self, command: AcceptCommand, received_at: float) -> None:
-        self.command = command
-        self.received_at = received_at
+    def __init__(self, request: ConnectionRequested) -> None:
+        self.request = request  # the event the application was given
         self.answer: str | None = None  # None, "accepted" or "rejected"
+
+    @property
+    def command(self) -> AcceptCommand:
+        return self.request.command
+
+    @property
+    def received_at(self) -> float:
+        return self.request.received_at
 
 
 # --------------------------------------------------------------------------------------------
@@ -405,6 +418,11 @@ class Listener:
     @property
     def state(self) -> ListenerState:
         return self._state
+
+    @property
+    def accept_timeout(self) -> float:
+        """Seconds after a ``ConnectionRequested`` arrives during which it can be answered."""
+        return self._accept_timeout
 
     def actions_to_take(self) -> list[Action]:
         """Return and clear the I/O actions for the adapter, in the order to perform them."""
@@ -499,8 +517,9 @@ class Listener:
             return
         if isinstance(command, AcceptCommand):
             self._prune(now)
-            self._pending[command.id] = _Pending(command, now)
-            self._events.append(ConnectionRequested(command, now))
+            event = ConnectionRequested(command, now)
+            self._pending[command.id] = _Pending(event)
+            self._events.append(event)
         elif isinstance(command, RequestCommand):
             if not command.is_pointer and command.body:
                 self._body_expected_for = command.id
@@ -590,7 +609,8 @@ class Listener:
                     f"(offered: {', '.join(offered) or 'none'}); pick one of those or None")
         extra = tuple((str(k), str(v)) for k, v in headers)
         pending.answer = "accepted"
-        self._actions.append(ConnectRendezvous(command.address, extra, subprotocol, command.id))
+        self._actions.append(ConnectRendezvous(command.address, extra, subprotocol,
+                                               pending.request))
 
     def reject(self, now: float, request: ConnectionRequested | AcceptCommand,
                status: int = 400, description: str = "Rejected by user code") -> None:
@@ -606,7 +626,7 @@ class Listener:
         command = pending.command
         pending.answer = "rejected"
         url = build_reject_uri(command.address, status, description)
-        self._actions.append(ConnectRendezvous(url, (), None, command.id, reject=True))
+        self._actions.append(ConnectRendezvous(url, (), None, pending.request, reject=True))
 
     def rendezvous_result(self, now: float, request: ConnectionRequested | AcceptCommand | str,
                           status: int | None, description: str = "") -> None:

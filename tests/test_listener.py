@@ -207,7 +207,8 @@ class TestAccept:
         assert req.command.requested_subprotocols == ["chat", "superchat"]
         lis.accept(T0 + 1, req, subprotocol="chat", headers=[("X-Listener", "1")])
         (action,) = lis.actions_to_take()
-        assert action == ConnectRendezvous(ACCEPT_ADDR, (("X-Listener", "1"),), "chat", "abc_G0")
+        assert action == ConnectRendezvous(ACCEPT_ADDR, (("X-Listener", "1"),), "chat", req)
+        assert action.request is req and action.request_id == "abc_G0"
         assert not any(k.lower() == "servicebusauthorization" for k, _ in action.headers)
         lis.rendezvous_result(T0 + 1.5, req, 101)
         assert lis.events_received() == [RendezvousCompleted("abc_G0", rejected=False)]
@@ -218,6 +219,8 @@ class TestAccept:
         lis.accept(T0, req.command)
         (action,) = lis.actions_to_take()
         assert isinstance(action, ConnectRendezvous) and action.subprotocol is None
+        # The action carries the request event itself, even when answered by its command.
+        assert action.request is req and action.request.received_at == T0
 
     def test_accept_twice(self) -> None:
         lis = listening()
@@ -262,6 +265,7 @@ class TestAccept:
 
     def test_accept_timeout_is_configurable(self) -> None:
         lis = listening(accept_timeout=5)
+        assert lis.accept_timeout == 5 and listening().accept_timeout == 30
         req = requested(lis)
         with pytest.raises(LocalProtocolError, match=r"expired|ago"):
             lis.accept(T0 + 6, req)
@@ -337,6 +341,7 @@ class TestReject:
         (action,) = lis.actions_to_take()
         assert isinstance(action, ConnectRendezvous)
         assert action.reject and action.subprotocol is None and action.headers == ()
+        assert action.request is req and action.request_id == req.id
         assert action.url == (ACCEPT_ADDR + "&sb-hc-statusCode=401"
                               "&sb-hc-statusDescription=Go%20away%20%26%20stay%3A%20%C3%BC")
         assert query(action.url)[-2:] == [("sb-hc-statusCode", "401"),
@@ -360,6 +365,7 @@ class TestReject:
         lis.reject(T0, cmd, 503, "busy")
         (action,) = lis.actions_to_take()
         assert isinstance(action, ConnectRendezvous)
+        assert action.request == ConnectionRequested(cmd, T0) and action.request_id == "i1"
         assert action.url == ("ws://127.0.0.1:9090/$hc/x?sb-hc-statusCode=503"
                               "&sb-hc-statusDescription=busy")
 
