@@ -4,9 +4,10 @@ Everything here is sans-IO and runs on a virtual clock, so tests (and ``make dem
 can run a whole Hybrid Connections exchange — control channel, accept, rendezvous, relayed
 messages, reject, token renewal and expiry, reconnects — deterministically, in one thread.
 
-It is also the smallest complete driver of the cores, and so the template for the real adapters:
-``MemoryNetwork`` plays the event loop, ``MemoryWebSocket`` the client connection and
-``MemoryListener`` the listener adapter.
+It is also the smallest complete adapter of the drivers (:mod:`hyco_proto.drivers`):
+``MemoryNetwork`` plays the event loop, ``MemoryTransport`` a TCP connection,
+``MemoryWebSocket`` a socket over a :class:`~hyco_proto.drivers.ClientConnection`, and
+``MemoryListener`` runs a :class:`~hyco_proto.drivers.listener.ListenerDriver`.
 """
 
 from __future__ import annotations
@@ -14,30 +15,30 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .handshake import ClientHandshake, HandshakeAccepted, HandshakeRejected
-from .listener import (
-    CloseControlChannel,
-    ConnectionRequested,
-    ConnectRendezvous,
-    Event,
-    Listener,
-    OpenControlChannel,
-    SendControlMessage,
-    SendPing,
+from .drivers.connection import ClientConnection, HandshakeFailed, Opened, Refused
+from .drivers.listener import (
+    AbortTransport,
+    HandOver,
+    ListenerDriver,
+    OpenTransport,
+    Write,
 )
+from .errors import RemoteProtocolError
+from .handshake import ClientHandshake, HandshakeAccepted, HandshakeRejected
+from .listener import ConnectionRequested, Listener
+from .listener import Event as ListenerEvent
 from .service.relay import RelayService
 from .websocket import (
     BinaryMessage,
     CloseReceived,
     ConnectionClosed,
     Pong,
-    Role,
     State,
     TextMessage,
     WebSocketConnection,
 )
 
-__all__ = ["MemoryListener", "MemoryNetwork", "MemoryWebSocket"]
+__all__ = ["MemoryListener", "MemoryNetwork", "MemoryTransport", "MemoryWebSocket"]
 
 Message = str | bytes
 
@@ -56,18 +57,18 @@ class MemoryNetwork:
         self.now = now
         self._remote_host = remote_host
         self._next_port = 50000
-        self._endpoints: dict[int, MemoryWebSocket] = {}
+        self._endpoints: dict[int, MemoryTransport] = {}
         self._listeners: list[MemoryListener] = []
         self.bytes_moved = 0
 
     # -- connections -----------------------------------------------------------------------
 
-    def _attach(self, endpoint: MemoryWebSocket) -> int:
+    def _attach(self, transport: MemoryTransport) -> int:
         self._next_port += 1
         conn_id = self.service.connection_made(
             self.now, (self._remote_host, self._next_port), scheme="ws"
         )
-        self._endpoints[conn_id] = endpoint
+        self._endpoints[conn_id] = transport
         return conn_id
 
     def _to_service(self, conn_id: int, data: bytes) -> None:
@@ -108,7 +109,7 @@ class MemoryNetwork:
 
     def _deadlines(self) -> list[float]:
         found = [d for d in [self.service.next_deadline()] if d is not None]
-        found += [d for lst in self._listeners if (d := lst.listener.next_deadline()) is not None]
+        found += [d for lst in self._listeners if (d := lst.driver.next_deadline()) is not None]
         return found
 
     def advance(self, seconds: float) -> None:
@@ -122,9 +123,9 @@ class MemoryNetwork:
             self.now = max(self.now, min(due))
             self.service.handle_timer(self.now)
             for lst in self._listeners:
-                deadline = lst.listener.next_deadline()
+                deadline = lst.driver.next_deadline()
                 if deadline is not None and deadline <= self.now:
-                    lst.listener.handle_timer(self.now)
+                    lst.driver.handle_timer(self.now)
             self.pump()
         self.now = end
         self.pump()
@@ -136,7 +137,7 @@ class MemoryNetwork:
     ) -> MemoryWebSocket:
         """Open a client WebSocket to the relay (a sender, typically); call ``pump()`` next."""
         return MemoryWebSocket(
-            self, ClientHandshake.from_url(url, headers=headers, subprotocols=subprotocols)
+            self, ClientConnection.from_url(url, headers=headers, subprotocols=subprotocols)
         )
 
     def listen(
@@ -145,19 +146,68 @@ class MemoryNetwork:
         *,
         on_request: Callable[[ConnectionRequested], object] | None = None,
         reply_to_close: bool = True,
+        fail_first_open: bool = False,
     ) -> MemoryListener:
         """Run a listener core on this network.
 
         ``on_request`` decides each ``ConnectionRequested``: ``None`` accepts (offering the
         sender's first subprotocol), a ``(status, description)`` tuple rejects, anything else
         leaves the request unanswered. ``reply_to_close=False`` keeps accepted connections
-        half-open after the sender's close, so the listener can still send.
+        half-open after the sender's close, so the listener can still send. The core's own
+        retry policy applies from the first open unless ``fail_first_open``.
         """
-        runner = MemoryListener(self, listener, on_request, reply_to_close)
+        driver = ListenerDriver(listener, reply_to_close=reply_to_close,
+                                fail_first_open=fail_first_open)
+        runner = MemoryListener(self, driver, on_request)
         self._listeners.append(runner)
-        listener.start(self.now)
+        driver.start(self.now)
         self.pump()
         return runner
+
+
+class MemoryTransport:
+    """One TCP connection to the relay service. Bytes from the relay go to ``sink`` (``b""``:
+    EOF); bytes to the relay are what was ``write``-n plus what ``source`` has queued."""
+
+    def __init__(self, network: MemoryNetwork, sink: Callable[[bytes], None],
+                 source: ClientConnection | None = None) -> None:
+        self.network = network
+        self.sink = sink
+        self.source = source
+        self.tcp_closed = False
+        self._outbox: list[bytes] = []
+        self.conn_id = network._attach(self)
+
+    def write(self, data: bytes) -> None:
+        self._outbox.append(data)
+
+    def abort(self) -> None:
+        """Drop the TCP connection without a closing handshake (this side knows it did)."""
+        if not self.tcp_closed:
+            self._outbox.append(b"")
+
+    def sever(self) -> None:
+        """The link dies: both ends see the TCP connection end without a closing handshake."""
+        self.abort()
+        self._flush()
+        self.sink(b"")
+
+    def _from_relay(self, data: bytes) -> None:
+        self.sink(data)
+
+    def _flush(self) -> bool:
+        if self.source is not None:
+            self._outbox.extend(self.source.data_to_send())
+        if not self._outbox:
+            return False
+        outbox, self._outbox = self._outbox, []
+        for chunk in outbox:
+            if self.tcp_closed:
+                break
+            self.network._to_service(self.conn_id, chunk)
+            if not chunk:
+                self.tcp_closed = True
+        return True
 
 
 @dataclass(slots=True)
@@ -167,43 +217,60 @@ class _Closed:
 
 
 class MemoryWebSocket:
-    """A client WebSocket over the in-memory network: handshake, then a client-role connection."""
+    """A client WebSocket over the in-memory network, recording what it received."""
 
-    def __init__(
-        self, network: MemoryNetwork, handshake: ClientHandshake, *, reply_to_close: bool = True
-    ) -> None:
+    def __init__(self, network: MemoryNetwork, connection: ClientConnection, *,
+                 transport: MemoryTransport | None = None,
+                 request: ConnectionRequested | None = None,
+                 events: Sequence[object] = ()) -> None:
         self.network = network
-        self.reply_to_close = reply_to_close
-        self.handshake = handshake
-        self.ws: WebSocketConnection | None = None
-        self.accepted: HandshakeAccepted | None = None
+        self.connection = connection
+        self.request = request
+        self.accepted: HandshakeAccepted | None = connection.response
         self.rejected: HandshakeRejected | None = None
+        self.failed: RemoteProtocolError | None = None
         self.messages: list[Message] = []
         self.pongs: list[bytes] = []
         self.close_received: _Closed | None = None
         self.closed: _Closed | None = None
-        self.tcp_closed = False
+        self._eof = False
         self.on_event: Callable[[object], None] | None = None
         self._unseen: list[object] = []  # events that arrived before anyone subscribed
-        self._outbox: list[bytes] = [handshake.data_to_send()]
-        self._conn_id = network._attach(self)
+        if transport is None:
+            transport = MemoryTransport(network, self._from_relay, connection)
+        else:
+            transport.sink = self._from_relay
+            transport.source = connection
+        self.transport = transport
+        self._drain_events(events)
+
+    @property
+    def ws(self) -> WebSocketConnection | None:
+        return self.connection.ws
+
+    @property
+    def handshake(self) -> ClientHandshake:
+        return self.connection.handshake
 
     @property
     def subprotocol(self) -> str | None:
-        return self.accepted.subprotocol if self.accepted else None
+        return self.connection.subprotocol
+
+    @property
+    def tcp_closed(self) -> bool:
+        """Whether either side has closed TCP."""
+        return self._eof or self.transport.tcp_closed
 
     # -- application API -------------------------------------------------------------------
 
     def send(self, message: Message) -> None:
-        assert self.ws is not None, "not connected"
         if isinstance(message, str):
-            self.ws.send_text(message)
+            self.connection.send_text(message)
         else:
-            self.ws.send_binary(message)
+            self.connection.send_binary(message)
 
     def ping(self, payload: bytes = b"") -> None:
-        assert self.ws is not None, "not connected"
-        self.ws.send_ping(payload)
+        self.connection.send_ping(payload)
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         ws = self.ws
@@ -212,43 +279,20 @@ class MemoryWebSocket:
 
     def abort(self) -> None:
         """Drop the TCP connection without a closing handshake (this side knows it did)."""
-        if not self.tcp_closed:
-            self.tcp_closed = True
-            self._outbox.append(b"")
+        self.transport.abort()
 
     def sever(self) -> None:
         """The link dies: both ends see the TCP connection end without a closing handshake."""
-        self.abort()
-        if self.ws is not None:
-            self.ws.receive_eof()
-            self._drain_events()
+        self.transport.sever()
 
     # -- network side ----------------------------------------------------------------------
 
     def _from_relay(self, data: bytes) -> None:
-        if self.ws is None:
-            self.handshake.receive_data(data)
-            if not data:
-                self.tcp_closed = True
-            event = self.handshake.next_event()
-            if isinstance(event, HandshakeAccepted):
-                self.accepted = event
-                self.ws = WebSocketConnection(
-                    Role.CLIENT,
-                    reply_to_close=self.reply_to_close,
-                    trailing_data=event.trailing_data,
-                )
-            elif isinstance(event, HandshakeRejected):
-                self.rejected = event
-                self.tcp_closed = True
-            self._emit(event)
-            if self.ws is not None and not data:
-                self.ws.receive_eof()
-        elif data:
-            self.ws.receive_data(data)
+        if data:
+            self.connection.receive_data(data)
         else:
-            self.tcp_closed = True
-            self.ws.receive_eof()
+            self._eof = True
+            self.connection.receive_eof()
         self._drain_events()
 
     def subscribe(self, callback: Callable[[object], None]) -> None:
@@ -259,17 +303,13 @@ class MemoryWebSocket:
             callback(event)
 
     def _emit(self, event: object) -> None:
-        if event is None:
-            return
         if self.on_event is not None:
             self.on_event(event)
         else:
             self._unseen.append(event)
 
-    def _drain_events(self) -> None:
-        if self.ws is None:
-            return
-        for event in self.ws.events_received():
+    def _drain_events(self, earlier: Sequence[object] = ()) -> None:
+        for event in [*earlier, *self.connection.events_received()]:
             if isinstance(event, (TextMessage, BinaryMessage)):
                 self.messages.append(event.data)
             elif isinstance(event, Pong):
@@ -278,139 +318,84 @@ class MemoryWebSocket:
                 self.close_received = _Closed(event.code, event.reason)
             elif isinstance(event, ConnectionClosed):
                 self.closed = _Closed(event.code, event.reason)
+            elif isinstance(event, Opened):
+                self.accepted = event.response
+            elif isinstance(event, Refused):
+                self.rejected = event.response
+            elif isinstance(event, HandshakeFailed):
+                self.failed = event.error
             self._emit(event)
-
-    def _flush(self) -> bool:
-        if self.ws is not None:
-            self._outbox.extend(self.ws.data_to_send())
-        if not self._outbox:
-            return False
-        outbox, self._outbox = self._outbox, []
-        for chunk in outbox:
-            if chunk == b"" or chunk:
-                self.network._to_service(self._conn_id, chunk)
-            if chunk == b"":
-                self.tcp_closed = True
-                break
-        return True
-
-
-@dataclass(slots=True)
-class _Rendezvous:
-    action: ConnectRendezvous
-    socket: MemoryWebSocket
 
 
 class MemoryListener:
-    """Executes a ``Listener`` core's actions on the in-memory network (a tiny adapter)."""
+    """Runs a :class:`ListenerDriver` on the in-memory network (a tiny adapter)."""
 
     def __init__(
         self,
         network: MemoryNetwork,
-        listener: Listener,
+        driver: ListenerDriver,
         on_request: Callable[[ConnectionRequested], object] | None,
-        reply_to_close: bool = True,
     ) -> None:
         self.network = network
-        self.reply_to_close = reply_to_close
-        self.listener = listener
+        self.driver = driver
+        self.listener = driver.listener
         self.on_request = on_request
-        self.control: MemoryWebSocket | None = None
-        self.events: list[Event] = []
+        self.events: list[ListenerEvent | object] = []
         #: Accepted connections to senders, in order.
         self.connections: list[MemoryWebSocket] = []
         #: Control-channel URLs opened, with the virtual time of each attempt.
         self.attempts: list[tuple[float, str]] = []
-        self._rendezvous: list[_Rendezvous] = []
-        self._control_reported = False
+        #: The transport of the latest control channel.
+        self.control: MemoryTransport | None = None
+        self._transports: dict[int, MemoryTransport] = {}
 
     def _step(self) -> bool:
-        """Report what the sockets did, run the core's actions; True when anything happened."""
-        now = self.network.now
-        lst = self.listener
+        """Run the driver's actions, hand its events to the application; True when busy."""
         moved = False
-        control = self.control
-        if control is not None and not self._control_reported:
-            if control.rejected is not None:
-                self._control_reported = True
-                lst.channel_rejected(now, control.rejected.status, control.rejected.reason)
-                moved = True
-            elif control.accepted is not None and control.on_event is None:
-                lst.channel_opened(now)
-                control.subscribe(self._control_event)
-                moved = True
-            elif control.tcp_closed and control.accepted is None:
-                self._control_reported = True
-                lst.channel_closed(now, 1006, "connection failed")
-                moved = True
-        for rv in list(self._rendezvous):
-            sock = rv.socket
-            if sock.accepted is not None or sock.rejected is not None or sock.tcp_closed:
-                self._rendezvous.remove(rv)
-                status = 101 if sock.accepted else (sock.rejected.status if sock.rejected else None)
-                reason = sock.rejected.reason if sock.rejected else ""
-                lst.rendezvous_result(now, rv.action.request_id, status, reason)
-                if sock.accepted is not None and not rv.action.reject:
-                    self.connections.append(sock)
-                moved = True
-        for action in lst.actions_to_take():
+        driver = self.driver
+        while True:
+            actions = driver.actions_to_take()
+            for action in actions:
+                self._run(action)
+            events = driver.events_received()
+            for event in events:
+                self.events.append(event)
+                if isinstance(event, ConnectionRequested):
+                    decision = self.on_request(event) if self.on_request else None
+                    if decision is None or isinstance(decision, tuple):
+                        driver.answer(event, decision, self.network.now)
+            if not (actions or events):
+                return moved
             moved = True
-            self._run(action)
-        for event in lst.events_received():
-            moved = True
-            self.events.append(event)
-            if isinstance(event, ConnectionRequested):
-                decision = self.on_request(event) if self.on_request else None
-                if decision is None:
-                    # Like hyco-ws and .NET: offer the sender's first subprotocol (§3.1).
-                    offered = event.command.requested_subprotocols
-                    lst.accept(now, event, subprotocol=offered[0] if offered else None)
-                elif isinstance(decision, tuple):
-                    status, description = decision
-                    lst.reject(now, event, status, description)
-        return moved
-
-    def _control_event(self, event: object) -> None:
-        now = self.network.now
-        if isinstance(event, TextMessage):
-            self.listener.channel_message(now, event.data)
-        elif isinstance(event, BinaryMessage):
-            self.listener.channel_binary(now, event.data)
-        elif isinstance(event, Pong):
-            self.listener.pong_received(now, event.payload)
-        elif isinstance(event, ConnectionClosed) and not self._control_reported:
-            self._control_reported = True
-            self.listener.channel_closed(now, event.code, event.reason)
 
     def _run(self, action: object) -> None:
         net = self.network
-        if isinstance(action, OpenControlChannel):
-            self.attempts.append((net.now, action.url))
-            self._control_reported = False
-            self.control = MemoryWebSocket(
-                net, ClientHandshake.from_url(action.url, headers=action.headers)
-            )
-        elif isinstance(action, SendControlMessage):
-            if self.control is not None and self.control.ws is not None:
-                self.control.ws.send_text(action.text)
-        elif isinstance(action, SendPing):
-            if self.control is not None and self.control.ws is not None:
-                self.control.ws.send_ping(action.payload)
-        elif isinstance(action, CloseControlChannel):
-            control = self.control
-            if control is not None:
-                if action.abort or control.ws is None:
-                    self._control_reported = True
-                    control.abort()
+        driver = self.driver
+        if isinstance(action, OpenTransport):
+            key = action.key
+
+            def sink(data: bytes) -> None:
+                if data:
+                    driver.data_received(key, data, net.now)
                 else:
-                    control.close(action.code, action.reason)
-        elif isinstance(action, ConnectRendezvous):
-            protocols = [action.subprotocol] if action.subprotocol else []
-            sock = MemoryWebSocket(
-                net,
-                ClientHandshake.from_url(
-                    action.url, headers=action.headers, subprotocols=protocols
-                ),
-                reply_to_close=self.reply_to_close,
-            )
-            self._rendezvous.append(_Rendezvous(action, sock))
+                    driver.connection_lost(key, net.now)
+                # Run a HandOver before this transport's next bytes arrive (driver contract).
+                self._step()
+
+            transport = MemoryTransport(net, sink)
+            self._transports[key] = transport
+            if action.control:
+                self.attempts.append((net.now, driver.listener.url))
+                self.control = transport
+            driver.transport_open(key, net.now)
+        elif isinstance(action, Write):
+            if action.key in self._transports:
+                self._transports[action.key].write(action.data)
+        elif isinstance(action, AbortTransport):
+            if action.key in self._transports:
+                self._transports.pop(action.key).abort()
+        elif isinstance(action, HandOver):
+            transport = self._transports.pop(action.key)
+            self.connections.append(MemoryWebSocket(net, action.connection, transport=transport,
+                                                    request=action.request,
+                                                    events=action.events))

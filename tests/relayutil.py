@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from hyco_proto.drivers.listener import ListenerDriver
 from hyco_proto.handshake import ClientHandshake, HandshakeAccepted, HandshakeRejected
 from hyco_proto.listener import Listener
 from hyco_proto.memory import MemoryListener, MemoryNetwork, MemoryWebSocket
@@ -111,10 +112,8 @@ class EchoListener(MemoryListener):
 
     ``leg_events[i]`` holds every WebSocket event of ``connections[i]`` (pings included)."""
 
-    def __init__(
-        self, network: MemoryNetwork, listener: Listener, *, reply_to_close: bool = True
-    ) -> None:
-        super().__init__(network, listener, None, reply_to_close)
+    def __init__(self, network: MemoryNetwork, driver: ListenerDriver) -> None:
+        super().__init__(network, driver, None)
         self.leg_events: list[list[object]] = []
 
     def _step(self) -> bool:
@@ -145,9 +144,9 @@ def start_echo_listener(net: MemoryNetwork, *, reply_to_close: bool = True) -> E
     """An echoing listener on ``net``, listening (``reply_to_close=False``: its connections
     never answer a close frame, like a stuck peer)."""
     listener = Listener(LISTEN, lambda: token_for(net, LISTEN), keepalive_interval=None)
-    runner = EchoListener(net, listener, reply_to_close=reply_to_close)
+    runner = EchoListener(net, ListenerDriver(listener, reply_to_close=reply_to_close))
     net._listeners.append(runner)
-    listener.start(net.now)
+    runner.driver.start(net.now)
     net.pump()
     return runner
 

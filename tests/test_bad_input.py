@@ -154,9 +154,12 @@ def test_relay_service_survives_garbage_and_keeps_serving() -> None:
     assert out[-1] == (garbage, b"")  # and the connection is closed
     half = service.connection_made(net.now)
     service.receive_data(net.now, half, b"GET /$hc/hc HTTP/1.1\r\nHost: x\r\n")
-    assert runner.control is not None and runner.control.ws is not None
-    runner.control.ws.send_text("{not json")
-    runner.control.ws.send_text('{"renewToken": {"token": "SharedAccessSignature junk"}}')
+    control = runner.driver.control_connection
+    assert runner.control is not None and control is not None
+    control.send_text("{not json")
+    control.send_text('{"renewToken": {"token": "SharedAccessSignature junk"}}')
+    for chunk in control.data_to_send():
+        runner.control.write(chunk)
     net.pump()
     # The listener with the bad renewToken is closed with 1008 and reconnects; a sender still
     # gets through.

@@ -124,8 +124,8 @@ class Pair:
         service = self.net.service
         assert self.sender.tcp_closed
         assert service.kind(self.sender.conn_id) is None
-        assert service.kind(self.leg._conn_id) is None
-        assert service.peer_of(self.leg._conn_id) is None
+        assert service.kind(self.leg.transport.conn_id) is None
+        assert service.peer_of(self.leg.transport.conn_id) is None
 
 
 def _check_leg(pair: Pair, code: int, who: str | None) -> None:
