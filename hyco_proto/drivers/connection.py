@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from ..errors import LocalProtocolError, RemoteProtocolError
+from ..errors import LocalProtocolError, RelayError, RemoteProtocolError, relay_error_for_status
 from ..handshake import (
     ClientHandshake,
     HandshakeAccepted,
@@ -41,6 +41,7 @@ __all__ = [
     "Refused",
     "RequestReceived",
     "ServerConnection",
+    "refusal_error",
     "select_subprotocol",
 ]
 
@@ -356,3 +357,12 @@ class ServerConnection(_Connection):
         self._done = True
         self._out.append(response)
         self._out.append(b"")
+
+
+def refusal_error(response: HandshakeRejected, url: str) -> RelayError:
+    """The error for a plain ``connect`` whose upgrade was answered with another status:
+    401 → ``AuthorizationError``, 403 → ``ForbiddenError``, 404 → ``EndpointNotFoundError``,
+    else ``RelayError``; the message names the address and the status."""
+    reason = f"{response.status} {response.reason}".strip()
+    return relay_error_for_status(response.status,
+                                  f"{url} refused the WebSocket upgrade: {reason}")

@@ -470,7 +470,7 @@ class ListenerDriver:
             connection = ClientConnection.from_url(
                 action.url, headers=action.headers, subprotocols=protocols,
                 max_message_size=self.max_message_size, reply_to_close=self.reply_to_close)
-            deadline = action.request.received_at + self.listener._accept_timeout
+            deadline = action.request.received_at + self.listener.accept_timeout
             self._new_transport(connection, False, action, max(deadline, now + 1.0))
 
     def _event(self, event: Event, now: float) -> None:
