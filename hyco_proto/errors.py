@@ -76,6 +76,7 @@ class RelayError(Exception):
         close_code: int | None = None,
         description: str | None = None,
         tracking_id: str | None = None,
+        transient: bool | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -83,10 +84,17 @@ class RelayError(Exception):
         self.close_code = close_code
         self.description = description
         self.tracking_id = tracking_id or extract_tracking_id(description)
+        self._transient = transient
 
     @property
     def transient(self) -> bool:
-        """Whether trying again may succeed (reconnect policy, hybrid-connections-wire §4.2)."""
+        """Whether trying again may succeed (reconnect policy, hybrid-connections-wire §4.2).
+
+        Derived from the status (404 is not transient) unless given explicitly, e.g. ``False``
+        for a fixed token that has expired.
+        """
+        if self._transient is not None:
+            return self._transient
         return self.status != 404
 
     def __repr__(self) -> str:

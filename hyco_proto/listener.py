@@ -17,6 +17,10 @@ Protocol rules implemented here (hybrid-connections-wire §3, §4):
 
 * reconnect on any failure after 0, 1, 2, 5, 10, 30, 30 ... s, the index reset by a successful
   open; a 404 handshake is terminal (:class:`Offline`), as in .NET and Java (§4.2);
+* a fixed (string, non-renewable) token that has expired is terminal too: instead of retrying
+  forever, an open with it, or a 401 / close 1008 once it has expired, ends in
+  :class:`Offline` with an :class:`~hyco_proto.errors.AuthorizationError` saying when it
+  expired (a callable token is renewed and keeps the reconnect policy);
 * a WebSocket ping every ``keepalive_interval``; a pong missing after ``keepalive_timeout`` means
   the link is dead: the channel is aborted and the listener reconnects (§4.1);
 * ``renewToken`` ahead of expiry, when :meth:`TokenSource.next_renewal` says so (§2.6, §3.4);
@@ -36,6 +40,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Protocol, TypeAlias
 from urllib.parse import quote
 
@@ -50,6 +55,7 @@ from .control import (
     serialize_command,
 )
 from .errors import (
+    AuthorizationError,
     ConnectionLostError,
     LocalProtocolError,
     RelayError,
@@ -237,7 +243,12 @@ class Reconnecting:
 
 @dataclass(frozen=True, slots=True)
 class Offline:
-    """Terminal: the hybrid connection does not exist (404). The listener will not reconnect."""
+    """Terminal: the listener will not reconnect.
+
+    ``error`` is :class:`~hyco_proto.errors.EndpointNotFoundError` when the hybrid connection
+    does not exist (404), or :class:`~hyco_proto.errors.AuthorizationError` when a fixed
+    (non-renewable) token has expired.
+    """
 
     error: RelayError
 
@@ -286,7 +297,7 @@ class ListenerState(enum.Enum):
     RECONNECT_WAIT = "reconnect-wait"  # backing off before the next attempt
     CLOSING = "closing"  # close() sent a close frame, waiting for channel_closed
     CLOSED = "closed"  # terminal, after close()
-    OFFLINE = "offline"  # terminal, after a 404
+    OFFLINE = "offline"  # terminal, after a 404 or with a fixed token that expired
 
 
 class _Input(enum.Enum):
@@ -294,6 +305,7 @@ class _Input(enum.Enum):
     OPENED = "opened"
     FAILED = "failed"  # rejected (not 404), lost, keepalive or open timeout
     NOT_FOUND = "not-found"
+    TOKEN_EXPIRED = "token-expired"  # a fixed token has expired: nothing to retry with
     RETRY = "retry"
     CLOSE = "close"
     CLOSE_DONE = "close-done"
@@ -303,8 +315,9 @@ _S, _I = ListenerState, _Input
 _TRANSITIONS: dict[ListenerState, dict[_Input, ListenerState]] = {
     _S.IDLE: {_I.START: _S.CONNECTING, _I.CLOSE: _S.CLOSED},
     _S.CONNECTING: {_I.OPENED: _S.LISTENING, _I.FAILED: _S.RECONNECT_WAIT,
-                    _I.NOT_FOUND: _S.OFFLINE, _I.CLOSE: _S.CLOSED},
-    _S.LISTENING: {_I.FAILED: _S.RECONNECT_WAIT, _I.CLOSE: _S.CLOSING},
+                    _I.NOT_FOUND: _S.OFFLINE, _I.TOKEN_EXPIRED: _S.OFFLINE, _I.CLOSE: _S.CLOSED},
+    _S.LISTENING: {_I.FAILED: _S.RECONNECT_WAIT, _I.TOKEN_EXPIRED: _S.OFFLINE,
+                   _I.CLOSE: _S.CLOSING},
     _S.RECONNECT_WAIT: {_I.RETRY: _S.CONNECTING, _I.CLOSE: _S.CLOSED},
     _S.CLOSING: {_I.CLOSE_DONE: _S.CLOSED, _I.CLOSE: _S.CLOSING},
     _S.CLOSED: {_I.CLOSE: _S.CLOSED},
@@ -481,6 +494,8 @@ class Listener:
         if self._ignore_late_report("channel_rejected", allowed=(_S.CONNECTING,)):
             return
         error = relay_error_for_status(status, description or None)
+        if status == 401 and self._fixed_token_expired(now, error):
+            return
         if status == 404:
             # .NET/Java: EndpointNotFound takes the listener permanently offline (§4.2).
             self._transition(_I.NOT_FOUND)
@@ -500,7 +515,10 @@ class Listener:
             return  # the adapter already dropped that channel (abort); nothing to do
         if self._ignore_late_report("channel_closed", allowed=(_S.CONNECTING, _S.LISTENING)):
             return
-        self._lost(now, relay_error_for_close(code, reason))
+        error = relay_error_for_close(code, reason)
+        if code == 1008 and self._fixed_token_expired(now, error):
+            return
+        self._lost(now, error)
 
     def channel_message(self, now: float, text: str) -> None:
         """A text message arrived on the control channel."""
@@ -693,10 +711,42 @@ class Listener:
             # No I/O happened: wait at least a second so a broken callable cannot spin.
             self._lost(now, error, min_delay=1.0)
             return
+        if self._fixed_token_expired(now):
+            return
         headers = (("ServiceBusAuthorization", token), *self._extra_headers)
         self._open_deadline = (now + self._open_timeout
                                if self._open_timeout is not None else None)
         self._actions.append(OpenControlChannel(self.url, headers))
+
+    def _fixed_token_expired(self, now: float, cause: RelayError | None = None) -> bool:
+        """If the token cannot be renewed and has expired at ``now``, go terminal and say so.
+
+        Retrying with the same expired token would fail forever (401 on open, 1008 on the
+        channel). A renewable source (a callable), or a token whose expiry is unknown, keeps
+        the reconnect policy. True when the listener went ``OFFLINE``.
+        """
+        source = self._token
+        if getattr(source, "is_renewable", True):
+            return False
+        expiry = getattr(source, "expiry", None)
+        if isinstance(expiry, bool) or not isinstance(expiry, (int, float)) or expiry > now:
+            return False
+        when = datetime.fromtimestamp(expiry, timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        error = AuthorizationError(
+            f"the listener's token expired at {when}; pass a callable token (or TokenSource) "
+            "so it can be renewed",
+            status=cause.status if cause is not None else None,
+            close_code=cause.close_code if cause is not None else None,
+            description=cause.description if cause is not None else None,
+            transient=False)
+        if cause is not None:
+            error.__cause__ = cause
+        self._transition(_I.TOKEN_EXPIRED)
+        self._clear_timers()
+        self._body_expected_for = None
+        self._pending.clear()
+        self._events.append(Offline(error))
+        return True
 
     def _lost(self, now: float, error: RelayError, *, min_delay: float = 0.0) -> None:
         """The channel (or the attempt to open it) failed: report and schedule a reconnect."""

@@ -69,7 +69,10 @@ def accept_text(cid: str = "abc_G0", protocols: str | None = "chat, superchat") 
                                            RemoteEndpoint("10.0.0.1", 1234)))
 
 
-def new(token: object = "SharedAccessSignature sr=x&sig=y&se=1&skn=k", **kw: object) -> Listener:
+FIXED = "SharedAccessSignature sr=x&sig=y&se=4102444800&skn=k"  # expires in 2100
+
+
+def new(token: object = FIXED, **kw: object) -> Listener:
     kw.setdefault("keepalive_interval", None)
     return Listener(ADDR, token, **kw)  # type: ignore[arg-type]
 
@@ -105,7 +108,7 @@ class TestOpen:
         (action,) = lis.actions_to_take()
         assert action == OpenControlChannel(
             ADDR + "?sb-hc-action=listen&sb-hc-id=guid-1",
-            (("ServiceBusAuthorization", "SharedAccessSignature sr=x&sig=y&se=1&skn=k"),
+            (("ServiceBusAuthorization", FIXED),
              ("Relay-User-Agent", "hyco_proto/0")))
         assert lis.state is ListenerState.CONNECTING
         assert lis.events_received() == []
@@ -505,7 +508,7 @@ class TestRenewal:
         assert lis.next_deadline() == T0 + 200
 
     def test_fixed_string_is_never_renewed(self) -> None:
-        lis = listening(token="SharedAccessSignature sr=a&sig=b&se=1&skn=k")
+        lis = listening(token=FIXED)
         assert lis.next_deadline() is None
 
     def test_real_token_source_instance(self) -> None:
@@ -554,6 +557,107 @@ class TestRenewal:
         assert isinstance(actions[-1], OpenControlChannel)
         token = dict(actions[-1].headers)["ServiceBusAuthorization"]
         assert parse_token(token).expiry == int(T0) + 300
+
+
+class TestFixedTokenExpiry:
+    """A fixed (string) token cannot be renewed: once it has expired, retrying is pointless."""
+
+    @staticmethod
+    def fixed(expiry: float) -> str:
+        return create_relay_token(ADDR, "rule", "s3cr3t", 10, now=expiry - 10)
+
+    @staticmethod
+    def offline_error(lis: Listener) -> AuthorizationError:
+        assert lis.state is ListenerState.OFFLINE
+        assert lis.next_deadline() is None
+        events = lis.events_received()
+        assert not any(isinstance(e, (Reconnecting, Listening)) for e in events)
+        assert isinstance(events[-1], Offline)
+        error = events[-1].error
+        assert type(error) is AuthorizationError
+        assert not error.transient
+        return error
+
+    def test_expired_at_start_goes_offline_without_opening(self) -> None:
+        lis = new(self.fixed(T0 - 60))
+        lis.start(T0)
+        assert lis.actions_to_take() == []
+        error = self.offline_error(lis)
+        assert str(error) == ("the listener's token expired at 2023-11-14 22:12:20 UTC; pass a "
+                              "callable token (or TokenSource) so it can be renewed")
+        lis.close(T0 + 1)  # still idempotent
+        assert lis.state is ListenerState.OFFLINE
+
+    def test_expiring_exactly_now_counts_as_expired(self) -> None:
+        lis = new(self.fixed(T0))
+        lis.start(T0)
+        self.offline_error(lis)
+
+    def test_relay_closes_1008_after_expiry(self) -> None:
+        lis = listening(token=self.fixed(T0 + 60))
+        req = requested(lis, T0 + 10)
+        lis.channel_closed(T0 + 61, 1008, "The token has expired")
+        assert lis.actions_to_take() == []
+        error = self.offline_error(lis)
+        assert error.close_code == 1008 and error.description == "The token has expired"
+        assert "expired at 2023-11-14 22:14:20 UTC" in str(error)
+        with pytest.raises(LocalProtocolError):
+            lis.accept(T0 + 62, req)
+
+    def test_401_after_expiry_during_open(self) -> None:
+        lis = new(self.fixed(T0 + 5))
+        lis.start(T0)
+        assert [type(a) for a in lis.actions_to_take()] == [OpenControlChannel]
+        lis.channel_rejected(T0 + 6, 401, "ExpiredToken. TrackingId:t1")
+        error = self.offline_error(lis)
+        assert error.status == 401 and error.tracking_id == "t1"
+
+    def test_expiry_noticed_when_reconnecting(self) -> None:
+        lis = listening(token=self.fixed(T0 + 60), reconnect_delays=(0, 120))
+        lis.channel_closed(T0 + 30, 1011, "server error")
+        # delay 0: reopened at once, with a token that is still valid
+        assert [type(a) for a in lis.actions_to_take()] == [OpenControlChannel]
+        lis.channel_rejected(T0 + 31, 503, "busy")
+        assert lis.next_deadline() == T0 + 151
+        lis.events_received()
+        lis.handle_timer(T0 + 151)
+        assert lis.actions_to_take() == []
+        self.offline_error(lis)
+
+    def test_1008_before_expiry_still_reconnects(self) -> None:
+        # e.g. a renewal the relay refused: the token itself is still valid by our clock
+        lis = listening(token=self.fixed(T0 + 3600))
+        lis.channel_closed(T0 + 10, 1008, "renewal refused")
+        events = lis.events_received()
+        assert isinstance(events[0], Disconnected)
+        assert isinstance(events[0].error, AuthorizationError)
+        assert isinstance(events[1], Reconnecting)
+        assert lis.state is not ListenerState.OFFLINE
+
+    def test_unknown_expiry_keeps_reconnecting(self) -> None:
+        lis = new("opaque-token", reconnect_delays=(0,))
+        lis.start(T0)
+        for i in range(3):
+            lis.actions_to_take()
+            lis.channel_rejected(T0 + i, 401, "bad token")
+        assert lis.state is ListenerState.CONNECTING
+
+    def test_renewable_token_keeps_todays_behaviour(self) -> None:
+        clock = Clock()
+        lis = new(token_factory(clock, ttl=60), reconnect_delays=(0,))
+        lis.start(T0)
+        lis.channel_opened(T0)
+        lis.actions_to_take()
+        lis.events_received()
+        lis.channel_closed(T0 + 3600, 1008, "The token has expired")
+        assert [type(e) for e in lis.events_received()] == [Disconnected, Reconnecting]
+        assert [type(a) for a in lis.actions_to_take()] == [OpenControlChannel]
+        assert lis.state is ListenerState.CONNECTING
+
+    def test_fixed_token_source_instance(self) -> None:
+        lis = new(TokenSource(self.fixed(T0 - 1)))
+        lis.start(T0)
+        self.offline_error(lis)
 
 
 # ---- keepalive ----------------------------------------------------------------------------

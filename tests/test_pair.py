@@ -6,7 +6,6 @@ and broker decisions; only the sockets are replaced by ``hyco_proto.memory`` on 
 
 from __future__ import annotations
 
-import itertools
 import random
 from urllib.parse import quote
 
@@ -218,20 +217,48 @@ def test_listener_renews_token_before_expiry_and_stays_connected() -> None:
     assert net.service.broker.listener_count("myhc") == 1
 
 
-def test_expired_listener_token_closes_1008_and_listener_reconnects() -> None:
+def test_expired_fixed_listener_token_closes_1008_and_listener_stops() -> None:
     net = make_net()
     grace = net.service.broker.config.token_grace
     fixed = token_for(net, LISTEN, ttl=100)  # a string token is never renewed
     lst = start_listener(net, token=fixed, keepalive_interval=None)
     net.advance(100 + grace + 1)
-    lost = [e for e in lst.events if isinstance(e, Disconnected)]
-    assert lost and lost[0].error.close_code == 1008
-    assert isinstance(lost[0].error, AuthorizationError)
-    # The reconnect uses the same (expired) token: 401, retried on the backoff schedule.
+    offline = [e for e in lst.events if isinstance(e, Offline)]
+    assert offline and isinstance(offline[0].error, AuthorizationError)
+    assert offline[0].error.close_code == 1008
+    assert "token expired at" in str(offline[0].error)
+    assert "callable token" in str(offline[0].error)
+    assert not [e for e in lst.events if isinstance(e, Disconnected)]
+    assert lst.listener.state is ListenerState.OFFLINE
+    # Retrying with the same expired token could only fail: no reconnect.
     net.advance(200)
-    times = [t for t, _ in lst.attempts]
-    gaps = [round(b - a) for a, b in itertools.pairwise(times[1:])]
-    assert gaps[:6] == [1, 2, 5, 10, 30, 30]
+    assert len(lst.attempts) == 1
+
+
+def test_fixed_listener_token_expired_before_start_never_opens() -> None:
+    net = make_net()
+    expired = create_relay_token(LISTEN, DEFAULT_RULE_NAME, DEVELOPMENT_KEY, 10,
+                                 now=net.now - 20)
+    lst = start_listener(net, token=expired)
+    assert [type(e) for e in lst.events] == [Offline]
+    assert isinstance(lst.events[0].error, AuthorizationError)
+    assert lst.attempts == []
+    assert net.service.broker.listener_count("myhc") == 0
+
+
+def test_expired_listener_token_from_a_callable_reconnects() -> None:
+    """A callable that keeps handing out the same (expired) token is still renewable: the
+    listener keeps to its backoff schedule."""
+    net = make_net()
+    grace = net.service.broker.config.token_grace
+    fixed = token_for(net, LISTEN, ttl=100)
+    lst = start_listener(net, token=lambda: fixed, keepalive_interval=None)
+    net.advance(100 + grace + 1)
+    lost = [e for e in lst.events if isinstance(e, Disconnected)]
+    assert lost and isinstance(lost[0].error, AuthorizationError)
+    net.advance(200)
+    assert len(lst.attempts) > 3
+    assert lst.listener.state is not ListenerState.OFFLINE
 
 
 def test_renewing_listener_reconnects_after_drop_with_reset_schedule() -> None:
