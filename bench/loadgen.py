@@ -13,6 +13,9 @@ It must never be the bottleneck, so it does as little per message as possible:
 ``loopback_pair()`` wires the same sender and receiver back to back over loopback TCP (no relay):
 that rate is the generator's own ceiling, reported next to the relays.
 
+``EchoClient`` is the same idea for round trips over one connection (``bench/test_bench_echo.py``):
+one pre-masked message out, its echo counted back by parsing frame headers only, repeat.
+
 Relays run as subprocesses (``RelayProcess``), one at a time; ``python -m bench.loadgen`` runs the
 whole comparison without pytest (handy when profiling a relay).
 """
@@ -34,7 +37,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hyco_proto._frames import OP_BINARY, Forwarder, FrameDecoder, encode_frame
+from hyco_proto._frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    Forwarder,
+    FrameDecoder,
+    decode_header,
+    encode_frame,
+)
 from hyco_proto.handshake import ClientHandshake, HandshakeRejected, parse_ws_url
 from hyco_proto.sas import create_relay_token
 from hyco_proto.service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY
@@ -43,9 +55,12 @@ __all__ = [
     "RELAYS",
     "Control",
     "Counter",
+    "EchoClient",
+    "EchoServerProcess",
     "LoadgenError",
     "Pair",
     "RelayProcess",
+    "ServerProcess",
     "Session",
     "Stream",
     "loopback_pair",
@@ -62,6 +77,8 @@ SMALL = 64
 BIG = 1 << 20
 SMALL_BATCH_BYTES = 256 * 1024
 RECV_BUFFER = 1 << 20
+#: recv flag: discard instead of copy (Linux TCP); the echo client skips payloads with it.
+TRUNC = socket.MSG_TRUNC
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -75,17 +92,19 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-# ------------------------------------------------------------------------------ relay process
+# ------------------------------------------------------------------------------ server processes
 
 
-class RelayProcess:
-    """``python -m bench.relays.<module>`` on 127.0.0.1, any free port; ``stop()`` kills it."""
+class ServerProcess:
+    """``python -m <module> --port 0`` on 127.0.0.1, any free port; ``stop()`` kills it.
 
-    def __init__(self, label: str) -> None:
+    The process prints ``PORT <n>`` once it listens and exits when its stdin closes."""
+
+    def __init__(self, label: str, module: str, *args: str) -> None:
         self.label = label
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"bench.relays.{RELAYS[label]}", "--port", "0"],
+            [sys.executable, "-m", module, *args, "--port", "0"],
             cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
         self.pid = self.proc.pid
@@ -100,10 +119,10 @@ class RelayProcess:
         with selectors.DefaultSelector() as sel:
             sel.register(self.proc.stdout, selectors.EVENT_READ)
             if not sel.select(TIMEOUT):
-                raise LoadgenError(f"{self.label} relay did not announce its port in {TIMEOUT}s")
+                raise LoadgenError(f"{self.label} did not announce its port in {TIMEOUT}s")
         line = self.proc.stdout.readline().decode().split()
         if len(line) != 2 or line[0] != "PORT":
-            raise LoadgenError(f"{self.label} relay said {line!r} instead of PORT <n>")
+            raise LoadgenError(f"{self.label} said {line!r} instead of PORT <n>")
         return int(line[1])
 
     def rss(self) -> int:
@@ -123,7 +142,7 @@ class RelayProcess:
         proc = self.proc
         if proc.poll() is None:
             if proc.stdin is not None:
-                proc.stdin.close()  # the relay's watchdog exits on EOF
+                proc.stdin.close()  # the watchdog exits on EOF
             proc.terminate()
             try:
                 proc.wait(5)
@@ -133,6 +152,20 @@ class RelayProcess:
         for stream in (proc.stdin, proc.stdout):
             if stream is not None and not stream.closed:
                 stream.close()
+
+
+class RelayProcess(ServerProcess):
+    """``python -m bench.relays.<module>`` for a label of ``RELAYS``."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__(label, f"bench.relays.{RELAYS[label]}")
+
+
+class EchoServerProcess(ServerProcess):
+    """``python -m bench.echo_servers <label>`` (see ``bench/echo_servers.py``)."""
+
+    def __init__(self, label: str) -> None:
+        super().__init__(label, "bench.echo_servers", label)
 
 
 # ------------------------------------------------------------------------------ handshakes
@@ -420,6 +453,112 @@ class Stream:
         self.counter.stop()
         self.pair.close()
         self.counter.join(TIMEOUT)
+
+
+class EchoClient:
+    """Round trips over one connection: send one pre-masked binary message, read until its whole
+    echo is back, repeat (``run(n)``). Single-threaded, blocking socket.
+
+    Reads go into a 1 MiB buffer and only frame headers are parsed (``decode_header``, in C): a
+    payload is never unmasked or looked at; what arrived with its header is skipped by
+    arithmetic, the rest is discarded in the kernel (``MSG_TRUNC``, no copy), so a 1 MiB echo
+    costs one header parse and a few ``recv_into`` calls. The echo may come back in any number of
+    frames; it is complete at the data frame with FIN. Pings are answered (same payload), a close
+    frame is an error. ``websocket=False`` skips the handshake for a raw TCP echo: the masked
+    frames come back as sent, and the same parser reads them (the client's ceiling).
+    """
+
+    def __init__(self, port: int, size: int, *, websocket: bool = True,
+                 server_cpu: Callable[[], float] | None = None) -> None:
+        if websocket:
+            self.sock, handshake = _start(port, _handshake(port, "/", []))
+            pending = _finish(self.sock, handshake)
+        else:
+            self.sock, pending = _connect(port), b""
+        self.websocket = websocket
+        self.size = size
+        self.frame = encode_frame(OP_BINARY, os.urandom(size), masked=True)
+        self.buffer = bytearray(RECV_BUFFER)
+        self.view = memoryview(self.buffer)
+        self.view[: len(pending)] = pending
+        self.carry = len(pending)  # unparsed bytes at the front of the buffer
+        self.server_cpu = server_cpu
+        self.stats = RunStats()
+
+    def _read(self, pos: int, end: int) -> tuple[int, int]:
+        """Move the unparsed tail ``[pos:end]`` to the front and read once after it."""
+        rest = end - pos
+        if rest and pos:
+            self.view[:rest] = self.view[pos:end]
+        n = self.sock.recv_into(self.view[rest:])
+        if not n:
+            raise LoadgenError("the server closed the connection")
+        return 0, rest + n
+
+    def _await_echo(self) -> int:
+        """Read until one whole data message has come back; return its payload length."""
+        view, recv_into = self.view, self.sock.recv_into
+        pos, end = 0, self.carry
+        got = 0
+        while True:
+            header = decode_header(view[pos:end]) if end > pos else None
+            if header is None:  # no whole header buffered
+                pos, end = self._read(pos, end)
+                continue
+            fin, _rsv, opcode, _mask, length, header_length = header
+            pos += header_length
+            if opcode >= 8:  # control frame: small, read it whole
+                while end - pos < length:
+                    pos, end = self._read(pos, end)
+                if opcode == OP_CLOSE:
+                    raise LoadgenError(f"the server closed: {bytes(view[pos:pos + length])!r}")
+                if opcode == OP_PING:
+                    self.sock.sendall(encode_frame(OP_PONG, bytes(view[pos:pos + length]),
+                                                   masked=True))
+                pos += length
+                continue
+            got += length
+            if end - pos < length:
+                # Skip the rest of the payload in the kernel: MSG_TRUNC on TCP (Linux) discards
+                # up to the bytes asked for without copying them, never past this frame.
+                length -= end - pos
+                pos = end = 0
+                while length:
+                    n = recv_into(view, min(length, RECV_BUFFER), TRUNC)
+                    if not n:
+                        raise LoadgenError("the server closed the connection")
+                    length -= n
+            pos += length
+            if fin:
+                self.carry = end - pos
+                if self.carry:  # bytes after the echo (rare): keep them for the next one
+                    view[: self.carry] = view[pos:end]
+                return got
+
+    def run(self, count: int) -> int:
+        """``count`` round trips; returns how many came back whole."""
+        send, frame, wait, size = self.sock.sendall, self.frame, self._await_echo, self.size
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        server0 = self.server_cpu() if self.server_cpu else 0.0
+        for _ in range(count):
+            send(frame)
+            if wait() != size:
+                raise LoadgenError(f"an echo of {size} bytes came back with another length")
+        wall = time.perf_counter() - wall0
+        self.stats.loadgen.append((time.process_time() - cpu0) / wall)
+        if self.server_cpu:
+            self.stats.relay.append((self.server_cpu() - server0) / wall)
+        return count
+
+    def close(self) -> None:
+        """A WebSocket close handshake (send close, read to EOF, bounded), then the socket."""
+        if self.websocket:
+            with contextlib.suppress(OSError):
+                self.sock.sendall(encode_frame(OP_CLOSE, b"\x03\xe8", masked=True))
+                self.sock.settimeout(2.0)
+                while self.sock.recv_into(self.view):
+                    pass
+        self.sock.close()
 
 
 # ------------------------------------------------------------------------------ memory

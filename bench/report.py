@@ -5,7 +5,9 @@ Each benchmark's ``extra_info`` says how many frames and bytes one call moves; r
 median time. Ratios compare every row with ours (``hyco-cython``, or ``hyco_proto`` for the relay
 groups) in the same group (same run). When the relay benchmarks ran (``bench/test_bench_relay.py``),
 a summary table comes first: ours against the websockets and picows relays, the targets, and the
-load generator's own ceiling.
+load generator's own ceiling. When the echo benchmarks ran (``bench/test_bench_echo.py``), an
+"Echo, one connection" table follows: round trips/s per server and message size, with the ratio to
+picows, the client's ceiling (raw TCP echo), CPU per round trip, and our adapters that were absent.
 """
 
 from __future__ import annotations
@@ -75,7 +77,7 @@ def load(path: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
 
 
 def write_markdown(groups: dict[str, list[dict[str, Any]]], machine: dict[str, Any],
-                   out: Path) -> None:
+                   out: Path, echo_absent: dict[str, str] | None = None) -> None:
     lines = [
         "# Benchmark results",
         "",
@@ -88,6 +90,7 @@ def write_markdown(groups: dict[str, list[dict[str, Any]]], machine: dict[str, A
         "",
     ]
     lines += relay_summary(groups)
+    lines += echo_summary(groups, echo_absent or {})
     for group in sorted(groups):
         rows = sorted(groups[group], key=lambda r: r["median"])
         ours = _ours(rows)
@@ -207,6 +210,71 @@ def relay_summary(groups: dict[str, list[dict[str, Any]]]) -> list[str]:
     return lines
 
 
+ECHO_SIZES = ("256 B", "8 KiB", "100 KiB", "1 MiB")
+ECHO_GROUP = "echo, one connection: {} messages"
+ECHO_CEILING = "loadgen ceiling: echo over raw TCP, {} messages"
+ECHO_ORDER = ("hyco-asyncio", "hyco-threads", "hyco-gevent", "picows", "websockets-asyncio",
+              "websockets-sync", "aiohttp")
+ECHO_REFERENCE = "picows"
+
+
+def echo_summary(groups: dict[str, list[dict[str, Any]]], absent: dict[str, str]) -> list[str]:
+    """Round trips/s over one connection, one row per server, one column per message size."""
+    sizes = {size: _relay_rows(groups, ECHO_GROUP.format(size)) for size in ECHO_SIZES}
+    if not any(sizes.values()):
+        return []
+    ceiling = {size: _relay_rows(groups, ECHO_CEILING.format(size)) for size in ECHO_SIZES}
+    seen = {name for rows in sizes.values() for name in rows}
+    servers = [n for n in ECHO_ORDER if n in seen] + sorted(seen - set(ECHO_ORDER))
+    rows_by_label = [(name, {size: sizes[size].get(name) for size in ECHO_SIZES})
+                     for name in servers]
+    rows_by_label.append(("client ceiling (raw TCP echo)",
+                          {size: next(iter(ceiling[size].values()), None)
+                           for size in ECHO_SIZES}))
+    header = "| server | " + " | ".join(ECHO_SIZES) + " |"
+    rule = "|---|" + "---|" * len(ECHO_SIZES)
+    lines = [
+        "## Echo, one connection",
+        "",
+        "Round trips per second over ONE WebSocket connection: the client sends one binary "
+        "message, waits for its whole echo, repeats. Every server runs alone in its own process "
+        "(`bench/echo_servers.py`); one raw-socket client (`loadgen.EchoClient`: pre-masked "
+        "frames, only frame headers parsed) drives them all, so the figure measures the server. "
+        f"Median of the rounds; in brackets the ratio to {ECHO_REFERENCE} (>1 is faster). "
+        "The last row is the client against a trivial TCP echo (no WebSocket): its own ceiling.",
+        "",
+        header,
+        rule,
+    ]
+    for label, cells in rows_by_label:
+        texts = []
+        for size in ECHO_SIZES:
+            row, ref = cells[size], sizes[size].get(ECHO_REFERENCE)
+            if row is None:
+                texts.append(DASH)
+                continue
+            ratio = f" ({row['frames_s'] / ref['frames_s']:.2f}{TIMES})" if ref else ""
+            texts.append(f"{row['frames_s']:,.0f}{ratio}")
+        lines.append(f"| {label} | " + " | ".join(texts) + " |")
+    lines += ["", "CPU per round trip, µs (server process / client):", "", header, rule]
+    for label, cells in rows_by_label:
+        texts = []
+        for size in ECHO_SIZES:
+            row = cells[size]
+            if row is None:
+                texts.append(DASH)
+                continue
+            info = row["info"]
+            texts.append(f"{info.get('server_cpu', 0) / row['frames_s'] * 1e6:,.1f} / "
+                         f"{info.get('loadgen_cpu', 0) / row['frames_s'] * 1e6:,.1f}")
+        lines.append(f"| {label} | " + " | ".join(texts) + " |")
+    lines.append("")
+    if absent:
+        lines += ["Not measured (their module has no `serve` yet): "
+                  + "; ".join(f"{name} ({why})" for name, why in absent.items()) + ".", ""]
+    return lines
+
+
 def _charted(group: str, rows: list[dict[str, Any]]) -> bool:
     """Groups with a rate to compare (not the generator's own ceiling or idle-memory runs)."""
     return not group.startswith("loadgen") and "idle" not in group and len(rows) > 1
@@ -245,7 +313,8 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     groups, machine = load(Path(argv[0]))
-    write_markdown(groups, machine, HERE / "RESULTS.md")
+    echo_absent = json.loads(Path(argv[0]).read_text()).get("echo_absent")
+    write_markdown(groups, machine, HERE / "RESULTS.md", echo_absent)
     write_chart(groups, HERE / "results.png")
     print(f"wrote {HERE / 'RESULTS.md'} and {HERE / 'results.png'}")
     return 0
