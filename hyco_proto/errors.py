@@ -21,6 +21,7 @@ __all__ = [
     "RelayError",
     "RemoteProtocolError",
     "TokenError",
+    "describe_connect_error",
     "extract_tracking_id",
     "relay_error_for_close",
     "relay_error_for_status",
@@ -157,3 +158,74 @@ def relay_error_for_close(code: int, reason: str = "") -> RelayError:
     text = f"relay closed the connection with {code}" + (f": {reason}" if reason else "")
     cls: type[RelayError] = AuthorizationError if code == 1008 else ConnectionLostError
     return cls(text, close_code=code, description=reason or None)
+
+
+# --------------------------------------------------------------------------------------------
+# Connect failures, in words (used by every adapter; no socket/ssl import: classes are
+# recognised by name and attributes)
+
+#: OpenSSL reasons seen when the peer answers a ClientHello with something that is not TLS.
+_NOT_TLS_REASONS = frozenset({
+    "WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "HTTP_REQUEST", "PACKET_LENGTH_TOO_LONG",
+})
+
+
+def _class_names(exc: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def _is_ssl_error(exc: BaseException) -> bool:
+    return "SSLError" in _class_names(exc) or type(exc).__module__ in ("ssl", "_ssl")
+
+
+def _is_not_tls(exc: BaseException) -> bool:
+    if not _is_ssl_error(exc):
+        return False
+    reason = getattr(exc, "reason", None)
+    if isinstance(reason, str) and reason.upper().replace(" ", "_") in _NOT_TLS_REASONS:
+        return True
+    text = str(exc).lower()
+    return "wrong version number" in text or "record layer failure" in text
+
+
+def _is_resolution_error(exc: BaseException) -> bool:
+    if "gaierror" in _class_names(exc):
+        return True
+    # getaddrinfo's EAI_* codes are negative on Linux, unlike every errno.
+    errno = getattr(exc, "errno", None)
+    return isinstance(exc, OSError) and isinstance(errno, int) and errno < 0
+
+
+def describe_connect_error(exc: BaseException, *, host: str, port: int, secure: bool,
+                           timeout: float | None = None) -> str:
+    """One sentence saying why connecting to ``host``:``port`` failed, for an error message.
+
+    * ``ConnectionRefusedError`` → "nothing is listening at HOST:PORT (connection refused)";
+    * a name-resolution failure (``socket.gaierror``) → "cannot resolve host HOST";
+    * a TLS handshake answered by something that is not TLS (OpenSSL's
+      ``WRONG_VERSION_NUMBER`` and kin) → "the relay is not speaking TLS on PORT (use ws://)";
+    * ``TimeoutError`` → "no answer from HOST:PORT within N s" (``timeout``, when given);
+    * anything else → "cannot connect to HOST:PORT: <exc>".
+
+    ``secure`` says whether TLS was attempted (``wss://``). Neither ``socket`` nor ``ssl`` is
+    imported: their exceptions are recognised by class name and attributes.
+    """
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"nothing is listening at {address} (connection refused)"
+    if _is_resolution_error(exc):
+        why = getattr(exc, "strerror", None)
+        return f"cannot resolve host {host}" + (f" ({why})" if why else "")
+    if _is_not_tls(exc):
+        return f"the relay is not speaking TLS on {port} (use ws://)"
+    if isinstance(exc, TimeoutError):
+        if timeout is not None:
+            return f"no answer from {address} within {timeout:g} s"
+        return f"no answer from {address} (timed out)"
+    if "SSLCertVerificationError" in _class_names(exc):
+        why = getattr(exc, "verify_message", None) or str(exc)
+        return f"cannot connect to {address}: its TLS certificate was not accepted ({why})"
+    text = str(exc) or type(exc).__name__
+    if secure and _is_ssl_error(exc):
+        text = f"TLS handshake failed: {text}"
+    return f"cannot connect to {address}: {text}"
