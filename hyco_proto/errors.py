@@ -15,6 +15,7 @@ __all__ = [
     "ConnectionLostError",
     "EndpointNotFoundError",
     "ForbiddenError",
+    "ListenerRejectedError",
     "LocalProtocolError",
     "ProtocolError",
     "QuotaExceededError",
@@ -121,6 +122,16 @@ class EndpointNotFoundError(RelayError):
     """404: the hybrid connection does not exist. Terminal for a listener."""
 
 
+class ListenerRejectedError(RelayError):
+    """The listener turned this sender away: its own reject, passed through by the relay.
+
+    Any status the listener chose (400 "Rejected by user code" by default, but also 401, 403,
+    404 ...); ``status`` and ``description`` are the listener's. Distinct from the relay's own
+    refusals (:class:`AuthorizationError`, :class:`EndpointNotFoundError` ...), which carry a
+    ``TrackingId``. See :func:`hyco_proto.sender.error_for_rejection`.
+    """
+
+
 class ConnectionLostError(RelayError):
     """The relay closed an established connection (close 1001, 1011, …) or the TCP link died."""
 
@@ -223,8 +234,7 @@ def describe_connect_error(exc: BaseException, *, host: str, port: int, secure: 
             return f"no answer from {address} within {timeout:g} s"
         return f"no answer from {address} (timed out)"
     if "SSLCertVerificationError" in _class_names(exc):
-        why = getattr(exc, "verify_message", None) or str(exc)
-        return f"cannot connect to {address}: its TLS certificate was not accepted ({why})"
+        return f"cannot connect to {address}: its TLS certificate was not accepted ({exc})"
     text = str(exc) or type(exc).__name__
     if secure and _is_ssl_error(exc):
         text = f"TLS handshake failed: {text}"

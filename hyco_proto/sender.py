@@ -15,12 +15,19 @@ from collections.abc import Mapping, Sequence
 from urllib.parse import quote
 
 from ._syntax import is_token
-from .errors import RelayError, relay_error_for_close, relay_error_for_status
+from .errors import (
+    ListenerRejectedError,
+    RelayError,
+    extract_tracking_id,
+    relay_error_for_close,
+    relay_error_for_status,
+)
 from .handshake import ClientHandshake, HandshakeRejected, parse_ws_url
 
 __all__ = [
     "ALLOWED_LISTENERS_HEADER",
     "DISALLOWED_LISTENERS_HEADER",
+    "REJECTED_BY_HEADER",
     "SenderConnect",
     "error_for_close",
     "error_for_rejection",
@@ -31,6 +38,9 @@ __all__ = [
 ALLOWED_LISTENERS_HEADER = "Microsoft-Relay-AllowedListeners"
 DISALLOWED_LISTENERS_HEADER = "Microsoft-Relay-DisallowedListeners"
 AUTH_HEADER = "ServiceBusAuthorization"
+#: Emulator only (not an Azure header): on a refused sender handshake, ``listener`` when the
+#: status is a listener's reject passed through, ``relay`` when the emulator refused by itself.
+REJECTED_BY_HEADER = "X-Hyco-Rejected-By"
 
 # Headers the WebSocket handshake writes itself; a caller-supplied copy would clash.
 _RESERVED_HEADERS = frozenset({
@@ -49,21 +59,44 @@ def _listener_ids(name: str, ids: Sequence[str]) -> str | None:
 
 
 def error_for_status(status: int, reason: str | None = None) -> RelayError:
-    """The error for a refused sender handshake (§4.3).
+    """The error for the relay refusing a sender handshake with ``status`` (§4.3).
 
     401 → ``AuthorizationError``, 403 → ``ForbiddenError`` (``QuotaExceededError`` when the
-    description mentions a quota), 404 → ``EndpointNotFoundError``, anything else, including a
-    status passed through from a listener's reject (e.g. 400 "Rejected by user code"), →
-    ``RelayError`` with ``status`` set. ``tracking_id`` is parsed from ``reason``.
+    description mentions a quota), 404 → ``EndpointNotFoundError``, anything else →
+    ``RelayError`` with ``status`` set. ``tracking_id`` is parsed from ``reason``. Use
+    :func:`error_for_rejection` for a whole answer: it also tells a listener's reject apart.
     """
     return relay_error_for_status(status, reason or None)
+
+
+def _rejected_by(rejected: HandshakeRejected) -> str | None:
+    for name, value in rejected.headers:
+        if name.lower() == REJECTED_BY_HEADER.lower():
+            return value.strip().lower()
+    return None
 
 
 def error_for_rejection(rejected: HandshakeRejected) -> RelayError:
     """The error for a :class:`~hyco_proto.handshake.HandshakeRejected` answer to a sender.
 
     The relay (or a rejecting listener) puts its description in the reason phrase (§3.1, §4.3).
+    A listener's own reject becomes :class:`~hyco_proto.errors.ListenerRejectedError`, whatever
+    its status (401 and 404 included), so it is not mistaken for the relay refusing the sender:
+
+    * the emulator says who refused in ``X-Hyco-Rejected-By`` (``listener`` or ``relay``);
+    * without that header (the Azure service), the relay's own refusals always carry a
+      ``TrackingId:`` in their description, and a listener's reject passes through unchanged,
+      so a description without one is the listener's.
+
+    Everything else maps by status as in :func:`error_for_status`.
     """
+    by = _rejected_by(rejected)
+    if by == "listener" or (by is None and extract_tracking_id(rejected.reason) is None):
+        text = f"the listener rejected the connection with {rejected.status}"
+        if rejected.reason:
+            text += f": {rejected.reason}"
+        return ListenerRejectedError(text, status=rejected.status,
+                                     description=rejected.reason or None)
     return error_for_status(rejected.status, rejected.reason)
 
 

@@ -68,11 +68,11 @@ def test_other_ssl_error_is_named_as_tls() -> None:
 
 
 def test_certificate_not_accepted() -> None:
-    exc = ssl.SSLCertVerificationError(1, "certificate verify failed")
-    exc.verify_message = "self-signed certificate"
+    exc = ssl.SSLCertVerificationError(
+        1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate")
     assert describe(exc, secure=True) == (
         "cannot connect to relay.example:9090: its TLS certificate was not accepted "
-        "(self-signed certificate)")
+        "([SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: self-signed certificate)")
 
 
 def test_timeout() -> None:

@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import pytest
 
-from hyco_proto.errors import AuthorizationError, EndpointNotFoundError
+from hyco_proto.errors import AuthorizationError, EndpointNotFoundError, ListenerRejectedError
 from hyco_proto.listener import (
     ConnectionRequested,
     Disconnected,
@@ -24,6 +24,7 @@ from hyco_proto.listener import (
 )
 from hyco_proto.memory import MemoryNetwork
 from hyco_proto.sas import create_relay_token
+from hyco_proto.sender import error_for_rejection
 from hyco_proto.service.broker import RelayBroker
 from hyco_proto.service.config import (
     DEFAULT_RULE_NAME,
@@ -123,6 +124,26 @@ def test_reject_reaches_sender_and_listener_sees_410() -> None:
     done = [e for e in lst.events if isinstance(e, RendezvousCompleted)]
     assert done and done[0].rejected is True
     assert net.service.stats.rejects == 1
+
+
+@pytest.mark.parametrize("status", [400, 401, 404])
+def test_listener_reject_is_told_apart_from_the_relays_refusals(status: int) -> None:
+    net = make_net()
+    start_listener(net, on_request=lambda req: (status, "Not you"))
+    s = sender(net)
+    assert s.rejected is not None
+    assert ("X-Hyco-Rejected-By", "listener") in s.rejected.headers
+    error = error_for_rejection(s.rejected)
+    assert type(error) is ListenerRejectedError
+    assert (error.status, error.description) == (status, "Not you")
+    # The relay's own refusals: a bad token (401), a bad path (404, without a TrackingId).
+    refused = sender(net, token="SharedAccessSignature sr=x&sig=y&se=1&skn=k")
+    assert refused.rejected is not None
+    assert ("X-Hyco-Rejected-By", "relay") in refused.rejected.headers
+    assert type(error_for_rejection(refused.rejected)) is AuthorizationError
+    bad_path = sender(net, "ws://127.0.0.1:9090/elsewhere?sb-hc-action=connect")
+    assert bad_path.rejected is not None and "TrackingId" not in bad_path.rejected.reason
+    assert type(error_for_rejection(bad_path.rejected)) is EndpointNotFoundError
 
 
 def test_token_in_query_and_namespace_scoped_token() -> None:

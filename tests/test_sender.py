@@ -11,6 +11,7 @@ from hyco_proto.errors import (
     ConnectionLostError,
     EndpointNotFoundError,
     ForbiddenError,
+    ListenerRejectedError,
     QuotaExceededError,
     RelayError,
 )
@@ -18,8 +19,10 @@ from hyco_proto.handshake import HandshakeRejected
 from hyco_proto.sender import (
     ALLOWED_LISTENERS_HEADER,
     DISALLOWED_LISTENERS_HEADER,
+    REJECTED_BY_HEADER,
     SenderConnect,
     error_for_close,
+    error_for_rejection,
     error_for_status,
 )
 
@@ -198,18 +201,52 @@ class TestHandshake:
     @pytest.mark.parametrize(("status", "reason", "cls"), [
         (401, "ExpiredToken. TrackingId:t1, SystemTracker:x", AuthorizationError),
         (404, "Endpoint does not exist. TrackingId:t2", EndpointNotFoundError),
-        (400, "Rejected by user code", RelayError),
+        (500, "Internal error. TrackingId:t3", RelayError),
+        # No TrackingId: the Azure relay passed a listener's reject through unchanged.
+        (400, "Rejected by user code", ListenerRejectedError),
+        (401, "Who are you?", ListenerRejectedError),
+        (404, "No such page", ListenerRejectedError),
     ])
     def test_rejection_maps_to_error(self, status: int, reason: str,
                                      cls: type[RelayError]) -> None:
         conn = SenderConnect("wss://h/$hc/x", token="t")
-        hs = conn.handshake()
-        hs.data_to_send()
-        hs.receive_data(f"HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\n\r\n".encode())
-        event = hs.next_event()
-        assert isinstance(event, HandshakeRejected)
+        event = self.rejected(conn, f"HTTP/1.1 {status} {reason}")
         error = conn.error_for_rejection(event)
         assert type(error) is cls
         assert error.status == status and error.description == reason
         if "TrackingId" in reason:
-            assert error.tracking_id in ("t1", "t2")
+            assert error.tracking_id in ("t1", "t2", "t3")
+
+    @staticmethod
+    def rejected(conn: SenderConnect, status_line: str,
+                 headers: str = "") -> HandshakeRejected:
+        hs = conn.handshake()
+        hs.data_to_send()
+        hs.receive_data(f"{status_line}\r\n{headers}Content-Length: 0\r\n\r\n".encode())
+        event = hs.next_event()
+        assert isinstance(event, HandshakeRejected)
+        return event
+
+    def test_listener_rejection_error(self) -> None:
+        conn = SenderConnect("wss://h/$hc/x", token="t")
+        error = error_for_rejection(self.rejected(conn, "HTTP/1.1 401 Not you"))
+        assert type(error) is ListenerRejectedError
+        assert isinstance(error, RelayError) and not isinstance(error, AuthorizationError)
+        assert (error.status, error.description, error.tracking_id) == (401, "Not you", None)
+        assert str(error) == "the listener rejected the connection with 401: Not you"
+
+    @pytest.mark.parametrize(("reason", "by", "cls"), [
+        # The emulator names who refused; the header wins over the TrackingId rule.
+        ("Unauthorized. TrackingId:t9", "listener", ListenerRejectedError),
+        ("Not a relay address: expected /$hc/{hybrid connection}.", "relay",
+         EndpointNotFoundError),
+        ("Not a relay address", " Relay ", EndpointNotFoundError),
+        ("Gone", "LISTENER", ListenerRejectedError),
+    ])
+    def test_emulator_header_says_who_refused(self, reason: str, by: str,
+                                              cls: type[RelayError]) -> None:
+        conn = SenderConnect("ws://127.0.0.1:9090/$hc/x")
+        event = self.rejected(conn, f"HTTP/1.1 404 {reason}",
+                              f"{REJECTED_BY_HEADER.lower()}: {by}\r\n")
+        error = conn.error_for_rejection(event)
+        assert type(error) is cls and error.status == 404 and error.description == reason

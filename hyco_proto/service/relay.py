@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from ..frames import OP_CLOSE, Forwarder, encode_frame
 from ..handshake import HandshakeRequest, ServerHandshake
+from ..sender import REJECTED_BY_HEADER
 from ..websocket import (
     ConnectionClosed,
     Role,
@@ -46,6 +47,10 @@ __all__ = ["ConnectionKind", "RelayService", "ServiceStats"]
 
 _HC_PREFIX = "/$hc/"
 _LEGACY_PREFIX = "/$servicebus/hybridconnection/"
+
+#: Who refused a handshake (emulator only, hyco_proto.sender.REJECTED_BY_HEADER).
+_BY_RELAY = ((REJECTED_BY_HEADER, "relay"),)
+_BY_LISTENER = ((REJECTED_BY_HEADER, "listener"),)
 
 
 class ConnectionKind(enum.Enum):
@@ -241,7 +246,7 @@ class RelayService:
             if conn.kind is ConnectionKind.HANDSHAKE:
                 # A client that never finishes its request must not hold a connection forever.
                 self.stats.handshake_errors += 1
-                self._send(conn, conn.handshake.reject(408, "Request Timeout"))
+                self._send(conn, conn.handshake.reject(408, "Request Timeout", _BY_RELAY))
             # else: a relayed leg whose close never completed is torn down (its peer has its own
             # deadline).
             self._close_tcp(conn)
@@ -335,7 +340,7 @@ class RelayService:
         # tight loop, hybrid-connections-wire §4.2). Only the path: the query may hold a token.
         target = conn.request.target if conn.request is not None else "/"
         self.refusal_log.refused(conn.opened, status, target, description)
-        self._send(conn, conn.handshake.reject(status, description))
+        self._send(conn, conn.handshake.reject(status, description, _BY_RELAY))
         self._close_tcp(conn)
 
     def _accept_listener(self, conn: _Conn) -> None:
@@ -389,7 +394,10 @@ class RelayService:
             self._send(conn, conn.handshake.reject(410, "Gone: the connection was rejected."))
             self._close_tcp(conn)
             if sender is not None:
-                self._send(sender, sender.handshake.reject(result.status, result.description))
+                # Emulator only: tell our sender it was the listener, not the relay (Azure
+                # sends no such header; there a description without TrackingId says it).
+                self._send(sender, sender.handshake.reject(result.status, result.description,
+                                                           _BY_LISTENER))
                 self._close_tcp(sender)
             return
         assert isinstance(result, RendezvousAccepted)
@@ -553,7 +561,8 @@ class RelayService:
                 conn_id = self._by_connect.pop(action.connect_id, None)
                 sender = self._conns.get(conn_id) if conn_id is not None else None
                 if sender is not None and sender.kind is ConnectionKind.WAITING:
-                    self._send(sender, sender.handshake.reject(action.status, action.description))
+                    self._send(sender, sender.handshake.reject(action.status, action.description,
+                                                               _BY_RELAY))
                     self._close_tcp(sender)
 
     def _conn_for_listener(self, listener_id: str) -> _Conn | None:
