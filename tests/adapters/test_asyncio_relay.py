@@ -31,6 +31,7 @@ from hyco_proto.errors import (
     AuthorizationError,
     EndpointNotFoundError,
     ForbiddenError,
+    ListenerRejectedError,
     QuotaExceededError,
     RelayError,
 )
@@ -222,9 +223,10 @@ async def test_reject_gives_sender_the_status() -> None:
         return Reject(403, "Not today")
 
     async with relay() as r, echo_listener(r, headers=hook) as server:
-        with pytest.raises(ForbiddenError) as info:
+        with pytest.raises(ListenerRejectedError) as info:
             await connect(r)
         assert info.value.status == 403
+        assert not isinstance(info.value, ForbiddenError)  # not the relay's own refusal
         assert "Not today" in (info.value.description or "")
         # A tuple works too, and any status passes through.
         server._headers_hook = lambda request: (418, "teapot")
@@ -248,10 +250,13 @@ async def test_listener_first_open_401_raises() -> None:
         uri = listen_uri(r)
         errors: list[Exception] = []
         server = RelayedServer(uri, token(uri, key="wrong-key"), error=errors.append)
-        with pytest.raises(AuthorizationError):
+        with pytest.raises(AuthorizationError) as info:
             async with server:
                 pass
-        assert isinstance(errors[0], AuthorizationError)
+        # Raised from start(), naming the address; the error hook is for later failures.
+        assert f"cannot listen at {uri}" in str(info.value)
+        assert info.value.status == 401
+        assert errors == []
 
 
 @async_test
@@ -492,7 +497,7 @@ async def test_sender_recv_queue_is_bounded() -> None:
         for i in range(50):
             await bounded(leg.send(f"m{i}"))
         await bounded(_until(lambda: sender.queued_messages >= 2))
-        assert sender._protocol.reading_paused
+        assert sender.reading_paused
         assert sender.queued_messages <= 2 + 50  # one read may carry several messages
         received = [await bounded(sender.recv()) for _ in range(50)]
         assert received == [f"m{i}" for i in range(50)]

@@ -1,126 +1,93 @@
-"""The listener on asyncio: ``RelayedServer`` runs a :class:`~hyco_proto.listener.Listener` core.
+"""The listener on asyncio: ``RelayedServer`` runs a ``ListenerDriver`` (hyco_proto.drivers).
 
-The core decides everything (control channel life, accept/reject bookkeeping, token renewal,
-keepalive pings, reconnect backoff); this adapter executes its actions with real sockets, reports
-what happened back, and runs its one timer. Accepted connections are
-:class:`~hyco_proto.adapters.asyncio.client.RelayedWebSocket` objects, handed to the
-``connection`` hook or to ``async for ws in server``.
+The driver decides everything (control channel, accept/reject, rendezvous, token renewal,
+keepalive, reconnect backoff, what a failed first open means); this adapter opens the transports
+it asks for, moves their bytes, runs its one timer and calls the application's hooks. Accepted
+connections are :class:`~hyco_proto.adapters.asyncio.websocket.RelayedWebSocket` objects, handed
+to the ``connection`` hook or to ``async for ws in server``.
 
-First open: ``start()`` (and ``async with``) waits for the first ``Listening``. When that first
-attempt is refused with an HTTP 4xx (401 bad token, 403 forbidden or quota, 404 no such hybrid
-connection) the listener is closed and the typed error is raised: retrying cannot fix a
-configuration error. Network failures and 5xx answers are retried with the core's backoff; bound
-the wait with ``asyncio.wait_for`` if needed. After the first success every failure except 404
-(terminal, ``Offline``) leads to a reconnect.
+``start()`` (and ``async with``) returns once listening, or raises within ``open_timeout``:
+a relay that cannot be reached, or that refuses the listener (401, 403, 404), is an error naming
+the address and the cause. After the first success every failure except 404 (terminal,
+``Offline``) leads to a reconnect with backoff, reported to the ``error`` hook.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 import ssl as _ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeAlias
 
-from ...errors import LocalProtocolError, RelayError, RemoteProtocolError
-from ...handshake import ClientHandshake, HandshakeAccepted
+from ...drivers.decisions import Accept, Decision, Reject
+from ...drivers.listener import (
+    AbortTransport,
+    DriverEvent,
+    HandOver,
+    ListenerDriver,
+    OpenTransport,
+    StartFailed,
+    Write,
+)
+from ...errors import RelayError
 from ...listener import (
-    Action,
-    CloseControlChannel,
     Closed,
     ConnectionRequested,
-    ConnectRendezvous,
     Disconnected,
-    Event,
     Listener,
     ListenerState,
     Listening,
     Offline,
-    OpenControlChannel,
     RendezvousFailed,
-    SendControlMessage,
-    SendPing,
     TokenRenewalFailed,
     TokenSourceLike,
 )
-from ...websocket import BinaryMessage, ConnectionClosed, Pong, State, TextMessage
-from ...websocket import Event as WsEvent
-from .client import (
+from .link import DEFAULT_WRITE_LIMIT, Link, open_link
+from .websocket import (
     DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_SIZE,
-    DEFAULT_WRITE_LIMIT,
     RelayedWebSocket,
-    _open_websocket,
-    _WebSocketProtocol,
 )
 
-__all__ = [
-    "Accept",
-    "Decision",
-    "Reject",
-    "RelayedServer",
-    "create_relayed_server",
-]
+__all__ = ["Accept", "Decision", "Reject", "RelayedServer", "create_relayed_server"]
 
 logger = logging.getLogger("hyco_proto.adapters.asyncio")
-
-#: A rendezvous that has not completed after this long is abandoned (the relay honours an
-#: accept address for about 30 s, hybrid-connections-wire §3.1).
-_RENDEZVOUS_TIMEOUT = 30.0
-_MIN_TIMER_DELAY = 0.001
-
-
-@dataclass(frozen=True, slots=True)
-class Accept:
-    """Accept the sender, selecting ``subprotocol`` (one the sender offered, or None for none)
-    and adding ``headers`` to the rendezvous handshake."""
-
-    subprotocol: str | None = None
-    headers: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Reject:
-    """Turn the sender away: its handshake fails with ``status`` and ``description``."""
-
-    status: int = 400
-    description: str = "Rejected by user code"
-
-
-#: What a ``headers`` hook returns: ``None`` accepts offering the sender's first subprotocol
-#: (like hyco-ws); a ``str`` accepts with that subprotocol; ``Accept`` / ``Reject`` say exactly;
-#: a ``(status, description)`` tuple rejects.
-Decision: TypeAlias = str | Accept | Reject | tuple[int, str] | None
 
 HeadersHook: TypeAlias = Callable[[ConnectionRequested], Decision | Awaitable[Decision]]
 ConnectionHook: TypeAlias = Callable[[RelayedWebSocket], Awaitable[None] | None]
 ErrorHook: TypeAlias = Callable[[Exception], Awaitable[None] | None]
 
 _END = object()  # ends ``async for`` over the server
+_MIN_TIMER_DELAY = 0.001
 
 
-class _Channel:
-    """One control-channel attempt; ``stale`` once the core was told (or told us) it is gone."""
+class _Port:
+    """A driver transport's receiver: its bytes go to the driver until it is handed over."""
 
-    __slots__ = ("protocol", "stale", "task")
+    __slots__ = ("key", "server")
 
-    def __init__(self) -> None:
-        self.protocol: _WebSocketProtocol | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.stale = False
+    def __init__(self, server: RelayedServer, key: int) -> None:
+        self.server = server
+        self.key = key
 
-    def drop(self) -> None:
-        self.stale = True
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
-        if self.protocol is not None:
-            self.protocol.abort()
+    def data_received(self, data: bytes) -> None:
+        server = self.server
+        server._driver.data_received(self.key, data, time.time())
+        server._run()
+
+    def eof_received(self) -> None:
+        self.connection_lost(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        server = self.server
+        server._links.pop(self.key, None)
+        server._driver.connection_lost(self.key, time.time())
+        server._run()
 
 
 class RelayedServer:
@@ -129,24 +96,28 @@ class RelayedServer:
     Args:
         server: the listen URI, ``wss://{ns}/$hc/{hc}`` (``sb-hc-action=listen`` is added).
         token: a SAS token string, a callable returning fresh ones (renewed ahead of expiry),
-            or a :class:`~hyco_proto.sas.TokenSource`.
-        headers: decides each connection request (sync or async): see :data:`Decision`.
-            A hook that raises rejects with 500.
+            or a :class:`~hyco_proto.sas.TokenSource`. A fixed string that expires stops the
+            listener with ``AuthorizationError``.
+        headers: decides each :class:`~hyco_proto.listener.ConnectionRequested` (sync or
+            async): see :data:`~hyco_proto.drivers.decisions.Decision`. A hook that raises
+            rejects with 500 (and is logged).
         connection: receives each accepted :class:`RelayedWebSocket`. A sync hook only starts
             things (the socket lives on, like hyco-ws); an async hook runs as a task and the
             socket is closed when it returns (like ``websockets``). Without it, iterate with
             ``async for ws in server``.
-        error: receives ``RelayError`` s: control channel lost (``Disconnected``), ``Offline``
-            (404), failed rendezvous, and token renewal failures. Missing hook: logged only.
+        error: receives ``RelayError`` s after the start: control channel lost
+            (``Disconnected``), ``Offline`` (404), failed rendezvous, token renewal failures.
+            Missing hook: logged only.
         listener_id: the ``sb-hc-id`` of this listener.
         keepalive_interval: seconds between control-channel pings (None: no pings).
+        open_timeout: bound for opening the control channel (the first time: ``start()``
+            raises after it; later: the attempt is retried).
         ssl: TLS context for ``wss://`` (default: the system's default context).
-        max_queue, max_size, write_limit, close_timeout: per accepted socket, see
-            :class:`RelayedWebSocket`.
+        max_queue, max_size, write_limit, close_timeout: per accepted socket.
         backlog: accepted sockets waiting for ``async for`` (beyond: closed with 1013).
         channel_headers: extra control-channel handshake headers (e.g. ``Relay-User-Agent``).
         listener_options: further :class:`~hyco_proto.listener.Listener` keyword arguments
-            (``reconnect_delays``, ``keepalive_timeout``, ``open_timeout``, ``headers`` ...).
+            (``reconnect_delays``, ``keepalive_timeout`` ...).
     """
 
     def __init__(
@@ -159,6 +130,7 @@ class RelayedServer:
         error: ErrorHook | None = None,
         listener_id: str | None = None,
         keepalive_interval: float | None = 30.0,
+        open_timeout: float = 10.0,
         ssl: _ssl.SSLContext | None = None,
         max_queue: int = DEFAULT_MAX_QUEUE,
         max_size: int | None = DEFAULT_MAX_SIZE,
@@ -168,64 +140,75 @@ class RelayedServer:
         channel_headers: Iterable[tuple[str, str]] = (),
         **listener_options: Any,
     ) -> None:
-        self.listener = Listener(server, token, listener_id=listener_id,
-                                 keepalive_interval=keepalive_interval,
-                                 headers=channel_headers, **listener_options)
+        listener = Listener(server, token, listener_id=listener_id,
+                            keepalive_interval=keepalive_interval, open_timeout=open_timeout,
+                            headers=channel_headers, **listener_options)
+        self._driver = ListenerDriver(listener, max_message_size=max_size,
+                                      close_timeout=close_timeout)
         self.server = server
+        self.open_timeout = open_timeout
         self._headers_hook = headers
         self._connection_hook = connection
         self._error_hook = error
         self._ssl = ssl
         self._max_queue = max_queue
-        self._max_size = max_size
         self._write_limit = write_limit
         self._close_timeout = close_timeout
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._channel: _Channel | None = None
-        self._requests: dict[str, ConnectionRequested] = {}
+        self._links: dict[int, Link] = {}
+        self._opening: dict[int, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handlers: set[asyncio.Task[Any]] = set()
         self._sockets: set[RelayedWebSocket] = set()
         self._accepted: asyncio.Queue[object] = asyncio.Queue(backlog)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._pumping = False
-        self._pump_again = False
+        self._running = False
         self._started: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
-        self._first_error: RelayError | None = None
-        self._offline: Offline | None = None
+        self._offline: RelayError | None = None
         self._closing = False
-        #: Pongs received on the control channel (keepalive answers), for diagnostics.
-        self.keepalive_pongs = 0
-        #: Every core event, newest last (bounded), for diagnostics and tests.
-        self.events: list[Event] = []
-        self._max_events = 1000
+
+    # -- introspection ---------------------------------------------------------------------
+
+    @property
+    def listener(self) -> Listener:
+        return self._driver.listener
+
+    @property
+    def state(self) -> ListenerState:
+        return self._driver.state
+
+    @property
+    def is_listening(self) -> bool:
+        return self._driver.is_listening
+
+    @property
+    def keepalive_pongs(self) -> int:
+        """Pongs received on the control channel (keepalive answers)."""
+        return self._driver.keepalive_pongs
+
+    @property
+    def events(self) -> list[DriverEvent]:
+        """The latest listener events, oldest first (bounded), for diagnostics and tests."""
+        return list(self._driver.history)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Open the control channel; return once listening. Idempotent.
 
-        Raises the typed ``RelayError`` when the first attempt is refused with a 4xx status
-        (the listener is closed then), or when the listener went ``Offline``.
+        Raises the typed ``RelayError`` (naming the address and cause) when the first attempt
+        fails: unreachable, refused (401/403/404), or no answer within ``open_timeout``.
         """
         if self._started is None:
             loop = asyncio.get_running_loop()
             self._loop = loop
             self._started = loop.create_future()
             self._closed = loop.create_future()
-            self.listener.start(time.time())
-            self._pump()
+            self._driver.start(time.time())
+            self._run()
         await asyncio.shield(self._started)
-
-    @property
-    def state(self) -> ListenerState:
-        return self.listener.state
-
-    @property
-    def is_listening(self) -> bool:
-        return self.listener.state is ListenerState.LISTENING
 
     async def close(self) -> None:
         """Stop listening: close the control channel (1000), close accepted sockets (1001),
@@ -235,24 +218,20 @@ class RelayedServer:
                 await asyncio.shield(self._closed)
             return
         self._closing = True
+        self._driver.close(time.time())
         if self._started is None:
-            # Never started: nothing is open.
-            self.listener.close(time.time())
-            self.listener.events_received()
             self._end_iteration()
             return
-        self.listener.close(time.time())
-        self._pump()
+        self._run()
         assert self._closed is not None
         try:
-            # The core aborts the channel itself after its close_timeout.
-            await asyncio.wait_for(asyncio.shield(self._closed), self._close_timeout + 5.0)
+            await asyncio.wait_for(asyncio.shield(self._closed), self._close_timeout + 1.0)
         except asyncio.TimeoutError:
-            logger.warning("control channel did not close in time; aborting it")
-        if self._channel is not None:
-            self._channel.drop()
+            logger.warning("%s: control channel did not close in time", self._driver.address)
         self._cancel_timer()
-        for task in list(self._tasks):
+        for link in list(self._links.values()):
+            link.abort()
+        for task in [*self._tasks, *self._opening.values()]:
             task.cancel()
         sockets = list(self._sockets)
         if sockets:
@@ -265,13 +244,14 @@ class RelayedServer:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=1.0)
+        leftovers = [*self._tasks, *self._opening.values()]
+        if leftovers:
+            await asyncio.wait(leftovers, timeout=1.0)
         self._end_iteration()
-        if not self._closed.done():
-            self._closed.set_result(None)
+        self._settle(self._closed, None)
         if not self._started.done():
-            self._started.set_exception(RelayError("the listener was closed before it listened"))
+            self._started.set_exception(RelayError(
+                f"the listener at {self._driver.address} was closed before it listened"))
             self._started.exception()
 
     async def wait_closed(self) -> None:
@@ -309,7 +289,7 @@ class RelayedServer:
         """The next accepted socket (one step of ``async for``); ``RelayError`` once closed."""
         ws = await self._next()
         if ws is None:
-            raise RelayError("the listener is closed")
+            raise RelayError(f"the listener at {self._driver.address} is closed")
         return ws
 
     async def _next(self) -> RelayedWebSocket | None:
@@ -317,44 +297,99 @@ class RelayedServer:
         if item is _END:
             self._accepted.put_nowait(_END)  # later iterators end too
             if self._offline is not None and not self._closing:
-                raise self._offline.error
+                raise self._offline
             return None
         assert isinstance(item, RelayedWebSocket)
         return item
 
-    # -- the core pump ---------------------------------------------------------------------
+    # -- the driver ------------------------------------------------------------------------
 
-    def _report(self, report: Callable[[float], None]) -> None:
-        """Tell the core something (``report(now)``), then run what it asks for."""
-        report(time.time())
-        self._pump()
-
-    def _pump(self) -> None:
-        if self._pumping:
-            self._pump_again = True
-            return
-        self._pumping = True
+    def _run(self) -> None:
+        """Execute what the driver asks for and hand its events out, until it is quiet."""
+        if self._running:
+            return  # the outer call picks up what this one would have done
+        self._running = True
+        driver = self._driver
         try:
             while True:
-                self._pump_again = False
-                actions = self.listener.actions_to_take()
+                actions = driver.actions_to_take()
                 for action in actions:
-                    self._run(action)
-                events = self.listener.events_received()
+                    self._execute(action)
+                events = driver.events_received()
                 for event in events:
-                    self._record(event)
                     self._handle(event)
-                if not (actions or events or self._pump_again):
+                if not (actions or events):
                     break
         finally:
-            self._pumping = False
+            self._running = False
         self._arm_timer()
+
+    def _execute(self, action: object) -> None:
+        if isinstance(action, Write):
+            link = self._links.get(action.key)
+            if link is not None:
+                link.write(action.data)
+        elif isinstance(action, OpenTransport):
+            task = self._spawn(self._open_transport(action))
+            self._opening[action.key] = task
+        elif isinstance(action, AbortTransport):
+            link = self._links.pop(action.key, None)
+            if link is not None:
+                link.abort()
+            opening = self._opening.pop(action.key, None)
+            if opening is not None:
+                opening.cancel()
+        elif isinstance(action, HandOver):
+            self._hand_over(action)
+
+    async def _open_transport(self, action: OpenTransport) -> None:
+        key, url = action.key, action.url
+        link = Link(_Port(self, key), write_limit=self._write_limit)
+        try:
+            # Bounded by the driver: it aborts (cancels) an attempt that takes too long.
+            await open_link(link, url.host, url.port, secure=url.secure, ssl=self._ssl,
+                            timeout=None)
+        except OSError as exc:
+            if self._opening.pop(key, None) is not None:
+                self._driver.transport_failed(key, time.time(), str(exc))
+                self._run()
+            return
+        if self._opening.pop(key, None) is None:
+            link.abort()  # dropped by the driver while opening
+            return
+        self._links[key] = link
+        self._driver.transport_open(key, time.time())
+        self._run()
+
+    def _hand_over(self, action: HandOver) -> None:
+        link = self._links.pop(action.key, None)
+        if link is None:
+            return
+        ws = RelayedWebSocket(link, action.connection, address=action.request.command.address,
+                              request=action.request, max_queue=self._max_queue,
+                              close_timeout=self._close_timeout)
+        ws.opened.set_result(None)
+        ws._process(action.events)
+        if self._closing:
+            self._spawn(ws.close(1001, "listener closing"))
+            return
+        self._sockets.add(ws)
+        link.lost.add_done_callback(lambda _: self._sockets.discard(ws))
+        hook = self._connection_hook
+        if hook is not None:
+            self._spawn(self._run_connection_hook(hook, ws), handler=True)
+        elif self._accepted.full():
+            logger.warning("%s: accept backlog full; closing a new connection with 1013",
+                           self._driver.address)
+            self._spawn(ws.close(1013, "listener busy"))
+        else:
+            self._accepted.put_nowait(ws)
 
     def _arm_timer(self) -> None:
         loop = self._loop
         if loop is None:
             return
-        deadline = self.listener.next_deadline()
+        deadline = self._driver.next_deadline()
         if deadline == self._timer_at and self._timer is not None:
             return
         self._cancel_timer()
@@ -372,12 +407,8 @@ class RelayedServer:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        self._report(self.listener.handle_timer)
-
-    def _record(self, event: Event) -> None:
-        self.events.append(event)
-        if len(self.events) > self._max_events:
-            del self.events[: len(self.events) - self._max_events]
+        self._driver.handle_timer(time.time())
+        self._run()
 
     def _spawn(self, coro: Awaitable[Any], *, handler: bool = False) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
@@ -385,140 +416,6 @@ class RelayedServer:
         bucket.add(task)
         task.add_done_callback(bucket.discard)
         return task
-
-    # -- actions ---------------------------------------------------------------------------
-
-    def _run(self, action: Action) -> None:
-        if isinstance(action, OpenControlChannel):
-            if self._channel is not None:
-                self._channel.drop()
-            channel = _Channel()
-            self._channel = channel
-            channel.task = self._spawn(self._open_channel(channel, action))
-        elif isinstance(action, (SendControlMessage, SendPing)):
-            protocol = self._channel.protocol if self._channel is not None else None
-            ws = protocol.ws if protocol is not None else None
-            if protocol is None or ws is None or ws.state is not State.OPEN:
-                return  # the channel is going away; the core hears about it separately
-            if isinstance(action, SendControlMessage):
-                ws.send_text(action.text)
-            else:
-                ws.send_ping(action.payload)
-            protocol.flush()
-        elif isinstance(action, CloseControlChannel):
-            current = self._channel
-            if current is None:
-                return
-            protocol = current.protocol
-            ws = protocol.ws if protocol is not None else None
-            if action.abort or protocol is None or ws is None:
-                # The core expects no further report about an aborted channel.
-                current.drop()
-                self._channel = None
-            elif ws.state is State.OPEN:
-                ws.send_close(action.code, action.reason)
-                protocol.flush()
-        elif isinstance(action, ConnectRendezvous):
-            self._spawn(self._rendezvous(action))
-
-    async def _open_channel(self, channel: _Channel, action: OpenControlChannel) -> None:
-        handshake = ClientHandshake.from_url(action.url, headers=action.headers)
-        assert handshake.url is not None
-        try:
-            # The core bounds the attempt with its own open_timeout (then aborts it).
-            protocol, answer = await _open_websocket(
-                handshake, host=handshake.url.host, port=handshake.url.port,
-                secure=handshake.url.secure, ssl=self._ssl, timeout=None)
-        except (OSError, RelayError, RemoteProtocolError) as exc:
-            if not channel.stale:
-                channel.stale = True
-                why = str(exc) or type(exc).__name__
-                self._report(lambda now: self.listener.channel_closed(now, 1006, why))
-            return
-        channel.protocol = protocol
-        if channel.stale:
-            protocol.abort()
-            return
-        if not isinstance(answer, HandshakeAccepted):
-            channel.stale = True
-            status, reason = answer.status, answer.reason
-            self._report(lambda now: self.listener.channel_rejected(now, status, reason))
-            return
-        self._report(self.listener.channel_opened)
-        protocol.set_handler(lambda event: self._control_event(channel, event))
-
-    def _control_event(self, channel: _Channel, event: WsEvent) -> None:
-        if channel.stale or channel is not self._channel:
-            return
-        lst = self.listener
-        if isinstance(event, TextMessage):
-            text = event.data
-            self._report(lambda now: lst.channel_message(now, text))
-        elif isinstance(event, BinaryMessage):
-            data = event.data
-            self._report(lambda now: lst.channel_binary(now, data))
-        elif isinstance(event, Pong):
-            payload = event.payload
-            self.keepalive_pongs += 1
-            self._report(lambda now: lst.pong_received(now, payload))
-        elif isinstance(event, ConnectionClosed):
-            channel.stale = True
-            self._channel = None
-            protocol = channel.protocol
-            if protocol is not None and not protocol.lost.done() and self._loop is not None:
-                # The relay closes TCP after the closing handshake; do not wait forever.
-                self._loop.call_later(self._close_timeout, protocol.abort)
-            code, reason = event.code, event.reason
-            self._report(lambda now: lst.channel_closed(now, code, reason))
-
-    async def _rendezvous(self, action: ConnectRendezvous) -> None:
-        protocols = [action.subprotocol] if action.subprotocol else []
-        handshake = ClientHandshake.from_url(action.url, headers=action.headers,
-                                             subprotocols=protocols)
-        assert handshake.url is not None
-        request = self._requests.pop(action.request_id, None)
-        try:
-            protocol, answer = await _open_websocket(
-                handshake, host=handshake.url.host, port=handshake.url.port,
-                secure=handshake.url.secure, ssl=self._ssl, timeout=_RENDEZVOUS_TIMEOUT,
-                max_size=self._max_size, write_limit=self._write_limit)
-        except (OSError, RelayError, RemoteProtocolError, asyncio.TimeoutError) as exc:
-            why = str(exc) or type(exc).__name__
-            self._rendezvous_result(action.request_id, None, why)
-            return
-        if isinstance(answer, HandshakeAccepted):
-            self._rendezvous_result(action.request_id, 101, "")
-            if action.reject:  # a relay should never answer a reject with 101
-                protocol.abort()
-                return
-            address = request.command.address if request is not None else action.url
-            ws = RelayedWebSocket(protocol, answer, address=address, request=request,
-                                  max_queue=self._max_queue, close_timeout=self._close_timeout)
-            self._deliver(ws)
-        else:
-            self._rendezvous_result(action.request_id, answer.status, answer.reason)
-
-    def _rendezvous_result(self, request_id: str, status: int | None, reason: str) -> None:
-        def report(now: float) -> None:
-            # The listener may have gone offline meanwhile and forgotten the request.
-            with contextlib.suppress(LocalProtocolError):
-                self.listener.rendezvous_result(now, request_id, status, reason)
-        self._report(report)
-
-    def _deliver(self, ws: RelayedWebSocket) -> None:
-        if self._closing:
-            self._spawn(ws.close(1001, "listener closing"))
-            return
-        self._sockets.add(ws)
-        ws._protocol.lost.add_done_callback(lambda _: self._sockets.discard(ws))
-        hook = self._connection_hook
-        if hook is not None:
-            self._spawn(self._run_connection_hook(hook, ws), handler=True)
-        elif self._accepted.full():
-            logger.warning("accept backlog full; closing a new connection with 1013")
-            self._spawn(ws.close(1013, "listener busy"))
-        else:
-            self._accepted.put_nowait(ws)
 
     async def _run_connection_hook(self, hook: ConnectionHook, ws: RelayedWebSocket) -> None:
         try:
@@ -534,44 +431,35 @@ class RelayedServer:
 
     # -- events ----------------------------------------------------------------------------
 
-    def _handle(self, event: Event) -> None:
+    @staticmethod
+    def _settle(future: asyncio.Future[None] | None, error: BaseException | None) -> None:
+        if future is None or future.done():
+            return
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+            future.exception()  # whoever awaits it re-raises; no "never retrieved" warning
+
+    def _handle(self, event: DriverEvent) -> None:
         if isinstance(event, Listening):
-            if self._started is not None and not self._started.done():
-                self._started.set_result(None)
+            self._settle(self._started, None)
         elif isinstance(event, ConnectionRequested):
-            # Requests never answered (a hook that never returns) are forgotten after a while.
-            stale = event.received_at - 4 * _RENDEZVOUS_TIMEOUT
-            for key in [k for k, r in self._requests.items() if r.received_at < stale]:
-                del self._requests[key]
-            self._requests[event.id] = event
             self._decide(event)
-        elif isinstance(event, Disconnected):
-            error = event.error
-            started = self._started
-            if (started is not None and not started.done() and error.status is not None
-                    and 400 <= error.status < 500):
-                self._first_error = error
-                started.set_exception(error)
-                started.exception()  # start() re-raises it; no "never retrieved" warning
-                self.listener.close(time.time())
-            self._call_error_hook(error)
+        elif isinstance(event, StartFailed):
+            self._settle(self._started, event.error)
+            self._end_iteration()
+            self._settle(self._closed, None)
         elif isinstance(event, Offline):
-            self._offline = event
-            if self._started is not None and not self._started.done():
-                self._started.set_exception(event.error)
-                self._started.exception()
+            self._offline = event.error
+            self._settle(self._started, event.error)
             self._call_error_hook(event.error)
             self._end_iteration()
-            if self._closed is not None and not self._closed.done():
-                self._closed.set_result(None)
-        elif isinstance(event, RendezvousFailed):
-            self._requests.pop(event.request_id, None)
-            self._call_error_hook(event.error)
-        elif isinstance(event, TokenRenewalFailed):
+            self._settle(self._closed, None)
+        elif isinstance(event, (Disconnected, RendezvousFailed, TokenRenewalFailed)):
             self._call_error_hook(event.error)
         elif isinstance(event, Closed):
-            if self._closed is not None and not self._closed.done():
-                self._closed.set_result(None)
+            self._settle(self._closed, None)
             self._end_iteration()
 
     def _end_iteration(self) -> None:
@@ -582,7 +470,7 @@ class RelayedServer:
     def _call_error_hook(self, error: Exception) -> None:
         hook = self._error_hook
         if hook is None:
-            logger.info("listener %s: %s", self.listener.url.split("?")[0], error)
+            logger.info("listener %s: %s", self._driver.address, error)
             return
         try:
             result = hook(error)
@@ -608,8 +496,8 @@ class RelayedServer:
         try:
             decision = hook(event)
         except Exception:
-            logger.exception("headers hook failed; rejecting the connection")
-            self._answer(event, Reject(500, "Internal Server Error"))
+            logger.exception("headers hook failed; rejecting the connection with 500")
+            self._driver.refuse(event, time.time())
             return
         if inspect.isawaitable(decision):
             self._spawn(self._decide_later(event, decision))
@@ -623,37 +511,19 @@ class RelayedServer:
         except asyncio.CancelledError:
             raise
         except Exception:
-            logger.exception("headers hook failed; rejecting the connection")
-            decision = Reject(500, "Internal Server Error")
+            logger.exception("headers hook failed; rejecting the connection with 500")
+            self._driver.refuse(event, time.time())
+            self._run()
+            return
         self._answer(event, decision)
-        self._pump()
+        self._run()
 
     def _answer(self, event: ConnectionRequested, decision: Decision) -> None:
-        now = time.time()
-        lst = self.listener
         try:
-            if decision is None:
-                # Like hyco-ws and .NET: offer the sender's first subprotocol (§3.1).
-                offered = event.command.requested_subprotocols
-                lst.accept(now, event, subprotocol=offered[0] if offered else None)
-            elif isinstance(decision, str):
-                lst.accept(now, event, subprotocol=decision)
-            elif isinstance(decision, Accept):
-                lst.accept(now, event, subprotocol=decision.subprotocol,
-                           headers=decision.headers)
-            elif isinstance(decision, Reject):
-                lst.reject(now, event, decision.status, decision.description)
-            elif isinstance(decision, tuple) and len(decision) == 2:
-                lst.reject(now, event, int(decision[0]), str(decision[1]))
-            else:
-                raise TypeError(f"headers hook returned {decision!r}; return None, a "
-                                "subprotocol, Accept(...), Reject(...) or (status, description)")
-        except (LocalProtocolError, TypeError) as exc:
-            logger.warning("cannot answer connection request %s: %s", event.id, exc)
-            self._requests.pop(event.id, None)
-            if isinstance(exc, TypeError):
-                with contextlib.suppress(LocalProtocolError):
-                    lst.reject(now, event, 500, "Internal Server Error")
+            self._driver.answer(event, decision, time.time())
+        except Exception as exc:
+            logger.warning("%s: cannot answer connection request %s: %s",
+                           self._driver.address, event.id, exc)
 
 
 def create_relayed_server(
@@ -686,5 +556,3 @@ def create_relayed_server(
     task.add_done_callback(relayed._tasks.discard)
     task.add_done_callback(lambda t: t.cancelled() or t.exception())
     return relayed
-
-

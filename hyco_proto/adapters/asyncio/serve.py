@@ -1,0 +1,150 @@
+"""A plain WebSocket server on asyncio (no relay): ``serve(handler, host, port)``.
+
+Each connection runs a :class:`~hyco_proto.drivers.ServerConnection`: the opening handshake
+(bounded by ``open_timeout``; bad requests get their 4xx from the core), the subprotocol chosen
+from ``subprotocols`` in the server's order of preference, then ``await handler(ws)``. The socket
+is closed with 1000 when the handler returns and 1011 when it raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl as _ssl
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from types import TracebackType
+from typing import Any
+
+from ...drivers.connection import RequestReceived, ServerConnection, select_subprotocol
+from ...drivers.stream import DEFAULT_MAX_QUEUE
+from .link import DEFAULT_WRITE_LIMIT, Link
+from .websocket import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_SIZE, WebSocket
+
+__all__ = ["Server", "serve"]
+
+logger = logging.getLogger("hyco_proto.adapters.asyncio")
+
+Handler = Callable[[WebSocket], Awaitable[None]]
+
+
+class Server:
+    """The listening server: ``port``, ``close()``, ``wait_closed()``, ``serve_forever()``."""
+
+    def __init__(self, handler: Handler, host: str, port: int, *,
+                 subprotocols: Sequence[str], ssl: _ssl.SSLContext | None,
+                 open_timeout: float, close_timeout: float, max_queue: int,
+                 max_size: int | None, write_limit: int) -> None:
+        self._handler = handler
+        self.host = host
+        self._port = port
+        self._subprotocols = list(subprotocols)
+        self._ssl = ssl
+        self._open_timeout = open_timeout
+        self._close_timeout = close_timeout
+        self._max_queue = max_queue
+        self._max_size = max_size
+        self._write_limit = write_limit
+        self._server: asyncio.base_events.Server | None = None
+        self._sockets: set[WebSocket] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``port=0``)."""
+        if self._server is None or not self._server.sockets:
+            return self._port
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> Server:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._new_link, self.host, self._port,
+                                                ssl=self._ssl)
+        return self
+
+    def _new_link(self) -> Link:
+        link = Link(write_limit=self._write_limit)
+        ws = WebSocket(link, ServerConnection(max_message_size=self._max_size),
+                       max_queue=self._max_queue, close_timeout=self._close_timeout)
+        task = asyncio.ensure_future(self._run(ws))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return link
+
+    async def _run(self, ws: WebSocket) -> None:
+        try:
+            first = await asyncio.wait_for(asyncio.shield(ws.opened), self._open_timeout)
+        except Exception:  # no complete request in time, or the client left
+            ws.abort()
+            return
+        if not isinstance(first, RequestReceived):
+            return  # the core answered a bad request with its 4xx and closes
+        conn = ws._conn
+        assert isinstance(conn, ServerConnection)
+        conn.accept(select_subprotocol(first.request.subprotocols, self._subprotocols))
+        ws._process()
+        self._sockets.add(ws)
+        try:
+            await self._handler(ws)
+        except asyncio.CancelledError:
+            await ws.close(1001, "server shutting down")
+            raise
+        except Exception:
+            logger.exception("connection handler failed")
+            await ws.close(1011, "server error")
+        else:
+            await ws.close()
+        finally:
+            self._sockets.discard(ws)
+
+    def close(self) -> None:
+        """Stop accepting; open connections are closed with 1001 (see ``wait_closed``)."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self._close_timeout + 1.0)
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None, "start the server first"
+        await self._server.serve_forever()
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+class serve:
+    """Serve WebSockets: ``server = await serve(handler, host, port)`` or
+    ``async with serve(handler, host, port) as server:``; ``server.port`` is the bound port.
+
+    ``handler(ws)`` is a coroutine function; ``subprotocols`` are offered in order of
+    preference; ``open_timeout`` bounds each opening handshake.
+    """
+
+    def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0, *,
+                 subprotocols: Sequence[str] = (), ssl: _ssl.SSLContext | None = None,
+                 open_timeout: float = 10.0, close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+                 max_queue: int = DEFAULT_MAX_QUEUE, max_size: int | None = DEFAULT_MAX_SIZE,
+                 write_limit: int = DEFAULT_WRITE_LIMIT) -> None:
+        self.server = Server(handler, host, port, subprotocols=subprotocols, ssl=ssl,
+                             open_timeout=open_timeout, close_timeout=close_timeout,
+                             max_queue=max_queue, max_size=max_size, write_limit=write_limit)
+
+    def __await__(self) -> Generator[Any, None, Server]:
+        return self.server.start().__await__()
+
+    async def __aenter__(self) -> Server:
+        return await self.server.start()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.server.__aexit__(exc_type, exc, tb)

@@ -1,0 +1,419 @@
+"""WebSockets on asyncio: the socket class, plain ``connect`` and the sender's ``relayed_connect``.
+
+:class:`WebSocket` runs a :class:`~hyco_proto.drivers.ClientConnection` or
+:class:`~hyco_proto.drivers.ServerConnection` over one :class:`~.link.Link` and keeps its books
+in a :class:`~hyco_proto.drivers.MessageStream`. :class:`RelayedWebSocket` is what both ends of
+a relayed connection hold. Flow control, end to end (nothing buffers without bound):
+
+* ``send`` queues the frame, then waits while the transport's write buffer is above its
+  high-water mark (asyncio ``pause_writing`` / ``resume_writing``);
+* received messages wait in a queue of at most ``max_queue`` messages: above that, the transport
+  stops reading (TCP pushes back); reading resumes when ``recv`` has taken it down to a quarter;
+* one message is at most ``max_size`` bytes (1009 beyond; ``None``: unlimited).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl as _ssl
+from collections.abc import AsyncIterator, Awaitable, Generator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from ...drivers.connection import (
+    ClientConnection,
+    HandshakeFailed,
+    Opened,
+    Refused,
+    RequestReceived,
+    ServerConnection,
+    refusal_error,
+)
+from ...drivers.relayed import RelayedInfo
+from ...drivers.stream import DEFAULT_MAX_QUEUE, ConnectionClosedError, Message, MessageStream
+from ...errors import ConnectionLostError, RelayError
+from ...handshake import HandshakeRequest
+from ...listener import ConnectionRequested
+from ...sender import SenderConnect
+from .link import DEFAULT_WRITE_LIMIT, Link, open_link
+
+__all__ = [
+    "DEFAULT_CLOSE_TIMEOUT",
+    "DEFAULT_MAX_QUEUE",
+    "DEFAULT_MAX_SIZE",
+    "DEFAULT_WRITE_LIMIT",
+    "Message",
+    "RelayedWebSocket",
+    "WebSocket",
+    "connect",
+    "relayed_connect",
+]
+
+#: Largest message accepted (bytes); bigger ones fail the connection with 1009.
+DEFAULT_MAX_SIZE = 64 * 1024 * 1024
+DEFAULT_CLOSE_TIMEOUT = 10.0
+
+_HANDSHAKE_EVENTS = (Opened, Refused, HandshakeFailed, RequestReceived)
+
+S = TypeVar("S", bound="WebSocket")
+
+
+class WebSocket:
+    """One WebSocket connection: ``await send(message)``, ``await recv()``,
+    ``async for message in ws``, ``await ping()``, ``await close()``.
+
+    ``opened`` resolves with the handshake's first event (:class:`Opened`, :class:`Refused`,
+    :class:`HandshakeFailed` or, server side, :class:`RequestReceived`).
+    """
+
+    def __init__(self, link: Link, connection: ClientConnection | ServerConnection, *,
+                 max_queue: int = DEFAULT_MAX_QUEUE,
+                 close_timeout: float = DEFAULT_CLOSE_TIMEOUT) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._link = link
+        self._conn = connection
+        self._stream: MessageStream[asyncio.Future[float]] = MessageStream(max_queue)
+        self.close_timeout = close_timeout
+        self.opened: asyncio.Future[object] = self._loop.create_future()
+        self._recv_waiter: asyncio.Future[None] | None = None
+        link.receiver = self
+
+    # -- properties ------------------------------------------------------------------------
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The subprotocol agreed on in the opening handshake (None: none)."""
+        return self._conn.subprotocol
+
+    @property
+    def request(self) -> HandshakeRequest | None:
+        """Server side (``serve``): the client's upgrade request (path: ``request.target``)."""
+        conn = self._conn
+        return conn.request if isinstance(conn, ServerConnection) else None
+
+    @property
+    def response_headers(self) -> list[tuple[str, str]]:
+        """Client side: headers of the server's 101 answer."""
+        conn = self._conn
+        if isinstance(conn, ClientConnection) and conn.response is not None:
+            return list(conn.response.headers)
+        return []
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code once closed (1006: no closing handshake); None while open."""
+        closed = self._stream.closed
+        return closed.code if closed else None
+
+    @property
+    def close_reason(self) -> str | None:
+        closed = self._stream.closed
+        return closed.reason if closed else None
+
+    @property
+    def closed(self) -> bool:
+        return self._stream.closed is not None
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        """The underlying transport (for diagnostics: buffer sizes, peer name)."""
+        return self._link.transport
+
+    @property
+    def queued_messages(self) -> int:
+        """Received messages waiting for ``recv``."""
+        return len(self._stream)
+
+    @property
+    def reading_paused(self) -> bool:
+        """Whether reading is paused because ``max_queue`` messages wait."""
+        return self._link.reading_paused
+
+    # -- the link's callbacks --------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self._conn.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> None:
+        self._conn.receive_eof()
+        self._process()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._conn.receive_eof()
+        self._process()
+        if not self.opened.done():
+            why = f": {exc}" if exc else ""
+            self.opened.set_exception(ConnectionLostError(
+                "the connection closed during the WebSocket handshake" + why, close_code=1006))
+
+    def _process(self, earlier: Sequence[object] = ()) -> None:
+        events = self._conn.events_received()
+        if earlier:
+            events = [*earlier, *events]  # type: ignore[list-item]
+        if events:
+            if not self.opened.done() and isinstance(events[0], _HANDSHAKE_EVENTS):
+                self.opened.set_result(events[0])
+            stream = self._stream
+            if stream.feed(events):
+                waiter = self._recv_waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            if stream.pause_needed():
+                self._link.pause_reading()
+            for ping in stream.take_answered():
+                if not ping.done():
+                    ping.set_result(self._loop.time())
+            for ping in stream.take_abandoned():
+                if not ping.done():
+                    ping.set_exception(stream.closed_error())
+        self._flush()
+
+    def _flush(self) -> None:
+        for chunk in self._conn.data_to_send():
+            self._link.write(chunk)
+
+    # -- receiving -------------------------------------------------------------------------
+
+    async def recv(self) -> Message:
+        """The next message (str for text, bytes for binary).
+
+        Raises :class:`ConnectionClosedError` once the connection is closed and every message
+        received before the close has been returned.
+        """
+        stream = self._stream
+        while True:
+            message = stream.get()
+            if message is not None:
+                if stream.resume_needed():
+                    self._link.resume_reading()
+                return message
+            if self._recv_waiter is not None:
+                raise RuntimeError("recv() is already being awaited by another task")
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            self._recv_waiter = waiter
+            try:
+                await waiter
+            finally:
+                self._recv_waiter = None
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Message]:
+        """Messages until a normal close (1000/1001/1005); other codes raise."""
+        while True:
+            try:
+                yield await self.recv()
+            except ConnectionClosedError as exc:
+                if exc.ok:
+                    return
+                raise
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def send(self, message: Message | bytearray | memoryview) -> None:
+        """Send a text (str) or binary (bytes-like) message; waits while the write buffer is
+        above its high-water mark (the message is queued before waiting)."""
+        conn = self._conn
+        self._stream.check_open(conn.is_open)
+        if isinstance(message, str):
+            conn.send_text(message)
+        elif isinstance(message, (bytes, bytearray, memoryview)):
+            conn.send_binary(message)
+        else:
+            raise TypeError(f"send() takes str or bytes, not {type(message).__name__}")
+        self._flush()
+        await self._drain()
+
+    async def _drain(self) -> None:
+        try:
+            await self._link.drain()
+        except (ConnectionLostError, OSError) as exc:
+            raise self._stream.closed_error() from exc
+
+    async def ping(self, payload: bytes | None = None) -> asyncio.Future[float]:
+        """Send a ping; returns a future resolved (with the loop time) when the pong arrives.
+
+        ``payload`` defaults to 4 random bytes, so concurrent pings are told apart.
+        """
+        self._stream.check_open(self._conn.is_open)
+        waiter: asyncio.Future[float] = self._loop.create_future()
+        data = self._stream.add_ping(waiter, payload)
+        self._conn.send_ping(data)
+        self._flush()
+        await self._drain()
+        return waiter
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Run the closing handshake and wait (at most ``close_timeout``) for TCP to close;
+        the transport is aborted after that. Idempotent."""
+        conn = self._conn
+        if conn.is_open and self._stream.closed is None:
+            conn.send_close(code, reason)
+            self._flush()
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        """Wait until TCP is closed (aborting it after ``close_timeout``)."""
+        lost = self._link.lost
+        if lost.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(lost), self.close_timeout)
+        except asyncio.TimeoutError:
+            self._link.abort()
+            await lost
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once, without a closing handshake."""
+        self._link.abort()
+
+    async def __aenter__(self: S) -> S:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = f"closed {self.close_code}" if self.closed else self._conn.state.value
+        return f"<{type(self).__name__} {state}>"
+
+
+class RelayedWebSocket(RelayedInfo, WebSocket):
+    """One end of a relayed WebSocket connection (sender's, or accepted by a listener).
+
+    Listener-side sockets also carry what the sender asked for: ``connect_headers``
+    (case-insensitive), ``remote_endpoint``, ``path``, ``request_url`` and ``request``.
+    """
+
+    def __init__(self, link: Link, connection: ClientConnection, *, address: str,
+                 request: ConnectionRequested | None = None,
+                 max_queue: int = DEFAULT_MAX_QUEUE,
+                 close_timeout: float = DEFAULT_CLOSE_TIMEOUT) -> None:
+        super().__init__(link, connection, max_queue=max_queue, close_timeout=close_timeout)
+        self._address = address
+        self._request = request
+
+    def __repr__(self) -> str:
+        state = f"closed {self.close_code}" if self.closed else self._conn.state.value
+        side = "listener" if self._request else "sender"
+        return f"<RelayedWebSocket {side} {self.path} {state}>"
+
+
+class _Opening(Generic[S]):
+    """``await connect(...)`` or ``async with connect(...) as ws`` (the websockets habit)."""
+
+    def __init__(self, opening: Awaitable[S]) -> None:
+        self._opening = opening
+        self._ws: S | None = None
+
+    def __await__(self) -> Generator[Any, None, S]:
+        return self._opening.__await__()
+
+    async def __aenter__(self) -> S:
+        self._ws = await self._opening
+        return self._ws
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+
+
+async def _open(ws: S, url: str, host: str, port: int, secure: bool,
+                ssl: _ssl.SSLContext | None, timeout: float | None) -> object:
+    """Connect, run the opening handshake, return its outcome; abort on any failure."""
+    link = ws._link
+
+    async def run() -> object:
+        await open_link(link, host, port, secure=secure, ssl=ssl, timeout=None)
+        ws._flush()
+        return await ws.opened
+
+    try:
+        return await asyncio.wait_for(run(), timeout)
+    except asyncio.TimeoutError:
+        link.abort()
+        raise TimeoutError(f"no answer to the WebSocket upgrade from {host}:{port} "
+                           f"({url.split('?')[0]}) within {timeout:g} s") from None
+    except BaseException:
+        link.abort()
+        raise
+
+
+def connect(url: str, *, subprotocols: Sequence[str] = (),
+            headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+            ssl: _ssl.SSLContext | None = None, open_timeout: float | None = 10.0,
+            close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+            max_queue: int = DEFAULT_MAX_QUEUE, max_size: int | None = DEFAULT_MAX_SIZE,
+            write_limit: int = DEFAULT_WRITE_LIMIT) -> _Opening[WebSocket]:
+    """Open a plain WebSocket to ``ws://`` / ``wss://`` ``url`` (no relay).
+
+    ``await connect(url)`` or ``async with connect(url) as ws``. A refused upgrade raises the
+    typed ``RelayError`` (401 → ``AuthorizationError`` ...); ``TimeoutError`` after
+    ``open_timeout``; ``ConnectionError`` naming the address if it cannot be reached.
+    """
+
+    async def opening() -> WebSocket:
+        connection = ClientConnection.from_url(url, subprotocols=subprotocols,
+                                               headers=headers or (), max_message_size=max_size)
+        target = connection.url
+        ws = WebSocket(Link(write_limit=write_limit), connection, max_queue=max_queue,
+                       close_timeout=close_timeout)
+        outcome = await _open(ws, url, target.host, target.port, target.secure, ssl,
+                              open_timeout)
+        _raise_unless_opened(outcome, lambda r: refusal_error(r, url.split("?")[0]))
+        return ws
+
+    return _Opening(opening())
+
+
+def relayed_connect(
+    uri: str, token: str | None = None, *,
+    headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
+    subprotocols: Sequence[str] = (),
+    ssl: _ssl.SSLContext | None = None,
+    token_in_query: bool = False,
+    open_timeout: float | None = 30.0,
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    max_size: int | None = DEFAULT_MAX_SIZE,
+    write_limit: int = DEFAULT_WRITE_LIMIT,
+    allowed_listeners: Sequence[str] = (),
+    disallowed_listeners: Sequence[str] = (),
+) -> _Opening[RelayedWebSocket]:
+    """Connect to a hybrid connection as a sender (hyco-ws ``relayedConnect``).
+
+    ``await relayed_connect(uri, token)`` or ``async with relayed_connect(uri, token) as ws``.
+    ``uri`` is the send address (``wss://{ns}/$hc/{hc}[/suffix][?query]``); ``token`` goes in the
+    ``ServiceBusAuthorization`` header (or the ``sb-hc-token`` query with ``token_in_query``).
+    A refused handshake raises the typed error (``AuthorizationError`` 401, ``ForbiddenError``
+    403, ``EndpointNotFoundError`` 404, ``ListenerRejectedError`` for the listener's own
+    reject); ``TimeoutError`` after ``open_timeout``; ``ConnectionError`` naming the address if
+    the relay cannot be reached.
+    """
+
+    async def opening() -> RelayedWebSocket:
+        sender = SenderConnect(uri, token=token, token_in_query=token_in_query,
+                               headers=headers or (), subprotocols=subprotocols,
+                               allowed_listeners=allowed_listeners,
+                               disallowed_listeners=disallowed_listeners)
+        connection = ClientConnection(sender.handshake(), max_message_size=max_size)
+        ws = RelayedWebSocket(Link(write_limit=write_limit), connection, address=sender.url,
+                              max_queue=max_queue, close_timeout=close_timeout)
+        outcome = await _open(ws, uri, sender.hostname, sender.port, sender.secure, ssl,
+                              open_timeout)
+        _raise_unless_opened(outcome, sender.error_for_rejection)
+        return ws
+
+    return _Opening(opening())
+
+
+def _raise_unless_opened(outcome: object, refused: Any) -> None:
+    if isinstance(outcome, Refused):
+        error: RelayError = refused(outcome.response)
+        raise error
+    if isinstance(outcome, HandshakeFailed):
+        raise outcome.error
