@@ -1,0 +1,85 @@
+"""The asyncio adapter's plain WebSocket ``connect`` / ``serve`` (no relay), over loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from hyco_proto.adapters.asyncio import ConnectionClosedError, WebSocket, connect, serve
+from hyco_proto.errors import AuthorizationError
+
+from .asyncio_util import async_test, bounded
+
+
+async def echo(ws: WebSocket) -> None:
+    async for message in ws:
+        await ws.send(message)
+
+
+@async_test
+async def test_echo_subprotocol_ping_and_close() -> None:
+    async with serve(echo, "127.0.0.1", 0, subprotocols=["b", "a"]) as server:
+        url = f"ws://127.0.0.1:{server.port}/path?q=1"
+        async with connect(url, subprotocols=["a", "b"]) as ws:
+            assert ws.subprotocol == "b"  # the server's preference wins
+            await ws.send("hi")
+            assert await bounded(ws.recv()) == "hi"
+            big = bytes(range(256)) * 4096
+            await ws.send(big)
+            assert await bounded(ws.recv()) == big
+            pong = await ws.ping()
+            assert await bounded(pong) > 0
+        assert ws.close_code == 1000
+
+
+@async_test
+async def test_handler_sees_request_and_its_error_closes_1011() -> None:
+    seen: list[str] = []
+
+    async def handler(ws: WebSocket) -> None:
+        assert ws.request is not None
+        seen.append(ws.request.target)
+        raise RuntimeError("boom")
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        ws = await bounded(connect(f"ws://127.0.0.1:{server.port}/where"))
+        with pytest.raises(ConnectionClosedError) as info:
+            await bounded(ws.recv())
+        assert info.value.code == 1011 and not info.value.ok
+    assert seen == ["/where"]
+
+
+@async_test
+async def test_unreachable_and_tls_mismatch_name_the_address() -> None:
+    async with serve(echo, "127.0.0.1", 0) as server:
+        port = server.port
+        with pytest.raises(ConnectionError, match=f"not speaking TLS on {port}"):
+            await bounded(connect(f"wss://127.0.0.1:{port}/"))
+    with pytest.raises(ConnectionError, match=f"127.0.0.1:{port}"):
+        await bounded(connect(f"ws://127.0.0.1:{port}/"))
+
+
+@async_test
+async def test_refused_upgrade_and_silent_server_time_out() -> None:
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+
+    refusing = await asyncio.start_server(refuse, "127.0.0.1", 0)
+    quiet = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        port = refusing.sockets[0].getsockname()[1]
+        with pytest.raises(AuthorizationError, match="401"):
+            await bounded(connect(f"ws://127.0.0.1:{port}/"))
+        port = quiet.sockets[0].getsockname()[1]
+        with pytest.raises(TimeoutError, match=f"127.0.0.1:{port}"):
+            await bounded(connect(f"ws://127.0.0.1:{port}/", open_timeout=0.3))
+    finally:
+        refusing.close()
+        quiet.close()
