@@ -29,7 +29,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -54,6 +54,7 @@ from .uris import (
     ConnectionString,
     create_relay_listen_uri,
     create_relay_send_uri,
+    default_scheme,
     parse_connection_string,
 )
 
@@ -63,7 +64,6 @@ if TYPE_CHECKING:
 __all__ = ["build_parser", "main"]
 
 PROG = "hyco"
-_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
 class CliError(Exception):
@@ -325,11 +325,10 @@ def _endpoint(args: argparse.Namespace) -> _Endpoint:
                        "connection string)")
     scheme = args.scheme
     if scheme is None:
-        # Plain ws:// for a local emulator on a plain port; TLS everywhere else, and whenever
-        # TLS options are given.
+        # uris.default_scheme: plain ws:// for a local emulator on a plain port, TLS everywhere
+        # else; and TLS whenever TLS options are given.
         tls_options = getattr(args, "cafile", None) or getattr(args, "insecure", False)
-        plain = host.lower() in _LOOPBACK and port not in (None, 443, 9443)
-        scheme = "ws" if plain and not tls_options else "wss"
+        scheme = "wss" if tls_options else default_scheme(host, port)
     rule = args.rule or (cs.shared_access_key_name if cs is not None else None)
     key = args.key or (cs.shared_access_key if cs is not None else None)
     token = args.token or (cs.shared_access_signature if cs is not None else None)
@@ -352,9 +351,9 @@ def _add_endpoint_options(parser: argparse.ArgumentParser) -> None:
                        help="hybrid connection name (default: EntityPath)")
     group.add_argument("--port", type=_port, help="override the namespace's port")
     group.add_argument("--scheme", choices=("ws", "wss"),
-                       help="ws for a plain local emulator; default: ws for 127.0.0.1/"
-                            "localhost on a port other than 443/9443 (without --cafile/"
-                            "--insecure), else wss")
+                       help="ws for a plain local emulator; default: ws for a loopback "
+                            "host (localhost, 127.0.0.0/8, ::1) on a port other than 443/9443 "
+                            "(without --cafile/--insecure), else wss")
     group.add_argument("--rule", "-r", metavar="NAME",
                        help=f"SAS rule name (default: {DEFAULT_RULE_NAME})")
     group.add_argument("--key", "-k", metavar="KEY",
@@ -433,23 +432,38 @@ class _Stdin:
             return False
         return True
 
-    def _read(self) -> None:
+    def _chunks(self) -> Iterator[bytes]:
+        # Read the file descriptor, not the buffered object: a thread blocked inside
+        # BufferedReader.read holds its lock, and interpreter shutdown then aborts waiting
+        # for it (exit 134) when stdin is a terminal or a pipe still open.
         stream = self._stream
+        if stream is None:
+            return
         try:
-            if stream is not None:
-                if self._text:
-                    for line in stream:
-                        text = line.rstrip(b"\n").rstrip(b"\r").decode("utf-8", "replace")
-                        if not self._put(text):
+            fd = stream.fileno()
+        except (OSError, ValueError, AttributeError):
+            read = getattr(stream, "read1", stream.read)  # not a real file (tests)
+            while chunk := read(65536):
+                yield bytes(chunk)
+            return
+        while chunk := os.read(fd, 65536):
+            yield chunk
+
+    def _read(self) -> None:
+        try:
+            if self._text:
+                pending = b""
+                for chunk in self._chunks():
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for line in lines:
+                        if not self._put(line.rstrip(b"\r").decode("utf-8", "replace")):
                             return
-                else:
-                    read = getattr(stream, "read1", stream.read)
-                    while True:
-                        chunk = read(65536)
-                        if not chunk:
-                            break
-                        if not self._put(bytes(chunk)):
-                            return
+                if pending:
+                    self._put(pending.rstrip(b"\r").decode("utf-8", "replace"))
+            else:
+                for chunk in self._chunks():
+                    if not self._put(chunk):
+                        return
         except (OSError, ValueError):
             pass
         self._put(None)
