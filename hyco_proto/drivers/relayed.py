@@ -49,7 +49,7 @@ class RelayedInfo:
     _request: ConnectionRequested | None
 
     @property
-    def request(self) -> ConnectionRequested | None:
+    def connection_request(self) -> ConnectionRequested | None:
         """Listener side: the connection request this socket answers (None for a sender)."""
         return self._request
 
