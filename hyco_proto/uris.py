@@ -4,10 +4,17 @@ Formats follow hybrid-connections-wire §1. Unlike hyco-ws, which always writes 
 (§5.1), the builders here honour ``scheme`` and ``port`` so the same code reaches a local
 emulator on ``ws://127.0.0.1:9090``. Parsing strips ``sb-hc-*`` query parameters exactly as the
 relay service does before the listener's application sees the rest (§1.5).
+
+Without an explicit ``scheme`` the builders pick one with :func:`default_scheme`, the rule the
+``hyco`` CLI uses: plain ``ws://`` (``http://``) for a local emulator, that is a loopback host
+(``localhost``, ``*.localhost``, ``127.0.0.0/8``, ``::1``) with an explicit port other than 443
+and 9443 (the emulator's TLS port); ``wss://`` (``https://``) for everything else, so a real
+namespace always gets TLS.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -23,6 +30,8 @@ __all__ = [
     "create_relay_http_uri",
     "create_relay_listen_uri",
     "create_relay_send_uri",
+    "default_scheme",
+    "is_loopback_host",
     "parse_connection_string",
     "parse_relay_uri",
     "strip_relay_query",
@@ -95,10 +104,52 @@ def _authority(host: str, port: int | None) -> str:
     return host if port is None else f"{host}:{port}"
 
 
+#: Ports on which a loopback host is still assumed to speak TLS: wss's default and the
+#: emulator's TLS port.
+_TLS_PORTS = frozenset({443, 9443})
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` names this machine: ``localhost`` or ``*.localhost`` (RFC 6761),
+    an address in ``127.0.0.0/8``, or ``::1`` (brackets and a trailing dot allowed)."""
+    name = host.strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    name = name.removesuffix(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def default_scheme(host: str, port: int | None = None) -> str:
+    """The WebSocket scheme to use when none is given: ``"ws"`` or ``"wss"``.
+
+    ``"ws"`` for a local emulator — a loopback host (:func:`is_loopback_host`) with an explicit
+    ``port`` other than 443 and 9443 — and ``"wss"`` otherwise: every real namespace, and
+    ``localhost`` without a port (that is port 443, a TLS port). The ``hyco`` CLI uses the same
+    rule; for HTTP read ``"http"`` / ``"https"``.
+    """
+    plain = port is not None and port not in _TLS_PORTS and is_loopback_host(host)
+    return "ws" if plain else "wss"
+
+
 def _check_scheme(scheme: str, allowed: frozenset[str], what: str) -> str:
     if not isinstance(scheme, str) or scheme.lower() not in allowed:
         raise ValueError(f"{what} scheme must be one of {sorted(allowed)}, not {scheme!r}")
     return scheme.lower()
+
+
+def _pick_scheme(scheme: str | None, host: str, port: int | None, allowed: frozenset[str],
+                 what: str) -> str:
+    if scheme is not None:
+        return _check_scheme(scheme, allowed, what)
+    ws = default_scheme(host, port)
+    if "ws" in allowed:
+        return ws
+    return "http" if ws == "ws" else "https"
 
 
 def _relay_path(path: str) -> str:
@@ -151,44 +202,56 @@ def _join_query(app: str, params: list[str]) -> str:
     return ("?" + "&".join(parts)) if parts else ""
 
 
-def create_relay_base_uri(namespace: str, path: str, *, scheme: str = "wss",
+def create_relay_base_uri(namespace: str, path: str, *, scheme: str | None = None,
                           port: int | None = None) -> str:
-    """``{scheme}://{namespace}[:port]/$hc/{path}`` with no query."""
-    scheme = _check_scheme(scheme, _WS_SCHEMES, "WebSocket")
+    """``{scheme}://{namespace}[:port]/$hc/{path}`` with no query.
+
+    ``scheme=None`` picks :func:`default_scheme`: ``ws`` for a local emulator (a loopback host
+    on a port other than 443/9443), ``wss`` otherwise.
+    """
+    if scheme is not None:
+        _check_scheme(scheme, _WS_SCHEMES, "WebSocket")
     host, port = _split_namespace(namespace, port)
+    scheme = _pick_scheme(scheme, host, port, _WS_SCHEMES, "WebSocket")
     return f"{scheme}://{_authority(host, port)}{HC_PREFIX}{_relay_path(path)}"
 
 
 def create_relay_listen_uri(namespace: str, path: str, token: str | None = None,
-                            id: str | None = None, *, scheme: str = "wss",
+                            id: str | None = None, *, scheme: str | None = None,
                             port: int | None = None) -> str:
     """Listener control channel: ``…/$hc/{path}?sb-hc-action=listen[&sb-hc-token=…][&sb-hc-id=…]``.
 
     Parameter order and encoding match hyco-ws ``createRelayListenUri``; ``scheme`` and ``port``
-    are honoured (hyco-ws forces ``wss`` and ``:443``).
+    are honoured (hyco-ws forces ``wss`` and ``:443``). Without ``scheme``,
+    :func:`default_scheme` decides (``wss`` for every real namespace).
     """
     base = create_relay_base_uri(namespace, path, scheme=scheme, port=port)
     return base + _join_query("", _relay_params("listen", token, id))
 
 
 def create_relay_send_uri(namespace: str, path: str, token: str | None = None,
-                          id: str | None = None, *, scheme: str = "wss",
+                          id: str | None = None, *, scheme: str | None = None,
                           port: int | None = None, query: QueryArg = None) -> str:
     """Sender connect: ``…/$hc/{path}?[{query}&]sb-hc-action=connect[&sb-hc-token=…][&sb-hc-id=…]``.
 
     ``path`` may carry a suffix (``myhc/a/b``) and ``query`` application parameters; both reach
-    the listener (§1.5).
+    the listener (§1.5). Without ``scheme``, :func:`default_scheme` decides.
     """
     base = create_relay_base_uri(namespace, path, scheme=scheme, port=port)
     return base + _join_query(_app_query(query), _relay_params("connect", token, id))
 
 
 def create_relay_http_uri(namespace: str, path: str, token: str | None = None,
-                          id: str | None = None, *, scheme: str = "https",
+                          id: str | None = None, *, scheme: str | None = None,
                           port: int | None = None, query: QueryArg = None) -> str:
-    """HTTP sender endpoint (no ``$hc``, §1.3): ``https://{ns}/{path}[?{query}][&sb-hc-token=…]``."""
-    scheme = _check_scheme(scheme, _HTTP_SCHEMES, "HTTP")
+    """HTTP sender endpoint (no ``$hc``, §1.3): ``https://{ns}/{path}[?{query}][&sb-hc-token=…]``.
+
+    Without ``scheme``: ``http`` for a local emulator, ``https`` otherwise (:func:`default_scheme`).
+    """
+    if scheme is not None:
+        _check_scheme(scheme, _HTTP_SCHEMES, "HTTP")
     host, port = _split_namespace(namespace, port)
+    scheme = _pick_scheme(scheme, host, port, _HTTP_SCHEMES, "HTTP")
     base = f"{scheme}://{_authority(host, port)}/{_relay_path(path)}"
     return base + _join_query(_app_query(query), _relay_params(None, token, id))
 
@@ -412,20 +475,28 @@ class ConnectionString:
         return chosen
 
     def listen_uri(self, path: str | None = None, *, token: str | None = None,
-                   id: str | None = None, scheme: str = "wss") -> str:
-        """:func:`create_relay_listen_uri` for this namespace and ``EntityPath`` (or ``path``)."""
+                   id: str | None = None, scheme: str | None = None) -> str:
+        """:func:`create_relay_listen_uri` for this namespace and ``EntityPath`` (or ``path``).
+
+        Without ``scheme``: ``ws`` for a local emulator's endpoint (``sb://127.0.0.1:9090/``),
+        ``wss`` otherwise (:func:`default_scheme`).
+        """
         return create_relay_listen_uri(self.namespace, self._path(path), token, id,
                                        scheme=scheme)
 
     def send_uri(self, path: str | None = None, *, token: str | None = None,
-                 id: str | None = None, scheme: str = "wss", query: QueryArg = None) -> str:
-        """:func:`create_relay_send_uri` for this namespace and ``EntityPath`` (or ``path``)."""
+                 id: str | None = None, scheme: str | None = None,
+                 query: QueryArg = None) -> str:
+        """:func:`create_relay_send_uri` for this namespace and ``EntityPath`` (or ``path``);
+        the scheme as in :meth:`listen_uri`."""
         return create_relay_send_uri(self.namespace, self._path(path), token, id,
                                      scheme=scheme, query=query)
 
     def http_uri(self, path: str | None = None, *, token: str | None = None,
-                 id: str | None = None, scheme: str = "https", query: QueryArg = None) -> str:
-        """:func:`create_relay_http_uri` for this namespace and ``EntityPath`` (or ``path``)."""
+                 id: str | None = None, scheme: str | None = None,
+                 query: QueryArg = None) -> str:
+        """:func:`create_relay_http_uri` for this namespace and ``EntityPath`` (or ``path``);
+        ``http`` for a local emulator, ``https`` otherwise."""
         return create_relay_http_uri(self.namespace, self._path(path), token, id,
                                      scheme=scheme, query=query)
 
