@@ -27,7 +27,10 @@ FORBIDDEN = {
 }
 EDGE = {"cli.py", "__main__.py", "demo.py", "_wallclock.py"}
 # State machines must take `now` from their driver, never from the wall clock default.
-NO_WALLCLOCK = {"listener.py", "sender.py", "websocket.py", "handshake.py", "control.py"}
+NO_WALLCLOCK = {"listener.py", "sender.py", "websocket.py", "handshake.py", "control.py",
+                "connection.py", "stream.py", "decisions.py", "relayed.py"}
+# Adapters run the driver layer; none joins a handshake to a WebSocketConnection by hand.
+DRIVER_ONLY = {"ClientHandshake", "ServerHandshake", "WebSocketConnection"}
 
 
 def core_modules() -> list[Path]:
@@ -63,7 +66,21 @@ def imported_names(path: Path) -> set[str]:
 
 def test_core_modules_found() -> None:
     names = {p.name for p in core_modules()}
-    assert {"frames.py", "_frames_py.py", "errors.py"} <= names
+    assert {"frames.py", "_frames_py.py", "errors.py", "connection.py", "stream.py"} <= names
+
+
+def adapter_modules() -> list[Path]:
+    return sorted((PACKAGE / "adapters").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", adapter_modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_adapters_use_the_driver_layer(path: Path) -> None:
+    used = {alias.name for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(node, ast.ImportFrom) for alias in node.names}
+    assert not used & DRIVER_ONLY, (
+        f"{path.name} imports {sorted(used & DRIVER_ONLY)}: adapters use "
+        "hyco_proto.drivers (ClientConnection / ServerConnection), not the handshake and "
+        "WebSocket layers directly")
 
 
 @pytest.mark.parametrize("path", core_modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
