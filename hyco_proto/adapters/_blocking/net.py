@@ -1,0 +1,217 @@
+"""Sockets for the blocking adapters: connect (TCP, then TLS) within a deadline, run an opening
+handshake on a socket (:func:`open_client`: all three in one timeout), write a connection's
+output, end TCP.
+
+Errors from connecting are raised again with one sentence naming the address and the cause
+(:func:`hyco_proto.errors.describe_connect_error`), as the same exception class where possible:
+``TimeoutError``, ``ConnectionRefusedError``, ``ssl.SSLError`` ... (all ``OSError``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import ssl as _ssl
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ...drivers.connection import (
+    ClientConnection,
+    ConnectionEvent,
+    HandshakeFailed,
+    Refused,
+    ServerConnection,
+)
+from ...errors import describe_connect_error
+from .runtime import Runtime
+
+__all__ = [
+    "RECV_SIZE",
+    "addresses",
+    "connect_error",
+    "end_tcp",
+    "exchange",
+    "is_tls",
+    "open_client",
+    "open_connection",
+    "remaining",
+    "shutdown",
+    "write_chunks",
+]
+
+#: Bytes asked for per ``recv``.
+RECV_SIZE = 65536
+
+
+def remaining(rt: Runtime, deadline: float | None, what: str) -> float | None:
+    """Seconds left until ``deadline`` (monotonic), or ``TimeoutError(what)`` once it passed."""
+    if deadline is None:
+        return None
+    left = deadline - rt.monotonic()
+    if left <= 0:
+        raise TimeoutError(what)
+    return left
+
+
+def connect_error(exc: BaseException, *, host: str, port: int, secure: bool,
+                  timeout: float | None) -> OSError:
+    """``exc`` again, its message one sentence naming ``host:port`` and the cause."""
+    message = describe_connect_error(exc, host=host, port=port, secure=secure, timeout=timeout)
+    if isinstance(exc, TimeoutError):
+        error: OSError = TimeoutError(message)
+    else:
+        try:
+            made = type(exc)(message)
+        except Exception:
+            made = None
+        error = made if isinstance(made, OSError) else OSError(message)
+    error.__cause__ = exc
+    return error
+
+
+def open_connection(rt: Runtime, host: str, port: int, *, secure: bool,
+                    ssl: _ssl.SSLContext | None, timeout: float | None,
+                    on_socket: Callable[[Any], None] | None = None) -> Any:
+    """A connected socket (TLS when ``secure``) to ``host``:``port`` within ``timeout``.
+
+    ``on_socket(sock)`` is called with each socket before it connects, so another worker can
+    cancel the attempt (``shutdown``); it may raise to stop. Failures raise :func:`connect_error`.
+    """
+    deadline = None if timeout is None else rt.monotonic() + timeout
+    sock: Any = None
+    try:
+        sock = _connect_tcp(rt, host, port, deadline, on_socket)
+        if secure:
+            context = ssl if ssl is not None else _ssl.create_default_context()
+            sock = rt.wrap_tls(context, sock, False, host)
+            sock.settimeout(remaining(rt, deadline, "TLS handshake"))
+            sock.do_handshake()
+        sock.settimeout(None)
+        return sock
+    except (OSError, ValueError) as exc:
+        if sock is not None:
+            sock.close()
+        raise connect_error(exc, host=host, port=port, secure=secure, timeout=timeout) from exc
+
+
+def _connect_tcp(rt: Runtime, host: str, port: int, deadline: float | None,
+                 on_socket: Callable[[Any], None] | None) -> Any:
+    mod = rt.socket
+    error: OSError | None = None
+    for family, kind, proto, _, address in addresses(rt, host, port):
+        sock = mod.socket(family, kind, proto)
+        try:
+            if on_socket is not None:
+                on_socket(sock)
+            sock.settimeout(remaining(rt, deadline, "connect"))
+            sock.connect(address)
+            sock.setsockopt(mod.IPPROTO_TCP, mod.TCP_NODELAY, 1)
+            return sock
+        except OSError as exc:
+            sock.close()
+            if isinstance(exc, TimeoutError):
+                raise
+            error = exc
+    raise error if error is not None else OSError(f"no address found for {host}")
+
+
+def addresses(rt: Runtime, host: str, port: int, flags: int = 0) -> list[Any]:
+    """``getaddrinfo`` results for TCP; an IP literal is used as is (gevent would otherwise ask
+    its resolver's thread pool)."""
+    mod = rt.socket
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return list(mod.getaddrinfo(host, port, 0, mod.SOCK_STREAM, 0, flags))
+    family = mod.AF_INET6 if ip.version == 6 else mod.AF_INET
+    return [(family, mod.SOCK_STREAM, 0, "", (host, port))]
+
+
+def exchange(rt: Runtime, sock: Any, connection: ClientConnection | ServerConnection,
+             deadline: float | None, what: str) -> list[ConnectionEvent]:
+    """Run an opening handshake on ``sock`` until the connection has events (the outcome first).
+
+    Writes what the connection queues (the client's request; a server's refusal), reads the
+    peer's bytes; ``TimeoutError(what)`` when ``deadline`` passes first. The socket is left in
+    blocking mode.
+    """
+    try:
+        while True:
+            write_chunks(sock, connection.data_to_send(), server=isinstance(
+                connection, ServerConnection))
+            events = connection.events_received()
+            if events:
+                return events
+            sock.settimeout(remaining(rt, deadline, what))
+            try:
+                data = sock.recv(RECV_SIZE)
+            except TimeoutError:
+                raise TimeoutError(what) from None
+            if data:
+                connection.receive_data(data)
+            else:
+                connection.receive_eof()
+    finally:
+        with contextlib.suppress(OSError):
+            sock.settimeout(None)
+
+
+def write_chunks(sock: Any, chunks: Iterable[bytes], *, server: bool) -> bool:
+    """Write a connection's output; ``b""`` ends TCP (see :func:`end_tcp`). True once ended."""
+    for chunk in chunks:
+        if not chunk:
+            end_tcp(sock, server=server)
+            return True
+        sock.sendall(chunk)
+    return False
+
+
+def end_tcp(sock: Any, *, server: bool) -> None:
+    """A connection is done with TCP: a server closes it (RFC 6455 §7.1.1: the server closes
+    first), a client half-closes and waits for the server's close. Over TLS a client only waits:
+    a half-close would drop the TLS layer under the reader."""
+    if server:
+        shutdown(sock)
+    elif not is_tls(sock):
+        shutdown(sock, write_only=True)
+
+
+def is_tls(sock: Any) -> bool:
+    """Whether ``sock`` is a TLS socket (``ssl`` or gevent's)."""
+    return hasattr(sock, "unwrap")
+
+
+def shutdown(sock: Any, *, write_only: bool = False) -> None:
+    """``shutdown`` ignoring errors: wakes a worker blocked in ``recv`` / ``connect`` on it."""
+    how = 1 if write_only else 2  # SHUT_WR / SHUT_RDWR (the same in every socket module)
+    with contextlib.suppress(OSError, AttributeError, ValueError):
+        sock.shutdown(how)
+
+
+def open_client(rt: Runtime, connection: ClientConnection, *, host: str, port: int,
+                secure: bool, ssl: _ssl.SSLContext | None,
+                timeout: float | None) -> tuple[Any, list[ConnectionEvent]]:
+    """Connect and run ``connection``'s opening handshake, all within ``timeout``.
+
+    Returns the socket and the connection's first events: ``Opened`` (then the socket is the
+    caller's) or ``Refused`` (the socket is closed). Failures raise ``OSError`` s naming the
+    address (``TimeoutError`` included); the socket is closed.
+    """
+    deadline = None if timeout is None else rt.monotonic() + timeout
+    sock = open_connection(rt, host, port, secure=secure, ssl=ssl, timeout=timeout)
+    try:
+        events = exchange(rt, sock, connection, deadline, "WebSocket upgrade")
+    except (OSError, ValueError) as exc:
+        sock.close()
+        raise connect_error(exc, host=host, port=port, secure=secure, timeout=timeout) from exc
+    first = events[0]
+    if isinstance(first, HandshakeFailed):
+        sock.close()
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ConnectionError(f"the WebSocket upgrade to {address} failed: "
+                              f"{first.error}") from first.error
+    if isinstance(first, Refused):
+        with contextlib.suppress(OSError):
+            sock.close()
+    return sock, events
+

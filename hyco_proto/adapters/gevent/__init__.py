@@ -1,0 +1,59 @@
+"""gevent adapter: greenlet-cooperative WebSockets and the Hybrid Connections listener and sender.
+
+The same API as :mod:`hyco_proto.adapters.threads`, on gevent's own sockets, locks, events,
+queues and greenlets; calls block only the calling greenlet. Nothing is monkey-patched (a
+monkey-patched program works too). Needs the ``gevent`` extra: ``pip install hyco_proto[gevent]``.
+Only importing this module imports gevent.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import gevent.event
+import gevent.lock
+import gevent.queue
+import gevent.socket
+import gevent.ssl
+
+from .._blocking import listener as _listener
+from .._blocking.api import Api
+from .._blocking.public import *  # noqa: F403
+from .._blocking.public import __all__ as _shared
+from .._blocking.runtime import Runtime
+
+__all__ = [*_shared, "RUNTIME", "RelayedServer", "connect", "create_relayed_server",
+           "relayed_connect", "serve"]
+
+
+def _start(fn: Callable[[], None], name: str) -> Any:
+    greenlet = gevent.spawn(fn)
+    greenlet.name = name
+    return greenlet
+
+
+def _wrap_tls(context: ssl.SSLContext, sock: Any, server_side: bool,
+              hostname: str | None) -> Any:
+    # gevent's SSLSocket with the caller's (standard library) context.
+    return gevent.ssl.SSLSocket(sock=sock, server_side=server_side, server_hostname=hostname,
+                                do_handshake_on_connect=False, _context=context)
+
+
+#: gevent's sockets, locks, events, queues and greenlets.
+RUNTIME = Runtime(
+    name="gevent", socket=gevent.socket, wrap_tls=_wrap_tls, start=_start,
+    alive=lambda greenlet: not greenlet.dead, current=gevent.getcurrent,
+    lock=lambda: gevent.lock.Semaphore(), event=gevent.event.Event, queue=gevent.queue.Queue,
+    empty=gevent.queue.Empty, sleep=gevent.sleep)
+
+
+class RelayedServer(_listener.RelayedServer):
+    runtime = RUNTIME
+
+
+_api = Api(RUNTIME)
+connect, serve, relayed_connect = _api.connect, _api.serve, _api.relayed_connect
+create_relayed_server = RelayedServer.create
