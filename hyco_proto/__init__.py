@@ -34,7 +34,8 @@ from .errors import (
     RemoteProtocolError,
     TokenError,
 )
-from .listener import Listener, ListenerState
+from .headers import Headers
+from .listener import ConnectionRequested, Listener, ListenerState
 from .sas import (
     SasToken,
     TokenSource,
@@ -62,9 +63,11 @@ __all__ = [
     "AcceptCommand",
     "AuthorizationError",
     "ConnectionLostError",
+    "ConnectionRequested",
     "ConnectionString",
     "EndpointNotFoundError",
     "ForbiddenError",
+    "Headers",
     "Listener",
     "ListenerRejectedError",
     "ListenerState",

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 from .errors import RemoteProtocolError
+from .headers import Headers
 
 __all__ = [
     "AcceptCommand",
@@ -49,13 +50,18 @@ class AcceptCommand:
     """``accept``: a WebSocket sender is waiting; connect ``address`` to accept it (§3.1).
 
     ``connect_headers`` holds every header of the sender's upgrade request (with the relay's
-    spelling). The address is valid for about 30 s and one connection attempt.
+    spelling; names are looked up case-insensitively). The address is valid for about 30 s and
+    one connection attempt.
     """
 
     address: str
     id: str
-    connect_headers: dict[str, str] = field(default_factory=dict)
+    connect_headers: Headers = field(default_factory=Headers)
     remote_endpoint: RemoteEndpoint = field(default_factory=lambda: RemoteEndpoint("", 0))
+
+    def __post_init__(self) -> None:
+        if type(self.connect_headers) is not Headers:  # a plain mapping given: wrap it
+            object.__setattr__(self, "connect_headers", Headers(self.connect_headers))
 
     @property
     def requested_subprotocols(self) -> list[str]:
@@ -63,10 +69,8 @@ class AcceptCommand:
 
         hyco-ws and .NET offer the *first* of these on the rendezvous (§3.1).
         """
-        for name, value in self.connect_headers.items():
-            if name.lower() == "sec-websocket-protocol":
-                return [p.strip() for p in value.split(",") if p.strip()]
-        return []
+        value = self.connect_headers.get("Sec-WebSocket-Protocol")
+        return [p.strip() for p in value.split(",") if p.strip()] if value else []
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +230,7 @@ def _parse_accept(obj: Mapping[str, Any]) -> AcceptCommand:
     return AcceptCommand(
         address=_req_str(obj, "accept", "address"),
         id=_req_str(obj, "accept", "id"),
-        connect_headers=_headers(obj, "accept", "connectHeaders", required=False),
+        connect_headers=Headers(_headers(obj, "accept", "connectHeaders", required=False)),
         remote_endpoint=endpoint if endpoint is not None else RemoteEndpoint("", 0),
     )
 

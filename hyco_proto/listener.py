@@ -47,6 +47,7 @@ from urllib.parse import quote
 from ._syntax import is_token
 from .control import (
     AcceptCommand,
+    RemoteEndpoint,
     RenewTokenCommand,
     RequestCommand,
     ResponseCommand,
@@ -64,8 +65,9 @@ from .errors import (
     relay_error_for_status,
 )
 from .handshake import parse_ws_url
+from .headers import Headers
 from .sas import TokenSource
-from .uris import build_reject_uri
+from .uris import build_reject_uri, parse_relay_uri
 
 __all__ = [
     "Action",
@@ -181,7 +183,13 @@ class Listening:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionRequested:
-    """A WebSocket sender is waiting; answer with ``accept`` or ``reject`` within ~30 s."""
+    """A WebSocket sender is waiting; answer with ``accept`` or ``reject`` within ~30 s.
+
+    This is what a listener's ``headers`` hook receives: ``headers`` (the sender's upgrade
+    headers, case-insensitive), ``subprotocols`` (offered, in order), ``path`` (what the sender
+    asked for below the namespace, ``sb-hc-*`` removed), ``remote_endpoint``, ``id``, and the raw
+    ``command``.
+    """
 
     command: AcceptCommand
     received_at: float
@@ -189,6 +197,26 @@ class ConnectionRequested:
     @property
     def id(self) -> str:
         return self.command.id
+
+    @property
+    def headers(self) -> Headers:
+        """The sender's upgrade request headers; names compare case-insensitively."""
+        return self.command.connect_headers
+
+    @property
+    def subprotocols(self) -> list[str]:
+        """The subprotocols the sender offered, in its order."""
+        return self.command.requested_subprotocols
+
+    @property
+    def remote_endpoint(self) -> RemoteEndpoint:
+        """The sender's address as the relay saw it."""
+        return self.command.remote_endpoint
+
+    @property
+    def path(self) -> str:
+        """``/{hc}[/{suffix}][?{app query}]`` the sender used (``sb-hc-*`` removed, §1.5)."""
+        return parse_relay_uri(self.command.address).request_target
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,38 +7,12 @@ path and query it used. The sender side knows none of that (empty / None).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-
 from ..control import RemoteEndpoint
+from ..headers import Headers
 from ..listener import ConnectionRequested
 from ..uris import parse_relay_uri
 
 __all__ = ["Headers", "RelayedInfo"]
-
-
-class Headers(Mapping[str, str]):
-    """Read-only HTTP headers: names compare case-insensitively, original spelling is kept."""
-
-    __slots__ = ("_items",)
-
-    def __init__(self, items: Mapping[str, str] | None = None) -> None:
-        self._items: dict[str, tuple[str, str]] = {
-            k.lower(): (k, v) for k, v in (items or {}).items()}
-
-    def __getitem__(self, name: str) -> str:
-        return self._items[name.lower()][1]
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._items
-
-    def __iter__(self) -> Iterator[str]:
-        return (k for k, _ in self._items.values())
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __repr__(self) -> str:
-        return f"Headers({dict(self.items())!r})"
 
 
 class RelayedInfo:
@@ -56,7 +30,7 @@ class RelayedInfo:
     @property
     def connect_headers(self) -> Headers:
         """Listener side: the sender's upgrade headers, case-insensitive (empty for a sender)."""
-        return Headers(self._request.command.connect_headers if self._request else None)
+        return self._request.command.connect_headers if self._request else Headers()
 
     @property
     def remote_endpoint(self) -> RemoteEndpoint | None:

@@ -29,6 +29,7 @@ from ..control import (
     serialize_command,
 )
 from ..errors import RemoteProtocolError, TokenError
+from ..headers import Headers
 from ..sas import verify_token
 from ..uris import strip_relay_query
 from .config import HybridConnectionConfig, Right, ServiceConfig
@@ -376,7 +377,7 @@ class RelayBroker:
         accept = AcceptCommand(
             address=address,
             id=connect_id,
-            connect_headers=connect_headers,
+            connect_headers=Headers(connect_headers),
             remote_endpoint=RemoteEndpoint(address=remote[0], port=remote[1]),
         )
         pending = PendingConnect(

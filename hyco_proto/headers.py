@@ -1,0 +1,33 @@
+"""HTTP header maps whose names compare case-insensitively (RFC 9110 §5.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+
+__all__ = ["Headers"]
+
+
+class Headers(Mapping[str, str]):
+    """Read-only HTTP headers: names compare case-insensitively, original spelling is kept."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] | None = None
+                 ) -> None:
+        pairs = items.items() if isinstance(items, Mapping) else (items or ())
+        self._items: dict[str, tuple[str, str]] = {k.lower(): (k, v) for k, v in pairs}
+
+    def __getitem__(self, name: str) -> str:
+        return self._items[name.lower()][1]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return (k for k, _ in self._items.values())
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __repr__(self) -> str:
+        return f"Headers({dict(self.items())!r})"
