@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit
 
 from ..errors import LocalProtocolError, RelayError
-from ..handshake import WebSocketURL
+from ..handshake import ClientHandshake, WebSocketURL
 from ..listener import (
     CloseControlChannel,
     Closed,
@@ -58,9 +58,11 @@ __all__ = [
     "DriverEvent",
     "HandOver",
     "ListenerDriver",
+    "ListenerView",
     "OpenTransport",
     "StartFailed",
     "Write",
+    "relayed_server_options",
 ]
 
 
@@ -259,7 +261,10 @@ class ListenerDriver:
         elif isinstance(decision, str):
             lst.accept(now, request, subprotocol=decision)
         elif isinstance(decision, Accept):
-            lst.accept(now, request, subprotocol=decision.subprotocol, headers=decision.headers)
+            headers = tuple((str(k), str(v)) for k, v in decision.headers)
+            if headers:  # check them now: a bad one must not fail the rendezvous later
+                ClientHandshake("relay", "/", headers=headers)
+            lst.accept(now, request, subprotocol=decision.subprotocol, headers=headers)
         elif isinstance(decision, Reject):
             lst.reject(now, request, decision.status, decision.description)
         elif isinstance(decision, tuple) and len(decision) == 2:
@@ -287,7 +292,11 @@ class ListenerDriver:
             return
         if transport.control:
             self._control = None
-            self.listener.channel_closed(now, 1006, cause)
+            if self.fail_first_open and not self._listened and not self._ended:
+                # The relay was never reached: the cause is the error, not a "1006 close".
+                self._fail_start(RelayError, RelayError(cause), now)
+            else:
+                self.listener.channel_closed(now, 1006, cause)
         else:
             self._rendezvous_result(transport, now, None, cause)
         self._pump(now)
@@ -513,3 +522,48 @@ class ListenerDriver:
         for action in lst.actions_to_take():
             if isinstance(action, CloseControlChannel) and self._control is not None:
                 self._abort(self._control)
+
+
+class ListenerView:
+    """What every adapter's ``RelayedServer`` tells about its driver (mixin; needs ``_driver``)."""
+
+    _driver: ListenerDriver
+
+    @property
+    def listener(self) -> Listener:
+        return self._driver.listener
+
+    @property
+    def state(self) -> ListenerState:
+        return self._driver.state
+
+    @property
+    def is_listening(self) -> bool:
+        return self._driver.is_listening
+
+    @property
+    def keepalive_pongs(self) -> int:
+        """Pongs received on the control channel (keepalive answers)."""
+        return self._driver.keepalive_pongs
+
+    @property
+    def events(self) -> list[DriverEvent]:
+        """The latest listener events, oldest first (bounded), for diagnostics and tests."""
+        return list(self._driver.history)
+
+
+def relayed_server_options(options: Mapping[str, Any], on_connection: object | None
+                           ) -> tuple[Any, Any, dict[str, Any]]:
+    """hyco-ws ``createRelayedServer({server, token, id, ...}, onConnection)`` options as
+    ``(server, token, keyword arguments)`` for a ``RelayedServer`` (``id`` → ``listener_id``)."""
+    opts = dict(options)
+    try:
+        server = opts.pop("server")
+        token = opts.pop("token")
+    except KeyError as exc:
+        raise ValueError(f"options need {exc.args[0]!r}") from None
+    if "id" in opts:
+        opts["listener_id"] = opts.pop("id")
+    if on_connection is not None:
+        opts["connection"] = on_connection
+    return server, token, opts

@@ -29,9 +29,11 @@ from ...drivers.listener import (
     DriverEvent,
     HandOver,
     ListenerDriver,
+    ListenerView,
     OpenTransport,
     StartFailed,
     Write,
+    relayed_server_options,
 )
 from ...errors import RelayError
 from ...listener import (
@@ -39,7 +41,6 @@ from ...listener import (
     ConnectionRequested,
     Disconnected,
     Listener,
-    ListenerState,
     Listening,
     Offline,
     RendezvousFailed,
@@ -90,7 +91,7 @@ class _Port:
         server._run()
 
 
-class RelayedServer:
+class RelayedServer(ListenerView):
     """A Hybrid Connections listener (hyco-ws ``RelayedServer``) on asyncio.
 
     Args:
@@ -168,30 +169,6 @@ class RelayedServer:
         self._closed: asyncio.Future[None] | None = None
         self._offline: RelayError | None = None
         self._closing = False
-
-    # -- introspection ---------------------------------------------------------------------
-
-    @property
-    def listener(self) -> Listener:
-        return self._driver.listener
-
-    @property
-    def state(self) -> ListenerState:
-        return self._driver.state
-
-    @property
-    def is_listening(self) -> bool:
-        return self._driver.is_listening
-
-    @property
-    def keepalive_pongs(self) -> int:
-        """Pongs received on the control channel (keepalive answers)."""
-        return self._driver.keepalive_pongs
-
-    @property
-    def events(self) -> list[DriverEvent]:
-        """The latest listener events, oldest first (bounded), for diagnostics and tests."""
-        return list(self._driver.history)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -536,16 +513,7 @@ def create_relayed_server(
     is accepted for ``listener_id``). Inside a running event loop the server starts listening at
     once, like hyco-ws; ``await server.start()`` (or ``async with server``) waits for it.
     """
-    opts = dict(options)
-    try:
-        server = opts.pop("server")
-        token = opts.pop("token")
-    except KeyError as exc:
-        raise ValueError(f"options need {exc.args[0]!r}") from None
-    if "id" in opts:
-        opts["listener_id"] = opts.pop("id")
-    if on_connection is not None:
-        opts["connection"] = on_connection
+    server, token, opts = relayed_server_options(options, on_connection)
     relayed = RelayedServer(server, token, **opts)
     try:
         loop = asyncio.get_running_loop()
