@@ -22,7 +22,7 @@ from ...drivers.stream import ConnectionClosedError, RelayConnectionClosed
 from ...listener import ConnectionRequested
 from .serve import Server, serve
 from .server import RelayedServer, create_relayed_server
-from .service import RelayServiceServer
+from .service import RelayServiceServer, RelayServiceThread
 from .websocket import RelayedWebSocket, WebSocket, connect, relayed_connect
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "Reject",
     "RelayConnectionClosed",
     "RelayServiceServer",
+    "RelayServiceThread",
     "RelayedServer",
     "RelayedWebSocket",
     "Server",

@@ -25,13 +25,18 @@ from __future__ import annotations
 
 import asyncio
 import ssl as _ssl
+import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any, TypeVar
 
 from ...service.config import ServiceConfig
 from ...service.relay import ConnectionKind, RelayService
 
-__all__ = ["DEFAULT_WRITE_HIGH_WATER", "READ_BUFFER_SIZE", "RelayServiceServer"]
+T = TypeVar("T")
+
+__all__ = ["DEFAULT_WRITE_HIGH_WATER", "READ_BUFFER_SIZE", "RelayServiceServer", "RelayServiceThread"]
 
 #: Write buffer size above which the writing leg's peer stops being read.
 DEFAULT_WRITE_HIGH_WATER = 1 << 20
@@ -317,3 +322,70 @@ class RelayServiceServer:
         self.service.handle_timer(time.time())
         self._after_input(None)
 
+
+
+class RelayServiceThread:
+    """The local relay service on its own event loop thread, for blocking programs (threads,
+    gevent) and tests: ``with RelayServiceThread(port=0) as relay: relay.url``.
+
+    Takes the :class:`RelayServiceServer` arguments. ``start()`` / ``close()`` wait at most
+    ``timeout`` seconds; ``call(fn)`` runs ``fn()`` on the service's loop (to read its state).
+    """
+
+    def __init__(self, service: RelayService | None = None, *, timeout: float = 10.0,
+                 **options: Any) -> None:
+        self.server = RelayServiceServer(service, **options)
+        self.timeout = timeout
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="hyco-relay",
+                                        daemon=True)
+
+    @property
+    def service(self) -> RelayService:
+        return self.server.service
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        """``ws://127.0.0.1:PORT`` (``wss://`` with TLS)."""
+        return self.server.url
+
+    def start(self) -> RelayServiceThread:
+        """Start the thread and bind; raises what binding raised (e.g. the port is in use)."""
+        if not self._thread.is_alive():
+            self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self._loop).result(self.timeout)
+        return self
+
+    def call(self, fn: Callable[[], T]) -> T:
+        async def run() -> T:
+            return fn()
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(self.timeout)
+
+    def close(self) -> None:
+        """Close the service (1001 to everyone), stop the loop and join the thread."""
+        if self._loop.is_closed():
+            return
+        try:
+            if self._thread.is_alive():
+                asyncio.run_coroutine_threadsafe(self.server.close(),
+                                                 self._loop).result(self.timeout)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(self.timeout)
+            if not self._thread.is_alive():
+                self._loop.close()
+
+    def __enter__(self) -> RelayServiceThread:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
