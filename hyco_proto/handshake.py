@@ -317,6 +317,7 @@ class ClientHandshake:
         self._error: RemoteProtocolError | None = None
         self._rejection: h11.Response | None = None
         self._body = bytearray()
+        self._heard = False  # any byte of the answer
 
     @staticmethod
     def _encode_key(key: bytes) -> str:
@@ -356,6 +357,8 @@ class ClientHandshake:
 
     def receive_data(self, data: bytes) -> None:
         """Feed the server's bytes; ``b""`` means the server closed the connection."""
+        if data:
+            self._heard = True
         if self._result is not None and isinstance(self._result, HandshakeAccepted):
             # Late bytes after the 101 still belong to the frame layer.
             self._result = HandshakeAccepted(self._result.subprotocol, self._result.headers,
@@ -384,6 +387,10 @@ class ClientHandshake:
                 if self._rejection is not None:
                     # The rejection's body was cut short: report what we have.
                     return self._rejected()
+                if not self._heard:
+                    raise RemoteProtocolError(
+                        "the server closed the connection without answering the WebSocket "
+                        "upgrade", status_hint=502) from exc
                 raise RemoteProtocolError(
                     f"invalid HTTP response to the WebSocket upgrade: {exc}", status_hint=502
                 ) from exc

@@ -351,7 +351,14 @@ def test_client_eof_without_answer() -> None:
     hs.receive_data(b"HTTP/1.1 10")
     assert hs.next_event() is None
     hs.receive_data(b"")
-    with pytest.raises(RemoteProtocolError):
+    with pytest.raises(RemoteProtocolError, match="invalid HTTP response"):
+        hs.next_event()
+
+
+def test_client_eof_before_any_byte_says_so() -> None:
+    hs = client()
+    hs.receive_data(b"")
+    with pytest.raises(RemoteProtocolError, match="closed the connection without answering"):
         hs.next_event()
 
 

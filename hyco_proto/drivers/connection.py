@@ -222,7 +222,6 @@ class ClientConnection(_Connection):
         self.handshake = handshake
         self.response: HandshakeAccepted | None = None
         self.rejection: HandshakeRejected | None = None
-        self._heard = False  # any byte of the answer
         self._out.append(handshake.data_to_send())
 
     @classmethod
@@ -251,7 +250,6 @@ class ClientConnection(_Connection):
         if ws is not None:
             ws.receive_data(data)
         elif not self._done and data:
-            self._heard = True
             self.handshake.receive_data(data)
             self._advance()
 
@@ -264,9 +262,8 @@ class ClientConnection(_Connection):
         if self._done or self._eof:
             return
         self._eof = True
-        if self._heard:  # else h11 would blame itself ("can't handle event type ...")
-            self.handshake.receive_data(b"")
-            self._advance()
+        self.handshake.receive_data(b"")
+        self._advance()
         if not self._done and self.ws is None:
             self._end_handshake(HandshakeFailed(RemoteProtocolError(
                 "the server closed the connection without answering the WebSocket upgrade",

@@ -36,7 +36,12 @@ from ...service.relay import ConnectionKind, RelayService
 
 T = TypeVar("T")
 
-__all__ = ["DEFAULT_WRITE_HIGH_WATER", "READ_BUFFER_SIZE", "RelayServiceServer", "RelayServiceThread"]
+__all__ = [
+    "DEFAULT_WRITE_HIGH_WATER",
+    "READ_BUFFER_SIZE",
+    "RelayServiceServer",
+    "RelayServiceThread",
+]
 
 #: Write buffer size above which the writing leg's peer stops being read.
 DEFAULT_WRITE_HIGH_WATER = 1 << 20
