@@ -24,6 +24,7 @@ from ...drivers.connection import (
 )
 from ...errors import describe_connect_error
 from .runtime import Runtime
+from .tls import TlsSocket
 
 __all__ = [
     "RECV_SIZE",
@@ -31,7 +32,6 @@ __all__ = [
     "connect_error",
     "end_tcp",
     "exchange",
-    "is_tls",
     "open_client",
     "open_connection",
     "remaining",
@@ -83,7 +83,7 @@ def open_connection(rt: Runtime, host: str, port: int, *, secure: bool,
         sock = _connect_tcp(rt, host, port, deadline, on_socket)
         if secure:
             context = ssl if ssl is not None else _ssl.create_default_context()
-            sock = rt.wrap_tls(context, sock, False, host)
+            sock = TlsSocket(rt, sock, context, server_side=False, server_hostname=host)
             sock.settimeout(remaining(rt, deadline, "TLS handshake"))
             sock.do_handshake()
         sock.settimeout(None)
@@ -168,17 +168,11 @@ def write_chunks(sock: Any, chunks: Iterable[bytes], *, server: bool) -> bool:
 
 def end_tcp(sock: Any, *, server: bool) -> None:
     """A connection is done with TCP: a server closes it (RFC 6455 §7.1.1: the server closes
-    first), a client half-closes and waits for the server's close. Over TLS a client only waits:
-    a half-close would drop the TLS layer under the reader."""
-    if server:
-        shutdown(sock)
-    elif not is_tls(sock):
-        shutdown(sock, write_only=True)
-
-
-def is_tls(sock: Any) -> bool:
-    """Whether ``sock`` is a TLS socket (``ssl`` or gevent's)."""
-    return hasattr(sock, "unwrap")
+    first), a client half-closes and waits for the server's close. TLS says close_notify
+    first."""
+    if isinstance(sock, TlsSocket):
+        sock.close_notify()
+    shutdown(sock, write_only=not server)
 
 
 def shutdown(sock: Any, *, write_only: bool = False) -> None:

@@ -1,7 +1,8 @@
 """What the blocking implementation needs from a concurrency model (threads or gevent).
 
-A :class:`Runtime` names the socket module, TLS wrapping, how to start a worker, and the waiting
-primitives. ``hyco_proto.adapters.threads`` fills it with ``threading`` / ``socket`` / ``queue``,
+A :class:`Runtime` names the socket module, how to start a worker, and the waiting primitives
+(TLS runs over memory BIOs on the runtime's plain sockets: :mod:`.tls`).
+``hyco_proto.adapters.threads`` fills it with ``threading`` / ``socket`` / ``queue``,
 ``hyco_proto.adapters.gevent`` with gevent's cooperative equivalents; everything else in this
 package is written once against it.
 
@@ -59,9 +60,6 @@ class Runtime:
     #: The socket module (``socket`` or ``gevent.socket``): ``socket()``, ``getaddrinfo()``,
     #: constants. Looked up at each use, so a monkey-patched ``socket`` is honoured.
     socket: ModuleType
-    #: ``wrap_tls(context, sock, server_side, server_hostname)``: a TLS socket of this runtime,
-    #: handshake not done yet (``do_handshake()`` follows, bounded by the socket timeout).
-    wrap_tls: Callable[[Any, Any, bool, str | None], Any]
     #: ``start(fn, name)`` runs ``fn()`` in a new thread / greenlet and returns it (it has
     #: ``join(timeout)``); ``alive(it)`` says whether it still runs; ``current()`` is the
     #: caller's own.

@@ -15,6 +15,7 @@ from ...drivers.connection import RequestReceived, ServerConnection, select_subp
 from .net import addresses, exchange, remaining, shutdown
 from .runtime import Runtime, Workers
 from .sockets import WAIT_SLICE, WebSocket, run_handler, wait_until
+from .tls import TlsSocket
 
 __all__ = ["Server", "Settings", "listen"]
 
@@ -129,7 +130,7 @@ class Server:
         sock = conn
         try:
             if settings.ssl is not None:
-                sock = rt.wrap_tls(settings.ssl, conn, True, None)
+                sock = TlsSocket(rt, conn, settings.ssl, server_side=True, server_hostname=None)
                 sock.settimeout(remaining(rt, deadline, "TLS handshake"))
                 sock.do_handshake()
             connection = ServerConnection(max_message_size=settings.max_size)

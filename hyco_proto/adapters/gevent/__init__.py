@@ -8,7 +8,6 @@ Only importing this module imports gevent.
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +16,6 @@ import gevent.event
 import gevent.lock
 import gevent.queue
 import gevent.socket
-import gevent.ssl
 
 from .._blocking import listener as _listener
 from .._blocking.api import Api
@@ -35,16 +33,9 @@ def _start(fn: Callable[[], None], name: str) -> Any:
     return greenlet
 
 
-def _wrap_tls(context: ssl.SSLContext, sock: Any, server_side: bool,
-              hostname: str | None) -> Any:
-    # gevent's SSLSocket with the caller's (standard library) context.
-    return gevent.ssl.SSLSocket(sock=sock, server_side=server_side, server_hostname=hostname,
-                                do_handshake_on_connect=False, _context=context)
-
-
 #: gevent's sockets, locks, events, queues and greenlets.
 RUNTIME = Runtime(
-    name="gevent", socket=gevent.socket, wrap_tls=_wrap_tls, start=_start,
+    name="gevent", socket=gevent.socket, start=_start,
     alive=lambda greenlet: not greenlet.dead, current=gevent.getcurrent,
     lock=lambda: gevent.lock.Semaphore(), event=gevent.event.Event, queue=gevent.queue.Queue,
     empty=gevent.queue.Empty, sleep=gevent.sleep)

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import queue
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from .._blocking import listener as _listener
 from .._blocking.api import Api
@@ -42,15 +40,9 @@ def _start(fn: Callable[[], None], name: str) -> threading.Thread:
     return thread
 
 
-def _wrap_tls(context: ssl.SSLContext, sock: Any, server_side: bool,
-              hostname: str | None) -> Any:
-    return context.wrap_socket(sock, server_side=server_side, server_hostname=hostname,
-                               do_handshake_on_connect=False)
-
-
 #: Threads, the ``socket`` module, ``queue``; looked up at each use (monkey-patching works).
 RUNTIME = Runtime(
-    name="threads", socket=socket, wrap_tls=_wrap_tls, start=_start,
+    name="threads", socket=socket, start=_start,
     alive=lambda thread: thread.is_alive(), current=lambda: threading.current_thread(),
     lock=lambda: threading.Lock(), event=lambda: threading.Event(),
     queue=lambda: queue.Queue(), empty=queue.Empty, sleep=lambda seconds: time.sleep(seconds))
