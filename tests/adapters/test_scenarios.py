@@ -14,9 +14,11 @@ is bounded; nothing sleeps to order events.
 from __future__ import annotations
 
 import base64
+import contextlib
 import faulthandler
 import hashlib
 import os
+import socket
 import time
 from collections.abc import Iterator
 
@@ -146,26 +148,39 @@ def test_reject_reaches_sender_with_status(emulator: Emulator, harness: Harness,
         assert emulator.listeners() == 1
 
 
-@pytest.mark.parametrize("how", ["start", "with"])
+@contextlib.contextmanager
+def silent_port() -> Iterator[int]:
+    """A port that completes TCP handshakes (the kernel's backlog) but never answers."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(8)
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(("relay", "how"), [("refused", "start"), ("refused", "with"),
+                                            ("silent", "start")])
 @each_adapter
 def test_unreachable_relay_raises_within_open_timeout(harness: Harness, name: str,
-                                                     how: str) -> None:
+                                                     relay: str, how: str) -> None:
     f = harness(name)
-    port = free_port()
-    uri = f"ws://127.0.0.1:{port}/$hc/myhc"
-    server = f.relayed_server(uri, lambda: token(uri), open_timeout=2)
-    began = time.monotonic()
-    with pytest.raises(Exception) as info:  # the type is checked below
-        if how == "start":
-            server.start(timeout=WAIT)
-        else:
-            server.enter(timeout=WAIT)
-    elapsed = time.monotonic() - began
+    with contextlib.ExitStack() as stack:
+        port = free_port() if relay == "refused" else stack.enter_context(silent_port())
+        uri = f"ws://127.0.0.1:{port}/$hc/myhc"
+        server = f.relayed_server(uri, lambda: token(uri), open_timeout=2)
+        began = time.monotonic()
+        with pytest.raises(Exception) as info:  # the type is checked below
+            if how == "start":
+                server.start(timeout=WAIT)
+            else:
+                server.enter(timeout=WAIT)
+        elapsed = time.monotonic() - began
     assert not isinstance(info.value, TimeoutError) or "within 10" not in str(info.value), \
         "the harness's bound ran out: start() did not raise by itself"
     assert isinstance(info.value, (RelayError, OSError)), repr(info.value)
     assert f"127.0.0.1:{port}" in str(info.value), str(info.value)
     assert elapsed < 2 + 1.5, f"raised after {elapsed:.1f} s"
+    if relay == "refused":
+        assert "refused" in str(info.value), str(info.value)
     server.close()
 
 
