@@ -32,9 +32,11 @@ from ...drivers.listener import (
     DriverEvent,
     HandOver,
     ListenerDriver,
+    ListenerView,
     OpenTransport,
     StartFailed,
     Write,
+    relayed_server_options,
 )
 from ...errors import LocalProtocolError, RelayError
 from ...handshake import WebSocketURL
@@ -44,7 +46,6 @@ from ...listener import (
     ControlMessageIgnored,
     Disconnected,
     Listener,
-    ListenerState,
     Listening,
     Offline,
     RendezvousFailed,
@@ -117,7 +118,7 @@ class _Transport:
             self.sock.close()
 
 
-class RelayedServer:
+class RelayedServer(ListenerView):
     """A Hybrid Connections listener (hyco-ws ``RelayedServer``), blocking.
 
     Args:
@@ -209,40 +210,10 @@ class RelayedServer:
         ``options`` holds ``server`` and ``token`` plus any keyword of the class (``id`` is
         accepted for ``listener_id``).
         """
-        opts = dict(options)
-        try:
-            server, token = opts.pop("server"), opts.pop("token")
-        except KeyError as exc:
-            raise ValueError(f"options need {exc.args[0]!r}") from None
-        if "id" in opts:
-            opts["listener_id"] = opts.pop("id")
-        if on_connection is not None:
-            opts["connection"] = on_connection
+        server, token, opts = relayed_server_options(options, on_connection)
         relayed = cls(server, token, **opts)
         relayed._launch(background=True)
         return relayed
-
-    @property
-    def listener(self) -> Listener:
-        return self._driver.listener
-
-    @property
-    def state(self) -> ListenerState:
-        return self._driver.state
-
-    @property
-    def is_listening(self) -> bool:
-        return self._driver.is_listening
-
-    @property
-    def keepalive_pongs(self) -> int:
-        """Pongs received on the control channel (keepalive answers)."""
-        return self._driver.keepalive_pongs
-
-    @property
-    def events(self) -> list[DriverEvent]:
-        """The latest listener events, oldest first (bounded), for diagnostics and tests."""
-        return list(self._driver.history)
 
     def start(self) -> None:
         """Open the control channel; return once listening. Idempotent.
