@@ -423,6 +423,10 @@ class RelayedServer(ListenerView):
 
     def _call(self, fn: Posted) -> None:
         fn(self.runtime.time())
+        self._pump()
+
+    def _pump(self) -> None:
+        """Run the driver's actions and hand out its events until it is quiet."""
         driver = self._driver
         while True:
             actions = driver.actions_to_take()
@@ -554,10 +558,12 @@ class RelayedServer(ListenerView):
 
     def _transport_failed(self, transport: _Transport, cause: str, now: float) -> None:
         self._driver.transport_failed(transport.key, now, cause)
+        self._pump()
         self._drop(transport)
 
     def _transport_lost(self, transport: _Transport, now: float) -> None:
         self._driver.connection_lost(transport.key, now)
+        self._pump()  # a HandOver (101 and EOF together) takes the transport first
         self._drop(transport)
 
     def _drop(self, transport: _Transport) -> None:

@@ -234,7 +234,11 @@ class WebSocket:
         with self._lock:
             self._check_open()
             data = self._stream.add_ping(waiter, payload)
-            self._connection.send_ping(data)
+            try:
+                self._connection.send_ping(data)
+            except BaseException:
+                self._stream.drop_ping(waiter)
+                raise
             self._outbox.extend(self._connection.data_to_send())
         self._flush(True)
         if self._write_error is not None:
