@@ -104,6 +104,17 @@ def silent_server() -> Iterator[int]:
         yield int(sock.getsockname()[1])
 
 
+@contextlib.contextmanager
+def unanswered_port() -> Iterator[int]:
+    """A TCP port whose accept queue is full: a connect() to it hangs (SYNs are dropped)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(0)
+        port = int(sock.getsockname()[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT):
+            yield port
+
+
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """A self-signed certificate for 127.0.0.1: (server context, client context)."""
@@ -380,6 +391,21 @@ def test_unreachable_and_silent_relay_raise_within_open_timeout(adapter: ModuleT
         assert adapter.RUNTIME.monotonic() - start < WAIT
     with pytest.raises(TimeoutError, match="no answer from"), silent_server() as silent:
         adapter.relayed_connect(f"ws://127.0.0.1:{silent}/$hc/x", "t", open_timeout=0.2)
+
+
+def test_close_cancels_a_connect_in_progress(adapter: ModuleType) -> None:
+    with unanswered_port() as port:
+        uri = f"ws://127.0.0.1:{port}/$hc/x"
+        server = adapter.create_relayed_server(
+            {"server": uri, "token": lambda: token(uri), "open_timeout": 30.0})
+        assert poll(adapter, lambda: any(t.name.endswith("-control")
+                                         for t in threading.enumerate())
+                    or any("control" in repr(g) for g in live_greenlets()))
+        start = adapter.RUNTIME.monotonic()
+        server.close()  # aborts the control channel's connect()
+        assert adapter.RUNTIME.monotonic() - start < 5.0
+        with pytest.raises(RelayError):
+            server.start()
 
 
 def test_create_relayed_server_starts_at_once(adapter: ModuleType,
