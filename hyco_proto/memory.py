@@ -351,22 +351,14 @@ class MemoryListener:
 
     def _step(self) -> bool:
         """Run the driver's actions, hand its events to the application; True when busy."""
-        moved = False
-        driver = self.driver
-        while True:
-            actions = driver.actions_to_take()
-            for action in actions:
-                self._run(action)
-            events = driver.events_received()
-            for event in events:
-                self.events.append(event)
-                if isinstance(event, ConnectionRequested):
-                    decision = self.on_request(event) if self.on_request else None
-                    if decision is None or isinstance(decision, tuple):
-                        driver.answer(event, decision, self.network.now)
-            if not (actions or events):
-                return moved
-            moved = True
+        return self.driver.run(self._run, self._event)
+
+    def _event(self, event: object) -> None:
+        self.events.append(event)
+        if isinstance(event, ConnectionRequested):
+            decision = self.on_request(event) if self.on_request else None
+            if decision is None or isinstance(decision, tuple):
+                self.driver.answer(event, decision, self.network.now)
 
     def _run(self, action: object) -> None:
         net = self.network

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit
@@ -47,6 +47,7 @@ from ..listener import (
     OpenControlChannel,
     SendControlMessage,
     SendPing,
+    TokenSourceLike,
 )
 from ..websocket import BinaryMessage, ConnectionClosed, Pong, TextMessage
 from .connection import ClientConnection, HandshakeFailed, Opened, Refused
@@ -174,6 +175,19 @@ class ListenerDriver:
         #: The terminal error (StartFailed or Offline), once there is one.
         self.error: RelayError | None = None
 
+    @classmethod
+    def for_server(cls, server: str, token: TokenSourceLike | str | Callable[[], str], *,
+                   listener_id: str | None = None, keepalive_interval: float | None = 30.0,
+                   open_timeout: float | None = 10.0,
+                   channel_headers: Iterable[tuple[str, str]] = (),
+                   max_size: int | None = None, close_timeout: float = 10.0,
+                   **listener_options: Any) -> ListenerDriver:
+        """The driver of an adapter's ``RelayedServer``, from that class's keyword arguments."""
+        listener = Listener(server, token, listener_id=listener_id,
+                            keepalive_interval=keepalive_interval, open_timeout=open_timeout,
+                            headers=channel_headers, **listener_options)
+        return cls(listener, max_message_size=max_size, close_timeout=close_timeout)
+
     # -- state -----------------------------------------------------------------------------
 
     @property
@@ -195,6 +209,22 @@ class ListenerDriver:
         return self._ended
 
     # -- output ----------------------------------------------------------------------------
+
+    def run(self, execute: Callable[[DriverAction], object],
+            handle: Callable[[DriverEvent], object]) -> bool:
+        """Execute every action and hand out every event, until the driver is quiet (hooks may
+        answer requests on the way, which queues more). True when anything happened."""
+        busy = False
+        while True:
+            actions = self.actions_to_take()
+            for action in actions:
+                execute(action)
+            events = self.events_received()
+            for event in events:
+                handle(event)
+            if not (actions or events):
+                return busy
+            busy = True
 
     def actions_to_take(self) -> list[DriverAction]:
         actions = self._actions

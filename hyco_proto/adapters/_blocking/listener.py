@@ -45,7 +45,6 @@ from ...listener import (
     ConnectionRequested,
     ControlMessageIgnored,
     Disconnected,
-    Listener,
     Listening,
     Offline,
     RendezvousFailed,
@@ -167,11 +166,10 @@ class RelayedServer(ListenerView):
         **listener_options: Any,
     ) -> None:
         rt = self.runtime
-        listener = Listener(server, token, listener_id=listener_id,
-                            keepalive_interval=keepalive_interval, open_timeout=open_timeout,
-                            headers=channel_headers, **listener_options)
-        self._driver = ListenerDriver(listener, max_message_size=max_size,
-                                      close_timeout=close_timeout)
+        self._driver = ListenerDriver.for_server(
+            server, token, listener_id=listener_id, keepalive_interval=keepalive_interval,
+            open_timeout=open_timeout, channel_headers=channel_headers, max_size=max_size,
+            close_timeout=close_timeout, **listener_options)
         self.server = server
         self.open_timeout = open_timeout
         self.close_timeout = close_timeout
@@ -427,16 +425,7 @@ class RelayedServer(ListenerView):
 
     def _pump(self) -> None:
         """Run the driver's actions and hand out its events until it is quiet."""
-        driver = self._driver
-        while True:
-            actions = driver.actions_to_take()
-            for action in actions:
-                self._act(action)
-            events = driver.events_received()
-            for event in events:
-                self._on_event(event)
-            if not (actions or events):
-                return
+        self._driver.run(self._act, self._on_event)
 
     def _act(self, action: DriverAction) -> None:
         if isinstance(action, Write):

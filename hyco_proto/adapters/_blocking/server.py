@@ -145,7 +145,7 @@ class Server:
             return
         request = first.request
         connection.accept(select_subprotocol(request.subprotocols, settings.subprotocols))
-        ws = WebSocket(rt, sock, connection, events=events[1:], request=request,
+        ws = WebSocket(rt, sock, connection, events=events[1:],
                        max_queue=settings.max_queue, close_timeout=settings.close_timeout)
         with self._lock:
             self._handshaking.discard(conn)

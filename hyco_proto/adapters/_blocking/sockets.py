@@ -27,7 +27,7 @@ from typing import Any
 from ...drivers.connection import ClientConnection, ServerConnection
 from ...drivers.relayed import RelayedInfo
 from ...drivers.stream import DEFAULT_MAX_QUEUE, ConnectionClosedError, Message, MessageStream
-from ...handshake import HandshakeRequest
+from ...drivers.view import SocketView
 from ...listener import ConnectionRequested
 from .net import RECV_SIZE, shutdown, write_chunks
 from .runtime import EventLike, Runtime, Worker
@@ -92,7 +92,7 @@ class PongWaiter:
         self._event.set()
 
 
-class WebSocket:
+class WebSocket(SocketView):
     """A WebSocket connection: ``send``, ``recv(timeout=None)``, iteration, ``ping``, ``close``.
 
     Made by ``connect`` (client), handed to a ``serve`` handler (server: ``request`` is the
@@ -102,15 +102,14 @@ class WebSocket:
 
     def __init__(self, runtime: Runtime, sock: Any,
                  connection: ClientConnection | ServerConnection, *,
-                 events: Sequence[object] = (), request: HandshakeRequest | None = None,
+                 events: Sequence[object] = (),
                  max_queue: int = DEFAULT_MAX_QUEUE, close_timeout: float = 10.0,
                  start_reader: bool = True) -> None:
         rt = runtime
         self._rt = rt
         self._sock = sock
-        self._connection = connection
+        self._conn = connection
         self._server = isinstance(connection, ServerConnection)
-        self._handshake_request = request
         self._stream: MessageStream[PongWaiter] = MessageStream(max_queue)
         self.close_timeout = close_timeout
         self._lock = rt.lock()  # the connection, the stream and the outbox
@@ -129,45 +128,6 @@ class WebSocket:
         self._receive(None, events)
         if start_reader:
             self._reader = rt.spawn(self._read_loop, f"hyco-{rt.name}-reader")
-
-    # -- properties ------------------------------------------------------------------------
-
-    @property
-    def request(self) -> HandshakeRequest | None:
-        """Server side: the client's upgrade request (``.target``, ``.headers``); else None."""
-        return self._handshake_request
-
-    @property
-    def subprotocol(self) -> str | None:
-        return self._connection.subprotocol
-
-    @property
-    def response_headers(self) -> list[tuple[str, str]]:
-        """Client side: headers of the server's 101 answer."""
-        connection = self._connection
-        if isinstance(connection, ClientConnection) and connection.response is not None:
-            return list(connection.response.headers)
-        return []
-
-    @property
-    def close_code(self) -> int | None:
-        """The close code once closed (1006: no closing handshake); None while open."""
-        closed = self._stream.closed
-        return closed.code if closed is not None else None
-
-    @property
-    def close_reason(self) -> str | None:
-        closed = self._stream.closed
-        return closed.reason if closed is not None else None
-
-    @property
-    def closed(self) -> bool:
-        return self._stream.closed is not None
-
-    @property
-    def queued_messages(self) -> int:
-        """Received messages waiting for ``recv``."""
-        return len(self._stream)
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -216,12 +176,12 @@ class WebSocket:
         with self._lock:
             self._check_open()
             if isinstance(message, str):
-                self._connection.send_text(message)
+                self._conn.send_text(message)
             elif isinstance(message, (bytes, bytearray, memoryview)):
-                self._connection.send_binary(message)
+                self._conn.send_binary(message)
             else:
                 raise TypeError(f"send() takes str or bytes, not {type(message).__name__}")
-            self._outbox.extend(self._connection.data_to_send())
+            self._outbox.extend(self._conn.data_to_send())
         self._flush(True)
         self._raise_if_broken()
 
@@ -235,11 +195,11 @@ class WebSocket:
             self._check_open()
             data = self._stream.add_ping(waiter, payload)
             try:
-                self._connection.send_ping(data)
+                self._conn.send_ping(data)
             except BaseException:
                 self._stream.drop_ping(waiter)
                 raise
-            self._outbox.extend(self._connection.data_to_send())
+            self._outbox.extend(self._conn.data_to_send())
         self._flush(True)
         if self._write_error is not None:
             with self._lock:
@@ -257,9 +217,9 @@ class WebSocket:
         """Send the close frame (if still open) without waiting for the peer's answer."""
         with self._lock:
             self._closing = True
-            if self._connection.is_open:
-                self._connection.send_close(code, reason)
-                self._outbox.extend(self._connection.data_to_send())
+            if self._conn.is_open:
+                self._conn.send_close(code, reason)
+                self._outbox.extend(self._conn.data_to_send())
             pending = bool(self._outbox)
         self._resume.set()  # a paused reader must read the peer's close
         if pending:
@@ -289,7 +249,7 @@ class WebSocket:
 
     def __repr__(self) -> str:
         state = (f"closed {self.close_code}" if self.closed
-                 else self._connection.state.name.lower())
+                 else self._conn.state.name.lower())
         return f"<{type(self).__name__} {'server' if self._server else 'client'} {state}>"
 
     # -- internals -------------------------------------------------------------------------
@@ -299,7 +259,7 @@ class WebSocket:
         error = self._write_error
         if error is not None:
             raise ConnectionClosedError(1006, f"connection lost: {error}") from error
-        self._stream.check_open(self._connection.is_open)
+        self._stream.check_open(self._conn.is_open)
 
     def _raise_if_broken(self) -> None:
         error = self._write_error
@@ -310,7 +270,7 @@ class WebSocket:
         """Feed bytes (``b""``: end of stream; None: none) and earlier events, then wake
         waiters, resolve pings and send what the connection answered."""
         with self._lock:
-            connection, stream = self._connection, self._stream
+            connection, stream = self._conn, self._stream
             if data:
                 connection.receive_data(data)
             elif data is not None:
@@ -440,7 +400,7 @@ class RelayedWebSocket(RelayedInfo, WebSocket):
 
     def __repr__(self) -> str:
         state = (f"closed {self.close_code}" if self.closed
-                 else self._connection.state.name.lower())
+                 else self._conn.state.name.lower())
         side = "listener" if self._request else "sender"
         return f"<RelayedWebSocket {side} {self.path} {state}>"
 

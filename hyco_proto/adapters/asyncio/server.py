@@ -40,7 +40,6 @@ from ...listener import (
     Closed,
     ConnectionRequested,
     Disconnected,
-    Listener,
     Listening,
     Offline,
     RendezvousFailed,
@@ -141,11 +140,10 @@ class RelayedServer(ListenerView):
         channel_headers: Iterable[tuple[str, str]] = (),
         **listener_options: Any,
     ) -> None:
-        listener = Listener(server, token, listener_id=listener_id,
-                            keepalive_interval=keepalive_interval, open_timeout=open_timeout,
-                            headers=channel_headers, **listener_options)
-        self._driver = ListenerDriver(listener, max_message_size=max_size,
-                                      close_timeout=close_timeout)
+        self._driver = ListenerDriver.for_server(
+            server, token, listener_id=listener_id, keepalive_interval=keepalive_interval,
+            open_timeout=open_timeout, channel_headers=channel_headers, max_size=max_size,
+            close_timeout=close_timeout, **listener_options)
         self.server = server
         self.open_timeout = open_timeout
         self._headers_hook = headers
@@ -286,17 +284,8 @@ class RelayedServer(ListenerView):
         if self._running:
             return  # the outer call picks up what this one would have done
         self._running = True
-        driver = self._driver
         try:
-            while True:
-                actions = driver.actions_to_take()
-                for action in actions:
-                    self._execute(action)
-                events = driver.events_received()
-                for event in events:
-                    self._handle(event)
-                if not (actions or events):
-                    break
+            self._driver.run(self._execute, self._handle)
         finally:
             self._running = False
         self._arm_timer()

@@ -31,8 +31,8 @@ from ...drivers.connection import (
 )
 from ...drivers.relayed import RelayedInfo
 from ...drivers.stream import DEFAULT_MAX_QUEUE, ConnectionClosedError, Message, MessageStream
+from ...drivers.view import SocketView
 from ...errors import ConnectionLostError, RelayError
-from ...handshake import HandshakeRequest
 from ...listener import ConnectionRequested
 from ...sender import SenderConnect
 from .link import DEFAULT_WRITE_LIMIT, Link, open_link
@@ -58,7 +58,7 @@ _HANDSHAKE_EVENTS = (Opened, Refused, HandshakeFailed, RequestReceived)
 S = TypeVar("S", bound="WebSocket")
 
 
-class WebSocket:
+class WebSocket(SocketView):
     """One WebSocket connection: ``await send(message)``, ``await recv()``,
     ``async for message in ws``, ``await ping()``, ``await close()``.
 
@@ -78,51 +78,12 @@ class WebSocket:
         self._recv_waiter: asyncio.Future[None] | None = None
         link.receiver = self
 
-    # -- properties ------------------------------------------------------------------------
-
-    @property
-    def subprotocol(self) -> str | None:
-        """The subprotocol agreed on in the opening handshake (None: none)."""
-        return self._conn.subprotocol
-
-    @property
-    def request(self) -> HandshakeRequest | None:
-        """Server side (``serve``): the client's upgrade request (path: ``request.target``)."""
-        conn = self._conn
-        return conn.request if isinstance(conn, ServerConnection) else None
-
-    @property
-    def response_headers(self) -> list[tuple[str, str]]:
-        """Client side: headers of the server's 101 answer."""
-        conn = self._conn
-        if isinstance(conn, ClientConnection) and conn.response is not None:
-            return list(conn.response.headers)
-        return []
-
-    @property
-    def close_code(self) -> int | None:
-        """The close code once closed (1006: no closing handshake); None while open."""
-        closed = self._stream.closed
-        return closed.code if closed else None
-
-    @property
-    def close_reason(self) -> str | None:
-        closed = self._stream.closed
-        return closed.reason if closed else None
-
-    @property
-    def closed(self) -> bool:
-        return self._stream.closed is not None
+    # -- properties (more in SocketView) -------------------------------------------------
 
     @property
     def transport(self) -> asyncio.Transport | None:
         """The underlying transport (for diagnostics: buffer sizes, peer name)."""
         return self._link.transport
-
-    @property
-    def queued_messages(self) -> int:
-        """Received messages waiting for ``recv``."""
-        return len(self._stream)
 
     @property
     def reading_paused(self) -> bool:
