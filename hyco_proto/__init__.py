@@ -1,9 +1,10 @@
 """hyco_proto: Azure Relay Hybrid Connections (WebSocket) for Python.
 
 A sans-IO protocol core (listener, sender, control messages, SAS tokens, relay URIs, the relay
-service side), a Cython fast path for the WebSocket byte path, and an asyncio adapter
-(``hyco_proto.adapters.asyncio``). Relayed HTTP requests are not supported yet. See
-docs/architecture.md.
+service side) and driver layer (``hyco_proto.drivers``), a Cython fast path for the WebSocket
+byte path, and three adapters with the same names and call shapes:
+``hyco_proto.adapters.asyncio``, ``.threads`` and ``.gevent`` (the ``gevent`` extra). Relayed
+HTTP requests are not supported yet. See docs/architecture.md.
 
 The names here mirror Node's ``hyco-ws`` in Python spelling (``create_relay_token`` for
 ``createRelayToken``), so code moves across easily.
