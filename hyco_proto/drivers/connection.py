@@ -121,6 +121,31 @@ class _Connection:
         self._events.append(event)
         self._out.append(b"")
 
+    # -- input -----------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Feed the peer's bytes (never raises for bad input)."""
+        ws = self.ws
+        if ws is not None:
+            ws.receive_data(data)
+        elif not self._done and data:
+            self._handshake_input(data)
+
+    def receive_eof(self) -> None:
+        """The peer closed TCP. Idempotent."""
+        ws = self.ws
+        if ws is not None:
+            ws.receive_eof()
+            return
+        if self._done or self._eof:
+            return
+        self._eof = True
+        self._handshake_input(b"")
+
+    def _handshake_input(self, data: bytes) -> None:
+        """Bytes (``b""``: EOF) while the opening handshake runs."""
+        raise NotImplementedError
+
     # -- output ----------------------------------------------------------------------------
 
     def events_received(self) -> list[ConnectionEvent]:
@@ -244,27 +269,10 @@ class ClientConnection(_Connection):
     def subprotocol(self) -> str | None:
         return self.response.subprotocol if self.response is not None else None
 
-    def receive_data(self, data: bytes) -> None:
-        """Feed the server's bytes (never raises for bad input)."""
-        ws = self.ws
-        if ws is not None:
-            ws.receive_data(data)
-        elif not self._done and data:
-            self.handshake.receive_data(data)
-            self._advance()
-
-    def receive_eof(self) -> None:
-        """The server closed TCP. Idempotent."""
-        ws = self.ws
-        if ws is not None:
-            ws.receive_eof()
-            return
-        if self._done or self._eof:
-            return
-        self._eof = True
-        self.handshake.receive_data(b"")
+    def _handshake_input(self, data: bytes) -> None:
+        self.handshake.receive_data(data)
         self._advance()
-        if not self._done and self.ws is None:
+        if not data and not self._done and self.ws is None:
             self._end_handshake(HandshakeFailed(RemoteProtocolError(
                 "the server closed the connection without answering the WebSocket upgrade",
                 status_hint=502)))
@@ -304,24 +312,8 @@ class ServerConnection(_Connection):
         self.request: HandshakeRequest | None = None
         self.subprotocol: str | None = None
 
-    def receive_data(self, data: bytes) -> None:
-        ws = self.ws
-        if ws is not None:
-            ws.receive_data(data)
-        elif not self._done and data:
-            self.handshake.receive_data(data)
-            if self.request is None:
-                self._advance()
-
-    def receive_eof(self) -> None:
-        ws = self.ws
-        if ws is not None:
-            ws.receive_eof()
-            return
-        if self._done or self._eof:
-            return
-        self._eof = True
-        self.handshake.receive_data(b"")
+    def _handshake_input(self, data: bytes) -> None:
+        self.handshake.receive_data(data)
         if self.request is None:
             self._advance()
 
