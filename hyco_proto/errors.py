@@ -22,6 +22,7 @@ __all__ = [
     "RelayError",
     "RemoteProtocolError",
     "TokenError",
+    "connect_failure",
     "describe_connect_error",
     "extract_tracking_id",
     "relay_error_for_close",
@@ -239,3 +240,26 @@ def describe_connect_error(exc: BaseException, *, host: str, port: int, secure: 
     if secure and _is_ssl_error(exc):
         text = f"TLS handshake failed: {text}"
     return f"cannot connect to {address}: {text}"
+
+
+def connect_failure(exc: BaseException, *, host: str, port: int, secure: bool,
+                    timeout: float | None = None) -> OSError:
+    """The exception every adapter raises when connecting to ``host``:``port`` failed.
+
+    Its message is :func:`describe_connect_error`; its class is ``TimeoutError`` for a timeout,
+    ``ConnectionRefusedError`` / ``ConnectionResetError`` for those, and ``ConnectionError``
+    for the rest (TLS, name resolution ...), so ``except ConnectionError`` / ``except OSError``
+    catch them all alike. ``__cause__`` is ``exc``.
+    """
+    message = describe_connect_error(exc, host=host, port=port, secure=secure, timeout=timeout)
+    error: OSError
+    if isinstance(exc, TimeoutError):
+        error = TimeoutError(message)
+    elif isinstance(exc, ConnectionRefusedError):
+        error = ConnectionRefusedError(message)
+    elif isinstance(exc, ConnectionResetError):
+        error = ConnectionResetError(message)
+    else:
+        error = ConnectionError(message)
+    error.__cause__ = exc
+    return error

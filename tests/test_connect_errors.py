@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from hyco_proto.errors import describe_connect_error
+from hyco_proto.errors import connect_failure, describe_connect_error
 
 
 def describe(exc: BaseException, *, host: str = "relay.example", port: int = 9090,
@@ -133,3 +133,16 @@ def test_real_connection_refused() -> None:
             socket.create_connection(("127.0.0.1", port), timeout=10)
     assert describe_connect_error(info.value, host="127.0.0.1", port=port, secure=False) == (
         f"nothing is listening at 127.0.0.1:{port} (connection refused)")
+
+
+@pytest.mark.parametrize(("exc", "cls"), [
+    (TimeoutError(), TimeoutError),
+    (ConnectionRefusedError(111, "Connection refused"), ConnectionRefusedError),
+    (ConnectionResetError(104, "reset"), ConnectionResetError),
+    (OSError(113, "No route to host"), ConnectionError),
+])
+def test_connect_failure_class_is_the_same_in_every_adapter(exc: OSError,
+                                                            cls: type[OSError]) -> None:
+    error = connect_failure(exc, host="127.0.0.1", port=9, secure=False, timeout=2.0)
+    assert type(error) is cls and error.__cause__ is exc
+    assert "127.0.0.1:9" in str(error) and not str(error).startswith("(")

@@ -556,3 +556,18 @@ def test_decision_defaults() -> None:
     assert (Accept().subprotocol, Accept().headers) == (None, ())
     with pytest.raises(AttributeError):
         Accept().subprotocol = "x"  # type: ignore[misc]
+
+
+def test_first_open_to_a_tls_relay_over_ws_says_so() -> None:
+    """A TLS server drops a plain-text upgrade without a word: the error says what to try."""
+    driver = ListenerDriver(Listener(ADDR, FIXED, keepalive_interval=None))
+    driver.start(T0)
+    (opening,) = [a for a in driver.actions_to_take() if isinstance(a, OpenTransport)]
+    driver.transport_open(opening.key, T0)
+    driver.connection_lost(opening.key, T0 + 0.1)
+    (failed,) = [e for e in driver.events_received() if isinstance(e, StartFailed)]
+    text = str(failed.error)
+    assert text.startswith(f"cannot listen at {ADDR}: ")
+    assert "closed the connection without answering" in text and "wss://" in text
+    assert "1006" not in text and text.count(ADDR) == 1
+    assert driver.ended

@@ -426,7 +426,14 @@ class ListenerDriver:
                 lst.channel_rejected(now, event.response.status, event.response.reason)
             elif isinstance(event, HandshakeFailed):
                 self._closing(transport, now)
-                lst.channel_closed(now, 1006, f"{self.address}: {event.error}")
+                cause = str(event.error)
+                if not transport.connection.url.secure:
+                    # A TLS server drops a plain-text upgrade without a word.
+                    cause += " (is the relay serving wss://? then use wss://)"
+                if self.fail_first_open and not self._listened and not self._ended:
+                    self._fail_start(RelayError, RelayError(cause), now)
+                    return
+                lst.channel_closed(now, 1006, cause)
             elif isinstance(event, ConnectionClosed):
                 # The relay closes TCP after the closing handshake; do not wait forever.
                 self._closing(transport, now)

@@ -2,9 +2,9 @@
 handshake on a socket (:func:`open_client`: all three in one timeout), write a connection's
 output, end TCP.
 
-Errors from connecting are raised again with one sentence naming the address and the cause
-(:func:`hyco_proto.errors.describe_connect_error`), as the same exception class where possible:
-``TimeoutError``, ``ConnectionRefusedError``, ``ssl.SSLError`` ... (all ``OSError``).
+Errors from connecting are raised again with one sentence naming the address and the cause, as
+:func:`hyco_proto.errors.connect_failure` makes them (``TimeoutError``,
+``ConnectionRefusedError``, else ``ConnectionError``; all ``OSError``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from ...drivers.connection import (
     Refused,
     ServerConnection,
 )
-from ...errors import describe_connect_error
+from ...errors import connect_failure
 from .runtime import Runtime
 from .tls import TlsSocket
 
@@ -55,18 +55,9 @@ def remaining(rt: Runtime, deadline: float | None, what: str) -> float | None:
 
 def connect_error(exc: BaseException, *, host: str, port: int, secure: bool,
                   timeout: float | None) -> OSError:
-    """``exc`` again, its message one sentence naming ``host:port`` and the cause."""
-    message = describe_connect_error(exc, host=host, port=port, secure=secure, timeout=timeout)
-    if isinstance(exc, TimeoutError):
-        error: OSError = TimeoutError(message)
-    else:
-        try:
-            made = type(exc)(message)
-        except Exception:
-            made = None
-        error = made if isinstance(made, OSError) else OSError(message)
-    error.__cause__ = exc
-    return error
+    """The error to raise: :func:`hyco_proto.errors.connect_failure` (the same in every
+    adapter: ``TimeoutError``, ``ConnectionRefusedError``, else ``ConnectionError``)."""
+    return connect_failure(exc, host=host, port=port, secure=secure, timeout=timeout)
 
 
 def open_connection(rt: Runtime, host: str, port: int, *, secure: bool,

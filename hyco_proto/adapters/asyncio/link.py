@@ -11,7 +11,7 @@ import asyncio
 import ssl as _ssl
 from typing import Protocol
 
-from ...errors import ConnectionLostError, describe_connect_error
+from ...errors import ConnectionLostError, connect_failure
 
 __all__ = ["DEFAULT_WRITE_LIMIT", "Link", "Receiver", "open_link", "tls_context"]
 
@@ -139,8 +139,8 @@ async def open_link(link: Link, host: str, port: int, *, secure: bool,
                     ssl: _ssl.SSLContext | None, timeout: float | None) -> Link:
     """Connect ``link`` to ``host``:``port``; errors say which address and why.
 
-    Raises ``TimeoutError`` or ``ConnectionError`` (``OSError``) with a message naming the
-    address and the cause ("the relay is not speaking TLS on PORT (use ws://)", ...).
+    Raises :func:`~hyco_proto.errors.connect_failure`'s error (``TimeoutError``,
+    ``ConnectionRefusedError``, else ``ConnectionError``) naming the address and the cause.
     """
     loop = asyncio.get_running_loop()
     try:
@@ -148,9 +148,9 @@ async def open_link(link: Link, host: str, port: int, *, secure: bool,
             loop.create_connection(lambda: link, host, port, ssl=tls_context(secure, ssl)),
             timeout)
     except asyncio.TimeoutError:
-        raise TimeoutError(describe_connect_error(
-            TimeoutError(), host=host, port=port, secure=secure, timeout=timeout)) from None
+        raise connect_failure(TimeoutError(), host=host, port=port, secure=secure,
+                              timeout=timeout) from None
     except OSError as exc:
-        raise ConnectionError(describe_connect_error(
-            exc, host=host, port=port, secure=secure, timeout=timeout)) from exc
+        raise connect_failure(exc, host=host, port=port, secure=secure,
+                              timeout=timeout) from exc
     return link
