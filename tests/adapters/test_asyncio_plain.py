@@ -83,3 +83,29 @@ async def test_refused_upgrade_and_silent_server_time_out() -> None:
     finally:
         refusing.close()
         quiet.close()
+
+
+@async_test
+async def test_recv_timeout_keeps_the_connection_usable() -> None:
+    async with serve(echo, "127.0.0.1", 0) as server, \
+            connect(f"ws://127.0.0.1:{server.port}/") as ws:
+        with pytest.raises(TimeoutError, match="no message within 0.05 s"):
+            await ws.recv(timeout=0.05)
+        await ws.send("after")
+        assert await ws.recv(timeout=5) == "after"
+
+
+@async_test
+async def test_peer_close_escaping_the_handler_is_a_normal_end(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def handler(ws: WebSocket) -> None:
+        while True:  # recv() raises ConnectionClosedError when the client closes
+            await ws.send(await ws.recv())
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        ws = await bounded(connect(f"ws://127.0.0.1:{server.port}/"))
+        await ws.send("x")
+        assert await bounded(ws.recv()) == "x"
+        await bounded(ws.close(4001, "bye"))
+        assert ws.close_code == 4001
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]

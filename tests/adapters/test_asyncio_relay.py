@@ -579,3 +579,15 @@ async def test_async_for_over_server_ends_on_close_and_async_error_hook_runs() -
         await bounded(server.close())
         await bounded(collector)  # iteration ended cleanly
         assert len(got) == 1
+
+
+@async_test
+async def test_accept_timeout_and_no_restart_after_close() -> None:
+    async with relay() as r:
+        uri = listen_uri(r)
+        server = RelayedServer(uri, lambda: token(uri))
+        async with server:
+            with pytest.raises(TimeoutError, match="no connection accepted"):
+                await server.accept(timeout=0.05)
+        with pytest.raises(RelayError, match="was closed; create a new RelayedServer"):
+            await server.start()

@@ -372,6 +372,8 @@ def test_first_open_401_raises_from_start(adapter: ModuleType, relay: ThreadedEm
     with pytest.raises(AuthorizationError, match=r"cannot listen at ws://127\.0\.0\.1"):
         server.start()
     assert adapter.RUNTIME.monotonic() - start < server.open_timeout
+    with pytest.raises(RelayError, match="was closed; create a new RelayedServer"):
+        server.start()  # a failed (closed) listener does not silently stay closed
     with pytest.raises(AuthorizationError), adapter.RelayedServer(
             uri, lambda: token(uri, key="bm90IHRoZSBrZXk=")):
         pass

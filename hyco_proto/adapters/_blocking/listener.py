@@ -220,6 +220,9 @@ class RelayedServer(ListenerView):
         ``EndpointNotFoundError``, ``RelayError`` for an unreachable relay ...) within
         ``open_timeout``; the listener is closed then.
         """
+        if self._closing:
+            raise RelayError(f"the listener at {self._driver.address} was closed; create a new "
+                             "RelayedServer to listen again")
         self._launch()
         limit = None if self.open_timeout is None else self.open_timeout + 5.0
         if not wait_until(self.runtime, self._settled, limit):

@@ -3,7 +3,8 @@
 Each connection runs a :class:`~hyco_proto.drivers.ServerConnection`: the opening handshake
 (bounded by ``open_timeout``; bad requests get their 4xx from the core), the subprotocol chosen
 from ``subprotocols`` in the server's order of preference, then ``await handler(ws)``. The socket
-is closed with 1000 when the handler returns and 1011 when it raises.
+is closed with 1000 when the handler returns (or lets the peer's close escape as
+``ConnectionClosedError``) and 1011 when it raises anything else (logged).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from ...drivers.connection import RequestReceived, ServerConnection, select_subprotocol
-from ...drivers.stream import DEFAULT_MAX_QUEUE
+from ...drivers.stream import DEFAULT_MAX_QUEUE, ConnectionClosedError
 from .link import DEFAULT_WRITE_LIMIT, Link
 from .websocket import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_SIZE, WebSocket
 
@@ -88,9 +89,11 @@ class Server:
         except asyncio.CancelledError:
             await ws.close(1001, "server shutting down")
             raise
+        except ConnectionClosedError:
+            await ws.close()  # the peer ended the conversation: a normal end
         except Exception:
-            logger.exception("connection handler failed")
-            await ws.close(1011, "server error")
+            logger.exception("connection handler failed; closing the connection with 1011")
+            await ws.close(1011, "internal error")
         else:
             await ws.close()
         finally:

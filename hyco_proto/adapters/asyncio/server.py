@@ -35,6 +35,7 @@ from ...drivers.listener import (
     Write,
     relayed_server_options,
 )
+from ...drivers.stream import ConnectionClosedError
 from ...errors import RelayError
 from ...listener import (
     Closed,
@@ -176,6 +177,9 @@ class RelayedServer(ListenerView):
         Raises the typed ``RelayError`` (naming the address and cause) when the first attempt
         fails: unreachable, refused (401/403/404), or no answer within ``open_timeout``.
         """
+        if self._closing:
+            raise RelayError(f"the listener at {self._driver.address} was closed; create a new "
+                             "RelayedServer to listen again")
         if self._started is None:
             loop = asyncio.get_running_loop()
             self._loop = loop
@@ -260,9 +264,14 @@ class RelayedServer(ListenerView):
                 return
             yield ws
 
-    async def accept(self) -> RelayedWebSocket:
-        """The next accepted socket (one step of ``async for``); ``RelayError`` once closed."""
-        ws = await self._next()
+    async def accept(self, timeout: float | None = None) -> RelayedWebSocket:
+        """The next accepted socket (one step of ``async for``); ``TimeoutError`` after
+        ``timeout`` seconds; ``RelayError`` once closed."""
+        try:
+            ws = await asyncio.wait_for(self._next(), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"no connection accepted at {self._driver.address} within "
+                               f"{timeout:g} s") from None
         if ws is None:
             raise RelayError(f"the listener at {self._driver.address} is closed")
         return ws
@@ -391,9 +400,11 @@ class RelayedServer(ListenerView):
                 await ws.close()
         except asyncio.CancelledError:
             raise
+        except ConnectionClosedError:
+            await ws.close()  # the peer ended the conversation: a normal end
         except Exception:
-            logger.exception("connection hook failed")
-            await ws.close(1011, "listener error")
+            logger.exception("connection hook failed; closing the connection with 1011")
+            await ws.close(1011, "internal error")
 
     # -- events ----------------------------------------------------------------------------
 

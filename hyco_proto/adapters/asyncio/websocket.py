@@ -136,13 +136,15 @@ class WebSocket(SocketView):
 
     # -- receiving -------------------------------------------------------------------------
 
-    async def recv(self) -> Message:
+    async def recv(self, timeout: float | None = None) -> Message:
         """The next message (str for text, bytes for binary).
 
-        Raises :class:`ConnectionClosedError` once the connection is closed and every message
-        received before the close has been returned.
+        ``TimeoutError`` when none came within ``timeout`` seconds (the connection stays
+        usable). Raises :class:`ConnectionClosedError` once the connection is closed and every
+        message received before the close has been returned.
         """
         stream = self._stream
+        deadline = None if timeout is None else self._loop.time() + timeout
         while True:
             message = stream.get()
             if message is not None:
@@ -154,7 +156,12 @@ class WebSocket(SocketView):
             waiter: asyncio.Future[None] = self._loop.create_future()
             self._recv_waiter = waiter
             try:
-                await waiter
+                if deadline is None:
+                    await waiter
+                else:
+                    await asyncio.wait_for(waiter, max(deadline - self._loop.time(), 0.0))
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"no message within {timeout:g} s") from None
             finally:
                 self._recv_waiter = None
 
