@@ -89,7 +89,7 @@ async def test_refused_upgrade_and_silent_server_time_out() -> None:
 async def test_recv_timeout_keeps_the_connection_usable() -> None:
     async with serve(echo, "127.0.0.1", 0) as server, \
             connect(f"ws://127.0.0.1:{server.port}/") as ws:
-        with pytest.raises(TimeoutError, match="no message within 0.05 s"):
+        with pytest.raises(TimeoutError, match=r"no message within 0\.05 s"):
             await ws.recv(timeout=0.05)
         await ws.send("after")
         assert await ws.recv(timeout=5) == "after"
