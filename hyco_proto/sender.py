@@ -91,7 +91,11 @@ def error_for_rejection(rejected: HandshakeRejected) -> RelayError:
     Everything else maps by status as in :func:`error_for_status`.
     """
     by = _rejected_by(rejected)
-    if by == "listener" or (by is None and extract_tracking_id(rejected.reason) is None):
+    # A listener rejects with 400..599 only: another status without the relay's marks comes
+    # from something that is not a relay (a web server at the wrong address).
+    unmarked = (by is None and extract_tracking_id(rejected.reason) is None
+                and 400 <= rejected.status <= 599)
+    if by == "listener" or unmarked:
         text = f"the listener rejected the connection with {rejected.status}"
         if rejected.reason:
             text += f": {rejected.reason}"
@@ -203,8 +207,13 @@ class SenderConnect:
                                headers=self.headers, key=key)
 
     def error_for_rejection(self, rejected: HandshakeRejected) -> RelayError:
-        """The typed error for a refused handshake (see :func:`error_for_rejection`)."""
-        return error_for_rejection(rejected)
+        """The typed error for a refused handshake (see :func:`error_for_rejection`), its
+        message naming the send address (without query: no token in messages)."""
+        error = error_for_rejection(rejected)
+        error.message = f"{self.scheme}://{self.host}{self.target.split('?', 1)[0]}: " \
+                        f"{error.message}"
+        error.args = (error.message,)
+        return error
 
     def error_for_status(self, status: int, reason: str | None = None) -> RelayError:
         """The typed error for this handshake being refused with ``status`` (see module docs)."""

@@ -250,3 +250,19 @@ class TestHandshake:
                               f"{REJECTED_BY_HEADER.lower()}: {by}\r\n")
         error = conn.error_for_rejection(event)
         assert type(error) is cls and error.status == 404 and error.description == reason
+
+
+def test_rejection_error_names_the_address_without_the_token() -> None:
+    conn = SenderConnect("ws://127.0.0.1:9090/$hc/hc/sub?x=1", token="secret-token",
+                         token_in_query=True)
+    error = conn.error_for_rejection(HandshakeRejected(
+        404, "Endpoint does not exist. TrackingId:abc_G1", [("X-Hyco-Rejected-By", "relay")],
+        b""))
+    assert str(error).startswith("ws://127.0.0.1:9090/$hc/hc/sub: ")
+    assert "secret-token" not in str(error) and error.status == 404
+
+
+def test_a_non_error_status_is_never_a_listener_rejection() -> None:
+    # A web server at the wrong address answering 200: listeners reject with 400..599 only.
+    error = error_for_rejection(HandshakeRejected(200, "OK", [], b""))
+    assert not isinstance(error, ListenerRejectedError) and error.status == 200
