@@ -8,7 +8,8 @@
 
 Without a connection string, ``listen`` / ``send`` / ``token`` talk to a default emulator on
 ``ws://127.0.0.1:9090`` with the development key, so ``hyco emulator`` in one terminal and
-``hyco listen --path myhc`` / ``echo hi | hyco send --path myhc`` in two others just work.
+``hyco listen --path myhc --no-stdin`` / ``echo hi | hyco send --path myhc -N`` in two others
+just work (``-N`` closes when stdin ends; without it, like netcat, the connection stays open).
 See docs/emulator.md.
 """
 
@@ -206,8 +207,8 @@ def _banner(config: EmulatorConfig, server: RelayServiceServer, cert: Path | Non
             f"  {connection_string}",
             "",
             "try it, in two more terminals:",
-            f"  {PROG} listen --connection-string {quoted} --scheme {scheme}",
-            f"  echo hello | {PROG} send --connection-string {quoted} --scheme {scheme}",
+            f"  {PROG} listen --connection-string {quoted} --scheme {scheme} --no-stdin",
+            f"  echo hello | {PROG} send --connection-string {quoted} --scheme {scheme} -N",
             "",
             "hyco-ws (Node): build the URL by hand (its helpers force wss://…:443):",
             f"  const uri = '{url}/$hc/{example}?sb-hc-action=listen';",
@@ -513,14 +514,33 @@ async def _session(ws: RelayedWebSocket, stdin: _Stdin, args: argparse.Namespace
         with contextlib.suppress(RelayError, OSError):
             await ws.close()
     if args.verbose:
-        print(f"{PROG}: connection closed ({ws.close_code} {ws.close_reason or ''})".rstrip(),
-              file=sys.stderr)
+        reason = f" {ws.close_reason}" if ws.close_reason else ""
+        print(f"{PROG}: connection closed ({ws.close_code}{reason})", file=sys.stderr)
     return status
 
 
-def _scheme_hint(ep: _Endpoint) -> str:
-    other = "wss" if ep.scheme == "ws" else "ws"
-    return f" (is the relay serving {other}://? try --scheme {other})"
+def _scheme_hint(ep: _Endpoint, error: BaseException) -> str:
+    """``--scheme`` advice, only when the failure looks like a ws/wss mismatch."""
+    text = str(error)
+    if "use ws://" in text or "use wss://" in text:
+        return " (try --scheme " + ("ws)" if "use ws://" in text else "wss)")
+    if ep.scheme == "ws" and "without answering" in text:
+        return " (is the relay serving wss://? try --scheme wss)"
+    if ep.scheme == "wss" and "TLS" in text and "certificate" not in text:
+        return " (is the relay serving ws://? try --scheme ws)"
+    return ""
+
+
+def _failure(what: str, address: str, error: BaseException, ep: _Endpoint) -> CliError:
+    """``what ADDRESS: cause`` once (errors that already name the address are not wrapped)."""
+    text = str(error) or type(error).__name__
+    if text.startswith(address):
+        message = f"{what} {text}"
+    elif address in text:
+        message = text
+    else:
+        message = f"{what} {address}: {text}"
+    return CliError(message + _scheme_hint(ep, error))
 
 
 def _parse_headers(values: Sequence[str] | None) -> list[tuple[str, str]]:
@@ -558,13 +578,14 @@ async def _listen(args: argparse.Namespace) -> int:
         await server.start()
     except (RelayError, ProtocolError, OSError) as exc:
         await server.close()
-        raise CliError(f"cannot listen on {uri.split('?', 1)[0]}: {exc}{_scheme_hint(ep)}"
-                       ) from None
+        raise _failure("cannot listen at", uri.split("?", 1)[0], exc, ep) from None
     try:
         print(f"{PROG}: listening on {uri.split('?', 1)[0]}", file=sys.stderr, flush=True)
         async for ws in server:
             if args.verbose:
-                print(f"{PROG}: connection from {ws.remote_endpoint} to {ws.request_url}",
+                peer = ws.remote_endpoint
+                where = f"{peer.address}:{peer.port}" if peer is not None else "?"
+                print(f"{PROG}: connection from {where} to {ws.request_url}",
                       file=sys.stderr, flush=True)
             status = await _session(ws, stdin, args, out)
             if not args.keep_open:
@@ -590,8 +611,7 @@ async def _send(args: argparse.Namespace) -> int:
                                    token_in_query=args.token_in_query,
                                    open_timeout=args.timeout)
     except (RelayError, ProtocolError, OSError, TimeoutError) as exc:
-        raise CliError(f"cannot connect to {uri.split('?', 1)[0]}: {exc}{_scheme_hint(ep)}"
-                       ) from None
+        raise _failure("cannot connect to", uri.split("?", 1)[0], exc, ep) from None
     if args.verbose:
         print(f"{PROG}: connected to {uri.split('?', 1)[0]}"
               + (f" (subprotocol {ws.subprotocol})" if ws.subprotocol else ""),

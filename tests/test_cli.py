@@ -347,6 +347,20 @@ def test_listen_with_wrong_key_fails(emulator: Emulator) -> None:
     assert "401" in "\n".join(listener.stderr_text)
 
 
+def test_listen_and_send_without_a_relay_say_so_once_and_give_no_scheme_hint() -> None:
+    import socket
+    with socket.socket() as probe:  # a port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for command in (["listen", "--no-stdin"], ["send", "--no-stdin"]):
+        proc = Proc([*command, "-n", f"127.0.0.1:{port}", "--path", "myhc"])
+        assert proc.wait() == 1
+        text = "\n".join(proc.stderr_text)
+        assert f"nothing is listening at 127.0.0.1:{port} (connection refused)" in text, text
+        assert "--scheme" not in text, text
+        assert text.count(f"ws://127.0.0.1:{port}/$hc/myhc") == 1, text
+
+
 # -------------------------------------------------------------------------------------------
 # TLS with the development certificate
 
