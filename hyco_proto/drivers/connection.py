@@ -41,6 +41,7 @@ __all__ = [
     "Refused",
     "RequestReceived",
     "ServerConnection",
+    "handshake_failure",
     "refusal_error",
     "select_subprotocol",
 ]
@@ -359,4 +360,17 @@ def refusal_error(response: HandshakeRejected, url: str) -> RelayError:
     error = relay_error_for_status(response.status, response.reason or None)
     error.message = f"{url} refused the WebSocket upgrade: {reason}"
     error.args = (error.message,)
+    return error
+
+
+def handshake_failure(failed: HandshakeFailed, *, host: str, port: int,
+                      secure: bool) -> ConnectionError:
+    """The error for a client whose opening handshake broke (no valid answer), naming the
+    address; a server that closed without a word to a ``ws://`` upgrade is probably TLS."""
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    text = f"the WebSocket upgrade to {address} failed: {failed.error}"
+    if not secure and "without answering" in str(failed.error):
+        text += " (is it serving wss://? then use wss://)"
+    error = ConnectionError(text)
+    error.__cause__ = failed.error
     return error

@@ -109,3 +109,19 @@ async def test_peer_close_escaping_the_handler_is_a_normal_end(
         await bounded(ws.close(4001, "bye"))
         assert ws.close_code == 4001
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "WARNING")]
+
+
+@async_test
+async def test_a_server_closing_without_a_word_suggests_wss() -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()  # what a TLS server does with a plain-text upgrade
+
+    mute = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    try:
+        port = mute.sockets[0].getsockname()[1]
+        with pytest.raises(ConnectionError, match=r"127\.0\.0\.1:\d+ failed: .*without "
+                                                  r"answering.*use wss://"):
+            await bounded(connect(f"ws://127.0.0.1:{port}/"))
+    finally:
+        mute.close()

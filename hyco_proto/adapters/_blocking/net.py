@@ -21,6 +21,7 @@ from ...drivers.connection import (
     HandshakeFailed,
     Refused,
     ServerConnection,
+    handshake_failure,
 )
 from ...errors import connect_failure
 from .runtime import Runtime
@@ -192,9 +193,7 @@ def open_client(rt: Runtime, connection: ClientConnection, *, host: str, port: i
     first = events[0]
     if isinstance(first, HandshakeFailed):
         sock.close()
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        raise ConnectionError(f"the WebSocket upgrade to {address} failed: "
-                              f"{first.error}") from first.error
+        raise handshake_failure(first, host=host, port=port, secure=secure)
     if isinstance(first, Refused):
         with contextlib.suppress(OSError):
             sock.close()

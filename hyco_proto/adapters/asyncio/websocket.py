@@ -27,6 +27,7 @@ from ...drivers.connection import (
     Refused,
     RequestReceived,
     ServerConnection,
+    handshake_failure,
     refusal_error,
 )
 from ...drivers.relayed import RelayedInfo
@@ -332,7 +333,8 @@ def connect(url: str, *, subprotocols: Sequence[str] = (),
                        close_timeout=close_timeout)
         outcome = await _open(ws, url, target.host, target.port, target.secure, ssl,
                               open_timeout)
-        _raise_unless_opened(outcome, lambda r: refusal_error(r, url.split("?")[0]))
+        _raise_unless_opened(outcome, lambda r: refusal_error(r, url.split("?")[0]),
+                             host=target.host, port=target.port, secure=target.secure)
         return ws
 
     return _Opening(opening())
@@ -373,15 +375,17 @@ def relayed_connect(
                               max_queue=max_queue, close_timeout=close_timeout)
         outcome = await _open(ws, uri, sender.hostname, sender.port, sender.secure, ssl,
                               open_timeout)
-        _raise_unless_opened(outcome, sender.error_for_rejection)
+        _raise_unless_opened(outcome, sender.error_for_rejection, host=sender.hostname,
+                             port=sender.port, secure=sender.secure)
         return ws
 
     return _Opening(opening())
 
 
-def _raise_unless_opened(outcome: object, refused: Any) -> None:
+def _raise_unless_opened(outcome: object, refused: Any, *, host: str, port: int,
+                         secure: bool) -> None:
     if isinstance(outcome, Refused):
         error: RelayError = refused(outcome.response)
         raise error
     if isinstance(outcome, HandshakeFailed):
-        raise outcome.error
+        raise handshake_failure(outcome, host=host, port=port, secure=secure)
