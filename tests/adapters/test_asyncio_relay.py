@@ -591,3 +591,18 @@ async def test_accept_timeout_and_no_restart_after_close() -> None:
                 await server.accept(timeout=0.05)
         with pytest.raises(RelayError, match="was closed; create a new RelayedServer"):
             await server.start()
+
+
+@async_test
+async def test_full_backlog_rejects_senders_with_503() -> None:
+    async with relay() as r:
+        uri = listen_uri(r)
+        async with RelayedServer(uri, lambda: token(uri), backlog=1) as server:
+            first = await connect(r)  # waits in the backlog: nobody iterates
+            with pytest.raises(ListenerRejectedError) as info:
+                await connect(r)
+            assert info.value.status == 503 and "backlog" in (info.value.description or "")
+            accepted = await server.accept(timeout=WAIT)
+            await first.send("still fine")
+            assert await bounded(accepted.recv()) == "still fine"
+            await bounded(first.close())

@@ -479,3 +479,17 @@ def test_monkey_patched_program(relay: ThreadedEmulator) -> None:
         print("ok")
     """)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_full_backlog_rejects_senders_with_503(adapter: ModuleType,
+                                               relay: ThreadedEmulator) -> None:
+    uri = hc_uri(relay)
+    with adapter.RelayedServer(uri, lambda: token(uri), backlog=1) as server:
+        first = adapter.relayed_connect(uri, token(uri))  # waits in the backlog
+        with pytest.raises(ListenerRejectedError) as info:
+            adapter.relayed_connect(uri, token(uri))
+        assert info.value.status == 503
+        accepted = server.accept(timeout=WAIT)
+        first.send("still fine")
+        assert accepted.recv(timeout=WAIT) == "still fine"
+        first.close()

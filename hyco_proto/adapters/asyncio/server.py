@@ -467,6 +467,12 @@ class RelayedServer(ListenerView):
 
     def _decide(self, event: ConnectionRequested) -> None:
         hook = self._headers_hook
+        if self._connection_hook is None and self._accepted.full():
+            # Nobody takes sockets off the backlog: say so at the handshake (503).
+            logger.warning("%s: accept backlog full; rejecting a sender with 503",
+                           self._driver.address)
+            self._answer(event, Reject(503, "listener busy: its accept backlog is full"))
+            return
         if hook is None:
             self._answer(event, None)
             return
