@@ -49,6 +49,7 @@ RUNTIME = Runtime(
 
 
 class RelayedServer(_listener.RelayedServer):
+    __doc__ = _listener.RelayedServer.__doc__
     runtime = RUNTIME
 
 
