@@ -571,3 +571,22 @@ def test_first_open_to_a_tls_relay_over_ws_says_so() -> None:
     assert "closed the connection without answering" in text and "wss://" in text
     assert "1006" not in text and text.count(ADDR) == 1
     assert driver.ended
+
+
+def test_nothing_is_handed_over_once_the_listener_went_offline() -> None:
+    r, control = listening(reconnect_delays=[0])
+    request = offer(r, control)
+    r.driver.answer(request, None, r.now)
+    r.run()
+    (rendezvous,) = r.keys(control=False)
+    r.request(rendezvous)
+    # The relay drops the control channel; the immediate reconnect is answered 404: offline.
+    r.peers[control].fail(1011, "boom")
+    r.deliver(control)
+    again = next(k for k in r.keys(control=True) if k != control)
+    r.request(again)
+    r.peers[again].reject(404, "gone")
+    r.deliver(again)
+    assert r.driver.ended and r.driver.state is ListenerState.OFFLINE
+    assert rendezvous in r.aborted  # the rendezvous under way was dropped
+    assert not r.handovers

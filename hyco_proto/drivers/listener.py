@@ -185,7 +185,8 @@ class ListenerDriver:
         """The driver of an adapter's ``RelayedServer``, from that class's keyword arguments."""
         listener = Listener(server, token, listener_id=listener_id,
                             keepalive_interval=keepalive_interval, open_timeout=open_timeout,
-                            headers=channel_headers, **listener_options)
+                            close_timeout=close_timeout, headers=channel_headers,
+                            **listener_options)
         return cls(listener, max_message_size=max_size, close_timeout=close_timeout)
 
     # -- state -----------------------------------------------------------------------------
@@ -353,7 +354,11 @@ class ListenerDriver:
     def handle_timer(self, now: float) -> None:
         for transport in list(self._transports.values()):
             if transport.abort_at is not None and now >= transport.abort_at:
+                current = self._control is transport
                 self._abort(transport)
+                if current and self.listener.state is ListenerState.CLOSING:
+                    # Our close was never answered: the core hears the channel is gone.
+                    self.listener.channel_closed(now, 1006, "close timeout")
             elif transport.deadline is not None and now >= transport.deadline:
                 self._abort(transport)
                 self._rendezvous_result(transport, now, None,
@@ -513,9 +518,15 @@ class ListenerDriver:
                 self._flush(control)
         elif isinstance(action, ConnectRendezvous):
             protocols = [action.subprotocol] if action.subprotocol else []
-            connection = ClientConnection.from_url(
-                action.url, headers=action.headers, subprotocols=protocols,
-                max_message_size=self.max_message_size, reply_to_close=self.reply_to_close)
+            try:
+                connection = ClientConnection.from_url(
+                    action.url, headers=action.headers, subprotocols=protocols,
+                    max_message_size=self.max_message_size, reply_to_close=self.reply_to_close)
+            except (ValueError, LocalProtocolError) as exc:  # a bad address from the relay
+                with contextlib.suppress(LocalProtocolError):
+                    self.listener.rendezvous_result(now, action.request_id, None,
+                                                    f"unusable rendezvous address: {exc}")
+                return
             deadline = action.request.received_at + self.listener.accept_timeout
             self._new_transport(connection, False, action, max(deadline, now + 1.0))
 
@@ -532,8 +543,12 @@ class ListenerDriver:
         elif isinstance(event, Offline):
             self._ended = True
             self.error = event.error
+            for transport in list(self._transports.values()):
+                if not transport.control:
+                    self._abort(transport)  # nothing more is handed over once offline
             if not self._listened and self.fail_first_open:
-                self._events.append(StartFailed(self._named(type(event.error), event.error)))
+                self.error = self._named(type(event.error), event.error)
+                self._events.append(StartFailed(self.error))
                 return
         elif isinstance(event, Closed):
             self._ended = True
@@ -542,7 +557,8 @@ class ListenerDriver:
     def _named(self, cls: type[RelayError], error: RelayError) -> RelayError:
         text = f"cannot listen at {self.address}: {error.message}"
         named = cls(text, status=error.status, close_code=error.close_code,
-                    description=error.description, tracking_id=error.tracking_id)
+                    description=error.description, tracking_id=error.tracking_id,
+                    transient=error.transient)
         named.__cause__ = error.__cause__ or error
         return named
 

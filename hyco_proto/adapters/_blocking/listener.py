@@ -166,6 +166,8 @@ class RelayedServer(ListenerView):
         **listener_options: Any,
     ) -> None:
         rt = self.runtime
+        if max_queue < 1:
+            raise ValueError("max_queue must be at least 1")
         self._driver = ListenerDriver.for_server(
             server, token, listener_id=listener_id, keepalive_interval=keepalive_interval,
             open_timeout=open_timeout, channel_headers=channel_headers, max_size=max_size,

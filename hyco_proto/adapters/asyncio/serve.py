@@ -47,6 +47,7 @@ class Server:
         self._write_limit = write_limit
         self._server: asyncio.base_events.Server | None = None
         self._sockets: set[WebSocket] = set()
+        self._handshaking: set[WebSocket] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -66,6 +67,7 @@ class Server:
         link = Link(write_limit=self._write_limit)
         ws = WebSocket(link, ServerConnection(max_message_size=self._max_size),
                        max_queue=self._max_queue, close_timeout=self._close_timeout)
+        self._handshaking.add(ws)
         task = asyncio.ensure_future(self._run(ws))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -74,9 +76,13 @@ class Server:
     async def _run(self, ws: WebSocket) -> None:
         try:
             first = await asyncio.wait_for(asyncio.shield(ws.opened), self._open_timeout)
-        except Exception:  # no complete request in time, or the client left
+        except BaseException as exc:  # no request in time, the client left, or shutdown
             ws.abort()
+            if isinstance(exc, asyncio.CancelledError):
+                raise
             return
+        finally:
+            self._handshaking.discard(ws)
         if not isinstance(first, RequestReceived):
             return  # the core answered a bad request with its 4xx and closes
         conn = ws._conn
@@ -103,6 +109,8 @@ class Server:
         """Stop accepting; open connections are closed with 1001 (see ``wait_closed``)."""
         if self._server is not None:
             self._server.close()
+        for ws in list(self._handshaking):  # their tasks may be cancelled before they run
+            ws.abort()
         for task in list(self._tasks):
             task.cancel()
 
@@ -138,6 +146,8 @@ class serve:
                  open_timeout: float = 10.0, close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
                  max_queue: int = DEFAULT_MAX_QUEUE, max_size: int | None = DEFAULT_MAX_SIZE,
                  write_limit: int = DEFAULT_WRITE_LIMIT) -> None:
+        if max_queue < 1:
+            raise ValueError("max_queue must be at least 1")
         self.server = Server(handler, host, port, subprotocols=subprotocols, ssl=ssl,
                              open_timeout=open_timeout, close_timeout=close_timeout,
                              max_queue=max_queue, max_size=max_size, write_limit=write_limit)

@@ -141,6 +141,8 @@ class RelayedServer(ListenerView):
         channel_headers: Iterable[tuple[str, str]] = (),
         **listener_options: Any,
     ) -> None:
+        if max_queue < 1:
+            raise ValueError("max_queue must be at least 1")
         self._driver = ListenerDriver.for_server(
             server, token, listener_id=listener_id, keepalive_interval=keepalive_interval,
             open_timeout=open_timeout, channel_headers=channel_headers, max_size=max_size,
@@ -168,6 +170,7 @@ class RelayedServer(ListenerView):
         self._closed: asyncio.Future[None] | None = None
         self._offline: RelayError | None = None
         self._closing = False
+        self._end_pending = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -278,6 +281,9 @@ class RelayedServer(ListenerView):
 
     async def _next(self) -> RelayedWebSocket | None:
         item = await self._accepted.get()
+        if self._end_pending and not self._accepted.full():
+            self._end_pending = False
+            self._accepted.put_nowait(_END)
         if item is _END:
             self._accepted.put_nowait(_END)  # later iterators end too
             if self._offline is not None and not self._closing:
@@ -324,9 +330,10 @@ class RelayedServer(ListenerView):
             # Bounded by the driver: it aborts (cancels) an attempt that takes too long.
             await open_link(link, url.host, url.port, secure=url.secure, ssl=self._ssl,
                             timeout=None)
-        except OSError as exc:
+        except Exception as exc:  # OSError, and e.g. UnicodeError for a bad host name
             if self._opening.pop(key, None) is not None:
-                self._driver.transport_failed(key, time.time(), str(exc))
+                self._driver.transport_failed(key, time.time(),
+                                              str(exc) or type(exc).__name__)
                 self._run()
             return
         if self._opening.pop(key, None) is None:
@@ -441,7 +448,8 @@ class RelayedServer(ListenerView):
 
     def _end_iteration(self) -> None:
         if self._accepted.full():
-            return  # iterators see _END after draining: put it when there is room
+            self._end_pending = True  # put by _next() as soon as there is room
+            return
         self._accepted.put_nowait(_END)
 
     def _call_error_hook(self, error: Exception) -> None:

@@ -121,7 +121,8 @@ class WebSocket(SocketView):
                 waiter = self._recv_waiter
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
-            if stream.pause_needed():
+            # Never pause once closing: the peer's close reply must still be read.
+            if stream.pause_needed() and self._conn.is_open:
                 self._link.pause_reading()
             for ping in stream.take_answered():
                 if not ping.done():
@@ -129,6 +130,7 @@ class WebSocket(SocketView):
             for ping in stream.take_abandoned():
                 if not ping.done():
                     ping.set_exception(stream.closed_error())
+                    ping.exception()  # awaiting it still raises; nobody must, though
         self._flush()
 
     def _flush(self) -> None:
@@ -209,9 +211,14 @@ class WebSocket(SocketView):
         self._stream.check_open(self._conn.is_open)
         waiter: asyncio.Future[float] = self._loop.create_future()
         data = self._stream.add_ping(waiter, payload)
-        self._conn.send_ping(data)
-        self._flush()
-        await self._drain()
+        try:
+            self._conn.send_ping(data)
+            self._flush()
+            await self._drain()
+        except BaseException:
+            self._stream.drop_ping(waiter)
+            waiter.cancel()
+            raise
         return waiter
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
@@ -221,6 +228,9 @@ class WebSocket(SocketView):
         if conn.is_open and self._stream.closed is None:
             conn.send_close(code, reason)
             self._flush()
+        # Read again if a full queue paused us: the peer's close reply must get through
+        # (queued messages stay available to recv()).
+        self._link.resume_reading()
         await self.wait_closed()
 
     async def wait_closed(self) -> None:
