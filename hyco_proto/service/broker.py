@@ -17,7 +17,7 @@ import random
 import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import parse_qsl, quote
 
@@ -33,6 +33,7 @@ from ..headers import Headers
 from ..sas import verify_token
 from ..uris import strip_relay_query
 from .config import HybridConnectionConfig, Right, ServiceConfig
+from .registry import ListenerRecord, LocalRegistry, PendingConnect, Registry
 
 __all__ = [
     "Action",
@@ -91,32 +92,6 @@ class FailSender:
 Action = SendControl | CloseListener | FailSender
 
 
-@dataclass(slots=True)
-class ListenerRecord:
-    """A connected listener's control channel, as the broker sees it."""
-
-    id: str
-    hc: HybridConnectionConfig
-    base_url: str
-    token_expiry: float | None
-    opened_at: float
-    #: The path the listener authorised for (``/hc`` or ``/hc/suffix``); renewals must match it.
-    path: str = ""
-
-
-@dataclass(slots=True)
-class PendingConnect:
-    """A sender waiting for its listener to accept or reject."""
-
-    id: str
-    hc: HybridConnectionConfig
-    listener_id: str
-    address: str
-    created: float
-    accept: AcceptCommand
-    subprotocols: tuple[str, ...] = ()
-
-
 @dataclass(frozen=True, slots=True)
 class RendezvousAccepted:
     """The listener connected to a valid accept address: join it with ``pending``'s sender."""
@@ -131,11 +106,6 @@ class RendezvousRejected:
     pending: PendingConnect
     status: int
     description: str
-
-
-@dataclass(slots=True)
-class _HcState:
-    listeners: dict[str, ListenerRecord] = field(default_factory=dict)
 
 
 def _header(headers: Sequence[tuple[str, str]], name: str) -> str | None:
@@ -182,13 +152,13 @@ class RelayBroker:
         *,
         new_id: Callable[[], str] | None = None,
         rng: random.Random | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self.config = config or ServiceConfig()
         self._new_id = new_id or (lambda: str(uuid.uuid4()))
         self._rng = rng or random.Random()
-        self._hcs: dict[str, _HcState] = {}
-        self._listeners: dict[str, ListenerRecord] = {}
-        self._pending: dict[str, PendingConnect] = {}
+        #: Listeners and pending senders (in-process unless a shared registry is given).
+        self.registry: Registry = registry if registry is not None else LocalRegistry()
         self._actions: list[Action] = []
 
     # -- helpers ---------------------------------------------------------------------------
@@ -276,8 +246,8 @@ class RelayBroker:
         auth = self._authorize(now, hc, "/" + path.strip("/"), token, Right.LISTEN)
         if isinstance(auth, Refused):
             return auth
-        state = self._hcs.setdefault(hc.name.lower(), _HcState())
-        if len(state.listeners) >= self.config.max_listeners:
+        registry = self.registry
+        if len(registry.listeners_of(hc.name)) >= self.config.max_listeners:
             return self._refuse(
                 now,
                 403,
@@ -285,29 +255,27 @@ class RelayBroker:
                 f"has the maximum of {self.config.max_listeners} listeners.",
                 hc.name,
             )
-        listener_id = _query_value(query, "sb-hc-id") or self._new_id()
-        while listener_id in self._listeners:
-            listener_id = f"{listener_id}_G{len(self._listeners)}"
+        listener_id = base = _query_value(query, "sb-hc-id") or self._new_id()
+        taken = 0
+        while registry.listener(listener_id) is not None:
+            taken += 1
+            listener_id = f"{base}_G{taken}"
         record = ListenerRecord(
             listener_id, hc, base_url.rstrip("/"), auth, now, "/" + path.strip("/")
         )
-        state.listeners[listener_id] = record
-        self._listeners[listener_id] = record
+        registry.add_listener(record)
         return record
 
     def close_listener(self, now: float, listener_id: str) -> None:
         """The listener's control channel is gone; its pending accepts stay until they expire."""
-        record = self._listeners.pop(listener_id, None)
-        if record is not None:
-            self._hcs[record.hc.name.lower()].listeners.pop(listener_id, None)
+        self.registry.remove_listener(listener_id)
 
     def listener_count(self, hc_name: str) -> int:
-        state = self._hcs.get(hc_name.lower())
-        return len(state.listeners) if state else 0
+        return len(self.registry.listeners_of(hc_name))
 
     def listener_message(self, now: float, listener_id: str, text: str) -> None:
         """A text message arrived on a control channel: only ``renewToken`` is meaningful."""
-        record = self._listeners.get(listener_id)
+        record = self.registry.listener(listener_id)
         if record is None:
             return
         try:
@@ -324,6 +292,7 @@ class RelayBroker:
                 self._actions.append(CloseListener(listener_id, 1008, auth.description))
             else:
                 record.token_expiry = auth
+                self.registry.update_listener(record)
 
     # -- senders ---------------------------------------------------------------------------
 
@@ -357,9 +326,11 @@ class RelayBroker:
                 f"to hybrid connection '{hc.name}'.",
                 hc.name,
             )
-        connect_id = _query_value(query, "sb-hc-id") or self._new_id()
-        while connect_id in self._pending:
-            connect_id = f"{connect_id}_G{len(self._pending)}"
+        connect_id = base = _query_value(query, "sb-hc-id") or self._new_id()
+        taken = 0
+        while self.registry.has_pending(connect_id):
+            taken += 1
+            connect_id = f"{base}_G{taken}"
         app_query = strip_relay_query(query)
         sep = "&" if app_query else ""
         address = (
@@ -383,17 +354,16 @@ class RelayBroker:
         pending = PendingConnect(
             connect_id, hc, listener.id, address, now, accept, tuple(subprotocols)
         )
-        self._pending[connect_id] = pending
+        self.registry.add_pending(pending)
         self._actions.append(SendControl(listener.id, serialize_command(accept)))
         return pending
 
     def _pick_listener(
         self, hc: HybridConnectionConfig, headers: Sequence[tuple[str, str]]
     ) -> ListenerRecord | None:
-        state = self._hcs.get(hc.name.lower())
-        if state is None or not state.listeners:
+        candidates = self.registry.listeners_of(hc.name)
+        if not candidates:
             return None
-        candidates = list(state.listeners.values())
         allowed = _header(headers, _ALLOWED)
         disallowed = _header(headers, _DISALLOWED)
         # Listener pinning (hybrid-connections-wire §4.6): comma-separated listener ids.
@@ -407,7 +377,7 @@ class RelayBroker:
 
     def cancel_connect(self, now: float, connect_id: str) -> None:
         """The sender went away before the rendezvous: its accept address becomes invalid."""
-        self._pending.pop(connect_id, None)
+        self.registry.take_pending(connect_id)
 
     # -- rendezvous ------------------------------------------------------------------------
 
@@ -420,7 +390,7 @@ class RelayBroker:
         ``sb-hc-statusCode`` (or hyco-ws's unprefixed ``statusCode``, §1.4) it is a reject.
         """
         connect_id = _query_value(query, "sb-hc-id")
-        pending = self._pending.pop(connect_id, None) if connect_id else None
+        pending = self.registry.take_pending(connect_id) if connect_id else None
         if pending is None or now - pending.created > self.config.accept_timeout:
             return self._refuse(now, 403, "The rendezvous address is invalid or has expired.")
         status = _query_value(query, "sb-hc-statusCode", "statusCode")
@@ -439,26 +409,30 @@ class RelayBroker:
     # -- time ------------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        deadlines = [p.created + self.config.accept_timeout for p in self._pending.values()]
+        registry = self.registry
+        deadlines = [p.created + self.config.accept_timeout for p in registry.all_pending()]
         deadlines += [
             r.token_expiry + self.config.token_grace
-            for r in self._listeners.values()
+            for r in registry.all_listeners()
             if r.token_expiry is not None
         ]
         return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> None:
-        for connect_id, pending in list(self._pending.items()):
+        registry = self.registry
+        for pending in registry.all_pending():
+            connect_id = pending.id
             if now - pending.created >= self.config.accept_timeout:
-                del self._pending[connect_id]
+                registry.take_pending(connect_id)
                 refusal = self._refuse(
                     now, 504, "The listener did not accept the connection in time.", pending.hc.name
                 )
                 self._actions.append(FailSender(connect_id, refusal.status, refusal.description))
-        for record in list(self._listeners.values()):
+        for record in registry.all_listeners():
             expiry = record.token_expiry
             if expiry is not None and now >= expiry + self.config.token_grace:
                 record.token_expiry = None  # close once
+                registry.update_listener(record)
                 self._actions.append(
                     CloseListener(
                         record.id,

@@ -1,0 +1,120 @@
+"""Where the broker keeps connected listeners and senders waiting for a rendezvous.
+
+``RelayBroker`` only reaches its state through the :class:`Registry` interface, so a shared
+registry (a relay cluster keeping it in Redis is planned) can replace :class:`LocalRegistry`,
+the in-process one, without touching the broker's decisions, the router or the handlers.
+Records are plain values; the broker mutates a record it got back (``token_expiry``) only through
+:meth:`Registry.update_listener`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..control import AcceptCommand
+from .config import HybridConnectionConfig
+
+__all__ = ["ListenerRecord", "LocalRegistry", "PendingConnect", "Registry"]
+
+
+@dataclass(slots=True)
+class ListenerRecord:
+    """A connected listener's control channel, as the broker sees it."""
+
+    id: str
+    hc: HybridConnectionConfig
+    base_url: str
+    token_expiry: float | None
+    opened_at: float
+    #: The path the listener authorised for (``/hc`` or ``/hc/suffix``); renewals must match it.
+    path: str = ""
+
+
+@dataclass(slots=True)
+class PendingConnect:
+    """A sender waiting for its listener to accept or reject."""
+
+    id: str
+    hc: HybridConnectionConfig
+    listener_id: str
+    address: str
+    created: float
+    accept: AcceptCommand
+    subprotocols: tuple[str, ...] = ()
+
+
+class Registry(Protocol):
+    """The broker's state: listeners per hybrid connection, and pending senders by id."""
+
+    def add_listener(self, record: ListenerRecord) -> None: ...
+
+    def remove_listener(self, listener_id: str) -> ListenerRecord | None: ...
+
+    def update_listener(self, record: ListenerRecord) -> None: ...
+
+    def listener(self, listener_id: str) -> ListenerRecord | None: ...
+
+    def listeners_of(self, hc_name: str) -> list[ListenerRecord]:
+        """The listeners of a hybrid connection (names compare case-insensitively)."""
+        ...
+
+    def all_listeners(self) -> Iterable[ListenerRecord]: ...
+
+    def add_pending(self, pending: PendingConnect) -> None: ...
+
+    def take_pending(self, connect_id: str) -> PendingConnect | None:
+        """Remove and return a pending sender: an accept address is single-use (§3.1)."""
+        ...
+
+    def has_pending(self, connect_id: str) -> bool: ...
+
+    def all_pending(self) -> Iterable[PendingConnect]: ...
+
+
+class LocalRegistry:
+    """The in-process :class:`Registry`: dictionaries."""
+
+    def __init__(self) -> None:
+        self._listeners: dict[str, ListenerRecord] = {}
+        self._by_hc: dict[str, dict[str, ListenerRecord]] = {}
+        self._pending: dict[str, PendingConnect] = {}
+
+    def add_listener(self, record: ListenerRecord) -> None:
+        self._listeners[record.id] = record
+        self._by_hc.setdefault(record.hc.name.lower(), {})[record.id] = record
+
+    def remove_listener(self, listener_id: str) -> ListenerRecord | None:
+        record = self._listeners.pop(listener_id, None)
+        if record is not None:
+            group = self._by_hc.get(record.hc.name.lower(), {})
+            group.pop(listener_id, None)
+            if not group:
+                self._by_hc.pop(record.hc.name.lower(), None)
+        return record
+
+    def update_listener(self, record: ListenerRecord) -> None:
+        if record.id in self._listeners:
+            self.add_listener(record)
+
+    def listener(self, listener_id: str) -> ListenerRecord | None:
+        return self._listeners.get(listener_id)
+
+    def listeners_of(self, hc_name: str) -> list[ListenerRecord]:
+        return list(self._by_hc.get(hc_name.lower(), {}).values())
+
+    def all_listeners(self) -> Iterable[ListenerRecord]:
+        return list(self._listeners.values())
+
+    def add_pending(self, pending: PendingConnect) -> None:
+        self._pending[pending.id] = pending
+
+    def take_pending(self, connect_id: str) -> PendingConnect | None:
+        return self._pending.pop(connect_id, None)
+
+    def has_pending(self, connect_id: str) -> bool:
+        return connect_id in self._pending
+
+    def all_pending(self) -> Iterable[PendingConnect]:
+        return list(self._pending.values())
