@@ -162,3 +162,34 @@ def test_service_logs_refusals(caplog: pytest.LogCaptureFixture) -> None:
             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"))
     assert "refused /$hc/nothere with 404" in caplog.text
     assert "TrackingId:" in caplog.text
+
+
+def test_metrics_in_the_prometheus_text_format() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    net = MemoryNetwork(RelayService(broker=RelayBroker(ServiceConfig(),
+                                                        rng=random.Random(1))), now=NOW)
+
+    def token(uri: str) -> str:
+        return create_relay_token(uri, DEFAULT_RULE_NAME, DEVELOPMENT_KEY, 3600, now=net.now)
+
+    listen_uri = f"{BASE}/$hc/my\"hc"
+    net.listen(Listener(listen_uri, lambda: token(listen_uri)))
+    send_uri = f"{BASE}/$hc/my\"hc?sb-hc-action=connect"
+    ws = net.connect(send_uri, headers=[("ServiceBusAuthorization", token(send_uri))])
+    net.pump()
+    assert ws.accepted is not None
+    ws.send(b"12345")
+    net.pump()
+    status, headers, body = http_get(net.service, "/metrics")
+    assert status == 200
+    assert headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(body.decode())
+               for s in family.samples}
+    assert samples[("hyco_listeners", (("hybrid_connection", 'my"hc'),))] == 1
+    assert samples[("hyco_connections", (("kind", "relay"),))] == 2
+    assert samples[("hyco_relayed_pairs_live", ())] == 1
+    assert samples[("hyco_relayed_pairs_total", ())] == 1
+    assert samples[("hyco_bytes_relayed_total", ())] >= 5
+    assert http_get(net.service, "/metrics", method="POST")[0] != 200  # GET only

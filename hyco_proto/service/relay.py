@@ -41,7 +41,8 @@ from .broker import (
     SendControl,
 )
 from .config import ServiceConfig
-from .status import RefusalLog, is_status_target, status_response_body
+from .stats import ServiceStats
+from .status import RefusalLog, service_endpoint
 
 __all__ = ["ConnectionKind", "RelayService", "ServiceStats"]
 
@@ -59,19 +60,6 @@ class ConnectionKind(enum.Enum):
     WAITING = "waiting"  # a sender whose handshake waits for accept/reject
     RELAY = "relay"  # one leg of a joined pair
     CLOSED = "closed"
-
-
-@dataclass(slots=True)
-class ServiceStats:
-    """Counters a health endpoint can show."""
-
-    listeners: int = 0
-    relayed_pairs: int = 0
-    messages_relayed: int = 0
-    bytes_relayed: int = 0
-    rejects: int = 0
-    auth_failures: int = 0
-    handshake_errors: int = 0
 
 
 @dataclass(slots=True)
@@ -289,20 +277,19 @@ class RelayService:
         if event is None:
             if conn.handshake.rejection is not None:
                 refused = conn.handshake.refused_request
-                if refused is not None and is_status_target(refused.method, refused.target):
-                    # Plain-HTTP health endpoint on the relay's port (not an upgrade).
+                endpoint = (service_endpoint(refused.method, refused.target)
+                            if refused is not None else None)
+                if endpoint is not None:
+                    # The service's own plain-HTTP endpoints on the relay's port (not upgrades).
                     kinds: dict[str, int] = {}
                     for other in self._conns.values():
                         if other is conn:
-                            continue  # the status request itself
+                            continue  # the request itself
                         kinds[other.kind.value] = kinds.get(other.kind.value, 0) + 1
-                    body = status_response_body(
-                        now=now, stats=self.stats, broker=self.broker, connections=kinds
-                    )
-                    headers = [
-                        ("Content-Type", "application/json"),
-                        ("Cache-Control", "no-store"),
-                    ]
+                    content_type, render = endpoint
+                    body = render(now=now, stats=self.stats, broker=self.broker,
+                                  connections=kinds)
+                    headers = [("Content-Type", content_type), ("Cache-Control", "no-store")]
                     self._send(conn, conn.handshake.reject(200, "OK", headers, body))
                     self._close_tcp(conn)
                     return

@@ -19,19 +19,22 @@ import logging
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from .._version import __version__
 
 if TYPE_CHECKING:
     from .broker import RelayBroker
-    from .relay import ServiceStats
+    from .stats import ServiceStats
 
 __all__ = [
+    "METRICS_CONTENT_TYPE",
     "STATUS_PATHS",
     "RefusalLog",
     "is_status_target",
+    "metrics_response_body",
+    "service_endpoint",
     "status_document",
     "status_response_body",
 ]
@@ -40,6 +43,8 @@ logger = logging.getLogger("hyco_proto.service")
 
 #: Plain-HTTP paths answered with the status document (case-insensitive, trailing '/' ignored).
 STATUS_PATHS = frozenset({"/$status", "/health", "/healthz"})
+#: Prometheus text exposition format, version 0.0.4.
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def is_status_target(method: str, target: str) -> bool:
@@ -48,6 +53,24 @@ def is_status_target(method: str, target: str) -> bool:
         return False
     path = urlsplit(target).path.rstrip("/").lower() or "/"
     return path in STATUS_PATHS
+
+
+class Render(Protocol):
+    def __call__(self, *, now: float, stats: ServiceStats, broker: RelayBroker,
+                 connections: Mapping[str, int]) -> bytes: ...
+
+
+def service_endpoint(method: str, target: str) -> tuple[str, Render] | None:
+    """The service's own plain-HTTP endpoint for a request, as ``(content type, render)``:
+    ``/$status`` (JSON) and ``/metrics`` (Prometheus text); GET only. None: not one of them."""
+    if method != "GET":
+        return None
+    path = urlsplit(target).path.rstrip("/").lower() or "/"
+    if path in STATUS_PATHS:
+        return "application/json", status_response_body
+    if path == "/metrics":
+        return METRICS_CONTENT_TYPE, metrics_response_body
+    return None
 
 
 def status_document(
@@ -100,6 +123,48 @@ def status_response_body(
     """:func:`status_document` as indented UTF-8 JSON with a final newline."""
     doc = status_document(now=now, stats=stats, broker=broker, connections=connections)
     return (json.dumps(doc, indent=2, sort_keys=False) + "\n").encode("utf-8")
+
+
+def _label(value: str) -> str:
+    # Prometheus label values escape backslash, double quote and line feed.
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics_response_body(
+    *,
+    now: float,
+    stats: ServiceStats,
+    broker: RelayBroker,
+    connections: Mapping[str, int],
+) -> bytes:
+    """The counters in the Prometheus text format (``GET /metrics``)."""
+    lines: list[str] = []
+
+    def family(name: str, kind: str, text: str, samples: list[tuple[str, float]]) -> None:
+        lines.append(f"# HELP {name} {text}")
+        lines.append(f"# TYPE {name} {kind}")
+        lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
+
+    per_hc: dict[str, int] = {}
+    for record in broker.registry.all_listeners():
+        per_hc[record.hc.name] = per_hc.get(record.hc.name, 0) + 1
+    family("hyco_listeners", "gauge", "Connected listeners per hybrid connection.",
+           [(f'{{hybrid_connection="{_label(name)}"}}', count)
+            for name, count in sorted(per_hc.items())])
+    live = {k: v for k, v in connections.items() if k != "closed"}
+    family("hyco_connections", "gauge", "Open TCP connections by kind.",
+           [(f'{{kind="{_label(kind)}"}}', count) for kind, count in sorted(live.items())])
+    family("hyco_relayed_pairs_live", "gauge", "Relayed WebSocket pairs now open.",
+           [("", live.get("relay", 0) // 2)])
+    for name, text in (("listeners", "Listener control channels opened."),
+                       ("relayed_pairs", "WebSocket pairs joined."),
+                       ("messages_relayed", "Messages relayed."),
+                       ("bytes_relayed", "Payload bytes relayed."),
+                       ("rejects", "Senders rejected by a listener."),
+                       ("auth_failures", "Requests refused for their token."),
+                       ("handshake_errors", "Malformed or refused handshakes.")):
+        family(f"hyco_{name}_total", "counter", text, [("", getattr(stats, name))])
+    return ("\n".join(lines) + "\n").encode("utf-8")
 
 
 @dataclass(slots=True)

@@ -1,0 +1,20 @@
+"""The relay service's counters, shared by the service and its status and metrics endpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ServiceStats"]
+
+
+@dataclass(slots=True)
+class ServiceStats:
+    """Counters a health endpoint can show."""
+
+    listeners: int = 0
+    relayed_pairs: int = 0
+    messages_relayed: int = 0
+    bytes_relayed: int = 0
+    rejects: int = 0
+    auth_failures: int = 0
+    handshake_errors: int = 0
