@@ -608,6 +608,22 @@ def idle_pairs_memory(relay: RelayProcess, session: Session, count: int,
 # ------------------------------------------------------------------------------ CLI
 
 
+def calibrated(run: Callable[[int], object], *, warmup: int, start: int, limit: int,
+               seconds: float) -> int:
+    """Warm the path up with ``run(warmup)``, then pick a count for ``run`` that takes about
+    ``seconds`` (doubling from ``start`` until a quarter of that is reached, or ``limit``)."""
+    run(warmup)
+    count = start
+    while True:
+        t0 = time.perf_counter()
+        run(count)
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds / 4 or count >= limit:
+            break
+        count *= 2
+    return max(1, round(count * seconds / elapsed))
+
+
 def _rate(messages: int, seconds: float) -> float:
     return messages / seconds
 

@@ -19,13 +19,12 @@ CPU use of server and client. Ids start with the size, so each size's servers ru
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 
 from bench import echo_servers
-from bench.loadgen import EchoClient, EchoServerProcess, RunStats
+from bench.loadgen import EchoClient, EchoServerProcess, RunStats, calibrated
 
 SIZES = {"256B": 256, "8KiB": 8 * 1024, "100KiB": 100 * 1024, "1MiB": 1024 * 1024}
 SIZE_TEXT = {"256B": "256 B", "8KiB": "8 KiB", "100KiB": "100 KiB", "1MiB": "1 MiB"}
@@ -41,20 +40,6 @@ SERVERS = [echo_servers.CEILING, *echo_servers.PEERS,
 CASES = [(size, server) for size in SIZES for server in SERVERS]
 
 
-def _calibrated(client: EchoClient) -> int:
-    """Warm the path up, then pick a round-trip count that takes about RUN_SECONDS."""
-    client.run(20)
-    count = 16
-    while True:
-        t0 = time.perf_counter()
-        client.run(count)
-        elapsed = time.perf_counter() - t0
-        if elapsed >= RUN_SECONDS / 4 or count >= 1 << 20:
-            break
-        count *= 2
-    return max(1, round(count * RUN_SECONDS / elapsed))
-
-
 @pytest.mark.parametrize("size,server", CASES, ids=[f"{z}-{s}" for z, s in CASES])
 def test_echo_round_trips(benchmark: Any, size: str, server: str) -> None:
     proc = EchoServerProcess(server)
@@ -62,7 +47,8 @@ def test_echo_round_trips(benchmark: Any, size: str, server: str) -> None:
         client = EchoClient(proc.port, SIZES[size], websocket=server != echo_servers.CEILING,
                             server_cpu=proc.cpu)
         try:
-            count = _calibrated(client)
+            count = calibrated(client.run, warmup=20, start=16, limit=1 << 20,
+                               seconds=RUN_SECONDS)
             client.stats = RunStats()
             benchmark.group = (GROUP_CEILING if server == echo_servers.CEILING
                                else GROUP).format(SIZE_TEXT[size])

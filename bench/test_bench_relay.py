@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from bench import loadgen
-from bench.loadgen import BIG, SMALL, RelayProcess, Session, Stream
+from bench.loadgen import BIG, SMALL, RelayProcess, Session, Stream, calibrated
 
 RELAYS = list(loadgen.RELAYS)
 ROUNDS = 7
@@ -57,23 +57,9 @@ def session(relay: RelayProcess) -> Iterator[Session]:
     sess.close()
 
 
-def _calibrated_batches(stream: Stream) -> int:
-    """Warm the path up, then pick a batch count that takes about RUN_SECONDS."""
-    stream.run(1)
-    batches = 2
-    while True:
-        t0 = time.perf_counter()
-        stream.run(batches)
-        elapsed = time.perf_counter() - t0
-        if elapsed >= RUN_SECONDS / 4 or batches >= 1 << 16:
-            break
-        batches *= 2
-    return max(1, round(batches * RUN_SECONDS / elapsed))
-
-
 def _stream_bench(benchmark: Any, stream: Stream, group: str, size: int) -> None:
     try:
-        batches = _calibrated_batches(stream)
+        batches = calibrated(stream.run, warmup=1, start=2, limit=1 << 16, seconds=RUN_SECONDS)
         messages = batches * stream.per_batch
         stream.stats = loadgen.RunStats()
         benchmark.group = group

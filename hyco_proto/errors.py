@@ -25,6 +25,7 @@ __all__ = [
     "connect_failure",
     "describe_connect_error",
     "extract_tracking_id",
+    "host_port",
     "relay_error_for_close",
     "relay_error_for_status",
 ]
@@ -208,6 +209,11 @@ def _is_resolution_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and isinstance(errno, int) and errno < 0
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port`` for messages, an IPv6 literal in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def describe_connect_error(exc: BaseException, *, host: str, port: int, secure: bool,
                            timeout: float | None = None) -> str:
     """One sentence saying why connecting to ``host``:``port`` failed, for an error message.
@@ -222,7 +228,7 @@ def describe_connect_error(exc: BaseException, *, host: str, port: int, secure: 
     ``secure`` says whether TLS was attempted (``wss://``). Neither ``socket`` nor ``ssl`` is
     imported: their exceptions are recognised by class name and attributes.
     """
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    address = host_port(host, port)
     if isinstance(exc, ConnectionRefusedError):
         return f"nothing is listening at {address} (connection refused)"
     if _is_resolution_error(exc):

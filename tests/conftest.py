@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import importlib
 import os
+import ssl
+import time
 from types import ModuleType
 
 import pytest
+
+from hyco_proto import cli
+from hyco_proto.service import devcert
 
 
 def _frame_modules() -> list[ModuleType]:
@@ -27,3 +32,15 @@ FRAME_MODULES = _frame_modules()
 def fmod(request: pytest.FixtureRequest) -> ModuleType:
     """Each frame kernel that is available: the pure-Python twin, and Cython when built."""
     return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def tls_contexts(tmp_path_factory: pytest.TempPathFactory
+                 ) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server, client) TLS contexts from the emulator's development certificate (valid for
+    127.0.0.1 and localhost), made once for the session in a temporary folder."""
+    made = devcert.ensure_dev_cert(tmp_path_factory.mktemp("tls"), run=cli._run_quiet,
+                                   now=time.time())
+    client = cli.client_ssl_context(str(made.cert), insecure=False)
+    assert client is not None
+    return cli.server_ssl_context(made.cert, made.key), client

@@ -137,6 +137,25 @@ def closed(code: int | None) -> Item:
     return ("close", code)
 
 
+def complete_frames_length(buf: bytes | bytearray) -> int:
+    """Length of the longest prefix of ``buf`` made of whole unmasked frames."""
+    pos = 0
+    while len(buf) - pos >= 2:
+        n, head = buf[pos + 1] & 0x7F, 2
+        if n == 126:
+            if len(buf) - pos < 4:
+                break
+            n, head = struct.unpack_from("!H", buf, pos + 2)[0], 4
+        elif n == 127:
+            if len(buf) - pos < 10:
+                break
+            n, head = struct.unpack_from("!Q", buf, pos + 2)[0], 10
+        if len(buf) - pos < head + n:
+            break
+        pos += head + n
+    return pos
+
+
 def decode_output(chunks: Sequence[bytes], *, expect_masked: bool) -> list[Item]:
     """Turn what a connection wrote into messages/control items, checking the rules every frame
     must follow (RFC 6455 §5.1, §5.2, §5.5, §5.6, §7.4.1).

@@ -19,7 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from ..errors import LocalProtocolError, RelayError, RemoteProtocolError, relay_error_for_status
+from ..errors import (
+    LocalProtocolError,
+    RelayError,
+    RemoteProtocolError,
+    host_port,
+    relay_error_for_status,
+)
 from ..handshake import (
     ClientHandshake,
     HandshakeAccepted,
@@ -367,8 +373,7 @@ def handshake_failure(failed: HandshakeFailed, *, host: str, port: int,
                       secure: bool) -> ConnectionError:
     """The error for a client whose opening handshake broke (no valid answer), naming the
     address; a server that closed without a word to a ``ws://`` upgrade is probably TLS."""
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    text = f"the WebSocket upgrade to {address} failed: {failed.error}"
+    text = f"the WebSocket upgrade to {host_port(host, port)} failed: {failed.error}"
     if not secure and "without answering" in str(failed.error):
         text += " (is it serving wss://? then use wss://)"
     error = ConnectionError(text)

@@ -255,9 +255,7 @@ class ListenerDriver:
     def close(self, now: float) -> None:
         """Stop listening: the control channel closes (1000); rendezvous under way are dropped."""
         self.listener.close(now)
-        for transport in list(self._transports.values()):
-            if not transport.control:
-                self._abort(transport)
+        self._drop_rendezvous()
         self._pump(now)
 
     def answer(self, request: ConnectionRequested, decision: Decision, now: float) -> None:
@@ -271,17 +269,14 @@ class ListenerDriver:
             self._answer(request, decision, now)
         except (TypeError, ValueError, LocalProtocolError):
             self.refuse(request, now)
-            self._pump(now)
             raise
         self._pump(now)
 
     def refuse(self, request: ConnectionRequested, now: float,
                description: str = "Internal Server Error") -> None:
         """Reject with 500 (a hook failed); a no-op when the request cannot be answered any more."""
-        try:
+        with contextlib.suppress(LocalProtocolError):
             self.listener.reject(now, request, 500, description)
-        except LocalProtocolError:
-            return
         self._pump(now)
 
     def _answer(self, request: ConnectionRequested, decision: Decision, now: float) -> None:
@@ -323,9 +318,9 @@ class ListenerDriver:
             return
         if transport.control:
             self._control = None
-            if self.fail_first_open and not self._listened and not self._ended:
+            if self._starting:
                 # The relay was never reached: the cause is the error, not a "1006 close".
-                self._fail_start(RelayError, RelayError(cause), now)
+                self._fail_start(RelayError(cause), now)
             else:
                 self.listener.channel_closed(now, 1006, cause)
         else:
@@ -435,8 +430,8 @@ class ListenerDriver:
                 if not transport.connection.url.secure:
                     # A TLS server drops a plain-text upgrade without a word.
                     cause += " (is the relay serving wss://? then use wss://)"
-                if self.fail_first_open and not self._listened and not self._ended:
-                    self._fail_start(RelayError, RelayError(cause), now)
+                if self._starting:
+                    self._fail_start(RelayError(cause), now)
                     return
                 lst.channel_closed(now, 1006, cause)
             elif isinstance(event, ConnectionClosed):
@@ -536,34 +531,43 @@ class ListenerDriver:
             return  # the rest of the batch that failed the start (Reconnecting ...)
         if isinstance(event, Listening):
             self._listened = True
-        elif (isinstance(event, Disconnected) and not self._listened and self.fail_first_open
-              and not self._ended):
-            self._fail_start(type(event.error), event.error, now)
+        elif isinstance(event, Disconnected) and self._starting:
+            self._fail_start(event.error, now)
             return
         elif isinstance(event, Offline):
+            starting = self._starting
             self._ended = True
             self.error = event.error
-            for transport in list(self._transports.values()):
-                if not transport.control:
-                    self._abort(transport)  # nothing more is handed over once offline
-            if not self._listened and self.fail_first_open:
-                self.error = self._named(type(event.error), event.error)
+            self._drop_rendezvous()  # nothing more is handed over once offline
+            if starting:
+                self.error = self._named(event.error)
                 self._events.append(StartFailed(self.error))
                 return
         elif isinstance(event, Closed):
             self._ended = True
         self._events.append(event)
 
-    def _named(self, cls: type[RelayError], error: RelayError) -> RelayError:
+    @property
+    def _starting(self) -> bool:
+        """A failure now fails the start (see ``fail_first_open``)."""
+        return self.fail_first_open and not self._listened and not self._ended
+
+    def _drop_rendezvous(self) -> None:
+        for transport in list(self._transports.values()):
+            if not transport.control:
+                self._abort(transport)
+
+    def _named(self, error: RelayError) -> RelayError:
+        """``error`` (same class and fields) with a message naming the listen address."""
         text = f"cannot listen at {self.address}: {error.message}"
-        named = cls(text, status=error.status, close_code=error.close_code,
+        named = type(error)(text, status=error.status, close_code=error.close_code,
                     description=error.description, tracking_id=error.tracking_id,
                     transient=error.transient)
         named.__cause__ = error.__cause__ or error
         return named
 
-    def _fail_start(self, cls: type[RelayError], error: RelayError, now: float) -> None:
-        named = self._named(cls, error)
+    def _fail_start(self, error: RelayError, now: float) -> None:
+        named = self._named(error)
         self.error = named
         self._start_failed = True
         self._ended = True

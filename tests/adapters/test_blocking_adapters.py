@@ -13,7 +13,6 @@ import contextlib
 import gc
 import importlib
 import os
-import shutil
 import socket
 import ssl
 import subprocess
@@ -113,23 +112,6 @@ def unanswered_port() -> Iterator[int]:
         port = int(sock.getsockname()[1])
         with socket.create_connection(("127.0.0.1", port), timeout=WAIT):
             yield port
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """A self-signed certificate for 127.0.0.1: (server context, client context)."""
-    openssl = shutil.which("openssl")
-    assert openssl is not None, "openssl is needed to make a test certificate"
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-         "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True, timeout=60)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(cert, key)
-    return server_ctx, ssl.create_default_context(cafile=str(cert))
 
 
 # ------------------------------------------------------------------------------------------
@@ -250,8 +232,8 @@ def test_unreachable_refused_silent_and_not_tls(adapter: ModuleType) -> None:
 
 
 def test_wss_plain_and_relayed(adapter: ModuleType,
-                               tls: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
-    server_ctx, client_ctx = tls
+                               tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server_ctx, client_ctx = tls_contexts
     with adapter.serve(echo, "127.0.0.1", 0, ssl=server_ctx) as server, \
             adapter.connect(f"wss://127.0.0.1:{server.port}/", ssl=client_ctx) as ws:
         ws.send(b"z" * 300_000)

@@ -27,7 +27,6 @@ import hashlib
 import os
 import queue
 import socket
-import struct
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -39,7 +38,15 @@ import websockets.sync.server
 from hyco_proto.drivers.stream import ConnectionClosedError
 from hyco_proto.handshake import ClientHandshake, HandshakeAccepted
 from tests.test_conformance import GUID, SERVER_CASES, Case, _parse_response, _request
-from tests.wsutil import EOF, OP_CLOSE, Item, decode_output, parse_frames, writes_for
+from tests.wsutil import (
+    EOF,
+    OP_CLOSE,
+    Item,
+    complete_frames_length,
+    decode_output,
+    parse_frames,
+    writes_for,
+)
 from tests.wsutil import close as close_frame
 
 from .harness import ADAPTERS, WAIT, Harness, PlainServer
@@ -140,25 +147,6 @@ def open_raw(port: int, path: str = "/") -> tuple[socket.socket, bytearray]:
     return sock, bytearray(event.trailing_data)
 
 
-def _complete(buf: bytes | bytearray) -> int:
-    """Length of the longest prefix of ``buf`` made of whole unmasked frames."""
-    pos = 0
-    while len(buf) - pos >= 2:
-        n, head = buf[pos + 1] & 0x7F, 2
-        if n == 126:
-            if len(buf) - pos < 4:
-                break
-            n, head = struct.unpack_from("!H", buf, pos + 2)[0], 4
-        elif n == 127:
-            if len(buf) - pos < 10:
-                break
-            n, head = struct.unpack_from("!Q", buf, pos + 2)[0], 10
-        if len(buf) - pos < head + n:
-            break
-        pos += head + n
-    return pos
-
-
 def decoded(buf: bytes | bytearray, *, eof: bool = False) -> list[Item]:
     """What the server sent (``b""`` only marks EOF, so an empty ``buf`` is left out)."""
     chunks = [bytes(buf)] if buf else []
@@ -167,7 +155,7 @@ def decoded(buf: bytes | bytearray, *, eof: bool = False) -> list[Item]:
 
 def read_frames(sock: socket.socket, buf: bytearray, frames: int) -> None:
     """Read into ``buf`` until it holds ``frames`` whole frames (fails on EOF first)."""
-    while len(parse_frames(bytes(buf[: _complete(buf)]))) < frames:
+    while len(parse_frames(bytes(buf[: complete_frames_length(buf)]))) < frames:
         data = sock.recv(65536)
         assert data, f"EOF before {frames} frames: {decoded(buf)}"
         buf += data

@@ -16,7 +16,6 @@ the sender here answers it like Autobahn's client. Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -30,7 +29,7 @@ from hyco_proto.adapters.asyncio import (
 )
 from hyco_proto.handshake import ClientHandshake, HandshakeAccepted
 from tests.test_conformance import SERVER_CASES, Case
-from tests.wsutil import EOF, decode_output, parse_frames, writes_for
+from tests.wsutil import EOF, complete_frames_length, decode_output, parse_frames, writes_for
 from tests.wsutil import close as close_frame
 
 from .asyncio_util import WAIT, async_test, bounded, token
@@ -117,28 +116,9 @@ async def raw_connect(
     return reader, writer, bytearray(event.trailing_data)
 
 
-def _complete(buf: bytes) -> int:
-    """Length of the longest prefix of ``buf`` made of whole unmasked frames."""
-    pos = 0
-    while len(buf) - pos >= 2:
-        n, head = buf[pos + 1] & 0x7F, 2
-        if n == 126:
-            if len(buf) - pos < 4:
-                break
-            n, head = struct.unpack_from("!H", buf, pos + 2)[0], 4
-        elif n == 127:
-            if len(buf) - pos < 10:
-                break
-            n, head = struct.unpack_from("!Q", buf, pos + 2)[0], 10
-        if len(buf) - pos < head + n:
-            break
-        pos += head + n
-    return pos
-
-
 def _frames_in(buf: bytes) -> int:
     """How many whole frames ``buf`` starts with."""
-    return len(parse_frames(bytes(buf[: _complete(buf)])))
+    return len(parse_frames(bytes(buf[: complete_frames_length(buf)])))
 
 
 async def _read_until(reader: asyncio.StreamReader, buf: bytearray, frames: int | None) -> bool:
