@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypeAlias
 
-__all__ = ["Accept", "Decision", "Reject", "as_reject"]
+__all__ = ["BACKLOG_FULL", "Accept", "Decision", "Reject", "as_reject"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +37,9 @@ class Reject:
             raise ValueError(f"Reject description must be str, not "
                              f"{type(self.description).__name__}")
 
+
+#: How a listener with a full accept backlog turns senders away (503 at the handshake).
+BACKLOG_FULL = Reject(503, "listener busy: its accept backlog is full")
 
 #: What a ``headers`` hook returns: ``None`` accepts offering the sender's first subprotocol
 #: (like hyco-ws); a ``str`` accepts with that subprotocol; ``Accept`` / ``Reject`` say exactly;

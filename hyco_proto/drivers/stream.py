@@ -24,7 +24,9 @@ from ..websocket import (
 )
 
 __all__ = [
+    "DEFAULT_CLOSE_TIMEOUT",
     "DEFAULT_MAX_QUEUE",
+    "DEFAULT_MAX_SIZE",
     "NORMAL_CLOSE_CODES",
     "ConnectionClosedError",
     "Message",
@@ -37,6 +39,10 @@ W = TypeVar("W")
 
 #: Received messages held before the adapter stops reading.
 DEFAULT_MAX_QUEUE = 16
+#: Largest message accepted (bytes); bigger ones fail the connection with 1009.
+DEFAULT_MAX_SIZE = 64 * 1024 * 1024
+#: Seconds a closing socket waits for the peer before it drops TCP.
+DEFAULT_CLOSE_TIMEOUT = 10.0
 #: Close codes after which iterating over a socket simply ends: 1000 normal, 1001 going away,
 #: 1005 no status (RFC 6455 §7.4.1).
 NORMAL_CLOSE_CODES = frozenset({1000, 1001, 1005})

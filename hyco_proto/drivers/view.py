@@ -54,6 +54,11 @@ class SocketView:
         return self._stream.closed is not None
 
     @property
+    def state_text(self) -> str:
+        """``closed CODE`` once closed, else the connection's state (for reprs and logs)."""
+        return f"closed {self.close_code}" if self.closed else self._conn.state.value
+
+    @property
     def queued_messages(self) -> int:
         """Received messages waiting for ``recv``."""
         return len(self._stream)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, ClassVar, TypeAlias
 
-from ...drivers.decisions import Decision, Reject
+from ...drivers.decisions import BACKLOG_FULL, Decision
 from ...drivers.listener import (
     AbortTransport,
     DriverAction,
@@ -486,7 +486,7 @@ class RelayedServer(ListenerView):
         if self._connection_hook is None and self._accepted.qsize() >= self.backlog:
             # Nobody takes sockets off the backlog: say so at the handshake (503).
             self._log.warning("accept backlog full; rejecting a sender with 503")
-            decision = Reject(503, "listener busy: its accept backlog is full")
+            decision = BACKLOG_FULL
         elif hook is not None:
             try:
                 decision = hook(request)

@@ -30,7 +30,6 @@ from .tls import TlsSocket
 __all__ = [
     "RECV_SIZE",
     "addresses",
-    "connect_error",
     "end_tcp",
     "exchange",
     "open_client",
@@ -54,20 +53,14 @@ def remaining(rt: Runtime, deadline: float | None, what: str) -> float | None:
     return left
 
 
-def connect_error(exc: BaseException, *, host: str, port: int, secure: bool,
-                  timeout: float | None) -> OSError:
-    """The error to raise: :func:`hyco_proto.errors.connect_failure` (the same in every
-    adapter: ``TimeoutError``, ``ConnectionRefusedError``, else ``ConnectionError``)."""
-    return connect_failure(exc, host=host, port=port, secure=secure, timeout=timeout)
-
-
 def open_connection(rt: Runtime, host: str, port: int, *, secure: bool,
                     ssl: _ssl.SSLContext | None, timeout: float | None,
                     on_socket: Callable[[Any], None] | None = None) -> Any:
     """A connected socket (TLS when ``secure``) to ``host``:``port`` within ``timeout``.
 
     ``on_socket(sock)`` is called with each socket before it connects, so another worker can
-    cancel the attempt (``shutdown``); it may raise to stop. Failures raise :func:`connect_error`.
+    cancel the attempt (``shutdown``); it may raise to stop. Failures raise
+    :func:`~hyco_proto.errors.connect_failure`'s error.
     """
     deadline = None if timeout is None else rt.monotonic() + timeout
     sock: Any = None
@@ -83,7 +76,7 @@ def open_connection(rt: Runtime, host: str, port: int, *, secure: bool,
     except (OSError, ValueError) as exc:
         if sock is not None:
             sock.close()
-        raise connect_error(exc, host=host, port=port, secure=secure, timeout=timeout) from exc
+        raise connect_failure(exc, host=host, port=port, secure=secure, timeout=timeout) from exc
 
 
 def _connect_tcp(rt: Runtime, host: str, port: int, deadline: float | None,
@@ -189,7 +182,7 @@ def open_client(rt: Runtime, connection: ClientConnection, *, host: str, port: i
         events = exchange(rt, sock, connection, deadline, "WebSocket upgrade")
     except (OSError, ValueError) as exc:
         sock.close()
-        raise connect_error(exc, host=host, port=port, secure=secure, timeout=timeout) from exc
+        raise connect_failure(exc, host=host, port=port, secure=secure, timeout=timeout) from exc
     first = events[0]
     if isinstance(first, HandshakeFailed):
         sock.close()

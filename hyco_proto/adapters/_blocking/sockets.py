@@ -26,7 +26,13 @@ from typing import Any
 
 from ...drivers.connection import ClientConnection, ServerConnection
 from ...drivers.relayed import RelayedInfo
-from ...drivers.stream import DEFAULT_MAX_QUEUE, ConnectionClosedError, Message, MessageStream
+from ...drivers.stream import (
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_SIZE,
+    ConnectionClosedError,
+    Message,
+    MessageStream,
+)
 from ...drivers.view import SocketView
 from ...listener import ConnectionRequested
 from .net import RECV_SIZE, shutdown, write_chunks
@@ -37,8 +43,6 @@ __all__ = ["DEFAULT_MAX_QUEUE", "DEFAULT_MAX_SIZE", "WAIT_SLICE", "PongWaiter",
 
 logger = logging.getLogger("hyco_proto.adapters")
 
-#: Largest message accepted (bytes); bigger ones fail the connection with 1009.
-DEFAULT_MAX_SIZE = 64 * 1024 * 1024
 #: The longest single wait; longer waits loop and re-check (no wait is unbounded).
 WAIT_SLICE = 1.0
 
@@ -248,17 +252,14 @@ class WebSocket(SocketView):
         self.close()
 
     def __repr__(self) -> str:
-        state = (f"closed {self.close_code}" if self.closed
-                 else self._conn.state.name.lower())
+        state = self.state_text
         return f"<{type(self).__name__} {'server' if self._server else 'client'} {state}>"
 
     # -- internals -------------------------------------------------------------------------
 
     def _check_open(self) -> None:
         """Called with the lock held."""
-        error = self._write_error
-        if error is not None:
-            raise ConnectionClosedError(1006, f"connection lost: {error}") from error
+        self._raise_if_broken()
         self._stream.check_open(self._conn.is_open)
 
     def _raise_if_broken(self) -> None:
@@ -399,8 +400,7 @@ class RelayedWebSocket(RelayedInfo, WebSocket):
                          close_timeout=close_timeout, start_reader=start_reader)
 
     def __repr__(self) -> str:
-        state = (f"closed {self.close_code}" if self.closed
-                 else self._conn.state.name.lower())
+        state = self.state_text
         side = "listener" if self._request else "sender"
         return f"<RelayedWebSocket {side} {self.path} {state}>"
 

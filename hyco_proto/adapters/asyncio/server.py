@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from types import TracebackType
 from typing import Any, TypeAlias
 
-from ...drivers.decisions import Accept, Decision, Reject
+from ...drivers.decisions import BACKLOG_FULL, Accept, Decision, Reject
 from ...drivers.listener import (
     AbortTransport,
     DriverEvent,
@@ -479,7 +479,7 @@ class RelayedServer(ListenerView):
             # Nobody takes sockets off the backlog: say so at the handshake (503).
             logger.warning("%s: accept backlog full; rejecting a sender with 503",
                            self._driver.address)
-            self._answer(event, Reject(503, "listener busy: its accept backlog is full"))
+            self._answer(event, BACKLOG_FULL)
             return
         if hook is None:
             self._answer(event, None)

@@ -31,7 +31,14 @@ from ...drivers.connection import (
     refusal_error,
 )
 from ...drivers.relayed import RelayedInfo
-from ...drivers.stream import DEFAULT_MAX_QUEUE, ConnectionClosedError, Message, MessageStream
+from ...drivers.stream import (
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_SIZE,
+    ConnectionClosedError,
+    Message,
+    MessageStream,
+)
 from ...drivers.view import SocketView
 from ...errors import ConnectionLostError, RelayError
 from ...listener import ConnectionRequested
@@ -50,9 +57,6 @@ __all__ = [
     "relayed_connect",
 ]
 
-#: Largest message accepted (bytes); bigger ones fail the connection with 1009.
-DEFAULT_MAX_SIZE = 64 * 1024 * 1024
-DEFAULT_CLOSE_TIMEOUT = 10.0
 
 _HANDSHAKE_EVENTS = (Opened, Refused, HandshakeFailed, RequestReceived)
 
@@ -256,7 +260,7 @@ class WebSocket(SocketView):
         await self.close()
 
     def __repr__(self) -> str:
-        state = f"closed {self.close_code}" if self.closed else self._conn.state.value
+        state = self.state_text
         return f"<{type(self).__name__} {state}>"
 
 
@@ -276,7 +280,7 @@ class RelayedWebSocket(RelayedInfo, WebSocket):
         self._request = request
 
     def __repr__(self) -> str:
-        state = f"closed {self.close_code}" if self.closed else self._conn.state.value
+        state = self.state_text
         side = "listener" if self._request else "sender"
         return f"<RelayedWebSocket {side} {self.path} {state}>"
 
