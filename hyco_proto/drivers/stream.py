@@ -32,6 +32,7 @@ __all__ = [
     "Message",
     "MessageStream",
     "RelayConnectionClosed",
+    "check_max_queue",
 ]
 
 Message = str | bytes
@@ -46,6 +47,14 @@ DEFAULT_CLOSE_TIMEOUT = 10.0
 #: Close codes after which iterating over a socket simply ends: 1000 normal, 1001 going away,
 #: 1005 no status (RFC 6455 §7.4.1).
 NORMAL_CLOSE_CODES = frozenset({1000, 1001, 1005})
+
+
+def check_max_queue(max_queue: int) -> int:
+    """``max_queue`` if it is valid (at least 1); ``ValueError`` otherwise — raise it where the
+    socket or server is configured, not at its first connection."""
+    if max_queue < 1:
+        raise ValueError(f"max_queue must be at least 1, not {max_queue!r}")
+    return max_queue
 
 
 class ConnectionClosedError(RelayError):
@@ -91,9 +100,7 @@ class MessageStream(Generic[W]):
                  "close_received", "closed", "max_queue", "messages", "reading_paused")
 
     def __init__(self, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
-        if max_queue < 1:
-            raise ValueError("max_queue must be at least 1")
-        self.max_queue = max_queue
+        self.max_queue = check_max_queue(max_queue)
         self._low = max_queue // 4
         self.messages: collections.deque[Message] = collections.deque()
         self.reading_paused = False

@@ -475,3 +475,13 @@ def test_full_backlog_rejects_senders_with_503(adapter: ModuleType,
         first.send("still fine")
         assert accepted.recv(timeout=WAIT) == "still fine"
         first.close()
+
+
+def test_max_queue_is_checked_before_connecting(adapter: ModuleType) -> None:
+    port = free_port()  # nothing listens: a check after connecting would fail differently
+    for call in (lambda: adapter.connect(f"ws://127.0.0.1:{port}/", max_queue=0),
+                 lambda: adapter.relayed_connect(f"ws://127.0.0.1:{port}/$hc/x", "t",
+                                                 max_queue=0),
+                 lambda: adapter.serve(lambda ws: None, "127.0.0.1", 0, max_queue=0)):
+        with pytest.raises(ValueError, match="max_queue must be at least 1"):
+            call()

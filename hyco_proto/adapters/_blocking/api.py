@@ -7,6 +7,7 @@ import ssl as _ssl
 from collections.abc import Callable, Mapping, Sequence
 
 from ...drivers.connection import ClientConnection, Refused, refusal_error
+from ...drivers.stream import check_max_queue
 from ...sender import SenderConnect
 from .net import open_client
 from .runtime import Runtime
@@ -36,6 +37,7 @@ class Api:
         status raises :func:`~hyco_proto.drivers.connection.refusal_error`. The socket is a
         context manager.
         """
+        check_max_queue(max_queue)
         connection = ClientConnection.from_url(url, subprotocols=subprotocols,
                                                headers=headers or (), max_message_size=max_size)
         target = connection.url
@@ -59,6 +61,7 @@ class Api:
         ``subprotocols``: the server's preference; the first one the client offered is chosen.
         ``ssl``: a server-side context for ``wss://``. Returns the running :class:`Server`.
         """
+        check_max_queue(max_queue)
         settings = Settings(subprotocols=tuple(subprotocols), ssl=ssl,
                             open_timeout=open_timeout, close_timeout=close_timeout,
                             max_queue=max_queue, max_size=max_size)
@@ -79,6 +82,7 @@ class Api:
         ``ListenerRejectedError`` for a listener's reject ...); connecting failures raise
         ``OSError`` s naming the address, ``TimeoutError`` after ``open_timeout``.
         """
+        check_max_queue(max_queue)
         connect = SenderConnect(uri, token=token, token_in_query=token_in_query,
                                 headers=headers or (), subprotocols=subprotocols,
                                 allowed_listeners=allowed_listeners,

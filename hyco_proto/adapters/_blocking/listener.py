@@ -38,6 +38,7 @@ from ...drivers.listener import (
     Write,
     relayed_server_options,
 )
+from ...drivers.stream import check_max_queue
 from ...errors import LocalProtocolError, RelayError
 from ...handshake import WebSocketURL
 from ...listener import (
@@ -166,8 +167,7 @@ class RelayedServer(ListenerView):
         **listener_options: Any,
     ) -> None:
         rt = self.runtime
-        if max_queue < 1:
-            raise ValueError("max_queue must be at least 1")
+        check_max_queue(max_queue)
         self._driver = ListenerDriver.for_server(
             server, token, listener_id=listener_id, keepalive_interval=keepalive_interval,
             open_timeout=open_timeout, channel_headers=channel_headers, max_size=max_size,

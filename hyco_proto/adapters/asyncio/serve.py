@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from ...drivers.connection import RequestReceived, ServerConnection, select_subprotocol
-from ...drivers.stream import DEFAULT_MAX_QUEUE, ConnectionClosedError
+from ...drivers.stream import DEFAULT_MAX_QUEUE, ConnectionClosedError, check_max_queue
 from .link import DEFAULT_WRITE_LIMIT, Link
 from .websocket import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_SIZE, WebSocket
 
@@ -146,8 +146,7 @@ class serve:
                  open_timeout: float = 10.0, close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
                  max_queue: int = DEFAULT_MAX_QUEUE, max_size: int | None = DEFAULT_MAX_SIZE,
                  write_limit: int = DEFAULT_WRITE_LIMIT) -> None:
-        if max_queue < 1:
-            raise ValueError("max_queue must be at least 1")
+        check_max_queue(max_queue)
         self.server = Server(handler, host, port, subprotocols=subprotocols, ssl=ssl,
                              open_timeout=open_timeout, close_timeout=close_timeout,
                              max_queue=max_queue, max_size=max_size, write_limit=write_limit)

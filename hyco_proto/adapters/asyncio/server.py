@@ -35,7 +35,7 @@ from ...drivers.listener import (
     Write,
     relayed_server_options,
 )
-from ...drivers.stream import ConnectionClosedError
+from ...drivers.stream import ConnectionClosedError, check_max_queue
 from ...errors import RelayError
 from ...listener import (
     Closed,
@@ -141,8 +141,7 @@ class RelayedServer(ListenerView):
         channel_headers: Iterable[tuple[str, str]] = (),
         **listener_options: Any,
     ) -> None:
-        if max_queue < 1:
-            raise ValueError("max_queue must be at least 1")
+        check_max_queue(max_queue)
         self._driver = ListenerDriver.for_server(
             server, token, listener_id=listener_id, keepalive_interval=keepalive_interval,
             open_timeout=open_timeout, channel_headers=channel_headers, max_size=max_size,
