@@ -24,6 +24,7 @@ from .errors import LocalProtocolError, RemoteProtocolError
 from .frames import (
     OP_BINARY,
     OP_CLOSE,
+    OP_CONTINUATION,
     OP_PING,
     OP_PONG,
     OP_TEXT,
@@ -33,6 +34,7 @@ from .frames import (
 )
 
 __all__ = [
+    "BinaryFragment",
     "BinaryMessage",
     "CloseReceived",
     "ConnectionClosed",
@@ -82,6 +84,18 @@ class BinaryMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class BinaryFragment:
+    """A piece of a binary message, delivered as it arrives (``stream_binary=True`` only).
+
+    A message is the fragments up to and including the one with ``fin``; a message sent in one
+    frame is one fragment with ``fin`` set. ``data`` may be empty.
+    """
+
+    data: bytes
+    fin: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     """The peer sent a ping; with ``auto_pong`` the pong is already queued."""
 
@@ -118,7 +132,7 @@ class ConnectionClosed:
 
 
 Event: TypeAlias = (
-    TextMessage | BinaryMessage | Ping | Pong | CloseReceived | ConnectionClosed
+    TextMessage | BinaryMessage | BinaryFragment | Ping | Pong | CloseReceived | ConnectionClosed
 )
 
 # Close codes a close frame may carry (RFC 6455 §7.4.1, §7.4.2; 1012-1014 registered with IANA
@@ -167,6 +181,9 @@ class WebSocketConnection:
             connection reports ``CloseReceived`` and lets the owner keep sending until it calls
             ``send_close`` - how port bridges carry a TCP half-close (azbridge).
         trailing_data: bytes that arrived with the opening handshake (h11 ``trailing_data``).
+        stream_binary: report binary messages frame by frame as :class:`BinaryFragment` instead
+            of reassembled :class:`BinaryMessage` (relayed HTTP bodies stream without being
+            held whole; ``max_message_size`` still bounds the whole message).
     """
 
     __slots__ = (
@@ -186,6 +203,8 @@ class WebSocketConnection:
         "_received_code",
         "_received_reason",
         "_reply_to_close",
+        "_send_fragmented",
+        "_stream_binary",
         "_text_parts",
         "_utf8",
         "close_code",
@@ -204,6 +223,7 @@ class WebSocketConnection:
         auto_pong: bool = True,
         reply_to_close: bool = True,
         trailing_data: bytes = b"",
+        stream_binary: bool = False,
     ) -> None:
         if not isinstance(role, Role):
             raise LocalProtocolError(f"role must be Role.CLIENT or Role.SERVER, not {role!r}")
@@ -221,6 +241,8 @@ class WebSocketConnection:
         )
         self._auto_pong = auto_pong
         self._reply_to_close = reply_to_close
+        self._stream_binary = stream_binary
+        self._send_fragmented = False  # a binary message sent in parts is under way
         self.state = State.OPEN
         #: Close code of the ended connection (see ``ConnectionClosed.code``); None while open.
         self.close_code: int | None = None
@@ -264,6 +286,8 @@ class WebSocketConnection:
                             except UnicodeDecodeError:
                                 self._fail_utf8()
                                 return
+                        elif self._stream_binary:
+                            events.append(BinaryFragment(payload, True))
                         else:
                             events.append(BinaryMessage(payload))
                         continue
@@ -291,6 +315,10 @@ class WebSocketConnection:
                         self._msg_opcode = 0
                         events.append(TextMessage("".join(self._text_parts)))
                         self._text_parts.clear()
+                elif self._stream_binary:
+                    if fin:
+                        self._msg_opcode = 0
+                    events.append(BinaryFragment(payload, fin))
                 else:
                     if payload:
                         self._bin_parts.append(payload)
@@ -365,6 +393,10 @@ class WebSocketConnection:
             )
 
     def _send_data(self, opcode: int, payload: bytes) -> None:
+        if self._send_fragmented:
+            raise LocalProtocolError(
+                "a binary message sent with send_binary_part() is unfinished; end it with "
+                "fin=True before sending another message (RFC 6455 §5.4)")
         if self._client:
             self._out.append(encode_frame(opcode, payload, masked=True))
         elif len(payload) >= _PASSTHROUGH:
@@ -402,6 +434,28 @@ class WebSocketConnection:
             data = bytes(data)
         self._check_can_send("send a binary message")
         self._send_data(OP_BINARY, data)
+
+    def send_binary_part(self, data: bytes | bytearray | memoryview, fin: bool) -> None:
+        """Queue one fragment of a binary message (RFC 6455 §5.4); ``fin`` ends the message.
+
+        A message can thus be sent as it is produced, without holding it whole. Control frames
+        may go between fragments; other data messages may not (``LocalProtocolError``).
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise LocalProtocolError(
+                f"send_binary_part() takes bytes, bytearray or memoryview, not "
+                f"{type(data).__name__}")
+        self._check_can_send("send a binary fragment")
+        opcode = OP_CONTINUATION if self._send_fragmented else OP_BINARY
+        self._send_fragmented = not fin
+        payload = bytes(data)
+        if self._client:
+            self._out.append(encode_frame(opcode, payload, fin=fin, masked=True))
+        elif len(payload) >= _PASSTHROUGH:
+            self._out.append(encode_header(opcode, len(payload), fin))
+            self._out.append(payload)
+        else:
+            self._out.append(encode_frame(opcode, payload, fin=fin))
 
     def _control_payload(self, payload: bytes, what: str) -> bytes:
         if not isinstance(payload, (bytes, bytearray, memoryview)):

@@ -564,3 +564,40 @@ def test_split_invariance(items: list[tuple[int, bytes]], cuts: list[int], role:
     out_s = decode_output(split.data_to_send(), expect_masked=role is Role.CLIENT)
     assert out_w == out_s
     assert whole.state is split.state  # garbage may also swallow the final close
+
+
+# -- streamed binary messages (relayed HTTP bodies) -----------------------------------------
+
+
+def test_binary_parts_stream_as_fragments_with_control_frames_between() -> None:
+    from hyco_proto.websocket import BinaryFragment, BinaryMessage, Ping
+
+    client = WebSocketConnection(Role.CLIENT)
+    client.send_binary_part(b"ab", False)
+    client.send_ping(b"x")
+    client.send_binary_part(b"", False)
+    client.send_binary_part(b"cd", True)
+    client.send_binary(b"whole")
+    wire = b"".join(client.data_to_send())
+    streaming = WebSocketConnection(Role.SERVER, stream_binary=True)
+    streaming.receive_data(wire)
+    assert streaming.events_received() == [
+        BinaryFragment(b"ab", False), Ping(b"x"), BinaryFragment(b"", False),
+        BinaryFragment(b"cd", True), BinaryFragment(b"whole", True)]
+    whole = WebSocketConnection(Role.SERVER)
+    whole.receive_data(wire)
+    assert whole.events_received() == [Ping(b"x"), BinaryMessage(b"abcd"), BinaryMessage(b"whole")]
+
+
+def test_no_other_message_while_a_binary_message_is_sent_in_parts() -> None:
+    server = WebSocketConnection(Role.SERVER)
+    server.send_binary_part(b"x" * 20000, False)
+    with pytest.raises(LocalProtocolError, match="unfinished"):
+        server.send_text("interleaved")
+    server.send_binary_part(b"", True)
+    server.send_text("now fine")
+    client = WebSocketConnection(Role.CLIENT)
+    client.receive_data(b"".join(server.data_to_send()))
+    events = client.events_received()
+    assert [type(e).__name__ for e in events] == ["BinaryMessage", "TextMessage"]
+    assert len(events[0].data) == 20000  # type: ignore[union-attr]

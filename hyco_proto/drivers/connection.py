@@ -111,6 +111,8 @@ class _Connection:
         self.max_message_size = max_message_size
         self.max_frame_size = max_frame_size
         self.reply_to_close = reply_to_close
+        #: Report binary messages frame by frame (``BinaryFragment``); set before it opens.
+        self.stream_binary = False
         self._events: list[ConnectionEvent] = []
         self._out: list[bytes] = []
         self._done = False  # the handshake ended without a WebSocket
@@ -119,7 +121,8 @@ class _Connection:
     def _open(self, role: Role, trailing: bytes) -> WebSocketConnection:
         ws = WebSocketConnection(role, max_message_size=self.max_message_size,
                                  max_frame_size=self.max_frame_size,
-                                 reply_to_close=self.reply_to_close, trailing_data=trailing)
+                                 reply_to_close=self.reply_to_close, trailing_data=trailing,
+                                 stream_binary=self.stream_binary)
         self.ws = ws
         return ws
 
@@ -220,6 +223,10 @@ class _Connection:
 
     def send_binary(self, data: bytes | bytearray | memoryview) -> None:
         self._data_phase("send").send_binary(data)  # type: ignore[arg-type]
+
+    def send_binary_part(self, data: bytes | bytearray | memoryview, fin: bool) -> None:
+        """One fragment of a binary message (see ``WebSocketConnection.send_binary_part``)."""
+        self._data_phase("send").send_binary_part(data, fin)
 
     def send_ping(self, payload: bytes = b"") -> None:
         self._data_phase("ping").send_ping(payload)
