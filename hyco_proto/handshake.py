@@ -555,6 +555,21 @@ class ServerHandshake:
         self.trailing_data = bytes(trailing)
         return self._validate(request)
 
+    def validate(self, request: h11.Request, trailing_data: bytes = b"") -> HandshakeRequest | None:
+        """Check a request head another parser already read (a server's front door that routes
+        plain HTTP and upgrades on one port). Same outcome as :meth:`next_event`: the
+        ``HandshakeRequest``, or ``None`` with ``rejection`` set; ``trailing_data`` is what came
+        after the head (the first WebSocket frames)."""
+        if self.request is not None or self._answered:
+            raise LocalProtocolError("validate() checks one request, before it is answered")
+        size = len(request.method) + len(request.target) + 12 + sum(
+            len(k) + len(v) + 4 for k, v in request.headers.raw_items())
+        if size > self._max_header_size:
+            self._refuse(431, "request headers too large")
+            return None
+        self.trailing_data = bytes(trailing_data)
+        return self._validate(request)
+
     def _validate(self, request: h11.Request) -> HandshakeRequest | None:
         headers = _decode_headers(request.headers.raw_items())
         method = request.method.decode("ascii")

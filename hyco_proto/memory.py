@@ -27,7 +27,7 @@ from .errors import RemoteProtocolError
 from .handshake import ClientHandshake, HandshakeAccepted, HandshakeRejected
 from .listener import ConnectionRequested, Listener
 from .listener import Event as ListenerEvent
-from .service.relay import RelayService
+from .service.router import RelayService
 from .websocket import (
     BinaryMessage,
     CloseReceived,

@@ -47,7 +47,7 @@ from hyco_proto.memory import MemoryNetwork
 from hyco_proto.sas import create_relay_token
 from hyco_proto.service.broker import RelayBroker
 from hyco_proto.service.config import DEFAULT_RULE_NAME, ServiceConfig
-from hyco_proto.service.relay import RelayService
+from hyco_proto.service.router import RelayService
 from hyco_proto.websocket import CloseReceived, ConnectionClosed, TextMessage
 from tests.wsutil import OP_TEXT, frame
 

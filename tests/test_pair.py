@@ -34,7 +34,7 @@ from hyco_proto.service.config import (
     SasRule,
     ServiceConfig,
 )
-from hyco_proto.service.relay import RelayService
+from hyco_proto.service.router import RelayService
 
 BASE = "ws://127.0.0.1:9090"
 LISTEN = f"{BASE}/$hc/myhc"

@@ -54,7 +54,7 @@ import pytest
 from hyco_proto.errors import RemoteProtocolError
 from hyco_proto.listener import ConnectionRequested
 from hyco_proto.memory import MemoryNetwork, MemoryWebSocket
-from hyco_proto.service.relay import RelayService
+from hyco_proto.service.router import RelayService
 from hyco_proto.websocket import Ping, State
 from tests.relayutil import (
     SEND,

@@ -20,7 +20,7 @@ from hyco_proto.service.config import (
     HybridConnectionConfig,
     ServiceConfig,
 )
-from hyco_proto.service.relay import RelayService
+from hyco_proto.service.router import RelayService
 from hyco_proto.service.status import RefusalLog, is_status_target
 
 NOW = 1_700_000_000.0
@@ -30,7 +30,8 @@ BASE = "ws://127.0.0.1:9090"
 def http_get(service: RelayService, target: str, *, method: str = "GET",
              chunked: bool = False) -> tuple[int, dict[str, str], bytes]:
     conn = service.connection_made(NOW, ("127.0.0.1", 40000))
-    request = f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:9090\r\n\r\n".encode()
+    request = (f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1:9090\r\n"
+               "Connection: close\r\n\r\n").encode()
     if chunked:
         for i in range(len(request)):
             service.receive_data(NOW, conn, request[i : i + 1])
@@ -71,9 +72,7 @@ def test_status_request_fed_byte_by_byte() -> None:
 
 
 @pytest.mark.parametrize(("method", "target", "expected"), [
-    ("GET", "/", 426),
-    ("GET", "/$hc/myhc", 426),
-    ("GET", "/$statusx", 426),
+    ("GET", "/$hc/myhc", 426),  # /$hc/ is WebSocket only
     ("POST", "/$status", 405),
 ])
 def test_other_plain_requests_keep_their_refusal(method: str, target: str, expected: int) -> None:
@@ -81,6 +80,34 @@ def test_other_plain_requests_keep_their_refusal(method: str, target: str, expec
     status, _, _ = http_get(service, target, method=method)
     assert status == expected
     assert service.stats.handshake_errors == 1
+
+
+@pytest.mark.parametrize("target", ["/", "/$statusx", "/nosuchhc/a"])
+def test_other_paths_are_relayed_http_requests(target: str) -> None:
+    """Anything that is not a WebSocket path or an endpoint of the service is relayed HTTP:
+    with no such hybrid connection (strict config) it is a 404 from the relay."""
+    service = RelayService(ServiceConfig(strict=True))
+    status, headers, body = http_get(service, target)
+    assert status == 404 and b"no hybrid connection matches" in body
+    assert headers["x-hyco-rejected-by"] == "relay"
+    assert service.stats.handshake_errors == 0
+
+
+def test_status_keeps_the_connection_alive_for_a_second_request() -> None:
+    service = RelayService()
+    conn = service.connection_made(NOW, ("127.0.0.1", 40000))
+    one = b"GET /$status HTTP/1.1\r\nHost: h\r\n\r\n"
+    service.receive_data(NOW, conn, one + b"HEAD /metrics HTTP/1.1\r\nHost: h\r\n\r\n")
+    out = service.data_to_send()
+    assert (conn, b"") not in out, "keep-alive: the connection stays open"
+    raw = b"".join(data for _, data in out)
+    assert raw.count(b"HTTP/1.1 200 OK\r\n") == 2
+    first, _, rest = raw.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":")[1] for line in first.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
+    second_head = rest[length:]
+    assert second_head.startswith(b"HTTP/1.1 200 OK\r\n") and second_head.endswith(b"\r\n\r\n")
+    assert b"text/plain; version=0.0.4" in second_head  # HEAD: the head only
 
 
 def test_refused_request_is_exposed_by_the_handshake() -> None:

@@ -13,6 +13,7 @@ Wire rules: hybrid-connections-wire §1 (addresses), §2 (tokens), §3.1 (accept
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import uuid
@@ -25,6 +26,8 @@ from ..control import (
     AcceptCommand,
     RemoteEndpoint,
     RenewTokenCommand,
+    RequestCommand,
+    ResponseCommand,
     parse_command,
     serialize_command,
 )
@@ -33,14 +36,17 @@ from ..headers import Headers
 from ..sas import verify_token
 from ..uris import strip_relay_query
 from .config import HybridConnectionConfig, Right, ServiceConfig
-from .registry import ListenerRecord, LocalRegistry, PendingConnect, Registry
+from .registry import ListenerRecord, LocalRegistry, PendingConnect, PendingRequest, Registry
 
 __all__ = [
+    "HOP_BY_HOP",
     "Action",
+    "BadResponse",
     "CloseListener",
     "FailSender",
     "ListenerRecord",
     "PendingConnect",
+    "PendingRequest",
     "Refused",
     "RelayBroker",
     "RendezvousAccepted",
@@ -50,6 +56,9 @@ __all__ = [
 
 #: Headers that carry credentials and never reach the listener (hybrid-connections-wire §2.5).
 _AUTH_HEADERS = frozenset({"servicebusauthorization"})
+#: RFC 7230 §6.1 connection-specific headers: never relayed to the listener (§3.2).
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
+                        "transfer-encoding", "upgrade", "host", "content-length", "close"})
 _ALLOWED = "microsoft-relay-allowedlisteners"
 _DISALLOWED = "microsoft-relay-disallowedlisteners"
 
@@ -90,6 +99,14 @@ class FailSender:
 
 
 Action = SendControl | CloseListener | FailSender
+
+
+@dataclass(frozen=True, slots=True)
+class BadResponse:
+    """A listener's ``response`` for ``request_id`` that cannot be used: the sender gets 502."""
+
+    request_id: str
+    description: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,18 +290,29 @@ class RelayBroker:
     def listener_count(self, hc_name: str) -> int:
         return len(self.registry.listeners_of(hc_name))
 
-    def listener_message(self, now: float, listener_id: str, text: str) -> None:
-        """A text message arrived on a control channel: only ``renewToken`` is meaningful."""
+    def listener_message(
+        self, now: float, listener_id: str, text: str
+    ) -> ResponseCommand | BadResponse | None:
+        """A text message arrived on a control channel: ``renewToken`` is handled here; a
+        ``response`` to a request routed to this listener is returned for the router to deliver
+        (a broken one for a known request as :class:`BadResponse`); anything else is ignored or,
+        when malformed, closes the channel with 1008."""
         record = self.registry.listener(listener_id)
         if record is None:
-            return
+            return None
         try:
             command = parse_command(text)
         except RemoteProtocolError as exc:
+            request_id = self._response_id(text)
+            if request_id is not None and self.response_route(listener_id, request_id):
+                return BadResponse(request_id,
+                                   f"The listener sent a malformed response: {exc.message}")
             self._actions.append(
                 CloseListener(listener_id, 1008, f"malformed control message: {exc}")
             )
-            return
+            return None
+        if isinstance(command, ResponseCommand):
+            return self.check_response(listener_id, command)
         if isinstance(command, RenewTokenCommand):
             auth = self._authorize(now, record.hc, record.path, command.token, Right.LISTEN)
             if isinstance(auth, Refused):
@@ -293,6 +321,7 @@ class RelayBroker:
             else:
                 record.token_expiry = auth
                 self.registry.update_listener(record)
+        return None
 
     # -- senders ---------------------------------------------------------------------------
 
@@ -405,6 +434,137 @@ class RelayBroker:
             # Only a final status can answer the sender's upgrade request.
             code = 500
         return RendezvousRejected(pending, code, _reason_phrase(description or ""))
+
+    # -- relayed HTTP requests (hybrid-connections-wire §3.2, §3.3, §8 "HTTP") ---------------
+
+    def http_request(
+        self,
+        now: float,
+        path: str,
+        *,
+        method: str,
+        target_path: str,
+        query: str,
+        headers: Sequence[tuple[str, str]],
+        remote: tuple[str, int],
+        body: bool,
+    ) -> PendingRequest | Refused:
+        """A sender's HTTP request for ``/{path}``: authorize it, pick a listener, and build the
+        ``request`` command (``target_path`` is the path as the sender wrote it)."""
+        hc = self._resolve(now, path)
+        if isinstance(hc, Refused):
+            return hc
+        # Token: ServiceBusAuthorization, then sb-hc-token, then (HTTP only, when relay
+        # authorization is on and neither is there) Authorization (§2.5).
+        token = _header(headers, "ServiceBusAuthorization") or _query_value(query, "sb-hc-token")
+        authorization_used = False
+        if hc.requires_client_authorization:
+            if token is None:
+                token = _header(headers, "Authorization")
+                authorization_used = token is not None
+            auth = self._authorize(now, hc, "/" + path.strip("/"), token, Right.SEND)
+            if isinstance(auth, Refused):
+                return auth
+        listener = self._pick_listener(hc, headers)
+        if listener is None:
+            return self._refuse(
+                now, 502,
+                f"Bad Gateway: no listener is connected to hybrid connection '{hc.name}'.",
+                hc.name)
+        request_id = self._new_id()
+        while self.registry.request(request_id) is not None:
+            request_id = self._new_id()
+        address = (f"{listener.base_url}/$hc/{hc.name}?sb-hc-action=request"
+                   f"&sb-hc-id={quote(request_id, safe='')}")
+        command = RequestCommand(
+            id=request_id,
+            address=address,
+            request_target=target_path + strip_relay_query("?" + query if query else ""),
+            method=method,
+            remote_endpoint=RemoteEndpoint(address=remote[0], port=remote[1]),
+            request_headers=self._listener_headers(headers, authorization_used),
+            body=body,
+        )
+        pending = PendingRequest(request_id, hc, listener.id, address, now, command)
+        self.registry.add_request(pending)
+        return pending
+
+    def _listener_headers(self, headers: Sequence[tuple[str, str]],
+                          authorization_used: bool) -> dict[str, str]:
+        """The sender's headers as the listener sees them: no credentials, no hop-by-hop
+        headers, repeats joined with ", ", and ``Via`` naming this relay (§3.2)."""
+        drop = set(HOP_BY_HOP) | _AUTH_HEADERS
+        if authorization_used:
+            drop.add("authorization")
+        for key, value in headers:
+            if key.lower() == "connection":  # headers it names are hop-by-hop too
+                drop.update(t.strip().lower() for t in value.split(",") if t.strip())
+        out: dict[str, str] = {}
+        spelling: dict[str, str] = {}
+        for key, value in headers:
+            lower = key.lower()
+            if lower in drop:
+                continue
+            name = spelling.setdefault(lower, key)
+            out[name] = f"{out[name]}, {value}" if name in out else value
+        via = f"1.1 {self.config.namespace}"
+        name = spelling.get("via", "Via")
+        out[name] = f"{out[name]}, {via}" if name in out else via
+        return out
+
+    def request_rendezvous(self, now: float, query: str) -> PendingRequest | Refused:
+        """The listener opens ``sb-hc-action=request`` for a request: single use, and only
+        while the request is in flight."""
+        request_id = _query_value(query, "sb-hc-id")
+        pending = self.registry.request(request_id) if request_id else None
+        if pending is None or pending.rendezvous_taken:
+            return self._refuse(now, 403, "The rendezvous address is invalid or has expired.")
+        pending.rendezvous_taken = True
+        self.registry.update_request(pending)
+        return pending
+
+    def request_on_control_channel(self, request_id: str) -> None:
+        """The full request went on the listener's control channel."""
+        pending = self.registry.request(request_id)
+        if pending is not None:
+            pending.on_control_channel = True
+            self.registry.update_request(pending)
+
+    def response_route(self, listener_id: str | None, request_id: str) -> PendingRequest | None:
+        """The request a response answers, if it may answer it: a control-channel response
+        only for a request routed to that listener."""
+        pending = self.registry.request(request_id)
+        if pending is None or (listener_id is not None and pending.listener_id != listener_id):
+            return None
+        return pending
+
+    def check_response(self, listener_id: str | None,
+                       response: ResponseCommand) -> ResponseCommand | BadResponse | None:
+        """A listener's response, if it can answer a request in flight (None: nobody waits)."""
+        if self.response_route(listener_id, response.request_id) is None:
+            return None  # late (after a 504) or not this listener's: dropped
+        if not 200 <= response.status_code <= 599:
+            return BadResponse(response.request_id,
+                               f"The listener answered with status {response.status_code}; "
+                               "a response needs a final status (200-599).")
+        return response
+
+    def finish_request(self, request_id: str) -> None:
+        """The exchange ended (answered, failed, or the sender left)."""
+        self.registry.remove_request(request_id)
+
+    @staticmethod
+    def _response_id(text: str) -> str | None:
+        """``response.requestId`` of a message that failed to parse, when it has one."""
+        try:
+            doc = json.loads(text)
+        except (ValueError, RecursionError):
+            return None
+        if isinstance(doc, dict):
+            body = doc.get("response")
+            if isinstance(body, dict) and isinstance(body.get("requestId"), str):
+                return str(body["requestId"])
+        return None
 
     # -- time ------------------------------------------------------------------------------
 

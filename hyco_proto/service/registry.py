@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from ..control import AcceptCommand
+from ..control import AcceptCommand, RequestCommand
 from .config import HybridConnectionConfig
 
-__all__ = ["ListenerRecord", "LocalRegistry", "PendingConnect", "Registry"]
+__all__ = ["ListenerRecord", "LocalRegistry", "PendingConnect", "PendingRequest", "Registry"]
 
 
 @dataclass(slots=True)
@@ -43,6 +43,24 @@ class PendingConnect:
     created: float
     accept: AcceptCommand
     subprotocols: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class PendingRequest:
+    """A relayed HTTP request routed to a listener, until its response has ended."""
+
+    id: str
+    hc: HybridConnectionConfig
+    listener_id: str
+    #: Where the listener opens a rendezvous for it (``sb-hc-action=request``).
+    address: str
+    created: float
+    #: The full request (with ``address``), as sent on the control channel.
+    command: RequestCommand
+    #: Whether the full request went on the control channel (else a rendezvous carries it).
+    on_control_channel: bool = False
+    #: A rendezvous for this request has been opened (an address is single-use).
+    rendezvous_taken: bool = False
 
 
 class Registry(Protocol):
@@ -72,6 +90,14 @@ class Registry(Protocol):
 
     def all_pending(self) -> Iterable[PendingConnect]: ...
 
+    def add_request(self, request: PendingRequest) -> None: ...
+
+    def request(self, request_id: str) -> PendingRequest | None: ...
+
+    def update_request(self, request: PendingRequest) -> None: ...
+
+    def remove_request(self, request_id: str) -> PendingRequest | None: ...
+
 
 class LocalRegistry:
     """The in-process :class:`Registry`: dictionaries."""
@@ -80,6 +106,7 @@ class LocalRegistry:
         self._listeners: dict[str, ListenerRecord] = {}
         self._by_hc: dict[str, dict[str, ListenerRecord]] = {}
         self._pending: dict[str, PendingConnect] = {}
+        self._requests: dict[str, PendingRequest] = {}
 
     def add_listener(self, record: ListenerRecord) -> None:
         self._listeners[record.id] = record
@@ -118,3 +145,16 @@ class LocalRegistry:
 
     def all_pending(self) -> Iterable[PendingConnect]:
         return list(self._pending.values())
+
+    def add_request(self, request: PendingRequest) -> None:
+        self._requests[request.id] = request
+
+    def request(self, request_id: str) -> PendingRequest | None:
+        return self._requests.get(request_id)
+
+    def update_request(self, request: PendingRequest) -> None:
+        if request.id in self._requests:
+            self._requests[request.id] = request
+
+    def remove_request(self, request_id: str) -> PendingRequest | None:
+        return self._requests.pop(request_id, None)

@@ -83,7 +83,7 @@ async def test_service_server_binds_ephemeral_port_and_closes() -> None:
     assert server.port > 0
     assert server.url == f"ws://127.0.0.1:{server.port}"
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(b"GET /$hc/x HTTP/1.1\r\nHost: x\r\n\r\n")  # not an upgrade
     answer = await bounded(reader.read())
     assert answer.startswith(b"HTTP/1.1 426 ")
     writer.close()

@@ -27,7 +27,7 @@ import pytest
 
 from hyco_proto.adapters.asyncio import RelayServiceServer
 from hyco_proto.service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY, ServiceConfig
-from hyco_proto.service.relay import RelayService
+from hyco_proto.service.router import RelayService
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 PEER = NODE_DIR / "hycows_peer.js"

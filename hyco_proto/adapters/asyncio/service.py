@@ -32,7 +32,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from ...service.config import ServiceConfig
-from ...service.relay import ConnectionKind, RelayService
+from ...service.router import ConnectionKind, RelayService
 
 T = TypeVar("T")
 
@@ -49,6 +49,7 @@ DEFAULT_WRITE_HIGH_WATER = 1 << 20
 #: syscalls and loop turns per MiB relayed, and the one buffer is shared by all connections).
 READ_BUFFER_SIZE = 1 << 20
 _RELAY = ConnectionKind.RELAY
+_CORE = -1  # a "target" id that blocks reading on the core's request (reading_changes)
 # A timer whose deadline is already past fires again after at least this long (no busy loop
 # if the core ever reports a deadline that handle_timer does not clear).
 _MIN_TIMER_DELAY = 0.001
@@ -303,6 +304,15 @@ class RelayServiceServer:
                 # The core closes TCP (server closes first, RFC 6455 §7.1.1): close() flushes
                 # the write buffer before the socket goes; connection_lost tells the core.
                 transport.close()
+        for conn_id, paused in service.reading_changes():
+            proto = self._protocols.get(conn_id)
+            if proto is not None:
+                # The core has nowhere to put this connection's input yet (a relayed request
+                # waiting for its rendezvous): -1 stands for the core among the blockers.
+                if paused:
+                    proto._block(_CORE)
+                else:
+                    proto._unblock(_CORE)
         self._arm_timer()
 
     def _arm_timer(self) -> None:
