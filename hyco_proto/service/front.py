@@ -1,0 +1,356 @@
+"""The service's front door: every new TCP connection starts here, speaking HTTP/1.1 (h11).
+
+:class:`FrontDoor` reads each request head once and hands it to the first :class:`Route` that
+matches: WebSocket upgrades under ``/$hc/`` (Hybrid Connections), the service's own endpoints
+(``/$status``, ``/metrics``), and relayed HTTP requests (anything else). An upgrade switches the
+connection to another handler for good; a plain-HTTP route answers through the door
+(:meth:`FrontDoor.respond`, or the streaming ``start_response`` / ``send_body`` /
+``end_response``), after which the next request on a keep-alive connection is read.
+"""
+
+from __future__ import annotations
+
+import http
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import h11
+
+from ..handshake import ServerHandshake
+from .handler import Connection, ConnectionKind, Handler, ServiceCore
+
+__all__ = ["Exchange", "FrontDoor", "RequestHead", "Route", "reason_phrase"]
+
+_UNSAFE = re.compile(r"[^\x20-\x7e\x80-\xff]")
+
+
+def reason_phrase(status: int, text: str | None = None) -> str:
+    """``text`` made safe for a reason phrase (no control characters, Latin-1, bounded), or the
+    standard phrase for ``status``."""
+    if text:
+        safe = _UNSAFE.sub(" ", text.encode("latin-1", "replace").decode("latin-1"))[:1024]
+        if safe.strip():
+            return safe.strip()
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
+
+
+#: Largest request head the door reads (request line and headers), like the handshake's bound.
+MAX_HEAD = 32768 + 4096
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """A request line and its headers, decoded once."""
+
+    method: str
+    target: str
+    path: str
+    query: str
+    headers: list[tuple[str, str]]
+    http_version: str
+    raw: h11.Request
+
+    def header(self, name: str) -> str | None:
+        lname = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lname:
+                return value
+        return None
+
+    @property
+    def is_upgrade(self) -> bool:
+        upgrade = self.header("upgrade")
+        return upgrade is not None and "websocket" in upgrade.lower()
+
+
+class Exchange(Protocol):
+    """A request a route serves over time (a relayed HTTP request): the door feeds it the body."""
+
+    def request_data(self, now: float, data: bytes) -> None: ...
+
+    def request_end(self, now: float) -> None: ...
+
+    def sender_gone(self, now: float) -> None:
+        """The client's connection ended before the exchange finished."""
+        ...
+
+    def deadline(self) -> float | None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+
+class Route(Protocol):
+    """One kind of request the service answers."""
+
+    def match(self, head: RequestHead) -> bool: ...
+
+    def handle(self, door: FrontDoor, head: RequestHead, now: float) -> None:
+        """Answer through ``door`` (respond / stream / upgrade / start an exchange)."""
+        ...
+
+
+def _decode(raw: h11.Request) -> RequestHead:
+    target = raw.target.decode("latin-1")
+    parts = urlsplit(target)
+    headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw.headers.raw_items()]
+    return RequestHead(raw.method.decode("ascii"), target, parts.path or "/", parts.query,
+                       headers, raw.http_version.decode("ascii"), raw)
+
+
+class FrontDoor(Handler):
+    """A connection reading HTTP requests and routing them (see the module docstring)."""
+
+    kind = ConnectionKind.HANDSHAKE
+
+    def __init__(self, svc: ServiceCore, conn: Connection, routes: Sequence[Route]) -> None:
+        super().__init__(svc, conn)
+        self.routes = routes
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        self.head: RequestHead | None = None
+        self.exchange: Exchange | None = None
+        self._request_done = False
+        self._response_done = False
+        self._closing = False
+        self._idle_since = conn.opened  # the handshake timeout counts from here
+        self._served = 0  # requests answered on this connection
+        svc.watch(conn.id)
+
+    # -- input -----------------------------------------------------------------------------
+
+    def receive_data(self, now: float, data: bytes | memoryview) -> None:
+        if self._closing:
+            return
+        self.h11.receive_data(bytes(data))
+        self._advance(now)
+
+    def receive_eof(self, now: float) -> None:
+        if self._closing:
+            return
+        self.h11.receive_data(b"")
+        self._advance(now)
+        if self.exchange is not None and not self._request_done:
+            self._sender_gone(now)
+        elif not self._closing and self.exchange is None:
+            self.close(now)
+
+    def connection_lost(self, now: float) -> None:
+        if self.exchange is not None:
+            self._sender_gone(now)
+        self._closing = True
+
+    def _sender_gone(self, now: float) -> None:
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.sender_gone(now)
+        if not self._closing:
+            self.close(now)
+
+    def _advance(self, now: float) -> None:
+        while not self._closing:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._bad_request(now, exc)
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                if event is h11.PAUSED and self.head is not None and self.exchange is None:
+                    return  # an upgrade: the route already switched the connection
+                return
+            if isinstance(event, h11.Request):
+                self.head = _decode(event)
+                self._request_done = False
+                self._response_done = False
+                self.kind = ConnectionKind.HANDSHAKE
+                self._route(now, self.head)
+                if self.svc.handler(self.id) is not self:
+                    return  # switched to another handler (a WebSocket upgrade)
+            elif isinstance(event, h11.Data):
+                if self.exchange is not None:
+                    self.exchange.request_data(now, bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                self._request_done = True
+                if self.exchange is not None:
+                    self.exchange.request_end(now)
+                self._maybe_next_cycle(now)
+            elif isinstance(event, h11.ConnectionClosed):
+                if self.exchange is not None and not self._request_done:
+                    self._sender_gone(now)
+                elif self.exchange is None:
+                    self.close(now)
+                return
+
+    def _bad_request(self, now: float, exc: h11.RemoteProtocolError) -> None:
+        status = exc.error_status_hint
+        self.svc.stats.handshake_errors += 1
+        if self.exchange is not None:
+            # The request body was malformed mid-way: the exchange ends here.
+            self._sender_gone(now)
+            return
+        if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            why = "request headers too large" if status == 431 else f"malformed HTTP request: {exc}"
+            self.respond(now, status, why, close=True)
+        else:
+            self.close(now)
+
+    def _route(self, now: float, head: RequestHead) -> None:
+        for route in self.routes:
+            if route.match(head):
+                route.handle(self, head, now)
+                return
+        self.respond(now, 404, "Not found.")
+
+    # -- answering -------------------------------------------------------------------------
+
+    def upgrade(self) -> tuple[ServerHandshake, bytes]:
+        """The current request as a WebSocket handshake to validate (the route switches the
+        connection on success), with the bytes that came after the head."""
+        assert self.head is not None
+        handshake = ServerHandshake()  # upgrades keep the 16 KiB head bound
+        trailing, _ = self.h11.trailing_data
+        handshake.validate(self.head.raw, bytes(trailing))
+        return handshake, bytes(trailing)
+
+    def send_raw(self, data: bytes, *, close: bool = True) -> None:
+        """Bytes already formatted (a handshake's refusal); close the connection after them."""
+        self.svc.send(self.id, data)
+        if close:
+            self._closing = True
+            self.svc.close(self.id)
+
+    def respond(self, now: float, status: int, text: str = "", *,
+                headers: Sequence[tuple[str, str]] = (), body: bytes | None = None,
+                close: bool = False, reason: str | None = None) -> None:
+        """A whole response (``text`` as a plain-text body unless ``body`` is given; ``reason``
+        is the reason phrase, the standard one when not given)."""
+        if body is None:
+            body = (text + "\n").encode("utf-8") if text else b""
+            if body and not any(k.lower() == "content-type" for k, _ in headers):
+                headers = [*headers, ("Content-Type", "text/plain; charset=utf-8")]
+        headers = [*headers, ("Content-Length", str(len(body)))]
+        if not self.start_response(now, status, headers, reason_phrase(status, reason),
+                                   close=close):
+            return
+        if body and self.head is not None and self.head.method != "HEAD":
+            self.send_body(body)
+        self.end_response(now)
+
+    def start_response(self, now: float, status: int, headers: Sequence[tuple[str, str]],
+                       reason: str = "", *, close: bool = False) -> bool:
+        """Send a response head; False when the connection cannot carry one any more."""
+        # IDLE: an error response to a request h11 could not parse (it allows that).
+        if self._closing or self.h11.our_state not in (h11.SEND_RESPONSE, h11.IDLE):
+            return False
+        out = list(headers)
+        if close or (self.exchange is None and not self._request_done and self._has_body()):
+            # A refused request whose body is not read: do not try to read past it.
+            out.append(("Connection", "close"))
+        try:
+            data = self.h11.send(h11.Response(status_code=status, headers=out,
+                                              reason=reason.encode("latin-1", "replace")))
+        except h11.LocalProtocolError:
+            self.close(now)
+            return False
+        if data:
+            self.svc.send(self.id, data)
+        return True
+
+    def _has_body(self) -> bool:
+        head = self.head
+        if head is None:
+            return False
+        length = (head.header("content-length") or "0").strip()
+        return (length != "0" or "chunked" in (head.header("transfer-encoding") or "").lower())
+
+    def send_body(self, data: bytes) -> bool:
+        """A piece of the response body; False when it cannot be sent (the framing broke)."""
+        if self._closing or not data:
+            return not self._closing
+        try:
+            out = self.h11.send(h11.Data(data=data))
+        except h11.LocalProtocolError:
+            self._closing = True
+            self.svc.close(self.id)
+            return False
+        if out:
+            self.svc.send(self.id, out)
+        return True
+
+    def end_response(self, now: float) -> None:
+        """The response is complete: read the next request, or close."""
+        if self._closing:
+            return
+        try:
+            out = self.h11.send(h11.EndOfMessage())
+        except h11.LocalProtocolError:
+            self.close(now)  # a Content-Length the body did not match
+            return
+        if out:
+            self.svc.send(self.id, out)
+        self._response_done = True
+        self._served += 1
+        self.exchange = None
+        self._maybe_next_cycle(now)
+
+    def abort(self, now: float) -> None:
+        """The response cannot be finished: cut the connection (the client sees it truncated)."""
+        self.exchange = None
+        self.close(now)
+
+    def _maybe_next_cycle(self, now: float) -> None:
+        if not (self._request_done and self._response_done) or self._closing:
+            return
+        if self.h11.our_state is h11.MUST_CLOSE or self.h11.their_state is h11.MUST_CLOSE:
+            self.close(now)
+            return
+        try:
+            self.h11.start_next_cycle()
+        except h11.LocalProtocolError:
+            self.close(now)
+            return
+        self.head = None
+        self.kind = ConnectionKind.HANDSHAKE
+        self._idle_since = now
+        self.svc.watch(self.id)
+        self._advance(now)  # a pipelined request may already be buffered
+
+    def close(self, now: float) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.sender_gone(now)
+        self.svc.close(self.id)
+        self.kind = ConnectionKind.CLOSED
+
+    # -- time ------------------------------------------------------------------------------
+
+    def deadline(self) -> float | None:
+        if self._closing:
+            return None
+        if self.exchange is not None:
+            return self.exchange.deadline()
+        if self.head is None or not self._request_done:
+            # Reading a request head (or a body nobody relays): the handshake timeout.
+            return self._idle_since + self.svc.handshake_timeout
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        if self.exchange is not None:
+            self.exchange.handle_timer(now)
+            return
+        if self._closing:
+            return
+        # A client that never finishes its request must not hold a connection forever.
+        if self.head is None and self._served and not self.h11.trailing_data[0]:
+            self.close(now)  # an idle keep-alive connection
+            return
+        self.svc.stats.handshake_errors += 1
+        self.respond(now, 408, "Request Timeout: the request did not arrive in time.",
+                     close=True)

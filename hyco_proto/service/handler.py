@@ -1,0 +1,148 @@
+"""What every connection handler of the relay service has, and what it may ask of the service.
+
+The service (:class:`~hyco_proto.service.router.RelayService`) owns the connection table, the
+output and the timers; each TCP connection is served by one handler for its kind at a time (the
+front door, a listener's control channel, a waiting sender, a relayed leg, a request rendezvous).
+A handler has the same small surface — bytes in, deadline, timer — and reaches other connections
+only through :class:`ServiceCore`, never through their state.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .broker import RelayBroker
+    from .http_relay import HttpExchange
+    from .stats import ServiceStats
+    from .status import RefusalLog
+
+__all__ = ["Connection", "ConnectionKind", "Handler", "ServiceCore"]
+
+
+class ConnectionKind(enum.Enum):
+    HANDSHAKE = "handshake"  # the front door: reading an HTTP request
+    LISTENER = "listener"  # a listener's control channel
+    WAITING = "waiting"  # a WebSocket sender whose handshake waits for accept/reject
+    RELAY = "relay"  # one leg of a joined pair
+    HTTP = "http"  # a relayed HTTP request in flight (the sender's connection)
+    REQUEST = "request"  # a listener's rendezvous for one HTTP request
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """A TCP connection as the service sees it."""
+
+    id: int
+    remote: tuple[str, int]
+    scheme: str  # "ws" or "wss": the scheme addresses handed to this client use
+    opened: float
+
+
+class ServiceCore(Protocol):
+    """The service, as handlers see it."""
+
+    broker: RelayBroker
+    stats: ServiceStats
+    refusal_log: RefusalLog
+    close_timeout: float
+    half_close_timeout: float
+    max_frame_size: int
+    max_early_bytes: int
+    handshake_timeout: float
+    http_timeout: float
+
+    def send(self, conn_id: int, data: bytes) -> None:
+        """Queue ``data`` for connection ``conn_id`` (in order with everything else)."""
+        ...
+
+    def close(self, conn_id: int) -> None:
+        """Close that TCP connection once what is queued for it is written."""
+        ...
+
+    def switch(self, conn_id: int, handler: Handler) -> None:
+        """From now on ``handler`` serves the connection (an upgrade, a join)."""
+        ...
+
+    def handler(self, conn_id: int) -> Handler | None:
+        """The handler of a live connection."""
+        ...
+
+    def watch(self, conn_id: int) -> None:
+        """The connection's handler has (or may have) a deadline: ask it at every timer."""
+        ...
+
+    def pause_reading(self, conn_id: int, paused: bool) -> None:
+        """Stop (or resume) reading a connection whose input has nowhere to go yet."""
+        ...
+
+    def bind(self, name: str, conn_id: int) -> None:
+        """Name a connection (``listener:<id>``, ``connect:<id>``) for others to find."""
+        ...
+
+    def unbind(self, name: str, conn_id: int | None = None) -> bool:
+        """Drop a name (only if it names ``conn_id``, when given); True if it was dropped."""
+        ...
+
+    def lookup(self, name: str) -> Handler | None:
+        """The live handler a name points to."""
+        ...
+
+    def exchange(self, request_id: str) -> HttpExchange | None:
+        """The relayed HTTP request in flight with that id."""
+        ...
+
+    def register_exchange(self, exchange: HttpExchange) -> None: ...
+
+    def unregister_exchange(self, exchange: HttpExchange) -> None: ...
+
+    def listener_gone(self, now: float, listener_id: str) -> None:
+        """A control channel ended: requests that depended on it fail."""
+        ...
+
+
+class Handler:
+    """Serves one TCP connection. Subclasses override what their kind needs."""
+
+    kind: ConnectionKind = ConnectionKind.CLOSED
+
+    def __init__(self, svc: ServiceCore, conn: Connection) -> None:
+        self.svc = svc
+        self.conn = conn
+        #: The connection this one's input is written to (flow control: while that one's write
+        #: buffer is full, the driver stops reading this one).
+        self.peer: int | None = None
+
+    @property
+    def id(self) -> int:
+        return self.conn.id
+
+    def receive_data(self, now: float, data: bytes | memoryview) -> None:
+        """Bytes read from the connection; a lent view must not be kept after the call."""
+
+    def receive_eof(self, now: float) -> None:
+        """The peer half-closed (or the connection died; treated alike)."""
+        self.close(now)
+
+    def connection_lost(self, now: float) -> None:
+        """The TCP connection is gone: drop every registration; nothing more is written."""
+
+    def deadline(self) -> float | None:
+        """When :meth:`handle_timer` must run (None: no deadline)."""
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        """The deadline has come."""
+
+    def shutdown(self, now: float, code: int, reason: str) -> None:
+        """The service is stopping: say goodbye the way this kind of connection can."""
+        self.close(now)
+
+    def close(self, now: float) -> None:
+        """Close TCP and forget registrations (the default end of every handler)."""
+        self.connection_lost(now)
+        self.svc.close(self.id)
+        self.kind = ConnectionKind.CLOSED

@@ -1,0 +1,297 @@
+"""The relay service as a sans-IO router: TCP connections in, bytes out.
+
+``RelayService`` owns the connection table, the output and the timers. Every connection starts
+at the :class:`~hyco_proto.service.front.FrontDoor`, which reads each HTTP request once and hands
+it to the first route that matches, in order:
+
+1. :class:`~hyco_proto.service.relay.HybridConnectionsRoute` — WebSocket upgrades under
+   ``/$hc/`` (listen, connect, accept, and the HTTP relay's request rendezvous);
+2. :class:`ServiceEndpointsRoute` — the service's own ``/$status`` and ``/metrics``;
+3. :class:`~hyco_proto.service.http_relay.HttpRelayRoute` — any other request is relayed HTTP.
+
+Routes switch the connection to a handler for its kind (control channel, waiting sender, relayed
+leg, request rendezvous) or answer through the door. Its driver (the asyncio server, or an
+in-memory pair in tests) only moves bytes:
+
+    conn = service.connection_made(now, remote=("127.0.0.1", 50000))
+    service.receive_data(now, conn, data)          # bytes read from that TCP connection
+    for conn, data in service.data_to_send():      # b"" means: close that TCP connection
+        ...
+    for conn, paused in service.reading_changes(): # stop / resume reading that connection
+        ...
+    service.handle_timer(now) at service.next_deadline()
+
+Decisions (auth, listener choice, accept/reject, token expiry, which request a response answers)
+are the broker's (hybrid-connections-wire §8).
+"""
+
+from __future__ import annotations
+
+from ..handshake import HandshakeRequest, ServerHandshake
+from .broker import CloseListener, FailSender, RelayBroker, SendControl
+from .config import ServiceConfig
+from .front import FrontDoor, RequestHead, Route
+from .handler import Connection, ConnectionKind, Handler
+from .http_relay import RESPONSE_TIMEOUT, HttpExchange, HttpRelayRoute, open_request_rendezvous
+from .relay import BY_RELAY, ControlChannel, HybridConnectionsRoute, WaitingSender
+from .stats import ServiceStats
+from .status import RefusalLog, service_endpoint
+
+__all__ = ["ConnectionKind", "RelayService", "ServiceEndpointsRoute", "ServiceStats"]
+
+
+class ServiceEndpointsRoute:
+    """``GET /$status`` (health JSON) and ``GET /metrics`` (Prometheus text)."""
+
+    def __init__(self, service: RelayService) -> None:
+        self.service = service
+
+    def match(self, head: RequestHead) -> bool:
+        return service_endpoint("GET", head.target) is not None
+
+    def handle(self, door: FrontDoor, head: RequestHead, now: float) -> None:
+        if head.method not in ("GET", "HEAD"):
+            self.service.stats.handshake_errors += 1
+            door.respond(now, 405, f"{head.path} answers GET and HEAD only.",
+                         headers=[("Allow", "GET, HEAD")], close=True)
+            return
+        endpoint = service_endpoint("GET", head.target)
+        assert endpoint is not None
+        content_type, render = endpoint
+        service = self.service
+        body = render(now=now, stats=service.stats, broker=service.broker,
+                      connections=service.connection_counts(exclude=door.id))
+        door.respond(now, 200, headers=[("Content-Type", content_type),
+                                        ("Cache-Control", "no-store")], body=body)
+
+
+class RelayService:
+    """Sans-IO relay service: see the module docstring for the driving loop."""
+
+    def __init__(
+        self,
+        config: ServiceConfig | None = None,
+        *,
+        broker: RelayBroker | None = None,
+        handshake_timeout: float = 10.0,
+        half_close_timeout: float = 3600.0,
+        close_timeout: float = 10.0,
+        max_frame_size: int = 0,
+        http_timeout: float = RESPONSE_TIMEOUT,
+    ) -> None:
+        self.broker = broker or RelayBroker(config)
+        #: Seconds a client has to send a complete request head.
+        self.handshake_timeout = handshake_timeout
+        #: After one leg's close passed, the other leg may keep sending this long (half-close).
+        self.half_close_timeout = half_close_timeout
+        #: After the relay closed a connection itself, seconds to wait for the peer's close.
+        self.close_timeout = close_timeout
+        #: Largest data frame relayed (0: no limit); bigger ones fail the leg with 1009.
+        self.max_frame_size = max_frame_size
+        #: Seconds a listener has to start answering a relayed HTTP request, and a response may
+        #: stay idle (60 s in Azure, not configurable there; hybrid-connections-wire §4.7).
+        self.http_timeout = http_timeout
+        #: Bytes a waiting sender may send before its 101 (they are relayed once it is joined).
+        self.max_early_bytes = 65536
+        self.stats = ServiceStats()
+        #: Throttled log of refused requests (with their TrackingId).
+        self.refusal_log = RefusalLog()
+        #: The routes, in order; the first that matches a request answers it.
+        self.routes: list[Route] = [
+            HybridConnectionsRoute(self, self._open_request),
+            ServiceEndpointsRoute(self),
+            HttpRelayRoute(self),
+        ]
+        self._handlers: dict[int, Handler] = {}
+        self._closed: set[int] = set()  # closed by us, until the driver reports it gone
+        #: Connections whose handler has (or had) a deadline; see ``next_deadline``.
+        self._timed: set[int] = set()
+        self._names: dict[str, int] = {}
+        self._exchanges: dict[str, HttpExchange] = {}
+        self._next_id = 1
+        self._out: list[tuple[int, bytes]] = []
+        self._reading: dict[int, bool] = {}
+
+    # -- driver API ------------------------------------------------------------------------
+
+    def connection_made(
+        self, now: float, remote: tuple[str, int] = ("127.0.0.1", 0), *, scheme: str = "ws"
+    ) -> int:
+        """A TCP (or TLS, ``scheme="wss"``) connection was accepted; returns its id."""
+        conn = Connection(self._next_id, remote, scheme, now)
+        self._next_id += 1
+        self._handlers[conn.id] = FrontDoor(self, conn, self.routes)
+        return conn.id
+
+    def receive_data(self, now: float, conn_id: int, data: bytes | memoryview) -> None:
+        """Bytes read from a connection. A view may be lent: nothing keeps it after the call."""
+        handler = self._handlers.get(conn_id)
+        if handler is None or conn_id in self._closed:
+            return
+        handler.receive_data(now, data)
+        self._run_broker(now)
+
+    def receive_eof(self, now: float, conn_id: int) -> None:
+        """The peer half-closed or the connection died; treated alike."""
+        handler = self._handlers.get(conn_id)
+        if handler is None:
+            return
+        if conn_id not in self._closed:
+            handler.receive_eof(now)
+        self._run_broker(now)
+
+    def connection_lost(self, now: float, conn_id: int) -> None:
+        """The driver closed or lost the TCP connection: forget it."""
+        handler = self._handlers.pop(conn_id, None)
+        if handler is None:
+            return
+        handler.connection_lost(now)
+        handler.kind = ConnectionKind.CLOSED
+        self._closed.discard(conn_id)
+        self._timed.discard(conn_id)
+        self._reading.pop(conn_id, None)
+        self._run_broker(now)
+
+    def data_to_send(self) -> list[tuple[int, bytes]]:
+        out, self._out = self._out, []
+        return out
+
+    def reading_changes(self) -> list[tuple[int, bool]]:
+        """``(conn, paused)`` for connections whose reading must stop (True) or resume
+        (False): a relayed request's body waiting for its listener's rendezvous."""
+        changes, self._reading = list(self._reading.items()), {}
+        return changes
+
+    def next_deadline(self) -> float | None:
+        # Only connections that ever had a deadline are looked at (not every relayed pair on
+        # every read); the ones whose deadline has gone are dropped on the way.
+        best = self.broker.next_deadline()
+        for conn_id in list(self._timed):
+            handler = self._handlers.get(conn_id)
+            deadline = handler.deadline() if handler is not None else None
+            if deadline is None:
+                self._timed.discard(conn_id)
+            elif best is None or deadline < best:
+                best = deadline
+        return best
+
+    def handle_timer(self, now: float) -> None:
+        for conn_id in list(self._timed):
+            handler = self._handlers.get(conn_id)
+            deadline = handler.deadline() if handler is not None else None
+            if handler is None or deadline is None or now < deadline:
+                continue
+            handler.handle_timer(now)
+        self.broker.handle_timer(now)
+        self._run_broker(now)
+
+    def peer_of(self, conn_id: int) -> int | None:
+        """The connection this one's input is written to (the other leg of a relayed pair, a
+        relayed request's rendezvous): the driver stops reading it while this one is full."""
+        handler = self._handlers.get(conn_id)
+        return handler.peer if handler is not None else None
+
+    def shutdown(
+        self, now: float, code: int = 1001, reason: str = "The relay is shutting down."
+    ) -> None:
+        """Close everything cleanly: listeners and relayed legs hear ``code`` (1001: going
+        away, hybrid-connections-wire §4.4), waiting senders get 503, half-read requests end."""
+        for conn_id, handler in list(self._handlers.items()):
+            if conn_id not in self._closed:
+                handler.shutdown(now, code, reason)
+        self._run_broker(now)
+
+    def kind(self, conn_id: int) -> ConnectionKind | None:
+        handler = self._handlers.get(conn_id)
+        if handler is None:
+            return None
+        return ConnectionKind.CLOSED if conn_id in self._closed else handler.kind
+
+    def connection_counts(self, exclude: int | None = None) -> dict[str, int]:
+        """Live connections by kind (for the status page)."""
+        kinds: dict[str, int] = {}
+        for conn_id, handler in self._handlers.items():
+            if conn_id == exclude:
+                continue
+            kind = ConnectionKind.CLOSED.value if conn_id in self._closed else handler.kind.value
+            kinds[kind] = kinds.get(kind, 0) + 1
+        return kinds
+
+    # -- what handlers ask of the service (ServiceCore) ------------------------------------
+
+    def send(self, conn_id: int, data: bytes) -> None:
+        if data and conn_id not in self._closed:
+            self._out.append((conn_id, data))
+
+    def close(self, conn_id: int) -> None:
+        if conn_id in self._closed or conn_id not in self._handlers:
+            return
+        self._closed.add(conn_id)
+        self._out.append((conn_id, b""))
+
+    def switch(self, conn_id: int, handler: Handler) -> None:
+        if conn_id in self._handlers:
+            self._handlers[conn_id] = handler
+
+    def handler(self, conn_id: int) -> Handler | None:
+        if conn_id in self._closed:
+            return None
+        return self._handlers.get(conn_id)
+
+    def watch(self, conn_id: int) -> None:
+        self._timed.add(conn_id)
+
+    def pause_reading(self, conn_id: int, paused: bool) -> None:
+        if conn_id in self._handlers:
+            self._reading[conn_id] = paused
+
+    def bind(self, name: str, conn_id: int) -> None:
+        self._names[name] = conn_id
+
+    def unbind(self, name: str, conn_id: int | None = None) -> bool:
+        if name in self._names and (conn_id is None or self._names[name] == conn_id):
+            del self._names[name]
+            return True
+        return False
+
+    def lookup(self, name: str) -> Handler | None:
+        conn_id = self._names.get(name)
+        return self.handler(conn_id) if conn_id is not None else None
+
+    def exchange(self, request_id: str) -> HttpExchange | None:
+        return self._exchanges.get(request_id)
+
+    def register_exchange(self, exchange: HttpExchange) -> None:
+        self._exchanges[exchange.id] = exchange
+
+    def unregister_exchange(self, exchange: HttpExchange) -> None:
+        if self._exchanges.get(exchange.id) is exchange:
+            del self._exchanges[exchange.id]
+
+    def listener_gone(self, now: float, listener_id: str) -> None:
+        for exchange in list(self._exchanges.values()):
+            if exchange.pending.listener_id == listener_id:
+                exchange.listener_gone(now)
+
+    def _open_request(self, door: FrontDoor, handshake: ServerHandshake,
+                      request: HandshakeRequest, query: str, now: float) -> None:
+        open_request_rendezvous(self, door, handshake, request, query, now)
+
+    # -- broker actions --------------------------------------------------------------------
+
+    def _run_broker(self, now: float) -> None:
+        for action in self.broker.actions_to_take():
+            if isinstance(action, SendControl):
+                target = self.lookup(f"listener:{action.listener_id}")
+                if isinstance(target, ControlChannel):
+                    target.send_messages(action.text)
+            elif isinstance(action, CloseListener):
+                target = self.lookup(f"listener:{action.listener_id}")
+                if isinstance(target, ControlChannel):
+                    target.close_channel(action.code, action.reason)
+            elif isinstance(action, FailSender):
+                sender = self.lookup(f"connect:{action.connect_id}")
+                self.unbind(f"connect:{action.connect_id}")
+                if isinstance(sender, WaitingSender):
+                    sender.refuse(now, action.status, action.description, BY_RELAY)
+
