@@ -215,6 +215,13 @@ def _banner(config: EmulatorConfig, server: RelayServiceServer, cert: Path | Non
             f"  WebSocket.createRelayedServer({{ server: uri, token: () => "
             f"WebSocket.createRelayToken(uri, '{rule.name}', '{rule.key}') }}, (ws) => {{ … }});",
         ]
+        http_url = f"{'https' if scheme == 'wss' else 'http'}://{authority}/{example}"
+        lines += [
+            "",
+            "relayed HTTP (hyco-https listeners, or any listener that answers requests): any "
+            "HTTP client sends, e.g.",
+            f"  curl -H \"ServiceBusAuthorization: $({PROG} token {http_url})\" {http_url}/",
+        ]
         if is_development_key([rule]):
             lines.append(f"(the key is the documented development key of {DEFAULT_RULE_NAME}; "
                          "pass --key or a config file for anything shared)")
