@@ -3,8 +3,9 @@
 ``ThreadedEmulator`` runs our relay service (``RelayServiceServer``, port 0) on its own event
 loop in a background thread, so tests can run Node processes and our asyncio clients against it
 and read its counters. ``NodePeer`` runs ``node/hycows_peer.js`` and collects its JSON event
-lines. Node or the npm packages missing is a test *failure* telling to run ``make test``: a
-missing interop setup must never pass as skipped.
+lines (``NodeProcess`` does the same for any script in ``node/``). Node or the npm packages
+missing is a test *failure* telling to run ``make test``: a missing interop setup must never
+pass as skipped.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import pytest
 
@@ -37,16 +38,18 @@ KEY = DEVELOPMENT_KEY
 TIMEOUT = 20.0
 
 Event = dict[str, Any]
+P = TypeVar("P", bound="NodeProcess")
 
 
-def node_binary() -> str:
-    """The ``node`` executable, or a failure that says to run ``make test``."""
+def node_binary(package: str = "hyco-ws") -> str:
+    """The ``node`` executable, or a failure that says to run ``make test`` (also when the npm
+    ``package`` is not installed under ``node/node_modules``)."""
     node = shutil.which("node")
     if node is None:
         pytest.fail("Node.js is not installed: install Node 18+ and run `make test` (it runs "
                     f"`npm install` in {NODE_DIR})", pytrace=False)
-    if not (NODE_DIR / "node_modules" / "hyco-ws" / "index.js").is_file():
-        pytest.fail("hyco-ws is not installed under tests/interop/node/node_modules: run "
+    if not (NODE_DIR / "node_modules" / package / "index.js").is_file():
+        pytest.fail(f"{package} is not installed under tests/interop/node/node_modules: run "
                     f"`make test` (or `make node`, which runs `npm install` in {NODE_DIR})",
                     pytrace=False)
     return node
@@ -56,8 +59,9 @@ class ThreadedEmulator:
     """Our relay service on 127.0.0.1 (a free port), served from a background thread."""
 
     def __init__(self, config: ServiceConfig | None = None, *,
-                 ssl: Any = None) -> None:
-        self.service = RelayService(config)
+                 ssl: Any = None, **service_options: Any) -> None:
+        # service_options go to RelayService (e.g. http_timeout=2.0 for a short 504).
+        self.service = RelayService(config, **service_options)
         self._ssl = ssl
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="emulator",
@@ -113,18 +117,18 @@ class ThreadedEmulator:
         return asyncio.run_coroutine_threadsafe(call(), self._loop).result(TIMEOUT)
 
 
-class NodePeer:
-    """``node hycows_peer.js <config>``: events are parsed JSON lines from its stdout."""
+class NodeProcess:
+    """``node <script> <args…>`` in ``node/``: events are parsed JSON lines from its stdout."""
 
-    def __init__(self, config: dict[str, Any], *, env: dict[str, str] | None = None) -> None:
-        node = node_binary()
-        full = {"keyName": KEY_NAME, "key": KEY, "timeoutMs": int(TIMEOUT * 1000)}
-        full.update(config)
-        self.config = full
+    label = "node process"
+
+    def __init__(self, script: Path, args: list[str], *, env: dict[str, str] | None = None,
+                 package: str = "hyco-ws") -> None:
+        node = node_binary(package)
         process_env = dict(os.environ)
         process_env.update(env or {})
         self.popen = subprocess.Popen(
-            [node, str(PEER), json.dumps(full)], cwd=NODE_DIR,
+            [node, str(script), *args], cwd=NODE_DIR,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=process_env)
         self.events: list[Event] = []
@@ -162,7 +166,7 @@ class NodePeer:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(f"hyco-ws peer: no {name!r} event within {timeout} s; "
+                raise AssertionError(f"{self.label}: no {name!r} event within {timeout} s; "
                                      f"events {self.events!r}; stderr {self.stderr!r}")
             try:
                 event = self._queue.get(timeout=left)
@@ -170,7 +174,7 @@ class NodePeer:
                 continue
             if event is None:
                 self._queue.put(None)
-                raise AssertionError(f"hyco-ws peer exited ({self.popen.poll()}) before a "
+                raise AssertionError(f"{self.label} exited ({self.popen.poll()}) before a "
                                      f"{name!r} event; events {self.events!r}; "
                                      f"stderr {self.stderr!r}")
             if event.get("event") == name and (where is None or where(event)):
@@ -185,7 +189,7 @@ class NodePeer:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise AssertionError(f"hyco-ws peer did not exit within {timeout} s; events "
+            raise AssertionError(f"{self.label} did not exit within {timeout} s; events "
                                  f"{self.events!r}; stderr {self.stderr!r}") from None
         self._drain()
         assert self.popen.returncode == 0, (self.popen.returncode, self.events, self.stderr)
@@ -216,11 +220,23 @@ class NodePeer:
             with contextlib.suppress(OSError):
                 self.popen.stdin.close()
 
-    def __enter__(self) -> NodePeer:
+    def __enter__(self: P) -> P:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
+
+
+class NodePeer(NodeProcess):
+    """``node hycows_peer.js <config>``: events are parsed JSON lines from its stdout."""
+
+    label = "hyco-ws peer"
+
+    def __init__(self, config: dict[str, Any], *, env: dict[str, str] | None = None) -> None:
+        full = {"keyName": KEY_NAME, "key": KEY, "timeoutMs": int(TIMEOUT * 1000)}
+        full.update(config)
+        self.config = full
+        super().__init__(PEER, [json.dumps(full)], env=env)
 
 
 def listen_uri(emulator: ThreadedEmulator, hc: str = "myhc", host: str = "127.0.0.1") -> str:
