@@ -499,6 +499,8 @@ class RelayBroker:
         for key, value in headers:
             if key.lower() == "connection":  # headers it names are hop-by-hop too
                 drop.update(t.strip().lower() for t in value.split(",") if t.strip())
+            elif key.lower() == "expect" and value.strip().lower() == "100-continue":
+                drop.add("expect")  # the relay answers it; a listener cannot (no interim replies)
         out: dict[str, str] = {}
         spelling: dict[str, str] = {}
         for key, value in headers:

@@ -216,6 +216,18 @@ class FrontDoor(Handler):
         handshake.validate(self.head.raw, bytes(trailing))
         return handshake, bytes(trailing)
 
+    def continue_request(self) -> None:
+        """Send ``100 Continue`` if the client waits for it before sending its body (RFC 9110
+        §10.1.1): call once there is somewhere for the body to go."""
+        if self._closing or not self.h11.they_are_waiting_for_100_continue:
+            return
+        try:
+            data = self.h11.send(h11.InformationalResponse(status_code=100, headers=[]))
+        except h11.LocalProtocolError:
+            return
+        if data:
+            self.svc.send(self.id, data)
+
     def send_raw(self, data: bytes, *, close: bool = True) -> None:
         """Bytes already formatted (a handshake's refusal); close the connection after them."""
         self.svc.send(self.id, data)
@@ -236,7 +248,7 @@ class FrontDoor(Handler):
         if not self.start_response(now, status, headers, reason_phrase(status, reason),
                                    close=close):
             return
-        if body and self.head is not None and self.head.method != "HEAD":
+        if body and (self.head is None or self.head.method != "HEAD"):
             self.send_body(body)
         self.end_response(now)
 

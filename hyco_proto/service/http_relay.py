@@ -139,6 +139,8 @@ class HttpExchange:
                 return
             # Nowhere to put the body until the listener connects: stop reading the sender.
             svc.pause_reading(self.door.id, True)
+        else:
+            self.door.continue_request()
 
     def _control_send(self, text: str, body: bytes | None = None) -> bool:
         channel = self.svc.lookup(f"listener:{self.pending.listener_id}")
@@ -191,6 +193,7 @@ class HttpExchange:
                 rendezvous.send_fragment(b"", True)
         self.body = bytearray()
         self.svc.pause_reading(self.door.id, False)
+        self.door.continue_request()
 
     # -- the response ----------------------------------------------------------------------
 
