@@ -57,6 +57,7 @@ __all__ = [
     "Counter",
     "EchoClient",
     "EchoServerProcess",
+    "HttpLoad",
     "LoadgenError",
     "Pair",
     "RelayProcess",
@@ -603,6 +604,135 @@ def idle_pairs_memory(relay: RelayProcess, session: Session, count: int,
         "kib_per_pair": (after - baseline) / 1024 / count,
         "open_seconds": elapsed,
     }
+
+
+# ------------------------------------------------------------------------------ HTTP
+
+
+_STATUS_LINE = b"HTTP/1.1 "
+_OK_LINE = b"HTTP/1.1 200 "
+
+
+class HttpLoad:
+    """Relayed (or direct) HTTP/1.1 requests from raw keep-alive sockets.
+
+    ``small(n)``: ``n`` pre-built GETs spread over ``connections`` sockets, ``depth`` in flight
+    per socket (pipelined), counted in bulk by their status lines (``bytes.count`` over what
+    arrives, carrying 12 bytes across reads so no status line is split or counted twice); any
+    status other than 200 fails the run. ``upload(n)`` / ``download(n)``: ``n`` 8 MiB POSTs (the
+    pre-built body in one ``sendall``) or GETs over one socket, responses parsed with h11 (lengths
+    or chunked, as the server chose).
+    """
+
+    def __init__(self, port: int, *, path: str = "/bench", token: str | None = None,
+                 connections: int = 8, depth: int = 1, body_size: int = 8 << 20) -> None:
+        self.port = port
+        auth = f"ServiceBusAuthorization: {token}\r\n" if token else ""
+        host = f"Host: {HOST}:{port}\r\n"
+        self._small = f"GET {path}/small HTTP/1.1\r\n{host}{auth}\r\n".encode()
+        self._upload_head = (f"POST {path}/upload HTTP/1.1\r\n{host}{auth}"
+                             f"Content-Length: {body_size}\r\n\r\n").encode()
+        self._download = f"GET {path}/download HTTP/1.1\r\n{host}{auth}\r\n".encode()
+        self.body = b"\xa5" * body_size
+        self.body_size = body_size
+        self.connections = connections
+        self.depth = depth
+        self._socks: list[socket.socket] = []
+        self._big: socket.socket | None = None
+
+    def _socket(self) -> socket.socket:
+        sock = _connect(self.port)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+
+    def small(self, count: int) -> int:
+        if not self._socks:
+            self._socks = [self._socket() for _ in range(self.connections)]
+        socks = self._socks[:max(1, min(self.connections, count))]
+        sent = dict.fromkeys(range(len(socks)), 0)
+        done = dict.fromkeys(range(len(socks)), 0)
+        tails = dict.fromkeys(range(len(socks)), b"")
+        share = [count // len(socks) + (1 if i < count % len(socks) else 0)
+                 for i in range(len(socks))]
+        with selectors.DefaultSelector() as sel:
+            for i, sock in enumerate(socks):
+                n = min(self.depth, share[i])
+                if n:
+                    sock.sendall(self._small * n)
+                    sent[i] = n
+                    sel.register(sock, selectors.EVENT_READ, i)
+            total = 0
+            while total < count:
+                ready = sel.select(TIMEOUT)
+                if not ready:
+                    raise LoadgenError(f"no HTTP response for {TIMEOUT}s ({total}/{count})")
+                for key, _ in ready:
+                    i = key.data
+                    data = key.fileobj.recv(RECV_BUFFER)  # type: ignore[union-attr]
+                    if not data:
+                        raise LoadgenError("the server closed a keep-alive connection")
+                    window = tails[i] + data
+                    answers = window.count(_STATUS_LINE)
+                    if window.count(_OK_LINE) != answers:
+                        raise LoadgenError(f"a response was not 200: {window[:200]!r}")
+                    tails[i] = window[-12:]
+                    done[i] += answers
+                    total += answers
+                    more = min(answers, share[i] - sent[i])
+                    if more > 0:
+                        key.fileobj.sendall(self._small * more)  # type: ignore[union-attr]
+                        sent[i] += more
+        return total
+
+    def _exchange(self, payload: bytes | None) -> int:
+        import h11
+
+        if self._big is None:
+            self._big = self._socket()
+        sock = self._big
+        client = h11.Connection(h11.CLIENT)
+        if payload is None:
+            sock.sendall(self._download)
+            client.send(h11.Request(method="GET", target="/", headers=[("Host", "x")]))
+        else:
+            sock.sendall(self._upload_head)
+            sock.sendall(payload)
+            client.send(h11.Request(method="POST", target="/",
+                                    headers=[("Host", "x"), ("Content-Length", "0")]))
+        client.send(h11.EndOfMessage())
+        received = 0
+        while True:
+            event = client.next_event()
+            if event is h11.NEED_DATA:
+                data = sock.recv(RECV_BUFFER)
+                if not data:
+                    raise LoadgenError("the server closed the connection mid-response")
+                client.receive_data(data)
+            elif isinstance(event, h11.Response):
+                if event.status_code != 200:
+                    raise LoadgenError(f"HTTP {event.status_code} {event.reason!r}")
+            elif isinstance(event, h11.Data):
+                received += len(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                return received
+
+    def upload(self, count: int) -> int:
+        for _ in range(count):
+            if self._exchange(self.body) != len(str(self.body_size)):
+                raise LoadgenError("unexpected upload answer")
+        return count
+
+    def download(self, count: int) -> int:
+        for _ in range(count):
+            if self._exchange(None) != self.body_size:
+                raise LoadgenError("a download came back short")
+        return count
+
+    def close(self) -> None:
+        for sock in [*self._socks, *([self._big] if self._big else [])]:
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._socks, self._big = [], None
 
 
 # ------------------------------------------------------------------------------ CLI

@@ -47,7 +47,7 @@ def _time(seconds: float) -> str:
 # Written as escapes: ruff (RUF001) flags these characters in string literals.
 TIMES = "\u00d7"
 DASH = "\u2013"
-OURS = ("hyco-cython", "hyco_proto")
+OURS = ("hyco-cython", "hyco_proto", "relay+hyco_proto")
 RELAY_PEERS = ("hyco_proto", "websockets", "picows")
 
 
