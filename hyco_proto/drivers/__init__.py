@@ -7,6 +7,8 @@
 * :mod:`.listener` — ``ListenerDriver``: a Hybrid Connections listener at the byte level (the
   ``Listener`` core, its control channel, rendezvous handshakes, accept/reject decisions).
 * :mod:`.decisions` — ``Accept`` / ``Reject``: what a listener's ``headers`` hook returns.
+* :mod:`.http` — relayed HTTP on the listener side: ``RelayedRequest``, ``Response``,
+  ``RequestCancelled`` and the exchanges ``ListenerDriver`` keeps for them.
 
 No I/O here: an adapter opens sockets, moves bytes, runs timers and hands results back.
 """
@@ -24,21 +26,43 @@ from .connection import (
     select_subprotocol,
 )
 from .decisions import Accept, Decision, Reject
+from .http import (
+    BodyBuffer,
+    HttpRequestCancelled,
+    HttpRequestData,
+    HttpRequestStarted,
+    HttpResponseWritable,
+    PauseReading,
+    RelayedRequest,
+    RequestCancelled,
+    Response,
+    ResumeReading,
+)
 from .stream import ConnectionClosedError, MessageStream, RelayConnectionClosed
 
 __all__ = [
     "Accept",
+    "BodyBuffer",
     "ClientConnection",
     "ConnectionClosedError",
     "ConnectionState",
     "Decision",
     "HandshakeFailed",
+    "HttpRequestCancelled",
+    "HttpRequestData",
+    "HttpRequestStarted",
+    "HttpResponseWritable",
     "MessageStream",
     "Opened",
+    "PauseReading",
     "Refused",
     "Reject",
     "RelayConnectionClosed",
+    "RelayedRequest",
+    "RequestCancelled",
     "RequestReceived",
+    "Response",
+    "ResumeReading",
     "ServerConnection",
     "select_subprotocol",
 ]

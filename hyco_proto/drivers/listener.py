@@ -13,7 +13,11 @@ accept timeout, and decides what a failed first open means. An adapter implement
 * reports: :meth:`transport_open`, :meth:`transport_failed`, :meth:`data_received`,
   :meth:`connection_lost`, :meth:`handle_timer` at :meth:`next_deadline`, and
   :meth:`answer` for each :class:`~hyco_proto.listener.ConnectionRequested`;
-* application events (:meth:`events_received`): the core's events plus :class:`StartFailed`.
+* application events (:meth:`events_received`): the core's events plus :class:`StartFailed`,
+  and relayed HTTP (:mod:`.http`): :class:`~.http.HttpRequestStarted` ... answered with
+  :meth:`respond` / :meth:`send_body` / :meth:`end_response`. HTTP rendezvous stay with the
+  driver (never handed over); it may ask to pause and resume reading them
+  (:class:`~.http.PauseReading`, :class:`~.http.ResumeReading`).
 
 Contract: after each report, run the actions it produced before the same transport's next bytes
 are reported — in particular a :class:`HandOver` must move the transport to its socket before
@@ -38,8 +42,11 @@ from ..listener import (
     Closed,
     ConnectionRequested,
     ConnectRendezvous,
+    ControlMessageIgnored,
     Disconnected,
     Event,
+    HttpRequestBody,
+    HttpRequestReceived,
     Listener,
     ListenerState,
     Listening,
@@ -49,9 +56,18 @@ from ..listener import (
     SendPing,
     TokenSourceLike,
 )
+from ..uris import parse_relay_uri
 from ..websocket import BinaryMessage, ConnectionClosed, Pong, TextMessage
-from .connection import ClientConnection, HandshakeFailed, Opened, Refused
+from .connection import ClientConnection, ConnectionState, HandshakeFailed, Opened, Refused
 from .decisions import Accept, Decision, Reject, as_reject
+from .http import (
+    HttpEvent,
+    HttpExchanges,
+    HttpSocket,
+    PauseReading,
+    Response,
+    ResumeReading,
+)
 
 __all__ = [
     "AbortTransport",
@@ -61,6 +77,8 @@ __all__ = [
     "ListenerDriver",
     "ListenerView",
     "OpenTransport",
+    "PauseReading",
+    "ResumeReading",
     "StartFailed",
     "Write",
     "relayed_server_options",
@@ -105,7 +123,8 @@ class HandOver:
     events: tuple[object, ...] = ()
 
 
-DriverAction: TypeAlias = OpenTransport | Write | AbortTransport | HandOver
+DriverAction: TypeAlias = (OpenTransport | Write | AbortTransport | HandOver | PauseReading
+                           | ResumeReading)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,14 +139,16 @@ class StartFailed:
     error: RelayError
 
 
-DriverEvent: TypeAlias = Event | StartFailed
+DriverEvent: TypeAlias = Event | StartFailed | HttpEvent
 
 
 class _Transport:
-    __slots__ = ("abort_at", "action", "connection", "control", "deadline", "key", "opened")
+    __slots__ = ("abort_at", "action", "connection", "control", "deadline", "http", "key",
+                 "opened")
 
     def __init__(self, key: int, connection: ClientConnection, control: bool,
-                 action: ConnectRendezvous | None = None, deadline: float | None = None) -> None:
+                 action: ConnectRendezvous | None = None, deadline: float | None = None,
+                 http: bool = False) -> None:
         self.key = key
         self.connection = connection
         self.control = control
@@ -135,6 +156,40 @@ class _Transport:
         self.deadline = deadline  # rendezvous: give up at this time
         self.abort_at: float | None = None  # closing: drop TCP if the peer has not by then
         self.opened = False
+        self.http = http  # a relayed HTTP request's rendezvous (never handed over)
+
+
+class _HttpPort:
+    """The driver's transports as :class:`~.http.HttpExchanges` uses them."""
+
+    __slots__ = ("driver",)
+
+    def __init__(self, driver: ListenerDriver) -> None:
+        self.driver = driver
+
+    def http_control(self) -> HttpSocket | None:
+        control = self.driver._control
+        return control if control is not None and control.connection.is_open else None
+
+    def http_open(self, connection: ClientConnection, now: float) -> HttpSocket:
+        driver = self.driver
+        return driver._new_transport(connection, False,
+                                     deadline=now + driver.listener.accept_timeout, http=True)
+
+    def http_flush(self, sock: HttpSocket) -> None:
+        self.driver._flush(sock)  # type: ignore[arg-type]
+
+    def http_abort(self, sock: HttpSocket) -> None:
+        self.driver._abort(sock)  # type: ignore[arg-type]
+
+    def http_closing(self, sock: HttpSocket, now: float) -> None:
+        self.driver._closing(sock, now)  # type: ignore[arg-type]
+
+    def http_reading(self, sock: HttpSocket, on: bool) -> None:
+        self.driver._actions.append(ResumeReading(sock.key) if on else PauseReading(sock.key))
+
+    def http_event(self, event: HttpEvent | ControlMessageIgnored) -> None:
+        self.driver._events.append(event)
 
 
 def _address(url: str) -> str:
@@ -149,11 +204,14 @@ class ListenerDriver:
     ``close_timeout`` bounds how long a closed control channel may wait for the relay's TCP
     close. With ``fail_first_open`` (the default) any failure before the first ``Listening``
     ends the listener with :class:`StartFailed`; later failures reconnect with backoff.
+    ``serve_http``: the application handles relayed HTTP requests (events
+    :class:`~.http.HttpRequestStarted` ...); without it every request is answered 501.
     """
 
     def __init__(self, listener: Listener, *, max_message_size: int | None = None,
                  reply_to_close: bool = True, close_timeout: float = 10.0,
-                 fail_first_open: bool = True, history: int = 1000) -> None:
+                 fail_first_open: bool = True, history: int = 1000,
+                 serve_http: bool = False) -> None:
         self.listener = listener
         self.max_message_size = max_message_size
         self.reply_to_close = reply_to_close
@@ -174,6 +232,11 @@ class ListenerDriver:
         self.history: collections.deque[DriverEvent] = collections.deque(maxlen=history)
         #: The terminal error (StartFailed or Offline), once there is one.
         self.error: RelayError | None = None
+        try:
+            hybrid_connection = parse_relay_uri(listener.url).hybrid_connection
+        except ValueError:
+            hybrid_connection = ""
+        self._http = HttpExchanges(_HttpPort(self), hybrid_connection, serve=serve_http)
 
     @classmethod
     def for_server(cls, server: str, token: TokenSourceLike | str | Callable[[], str], *,
@@ -181,13 +244,14 @@ class ListenerDriver:
                    open_timeout: float | None = 10.0,
                    channel_headers: Iterable[tuple[str, str]] = (),
                    max_size: int | None = None, close_timeout: float = 10.0,
-                   **listener_options: Any) -> ListenerDriver:
+                   serve_http: bool = False, **listener_options: Any) -> ListenerDriver:
         """The driver of an adapter's ``RelayedServer``, from that class's keyword arguments."""
         listener = Listener(server, token, listener_id=listener_id,
                             keepalive_interval=keepalive_interval, open_timeout=open_timeout,
                             close_timeout=close_timeout, headers=channel_headers,
                             **listener_options)
-        return cls(listener, max_message_size=max_size, close_timeout=close_timeout)
+        return cls(listener, max_message_size=max_size, close_timeout=close_timeout,
+                   serve_http=serve_http)
 
     # -- state -----------------------------------------------------------------------------
 
@@ -255,6 +319,7 @@ class ListenerDriver:
     def close(self, now: float) -> None:
         """Stop listening: the control channel closes (1000); rendezvous under way are dropped."""
         self.listener.close(now)
+        self._http.cancel_all("the listener is closing")
         self._drop_rendezvous()
         self._pump(now)
 
@@ -300,6 +365,51 @@ class ListenerDriver:
             raise TypeError(f"the headers hook returned {decision!r}; return None, a "
                             "subprotocol, Accept(...), Reject(...) or (status, description)")
 
+    # -- relayed HTTP ----------------------------------------------------------------------
+
+    @property
+    def http_requests(self) -> int:
+        """Relayed HTTP requests under way."""
+        return len(self._http)
+
+    def respond(self, request_id: str, response: Response, now: float) -> int | None:
+        """Answer request ``request_id`` (an :class:`~.http.HttpRequestStarted`): its head, and
+        a whole (``bytes``) body; a streamed body follows with :meth:`send_body` and
+        :meth:`end_response`. Returns the transport key the response is written on (wait for
+        its write buffer to drain), or None while its rendezvous opens (wait for
+        :class:`~.http.HttpResponseWritable`). Raises :class:`~.http.RequestCancelled` once the
+        request is cancelled, ``LocalProtocolError`` for a second head or an unknown request.
+        """
+        try:
+            return self._http.respond(request_id, response, now)
+        finally:
+            self._pump(now)
+
+    def send_body(self, request_id: str, data: bytes, now: float) -> int | None:
+        """One piece of a streamed response body (one fragment); returns like :meth:`respond`."""
+        try:
+            return self._http.send_body(request_id, data, now)
+        finally:
+            self._pump(now)
+
+    def end_response(self, request_id: str, now: float) -> int | None:
+        """End a streamed response body; returns like :meth:`respond`."""
+        try:
+            return self._http.end_response(request_id, now)
+        finally:
+            self._pump(now)
+
+    def handler_failed(self, request_id: str, now: float) -> None:
+        """The request handler raised: 500 if nothing was sent yet, else the response is
+        aborted (its rendezvous dropped). A no-op for a request that is over."""
+        self._http.handler_failed(request_id, now)
+        self._pump(now)
+
+    def body_consumed(self, request_id: str, size: int, now: float) -> None:
+        """The application has taken ``size`` bytes of a request body (flow control)."""
+        self._http.body_consumed(request_id, size)
+        self._pump(now)
+
     # -- transports ------------------------------------------------------------------------
 
     def transport_open(self, key: int, now: float) -> None:
@@ -316,7 +426,9 @@ class ListenerDriver:
         transport = self._transports.pop(key, None)
         if transport is None:
             return
-        if transport.control:
+        if transport.http:
+            self._http.socket_ended(transport, f"cannot reach its rendezvous: {cause}")
+        elif transport.control:
             self._control = None
             if self._starting:
                 # The relay was never reached: the cause is the error, not a "1006 close".
@@ -355,7 +467,8 @@ class ListenerDriver:
                     # Our close was never answered: the core hears the channel is gone.
                     self.listener.channel_closed(now, 1006, "close timeout")
             elif transport.deadline is not None and now >= transport.deadline:
-                self._abort(transport)
+                self._abort(transport, "its rendezvous did not open within "
+                                       f"{self.listener.accept_timeout:g} s")
                 self._rendezvous_result(transport, now, None,
                                         f"no answer to the rendezvous with {self.address} "
                                         "within the relay's accept timeout")
@@ -368,20 +481,24 @@ class ListenerDriver:
 
     def _new_transport(self, connection: ClientConnection, control: bool,
                        action: ConnectRendezvous | None = None,
-                       deadline: float | None = None) -> _Transport:
+                       deadline: float | None = None, http: bool = False) -> _Transport:
         self._next_key += 1
-        transport = _Transport(self._next_key, connection, control, action, deadline)
+        transport = _Transport(self._next_key, connection, control, action, deadline, http)
         self._transports[transport.key] = transport
         self._actions.append(OpenTransport(transport.key, connection.url, control))
         return transport
 
-    def _forget(self, transport: _Transport) -> None:
+    def _forget(self, transport: _Transport,
+                cause: str = "its rendezvous ended: the sender went away") -> None:
         self._transports.pop(transport.key, None)
         if self._control is transport:
             self._control = None
+        if transport.http:
+            self._http.socket_ended(transport, cause)
 
-    def _abort(self, transport: _Transport) -> None:
-        self._forget(transport)
+    def _abort(self, transport: _Transport,
+               cause: str = "its rendezvous was dropped") -> None:
+        self._forget(transport, cause)
         self._actions.append(AbortTransport(transport.key))
 
     def _closing(self, transport: _Transport, now: float) -> None:
@@ -399,7 +516,11 @@ class ListenerDriver:
 
     def _process(self, transport: _Transport, now: float) -> None:
         events = transport.connection.events_received()
-        if transport.control:
+        if transport.http:
+            if transport.connection.state is not ConnectionState.CONNECTING:
+                transport.deadline = None  # open (or failed): the accept timeout is over
+            self._http.socket_events(transport, events, now)
+        elif transport.control:
             self._control_events(transport, events, now)
         else:
             self._rendezvous_events(transport, events, now)
@@ -484,7 +605,8 @@ class ListenerDriver:
             for action in actions:
                 self._run(action, now)
             if not (actions or events):
-                return
+                break
+        self._http.control_check()
 
     def _run(self, action: object, now: float) -> None:
         if isinstance(action, OpenControlChannel):
@@ -526,9 +648,16 @@ class ListenerDriver:
             self._new_transport(connection, False, action, max(deadline, now + 1.0))
 
     def _event(self, event: Event, now: float) -> None:
+        if isinstance(event, HttpRequestBody):  # not kept in the history: it holds a body
+            if not self._start_failed:
+                self._http.body_received(event.request_id, event.data)
+            return
         self.history.append(event)
         if self._start_failed:
             return  # the rest of the batch that failed the start (Reconnecting ...)
+        if isinstance(event, HttpRequestReceived):
+            self._http.request_received(event.command, now)
+            return
         if isinstance(event, Listening):
             self._listened = True
         elif isinstance(event, Disconnected) and self._starting:
@@ -555,7 +684,7 @@ class ListenerDriver:
     def _drop_rendezvous(self) -> None:
         for transport in list(self._transports.values()):
             if not transport.control:
-                self._abort(transport)
+                self._abort(transport, "the listener stopped")
 
     def _named(self, error: RelayError) -> RelayError:
         """``error`` (same class and fields) with a message naming the listen address."""
@@ -609,10 +738,12 @@ class ListenerView:
         return list(self._driver.history)
 
 
-def relayed_server_options(options: Mapping[str, Any], on_connection: object | None
+def relayed_server_options(options: Mapping[str, Any], on_connection: object | None,
+                           request_handler: object | None = None
                            ) -> tuple[Any, Any, dict[str, Any]]:
     """hyco-ws ``createRelayedServer({server, token, id, ...}, onConnection)`` options as
-    ``(server, token, keyword arguments)`` for a ``RelayedServer`` (``id`` → ``listener_id``)."""
+    ``(server, token, keyword arguments)`` for a ``RelayedServer`` (``id`` → ``listener_id``;
+    ``request_handler`` joins them when given)."""
     opts = dict(options)
     try:
         server = opts.pop("server")
@@ -623,4 +754,6 @@ def relayed_server_options(options: Mapping[str, Any], on_connection: object | N
         opts["listener_id"] = opts.pop("id")
     if on_connection is not None:
         opts["connection"] = on_connection
+    if request_handler is not None:
+        opts["request_handler"] = request_handler
     return server, token, opts
