@@ -18,8 +18,10 @@ Node ``hyco-ws`` names in Python spelling, websockets-style plain ``connect`` / 
 from __future__ import annotations
 
 from ...drivers.decisions import Accept, Decision, Reject
+from ...drivers.http import RequestCancelled, Response
 from ...drivers.stream import ConnectionClosedError, RelayConnectionClosed
 from ...listener import ConnectionRequested
+from .http_listener import RelayedRequest
 from .serve import Server, serve
 from .server import RelayedServer, create_relayed_server
 from .service import RelayServiceServer, RelayServiceThread
@@ -34,8 +36,11 @@ __all__ = [
     "RelayConnectionClosed",
     "RelayServiceServer",
     "RelayServiceThread",
+    "RelayedRequest",
     "RelayedServer",
     "RelayedWebSocket",
+    "RequestCancelled",
+    "Response",
     "Server",
     "WebSocket",
     "connect",

@@ -4,7 +4,8 @@ The driver decides everything (control channel, accept/reject, rendezvous, token
 keepalive, reconnect backoff, what a failed first open means); this adapter opens the transports
 it asks for, moves their bytes, runs its one timer and calls the application's hooks. Accepted
 connections are :class:`~hyco_proto.adapters.asyncio.websocket.RelayedWebSocket` objects, handed
-to the ``connection`` hook or to ``async for ws in server``.
+to the ``connection`` hook or to ``async for ws in server``. Relayed HTTP requests go to the
+``request_handler`` (one task each, :mod:`.http_listener`); without one they are answered 501.
 
 ``start()`` (and ``async with``) returns once listening, or raises within ``open_timeout``:
 a relay that cannot be reached, or that refuses the listener (401, 403, 404), is an error naming
@@ -20,10 +21,21 @@ import logging
 import ssl as _ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from functools import partial
 from types import TracebackType
 from typing import Any, TypeAlias
 
 from ...drivers.decisions import BACKLOG_FULL, Accept, Decision, Reject
+from ...drivers.http import (
+    HttpRequestCancelled,
+    HttpRequestData,
+    HttpRequestStarted,
+    HttpResponseWritable,
+    PauseReading,
+    RequestCancelled,
+    Response,
+    ResumeReading,
+)
 from ...drivers.listener import (
     AbortTransport,
     DriverEvent,
@@ -47,6 +59,7 @@ from ...listener import (
     TokenRenewalFailed,
     TokenSourceLike,
 )
+from .http_listener import RelayedRequest, RequestHandler, body_chunks
 from .link import DEFAULT_WRITE_LIMIT, Link, open_link
 from .websocket import (
     DEFAULT_CLOSE_TIMEOUT,
@@ -56,6 +69,8 @@ from .websocket import (
 )
 
 __all__ = ["Accept", "Decision", "Reject", "RelayedServer", "create_relayed_server"]
+
+_Now: TypeAlias = Callable[[float], Any]
 
 logger = logging.getLogger("hyco_proto.adapters.asyncio")
 
@@ -106,6 +121,11 @@ class RelayedServer(ListenerView):
             things (the socket lives on, like hyco-ws); an async hook runs as a task and the
             socket is closed when it returns (like ``websockets``). Without it, iterate with
             ``async for ws in server``.
+        request_handler: answers relayed HTTP requests: ``async def handler(request) ->
+            Response`` (a :class:`~.http_listener.RelayedRequest`; a plain function returning
+            a Response works too), run as one task per request; the task is cancelled when the
+            sender goes away. A handler that raises gets 500 (logged), or, once the response
+            head is out, its response is aborted. Without it every request gets 501.
         error: receives ``RelayError`` s after the start: control channel lost
             (``Disconnected``), ``Offline`` (404), failed rendezvous, token renewal failures.
             Missing hook: logged only.
@@ -128,6 +148,7 @@ class RelayedServer(ListenerView):
         *,
         headers: HeadersHook | None = None,
         connection: ConnectionHook | None = None,
+        request_handler: RequestHandler | None = None,
         error: ErrorHook | None = None,
         listener_id: str | None = None,
         keepalive_interval: float | None = 30.0,
@@ -145,11 +166,14 @@ class RelayedServer(ListenerView):
         self._driver = ListenerDriver.for_server(
             server, token, listener_id=listener_id, keepalive_interval=keepalive_interval,
             open_timeout=open_timeout, channel_headers=channel_headers, max_size=max_size,
-            close_timeout=close_timeout, **listener_options)
+            close_timeout=close_timeout, serve_http=request_handler is not None,
+            **listener_options)
         self.server = server
         self.open_timeout = open_timeout
         self._headers_hook = headers
         self._connection_hook = connection
+        self._request_handler = request_handler
+        self._requests: dict[str, tuple[RelayedRequest, asyncio.Task[None]]] = {}
         self._error_hook = error
         self._ssl = ssl
         self._max_queue = max_queue
@@ -321,6 +345,13 @@ class RelayedServer(ListenerView):
                 opening.cancel()
         elif isinstance(action, HandOver):
             self._hand_over(action)
+        elif isinstance(action, (PauseReading, ResumeReading)):
+            link = self._links.get(action.key)
+            if link is not None:
+                if isinstance(action, PauseReading):
+                    link.pause_reading()
+                else:
+                    link.resume_reading()
 
     async def _open_transport(self, action: OpenTransport) -> None:
         key, url = action.key, action.url
@@ -425,7 +456,19 @@ class RelayedServer(ListenerView):
             future.exception()  # whoever awaits it re-raises; no "never retrieved" warning
 
     def _handle(self, event: DriverEvent) -> None:
-        if isinstance(event, Listening):
+        if isinstance(event, HttpRequestData):
+            entry = self._requests.get(event.request_id)
+            if entry is not None:
+                entry[0]._feed(event.data, event.end)
+        elif isinstance(event, HttpRequestStarted):
+            self._start_request(event)
+        elif isinstance(event, HttpRequestCancelled):
+            self._cancel_request(event)
+        elif isinstance(event, HttpResponseWritable):
+            entry = self._requests.get(event.request_id)
+            if entry is not None:
+                entry[0]._writable.set()
+        elif isinstance(event, Listening):
             self._settle(self._started, None)
         elif isinstance(event, ConnectionRequested):
             self._decide(event)
@@ -444,6 +487,93 @@ class RelayedServer(ListenerView):
         elif isinstance(event, Closed):
             self._settle(self._closed, None)
             self._end_iteration()
+
+    # -- relayed HTTP ----------------------------------------------------------------------
+
+    def _start_request(self, event: HttpRequestStarted) -> None:
+        rid = event.id
+
+        def consumed(size: int) -> None:
+            self._driver.body_consumed(rid, size, time.time())
+            self._run()
+
+        request = RelayedRequest(event.command, event.hybrid_connection, consumed)
+        task = self._spawn(self._serve_request(request), handler=True)
+        self._requests[rid] = (request, task)
+
+    def _cancel_request(self, event: HttpRequestCancelled) -> None:
+        entry = self._requests.get(event.request_id)
+        if entry is None:
+            return
+        request, task = entry
+        request._cancel(event.error)
+        if not request._responded:
+            task.cancel()  # the sender went away: nobody waits for the answer
+
+    def _call(self, fn: _Now) -> Any:
+        """``fn(now)`` on the driver, then run what it asked for."""
+        try:
+            return fn(time.time())
+        finally:
+            self._run()
+
+    async def _serve_request(self, request: RelayedRequest) -> None:
+        rid = request.id
+        handler = self._request_handler
+        assert handler is not None
+        try:
+            result = handler(request)
+            if inspect.isawaitable(result):
+                result = await result
+            if not isinstance(result, Response):
+                raise TypeError(f"the request handler returned {result!r}; return a Response")
+            await self._send_response(request, result)
+        except asyncio.CancelledError:
+            if not request.cancelled:
+                raise  # the server is closing
+        except RequestCancelled:
+            pass  # the sender went away: nothing to answer
+        except Exception:
+            if not request.cancelled:
+                logger.exception("%s: request handler failed for %s %s", self._driver.address,
+                                 request.method, request.target)
+                self._call(partial(self._driver.handler_failed, rid))
+        finally:
+            self._requests.pop(rid, None)
+
+    async def _send_response(self, request: RelayedRequest, response: Response) -> None:
+        rid, driver = request.id, self._driver
+        if not response.streaming:
+            request._responded = True
+            await self._written(request, self._call(partial(driver.respond, rid, response)))
+            return
+        chunks = body_chunks(response.body)
+        try:
+            # The first chunk before the head: a body that fails at once still gets a 500.
+            chunk = await anext(chunks, None)
+            if chunk is None:
+                request._responded = True
+                self._call(partial(driver.respond, rid, response.with_body(b"")))
+                return
+            await self._written(request, self._call(partial(driver.respond, rid, response)))
+            while chunk is not None:
+                await self._written(request, self._call(partial(driver.send_body, rid, chunk)))
+                chunk = await anext(chunks, None)
+            request._responded = True
+            await self._written(request, self._call(partial(driver.end_response, rid)))
+        finally:
+            await chunks.aclose()
+
+    async def _written(self, request: RelayedRequest, key: int | None) -> None:
+        """Wait until more may be written: the response's rendezvous is open (``key`` None)
+        and the transport's write buffer is below its limit."""
+        if key is None:
+            await request._writable.wait()
+            request._check()
+            return
+        link = self._links.get(key)
+        if link is not None:
+            await link.drain()
 
     def _end_iteration(self) -> None:
         if self._accepted.full():
@@ -519,14 +649,18 @@ class RelayedServer(ListenerView):
 def create_relayed_server(
     options: Mapping[str, Any],
     on_connection: ConnectionHook | None = None,
+    *,
+    request_handler: RequestHandler | None = None,
 ) -> RelayedServer:
     """hyco-ws ``createRelayedServer({server, token}, (ws) => ...)`` in Python.
 
     ``options`` holds ``server`` and ``token`` plus any :class:`RelayedServer` keyword (``id``
-    is accepted for ``listener_id``). Inside a running event loop the server starts listening at
-    once, like hyco-ws; ``await server.start()`` (or ``async with server``) waits for it.
+    is accepted for ``listener_id``). ``request_handler`` answers relayed HTTP requests (like
+    hyco-https' ``createRelayedServer(options, requestListener)``), next to ``on_connection``.
+    Inside a running event loop the server starts listening at once, like hyco-ws;
+    ``await server.start()`` (or ``async with server``) waits for it.
     """
-    server, token, opts = relayed_server_options(options, on_connection)
+    server, token, opts = relayed_server_options(options, on_connection, request_handler)
     relayed = RelayedServer(server, token, **opts)
     try:
         loop = asyncio.get_running_loop()
