@@ -3,8 +3,9 @@ relay's side with hyco_proto's own ``ServerConnection``, and lets the test write
 messages and rendezvous frames and read what the listener answers.
 
 Every upgrade is accepted. ``sb-hc-action=listen`` makes the connection the control channel;
-any other action (``request``, ``accept``) a rendezvous, found by its ``sb-hc-id``. Binary messages are read
-fragment by fragment (``BinaryFragment``), so a test sees how a response was framed.
+any other action (``request``, ``accept``) a rendezvous, found by its ``sb-hc-id``. Binary
+messages are read fragment by fragment (``BinaryFragment``), so a test sees how a response was
+framed (a big frame arrives as the pieces TCP delivered).
 
 ``FakeRelay`` runs on the caller's event loop (asyncio tests); ``ThreadedFakeRelay`` runs it on
 a loop of its own in a thread, for the blocking adapters: its calls wait by polling with the

@@ -10,7 +10,9 @@ Workers:
   worker waits until the runner has processed it — so a ``HandOver`` switches the transport to
   its :class:`~hyco_proto.adapters._blocking.sockets.RelayedWebSocket` before more bytes are read
   (the driver's contract), and the same worker goes on as that socket's reader;
-* one worker per accepted socket given to the ``connection`` hook.
+* one worker per accepted socket given to the ``connection`` hook, and one per relayed HTTP
+  request given to the ``request_handler`` (:mod:`.http_listener`). The handler's calls into the
+  driver (the response) are posted to the runner and wait there; the runner writes them.
 
 The ``headers`` and ``error`` hooks run on the runner: keep them short.
 """
@@ -26,6 +28,17 @@ from types import TracebackType
 from typing import Any, ClassVar, TypeAlias
 
 from ...drivers.decisions import BACKLOG_FULL, Decision
+from ...drivers.http import (
+    HttpRequestCancelled,
+    HttpRequestData,
+    HttpRequestStarted,
+    HttpResponseWritable,
+    PauseReading,
+    RequestCancelled,
+    Response,
+    ResumeReading,
+    body_chunk,
+)
 from ...drivers.listener import (
     AbortTransport,
     DriverAction,
@@ -52,6 +65,7 @@ from ...listener import (
     TokenRenewalFailed,
     TokenSourceLike,
 )
+from .http_listener import RelayedRequest, RequestHandler, wait_event
 from .net import RECV_SIZE, open_connection, shutdown, write_chunks
 from .runtime import EventLike, LockLike, Runtime, Worker, Workers
 from .sockets import (
@@ -63,7 +77,7 @@ from .sockets import (
     wait_until,
 )
 
-__all__ = ["ConnectionHook", "ErrorHook", "HeadersHook", "RelayedServer"]
+__all__ = ["ConnectionHook", "ErrorHook", "HeadersHook", "RelayedServer", "RequestHandler"]
 
 HeadersHook: TypeAlias = Callable[[ConnectionRequested], Decision]
 ConnectionHook: TypeAlias = Callable[[RelayedWebSocket], object]
@@ -77,7 +91,8 @@ Posted: TypeAlias = Callable[[float], None]
 class _Transport:
     """One TCP connection the driver asked for: a control channel or a rendezvous."""
 
-    __slots__ = ("aborted", "handed", "key", "lock", "sock", "url", "worker", "write_lock")
+    __slots__ = ("aborted", "handed", "key", "lock", "resume", "sock", "url", "worker",
+                 "write_lock")
 
     def __init__(self, rt: Runtime, key: int, url: WebSocketURL) -> None:
         self.key = key
@@ -88,6 +103,8 @@ class _Transport:
         self.worker: Worker | None = None
         self.lock: LockLike = rt.lock()
         self.write_lock: LockLike = rt.lock()
+        self.resume: EventLike = rt.event()  # cleared while the driver wants no reading
+        self.resume.set()
 
     def attach(self, sock: Any) -> None:
         """Before connecting ``sock`` (so :meth:`abort` can cancel it); raises once aborted."""
@@ -100,6 +117,7 @@ class _Transport:
         with self.lock:
             self.aborted = True
             sock = self.sock
+        self.resume.set()
         if sock is not None:
             shutdown(sock)  # wakes its worker in connect() or recv()
 
@@ -130,6 +148,11 @@ class RelayedServer(ListenerView):
             sender's first subprotocol). A hook that raises rejects with 500 (logged).
         connection: receives each accepted :class:`RelayedWebSocket` in its own worker; the
             socket is closed when it returns. Without it: ``for ws in server`` / ``accept()``.
+        request_handler: answers relayed HTTP requests: ``handler(request) -> Response`` (a
+            :class:`~.http_listener.RelayedRequest`), called in a worker of its own per
+            request. Once the sender has gone away, body reads and response writes raise
+            ``RequestCancelled``. A handler that raises gets 500 (logged), or, once the response
+            head is out, its response is aborted. Without it every request gets 501.
         error: receives errors: control channel lost (``Disconnected``), ``Offline``, failed
             rendezvous, token renewal failures. Missing hook: logged.
         listener_id, keepalive_interval: the ``sb-hc-id`` and the control-channel ping interval.
@@ -154,6 +177,7 @@ class RelayedServer(ListenerView):
         *,
         headers: HeadersHook | None = None,
         connection: ConnectionHook | None = None,
+        request_handler: RequestHandler | None = None,
         error: ErrorHook | None = None,
         listener_id: str | None = None,
         keepalive_interval: float | None = 30.0,
@@ -171,13 +195,16 @@ class RelayedServer(ListenerView):
         self._driver = ListenerDriver.for_server(
             server, token, listener_id=listener_id, keepalive_interval=keepalive_interval,
             open_timeout=open_timeout, channel_headers=channel_headers, max_size=max_size,
-            close_timeout=close_timeout, **listener_options)
+            close_timeout=close_timeout, serve_http=request_handler is not None,
+            **listener_options)
         self.server = server
         self.open_timeout = open_timeout
         self.close_timeout = close_timeout
         self.backlog = backlog
         self._headers_hook = headers
         self._connection_hook = connection
+        self._request_handler = request_handler
+        self._requests: dict[str, RelayedRequest] = {}  # the runner's
         self._error_hook = error
         self._ssl = ssl
         self._max_queue = max_queue
@@ -202,15 +229,15 @@ class RelayedServer(ListenerView):
     # -- lifecycle -------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, options: Mapping[str, Any],
-               on_connection: ConnectionHook | None = None) -> RelayedServer:
+    def create(cls, options: Mapping[str, Any], on_connection: ConnectionHook | None = None,
+               *, request_handler: RequestHandler | None = None) -> RelayedServer:
         """hyco-ws ``createRelayedServer({server, token}, ws => ...)``: starts listening at once
         (in the background; :meth:`start` waits for it, a failure also goes to ``error``).
 
         ``options`` holds ``server`` and ``token`` plus any keyword of the class (``id`` is
-        accepted for ``listener_id``).
+        accepted for ``listener_id``); ``request_handler`` answers relayed HTTP requests.
         """
-        server, token, opts = relayed_server_options(options, on_connection)
+        server, token, opts = relayed_server_options(options, on_connection, request_handler)
         relayed = cls(server, token, **opts)
         relayed._launch(background=True)
         return relayed
@@ -272,6 +299,10 @@ class RelayedServer(ListenerView):
             runner.join(self.close_timeout)
         for transport in list(self._transports.values()):
             transport.abort()
+        closed = RequestCancelled(f"the listener at {self._driver.address} closed",
+                                  close_code=1001)
+        for request in list(self._requests.values()):
+            request._cancel(closed)  # what the runner did not get to (it has stopped)
         with self._lock:
             sockets = list(self._sockets)
         for ws in sockets:
@@ -448,6 +479,14 @@ class RelayedServer(ListenerView):
                 dropped.abort()
         elif isinstance(action, HandOver):
             self._hand_over(action)
+        elif isinstance(action, PauseReading):
+            paused = self._transports.get(action.key)
+            if paused is not None:
+                paused.resume.clear()
+        elif isinstance(action, ResumeReading):
+            resumed = self._transports.get(action.key)
+            if resumed is not None:
+                resumed.resume.set()
 
     def _hand_over(self, action: HandOver) -> None:
         transport = self._transports.pop(action.key)
@@ -461,7 +500,21 @@ class RelayedServer(ListenerView):
         self._deliver(ws)
 
     def _on_event(self, event: DriverEvent) -> None:
-        if isinstance(event, ConnectionRequested):
+        if isinstance(event, HttpRequestData):
+            request = self._requests.get(event.request_id)
+            if request is not None:
+                request._feed(event.data, event.end)
+        elif isinstance(event, HttpRequestStarted):
+            self._start_request(event)
+        elif isinstance(event, HttpRequestCancelled):
+            cancelled = self._requests.get(event.request_id)
+            if cancelled is not None:
+                cancelled._cancel(event.error)
+        elif isinstance(event, HttpResponseWritable):
+            writable = self._requests.get(event.request_id)
+            if writable is not None:
+                writable._writable.set()
+        elif isinstance(event, ConnectionRequested):
             self._decide(event)
         elif isinstance(event, Listening):
             self._listened = True
@@ -499,6 +552,101 @@ class RelayedServer(ListenerView):
         except (TypeError, ValueError, LocalProtocolError):
             self._log.exception("cannot answer connection request %s; rejected with 500",
                                 request.id)
+
+    # -- relayed HTTP (the runner starts them; each runs in its own worker) ------------------
+
+    def _start_request(self, event: HttpRequestStarted) -> None:
+        rid = event.id
+        consumed = functools.partial(self._body_consumed, rid)
+        request = RelayedRequest(self.runtime, event.command, event.hybrid_connection, consumed)
+        self._requests[rid] = request
+        self._workers.spawn(functools.partial(self._serve_request, request), "request")
+
+    def _body_consumed(self, rid: str, size: int) -> None:
+        self._post(functools.partial(self._driver.body_consumed, rid, size))
+
+    def _on_runner(self, fn: Callable[[float], Any]) -> Any:
+        """From a handler's worker: ``fn(now)`` on the runner (then its actions); its result,
+        or its exception raised here."""
+        box: list[tuple[bool, Any]] = []
+
+        def call(now: float) -> None:
+            try:
+                box.append((True, fn(now)))
+            except Exception as exc:
+                box.append((False, exc))
+
+        if not self._post(call, wait=True) or not box:
+            raise RequestCancelled(f"the listener at {self._driver.address} closed",
+                                   close_code=1001)
+        ok, value = box[0]
+        if not ok:
+            raise value
+        return value
+
+    def _serve_request(self, request: RelayedRequest) -> None:
+        rid = request.id
+        handler = self._request_handler
+        assert handler is not None
+        try:
+            response = handler(request)
+            if not isinstance(response, Response):
+                raise TypeError(f"the request handler returned {response!r}; return a "
+                                "Response")
+            self._send_response(request, response)
+        except RequestCancelled:
+            pass  # the sender went away (or the listener closed): nothing to answer
+        except Exception:
+            if not request.cancelled:
+                self._log.exception("request handler failed for %s %s", request.method,
+                                    request.target)
+                with contextlib.suppress(Exception):
+                    self._on_runner(functools.partial(self._driver.handler_failed, rid))
+        finally:
+            self._post(lambda now: self._forget_request(request))
+
+    def _forget_request(self, request: RelayedRequest) -> None:
+        if self._requests.get(request.id) is request:
+            del self._requests[request.id]
+
+    def _send_response(self, request: RelayedRequest, response: Response) -> None:
+        rid, driver = request.id, self._driver
+        if not response.streaming:
+            request._responded = True
+            self._on_runner(functools.partial(driver.respond, rid, response))
+            return
+        body = response.body
+        if not isinstance(body, Iterable):
+            raise TypeError("an async iterable body needs the asyncio adapter; give an iterable "
+                            "of bytes")
+        chunks = iter(body)
+        try:
+            # The first chunk before the head: a body that fails at once still gets a 500.
+            first = next(chunks, None)
+            if first is None:
+                request._responded = True
+                self._on_runner(functools.partial(driver.respond, rid, response.with_body(b"")))
+                return
+            self._writable(request, self._on_runner(functools.partial(driver.respond, rid,
+                                                                      response)))
+            chunk: object = first
+            while chunk is not None:
+                data = body_chunk(chunk)
+                self._writable(request, self._on_runner(functools.partial(driver.send_body,
+                                                                          rid, data)))
+                chunk = next(chunks, None)
+            request._responded = True
+            self._on_runner(functools.partial(driver.end_response, rid))
+        finally:
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+
+    def _writable(self, request: RelayedRequest, key: int | None) -> None:
+        """The runner has written what it could; wait while the response's rendezvous opens."""
+        if key is None:
+            wait_event(self.runtime, request._writable, None, "response rendezvous")
+            request._check()
 
     def _report(self, error: Exception) -> None:
         hook = self._error_hook
@@ -550,6 +698,8 @@ class RelayedServer(ListenerView):
                     return
                 if not data:
                     return
+                while not transport.resume.is_set() and not self._runner_done.is_set():
+                    transport.resume.wait(WAIT_SLICE)  # a request body waits for its handler
         finally:
             if transport.handed is None:
                 transport.close()

@@ -1,11 +1,15 @@
 """What both blocking adapters export besides their runtime-bound names (``RelayedServer``,
-``connect``, ``serve``, ``relayed_connect``, ``create_relayed_server``, ``RUNTIME``)."""
+``connect``, ``serve``, ``relayed_connect``, ``create_relayed_server``, ``RUNTIME``); also the
+relayed HTTP names a ``request_handler`` uses (``RelayedRequest``, ``Response``,
+``RequestCancelled``)."""
 
 from __future__ import annotations
 
 from ...drivers.decisions import Accept, Decision, Reject
+from ...drivers.http import RequestCancelled, Response
 from ...drivers.stream import ConnectionClosedError, RelayConnectionClosed
 from ...listener import ConnectionRequested
+from .http_listener import RelayedRequest
 from .server import Server
 from .sockets import PongWaiter, RelayedWebSocket, WebSocket
 
@@ -17,7 +21,10 @@ __all__ = [
     "PongWaiter",
     "Reject",
     "RelayConnectionClosed",
+    "RelayedRequest",
     "RelayedWebSocket",
+    "RequestCancelled",
+    "Response",
     "Server",
     "WebSocket",
 ]
