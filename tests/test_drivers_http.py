@@ -687,3 +687,49 @@ def test_a_finished_rendezvous_closes_cleanly() -> None:
     relay.run()
     assert key not in relay.aborted and key in relay.closed
     assert relay.take_events() == [] and relay.driver.http_requests == 0
+
+
+def test_without_an_address_a_streamed_answer_is_collected_for_the_control_channel() -> None:
+    relay, control = listening()
+    relay.text(control, request_json(body=False, address=False))
+    relay.take_events()
+    before = set(relay.opens)
+    driver = relay.driver
+    assert driver.respond("r1", Response(body=iter(())), relay.now) == control
+    driver.send_body("r1", b"ab", relay.now)
+    driver.send_body("r1", b"cd", relay.now)
+    relay.run()
+    assert relay.received(control) == []  # nothing until the end
+    driver.end_response("r1", relay.now)
+    relay.run()
+    text, body = relay.received(control)
+    assert response_of(text)["body"] is True and body == BinaryFragment(b"abcd", True)
+    assert relay.new_keys(before) == [] and driver.http_requests == 0
+
+
+def test_a_refused_request_rendezvous_is_dropped_quietly() -> None:
+    relay, control = listening()
+    before = set(relay.opens)
+    relay.text(control, pointer_json())
+    (key,) = relay.new_keys(before)
+    relay.open(key, accept=False)
+    relay.peers[key].reject(410, "Gone")
+    relay.deliver(key)
+    assert relay.take_events() == [] and relay.driver.http_requests == 0
+
+
+def test_a_body_still_due_on_the_lost_control_channel_cancels_the_request() -> None:
+    relay, control = listening()
+    relay.text(control, request_json(body=True))  # its body never comes
+    relay.take_events()
+    before = set(relay.opens)
+    relay.driver.respond("r1", Response(body=iter(())), relay.now)  # on a rendezvous
+    relay.run()
+    (key,) = relay.new_keys(before)
+    relay.open(key)
+    relay.take_events()
+    relay.peers[control].send_close(1011, "relay restarting")
+    relay.deliver(control)
+    cancelled = [e for e in relay.take_events() if isinstance(e, HttpRequestCancelled)]
+    assert [c.request_id for c in cancelled] == ["r1"]
+    assert key in relay.aborted

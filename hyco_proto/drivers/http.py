@@ -539,7 +539,9 @@ class HttpExchanges:
             return
         current = self._port.http_control()
         for ex in list(self._on_control.values()):
-            if ex.control is not current:
+            if ex.socket is not None and not ex.body_left:
+                del self._on_control[ex.id]  # answered on a rendezvous of its own, body in
+            elif ex.control is not current:
                 self._cancel(ex, "the control channel it came on was lost")
 
     # -- rendezvous ------------------------------------------------------------------------
@@ -616,7 +618,6 @@ class HttpExchanges:
             ex.socket = sock
             ex.pending = []
             self._by_socket[sock.key] = ex
-            self._on_control.pop(ex.id, None)  # the control channel may go now
         self._send(ex, text, False)
         if body is not None:
             if body:

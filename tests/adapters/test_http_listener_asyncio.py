@@ -351,3 +351,27 @@ async def test_closing_the_server_cancels_requests_under_way() -> None:
         await bounded(started.wait())
         await bounded(server.close())
         assert outcome == ["cancelled"]
+
+
+@async_test
+async def test_a_request_cancelled_before_its_task_ran_is_forgotten() -> None:
+    calls: list[str] = []
+
+    async def handler(request: RelayedRequest) -> Response:
+        calls.append(request.id)
+        return Response()
+
+    async with FakeRelay() as relay, server_for(relay, request_handler=handler) as server:
+        control = await relay.control()
+        rdv = await pointer(relay, control, "p1")
+        # The request and the relay's close in one read: the task is cancelled before it runs.
+        rdv.connection.send_text(relay.request_text("p1", on_control=False))
+        rdv.connection.send_close(1001, "")
+        rdv._flush()
+        await rdv.recv_until_closed()
+        for _ in range(100):
+            if not server._requests:
+                break
+            await asyncio.sleep(0.01)
+        assert not server._requests
+        assert calls == []

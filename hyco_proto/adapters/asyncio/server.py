@@ -499,7 +499,14 @@ class RelayedServer(ListenerView):
 
         request = RelayedRequest(event.command, event.hybrid_connection, consumed)
         task = self._spawn(self._serve_request(request), handler=True)
-        self._requests[rid] = (request, task)
+        entry = (request, task)
+        self._requests[rid] = entry
+
+        def forget(_: object) -> None:  # also when cancelled before it ever ran
+            if self._requests.get(rid) is entry:
+                del self._requests[rid]
+
+        task.add_done_callback(forget)
 
     def _cancel_request(self, event: HttpRequestCancelled) -> None:
         entry = self._requests.get(event.request_id)
@@ -538,8 +545,6 @@ class RelayedServer(ListenerView):
                 logger.exception("%s: request handler failed for %s %s", self._driver.address,
                                  request.method, request.target)
                 self._call(partial(self._driver.handler_failed, rid))
-        finally:
-            self._requests.pop(rid, None)
 
     async def _send_response(self, request: RelayedRequest, response: Response) -> None:
         rid, driver = request.id, self._driver
