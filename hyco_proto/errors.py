@@ -215,7 +215,7 @@ def host_port(host: str, port: int) -> str:
 
 
 def describe_connect_error(exc: BaseException, *, host: str, port: int, secure: bool,
-                           timeout: float | None = None) -> str:
+                           timeout: float | None = None, plain_scheme: str = "ws") -> str:
     """One sentence saying why connecting to ``host``:``port`` failed, for an error message.
 
     * ``ConnectionRefusedError`` → "nothing is listening at HOST:PORT (connection refused)";
@@ -225,8 +225,9 @@ def describe_connect_error(exc: BaseException, *, host: str, port: int, secure: 
     * ``TimeoutError`` → "no answer from HOST:PORT within N s" (``timeout``, when given);
     * anything else → "cannot connect to HOST:PORT: <exc>".
 
-    ``secure`` says whether TLS was attempted (``wss://``). Neither ``socket`` nor ``ssl`` is
-    imported: their exceptions are recognised by class name and attributes.
+    ``secure`` says whether TLS was attempted (``wss://``); ``plain_scheme`` is the scheme the
+    TLS-mismatch advice suggests (``"http"`` for HTTP clients). Neither ``socket`` nor ``ssl``
+    is imported: their exceptions are recognised by class name and attributes.
     """
     address = host_port(host, port)
     if isinstance(exc, ConnectionRefusedError):
@@ -235,7 +236,7 @@ def describe_connect_error(exc: BaseException, *, host: str, port: int, secure: 
         why = getattr(exc, "strerror", None)
         return f"cannot resolve host {host}" + (f" ({why})" if why else "")
     if _is_not_tls(exc):
-        return f"the relay is not speaking TLS on {port} (use ws://)"
+        return f"the relay is not speaking TLS on {port} (use {plain_scheme}://)"
     if isinstance(exc, TimeoutError):
         if timeout is not None:
             return f"no answer from {address} within {timeout:g} s"
@@ -249,7 +250,7 @@ def describe_connect_error(exc: BaseException, *, host: str, port: int, secure: 
 
 
 def connect_failure(exc: BaseException, *, host: str, port: int, secure: bool,
-                    timeout: float | None = None) -> OSError:
+                    timeout: float | None = None, plain_scheme: str = "ws") -> OSError:
     """The exception every adapter raises when connecting to ``host``:``port`` failed.
 
     Its message is :func:`describe_connect_error`; its class is ``TimeoutError`` for a timeout,
@@ -257,7 +258,8 @@ def connect_failure(exc: BaseException, *, host: str, port: int, secure: bool,
     for the rest (TLS, name resolution ...), so ``except ConnectionError`` / ``except OSError``
     catch them all alike. ``__cause__`` is ``exc``.
     """
-    message = describe_connect_error(exc, host=host, port=port, secure=secure, timeout=timeout)
+    message = describe_connect_error(exc, host=host, port=port, secure=secure, timeout=timeout,
+                                     plain_scheme=plain_scheme)
     error: OSError
     if isinstance(exc, TimeoutError):
         error = TimeoutError(message)

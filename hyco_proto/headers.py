@@ -8,14 +8,28 @@ __all__ = ["Headers"]
 
 
 class Headers(Mapping[str, str]):
-    """Read-only HTTP headers: names compare case-insensitively, original spelling is kept."""
+    """Read-only HTTP headers: names compare case-insensitively, original spelling is kept.
 
-    __slots__ = ("_items",)
+    A name given more than once (two ``Set-Cookie`` lines) maps to its last value; every value
+    is kept, in order, for :meth:`get_all` and :meth:`raw_items`.
+    """
+
+    __slots__ = ("_items", "_raw")
 
     def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] | None = None
                  ) -> None:
         pairs = items.items() if isinstance(items, Mapping) else (items or ())
-        self._items: dict[str, tuple[str, str]] = {k.lower(): (k, v) for k, v in pairs}
+        self._raw: tuple[tuple[str, str], ...] = tuple(pairs)
+        self._items: dict[str, tuple[str, str]] = {k.lower(): (k, v) for k, v in self._raw}
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of ``name`` (any case), in the order received; ``[]`` when absent."""
+        lower = name.lower()
+        return [v for k, v in self._raw if k.lower() == lower]
+
+    def raw_items(self) -> tuple[tuple[str, str], ...]:
+        """Every (name, value) pair as given, repeated names included, in order."""
+        return self._raw
 
     def __getitem__(self, name: str) -> str:
         return self._items[name.lower()][1]

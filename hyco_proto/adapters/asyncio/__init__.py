@@ -21,6 +21,7 @@ from ...drivers.decisions import Accept, Decision, Reject
 from ...drivers.http import RequestCancelled, Response
 from ...drivers.stream import ConnectionClosedError, RelayConnectionClosed
 from ...listener import ConnectionRequested
+from .http import HttpResponse, relayed_request
 from .http_listener import RelayedRequest
 from .serve import Server, serve
 from .server import RelayedServer, create_relayed_server
@@ -32,6 +33,7 @@ __all__ = [
     "ConnectionClosedError",
     "ConnectionRequested",
     "Decision",
+    "HttpResponse",
     "Reject",
     "RelayConnectionClosed",
     "RelayServiceServer",
@@ -46,5 +48,6 @@ __all__ = [
     "connect",
     "create_relayed_server",
     "relayed_connect",
+    "relayed_request",
     "serve",
 ]

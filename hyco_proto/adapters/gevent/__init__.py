@@ -19,12 +19,13 @@ import gevent.socket
 
 from .._blocking import listener as _listener
 from .._blocking.api import Api
+from .._blocking.http import HttpApi, HttpResponse
 from .._blocking.public import *  # noqa: F403
 from .._blocking.public import __all__ as _shared
 from .._blocking.runtime import Runtime
 
-__all__ = [*_shared, "RUNTIME", "RelayedServer", "connect", "create_relayed_server",
-           "relayed_connect", "serve"]
+__all__ = [*_shared, "RUNTIME", "HttpResponse", "RelayedServer", "connect",
+           "create_relayed_server", "relayed_connect", "relayed_request", "serve"]
 
 
 def _start(fn: Callable[[], None], name: str) -> Any:
@@ -49,3 +50,4 @@ class RelayedServer(_listener.RelayedServer):
 _api = Api(RUNTIME)
 connect, serve, relayed_connect = _api.connect, _api.serve, _api.relayed_connect
 create_relayed_server = RelayedServer.create
+relayed_request = HttpApi(RUNTIME).relayed_request
