@@ -193,7 +193,10 @@ class FrontDoor(Handler):
             self._sender_gone(now)
             return
         if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-            why = "request headers too large" if status == 431 else f"malformed HTTP request: {exc}"
+            # h11's text may quote the offending bytes: keep only what it found wrong.
+            what = str(exc).split(":", 1)[0][:100]
+            why = ("request headers too large" if status == 431
+                   else f"malformed HTTP request: {what}")
             self.respond(now, status, why, close=True)
         else:
             self.close(now)
@@ -251,6 +254,8 @@ class FrontDoor(Handler):
         if body and (self.head is None or self.head.method != "HEAD"):
             self.send_body(body)
         self.end_response(now)
+        if close:
+            self.close(now)  # even when the request itself was never read to its end
 
     def start_response(self, now: float, status: int, headers: Sequence[tuple[str, str]],
                        reason: str = "", *, close: bool = False) -> bool:
