@@ -4,6 +4,7 @@
     hyco token URI [--rule NAME] [--key KEY] [--ttl SECONDS]
     hyco listen --path myhc          # received messages -> stdout, stdin -> messages
     hyco send --path myhc            # the other end
+    hyco http --asgi myapp:app --path myhc   # serve an ASGI (or --wsgi) app through the relay
     hyco status                      # the emulator's /$status document
 
 Without a connection string, ``listen`` / ``send`` / ``token`` talk to a default emulator on
@@ -33,7 +34,7 @@ import urllib.request
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from ._version import __version__
 from .errors import ProtocolError, RelayError
@@ -659,6 +660,112 @@ def _add_netcat_options(parser: argparse.ArgumentParser) -> None:
 
 
 # -------------------------------------------------------------------------------------------
+# hyco http: an ASGI / WSGI application behind a hybrid connection (docs/http-apps.md)
+
+
+def _http_banner(kind: str, spec: str, uri: str, out: IO[str]) -> None:
+    from .adapters._apps import AppEndpoint
+
+    send_url = AppEndpoint.from_listen_uri(uri).send_url
+    print(f"{PROG}: serving the {kind} application {spec}\n"
+          f"{PROG}: listening on {uri.split('?', 1)[0]}\n"
+          f"{PROG}: send requests to {send_url} (with a SAS token that has Send rights, "
+          f"e.g. from `{PROG} token {send_url}`)\n"
+          f"{PROG}: press Ctrl-C to stop", file=out, flush=True)
+
+
+async def _serve_asgi(app: Any, uri: str, token: Any, args: argparse.Namespace,
+                      ep: _Endpoint, on_error: Callable[[Exception], None]) -> int:
+    from .adapters.asgi import AsgiServer, LifespanError
+
+    server = AsgiServer(app, uri, token, ssl=client_ssl_context(args.cafile, args.insecure),
+                        lifespan=args.lifespan, error=on_error)
+    try:
+        await server.start()
+    except LifespanError as exc:
+        raise CliError(str(exc)) from None
+    except (RelayError, ProtocolError, OSError) as exc:
+        raise _failure("cannot listen at", uri.split("?", 1)[0], exc, ep) from None
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    handled: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+    ended = asyncio.ensure_future(server.wait_closed())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        _http_banner("ASGI", args.asgi, uri, sys.stdout)
+        await asyncio.wait({ended, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+        stopping.cancel()
+        await server.close()
+    error = ended.exception() if ended.done() and not ended.cancelled() else None
+    ended.cancel()
+    if error is not None and not stop.is_set():
+        raise CliError(f"the listener stopped: {error}")
+    return 0
+
+
+def _serve_wsgi(app: Any, uri: str, token: Any, args: argparse.Namespace,
+                ep: _Endpoint, on_error: Callable[[Exception], None]) -> int:
+    from .adapters.wsgi import create_server
+
+    server = create_server(app, uri, token, ssl=client_ssl_context(args.cafile, args.insecure),
+                           error=on_error)
+    try:
+        server.start()
+    except (RelayError, ProtocolError, OSError) as exc:
+        server.close()
+        raise _failure("cannot listen at", uri.split("?", 1)[0], exc, ep) from None
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        _http_banner("WSGI", args.wsgi, uri, sys.stdout)
+        while not stop.wait(0.25) and not server.wait_closed(0):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.close()
+    if not stop.is_set() and server.error is not None:
+        raise CliError(f"the listener stopped: {server.error}")
+    return 0
+
+
+def cmd_http(args: argparse.Namespace) -> int:
+    from .adapters._apps import load_app
+
+    ep = _endpoint(args)
+    host, port = _split_host_port(ep.namespace)
+    uri = create_relay_listen_uri(host if ":" not in host else f"[{host}]", ep.path,
+                                  scheme=ep.scheme, port=port)
+    token = ep.token_for(uri, args.ttl)
+    if token is None:
+        raise CliError("no credentials: pass --key (and --rule), --token or a connection "
+                       "string with a key")
+    spec = args.asgi or args.wsgi
+    try:
+        app = load_app(spec, app_dir=args.app_dir)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if not callable(app):
+        raise CliError(f"{spec} is a {type(app).__name__}, not an application")
+    _setup_logging(args.log_level)
+
+    def on_error(error: Exception) -> None:
+        print(f"{PROG}: listener: {error}", file=sys.stderr, flush=True)
+
+    if args.asgi:
+        return asyncio.run(_serve_asgi(app, uri, token, args, ep, on_error))
+    return _serve_wsgi(app, uri, token, args, ep, on_error)
+
+
+# -------------------------------------------------------------------------------------------
 # hyco status
 
 
@@ -798,6 +905,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="give up connecting after this long (default 30)")
     _add_netcat_options(snd)
     snd.set_defaults(func=cmd_send)
+
+    htp = commands.add_parser(
+        "http", help="serve an ASGI or WSGI application through a hybrid connection",
+        description="Listen on a hybrid connection and answer its relayed HTTP requests (and, "
+                    "for ASGI, WebSockets) with an application, like uvicorn or gunicorn "
+                    "would: senders call http(s)://NAMESPACE/HC/PATH. See docs/http-apps.md.")
+    which = htp.add_mutually_exclusive_group(required=True)
+    which.add_argument("--asgi", metavar="MODULE:APP",
+                       help="an ASGI 3 application (Starlette, FastAPI, Django's asgi ...)")
+    which.add_argument("--wsgi", metavar="MODULE:APP",
+                       help="a WSGI application (Flask, Django's wsgi ...)")
+    htp.add_argument("--app-dir", default=".", metavar="DIR",
+                     help="import the application with DIR first on sys.path (default: the "
+                          "current directory)")
+    htp.add_argument("--lifespan", choices=("auto", "on", "off"), default="auto",
+                     help="ASGI lifespan startup/shutdown: auto (if the application supports "
+                          "it, the default), on (required), off")
+    _add_endpoint_options(htp)
+    htp.add_argument("--log-level", default="INFO",
+                     help="DEBUG, INFO (default), WARNING, ERROR")
+    htp.set_defaults(func=cmd_http)
 
     sta = commands.add_parser("status", help="print the emulator's /$status document")
     sta.add_argument("--url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
