@@ -550,7 +550,9 @@ class RelayedServer(ListenerView):
         rid, driver = request.id, self._driver
         if not response.streaming:
             request._responded = True
-            await self._written(request, self._call(partial(driver.respond, rid, response)))
+            key = self._call(partial(driver.respond, rid, response))
+            if key is not None:  # None: the driver writes it all once its rendezvous opens
+                await self._written(request, key)
             return
         chunks = body_chunks(response.body)
         try:
