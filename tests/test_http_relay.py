@@ -487,3 +487,15 @@ def test_late_or_foreign_responses_are_dropped() -> None:
     assert parse_response(net.raw[sender])[0].status_code == 504
     respond(owner, request_id, 200, body=b"too late")
     assert net.svc.kind(owner.id) is ConnectionKind.LISTENER
+
+
+def test_joined_set_cookie_values_reach_the_sender_as_separate_headers() -> None:
+    net = Net()
+    control = listen(net)
+    sender = net.connect_raw(request_bytes("GET", "/myhc"))
+    request_id = control.texts()[0]["request"]["id"]
+    respond(control, request_id, 200, body=b"", headers={
+        "Set-Cookie": "a=1; Path=/, b=2; Expires=Wed, 21 Oct 2037 07:28:00 GMT"})
+    head, _, _ = parse_response(net.raw[sender])
+    assert header(head, "set-cookie") == ["a=1; Path=/",
+                                          "b=2; Expires=Wed, 21 Oct 2037 07:28:00 GMT"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 from ..control import RequestCommand, ResponseCommand, parse_command, serialize_command
 from ..errors import RemoteProtocolError
@@ -46,6 +47,7 @@ __all__ = [
     "HttpRelayRoute",
     "RequestRendezvous",
     "open_request_rendezvous",
+    "split_cookies",
 ]
 
 logger = logging.getLogger("hyco_proto.service")
@@ -61,6 +63,16 @@ _TIMEOUT_TEXT = ("The request was routed to the listener but the listener did no
 #: Response headers the relay does not pass on (its own framing replaces them).
 _RESPONSE_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
                            "transfer-encoding", "upgrade"})
+
+
+#: A ", " that starts another cookie ("name=") and is not inside "Expires=Wed, 21 Oct ...".
+_COOKIE_BOUNDARY = re.compile(r",\s*(?=[!#$%&'*+\-.^_`|~0-9A-Za-z]+=)")
+
+
+def split_cookies(value: str) -> list[str]:
+    """Cookies joined into one ``Set-Cookie`` value, one per item (RFC 6265 §3: ``Set-Cookie``
+    must not be folded; an ``Expires`` date's comma is followed by a day number, not a name)."""
+    return [part.strip() for part in _COOKIE_BOUNDARY.split(value) if part.strip()]
 
 
 def _no_body_status(status: int) -> bool:
@@ -232,6 +244,11 @@ class HttpExchange:
             if lower == "via":
                 value = f"{value}, {via}"
                 via = ""
+            if lower == "set-cookie":
+                # responseHeaders is a string map: several cookies arrive joined with ", "
+                # (.NET joins them, and so do we). Give the sender one header per cookie.
+                headers += [(name, cookie) for cookie in split_cookies(value)]
+                continue
             headers.append((name, value))
         if via:
             headers.append(("Via", via))
