@@ -289,13 +289,14 @@ class FrontDoor(Handler):
         if self._closing or not data:
             return not self._closing
         try:
-            out = self.h11.send(h11.Data(data=data))
+            # The pieces (chunk size, payload, CRLF) as they are: the payload is not copied.
+            pieces = self.h11.send_with_data_passthrough(h11.Data(data=data))
         except h11.LocalProtocolError:
             self._closing = True
             self.svc.close(self.id)
             return False
-        if out:
-            self.svc.send(self.id, out)
+        for piece in pieces or ():
+            self.svc.send(self.id, bytes(piece) if not isinstance(piece, bytes) else piece)
         return True
 
     def end_response(self, now: float) -> None:
