@@ -1,6 +1,7 @@
 """Real applications behind a hybrid connection: a Starlette app through
 ``hyco_proto.adapters.asgi`` and a Flask app through ``hyco_proto.adapters.wsgi``, served via our
-relay emulator and called with ``http.client`` like any web server.
+relay emulator and called with ``http.client`` like any web server (and once with
+``hyco_proto.adapters.threads.relayed_request``).
 
 Each test runs against both bridges (``served`` is parametrized); what only one of them has
 (WebSockets, ``http.disconnect``, lifespan) is in ``test_asgi_bridge.py`` /
@@ -232,6 +233,28 @@ def test_sender_leaving_a_stream_stops_the_app(served: Served) -> None:
         if gates.produced != last:
             last, since = gates.produced, time.monotonic()
     assert gates.produced < http_apps.FOREVER / 2
+
+
+def test_relayed_request_sender(served: Served) -> None:
+    """hyco_proto's own sender: a chunked upload (an iterable body, no Content-Length) and a
+    streamed download read chunk by chunk."""
+    from hyco_proto.adapters.threads import relayed_request
+
+    pieces = [os.urandom(100_000) for _ in range(5)]
+    uri = f"http://127.0.0.1:{served.port}/{HC}/sha"
+    with relayed_request("POST", uri, token(uri), body=iter(pieces), timeout=WAIT) as response:
+        assert response.status == 200
+        assert json.loads(response.read()) == {
+            "size": 500_000, "sha256": hashlib.sha256(b"".join(pieces)).hexdigest()}
+    uri = f"http://127.0.0.1:{served.port}/{HC}/stream"
+    with relayed_request("GET", uri, token(uri), timeout=WAIT) as response:
+        chunks = response.stream()
+        got = b""
+        while b"\n" not in got:
+            got += next(chunks)
+        assert got == b"first\n" and not served.gates.release.is_set()
+        served.gates.release.set()
+        assert got + b"".join(chunks) == b"first\nsecond released=1\n"
 
 
 def test_websocket_senders(served: Served) -> None:
