@@ -27,6 +27,7 @@ def _impl(name: str) -> str:
     match = re.search(r"\[(.+)\]", name)
     label = match.group(1) if match else name
     label = re.sub(r"^\d+(B|KiB|MiB)-", "", label)  # size-first ids (mask benchmarks)
+    label = re.sub(r"^(small|upload|download)-", "", label)  # case-first ids (HTTP benchmarks)
     return re.sub(r"-(\d+(B|KiB|MiB)|seq|x\d+)$", "", label)
 
 
@@ -91,6 +92,7 @@ def write_markdown(groups: dict[str, list[dict[str, Any]]], machine: dict[str, A
     ]
     lines += relay_summary(groups)
     lines += echo_summary(groups, echo_absent or {})
+    lines += http_summary(groups)
     for group in sorted(groups):
         rows = sorted(groups[group], key=lambda r: r["median"])
         ours = _ours(rows)
@@ -272,6 +274,52 @@ def echo_summary(groups: dict[str, list[dict[str, Any]]], absent: dict[str, str]
     if absent:
         lines += ["Not measured (their module has no `serve` yet): "
                   + "; ".join(f"{name} ({why})" for name, why in absent.items()) + ".", ""]
+    return lines
+
+
+HTTP_GROUPS = {
+    "small GETs, req/s": "HTTP: small GETs, 8 connections",
+    "8 MiB uploads, MB/s": "HTTP: 8 MiB uploads, one connection",
+    "8 MiB downloads, MB/s": "HTTP: 8 MiB downloads, one connection",
+}
+HTTP_ORDER = ("uvicorn", "relay+hyco_proto", "relay+asgi", "relay+hyco-https")
+
+
+def http_summary(groups: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """One row per setup: small requests/s and 8 MiB MB/s, with the ratio to uvicorn direct."""
+    cols = {title: _relay_rows(groups, group) for title, group in HTTP_GROUPS.items()}
+    if not any(cols.values()):
+        return []
+    seen = {name for rows in cols.values() for name in rows}
+    setups = [n for n in HTTP_ORDER if n in seen] + sorted(seen - set(HTTP_ORDER))
+    lines = [
+        "## HTTP through the relay",
+        "",
+        "One app (`bench/http_servers.py`): served directly by uvicorn, and through our relay "
+        "with our asyncio listener (`relay+hyco_proto`), with the same ASGI app behind "
+        "`hyco_proto.adapters.asgi` (`relay+asgi`) and with Microsoft's hyco-https listener "
+        "(Node). One raw-socket client (`loadgen.HttpLoad`). Small GETs: 8 keep-alive "
+        "connections, one request in flight each; 8 MiB bodies: one connection, one at a time. "
+        "MB = 10⁶ bytes. In brackets: the ratio to uvicorn direct (the relay adds two hops).",
+        "",
+        "| setup | " + " | ".join(cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for name in setups:
+        cells = []
+        for title, rows in cols.items():
+            row, ref = rows.get(name), rows.get("uvicorn")
+            if row is None:
+                cells.append(DASH)
+                continue
+            value = row["frames_s"] if "req/s" in title else row["bytes_s"] / 1e6
+            base = None
+            if ref is not None:
+                base = ref["frames_s"] if "req/s" in title else ref["bytes_s"] / 1e6
+            ratio = f" ({value / base:.2f}{TIMES})" if base else ""
+            cells.append(f"{value:,.0f}{ratio}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("")
     return lines
 
 
