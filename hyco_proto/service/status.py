@@ -1,10 +1,10 @@
-"""The relay service's health endpoint and refusal log (sans-IO).
+"""The relay service's health endpoint, metrics and refusal log (sans-IO).
 
-``GET /$status`` (alias ``/health``) on the service port, as plain HTTP, answers ``200
-application/json`` with what :class:`~hyco_proto.service.relay.RelayService` counts: listeners per
-hybrid connection, live connections by kind, relayed pairs, bytes and messages relayed, rejects,
-auth failures. ``RelayService._advance_handshake`` calls :func:`status_response` for requests the
-WebSocket handshake refused (they are not upgrades), so the endpoint shares the relay's port.
+``GET /$status`` (alias ``/health``) on the service port answers ``200 application/json`` with
+what the service counts: listeners per hybrid connection, live connections by kind, relayed
+pairs, bytes and messages relayed, rejects, auth failures; ``GET /metrics`` the same in the
+Prometheus text format. This module only renders them (:func:`service_endpoint`); the router's
+``ServiceEndpointsRoute`` answers the requests, so the endpoints share the relay's port.
 
 Refusals (401/403/404 handshakes) are logged on ``hyco_proto.service`` with their tracking id.
 hyco-ws listeners retry a 401 in a tight loop, thousands of times a second
