@@ -499,3 +499,15 @@ def test_joined_set_cookie_values_reach_the_sender_as_separate_headers() -> None
     head, _, _ = parse_response(net.raw[sender])
     assert header(head, "set-cookie") == ["a=1; Path=/",
                                           "b=2; Expires=Wed, 21 Oct 2037 07:28:00 GMT"]
+
+
+@pytest.mark.parametrize("headers", [{"X-Bad": "a\r\nInjected: yes"}, {"Bad Name": "v"}])
+def test_response_head_http_cannot_carry_is_502(headers: dict[str, str]) -> None:
+    net = Net()
+    control = listen(net)
+    sender = net.connect_raw(request_bytes("GET", "/myhc"))
+    respond(control, control.texts()[0]["request"]["id"], 200, body=b"x", headers=headers)
+    head, body, _ = parse_response(net.raw[sender])
+    assert head.status_code == 502 and b"not valid HTTP" in body
+    assert b"Injected" not in bytes(net.raw[sender]).split(b"\r\n\r\n")[0]
+    assert net.svc.kind(control.id) is ConnectionKind.LISTENER

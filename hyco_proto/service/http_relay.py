@@ -22,6 +22,8 @@ import json
 import logging
 import re
 
+import h11
+
 from ..control import RequestCommand, ResponseCommand, parse_command, serialize_command
 from ..errors import RemoteProtocolError
 from ..handshake import HandshakeRequest, ServerHandshake
@@ -261,9 +263,17 @@ class HttpExchange:
             headers.append(("Content-Length", "0"))
         elif listener_length is not None and listener_length.strip().isdigit():
             headers.append(("Content-Length", listener_length.strip()))
+        reason = reason_phrase(status, response.status_description)
+        try:
+            h11.Response(status_code=status, headers=headers, reason=reason.encode("latin-1"))
+        except h11.LocalProtocolError:
+            # A header name or value HTTP cannot carry (CR/LF, spaces in a name ...); the
+            # listener's text is not echoed.
+            self.fail(now, 502, "Bad Gateway: the listener's response head is not valid HTTP "
+                      "(a header name or value HTTP cannot carry).")
+            return
         self.head_sent = True
-        if not self.door.start_response(now, status, headers,
-                                        reason_phrase(status, response.status_description)):
+        if not self.door.start_response(now, status, headers, reason):
             self._finish(now)
 
     def response_body(self, now: float, data: bytes, fin: bool) -> None:
