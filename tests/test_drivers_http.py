@@ -733,3 +733,14 @@ def test_a_body_still_due_on_the_lost_control_channel_cancels_the_request() -> N
     cancelled = [e for e in relay.take_events() if isinstance(e, HttpRequestCancelled)]
     assert [c.request_id for c in cancelled] == ["r1"]
     assert key in relay.aborted
+
+
+def test_a_body_less_answer_keeps_its_content_length_for_head() -> None:
+    from hyco_proto.drivers.http import Response, response_text
+
+    head = json.loads(response_text("r1", Response(200, {"Content-Length": "42"}, b""),
+                                    body=False))["response"]
+    assert head["responseHeaders"] == {"Content-Length": "42"} and head["body"] is False
+    full = json.loads(response_text("r2", Response(200, {"Content-Length": "42"}, b"x" * 42),
+                                    body=True))["response"]
+    assert "Content-Length" not in full["responseHeaders"]

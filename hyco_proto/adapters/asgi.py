@@ -607,7 +607,9 @@ class AsgiBridge:
             return _FAILED  # the application failed (logged) or never answered
         try:
             if call.complete:
-                body = b"".join(call.chunks)
+                # HEAD: the server drops the body the app sent (ASGI HTTP spec); what it says
+                # about the size (Content-Length) still goes to the sender.
+                body = b"" if call.request.method == "HEAD" else b"".join(call.chunks)
                 call.chunks.clear()
                 call.buffered = 0
                 response = Response(call.status, call.headers, body)

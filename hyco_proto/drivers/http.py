@@ -283,7 +283,9 @@ def response_text(request_id: str, response: Response, *, body: bool) -> str:
     joined: dict[str, tuple[str, str]] = {}
     for name, value in response.headers:
         key = name.lower()
-        if key in _DROPPED_HEADERS:
+        if key in _DROPPED_HEADERS and not (key == "content-length" and not body):
+            # A body-less answer (HEAD, 304) keeps its Content-Length: the size of what a GET
+            # would get, which the relay passes on; with a body the relay frames it itself.
             continue
         if key in joined:
             first, before = joined[key]

@@ -169,6 +169,8 @@ def test_head(served: Served) -> None:
     assert reply.status == 200
     assert reply.body == b""
     assert reply.header("content-type") == "application/octet-stream"
+    # The size a GET would get, when the app says it (the listener keeps it for a HEAD).
+    assert reply.header("content-length") == "1000"
 
 
 def test_204(served: Served) -> None:
