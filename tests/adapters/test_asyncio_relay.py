@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -572,12 +572,20 @@ async def test_accept_timeout_and_no_restart_after_close() -> None:
             await server.start()
 
 
+async def _until(check: Callable[[], bool]) -> None:
+    while not check():
+        await asyncio.sleep(0.005)
+
+
 @async_test
 async def test_full_backlog_rejects_senders_with_503() -> None:
     async with relay() as r:
         uri = listen_uri(r)
         async with RelayedServer(uri, lambda: token(uri), backlog=1) as server:
             first = await connect(r)  # waits in the backlog: nobody iterates
+            # The sender's 101 can come before the listener has queued its side (then the
+            # next sender would be accepted and closed with 1013): wait for the backlog.
+            await bounded(_until(lambda: server._accepted.qsize() >= 1))
             with pytest.raises(ListenerRejectedError) as info:
                 await connect(r)
             assert info.value.status == 503 and "backlog" in (info.value.description or "")

@@ -468,6 +468,13 @@ def test_full_backlog_rejects_senders_with_503(adapter: ModuleType,
     uri = hc_uri(relay)
     with adapter.RelayedServer(uri, lambda: token(uri), backlog=1) as server:
         first = adapter.relayed_connect(uri, token(uri))  # waits in the backlog
+        # The sender's 101 can come before the listener has queued its side: wait for that,
+        # or the next sender is accepted and then closed with 1013 (the race the 503 avoids).
+        rt = adapter.RUNTIME
+        deadline = rt.monotonic() + WAIT
+        while server._accepted.qsize() < 1:
+            assert rt.monotonic() < deadline, "the first connection never reached the backlog"
+            rt.sleep(0.005)
         with pytest.raises(ListenerRejectedError) as info:
             adapter.relayed_connect(uri, token(uri))
         assert info.value.status == 503
