@@ -221,7 +221,8 @@ def _banner(config: EmulatorConfig, server: RelayServiceServer, cert: Path | Non
             "",
             "relayed HTTP (hyco-https listeners, or any listener that answers requests): any "
             "HTTP client sends, e.g.",
-            f"  curl -H \"ServiceBusAuthorization: $({PROG} token {http_url})\" {http_url}/",
+            f"  curl -H \"ServiceBusAuthorization: $({_token_hint(http_url, rule.name, rule.key)})"
+            f"\" {http_url}/",
         ]
         if is_development_key([rule]):
             lines.append(f"(the key is the documented development key of {DEFAULT_RULE_NAME}; "
@@ -368,7 +369,7 @@ def _add_endpoint_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--key", "-k", metavar="KEY",
                        help="SAS rule key (default: the emulator's development key)")
     group.add_argument("--token", metavar="SAS", help="use this SAS token instead of signing")
-    group.add_argument("--ttl", type=float, default=3600.0, metavar="SECONDS",
+    group.add_argument("--ttl", type=_lifetime, default=3600.0, metavar="SECONDS",
                        help="lifetime of the tokens we sign (default 3600)")
     group.add_argument("--cafile", metavar="PEM",
                        help="trust this CA/certificate for wss:// (e.g. the emulator's "
@@ -663,14 +664,25 @@ def _add_netcat_options(parser: argparse.ArgumentParser) -> None:
 # hyco http: an ASGI / WSGI application behind a hybrid connection (docs/http-apps.md)
 
 
-def _http_banner(kind: str, spec: str, uri: str, out: IO[str]) -> None:
+def _token_hint(url: str, rule: str | None, key: str | None) -> str:
+    """The ``hyco token`` command that signs for ``url`` with this rule and key."""
+    if rule is None or key is None:
+        return ""
+    flags = ""
+    if not (rule == DEFAULT_RULE_NAME and key == DEVELOPMENT_KEY):
+        flags = f" --rule {shlex.quote(rule)} --key {shlex.quote(key)}"
+    return f"{PROG} token{flags} {url}"
+
+
+def _http_banner(kind: str, spec: str, uri: str, out: IO[str], ep: _Endpoint) -> None:
     from .adapters._apps import AppEndpoint
 
     send_url = AppEndpoint.from_listen_uri(uri).send_url
+    hint = _token_hint(send_url, ep.rule, ep.key)
     print(f"{PROG}: serving the {kind} application {spec}\n"
           f"{PROG}: listening on {uri.split('?', 1)[0]}\n"
-          f"{PROG}: send requests to {send_url} (with a SAS token that has Send rights, "
-          f"e.g. from `{PROG} token {send_url}`)\n"
+          f"{PROG}: send requests to {send_url} (with a SAS token that has Send rights"
+          + (f", e.g. from `{hint}`)" if hint else ")") + "\n"
           f"{PROG}: press Ctrl-C to stop", file=out, flush=True)
 
 
@@ -696,7 +708,7 @@ async def _serve_asgi(app: Any, uri: str, token: Any, args: argparse.Namespace,
     ended = asyncio.ensure_future(server.wait_closed())
     stopping = asyncio.ensure_future(stop.wait())
     try:
-        _http_banner("ASGI", args.asgi, uri, sys.stdout)
+        _http_banner("ASGI", args.asgi, uri, sys.stdout, ep)
         await asyncio.wait({ended, stopping}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for sig in handled:
@@ -725,7 +737,7 @@ def _serve_wsgi(app: Any, uri: str, token: Any, args: argparse.Namespace,
     previous = {sig: signal.signal(sig, lambda *_: stop.set())
                 for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        _http_banner("WSGI", args.wsgi, uri, sys.stdout)
+        _http_banner("WSGI", args.wsgi, uri, sys.stdout, ep)
         while not stop.wait(0.25) and not server.wait_closed(0):
             pass
     finally:
@@ -800,6 +812,15 @@ def _port(text: str) -> int:
     return value
 
 
+def _lifetime(text: str) -> float:
+    """A token lifetime: > 0 (``create_relay_token`` reads 0 as hyco-ws's default 3600 s)."""
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(
+            "must be more than 0 seconds (a token lifetime of 0 would mean the default, 3600)")
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -867,7 +888,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "URI (optional with --connection-string)")
     tok.add_argument("--rule", "-r", help=f"SAS rule name (default {DEFAULT_RULE_NAME})")
     tok.add_argument("--key", "-k", help="rule key (default: the development key)")
-    tok.add_argument("--ttl", type=_seconds, default=3600.0, metavar="SECONDS",
+    tok.add_argument("--ttl", type=_lifetime, default=3600.0, metavar="SECONDS",
                      help="lifetime (default 3600)")
     tok.add_argument("--connection-string", "-c", metavar="CS",
                      help="sign with this connection string's rule (for its EntityPath, or "

@@ -511,3 +511,11 @@ def test_response_head_http_cannot_carry_is_502(headers: dict[str, str]) -> None
     assert head.status_code == 502 and b"not valid HTTP" in body
     assert b"Injected" not in bytes(net.raw[sender]).split(b"\r\n\r\n")[0]
     assert net.svc.kind(control.id) is ConnectionKind.LISTENER
+
+
+def test_plain_http_to_the_websocket_address_says_where_relayed_http_goes() -> None:
+    net = Net()
+    sender = net.connect_raw(request_bytes("GET", "/$hc/myhc/x"))
+    head, body, _ = parse_response(net.raw[sender])
+    assert head.status_code == 426 and b"go to /myhc/x without $hc" in body
+    assert sender in net.closed

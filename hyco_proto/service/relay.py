@@ -99,6 +99,14 @@ class HybridConnectionsRoute:
         if request is None:
             # Not a valid upgrade (405, 426, 400 bad key, 431): `/$hc/` is WebSocket only.
             svc.stats.handshake_errors += 1
+            if not head.is_upgrade:
+                # Most likely a relayed HTTP request sent to the WebSocket address.
+                path = relay_path(head.path) or "{hybrid connection}"
+                text = (f"/$hc/ addresses are for WebSocket connections (expected Upgrade: "
+                        f"websocket). Relayed HTTP requests go to /{path} without $hc.")
+                door.respond(now, 426, text, close=True,
+                             headers=[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")])
+                return
             assert handshake.rejection is not None
             door.send_raw(handshake.rejection)
             return
