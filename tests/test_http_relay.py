@@ -519,3 +519,23 @@ def test_plain_http_to_the_websocket_address_says_where_relayed_http_goes() -> N
     head, body, _ = parse_response(net.raw[sender])
     assert head.status_code == 426 and b"go to /myhc/x without $hc" in body
     assert sender in net.closed
+
+
+def test_relayed_http_is_counted_in_status_and_metrics() -> None:
+    net = Net()
+    control = listen(net)
+    sender = net.connect_raw(request_bytes("POST", "/myhc", body=b"12345"))
+    respond(control, control.texts()[0]["request"]["id"], 200, body=b"abc")
+    assert parse_response(net.raw[sender])[2]
+    control.conn.send_close(1000)
+    control.flush()
+    listen(net)  # a second listener: two opened, one connected
+    status = net.connect_raw(b"GET /$status HTTP/1.1\r\nHost: x\r\n\r\n")
+    counters = json.loads(parse_response(net.raw[status])[1])["counters"]
+    assert (counters["http_requests"], counters["http_bytes_relayed"]) == (1, 8)
+    assert (counters["listeners"], counters["listeners_opened"]) == (1, 2)
+    metrics = net.connect_raw(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    text = parse_response(net.raw[metrics])[1].decode()
+    assert "hyco_http_requests_total 1\n" in text
+    assert "hyco_http_bytes_relayed_total 8\n" in text
+    assert "hyco_listeners_total 2\n" in text

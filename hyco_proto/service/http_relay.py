@@ -145,6 +145,7 @@ class HttpExchange:
 
     def start(self, now: float) -> None:
         svc = self.svc
+        svc.stats.http_requests += 1
         svc.register_exchange(self)
         svc.watch(self.door.id)
         if not self.on_control_channel:
@@ -168,6 +169,7 @@ class HttpExchange:
         if self.done:
             return
         self.last_activity = now
+        self.svc.stats.http_bytes_relayed += len(data)
         rendezvous = self.rendezvous
         if rendezvous is not None:
             rendezvous.send_fragment(data, False)
@@ -285,6 +287,8 @@ class HttpExchange:
             if self._over():
                 return
         bodiless = self.head.method == "HEAD" or _no_body_status(self.response_head.status_code)
+        if data and not bodiless:
+            self.svc.stats.http_bytes_relayed += len(data)
         if data and not bodiless and not self.door.send_body(data):
             self._finish(now)
             return

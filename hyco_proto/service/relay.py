@@ -209,6 +209,7 @@ class ControlChannel(Handler):
         self._body_for: str | None = None
         svc.bind(f"listener:{listener_id}", conn.id)
         svc.stats.listeners += 1
+        svc.stats.listeners_opened += 1
         self._registered = True
 
     def receive_data(self, now: float, data: bytes | memoryview) -> None:

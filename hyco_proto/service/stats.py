@@ -11,10 +11,13 @@ __all__ = ["ServiceStats"]
 class ServiceStats:
     """Counters a health endpoint can show."""
 
-    listeners: int = 0
+    listeners: int = 0  # connected now
+    listeners_opened: int = 0  # control channels opened since start
     relayed_pairs: int = 0
     messages_relayed: int = 0
     bytes_relayed: int = 0
     rejects: int = 0
     auth_failures: int = 0
     handshake_errors: int = 0
+    http_requests: int = 0  # relayed HTTP requests routed to a listener
+    http_bytes_relayed: int = 0  # request and response body bytes of relayed HTTP

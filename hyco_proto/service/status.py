@@ -156,14 +156,18 @@ def metrics_response_body(
            [(f'{{kind="{_label(kind)}"}}', count) for kind, count in sorted(live.items())])
     family("hyco_relayed_pairs_live", "gauge", "Relayed WebSocket pairs now open.",
            [("", live.get("relay", 0) // 2)])
-    for name, text in (("listeners", "Listener control channels opened."),
+    for name, text in (("listeners_opened", "Listener control channels opened."),
                        ("relayed_pairs", "WebSocket pairs joined."),
                        ("messages_relayed", "Messages relayed."),
                        ("bytes_relayed", "Payload bytes relayed."),
                        ("rejects", "Senders rejected by a listener."),
                        ("auth_failures", "Requests refused for their token."),
-                       ("handshake_errors", "Malformed or refused handshakes.")):
-        family(f"hyco_{name}_total", "counter", text, [("", getattr(stats, name))])
+                       ("handshake_errors", "Malformed or refused handshakes."),
+                       ("http_requests", "Relayed HTTP requests routed to a listener."),
+                       ("http_bytes_relayed", "Body bytes of relayed HTTP requests and "
+                                              "responses.")):
+        metric = "listeners" if name == "listeners_opened" else name
+        family(f"hyco_{metric}_total", "counter", text, [("", getattr(stats, name))])
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
