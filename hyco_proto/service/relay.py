@@ -101,9 +101,9 @@ class HybridConnectionsRoute:
             svc.stats.handshake_errors += 1
             if not head.is_upgrade:
                 # Most likely a relayed HTTP request sent to the WebSocket address.
-                path = relay_path(head.path) or "{hybrid connection}"
+                name = relay_path(head.path) or "{hybrid connection}"
                 text = (f"/$hc/ addresses are for WebSocket connections (expected Upgrade: "
-                        f"websocket). Relayed HTTP requests go to /{path} without $hc.")
+                        f"websocket). Relayed HTTP requests go to /{name} without $hc.")
                 door.respond(now, 426, text, close=True,
                              headers=[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")])
                 return
