@@ -11,13 +11,26 @@ the same way behind a hybrid connection.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from dataclasses import dataclass
 from urllib.parse import unquote, unquote_to_bytes
 
+from ..drivers.http import RESERVED_STATUSES
 from ..uris import parse_relay_uri
 
-__all__ = ["AppEndpoint", "load_app", "split_path", "wsgi_path"]
+__all__ = ["AppEndpoint", "load_app", "relay_status", "split_path", "wsgi_path"]
+
+
+def relay_status(status: int, log: logging.Logger, method: str, target: str) -> int:
+    """The application's status, except 502 / 504, which Azure Relay keeps for itself: those
+    go out as 500 (with the application's headers and body), and the log says so."""
+    if status in RESERVED_STATUSES:
+        log.warning("the application answered %s %s with %d, which Azure Relay reserves for "
+                    "the relay (%s); sent as 500", method, target, status,
+                    RESERVED_STATUSES[status])
+        return 500
+    return status
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,7 @@ from ..drivers.http import RelayedRequest, RequestCancelled, Response, split_tar
 from ..drivers.stream import ConnectionClosedError
 from ..errors import RelayError
 from ..listener import ConnectionRequested, Offline, RendezvousFailed
-from ._apps import AppEndpoint, split_path
+from ._apps import AppEndpoint, relay_status, split_path
 from .asyncio import RelayedServer, RelayedWebSocket
 
 __all__ = [
@@ -612,10 +612,12 @@ class AsgiBridge:
                 body = b"" if call.request.method == "HEAD" else b"".join(call.chunks)
                 call.chunks.clear()
                 call.buffered = 0
-                response = Response(call.status, call.headers, body)
+                status = relay_status(call.status, logger, request.method, request.target)
+                response = Response(status, call.headers, body)
                 call.finished()
             else:
-                response = Response(call.status, call.headers, _ResponseBody(call))
+                status = relay_status(call.status, logger, request.method, request.target)
+                response = Response(status, call.headers, _ResponseBody(call))
         except (TypeError, ValueError) as exc:
             logger.error("ASGI application: unusable response to %s %s: %s", request.method,
                          request.target, exc)

@@ -36,7 +36,7 @@ from typing import Any, Protocol, TypeAlias
 from ..drivers.decisions import Reject
 from ..drivers.http import Response
 from ..listener import ConnectionRequested
-from ._apps import AppEndpoint, wsgi_path
+from ._apps import AppEndpoint, relay_status, wsgi_path
 from .threads import RelayedServer
 
 __all__ = ["WSGIApp", "WsgiBridge", "create_server", "serve"]
@@ -205,13 +205,16 @@ class _Call:
         written, self.written = self.written, []
         return written
 
-    def response(self, body: bytes | Iterable[bytes]) -> Response:
+    def response(self, body: bytes | Iterable[bytes], request: _Request) -> Response:
         if self.status is None:
             raise AssertionError("the application never called start_response")
         code, _, reason = self.status.partition(" ")
         if not (len(code) == 3 and code.isdigit()):
             raise ValueError(f"status {self.status!r} does not start with a 3-digit code")
-        response = Response(int(code), self.headers, body, reason.strip())
+        status = relay_status(int(code), logger, request.method, request.target)
+        if status != int(code):
+            reason = ""
+        response = Response(status, self.headers, body, reason.strip() or None)
         self.sent = True
         return response
 
@@ -285,8 +288,8 @@ class WsgiBridge:
         try:
             response = self._response(call, result, request)
         except Exception:
-            logger.exception("WSGI application failed on %s %s", request.method,
-                             request.target)
+            logger.exception("WSGI application failed, or its response is unusable, on %s %s",
+                             request.method, request.target)
             try:
                 _close(result)
             except Exception:
@@ -319,12 +322,12 @@ class WsgiBridge:
                 if size < length:
                     continue
                 break  # all it declared: the rest (if any) is not sent (PEP 3333)
-            return call.response(self._rest(head, chunks, result, call, request))
+            return call.response(self._rest(head, chunks, result, call, request), request)
         head.extend(call.take_written())
         _close(result)
         body = b"".join(head)
         length = call.content_length()
-        return call.response(body if length is None else body[:length])
+        return call.response(body if length is None else body[:length], request)
 
     @staticmethod
     def _rest(head: list[bytes], chunks: Iterator[bytes], result: object, call: _Call,

@@ -110,6 +110,10 @@ async def a_nocontent(req: Request) -> StarletteResponse:
     return StarletteResponse(status_code=204)
 
 
+async def a_upstream(req: Request) -> PlainTextResponse:
+    return PlainTextResponse("upstream down\n", status_code=502)
+
+
 async def a_cookies(req: Request) -> PlainTextResponse:
     response = PlainTextResponse("cookies")
     response.set_cookie("a", "1")
@@ -215,6 +219,7 @@ asgi_app = Starlette(
         Route("/big", a_big),
         Route("/nocontent", a_nocontent),
         Route("/cookies", a_cookies),
+        Route("/upstream", a_upstream),
         Route("/stream", a_stream),
         Route("/sse", a_sse),
         Route("/forever", a_forever),
@@ -272,6 +277,11 @@ def w_big() -> Response:
 @wsgi_app.route("/nocontent")
 def w_nocontent() -> tuple[str, int]:
     return "", 204
+
+
+@wsgi_app.route("/upstream")
+def w_upstream() -> tuple[str, int]:
+    return "upstream down\n", 502
 
 
 @wsgi_app.route("/cookies")

@@ -188,6 +188,12 @@ def test_two_set_cookies(served: Served) -> None:
     assert "a=1" in cookies[0] and "b=2" in cookies[1] and "Path=/x" in ", ".join(cookies)
 
 
+def test_502_from_the_app_goes_out_as_500_with_its_body(served: Served) -> None:
+    # Azure Relay keeps 502 and 504 for itself; the app's body still reaches the sender.
+    reply = served.call("GET", "/upstream")
+    assert (reply.status, reply.body) == (500, b"upstream down\n")
+
+
 def test_app_exception_is_500(served: Served) -> None:
     reply = served.call("GET", "/boom")
     assert reply.status == 500

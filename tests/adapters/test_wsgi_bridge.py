@@ -270,7 +270,7 @@ def test_streamed_body_closed_early_closes_the_result() -> None:
 
 
 @pytest.mark.parametrize("app_kind", ["raises", "no_start", "bad_chunk", "bad_status",
-                                      "reserved", "raises_in_iter"])
+                                      "raises_in_iter"])
 def test_failures_are_500(app_kind: str) -> None:
     closed: list[bool] = []
 
@@ -292,7 +292,7 @@ def test_failures_are_500(app_kind: str) -> None:
             raise RuntimeError("boom")
         if app_kind == "no_start":
             return Result([b"x"])
-        status = {"bad_status": "OK", "reserved": "502 Bad Gateway"}.get(app_kind, "200 OK")
+        status = {"bad_status": "OK"}.get(app_kind, "200 OK")
         start_response(status, [])
         if app_kind == "bad_chunk":
             return Result(["text, not bytes"])
@@ -303,3 +303,14 @@ def test_failures_are_500(app_kind: str) -> None:
     response = run(app)
     assert (response.status, response.body) == (500, b"Internal Server Error")
     assert closed == ([] if app_kind == "raises" else [True])
+
+
+def test_reserved_502_goes_out_as_500_with_the_apps_body() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("502 Bad Gateway", [("Content-Type", "text/plain")])
+        return [b"upstream down"]
+
+    response = run(app)
+    assert (response.status, response.reason) == (500, "Internal Server Error")
+    body = response.body if isinstance(response.body, bytes) else b"".join(response.body)
+    assert body == b"upstream down"
