@@ -750,7 +750,7 @@ def _serve_wsgi(app: Any, uri: str, token: Any, args: argparse.Namespace,
 
 
 def cmd_http(args: argparse.Namespace) -> int:
-    from .adapters._apps import load_app
+    from .adapters._apps import app_kind, load_app
 
     ep = _endpoint(args)
     host, port = _split_host_port(ep.namespace)
@@ -767,6 +767,10 @@ def cmd_http(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     if not callable(app):
         raise CliError(f"{spec} is a {type(app).__name__}, not an application")
+    kind, wanted = app_kind(app), ("asgi" if args.asgi else "wsgi")
+    if kind is not None and kind != wanted:
+        raise CliError(f"{spec} looks like a{'n' if kind == 'asgi' else ''} {kind.upper()} "
+                       f"application; serve it with --{kind} instead of --{wanted}")
     _setup_logging(args.log_level)
 
     def on_error(error: Exception) -> None:

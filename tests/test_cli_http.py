@@ -124,3 +124,15 @@ def test_bad_application_spec() -> None:
         code, output = hyco.finish()
         assert code == 1, output
         assert why in output and "Traceback" not in output
+
+
+def test_an_app_of_the_other_kind_is_refused_at_start() -> None:
+    for flag, spec, why in (
+            ("--wsgi", "tests.adapters.http_apps:asgi_app", "looks like an ASGI application; "
+             "serve it with --asgi instead of --wsgi"),
+            ("--asgi", "tests.adapters.http_apps:wsgi_app", "looks like a WSGI application; "
+             "serve it with --wsgi instead of --asgi")):
+        hyco = Hyco("http", flag, spec, "--path", "x")
+        code, output = hyco.finish()
+        assert code == 1, output
+        assert why in output and "Traceback" not in output

@@ -11,15 +11,17 @@ the same way behind a hybrid connection.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import sys
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, unquote_to_bytes
 
 from ..drivers.http import RESERVED_STATUSES
 from ..uris import parse_relay_uri
 
-__all__ = ["AppEndpoint", "load_app", "relay_status", "split_path", "wsgi_path"]
+__all__ = ["AppEndpoint", "app_kind", "load_app", "relay_status", "split_path", "wsgi_path"]
 
 
 def relay_status(status: int, log: logging.Logger, method: str, target: str) -> int:
@@ -108,3 +110,22 @@ def load_app(spec: str, *, app_dir: str | None = ".") -> object:
         except AttributeError:
             raise ValueError(f"module {module_name!r} has no attribute {attribute!r}") from None
     return obj
+
+
+def app_kind(app: Any) -> str | None:
+    """``"asgi"`` or ``"wsgi"`` when the callable's shape says so, else None (unknown).
+
+    ASGI 3 applications are coroutine functions (or objects whose ``__call__`` is one) of
+    ``(scope, receive, send)``; WSGI ones plain callables of ``(environ, start_response)``.
+    """
+    if not callable(app):
+        return None
+    call = app if inspect.isfunction(app) or inspect.ismethod(app) else app.__call__
+    if inspect.iscoroutinefunction(call):
+        return "asgi"
+    try:
+        params = [p for p in inspect.signature(call).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return None
+    return "wsgi" if len(params) == 2 else None
