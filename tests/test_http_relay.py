@@ -539,3 +539,15 @@ def test_relayed_http_is_counted_in_status_and_metrics() -> None:
     assert "hyco_http_requests_total 1\n" in text
     assert "hyco_http_bytes_relayed_total 8\n" in text
     assert "hyco_listeners_total 2\n" in text
+
+
+def test_request_rendezvous_must_use_its_own_hybrid_connection() -> None:
+    net = Net()
+    control = listen(net)
+    listen(net, "otherhc")
+    net.connect_raw(request_bytes("POST", "/myhc/c", chunked=True))
+    address = control.texts()[0]["request"]["address"]
+    elsewhere = WsClient(net, address.replace("/$hc/myhc?", "/$hc/otherhc?"))
+    assert isinstance(elsewhere.events[0], Refused)
+    assert elsewhere.events[0].response.status == 403
+    open_rendezvous(net, address)  # the right address still works (the refusal took nothing)

@@ -514,11 +514,17 @@ class RelayBroker:
         out[name] = f"{out[name]}, {via}" if name in out else via
         return out
 
-    def request_rendezvous(self, now: float, query: str) -> PendingRequest | Refused:
-        """The listener opens ``sb-hc-action=request`` for a request: single use, and only
-        while the request is in flight."""
+    def request_rendezvous(self, now: float, query: str,
+                           path: str | None = None) -> PendingRequest | Refused:
+        """The listener opens ``sb-hc-action=request`` for a request: single use, only while
+        the request is in flight, and only on the hybrid connection it was issued for
+        (``path`` without ``$hc``, when given)."""
         request_id = _query_value(query, "sb-hc-id")
         pending = self.registry.request(request_id) if request_id else None
+        if pending is not None and path is not None:
+            hc = self.config.lookup(path)
+            if hc is None or hc.name.lower() != pending.hc.name.lower():
+                pending = None
         if pending is None or pending.rendezvous_taken:
             return self._refuse(now, 403, "The rendezvous address is invalid or has expired.")
         pending.rendezvous_taken = True

@@ -379,7 +379,8 @@ class HttpExchange:
 def open_request_rendezvous(svc: ServiceCore, door: FrontDoor, handshake: ServerHandshake,
                             request: HandshakeRequest, query: str, now: float) -> None:
     """``sb-hc-action=request``: the listener's rendezvous for one HTTP request."""
-    result = svc.broker.request_rendezvous(now, query)
+    result = svc.broker.request_rendezvous(now, query, relay_path(door.head.path)
+                                           if door.head is not None else None)
     exchange = svc.exchange(result.id) if isinstance(result, PendingRequest) else None
     if isinstance(result, Refused) or exchange is None or exchange.done:
         description = result.description if isinstance(result, Refused) else \
