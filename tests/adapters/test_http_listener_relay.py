@@ -295,3 +295,28 @@ def test_blocking_one_listener_for_websockets_and_http(adapter: ModuleType,
             assert body == b"http /x"
     finally:
         server.close()
+
+
+@async_test
+async def test_a_sender_that_half_closes_after_its_request_still_gets_the_response() -> None:
+    aio = asyncio_names()
+
+    async def handler(request: Any) -> Any:
+        await asyncio.sleep(0.05)  # answer after the sender's FIN has reached the relay
+        return aio.Response(200, body=b"after half-close")
+
+    def half_close(port: int) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=WAIT) as sock:
+            sock.sendall(f"GET /myhc/x HTTP/1.1\r\nHost: x\r\nServiceBusAuthorization: "
+                         f"{token(f'http://127.0.0.1:{port}/myhc')}\r\n\r\n".encode())
+            sock.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+            return answer
+
+    async with RelayServiceServer(port=0) as relay:
+        uri = f"{relay.url}/$hc/myhc"
+        async with aio.RelayedServer(uri, lambda: token(uri), request_handler=handler):
+            answer = await asyncio.to_thread(half_close, relay.port)
+            assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"after half-close")

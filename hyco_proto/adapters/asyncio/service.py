@@ -97,7 +97,10 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
         server = self._server
         server.service.receive_eof(time.time(), self.conn_id)
         server._after_input(self.conn_id)
-        return False  # close our side too, after flushing what is buffered
+        # Keep our side open: the core closes the connection (b"") when it is done with it —
+        # at once for WebSocket connections, after the response for an HTTP sender that
+        # half-closed once its request was sent. TLS cannot half-close (asyncio ignores True).
+        return server.ssl is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         server = self._server
