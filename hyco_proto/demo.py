@@ -1,7 +1,8 @@
 """``make demo``: Hybrid Connections end to end on the embedded local relay.
 
 Starts the relay service on a free loopback port, a listener (``RelayedServer``) that echoes, and
-a sender (``relayed_connect``); exchanges messages and prints round-trip latency and throughput.
+a sender (``relayed_connect``); exchanges messages and prints round-trip latency and throughput;
+then sends relayed HTTP requests (``relayed_request``) that the same listener answers.
 ``python -m hyco_proto.demo --in-memory`` runs the same story on the sans-IO cores alone (virtual
 clock, no sockets) and prints every protocol step.
 """
@@ -14,11 +15,28 @@ import statistics
 import sys
 import time
 
-from .adapters.asyncio import RelayedServer, RelayedWebSocket, RelayServiceServer, relayed_connect
+from .adapters.asyncio import (
+    RelayedRequest,
+    RelayedServer,
+    RelayedWebSocket,
+    RelayServiceServer,
+    Response,
+    relayed_connect,
+    relayed_request,
+)
 from .listener import ConnectionRequested, Listener, TokenRenewed
 from .memory import MemoryNetwork
 from .sas import create_relay_token
 from .service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY
+
+
+async def _answer(request: RelayedRequest) -> Response:
+    """Relayed HTTP requests to the same listener: echo what arrived."""
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+    return Response(200, {"Content-Type": "text/plain"},
+                    f"{request.method} {request.path}?{request.query}: {size} bytes")
 
 
 def _say(step: str, text: str) -> None:
@@ -48,7 +66,8 @@ async def run_sockets(*, round_trips: int = 2000, small: int = 20000, big: int =
         def listener_token() -> str:
             return create_relay_token(listen_uri, DEFAULT_RULE_NAME, DEVELOPMENT_KEY)
 
-        async with RelayedServer(listen_uri, listener_token, connection=_echo) as server:
+        async with RelayedServer(listen_uri, listener_token, connection=_echo,
+                                 request_handler=_answer) as server:
             _say("listener", f"control channel open ({server.state.value})")
             token = create_relay_token(send_uri, DEFAULT_RULE_NAME, DEVELOPMENT_KEY)
             ws = await relayed_connect(send_uri, token, subprotocols=["orders.v1"])
@@ -104,10 +123,24 @@ async def run_sockets(*, round_trips: int = 2000, small: int = 20000, big: int =
 
             await ws.close(1000, "done")
             _say("sender", f"closed: {ws.close_code} {ws.close_reason!r}")
+            # The same listener answers plain HTTP requests relayed to it (hyco-https style).
+            url = f"http://127.0.0.1:{relay.port}/demo/orders?region=eu"
+            http_token = create_relay_token(url, DEFAULT_RULE_NAME, DEVELOPMENT_KEY)
+            async with relayed_request("GET", url, http_token) as response:
+                _say("http", f"GET {url} -> {response.status} "
+                     f"{(await response.read()).decode()!r}")
+            upload = bytes(8 << 20)
+            start = time.perf_counter()
+            async with relayed_request("POST", url, http_token, body=upload) as response:
+                answer = (await response.read()).decode()
+            elapsed = time.perf_counter() - start
+            _say("http", f"POST 8 MiB through the relay: {response.status} {answer!r}, "
+                 f"{len(upload) / elapsed / 1e6:,.0f} MB/s")
         stats = relay.service.stats
         print(
             f"relay stats: {stats.relayed_pairs} relayed pair(s), {stats.messages_relayed:,} "
-            f"frames, {stats.bytes_relayed:,} payload bytes relayed"
+            f"frames, {stats.bytes_relayed:,} payload bytes relayed; {stats.http_requests} "
+            f"HTTP request(s), {stats.http_bytes_relayed:,} body bytes"
         )
     return 0
 

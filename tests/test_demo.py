@@ -16,6 +16,8 @@ def test_socket_demo_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert "got back 'hello'" in out and "subprotocol 'orders.v1'" in out
     assert "messages/s" in out and "MB/s" in out
     assert "1 relayed pair(s)" in out
+    assert "-> 200 'GET /orders?region=eu: 0 bytes'" in out
+    assert "200 'POST /orders?region=eu: 8388608 bytes'" in out and "2 HTTP request(s)" in out
 
 
 def test_in_memory_demo_runs(capsys: pytest.CaptureFixture[str]) -> None:
