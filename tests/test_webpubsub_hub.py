@@ -486,3 +486,15 @@ def test_public_names_are_exported() -> None:
     import hyco_proto.webpubsub as wps
 
     assert wps.Hub is Hub and wps.Deliver is Deliver and wps.UpstreamEvent is UpstreamEvent
+
+
+def test_a_reliable_client_that_closes_normally_is_gone_at_once() -> None:
+    hub = make_hub()
+    done = hub.connect(0.0, groups=["g"], subprotocol=RELIABLE).connection_id
+    broken = hub.connect(0.0, groups=["g"], subprotocol=RELIABLE).connection_id
+    hub.transport_lost(1.0, done, 1000)  # the client said goodbye: no session to keep
+    hub.transport_lost(1.0, broken, 1006)  # an unexpected drop: kept for recovery
+    assert not hub.connection_exists(done) and not hub.recover(2.0, done, "t1",
+                                                                RELIABLE).accepted
+    assert hub.connection_exists(broken)
+    assert hub.group_exists("g")

@@ -304,16 +304,19 @@ class Hub:
         conn.lost_at = None
         return RecoverResult(True, [Deliver(connection_id, frame) for _, frame, _ in conn.unacked])
 
-    def transport_lost(self, now: float, connection_id: str) -> None:
+    def transport_lost(self, now: float, connection_id: str, code: int | None = None) -> None:
         """The connection's WebSocket is gone (closed by the client or broken).
 
-        A reliable connection waits :attr:`recovery_window` seconds for :meth:`recover`; any
-        other connection is removed at once, leaving its groups.
+        ``code`` is the close code the client sent, or ``None`` when the connection broke
+        without a closing handshake. A reliable connection that dropped unexpectedly waits
+        :attr:`recovery_window` seconds for :meth:`recover`; one the client closed normally
+        (1000: it is done, reference §9.2 keeps sessions only after an unexpected drop) and
+        any other connection is removed at once, leaving its groups.
         """
         conn = self._connections.get(connection_id)
         if conn is None or conn.lost_at is not None:
             return
-        if conn.reliable:
+        if conn.reliable and code != CLOSE_NORMAL:
             conn.lost_at = now
         else:
             self._drop(conn)
