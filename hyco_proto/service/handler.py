@@ -29,6 +29,7 @@ class ConnectionKind(enum.Enum):
     RELAY = "relay"  # one leg of a joined pair
     HTTP = "http"  # a relayed HTTP request in flight (the sender's connection)
     REQUEST = "request"  # a listener's rendezvous for one HTTP request
+    WEBPUBSUB = "webpubsub"  # a Web PubSub client's WebSocket
     CLOSED = "closed"
 
 

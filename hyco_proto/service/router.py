@@ -36,6 +36,7 @@ from .http_relay import RESPONSE_TIMEOUT, HttpExchange, HttpRelayRoute, open_req
 from .relay import BY_RELAY, ControlChannel, HybridConnectionsRoute, WaitingSender
 from .stats import ServiceStats
 from .status import RefusalLog, service_endpoint
+from .webpubsub import WebPubSubRoute, WebPubSubService
 
 __all__ = ["ConnectionKind", "RelayService", "ServiceEndpointsRoute", "ServiceStats"]
 
@@ -78,6 +79,7 @@ class RelayService:
         close_timeout: float = 10.0,
         max_frame_size: int = 0,
         http_timeout: float = RESPONSE_TIMEOUT,
+        webpubsub: WebPubSubService | None = None,
     ) -> None:
         self.broker = broker or RelayBroker(config)
         #: Seconds a client has to send a complete request head.
@@ -102,6 +104,13 @@ class RelayService:
             ServiceEndpointsRoute(self),
             HttpRelayRoute(self),
         ]
+        #: The Web PubSub hubs (work in progress), served to connections made with
+        #: ``service="webpubsub"`` — on a port of their own, since ``/client/…`` would shadow a
+        #: hybrid connection named ``client``.
+        self.webpubsub = webpubsub
+        self.route_sets: dict[str, list[Route]] = {"relay": self.routes}
+        if webpubsub is not None:
+            self.route_sets["webpubsub"] = [WebPubSubRoute(self, webpubsub)]
         self._handlers: dict[int, Handler] = {}
         self._closed: set[int] = set()  # closed by us, until the driver reports it gone
         #: Connections whose handler has (or had) a deadline; see ``next_deadline``.
@@ -115,12 +124,19 @@ class RelayService:
     # -- driver API ------------------------------------------------------------------------
 
     def connection_made(
-        self, now: float, remote: tuple[str, int] = ("127.0.0.1", 0), *, scheme: str = "ws"
+        self, now: float, remote: tuple[str, int] = ("127.0.0.1", 0), *, scheme: str = "ws",
+        service: str = "relay",
     ) -> int:
-        """A TCP (or TLS, ``scheme="wss"``) connection was accepted; returns its id."""
+        """A TCP (or TLS, ``scheme="wss"``) connection was accepted; returns its id.
+        ``service`` names the routes it is served by (``"relay"``, or ``"webpubsub"`` when the
+        service has Web PubSub hubs)."""
+        routes = self.route_sets.get(service)
+        if routes is None:
+            raise ValueError(f"this service has no {service!r} routes (it has: "
+                             f"{', '.join(self.route_sets)})")
         conn = Connection(self._next_id, remote, scheme, now)
         self._next_id += 1
-        self._handlers[conn.id] = FrontDoor(self, conn, self.routes)
+        self._handlers[conn.id] = FrontDoor(self, conn, routes)
         return conn.id
 
     def receive_data(self, now: float, conn_id: int, data: bytes | memoryview) -> None:
@@ -166,6 +182,10 @@ class RelayService:
         # Only connections that ever had a deadline are looked at (not every relayed pair on
         # every read); the ones whose deadline has gone are dropped on the way.
         best = self.broker.next_deadline()
+        if self.webpubsub is not None:
+            hubs = self.webpubsub.next_deadline()
+            if hubs is not None and (best is None or hubs < best):
+                best = hubs
         for conn_id in list(self._timed):
             handler = self._handlers.get(conn_id)
             deadline = handler.deadline() if handler is not None else None
@@ -183,6 +203,8 @@ class RelayService:
                 continue
             handler.handle_timer(now)
         self.broker.handle_timer(now)
+        if self.webpubsub is not None:
+            self.webpubsub.handle_timer(now)
         self._run_broker(now)
 
     def peer_of(self, conn_id: int) -> int | None:
