@@ -80,7 +80,7 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         remote = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("127.0.0.1", 0)
         self.conn_id = server.service.connection_made(
-            time.time(), remote, scheme=server.scheme)
+            time.time(), remote, scheme=server.scheme, service=server.routes)
         server._protocols[self.conn_id] = self
         server._after_input(self.conn_id)
 
@@ -160,7 +160,8 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
 class RelayServiceServer:
     """Serve a :class:`RelayService` on ``host``:``port`` (``port=0``: any free port).
 
-    Pass a ready ``service`` or a ``config`` for a new one. With ``ssl`` the service speaks
+    Pass a ready ``service`` or a ``config`` for a new one. ``routes`` picks the service's route
+    set this port serves (``"webpubsub"``: its Web PubSub hubs). With ``ssl`` the service speaks
     ``wss://``. Use ``async with RelayServiceServer(...) as server:`` or ``await start()`` /
     ``await close()``; ``server.url`` is the base address clients use (``ws://127.0.0.1:9090``).
     """
@@ -174,6 +175,7 @@ class RelayServiceServer:
         port: int = 9090,
         ssl: _ssl.SSLContext | None = None,
         write_high_water: int = DEFAULT_WRITE_HIGH_WATER,
+        routes: str = "relay",
     ) -> None:
         if service is not None and config is not None:
             raise ValueError("pass either a RelayService or a ServiceConfig, not both")
@@ -185,6 +187,12 @@ class RelayServiceServer:
         self.ssl = ssl
         self.scheme = "wss" if ssl is not None else "ws"
         self.write_high_water = write_high_water
+        #: Which of the service's route sets this port serves ("relay", or "webpubsub" for a
+        #: service built with Web PubSub hubs).
+        if routes not in self.service.route_sets:
+            raise ValueError(f"the service has no {routes!r} routes (it has: "
+                             f"{', '.join(self.service.route_sets)})")
+        self.routes = routes
         self._server: asyncio.AbstractServer | None = None
         self._protocols: dict[int, _ServiceProtocol] = {}
         self._timer: asyncio.TimerHandle | None = None
