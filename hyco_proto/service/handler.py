@@ -13,13 +13,15 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from ..websocket import State, WebSocketConnection
+
 if TYPE_CHECKING:
     from .broker import RelayBroker
     from .http_relay import HttpExchange
     from .stats import ServiceStats
     from .status import RefusalLog
 
-__all__ = ["Connection", "ConnectionKind", "Handler", "ServiceCore"]
+__all__ = ["Connection", "ConnectionKind", "Handler", "ServiceCore", "WebSocketHandler"]
 
 
 class ConnectionKind(enum.Enum):
@@ -147,3 +149,41 @@ class Handler:
         self.connection_lost(now)
         self.svc.close(self.id)
         self.kind = ConnectionKind.CLOSED
+
+
+class WebSocketHandler(Handler):
+    """A connection the service itself speaks WebSocket on (server role, in ``ws``): a
+    listener's control channel, a request rendezvous, a Web PubSub client. Subclasses handle
+    the events in :meth:`pump` and let go of what they registered in :meth:`gone`."""
+
+    ws: WebSocketConnection
+
+    def receive_data(self, now: float, data: bytes | memoryview) -> None:
+        self.ws.receive_data(bytes(data))
+        self.pump(now)
+
+    def receive_eof(self, now: float) -> None:
+        self.ws.receive_eof()
+        self.pump(now)
+
+    def connection_lost(self, now: float) -> None:
+        if self.ws.state is not State.CLOSED:
+            self.ws.receive_eof()
+            self.pump(now)
+        self.gone(now)
+
+    def pump(self, now: float) -> None:
+        """Handle what ``ws`` received, then :meth:`flush`."""
+        raise NotImplementedError
+
+    def gone(self, now: float) -> None:
+        """The TCP connection is over (called once it is lost; may run more than once)."""
+
+    def flush(self) -> None:
+        """Write what ``ws`` has to send; its ``b""`` closes the connection."""
+        for chunk in self.ws.data_to_send():
+            if chunk == b"":
+                self.svc.close(self.id)
+                self.kind = ConnectionKind.CLOSED
+            else:
+                self.svc.send(self.id, chunk)

@@ -31,13 +31,12 @@ from ..websocket import (
     BinaryFragment,
     ConnectionClosed,
     Role,
-    State,
     TextMessage,
     WebSocketConnection,
 )
 from .broker import BadResponse, Refused
 from .front import FrontDoor, RequestHead, reason_phrase
-from .handler import Connection, ConnectionKind, Handler, ServiceCore
+from .handler import Connection, ConnectionKind, ServiceCore, WebSocketHandler
 from .registry import PendingRequest
 from .relay import BY_RELAY, ControlChannel, can_send, refuse_upgrade, relay_path
 
@@ -395,7 +394,7 @@ def open_request_rendezvous(svc: ServiceCore, door: FrontDoor, handshake: Server
     rendezvous.pump(now)
 
 
-class RequestRendezvous(Handler):
+class RequestRendezvous(WebSocketHandler):
     """A listener's WebSocket for one relayed HTTP request (``sb-hc-action=request``)."""
 
     kind = ConnectionKind.REQUEST
@@ -410,18 +409,7 @@ class RequestRendezvous(Handler):
         self._body_expected = False
         self._closing_deadline: float | None = None
 
-    def receive_data(self, now: float, data: bytes | memoryview) -> None:
-        self.ws.receive_data(bytes(data))
-        self.pump(now)
-
-    def receive_eof(self, now: float) -> None:
-        self.ws.receive_eof()
-        self.pump(now)
-
-    def connection_lost(self, now: float) -> None:
-        if self.ws.state is not State.CLOSED:
-            self.ws.receive_eof()
-            self.pump(now)
+    def gone(self, now: float) -> None:
         self._lost(now)
 
     def _lost(self, now: float) -> None:
@@ -502,14 +490,6 @@ class RequestRendezvous(Handler):
         self._closing_deadline = None
         self.svc.close(self.id)
         self.kind = ConnectionKind.CLOSED
-
-    def flush(self) -> None:
-        for chunk in self.ws.data_to_send():
-            if chunk == b"":
-                self.svc.close(self.id)
-                self.kind = ConnectionKind.CLOSED
-            else:
-                self.svc.send(self.id, chunk)
 
     def deadline(self) -> float | None:
         return self._closing_deadline

@@ -27,7 +27,7 @@ from ..websocket import (
 )
 from .broker import BadResponse, Refused, RendezvousAccepted, RendezvousRejected
 from .front import FrontDoor, RequestHead
-from .handler import Connection, ConnectionKind, Handler, ServiceCore
+from .handler import Connection, ConnectionKind, Handler, ServiceCore, WebSocketHandler
 
 __all__ = [
     "HC_PREFIX",
@@ -195,7 +195,7 @@ class HybridConnectionsRoute:
                 leg.receive_data(now, early[leg.id])
 
 
-class ControlChannel(Handler):
+class ControlChannel(WebSocketHandler):
     """A listener's control channel: a WebSocket the service speaks (§3)."""
 
     kind = ConnectionKind.LISTENER
@@ -212,18 +212,7 @@ class ControlChannel(Handler):
         svc.stats.listeners_opened += 1
         self._registered = True
 
-    def receive_data(self, now: float, data: bytes | memoryview) -> None:
-        self.ws.receive_data(bytes(data))
-        self.pump(now)
-
-    def receive_eof(self, now: float) -> None:
-        self.ws.receive_eof()
-        self.pump(now)
-
-    def connection_lost(self, now: float) -> None:
-        if self.ws.state is not State.CLOSED:
-            self.ws.receive_eof()
-            self.pump(now)
+    def gone(self, now: float) -> None:
         self._unregister(now)
 
     def _unregister(self, now: float) -> None:
@@ -285,14 +274,6 @@ class ControlChannel(Handler):
         self._unregister(now)
         self.svc.close(self.id)
         self.kind = ConnectionKind.CLOSED
-
-    def flush(self) -> None:
-        for chunk in self.ws.data_to_send():
-            if chunk == b"":
-                self.svc.close(self.id)
-                self.kind = ConnectionKind.CLOSED
-            else:
-                self.svc.send(self.id, chunk)
 
 
 class WaitingSender(Handler):

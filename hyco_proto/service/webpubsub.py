@@ -31,7 +31,7 @@ from ..websocket import (
     WebSocketConnection,
 )
 from .front import FrontDoor, RequestHead
-from .handler import Connection, ConnectionKind, Handler, ServiceCore
+from .handler import Connection, ConnectionKind, ServiceCore, WebSocketHandler
 
 __all__ = ["WebPubSubRoute", "WebPubSubService", "WebPubSubSocket"]
 
@@ -163,7 +163,7 @@ class WebPubSubRoute:
         door.send_raw(handshake.reject(status, reason))
 
 
-class WebPubSubSocket(Handler):
+class WebPubSubSocket(WebSocketHandler):
     """One Web PubSub client's WebSocket: frames to its hub, the hub's answers to sockets."""
 
     kind = ConnectionKind.WEBPUBSUB
@@ -183,18 +183,7 @@ class WebPubSubSocket(Handler):
         self._attached = True
         svc.bind(self.name_of(hub, connection_id), conn.id)
 
-    def receive_data(self, now: float, data: bytes | memoryview) -> None:
-        self.ws.receive_data(bytes(data))
-        self.pump(now)
-
-    def receive_eof(self, now: float) -> None:
-        self.ws.receive_eof()
-        self.pump(now)
-
-    def connection_lost(self, now: float) -> None:
-        if self.ws.state is not State.CLOSED:
-            self.ws.receive_eof()
-            self.pump(now)
+    def gone(self, now: float) -> None:
         self._detach(now, None)
 
     def replaced(self) -> None:
@@ -248,14 +237,6 @@ class WebPubSubSocket(Handler):
             ws.send_close(action.code, action.reason[:120])
             self._detach(now, action.code)
         self.flush()
-
-    def flush(self) -> None:
-        for chunk in self.ws.data_to_send():
-            if chunk == b"":
-                self.svc.close(self.id)
-                self.kind = ConnectionKind.CLOSED
-            else:
-                self.svc.send(self.id, chunk)
 
     def shutdown(self, now: float, code: int, reason: str) -> None:
         if self.ws.state is State.OPEN:
