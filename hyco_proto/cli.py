@@ -562,9 +562,9 @@ def _parse_headers(values: Sequence[str] | None) -> list[tuple[str, str]]:
     return headers
 
 
-async def _listen(args: argparse.Namespace) -> int:
-    from .adapters.asyncio import RelayedServer
-
+def _listen_target(args: argparse.Namespace
+                   ) -> tuple[_Endpoint, str, Callable[[], str] | str]:
+    """Where ``hyco listen`` / ``hyco http`` listen, and the token (or its source) to use."""
     ep = _endpoint(args)
     host, port = _split_host_port(ep.namespace)
     uri = create_relay_listen_uri(host if ":" not in host else f"[{host}]", ep.path,
@@ -573,6 +573,13 @@ async def _listen(args: argparse.Namespace) -> int:
     if token is None:
         raise CliError("no credentials: pass --key (and --rule), --token or a connection "
                        "string with a key")
+    return ep, uri, token
+
+
+async def _listen(args: argparse.Namespace) -> int:
+    from .adapters.asyncio import RelayedServer
+
+    ep, uri, token = _listen_target(args)
     context = client_ssl_context(args.cafile, args.insecure)
 
     def on_error(error: Exception) -> None:
@@ -752,14 +759,7 @@ def _serve_wsgi(app: Any, uri: str, token: Any, args: argparse.Namespace,
 def cmd_http(args: argparse.Namespace) -> int:
     from .adapters._apps import app_kind, load_app
 
-    ep = _endpoint(args)
-    host, port = _split_host_port(ep.namespace)
-    uri = create_relay_listen_uri(host if ":" not in host else f"[{host}]", ep.path,
-                                  scheme=ep.scheme, port=port)
-    token = ep.token_for(uri, args.ttl)
-    if token is None:
-        raise CliError("no credentials: pass --key (and --rule), --token or a connection "
-                       "string with a key")
+    ep, uri, token = _listen_target(args)
     spec = args.asgi or args.wsgi
     try:
         app = load_app(spec, app_dir=args.app_dir)

@@ -519,12 +519,14 @@ class ConnectionString:
                                   self.shared_access_key, expiration_seconds, now=now)
 
 
-def parse_connection_string(text: str) -> ConnectionString:
-    """Parse an Azure Relay connection string.
+def split_connection_string(text: str, keys: Mapping[str, str]
+                            ) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """``Key=Value;…`` as (the known keys under their canonical names, the other pairs).
 
-    Keys are case-insensitive; whitespace around keys and values and empty segments (a trailing
-    ``;``) are ignored; a value may contain ``=`` (base64 padding). ``ValueError`` names the
-    missing or bad field.
+    ``keys`` maps lower-case names to canonical ones. Keys are case-insensitive; whitespace
+    around keys and values and empty segments are ignored; a value may contain ``=``.
+    ``ValueError`` for a segment that is not ``Key=Value`` (naming only what comes before any
+    ``=``: values may be secrets) or a known key given twice.
     """
     if not isinstance(text, str):
         raise TypeError(f"connection string must be a str, not {type(text).__name__}")
@@ -536,14 +538,25 @@ def parse_connection_string(text: str) -> ConnectionString:
         key, eq, value = segment.partition("=")
         key, value = key.strip(), value.strip()
         if not eq or not key:
-            raise ValueError(f"connection string segment {segment.strip()!r} is not Key=Value")
-        canonical = _CS_KEYS.get(key.lower())
+            raise ValueError(f"connection string segment {key[:40]!r} is not Key=Value")
+        canonical = keys.get(key.lower())
         if canonical is None:
             extras.append((key, value))
-            continue
-        if canonical in known:
+        elif canonical in known:
             raise ValueError(f"connection string has {canonical} more than once")
-        known[canonical] = value
+        else:
+            known[canonical] = value
+    return known, extras
+
+
+def parse_connection_string(text: str) -> ConnectionString:
+    """Parse an Azure Relay connection string.
+
+    Keys are case-insensitive; whitespace around keys and values and empty segments (a trailing
+    ``;``) are ignored; a value may contain ``=`` (base64 padding). ``ValueError`` names the
+    missing or bad field.
+    """
+    known, extras = split_connection_string(text, _CS_KEYS)
     endpoint = known.get("Endpoint")
     if not endpoint:
         raise ValueError("connection string has no Endpoint (expected "

@@ -54,6 +54,7 @@ from ..websocket import (
     TextMessage,
 )
 from .connection import ClientConnection, HandshakeFailed, Opened, Refused
+from .http_client import body_bytes
 
 __all__ = [
     "CONTROL_BODY_LIMIT",
@@ -188,14 +189,8 @@ def _headers(headers: HeadersArg) -> tuple[tuple[str, str], ...]:
 
 
 def body_chunk(chunk: object) -> bytes:
-    """One piece of a streamed body as bytes: bytes-like as is, str as UTF-8."""
-    if isinstance(chunk, bytes):
-        return chunk
-    if isinstance(chunk, (bytearray, memoryview)):
-        return bytes(chunk)
-    if isinstance(chunk, str):
-        return chunk.encode("utf-8")
-    raise TypeError(f"a response body yields bytes (or str), not {type(chunk).__name__}")
+    """One piece of a streamed response body as bytes: bytes-like as is, str as UTF-8."""
+    return body_bytes(chunk, "a response body yields")
 
 
 class Response:

@@ -128,15 +128,16 @@ HttpEvent = ResponseHead | BodyData | ResponseEnd | ResponseFailed
 # ----------------------------------------------------------------------------------- bodies
 
 
-def body_bytes(chunk: object) -> bytes:
-    """One body chunk as bytes: bytes-like as is, ``str`` as UTF-8; ``TypeError`` otherwise."""
+def body_bytes(chunk: object, what: str = "request body chunks must be") -> bytes:
+    """One body chunk as bytes: bytes-like as is, ``str`` as UTF-8; ``TypeError`` (starting
+    with ``what``) otherwise."""
     if isinstance(chunk, bytes):
         return chunk
     if isinstance(chunk, (bytearray, memoryview)):
         return bytes(chunk)
     if isinstance(chunk, str):
         return chunk.encode("utf-8")
-    raise TypeError(f"request body chunks must be bytes (or str), not {type(chunk).__name__}")
+    raise TypeError(f"{what} bytes (or str), not {type(chunk).__name__}")
 
 
 def body_pieces(data: bytes, size: int = BODY_PIECE) -> Iterator[bytes]:

@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
+from ..uris import split_connection_string
+
 __all__ = [
     "ACCESS_TOKEN",
     "CONNECTION_ID",
@@ -271,25 +273,7 @@ def parse_connection_string(text: str) -> WebPubSubConnectionString:
     the JS server SDK); ``Port=`` replaces the endpoint's port. ``ValueError`` names the problem
     (never the key).
     """
-    if not isinstance(text, str):
-        raise TypeError(f"connection string must be a str, not {type(text).__name__}")
-    known: dict[str, str] = {}
-    extras: list[tuple[str, str]] = []
-    for segment in text.split(";"):
-        if not segment.strip():
-            continue
-        key, eq, value = segment.partition("=")
-        key, value = key.strip(), value.strip()
-        if not eq or not key:
-            raise ValueError("connection string segment is not Key=Value: "
-                             f"{key[:40]!r}{'' if eq else ' has no ='}")
-        canonical = _CS_KEYS.get(key.lower())
-        if canonical is None:
-            extras.append((key, value))
-        elif canonical in known:
-            raise ValueError(f"connection string has {canonical} more than once")
-        else:
-            known[canonical] = value
+    known, extras = split_connection_string(text, _CS_KEYS)
     raw = known.get("Endpoint")
     if not raw:
         raise ValueError("connection string has no Endpoint (expected "
