@@ -33,7 +33,7 @@ from ..websocket import (
 from .front import FrontDoor, RequestHead
 from .handler import Connection, ConnectionKind, ServiceCore, WebSocketHandler
 
-__all__ = ["WebPubSubRoute", "WebPubSubService", "WebPubSubSocket"]
+__all__ = ["WebPubSubRoute", "WebPubSubService", "WebPubSubSocket", "apply_hub_actions"]
 
 logger = logging.getLogger("hyco_proto.service")
 
@@ -163,6 +163,17 @@ class WebPubSubRoute:
         door.send_raw(handshake.reject(status, reason))
 
 
+def apply_hub_actions(svc: ServiceCore, hub: Hub, now: float, actions: list[HubAction]) -> None:
+    """Carry out ``actions`` of ``hub`` (from a client frame, a REST call or a timer): frames and
+    closes go to the sockets of the connections they name; unattached ones are skipped."""
+    for action in actions:
+        if isinstance(action, (Deliver, CloseTransport)):
+            target = svc.lookup(WebPubSubSocket.name_of(hub, action.connection_id))
+            if isinstance(target, WebPubSubSocket):
+                target.deliver(now, action)
+        # UpstreamEvent: no upstream (event handler) is configured in the emulator yet.
+
+
 class WebPubSubSocket(WebSocketHandler):
     """One Web PubSub client's WebSocket: frames to its hub, the hub's answers to sockets."""
 
@@ -217,12 +228,7 @@ class WebPubSubSocket(WebSocketHandler):
 
     def apply(self, now: float, actions: list[HubAction]) -> None:
         """Carry out what the hub answered (frames and closes for any of its connections)."""
-        for action in actions:
-            if isinstance(action, (Deliver, CloseTransport)):
-                target = self.svc.lookup(self.name_of(self.hub, action.connection_id))
-                if isinstance(target, WebPubSubSocket):
-                    target.deliver(now, action)
-            # UpstreamEvent: no upstream (event handler) is configured in the emulator yet.
+        apply_hub_actions(self.svc, self.hub, now, actions)
 
     def deliver(self, now: float, action: Deliver | CloseTransport) -> None:
         ws = self.ws
