@@ -86,12 +86,14 @@ from .messages import (
     EventMessage,
     GroupDataMessage,
     JoinGroupMessage,
+    JsonValue,
     LeaveGroupMessage,
     PingMessage,
     SendToGroupMessage,
     SequenceAckMessage,
     ServerDataMessage,
     WebPubSubProtocolError,
+    data_value,
     parse_service_message,
     serialize,
 )
@@ -100,7 +102,9 @@ __all__ = [
     "CONNECTION_LOST",
     "DEFAULT_RECONNECT_DELAYS",
     "DEFAULT_RECOVERY_DELAYS",
+    "EVENT_NAMES",
     "AckResolved",
+    "AckTimeoutError",
     "ClientAction",
     "ClientEvent",
     "ClientState",
@@ -111,10 +115,13 @@ __all__ = [
     "GroupMessage",
     "OpenConnection",
     "RejoinFailed",
+    "SendMessageError",
     "SendText",
     "ServerMessage",
     "Stopped",
     "WebPubSubClientCore",
+    "address_of",
+    "event_name",
 ]
 
 #: ``AckError.name`` of an ack that can no longer arrive (new connection, or stop()).
@@ -195,6 +202,16 @@ class GroupMessage:
     from_user_id: str | None = None
     sequence_id: int | None = None
 
+    @property
+    def data_type(self) -> str:
+        """``"text"``, ``"json"``, ``"binary"`` or ``"protobuf"``."""
+        return self.data.data_type
+
+    @property
+    def value(self) -> JsonValue | bytes:
+        """The payload as the application sees it: the str, the JSON value or the bytes."""
+        return data_value(self.data)
+
 
 @dataclass(frozen=True, slots=True)
 class ServerMessage:
@@ -202,6 +219,16 @@ class ServerMessage:
 
     data: Data
     sequence_id: int | None = None
+
+    @property
+    def data_type(self) -> str:
+        """``"text"``, ``"json"``, ``"binary"`` or ``"protobuf"``."""
+        return self.data.data_type
+
+    @property
+    def value(self) -> JsonValue | bytes:
+        """The payload as the application sees it: the str, the JSON value or the bytes."""
+        return data_value(self.data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +256,56 @@ class RejoinFailed:
 ClientEvent: TypeAlias = (
     Connected | Disconnected | Stopped | GroupMessage | ServerMessage | AckResolved | RejoinFailed
 )
+
+
+#: The names adapters' ``on(name, fn)`` take, by event class (AckResolved is not one: it
+#: resolves the waiting call).
+EVENT_NAMES: dict[type, str] = {
+    Connected: "connected",
+    Disconnected: "disconnected",
+    Stopped: "stopped",
+    GroupMessage: "group-message",
+    ServerMessage: "server-message",
+    RejoinFailed: "rejoin-group-failed",
+}
+
+
+def event_name(event: ClientEvent) -> str | None:
+    """The ``on()`` name of ``event``, or None for :class:`AckResolved`."""
+    return EVENT_NAMES.get(type(event))
+
+
+def address_of(url: str) -> str:
+    """``url`` without its query (the access token): what error messages name."""
+    return url.split("?", 1)[0]
+
+
+class SendMessageError(Exception):
+    """A request (join, leave, send) failed: the service's ack said so, or none came.
+
+    ``ack_id``, ``error_name`` (``Forbidden``, ``ConnectionLost``, ``Timeout`` ...) and
+    ``error_message`` (the service's text).
+    """
+
+    def __init__(self, ack_id: int, error_name: str, error_message: str = "", *,
+                 what: str = "request") -> None:
+        text = f"{what} with ackId {ack_id} failed: {error_name}"
+        super().__init__(text + (f": {error_message}" if error_message else ""))
+        self.ack_id = ack_id
+        self.error_name = error_name
+        self.error_message = error_message
+
+    @classmethod
+    def from_ack(cls, resolved: AckResolved, what: str = "request") -> SendMessageError:
+        error = resolved.error or AckError("Unknown", "")
+        return cls(resolved.ack_id, error.name, error.message, what=what)
+
+
+class AckTimeoutError(SendMessageError, TimeoutError):
+    """No ack arrived within the timeout (the request may or may not have run)."""
+
+    def __init__(self, ack_id: int, timeout: float, *, what: str = "request") -> None:
+        super().__init__(ack_id, "Timeout", f"no ack within {timeout:g} s", what=what)
 
 
 class ClientState(enum.Enum):
@@ -344,6 +421,11 @@ class WebPubSubClientCore:
     def last_sequence_id(self) -> int:
         """The largest ``sequenceId`` received on this logical connection (0: none)."""
         return self._last_seq
+
+    @property
+    def is_open(self) -> bool:
+        """Whether API calls can send now (a socket is open and not being closed)."""
+        return self._state is _S.CONNECTED and self._closing_reason is None
 
     @property
     def pending_acks(self) -> tuple[int, ...]:

@@ -73,6 +73,8 @@ __all__ = [
     "TextData",
     "UnknownMessage",
     "WebPubSubProtocolError",
+    "data_value",
+    "make_data",
     "parse_client_message",
     "parse_service_message",
     "serialize",
@@ -153,6 +155,39 @@ Data: TypeAlias = JsonData | TextData | BinaryData | ProtobufData
 
 #: The ``dataType`` values this module understands; ``json`` is the default when it is absent.
 DATA_TYPES = ("json", "text", "binary", "protobuf")
+
+
+def make_data(value: object, data_type: str = "text") -> Data:
+    """Wrap an application value as the payload of ``data_type``, as the SDKs' ``send_*`` take it.
+
+    ``"text"``: a str; ``"json"``: any JSON-serialisable value; ``"binary"`` / ``"protobuf"``:
+    bytes-like. A value that does not fit raises ``TypeError`` / ``ValueError`` here, before
+    anything is sent.
+    """
+    if data_type == "text":
+        if not isinstance(value, str):
+            raise TypeError(f"data_type 'text' needs a str, not {type(value).__name__}")
+        return TextData(value)
+    if data_type == "json":
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"data_type 'json' needs a JSON value: {exc}") from None
+        return JsonData(value)  # type: ignore[arg-type]
+    if data_type in ("binary", "protobuf"):
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data_type {data_type!r} needs bytes, not {type(value).__name__}")
+        return BinaryData(bytes(value)) if data_type == "binary" else ProtobufData(bytes(value))
+    raise ValueError(f"data_type must be one of {', '.join(DATA_TYPES)}, not {data_type!r}")
+
+
+def data_value(data: Data) -> JsonValue | bytes:
+    """The application value of a payload: the JSON value, the str, or the bytes."""
+    if isinstance(data, JsonData):
+        return data.value
+    if isinstance(data, TextData):
+        return data.text
+    return data.data
 
 
 # --------------------------------------------------------------------------------------------
