@@ -331,6 +331,8 @@ class FrontDoor(Handler):
         except h11.LocalProtocolError:
             self.close(now)
             return
+        # A route answering inside request_end would otherwise start a second cycle.
+        self._request_done = self._response_done = False
         self.head = None
         self.kind = ConnectionKind.HANDSHAKE
         self._idle_since = now
