@@ -26,10 +26,12 @@ from .http_listener import RelayedRequest
 from .serve import Server, serve
 from .server import RelayedServer, create_relayed_server
 from .service import RelayServiceServer, RelayServiceThread
+from .webpubsub import AckTimeoutError, SendMessageError, WebPubSubClient
 from .websocket import RelayedWebSocket, WebSocket, connect, relayed_connect
 
 __all__ = [
     "Accept",
+    "AckTimeoutError",
     "ConnectionClosedError",
     "ConnectionRequested",
     "Decision",
@@ -43,7 +45,9 @@ __all__ = [
     "RelayedWebSocket",
     "RequestCancelled",
     "Response",
+    "SendMessageError",
     "Server",
+    "WebPubSubClient",
     "WebSocket",
     "connect",
     "create_relayed_server",

@@ -1,0 +1,243 @@
+"""The asyncio ``WebPubSubClient`` against our hub (``RelayServiceThread(routes="webpubsub")``).
+
+Connect, groups, the three data types, ``no_echo``, events, Forbidden, server messages, a URL
+function, recovery under a cut TCP connection (through :class:`CutProxy`), a new connection
+after 1008 with groups rejoined, ``stop()``, and the timeouts. Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from hyco_proto.adapters.asyncio import (
+    AckTimeoutError,
+    RelayServiceThread,
+    SendMessageError,
+    WebPubSubClient,
+    WebSocket,
+    serve,
+)
+from hyco_proto.errors import AuthorizationError
+from hyco_proto.webpubsub import JSON_SUBPROTOCOL, ConnectedMessage, serialize
+from hyco_proto.webpubsub.client import Connected, Disconnected, GroupMessage, ServerMessage
+from hyco_proto.webpubsub.tokens import create_client_access
+
+from .asyncio_util import WAIT, async_test, bounded
+from .webpubsub_util import (
+    HUB,
+    CutProxy,
+    client_url,
+    free_port,
+    hub_connections,
+    hub_groups,
+    hub_server,
+    service_close,
+    service_send,
+)
+
+
+@pytest.fixture(scope="module")
+def hub() -> Iterator[RelayServiceThread]:
+    with hub_server() as thread:
+        yield thread
+
+
+async def until(condition: Any, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def record(client: WebPubSubClient) -> dict[str, list[Any]]:
+    seen: dict[str, list[Any]] = {}
+    for name in ("connected", "disconnected", "stopped", "group-message", "server-message",
+                 "rejoin-group-failed"):
+        seen[name] = []
+        client.on(name, seen[name].append)
+    return seen
+
+
+@async_test
+async def test_connects_joins_and_exchanges_text_json_binary(hub: RelayServiceThread) -> None:
+    alice = WebPubSubClient(client_url(hub.port, "alice"))
+    bob = WebPubSubClient(client_url(hub.port, "bob"))
+    seen = record(alice)
+    async with alice, bob:
+        assert alice.connection_id and alice.user_id == "alice"
+        assert seen["connected"] == [Connected(alice.connection_id, "alice")]
+        inbox, own = bob.messages(timeout=WAIT), alice.messages(timeout=WAIT)
+        await bob.join_group("room")
+        ack = await alice.join_group("room")
+        assert ack.ok and alice.groups == ("room",)
+        await alice.send_to_group("room", "hello")
+        await alice.send_to_group("room", {"n": [1, 2]}, "json", no_echo=True)
+        await alice.send_to_group("room", b"\x00\xff", "binary")
+        got = [await inbox.__anext__() for _ in range(3)]
+        assert [(m.group, m.data_type, m.value, m.from_user_id) for m in got] == [
+            ("room", "text", "hello", "alice"), ("room", "json", {"n": [1, 2]}, "alice"),
+            ("room", "binary", b"\x00\xff", "alice")]
+        assert [m.sequence_id for m in got] == [1, 2, 3]
+        # alice's own copies: the no_echo one is missing
+        mine = [await own.__anext__() for _ in range(2)]
+        assert [m.value for m in mine] == ["hello", b"\x00\xff"]
+        await until(lambda: len(seen["group-message"]) == 2)
+        await alice.leave_group("room")
+        assert alice.groups == ()
+
+
+@async_test
+async def test_event_acked_server_message_and_fire_and_forget(hub: RelayServiceThread) -> None:
+    async with WebPubSubClient(client_url(hub.port, "carol")) as carol:
+        seen = record(carol)
+        result = await carol.send_event("hello", {"x": 1}, "json")
+        assert result is not None and result.ok
+        assert await carol.send_event("quiet", "t", ack=False) is None
+        assert carol.connection_id is not None
+        inbox = carol.messages(timeout=WAIT)
+        service_send(hub, carol.connection_id, "from the server")
+        message = await inbox.__anext__()
+        assert isinstance(message, ServerMessage) and message.value == "from the server"
+        await until(lambda: len(seen["server-message"]) == 1)
+
+
+@async_test
+async def test_forbidden_without_the_role_raises_a_clear_error(hub: RelayServiceThread) -> None:
+    async with WebPubSubClient(client_url(hub.port, "mallory", roles=())) as mallory:
+        with pytest.raises(SendMessageError) as info:
+            await mallory.join_group("room")
+        assert info.value.error_name == "Forbidden" and info.value.ack_id == 1
+        assert "joinGroup 'room' with ackId 1 failed: Forbidden" in str(info.value)
+        with pytest.raises(SendMessageError, match="sendToGroup 'room' with ackId 2"):
+            await mallory.send_to_group("room", "x")
+        assert mallory.groups == ()
+
+
+@async_test
+async def test_url_function_is_called_for_each_new_connection_and_groups_rejoined(
+        hub: RelayServiceThread) -> None:
+    calls: list[str] = []
+
+    async def fresh_url() -> str:
+        calls.append("called")
+        return client_url(hub.port, "dave")
+
+    dave = WebPubSubClient(fresh_url)
+    bob = WebPubSubClient(client_url(hub.port, "bob"))
+    seen = record(dave)
+    async with dave, bob:
+        first = dave.connection_id
+        assert first is not None and calls == ["called"]
+        await dave.join_group("room")
+        service_close(hub, first, 1008, "policy")
+        await until(lambda: len(seen["connected"]) == 2)
+        second = dave.connection_id
+        assert second not in (None, first) and calls == ["called", "called"]
+        assert [type(e) for e in seen["disconnected"]] == [Disconnected]
+        await until(lambda: hub_groups(hub, second or "") == {"room"})  # rejoined
+        inbox = dave.messages(timeout=WAIT)
+        await bob.send_to_group("room", "after")
+        assert (await inbox.__anext__()).value == "after"
+        assert seen["rejoin-group-failed"] == []
+
+
+@async_test
+async def test_recovery_after_a_cut_loses_and_repeats_nothing(hub: RelayServiceThread) -> None:
+    with CutProxy(hub.port) as proxy:
+        alice = WebPubSubClient(client_url(proxy.port, "alice"))
+        bob = WebPubSubClient(client_url(hub.port, "bob"))
+        seen = record(alice)
+        async with alice, bob:
+            first = alice.connection_id
+            inbox = alice.messages(timeout=WAIT)
+            await alice.join_group("cut")
+            for n in range(5):
+                await bob.send_to_group("cut", n, "json")
+            received = [(await inbox.__anext__()).value for _ in range(5)]
+            proxy.cut()  # no sequenceAck yet (1 s batching): the hub replays 0..4 as well
+            for n in range(5, 10):
+                await bob.send_to_group("cut", n, "json")
+            received += [(await inbox.__anext__()).value for _ in range(5)]
+            assert received == list(range(10))
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(inbox.__anext__(), 0.5)
+            assert proxy.accepted == 2  # the recovery's new TCP connection
+            assert alice.connection_id == first and len(seen["connected"]) == 1
+            assert seen["disconnected"] == []
+            await alice.send_to_group("cut", "still here")  # the recovered socket works
+            assert (await inbox.__anext__()).value == "still here"
+
+
+@async_test
+async def test_stop_ends_cleanly(hub: RelayServiceThread) -> None:
+    client = WebPubSubClient(client_url(hub.port, "erin"))
+    seen = record(client)
+    await client.start()
+    connection_id = client.connection_id
+    inbox = client.messages()
+    await client.stop()
+    assert [type(e).__name__ for e in seen["stopped"]] == ["Stopped"]
+    assert [e.reason for e in seen["disconnected"]] == ["client stopped"]
+    assert [m async for m in inbox] == []
+    with pytest.raises(RuntimeError, match="stopped"):
+        await client.join_group("room")
+    await until(lambda: connection_id not in hub_connections(hub))
+    await client.stop()  # idempotent
+
+
+@async_test
+async def test_start_errors_name_the_address() -> None:
+    port = free_port()
+    with pytest.raises(ConnectionRefusedError, match=f"127.0.0.1:{port}"):
+        await WebPubSubClient(client_url(port, "x"), open_timeout=2).start()
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        port = silent.getsockname()[1]
+        client = WebPubSubClient(client_url(port, "x"), open_timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match=f"127.0.0.1:{port}/client/hubs/{HUB}"):
+            await client.start()
+        assert time.monotonic() - started < WAIT
+
+
+@async_test
+async def test_bad_token_raises_authorization_error(hub: RelayServiceThread) -> None:
+    wrong_key = "NOT-THE-KEY-" * 4
+    url = create_client_access(f"http://127.0.0.1:{hub.port}", HUB, wrong_key,
+                               now=time.time()).url
+    with pytest.raises(AuthorizationError, match=f"127.0.0.1:{hub.port}"):
+        await WebPubSubClient(url).start()
+
+
+@async_test
+async def test_ack_timeout_and_non_reliable_protocol() -> None:
+    async def silent_service(ws: WebSocket) -> None:  # connected, then never acks
+        await ws.send(serialize(ConnectedMessage("conn-1", "u")))
+        async for _ in ws:
+            pass
+
+    async with serve(silent_service, "127.0.0.1", 0, subprotocols=[JSON_SUBPROTOCOL]) as server:
+        url = client_url(server.port, "u")
+        async with WebPubSubClient(url, protocol=JSON_SUBPROTOCOL, ack_timeout=0.3) as client:
+            assert client.connection_id == "conn-1"
+            with pytest.raises(AckTimeoutError, match="ackId 1 failed: Timeout") as info:
+                await bounded(client.join_group("g"))
+            assert isinstance(info.value, TimeoutError)
+
+
+@async_test
+async def test_group_message_objects(hub: RelayServiceThread) -> None:
+    async with WebPubSubClient(client_url(hub.port, "frank")) as frank:
+        inbox = frank.messages(timeout=WAIT)
+        await frank.join_group("solo")
+        await frank.send_to_group("solo", "x")
+        message = await inbox.__anext__()
+        assert isinstance(message, GroupMessage) and message.group == "solo"
+        inbox.close()
