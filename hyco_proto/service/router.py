@@ -37,6 +37,7 @@ from .relay import BY_RELAY, ControlChannel, HybridConnectionsRoute, WaitingSend
 from .stats import ServiceStats
 from .status import RefusalLog, service_endpoint
 from .webpubsub import WebPubSubRoute, WebPubSubService
+from .webpubsub_rest import WebPubSubRestRoute
 
 __all__ = ["ConnectionKind", "RelayService", "ServiceEndpointsRoute", "ServiceStats"]
 
@@ -110,7 +111,8 @@ class RelayService:
         self.webpubsub = webpubsub
         self.route_sets: dict[str, list[Route]] = {"relay": self.routes}
         if webpubsub is not None:
-            self.route_sets["webpubsub"] = [WebPubSubRoute(self, webpubsub)]
+            self.route_sets["webpubsub"] = [WebPubSubRestRoute(self, webpubsub),
+                                            WebPubSubRoute(self, webpubsub)]
         self._handlers: dict[int, Handler] = {}
         self._closed: set[int] = set()  # closed by us, until the driver reports it gone
         #: Connections whose handler has (or had) a deadline; see ``next_deadline``.

@@ -520,6 +520,53 @@ class Hub:
         return frozenset(conn.groups) if conn is not None else frozenset()
 
     # ----------------------------------------------------------------------------------------
+    # REST API helpers: listing, filtering and the permission API
+
+    def connection_ids(self) -> list[str]:
+        """Every logical connection's id (those waiting for recovery too), sorted."""
+        return sorted(self._connections)
+
+    def connection_user(self, connection_id: str) -> str | None:
+        """The user of a connection (``None`` when anonymous or unknown)."""
+        conn = self._connections.get(connection_id)
+        return conn.user_id if conn is not None else None
+
+    def user_connection_ids(self, user_id: str) -> list[str]:
+        """The ids of ``user_id``'s connections, sorted."""
+        return sorted(self._users.get(user_id, ()))
+
+    def group_members(self, group: str) -> list[tuple[str, str | None]]:
+        """``(connection_id, user_id)`` of every member of ``group``, sorted by id."""
+        return [(cid, self._connections[cid].user_id)
+                for cid in sorted(self._groups.get(group, ())) if cid in self._connections]
+
+    def grant_permission(self, connection_id: str, permission: str,
+                         group: str | None = None) -> bool:
+        """Grant ``joinLeaveGroup`` / ``sendToGroup`` on ``group`` (every group when ``None``)
+        to a connection, for its later requests; ``False`` when it does not exist."""
+        conn = self._connections.get(connection_id)
+        if conn is None:
+            return False
+        conn.permissions = conn.permissions.granted(permission, group)
+        return True
+
+    def revoke_permission(self, connection_id: str, permission: str,
+                          group: str | None = None) -> bool:
+        """Revoke a permission (see :meth:`Permissions.revoked`); ``False`` when the connection
+        does not exist."""
+        conn = self._connections.get(connection_id)
+        if conn is None:
+            return False
+        conn.permissions = conn.permissions.revoked(permission, group)
+        return True
+
+    def has_permission(self, connection_id: str, permission: str,
+                       group: str | None = None) -> bool:
+        """Whether the connection exists and holds ``permission`` on ``group``."""
+        conn = self._connections.get(connection_id)
+        return conn is not None and conn.permissions.has(permission, group)
+
+    # ----------------------------------------------------------------------------------------
     # internals
 
     def _attached(self, connection_id: str) -> _Connection | None:

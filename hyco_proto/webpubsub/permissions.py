@@ -17,12 +17,13 @@ from the token's ``webpubsub.group`` claim are joined without any permission.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = [
     "JOIN_LEAVE_GROUP",
     "MAX_GROUP_NAME_LENGTH",
     "MAX_PATTERN_STARS",
+    "PERMISSION_NAMES",
     "SEND_TO_GROUP",
     "GroupPattern",
     "Permissions",
@@ -37,6 +38,9 @@ JOIN_LEAVE_GROUP = "webpubsub.joinLeaveGroup"
 SEND_TO_GROUP = "webpubsub.sendToGroup"
 _JOIN_PATTERN_PREFIX = "webpubsub.joinLeaveGroups."
 _SEND_PATTERN_PREFIX = "webpubsub.sendToGroups."
+
+#: The permissions of the REST permission API (``/permissions/{name}/connections/{id}``).
+PERMISSION_NAMES = ("joinLeaveGroup", "sendToGroup")
 
 #: Longest group name the official emulator accepts.
 MAX_GROUP_NAME_LENGTH = 1024
@@ -168,6 +172,9 @@ class Permissions:
     send_patterns: tuple[GroupPattern, ...] = ()
     #: The roles that granted nothing (unknown, an empty group, a bad pattern), in order.
     ignored: tuple[str, ...] = ()
+    #: Groups revoked one by one through the REST API: denied whatever else would allow them.
+    join_denied: frozenset[str] = frozenset()
+    send_denied: frozenset[str] = frozenset()
 
     @classmethod
     def from_roles(cls, roles: Iterable[str] | str) -> Permissions:
@@ -209,11 +216,59 @@ class Permissions:
 
     def can_join(self, group: str) -> bool:
         """Whether the client may join (and leave) ``group``."""
-        return _allowed(group, self.join_any, self.join_groups, self.join_patterns)
+        return group not in self.join_denied and _allowed(
+            group, self.join_any, self.join_groups, self.join_patterns)
 
     def can_send(self, group: str) -> bool:
         """Whether the client may publish to ``group``."""
-        return _allowed(group, self.send_any, self.send_groups, self.send_patterns)
+        return group not in self.send_denied and _allowed(
+            group, self.send_any, self.send_groups, self.send_patterns)
+
+    # -- the REST permission API (grant / revoke / check) -----------------------------------
+    #
+    # ``permission`` is ``joinLeaveGroup`` or ``sendToGroup`` (PERMISSION_NAMES); ``group`` is
+    # the request's ``targetName``, ``None`` meaning every group.
+
+    def granted(self, permission: str, group: str | None = None) -> Permissions:
+        """These permissions plus ``permission`` on ``group`` (every group when ``None``; that
+        also lifts the earlier revocations of single groups)."""
+        join = _is_join(permission)
+        if group is None:
+            if join:
+                return replace(self, join_any=True, join_denied=frozenset())
+            return replace(self, send_any=True, send_denied=frozenset())
+        _check_group(group)
+        if join:
+            return replace(self, join_groups=self.join_groups | {group},
+                           join_denied=self.join_denied - {group})
+        return replace(self, send_groups=self.send_groups | {group},
+                       send_denied=self.send_denied - {group})
+
+    def revoked(self, permission: str, group: str | None = None) -> Permissions:
+        """These permissions without ``permission`` on ``group``; ``None`` revokes it on every
+        group (the any-group role, single groups and patterns alike)."""
+        join = _is_join(permission)
+        if group is None:
+            if join:
+                return replace(self, join_any=False, join_groups=frozenset(), join_patterns=(),
+                               join_denied=frozenset())
+            return replace(self, send_any=False, send_groups=frozenset(), send_patterns=(),
+                           send_denied=frozenset())
+        _check_group(group)
+        # A group covered by the any-group role or a pattern stays denied until granted again.
+        if join:
+            return replace(self, join_groups=self.join_groups - {group},
+                           join_denied=self.join_denied | {group})
+        return replace(self, send_groups=self.send_groups - {group},
+                       send_denied=self.send_denied | {group})
+
+    def has(self, permission: str, group: str | None = None) -> bool:
+        """Whether ``permission`` is held on ``group``; with ``None``, on every group."""
+        join = _is_join(permission)
+        if group is None:
+            return (self.join_any and not self.join_denied) if join else (
+                self.send_any and not self.send_denied)
+        return self.can_join(group) if join else self.can_send(group)
 
 
 def _allowed(group: str, any_group: bool, groups: frozenset[str],
@@ -221,3 +276,16 @@ def _allowed(group: str, any_group: bool, groups: frozenset[str],
     if not is_valid_group_name(group):
         return False
     return any_group or group in groups or any(p.matches(group) for p in patterns)
+
+
+def _is_join(permission: str) -> bool:
+    if permission not in PERMISSION_NAMES:
+        raise ValueError(f"unknown permission {permission!r}: expected one of "
+                         f"{', '.join(PERMISSION_NAMES)}")
+    return permission == "joinLeaveGroup"
+
+
+def _check_group(group: str) -> None:
+    if not is_valid_group_name(group):
+        raise ValueError(f"invalid group name {group!r}: expected 1 to {MAX_GROUP_NAME_LENGTH} "
+                         "characters, not only whitespace")
