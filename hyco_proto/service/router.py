@@ -27,6 +27,8 @@ are the broker's (hybrid-connections-wire §8).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..handshake import HandshakeRequest, ServerHandshake
 from .broker import CloseListener, FailSender, RelayBroker, SendControl
 from .config import ServiceConfig
@@ -37,6 +39,7 @@ from .relay import BY_RELAY, ControlChannel, HybridConnectionsRoute, WaitingSend
 from .stats import ServiceStats
 from .status import RefusalLog, service_endpoint
 from .webpubsub import WebPubSubRoute, WebPubSubService
+from .webpubsub_events import OutboundCall
 from .webpubsub_rest import WebPubSubRestRoute
 
 __all__ = ["ConnectionKind", "RelayService", "ServiceEndpointsRoute", "ServiceStats"]
@@ -208,6 +211,23 @@ class RelayService:
         if self.webpubsub is not None:
             self.webpubsub.handle_timer(now)
         self._run_broker(now)
+
+    # -- HTTP calls the service makes (Web PubSub event handlers) ----------------------------
+
+    def outbound_calls(self) -> list[OutboundCall]:
+        """HTTP requests for the driver to make now (each with its own timeout); report each
+        outcome with :meth:`outbound_answered` or :meth:`outbound_failed`."""
+        return self.webpubsub.events.calls_to_make() if self.webpubsub is not None else []
+
+    def outbound_answered(self, now: float, call_id: int, status: int,
+                          headers: Sequence[tuple[str, str]], body: bytes) -> None:
+        if self.webpubsub is not None:
+            self.webpubsub.events.answered(now, call_id, status, headers, body)
+
+    def outbound_failed(self, now: float, call_id: int, reason: str) -> None:
+        """The call could not be made or got no answer (``reason`` names address and cause)."""
+        if self.webpubsub is not None:
+            self.webpubsub.events.failed(now, call_id, reason)
 
     def peer_of(self, conn_id: int) -> int | None:
         """The connection this one's input is written to (the other leg of a relayed pair, a

@@ -16,12 +16,16 @@ named ``client`` (``RelayService(webpubsub=...)`` serves it to connections made 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import parse_qsl
 
 from ..handshake import HandshakeRequest, ServerHandshake
 from ..webpubsub.endpoints import parse_client_url
-from ..webpubsub.hub import CloseTransport, Deliver, Hub, HubAction
-from ..webpubsub.messages import SUBPROTOCOLS
-from ..webpubsub.tokens import WebPubSubTokenError, verify_client_token
+from ..webpubsub.events import ConnectAnswer, EventHandler
+from ..webpubsub.hub import CloseTransport, Deliver, Hub, HubAction, UpstreamEvent
+from ..webpubsub.messages import SUBPROTOCOLS, Data
+from ..webpubsub.tokens import ClientTokenClaims, WebPubSubTokenError, verify_client_token
 from ..websocket import (
     BinaryMessage,
     ConnectionClosed,
@@ -31,20 +35,26 @@ from ..websocket import (
     WebSocketConnection,
 )
 from .front import FrontDoor, RequestHead
-from .handler import Connection, ConnectionKind, ServiceCore, WebSocketHandler
+from .handler import Connection, ConnectionKind, Handler, ServiceCore, WebSocketHandler
+from .webpubsub_events import CALL_TIMEOUT, EventDispatcher
 
-__all__ = ["WebPubSubRoute", "WebPubSubService", "WebPubSubSocket", "apply_hub_actions"]
+__all__ = ["UpstreamConnect", "WebPubSubRoute", "WebPubSubService", "WebPubSubSocket",
+           "apply_hub_actions"]
 
 logger = logging.getLogger("hyco_proto.service")
 
 
 class WebPubSubService:
     """The hubs of the local Web PubSub service, created on first use (names lower-cased, like
-    the official emulator), and the access key client tokens are signed with."""
+    the official emulator), the access key client tokens are signed with, and each hub's
+    upstream event handlers (``event_handlers``: hub name → handlers, in order)."""
 
-    def __init__(self, access_key: str) -> None:
+    def __init__(self, access_key: str, *,
+                 event_handlers: Mapping[str, Sequence[EventHandler]] | None = None,
+                 event_timeout: float = CALL_TIMEOUT) -> None:
         self.access_key = access_key
         self.hubs: dict[str, Hub] = {}
+        self.events = EventDispatcher(event_handlers or {}, [access_key], timeout=event_timeout)
 
     def hub(self, name: str) -> Hub:
         key = name.lower()
@@ -56,13 +66,19 @@ class WebPubSubService:
     def next_deadline(self) -> float | None:
         deadlines = [d for d in (hub.next_deadline() for hub in self.hubs.values())
                      if d is not None]
+        events = self.events.next_deadline()
+        if events is not None:
+            deadlines.append(events)
         return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> None:
         for hub in self.hubs.values():
             deadline = hub.next_deadline()
             if deadline is not None and now >= deadline:
-                hub.handle_timer(now)
+                for connection_id in hub.handle_timer(now):
+                    self.events.disconnected(now, hub=hub.name, connection_id=connection_id,
+                                             reason="The connection was not recovered in time.")
+        self.events.handle_timer(now)
 
 
 def _token(head: RequestHead, query_token: str | None) -> str | None:
@@ -123,16 +139,77 @@ class WebPubSubRoute:
         except WebPubSubTokenError as exc:
             self._refuse(door, handshake, exc.status, f"Unauthorized: {exc.reason}")
             return
-        result = hub.connect(now, user_id=claims.user_id, roles=claims.roles,
-                             groups=claims.groups, subprotocol=subprotocol)
-        socket = self._open(door, handshake, request, hub, result.connection_id, subprotocol)
+        origin = host  # WebHook-Request-Origin of this connection's events
+        if self.wps.events.takes_connect(hub.name):
+            self._ask_upstream(door, head, handshake, hub, claims, subprotocol, origin, now)
+            return
+        self._admit(door, handshake, hub, now, user_id=claims.user_id, roles=claims.roles,
+                    groups=claims.groups, subprotocol=subprotocol, origin=origin)
+
+    def _admit(self, door: FrontDoor, handshake: ServerHandshake, hub: Hub, now: float, *,
+               user_id: str | None, roles: Sequence[str], groups: Sequence[str],
+               subprotocol: str | None, origin: str, connection_id: str | None = None,
+               states: Mapping[str, Any] | None = None) -> None:
+        """Add the connection to the hub and accept the upgrade."""
+        assert handshake.request is not None
+        result = hub.connect(now, user_id=user_id, roles=roles, groups=groups,
+                             subprotocol=subprotocol, connection_id=connection_id)
+        socket = self._open(door, handshake, handshake.request, hub, result.connection_id,
+                            subprotocol)
         socket.apply(now, result.actions)
+        self.wps.events.connected(now, hub=hub.name, connection_id=result.connection_id,
+                                  user_id=user_id or None, subprotocol=subprotocol,
+                                  request_origin=origin, states=states)
+
+    def _ask_upstream(self, door: FrontDoor, head: RequestHead, handshake: ServerHandshake,
+                      hub: Hub, claims: ClientTokenClaims, subprotocol: str | None,
+                      origin: str, now: float) -> None:
+        """Hold the upgrade until the hub's ``connect`` handler decides (CloudEvents
+        ``azure.webpubsub.sys.connect``): it may refuse, or set userId, roles, groups and the
+        subprotocol (one the client offered)."""
+        assert handshake.request is not None
+        offered = list(handshake.request.subprotocols)
+        connection_id = hub.new_connection_id()
+        waiting = UpstreamConnect(self.svc, door.conn)
+        self.svc.switch(door.id, waiting)
+        self.svc.pause_reading(door.id, True)
+
+        def decide(now: float, answer: ConnectAnswer) -> None:
+            if waiting.lost:
+                return  # the client left while the handler thought
+            self.svc.pause_reading(door.id, False)
+            if not answer.accepted:
+                self._refuse(door, handshake, answer.status, answer.reason)
+                return
+            chosen = subprotocol
+            if answer.subprotocol is not None:
+                if answer.subprotocol not in offered or answer.subprotocol not in SUBPROTOCOLS:
+                    self._refuse(door, handshake, 500, "The connect event handler chose "
+                                 f"subprotocol {answer.subprotocol!r}, which the client did "
+                                 "not offer or the hub does not speak.")
+                    return
+                chosen = answer.subprotocol
+            # The id was free when chosen; should another connection have taken it since, a
+            # fresh one is used (the handler saw the first).
+            fresh = None if hub.connection_exists(connection_id) else connection_id
+            groups = list(claims.groups) + list(answer.groups or ())
+            self._admit(door, handshake, hub, now,
+                        user_id=answer.user_id if answer.user_id is not None
+                        else claims.user_id,
+                        roles=answer.roles if answer.roles is not None else claims.roles,
+                        groups=groups, subprotocol=chosen, origin=origin,
+                        connection_id=fresh, states=answer.states)
+
+        self.wps.events.connect(
+            now, hub=hub.name, connection_id=connection_id, user_id=claims.user_id,
+            request_origin=origin, claims=_claims(claims), query=_query(head.query),
+            headers=_headers(head.headers), subprotocols=offered, decide=decide)
 
     def _open(self, door: FrontDoor, handshake: ServerHandshake, request: HandshakeRequest,
               hub: Hub, connection_id: str, subprotocol: str | None) -> WebPubSubSocket:
         self.svc.send(door.id, handshake.accept(subprotocol))
         socket = WebPubSubSocket(self.svc, door.conn, hub, connection_id,
-                                 handshake.trailing_data)
+                                 handshake.trailing_data, self.wps.events)
         self.svc.switch(door.id, socket)
         return socket
 
@@ -163,15 +240,82 @@ class WebPubSubRoute:
         door.send_raw(handshake.reject(status, reason))
 
 
-def apply_hub_actions(svc: ServiceCore, hub: Hub, now: float, actions: list[HubAction]) -> None:
+def _claims(claims: ClientTokenClaims) -> dict[str, list[str]]:
+    """The token's claims as the ``connect`` event carries them: each a list of strings."""
+    out: dict[str, list[str]] = {"aud": [claims.audience]}
+    if claims.user_id:
+        out["sub"] = [claims.user_id]
+    if claims.roles:
+        out["role"] = list(claims.roles)
+    if claims.groups:
+        out["webpubsub.group"] = list(claims.groups)
+    out["exp"] = [str(int(claims.expires_at))]
+    if claims.issued_at is not None:
+        out["iat"] = [str(int(claims.issued_at))]
+    for name, value in claims.extra.items():
+        values = value if isinstance(value, list) else [value]
+        out[name] = [str(item) for item in values]
+    return out
+
+
+def _query(query: str) -> dict[str, list[str]]:
+    """The query of the client's request, without its access token."""
+    out: dict[str, list[str]] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name != "access_token":
+            out.setdefault(name, []).append(value)
+    return out
+
+
+def _headers(headers: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """The client's request headers (not its credentials)."""
+    out: dict[str, list[str]] = {}
+    for name, value in headers:
+        if name.lower() not in ("authorization", "cookie"):
+            out.setdefault(name, []).append(value)
+    return out
+
+
+class UpstreamConnect(Handler):
+    """A client whose upgrade waits for the hub's ``connect`` event handler (reading paused)."""
+
+    kind = ConnectionKind.WEBPUBSUB
+
+    def __init__(self, svc: ServiceCore, conn: Connection) -> None:
+        super().__init__(svc, conn)
+        self.lost = False
+
+    def connection_lost(self, now: float) -> None:
+        self.lost = True
+
+
+def apply_hub_actions(svc: ServiceCore, hub: Hub, now: float, actions: list[HubAction],
+                      events: EventDispatcher | None = None) -> None:
     """Carry out ``actions`` of ``hub`` (from a client frame, a REST call or a timer): frames and
-    closes go to the sockets of the connections they name; unattached ones are skipped."""
+    closes go to the sockets of the connections they name (unattached ones are skipped); a
+    service-initiated close ends the connection for the event handlers too; user events go to
+    ``events`` (the handler's answer comes back to the sender as a server message)."""
     for action in actions:
         if isinstance(action, (Deliver, CloseTransport)):
             target = svc.lookup(WebPubSubSocket.name_of(hub, action.connection_id))
             if isinstance(target, WebPubSubSocket):
                 target.deliver(now, action)
-        # UpstreamEvent: no upstream (event handler) is configured in the emulator yet.
+            if isinstance(action, CloseTransport) and events is not None:
+                events.disconnected(now, hub=hub.name, connection_id=action.connection_id,
+                                    reason=action.reason)
+        elif isinstance(action, UpstreamEvent) and events is not None:
+            _user_event(svc, hub, events, now, action)
+
+
+def _user_event(svc: ServiceCore, hub: Hub, events: EventDispatcher, now: float,
+                event: UpstreamEvent) -> None:
+    connection_id = event.connection_id
+
+    def reply(now: float, data: Data) -> None:
+        apply_hub_actions(svc, hub, now, hub.send_to_connection(connection_id, data), events)
+
+    events.user_event(now, hub=hub.name, connection_id=connection_id, event=event.event,
+                      data=event.data, reply=reply)
 
 
 class WebPubSubSocket(WebSocketHandler):
@@ -184,9 +328,10 @@ class WebPubSubSocket(WebSocketHandler):
         return f"wps:{hub.name}:{connection_id}"
 
     def __init__(self, svc: ServiceCore, conn: Connection, hub: Hub, connection_id: str,
-                 trailing: bytes) -> None:
+                 trailing: bytes, events: EventDispatcher | None = None) -> None:
         super().__init__(svc, conn)
         self.hub = hub
+        self.events = events
         self.connection_id = connection_id
         # Frames over the hub's limit fail the connection with 1009 before being buffered.
         self.ws = WebSocketConnection(Role.SERVER, max_message_size=hub.max_frame_size)
@@ -209,6 +354,11 @@ class WebPubSubSocket(WebSocketHandler):
         self._attached = False
         self.svc.unbind(self.name_of(self.hub, self.connection_id), self.id)
         self.hub.transport_lost(now, self.connection_id, code)
+        if self.events is not None and not self.hub.connection_exists(self.connection_id):
+            reason = "The client closed the connection." if code is not None else \
+                "The connection was lost."
+            self.events.disconnected(now, hub=self.hub.name, connection_id=self.connection_id,
+                                     reason=reason)
 
     def pump(self, now: float) -> None:
         if self._trailing:
@@ -228,7 +378,7 @@ class WebPubSubSocket(WebSocketHandler):
 
     def apply(self, now: float, actions: list[HubAction]) -> None:
         """Carry out what the hub answered (frames and closes for any of its connections)."""
-        apply_hub_actions(self.svc, self.hub, now, actions)
+        apply_hub_actions(self.svc, self.hub, now, actions, self.events)
 
     def deliver(self, now: float, action: Deliver | CloseTransport) -> None:
         ws = self.ws

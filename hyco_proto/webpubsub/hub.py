@@ -246,16 +246,26 @@ class Hub:
         roles: Iterable[str] = (),
         groups: Iterable[str] = (),
         subprotocol: str | None = None,
+        connection_id: str | None = None,
     ) -> ConnectResult:
         """Add a new connection for an accepted WebSocket.
 
         ``subprotocol`` is the negotiated one (``None``: a raw client). ``groups`` (the token's
         ``webpubsub.group``) are joined without any permission; invalid names are skipped.
         JSON clients get the ``connected`` system message first, with the reconnection token on
-        the reliable subprotocol.
+        the reliable subprotocol. ``connection_id``: one chosen before the upstream ``connect``
+        event (:meth:`new_connection_id`); by default a fresh one.
         """
         if subprotocol is not None and subprotocol not in SUBPROTOCOLS:
             raise ValueError(f"unsupported Web PubSub subprotocol {subprotocol!r}")
+        if connection_id is None:
+            connection_id = self.new_connection_id()
+        elif connection_id in self._connections:
+            raise ValueError(f"connection id {connection_id!r} is in use")
+        return self._add(connection_id, user_id, roles, groups, subprotocol)
+
+    def new_connection_id(self) -> str:
+        """A fresh connection id not in use."""
         connection_id = self._new_id()
         for _ in range(100):
             if connection_id not in self._connections:
@@ -263,6 +273,10 @@ class Hub:
             connection_id = self._new_id()
         else:
             raise RuntimeError("the connection id factory keeps returning ids in use")
+        return connection_id
+
+    def _add(self, connection_id: str, user_id: str | None, roles: Iterable[str],
+             groups: Iterable[str], subprotocol: str | None) -> ConnectResult:
         token = self._new_token() if subprotocol == JSON_RELIABLE_SUBPROTOCOL else None
         conn = _Connection(connection_id, user_id or None, subprotocol,
                            Permissions.from_roles(tuple(roles)), token)

@@ -33,6 +33,8 @@ from typing import Any, TypeVar
 
 from ...service.config import ServiceConfig
 from ...service.router import ConnectionKind, RelayService
+from ...service.webpubsub_events import OutboundCall
+from .http import relayed_request as http_request  # a plain HTTP client without a token
 
 T = TypeVar("T")
 
@@ -53,13 +55,30 @@ _CORE = -1  # a "target" id that blocks reading on the core's request (reading_c
 # A timer whose deadline is already past fires again after at least this long (no busy loop
 # if the core ever reports a deadline that handle_timer does not clear).
 _MIN_TIMER_DELAY = 0.001
+#: Largest answer the service reads from an event handler.
+MAX_CALL_ANSWER = 1 << 20
+
+
+def _bound_port(server: asyncio.Server, requested: int) -> int:
+    sockets = server.sockets
+    return int(sockets[0].getsockname()[1]) if sockets else requested
+
+
+def _shown_host(host: str) -> str:
+    """``host`` as clients reach it: a wildcard is shown as loopback, IPv6 in brackets."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"[{host}]" if ":" in host else host
 
 
 class _ServiceProtocol(asyncio.BufferedProtocol):
     """One TCP connection of the relay service."""
 
-    def __init__(self, server: RelayServiceServer) -> None:
+    def __init__(self, server: RelayServiceServer, routes: str) -> None:
         self._server = server
+        self._routes = routes
         self.transport: asyncio.Transport | None = None
         self.conn_id = -1
         #: Connections whose input wrote to this one (the other leg of a relayed pair).
@@ -80,7 +99,7 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
         peer = transport.get_extra_info("peername")
         remote = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("127.0.0.1", 0)
         self.conn_id = server.service.connection_made(
-            time.time(), remote, scheme=server.scheme, service=server.routes)
+            time.time(), remote, scheme=server.scheme, service=self._routes)
         server._protocols[self.conn_id] = self
         server._after_input(self.conn_id)
 
@@ -161,9 +180,13 @@ class RelayServiceServer:
     """Serve a :class:`RelayService` on ``host``:``port`` (``port=0``: any free port).
 
     Pass a ready ``service`` or a ``config`` for a new one. ``routes`` picks the service's route
-    set this port serves (``"webpubsub"``: its Web PubSub hubs). With ``ssl`` the service speaks
-    ``wss://``. Use ``async with RelayServiceServer(...) as server:`` or ``await start()`` /
-    ``await close()``; ``server.url`` is the base address clients use (``ws://127.0.0.1:9090``).
+    set ``port`` serves (``"webpubsub"``: its Web PubSub hubs). ``webpubsub_port`` serves the
+    Web PubSub hubs of the same service on a second port (the service must have been built with
+    ``webpubsub=WebPubSubService(key)``); both ports share one connection table and timer.
+    With ``ssl`` the service speaks ``wss://`` (and ``https://`` for Web PubSub). Use
+    ``async with RelayServiceServer(...) as server:`` or ``await start()`` / ``await close()``;
+    ``server.url`` is the base address clients use (``ws://127.0.0.1:9090``) and
+    ``server.webpubsub_endpoint`` the Web PubSub endpoint (``http://127.0.0.1:8080``).
     """
 
     def __init__(
@@ -176,6 +199,7 @@ class RelayServiceServer:
         ssl: _ssl.SSLContext | None = None,
         write_high_water: int = DEFAULT_WRITE_HIGH_WATER,
         routes: str = "relay",
+        webpubsub_port: int | None = None,
     ) -> None:
         if service is not None and config is not None:
             raise ValueError("pass either a RelayService or a ServiceConfig, not both")
@@ -193,6 +217,12 @@ class RelayServiceServer:
             raise ValueError(f"the service has no {routes!r} routes (it has: "
                              f"{', '.join(self.service.route_sets)})")
         self.routes = routes
+        if webpubsub_port is not None and "webpubsub" not in self.service.route_sets:
+            raise ValueError("webpubsub_port needs a service with Web PubSub hubs: "
+                             "RelayService(config, webpubsub=WebPubSubService(access_key))")
+        self._requested_webpubsub_port = webpubsub_port
+        self._webpubsub_server: asyncio.Server | None = None
+        self._webpubsub_port: int | None = None
         self._server: asyncio.AbstractServer | None = None
         self._protocols: dict[int, _ServiceProtocol] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -202,6 +232,7 @@ class RelayServiceServer:
         self._all_lost = asyncio.Event()
         self._port: int | None = None
         self._read_view = memoryview(bytearray(READ_BUFFER_SIZE))
+        self._calls: set[asyncio.Task[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -212,11 +243,23 @@ class RelayServiceServer:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._closed.clear()
-        self._server = await loop.create_server(
-            lambda: _ServiceProtocol(self), self.host, self._requested_port, ssl=self.ssl,
-            reuse_address=True)
-        sockets = self._server.sockets
-        self._port = int(sockets[0].getsockname()[1]) if sockets else self._requested_port
+        routes = self.routes
+        server = await loop.create_server(
+            lambda: _ServiceProtocol(self, routes), self.host, self._requested_port,
+            ssl=self.ssl, reuse_address=True)
+        self._port = _bound_port(server, self._requested_port)
+        if self._requested_webpubsub_port is not None:
+            try:
+                extra = await loop.create_server(
+                    lambda: _ServiceProtocol(self, "webpubsub"), self.host,
+                    self._requested_webpubsub_port, ssl=self.ssl, reuse_address=True)
+            except BaseException:
+                server.close()
+                await server.wait_closed()
+                raise
+            self._webpubsub_server = extra
+            self._webpubsub_port = _bound_port(extra, self._requested_webpubsub_port)
+        self._server = server
         self._arm_timer()
 
     async def close(self) -> None:
@@ -225,6 +268,11 @@ class RelayServiceServer:
         if server is None:
             return
         server.close()
+        for task in list(self._calls):
+            task.cancel()
+        extra, self._webpubsub_server = self._webpubsub_server, None
+        if extra is not None:
+            extra.close()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -247,6 +295,8 @@ class RelayServiceServer:
                         proto.transport.abort()
                 await asyncio.sleep(0)
         await server.wait_closed()
+        if extra is not None:
+            await extra.wait_closed()
         self._server = None
         self._closed.set()
 
@@ -282,14 +332,28 @@ class RelayServiceServer:
     @property
     def url(self) -> str:
         """``ws://host:port`` (``wss://`` with TLS); a wildcard host is shown as loopback."""
-        host = self.host
-        if host in ("", "0.0.0.0"):
-            host = "127.0.0.1"
-        elif host == "::":
-            host = "::1"
-        if ":" in host:
-            host = f"[{host}]"
-        return f"{self.scheme}://{host}:{self.port}"
+        return f"{self.scheme}://{_shown_host(self.host)}:{self.port}"
+
+    @property
+    def webpubsub_port(self) -> int:
+        """The bound Web PubSub port (needs ``webpubsub_port=`` and a started server)."""
+        if self._webpubsub_port is None:
+            raise RuntimeError("no Web PubSub port: pass webpubsub_port= and await start()")
+        return self._webpubsub_port
+
+    @property
+    def webpubsub_endpoint(self) -> str:
+        """``http://host:port`` of the Web PubSub hubs (``https://`` with TLS): the
+        ``Endpoint=`` of a Web PubSub connection string."""
+        scheme = "https" if self.ssl is not None else "http"
+        return f"{scheme}://{_shown_host(self.host)}:{self.webpubsub_port}"
+
+    @property
+    def webpubsub_connection_string(self) -> str:
+        """``Endpoint=…;AccessKey=…;Version=1.0;`` for the official Web PubSub server SDKs."""
+        hubs = self.service.webpubsub
+        assert hubs is not None  # checked in __init__ when webpubsub_port was given
+        return f"Endpoint={self.webpubsub_endpoint};AccessKey={hubs.access_key};Version=1.0;"
 
     @property
     def connections(self) -> int:
@@ -315,6 +379,8 @@ class RelayServiceServer:
                 # The core closes TCP (server closes first, RFC 6455 §7.1.1): close() flushes
                 # the write buffer before the socket goes; connection_lost tells the core.
                 transport.close()
+        for call in service.outbound_calls():
+            self._start_call(call)
         for conn_id, paused in service.reading_changes():
             proto = self._protocols.get(conn_id)
             if proto is not None:
@@ -325,6 +391,45 @@ class RelayServiceServer:
                 else:
                     proto._unblock(_CORE)
         self._arm_timer()
+
+    # -- HTTP calls the service makes (Web PubSub event handlers) ----------------------------
+
+    def _start_call(self, call: OutboundCall) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        task = loop.create_task(self._call(call))
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
+    async def _call(self, call: OutboundCall) -> None:
+        """Make one HTTP request for the core; any failure is reported to it, never raised."""
+        service = self.service
+
+        async def perform() -> tuple[int, tuple[tuple[str, str], ...], bytes]:
+            async with http_request(call.method, call.url, body=call.body,
+                                    headers=list(call.headers), timeout=call.timeout,
+                                    open_timeout=call.timeout) as response:
+                body = bytearray()
+                async for chunk in response.stream():
+                    body += chunk
+                    if len(body) > MAX_CALL_ANSWER:
+                        raise ValueError(f"its answer is over {MAX_CALL_ANSWER} bytes")
+                return response.status, response.headers.raw_items(), bytes(body)
+
+        try:
+            status, headers, body = await asyncio.wait_for(perform(), call.timeout)
+        except asyncio.CancelledError:
+            raise
+        except (TimeoutError, asyncio.TimeoutError):
+            service.outbound_failed(time.time(), call.call_id,
+                                    f"no answer within {call.timeout:g} s")
+        except Exception as exc:  # any failure of that one call: the core decides what follows
+            service.outbound_failed(time.time(), call.call_id,
+                                    f"{type(exc).__name__}: {exc}")
+        else:
+            service.outbound_answered(time.time(), call.call_id, status, headers, body)
+        self._after_input(None)
 
     def _arm_timer(self) -> None:
         loop = self._loop
@@ -378,6 +483,16 @@ class RelayServiceThread:
     def url(self) -> str:
         """``ws://127.0.0.1:PORT`` (``wss://`` with TLS)."""
         return self.server.url
+
+    @property
+    def webpubsub_endpoint(self) -> str:
+        """``http://127.0.0.1:PORT`` of the Web PubSub hubs (with ``webpubsub_port=``)."""
+        return self.server.webpubsub_endpoint
+
+    @property
+    def webpubsub_connection_string(self) -> str:
+        """The Web PubSub connection string (with ``webpubsub_port=``)."""
+        return self.server.webpubsub_connection_string
 
     def start(self) -> RelayServiceThread:
         """Start the thread and bind; raises what binding raised (e.g. the port is in use)."""
