@@ -68,9 +68,10 @@ raise :class:`~hyco_proto.errors.LocalProtocolError`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from ..errors import LocalProtocolError
 from .endpoints import build_recovery_url, parse_client_url
@@ -105,6 +106,7 @@ __all__ = [
     "EVENT_NAMES",
     "AckResolved",
     "AckTimeoutError",
+    "Callbacks",
     "ClientAction",
     "ClientEvent",
     "ClientState",
@@ -132,6 +134,7 @@ DEFAULT_RECOVERY_DELAYS: tuple[float, ...] = (1.0, 1.0, 2.0, 2.0, 4.0)
 DEFAULT_RECONNECT_DELAYS: tuple[float, ...] = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 _POLICY_VIOLATION = 1008
+_log = logging.getLogger("hyco_proto.webpubsub")
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,6 +276,44 @@ EVENT_NAMES: dict[type, str] = {
 def event_name(event: ClientEvent) -> str | None:
     """The ``on()`` name of ``event``, or None for :class:`AckResolved`."""
     return EVENT_NAMES.get(type(event))
+
+
+class Callbacks:
+    """The application's callbacks by :data:`EVENT_NAMES` name, as adapters' ``on`` / ``off``
+    keep them; :meth:`run` calls those of one event in order, logging what they raise."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, list[Callable[[Any], object]]] = {
+            name: [] for name in EVENT_NAMES.values()}
+
+    def _list(self, name: str) -> list[Callable[[Any], object]]:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise ValueError(f"unknown event {name!r}; one of "
+                             f"{', '.join(self._by_name)}") from None
+
+    def add(self, name: str, callback: Callable[[Any], object]) -> None:
+        self._list(name).append(callback)
+
+    def remove(self, name: str, callback: Callable[[Any], object]) -> None:
+        callbacks = self._list(name)
+        if callback in callbacks:
+            callbacks.remove(callback)
+
+    def of(self, event: ClientEvent) -> list[Callable[[Any], object]]:
+        """The callbacks of ``event`` (a copy), none for :class:`AckResolved`."""
+        return list(self._by_name.get(event_name(event) or "", ()))
+
+    def run(self, event: ClientEvent) -> list[object]:
+        """Call each callback of ``event``; returns their results (awaitables, for asyncio)."""
+        results = []
+        for callback in self.of(event):
+            try:
+                results.append(callback(event))
+            except Exception:
+                _log.exception("Web PubSub %s callback failed", event_name(event))
+        return results
 
 
 def address_of(url: str) -> str:

@@ -1,7 +1,7 @@
 """What both blocking adapters export besides their runtime-bound names (``RelayedServer``,
-``connect``, ``serve``, ``relayed_connect``, ``create_relayed_server``, ``RUNTIME``); also the
-relayed HTTP names a ``request_handler`` uses (``RelayedRequest``, ``Response``,
-``RequestCancelled``)."""
+``connect``, ``serve``, ``relayed_connect``, ``create_relayed_server``, ``RUNTIME``,
+``WebPubSubClient``); also the relayed HTTP names a ``request_handler`` uses
+(``RelayedRequest``, ``Response``, ``RequestCancelled``) and the Web PubSub client's errors."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from ...drivers.decisions import Accept, Decision, Reject
 from ...drivers.http import RequestCancelled, Response
 from ...drivers.stream import ConnectionClosedError, RelayConnectionClosed
 from ...listener import ConnectionRequested
+from ...webpubsub.client import AckTimeoutError, SendMessageError
 from .http_listener import RelayedRequest
 from .server import Server
 from .sockets import PongWaiter, RelayedWebSocket, WebSocket
 
 __all__ = [
     "Accept",
+    "AckTimeoutError",
     "ConnectionClosedError",
     "ConnectionRequested",
     "Decision",
@@ -25,6 +27,7 @@ __all__ = [
     "RelayedWebSocket",
     "RequestCancelled",
     "Response",
+    "SendMessageError",
     "Server",
     "WebSocket",
 ]

@@ -23,9 +23,9 @@ from ...drivers.stream import ConnectionClosedError
 from ...webpubsub.client import (
     DEFAULT_RECONNECT_DELAYS,
     DEFAULT_RECOVERY_DELAYS,
-    EVENT_NAMES,
     AckResolved,
     AckTimeoutError,
+    Callbacks,
     ClientEvent,
     ClientState,
     CloseConnection,
@@ -119,8 +119,7 @@ class WebPubSubClient:
         self.open_timeout = open_timeout
         self.close_timeout = close_timeout
         self._ssl = ssl
-        self._callbacks: dict[str, list[Callable[[Any], object]]] = {
-            name: [] for name in EVENT_NAMES.values()}
+        self._callbacks = Callbacks()
         self._acks: dict[int, asyncio.Future[AckResolved]] = {}
         self._subscribers: list[asyncio.Queue[object]] = []
         self._ws: WebSocket | None = None
@@ -167,24 +166,16 @@ class WebPubSubClient:
         """Call ``callback(event)`` (a function or coroutine function) for each ``event``:
         ``connected``, ``disconnected``, ``stopped``, ``group-message``, ``server-message``,
         ``rejoin-group-failed``. Callbacks run one at a time, in order; errors are logged."""
-        self._callbacks_for(event).append(callback)
+        self._callbacks.add(event, callback)
 
     def off(self, event: str, callback: Callable[[Any], object]) -> None:
         """Remove a callback added with :meth:`on`."""
-        with contextlib.suppress(ValueError):
-            self._callbacks_for(event).remove(callback)
+        self._callbacks.remove(event, callback)
 
     def messages(self, *, timeout: float | None = None) -> MessageIterator:
         """Group and server messages received from now on; the iteration ends when the client
         stops. ``timeout`` bounds each wait (``TimeoutError``)."""
         return MessageIterator(self, timeout)
-
-    def _callbacks_for(self, event: str) -> list[Callable[[Any], object]]:
-        try:
-            return self._callbacks[event]
-        except KeyError:
-            raise ValueError(f"unknown event {event!r}; one of "
-                             f"{', '.join(self._callbacks)}") from None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -457,12 +448,12 @@ class WebPubSubClient:
             event = await self._dispatch_queue.get()
             if event is _END:
                 return
-            name = event_name(event)  # type: ignore[arg-type]
-            for callback in list(self._callbacks.get(name or "", ())):
+            for callback in self._callbacks.of(event):  # type: ignore[arg-type]
                 try:
                     result = callback(event)
                     if inspect.isawaitable(result):
                         await result
                 except Exception:
-                    logger.exception("Web PubSub %s callback failed", name)
+                    logger.exception("Web PubSub %s callback failed",
+                                     event_name(event))  # type: ignore[arg-type]
 

@@ -18,6 +18,7 @@ import gevent.queue
 import gevent.socket
 
 from .._blocking import listener as _listener
+from .._blocking import webpubsub as _webpubsub
 from .._blocking.api import Api
 from .._blocking.http import HttpApi, HttpResponse
 from .._blocking.public import *  # noqa: F403
@@ -25,7 +26,8 @@ from .._blocking.public import __all__ as _shared
 from .._blocking.runtime import Runtime
 
 __all__ = [*_shared, "RUNTIME", "HttpResponse", "RelayedServer", "connect",
-           "create_relayed_server", "relayed_connect", "relayed_request", "serve"]
+           "WebPubSubClient", "create_relayed_server", "relayed_connect", "relayed_request",
+           "serve"]
 
 
 def _start(fn: Callable[[], None], name: str) -> Any:
@@ -44,6 +46,11 @@ RUNTIME = Runtime(
 
 class RelayedServer(_listener.RelayedServer):
     __doc__ = _listener.RelayedServer.__doc__
+    runtime = RUNTIME
+
+
+class WebPubSubClient(_webpubsub.WebPubSubClient):
+    __doc__ = _webpubsub.WebPubSubClient.__doc__
     runtime = RUNTIME
 
 

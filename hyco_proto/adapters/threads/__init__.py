@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 
 from .._blocking import listener as _listener
+from .._blocking import webpubsub as _webpubsub
 from .._blocking.api import Api
 from .._blocking.http import HttpApi, HttpResponse
 from .._blocking.public import *  # noqa: F403
@@ -32,7 +33,8 @@ from .._blocking.public import __all__ as _shared
 from .._blocking.runtime import Runtime
 
 __all__ = [*_shared, "RUNTIME", "HttpResponse", "RelayedServer", "connect",
-           "create_relayed_server", "relayed_connect", "relayed_request", "serve"]
+           "WebPubSubClient", "create_relayed_server", "relayed_connect", "relayed_request",
+           "serve"]
 
 
 def _start(fn: Callable[[], None], name: str) -> threading.Thread:
@@ -51,6 +53,11 @@ RUNTIME = Runtime(
 
 class RelayedServer(_listener.RelayedServer):
     __doc__ = _listener.RelayedServer.__doc__
+    runtime = RUNTIME
+
+
+class WebPubSubClient(_webpubsub.WebPubSubClient):
+    __doc__ = _webpubsub.WebPubSubClient.__doc__
     runtime = RUNTIME
 
 
