@@ -333,6 +333,7 @@ WPS_COLUMNS = (
     ("acks/s, 1 at a time", WPS_ACKS.format("one message at a time"), False),
 )
 WPS_ORDER = ("hyco_proto", "websockets")
+WPS_CEILING = "loadgen-ceiling"
 
 
 def wps_summary(groups: dict[str, list[dict[str, Any]]]) -> list[str]:
@@ -340,7 +341,7 @@ def wps_summary(groups: dict[str, list[dict[str, Any]]]) -> list[str]:
     cols = [(title, _relay_rows(groups, group), fanout) for title, group, fanout in WPS_COLUMNS]
     if not any(rows for _, rows, _ in cols):
         return []
-    seen = {name for _, rows, _ in cols for name in rows}
+    seen = {name for _, rows, _ in cols for name in rows} - {WPS_CEILING}
     servers = [n for n in WPS_ORDER if n in seen] + sorted(seen - set(WPS_ORDER))
     headers = []
     for title, _, fanout in cols:
@@ -394,6 +395,17 @@ def wps_summary(groups: dict[str, list[dict[str, Any]]]) -> list[str]:
             cells.append(DASH if row is None else f"{row['info'].get('server_cpu', 0):.2f} / "
                          f"{row['info'].get('loadgen_cpu', 0):.2f}")
         lines.append(f"| {names.get(name, name)} | " + " | ".join(cells) + " |")
+    ceiling = [(title, rows[WPS_CEILING]) for title, rows, _ in cols if WPS_CEILING in rows]
+    if ceiling:
+        lines += ["", "Load generator ceiling (a trivial blocking-socket fan-out server in place "
+                  "of the hub: no token check, one `sendall` of one pre-encoded frame per "
+                  "member): " + "; ".join(
+                      f"{r['frames_s']:,.0f} {title.replace('fan-out ', '')} (server "
+                      f"{r['info'].get('server_cpu', 0):.2f} / generator "
+                      f"{r['info'].get('loadgen_cpu', 0):.2f} cores)" for title, r in ceiling)
+                  + ". With both near one core each, that is this 2-core machine's limit for "
+                  "1,000-socket fan-out over loopback; a hub near it is limited by the machine, "
+                  "not by itself."]
     lines += ["", "Microsoft's own Web PubSub emulator (`awps-emulator`) is a .NET tool published "
               "on NuGet only: neither .NET nor NuGet can be installed from the registries "
               "reachable here (npm has no emulator package), so it is not compared. Our hub "

@@ -15,6 +15,9 @@ share its CPU. Clients speak ``json.webpubsub.azure.v1`` and carry tokens made b
   flight (``x100``) or one at a time (``x1``); acks/s (a run ends when all are acked and
   delivered).
 
+``loadgen-ceiling`` (fan-out only) is a trivial blocking-socket fan-out server: the generator's
+own limit on this machine (``bench/wps_servers.py``).
+
 Microsoft's emulator (``awps-emulator``) is a .NET tool published on NuGet only; neither .NET nor
 NuGet is reachable here, so it is not compared (``bench/wps_servers.py``).
 """
@@ -29,7 +32,7 @@ import pytest
 from bench import loadgen
 from bench.loadgen import ServerProcess, calibrated
 from bench.wps_load import MESSAGE_SIZE, AckLoad, FanOut
-from bench.wps_servers import LABELS
+from bench.wps_servers import CEILING, LABELS
 
 RECEIVERS = 1000
 ROUNDS = 5
@@ -49,16 +52,19 @@ def _in_flight(window: int, what: str) -> str:
 loadgen.raise_fd_limit()
 
 
-@pytest.fixture(params=LABELS)
+@pytest.fixture
 def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
-    """A fresh server process per test; always stopped."""
-    proc = ServerProcess(request.param, "bench.wps_servers", request.param)
+    """A fresh server process per test (the ``label`` parameter); always stopped."""
+    label = request.getfixturevalue("label")
+    proc = ServerProcess(label, "bench.wps_servers", label)
     request.addfinalizer(proc.stop)
     yield proc
 
 
 @pytest.mark.parametrize("window", FANOUT_WINDOWS, ids=[f"x{w}" for w in FANOUT_WINDOWS])
-def test_wps_fanout(benchmark: Any, server: ServerProcess, window: int) -> None:
+@pytest.mark.parametrize("label", [*LABELS, CEILING])
+def test_wps_fanout(benchmark: Any, label: str, server: ServerProcess, window: int) -> None:
+    """``loadgen-ceiling`` is a trivial fan-out server: the generator's own limit here."""
     load = FanOut(server.port, RECEIVERS, window=window, batch=max(1, window // 2),
                   server_cpu=server.cpu)
     try:
@@ -81,7 +87,8 @@ def test_wps_fanout(benchmark: Any, server: ServerProcess, window: int) -> None:
 
 
 @pytest.mark.parametrize("window", ACK_WINDOWS, ids=[f"x{w}" for w in ACK_WINDOWS])
-def test_wps_acks(benchmark: Any, server: ServerProcess, window: int) -> None:
+@pytest.mark.parametrize("label", LABELS)
+def test_wps_acks(benchmark: Any, label: str, server: ServerProcess, window: int) -> None:
     load = AckLoad(server.port, window=window, server_cpu=server.cpu)
     try:
         count = calibrated(load.run, warmup=200, start=64, limit=1 << 20, seconds=ACK_SECONDS)

@@ -8,11 +8,15 @@
 - ``websockets``: a minimal group fan-out written with the ``websockets`` library (asyncio), for
   context only: it checks the same access token at connect (our ``verify_client_token``), sends
   the same ``connected`` message, and for a ``sendToGroup`` frame does ``json.loads``, one
-  ``json.dumps`` of the group message (the same JSON our hub sends a client without a user
-  id... or with one) and ``websockets.broadcast`` to the group, plus the ``ack`` when an
+  ``json.dumps`` of the group message (the same JSON our hub sends, field for field) and
+  ``websockets.broadcast`` to the group, plus the ``ack`` when an
   ``ackId`` is given. It has none of the rest of the protocol (no permissions beyond the
   ``sendToGroup`` role, no join/leave, no reliable subprotocol, no duplicate-ack check), so it
-  is a floor for what a Python fan-out costs, not a peer emulator. Microsoft's own emulator
+  is a floor for what a Python fan-out costs, not a peer emulator.
+- ``loadgen-ceiling``: not a server under test — a trivial blocking-socket fan-out (no token
+  check, upgrade parsed by hand; per ``sendToGroup`` one ``json.loads``, one encoded frame, then a
+  ``sendall`` of it to every member of the group), as cheap per delivery as Python gets: what
+  the load generator can count at most on this machine. Microsoft's own emulator
   (``awps-emulator``) is a .NET tool from NuGet: not installable from the registries reachable
   here, so it is not compared.
 """
@@ -32,6 +36,8 @@ from bench.relays._common import HOST, announce, prepare_process
 KEY = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH"
 HUB = "bench"
 LABELS = ("hyco_proto", "websockets")
+#: Not a server under test: the load generator's own limit (``_serve_ceiling``).
+CEILING = "loadgen-ceiling"
 SUBPROTOCOL = "json.webpubsub.azure.v1"
 
 
@@ -107,12 +113,103 @@ async def _serve_websockets(port: int) -> None:
         await asyncio.Event().wait()
 
 
+def _serve_ceiling(port: int) -> None:
+    import selectors
+    import socket
+    from urllib.parse import parse_qsl, urlsplit
+
+    import jwt
+
+    from hyco_proto._frames import OP_TEXT, FrameDecoder, encode_frame
+    from hyco_proto.handshake import accept_token
+
+    dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    listener = socket.create_server((HOST, port), backlog=1024)
+    listener.setblocking(False)
+    sel = selectors.DefaultSelector()
+    sel.register(listener, selectors.EVENT_READ)
+    heads: dict[socket.socket, bytes] = {}
+    decoders: dict[socket.socket, FrameDecoder] = {}
+    users: dict[socket.socket, str | None] = {}
+    groups: dict[str, list[socket.socket]] = {}
+    ids = itertools.count(1)
+    announce(listener.getsockname()[1])
+
+    def upgrade(sock: socket.socket, head: bytes) -> None:
+        lines = head.decode("latin-1").split("\r\n")
+        target = lines[0].split(" ")[1]
+        fields = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+        key = {k.lower(): v for k, v in fields.items()}["sec-websocket-key"].strip()
+        accept = accept_token(key)
+        tok = dict(parse_qsl(urlsplit(target).query))["access_token"]
+        # Claims read, not checked: the ceiling is not a server under test.
+        payload = jwt.decode(tok, options={"verify_signature": False})
+        for group in payload.get("webpubsub.group", []):
+            groups.setdefault(group, []).append(sock)
+        users[sock] = payload.get("sub")
+        sock.sendall(f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     f"Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
+                     f"Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\n\r\n".encode()
+                     + encode_frame(OP_TEXT, dumps({
+                         "type": "system", "event": "connected", "userId": users[sock],
+                         "connectionId": f"c{next(ids)}"}).encode(), masked=False))
+        decoders[sock] = FrameDecoder(masked=True)
+
+    while True:
+        for key, _ in sel.select():
+            sock = key.fileobj
+            if sock is listener:
+                conn, _ = listener.accept()
+                conn.setblocking(True)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                heads[conn] = b""
+                sel.register(conn, selectors.EVENT_READ)
+                continue
+            assert isinstance(sock, socket.socket)
+            data = sock.recv(1 << 20)
+            if not data:
+                sel.unregister(sock)
+                for members in groups.values():
+                    if sock in members:
+                        members.remove(sock)
+                sock.close()
+                continue
+            decoder = decoders.get(sock)
+            if decoder is None:
+                head = heads[sock] + data
+                if b"\r\n\r\n" not in head:
+                    heads[sock] = head
+                    continue
+                del heads[sock]
+                upgrade(sock, head.split(b"\r\n\r\n", 1)[0])
+                continue
+            for opcode, payload, _fin in decoder.feed(data):
+                if opcode != OP_TEXT:
+                    continue
+                msg = json.loads(payload)
+                if msg.get("type") != "sendToGroup":
+                    continue
+                frame = encode_frame(OP_TEXT, dumps({
+                    "type": "message", "from": "group", "group": msg["group"],
+                    "fromUserId": users.get(sock), "dataType": msg.get("dataType", "json"),
+                    "data": msg.get("data")}).encode(), masked=False)
+                for member in groups.get(msg["group"], ()):
+                    member.sendall(frame)
+                if msg.get("ackId") is not None:
+                    sock.sendall(encode_frame(OP_TEXT, dumps({
+                        "type": "ack", "ackId": msg["ackId"], "success": True}).encode(),
+                        masked=False))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("label", choices=LABELS)
+    parser.add_argument("label", choices=(*LABELS, CEILING))
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()
     prepare_process()
+    if args.label == CEILING:
+        _serve_ceiling(args.port)
+        return
     serve = _serve_hyco if args.label == "hyco_proto" else _serve_websockets
     asyncio.run(serve(args.port))
 
