@@ -9,16 +9,17 @@
   context only: it checks the same access token at connect (our ``verify_client_token``), sends
   the same ``connected`` message, and for a ``sendToGroup`` frame does ``json.loads``, one
   ``json.dumps`` of the group message (the same JSON our hub sends, field for field) and
-  ``websockets.broadcast`` to the group, plus the ``ack`` when an
-  ``ackId`` is given. It has none of the rest of the protocol (no permissions beyond the
-  ``sendToGroup`` role, no join/leave, no reliable subprotocol, no duplicate-ack check), so it
-  is a floor for what a Python fan-out costs, not a peer emulator.
+  ``websockets.broadcast`` to the group, plus the ``ack`` when an ``ackId`` is given. It has none
+  of the rest of the protocol (no permissions beyond the ``sendToGroup`` role, no join/leave, no
+  reliable subprotocol, no duplicate-ack check): about the least a Python asyncio fan-out can
+  do per message, not a peer emulator.
 - ``loadgen-ceiling``: not a server under test — a trivial blocking-socket fan-out (no token
   check, upgrade parsed by hand; per ``sendToGroup`` one ``json.loads``, one encoded frame, then a
   ``sendall`` of it to every member of the group), as cheap per delivery as Python gets: what
-  the load generator can count at most on this machine. Microsoft's own emulator
-  (``awps-emulator``) is a .NET tool from NuGet: not installable from the registries reachable
-  here, so it is not compared.
+  the load generator can count at most on this machine.
+
+Microsoft's own emulator (``awps-emulator``) is a .NET tool published on NuGet only: neither .NET
+nor NuGet is reachable from here (npm has no emulator package), so it is not compared.
 """
 
 from __future__ import annotations
