@@ -237,7 +237,10 @@ class WebPubSubRoute:
         if status in (401, 403):
             self.svc.stats.auth_failures += 1
         self.svc.refusal_log.refused(door.conn.opened, status, "/client", reason)
-        door.send_raw(handshake.reject(status, reason))
+        # The reason in the status line and as a text body (what clients show of a refusal).
+        door.send_raw(handshake.reject(status, reason,
+                                       [("Content-Type", "text/plain; charset=utf-8")],
+                                       (reason + "\n").encode("utf-8")))
 
 
 def _claims(claims: ClientTokenClaims) -> dict[str, list[str]]:
