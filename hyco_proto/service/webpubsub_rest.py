@@ -25,6 +25,7 @@ class WebPubSubRestRoute:
 
     def __init__(self, svc: ServiceCore, wps: WebPubSubService) -> None:
         self.svc = svc
+        self.wps = wps
         self.api = RestApi(wps.hub, wps.access_key)
 
     def match(self, head: RequestHead) -> bool:
