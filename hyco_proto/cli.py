@@ -41,9 +41,11 @@ from .errors import ProtocolError, RelayError
 from .sas import create_relay_token
 from .service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY, HybridConnectionConfig
 from .service.devcert import DevCertError, ensure_dev_cert, node_hint
+from .service.router import RelayService
 from .service.tomlconfig import (
     DEFAULT_HOST,
     DEFAULT_PORT,
+    DEFAULT_WEBPUBSUB_PORT,
     ConfigError,
     EmulatorConfig,
     TlsConfig,
@@ -52,6 +54,7 @@ from .service.tomlconfig import (
     is_development_key,
     load_config,
 )
+from .service.webpubsub import WebPubSubService
 from .uris import (
     ConnectionString,
     create_relay_listen_uri,
@@ -59,6 +62,7 @@ from .uris import (
     default_scheme,
     parse_connection_string,
 )
+from .webpubsub.events import SYSTEM_EVENTS, EventHandler
 
 if TYPE_CHECKING:
     from .adapters.asyncio import RelayedWebSocket, RelayServiceServer
@@ -154,6 +158,25 @@ def _emulator_config(args: argparse.Namespace) -> EmulatorConfig:
         config.tls = TlsConfig(self_signed=True)
     if args.state_dir is not None and config.tls is not None:
         config.tls.state_dir = Path(args.state_dir).expanduser()
+    wps = config.webpubsub
+    if args.no_webpubsub:
+        wps.enabled = False
+    if args.webpubsub_port is not None:
+        wps.port = args.webpubsub_port
+        wps.enabled = not args.no_webpubsub
+    if args.webpubsub_key is not None:
+        wps.access_key = args.webpubsub_key
+    for spec in args.event_handler or ():
+        hub, sep, url = spec.partition("=")
+        if not sep or not hub.strip() or not url.strip():
+            raise CliError(f"--event-handler {spec!r}: expected HUB=URL, e.g. "
+                           "chat=http://127.0.0.1:3000/eventhandler")
+        try:
+            handler = EventHandler(url.strip(), "*", frozenset(SYSTEM_EVENTS))
+        except ValueError as exc:
+            raise CliError(f"--event-handler {spec!r}: {exc}") from None
+        key = hub.strip().lower()
+        wps.event_handlers[key] = (*wps.event_handlers.get(key, ()), handler)
     if not service.rules:
         raise CliError("the configuration defines no SAS rules: nobody could connect")
     return config
@@ -186,7 +209,8 @@ def _banner(config: EmulatorConfig, server: RelayServiceServer, cert: Path | Non
     names = sorted(hc.name for hc in service.hybrid_connections.values())
     example = names[0] if names else "myhc"
     lines = [
-        f"hyco_proto relay emulator {__version__} (Azure Relay Hybrid Connections, for local "
+        f"hyco_proto relay emulator {__version__} (Azure Relay Hybrid Connections"
+        f"{' and Web PubSub' if server.service.webpubsub is not None else ''}, for local "
         "development only)",
         f"listening on {url}",
         f"status: {'https' if scheme == 'wss' else 'http'}://{authority}/$status",
@@ -227,6 +251,26 @@ def _banner(config: EmulatorConfig, server: RelayServiceServer, cert: Path | Non
         if is_development_key([rule]):
             lines.append(f"(the key is the documented development key of {DEFAULT_RULE_NAME}; "
                          "pass --key or a config file for anything shared)")
+    hubs = server.service.webpubsub
+    if hubs is not None:
+        endpoint = server.webpubsub_endpoint
+        lines += [
+            "",
+            f"Web PubSub hubs on {endpoint} (clients: {endpoint.replace('http', 'ws', 1)}"
+            "/client/hubs/{hub}; REST API: /api/hubs/{hub}/...)",
+            "  connection string (any hub name works):",
+            f"  {server.webpubsub_connection_string}",
+        ]
+        for hub, handlers in sorted(config.webpubsub.event_handlers.items()):
+            for handler in handlers:
+                taken = sorted(handler.system_events) + (
+                    [f"user events {handler.user_events}"] if handler.user_events else [])
+                lines.append(f"  hub {hub}: events ({', '.join(taken)}) → "
+                             f"{handler.url_template}")
+        if config.webpubsub.access_key is None and rule is not None and \
+                is_development_key([rule]):
+            lines.append("  (AccessKey is the development key: pass --key or "
+                         "--webpubsub-key for anything shared)")
     if cert is not None:
         lines += ["", "trust the certificate in Node (hyco-ws, hyco-https):",
                   f"  export {node_hint(cert)}",
@@ -235,17 +279,55 @@ def _banner(config: EmulatorConfig, server: RelayServiceServer, cert: Path | Non
     return "\n".join(lines)
 
 
+def _webpubsub_service(config: EmulatorConfig, out: IO[str]) -> WebPubSubService | None:
+    settings = config.webpubsub
+    if not settings.enabled:
+        return None
+    try:
+        import jwt  # noqa: F401  (the hubs verify and mint access tokens with PyJWT)
+    except ImportError:
+        print("Web PubSub: not served: it needs PyJWT (pip install 'hyco_proto[webpubsub]')",
+              file=out, flush=True)
+        return None
+    key = settings.access_key
+    if key is None:
+        rule = default_rule(config.service)
+        key = rule.key if rule is not None else DEVELOPMENT_KEY
+    return WebPubSubService(key, event_handlers=settings.event_handlers)
+
+
+async def _start_emulator(config: EmulatorConfig, context: ssl.SSLContext | None,
+                          out: IO[str]) -> RelayServiceServer:
+    """Bind the relay port and (unless disabled) the Web PubSub port. The default Web PubSub
+    port, 8080, is often taken: then a free one is used and the banner says so."""
+    from .adapters.asyncio import RelayServiceServer
+    from .adapters.asyncio.service import BindError
+
+    wps = _webpubsub_service(config, out)
+    requested = config.webpubsub.port
+    wps_port = None if wps is None else (DEFAULT_WEBPUBSUB_PORT if requested is None
+                                         else requested)
+    while True:
+        service = RelayService(config.service, webpubsub=wps)
+        server = RelayServiceServer(service, host=config.host, port=config.effective_port,
+                                    ssl=context, webpubsub_port=wps_port)
+        try:
+            await server.start()
+            return server
+        except BindError as exc:
+            if exc.routes == "webpubsub" and requested is None and wps_port != 0:
+                print(f"Web PubSub: port {wps_port} is taken ({exc.strerror}); using a free "
+                      "port instead (choose one with --webpubsub-port)", file=out, flush=True)
+                wps_port = 0
+                continue
+            hint = (" (pass --webpubsub-port N, or --no-webpubsub)"
+                    if exc.routes == "webpubsub" else " (pass --port N, or 0 for a free one)")
+            raise CliError(f"{exc}{hint}") from None
+
+
 async def _serve_emulator(config: EmulatorConfig, context: ssl.SSLContext | None,
                           cert: Path | None, out: IO[str]) -> None:
-    from .adapters.asyncio import RelayServiceServer
-
-    server = RelayServiceServer(config=config.service, host=config.host,
-                                port=config.effective_port, ssl=context)
-    try:
-        await server.start()
-    except OSError as exc:
-        raise CliError(f"cannot listen on {config.host}:{config.effective_port}: "
-                       f"{exc.strerror or exc}") from None
+    server = await _start_emulator(config, context, out)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
@@ -880,6 +962,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep a listener this long after its token expired (default 60)")
     emu.add_argument("--max-listeners", type=int, metavar="N",
                      help="listeners per hybrid connection (default 25)")
+    emu.add_argument("--webpubsub-port", type=_port, metavar="PORT",
+                     help="port of the Web PubSub hubs (default 8080, or a free port when "
+                          "8080 is taken; 0 picks a free one)")
+    emu.add_argument("--no-webpubsub", action="store_true",
+                     help="do not serve the Web PubSub hubs")
+    emu.add_argument("--webpubsub-key", metavar="KEY",
+                     help="Web PubSub access key (default: the key of "
+                          f"{DEFAULT_RULE_NAME}, i.e. --key)")
+    emu.add_argument("--event-handler", action="append", metavar="HUB=URL",
+                     help="send every event of hub HUB (connect, connected, disconnected and "
+                          "user events) to this upstream URL, e.g. "
+                          "chat=http://127.0.0.1:3000/eventhandler (repeatable; {event}, "
+                          "{hub} and {category} in the URL are replaced)")
     emu.add_argument("--log-level", default="INFO",
                      help="DEBUG, INFO (default: refusals with tracking ids), WARNING")
     emu.set_defaults(func=cmd_emulator)

@@ -25,6 +25,16 @@ The format is documented, with an example, in ``docs/emulator.md``::
     key = "..."
     rights = ["Listen"]
 
+    [webpubsub]                 # the Web PubSub hubs, on a port of their own
+    port = 8080                 # default 8080; 0 picks a free port
+    access_key = "..."          # default: the key of RootManageSharedAccessKey (--key)
+    enabled = true
+
+    [[webpubsub.hubs.chat.event_handlers]]
+    url_template = "http://127.0.0.1:3000/eventhandler/{event}"
+    user_events = "*"           # "*", "" or "name1,name2"
+    system_events = ["connect", "connected", "disconnected"]
+
 Errors raise :class:`ConfigError` naming the file, the line (when it can be found) and the dotted
 key, and suggest the right spelling of a mistyped key. Parsing is pure (:func:`parse_config`);
 :func:`load_config` only reads the file first.
@@ -41,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..webpubsub.events import SYSTEM_EVENTS, EventHandler
 from .config import (
     DEFAULT_RULE_NAME,
     DEVELOPMENT_KEY,
@@ -59,9 +70,11 @@ __all__ = [
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "DEFAULT_TLS_PORT",
+    "DEFAULT_WEBPUBSUB_PORT",
     "ConfigError",
     "EmulatorConfig",
     "TlsConfig",
+    "WebPubSubSettings",
     "apply_default_key",
     "default_rule",
     "is_development_key",
@@ -72,6 +85,8 @@ __all__ = [
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9090
 DEFAULT_TLS_PORT = 9443
+#: The Web PubSub hubs' port (the official Web PubSub emulator's).
+DEFAULT_WEBPUBSUB_PORT = 8080
 
 
 class ConfigError(ValueError):
@@ -90,6 +105,19 @@ class TlsConfig:
 
 
 @dataclass(slots=True)
+class WebPubSubSettings:
+    """The emulator's Web PubSub hubs: whether and where they are served, the access key, and
+    each hub's upstream event handlers (hub name in lower case → handlers, in order)."""
+
+    enabled: bool = True
+    #: The port (0: any free port; None: 8080, or a free port when 8080 is taken).
+    port: int | None = None
+    #: The key client tokens and REST calls are signed with (None: the default rule's key).
+    access_key: str | None = None
+    event_handlers: dict[str, tuple[EventHandler, ...]] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
 class EmulatorConfig:
     """Everything ``hyco emulator`` needs: the service configuration and where to serve it."""
 
@@ -98,6 +126,7 @@ class EmulatorConfig:
     #: The port (0: any free port; None: 9090, or 9443 with TLS).
     port: int | None = None
     tls: TlsConfig | None = None
+    webpubsub: WebPubSubSettings = field(default_factory=WebPubSubSettings)
     #: The file this came from, if any.
     source: Path | None = None
 
@@ -290,7 +319,10 @@ def _type_name(value: object) -> str:
 # -------------------------------------------------------------------------------------------
 # sections
 
-_TOP_KEYS = ("server", "tls", "rules", "hybrid_connections")
+_TOP_KEYS = ("server", "tls", "rules", "hybrid_connections", "webpubsub")
+_WPS_KEYS = ("enabled", "port", "access_key", "hubs")
+_HUB_KEYS = ("event_handlers",)
+_HANDLER_KEYS = ("url_template", "user_events", "system_events")
 _SERVER_KEYS = ("host", "port", "namespace", "strict", "token_grace", "max_listeners",
                 "accept_timeout")
 _TLS_KEYS = ("cert", "key", "self_signed", "state_dir")
@@ -417,7 +449,42 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
                 requires_client_authorization=True if requires is None else requires,
                 rules=_rules(hc_rules) if hc_rules is not None else (),
             )
+    wps = top.table("webpubsub")
+    if wps is not None:
+        _webpubsub(wps, result.webpubsub)
     return result
+
+
+def _webpubsub(table: _Table, settings: WebPubSubSettings) -> None:
+    table.check_keys(_WPS_KEYS)
+    enabled = table.boolean("enabled")
+    if enabled is not None:
+        settings.enabled = enabled
+    settings.port = table.integer("port", low=0, high=65535)
+    settings.access_key = table.string("access_key")
+    hubs = table.table("hubs")
+    if hubs is None:
+        return
+    for name in hubs.data:
+        hub = _Table(table.rep, [*hubs.path, name], hubs.data[name])
+        hub.check_keys(_HUB_KEYS)
+        handlers: list[EventHandler] = []
+        for item in hub.array_of_tables("event_handlers") or []:
+            item.check_keys(_HANDLER_KEYS)
+            template = item.string("url_template", required=True)
+            assert template is not None
+            user_events = item.string("user_events", non_empty=False)
+            raw = item.data.get("system_events", [])
+            if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+                names = ", ".join(SYSTEM_EVENTS)
+                raise table.rep.error([*item.path, "system_events"],
+                                      f"expected an array of event names ({names})")
+            try:
+                handlers.append(EventHandler(template, "*" if user_events is None
+                                             else user_events, frozenset(raw)))
+            except ValueError as exc:
+                raise table.rep.error(item.path, str(exc)) from None
+        settings.event_handlers[name.lower()] = tuple(handlers)
 
 
 def load_config(path: str | Path) -> EmulatorConfig:

@@ -41,6 +41,7 @@ T = TypeVar("T")
 __all__ = [
     "DEFAULT_WRITE_HIGH_WATER",
     "READ_BUFFER_SIZE",
+    "BindError",
     "RelayServiceServer",
     "RelayServiceThread",
 ]
@@ -57,6 +58,19 @@ _CORE = -1  # a "target" id that blocks reading on the core's request (reading_c
 _MIN_TIMER_DELAY = 0.001
 #: Largest answer the service reads from an event handler.
 MAX_CALL_ANSWER = 1 << 20
+
+
+class BindError(OSError):
+    """A port of the service could not be bound: says which (``routes``), where and why."""
+
+    def __init__(self, errno: int | None, strerror: str, host: str, port: int,
+                 routes: str) -> None:
+        super().__init__(errno, strerror)
+        self.host, self.port, self.routes = host, port, routes
+
+    def __str__(self) -> str:
+        what = "Web PubSub" if self.routes == "webpubsub" else "relay"
+        return f"cannot listen on {self.host}:{self.port} ({what} port): {self.strerror}"
 
 
 def _bound_port(server: asyncio.Server, requested: int) -> int:
@@ -243,16 +257,11 @@ class RelayServiceServer:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._closed.clear()
-        routes = self.routes
-        server = await loop.create_server(
-            lambda: _ServiceProtocol(self, routes), self.host, self._requested_port,
-            ssl=self.ssl, reuse_address=True)
+        server = await self._bind(self.routes, self._requested_port)
         self._port = _bound_port(server, self._requested_port)
         if self._requested_webpubsub_port is not None:
             try:
-                extra = await loop.create_server(
-                    lambda: _ServiceProtocol(self, "webpubsub"), self.host,
-                    self._requested_webpubsub_port, ssl=self.ssl, reuse_address=True)
+                extra = await self._bind("webpubsub", self._requested_webpubsub_port)
             except BaseException:
                 server.close()
                 await server.wait_closed()
@@ -261,6 +270,15 @@ class RelayServiceServer:
             self._webpubsub_port = _bound_port(extra, self._requested_webpubsub_port)
         self._server = server
         self._arm_timer()
+
+    async def _bind(self, routes: str, port: int) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.create_server(lambda: _ServiceProtocol(self, routes), self.host,
+                                            port, ssl=self.ssl, reuse_address=True)
+        except OSError as exc:
+            raise BindError(exc.errno, exc.strerror or str(exc), self.host, port,
+                            routes) from exc
 
     async def close(self) -> None:
         """Stop accepting, close every connection, cancel the timer. Idempotent."""
