@@ -49,6 +49,8 @@ HUB = "chat"
 ROLES = ["webpubsub.joinLeaveGroup", "webpubsub.sendToGroup"]
 #: Upper bound for one wait (a proxy step, a client's answer, a message).
 WAIT = 10.0
+#: ack_timeout and start_timeout of the sync Python clients (see PyWps).
+SYNC_TIMEOUT = 1.5
 SCRIPT = NODE_DIR / "wps_client.js"
 # NodeProcess checks that this file exists (npm install ran).
 CLIENT_PACKAGE = "@azure/web-pubsub-client/dist/commonjs"
@@ -172,6 +174,15 @@ class PyWps:
             self.events.append({"event": "token", "n": self.tokens})
             return str(svc.get_client_access_token(user_id=user, roles=granted)["url"])
 
+        if not aio:
+            # The sync client (1.1.0) misses wake-ups: it starts its socket thread, then waits
+            # on a condition that on_open notifies, and sends, then waits on one the ack
+            # notifies; an open or an ack that comes before the wait starts (loopback is fast)
+            # is missed, and the call returns only when the wait times out (start_timeout,
+            # ack_timeout: 30 s by default) — then successfully, as the outcome was recorded.
+            # Short timeouts keep such a miss short.
+            client_options.setdefault("ack_timeout", SYNC_TIMEOUT)
+            client_options.setdefault("start_timeout", SYNC_TIMEOUT)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self.client: Any

@@ -6,7 +6,8 @@
 //
 // config: connectionString (its Endpoint is where the client connects: the hub, or a proxy in
 // front of it), hub, user, roles (array), groups (optional, joined by the token), timeoutMs
-// (watchdog), protocol ("reliable", the default, or "json"), keepAliveIntervalInMs (optional).
+// (watchdog), protocol ("reliable", the default, or "json"), clientOptions (optional, merged
+// into the WebPubSubClient options: keepAliveIntervalInMs, messageRetryOptions, …).
 //
 // The client URL is minted by @azure/web-pubsub's WebPubSubServiceClient.getClientAccessToken,
 // afresh on every call of the client's credential callback (each one is reported as "token").
@@ -71,12 +72,9 @@ async function clientAccessUrl() {
   return token.url;
 }
 
-const options = {
+const options = Object.assign({
   protocol: config.protocol === 'json' ? WebPubSubJsonProtocol() : WebPubSubJsonReliableProtocol(),
-};
-if (config.keepAliveIntervalInMs !== undefined) {
-  options.keepAliveIntervalInMs = config.keepAliveIntervalInMs;
-}
+}, config.clientOptions || {});
 const client = new WebPubSubClient({ getClientAccessUrl: clientAccessUrl }, options);
 
 client.on('connected', (e) => {
