@@ -1,8 +1,10 @@
-"""``make demo``: Hybrid Connections end to end on the embedded local relay.
+"""``make demo``: Hybrid Connections and Web PubSub end to end on the embedded local service.
 
 Starts the relay service on a free loopback port, a listener (``RelayedServer``) that echoes, and
 a sender (``relayed_connect``); exchanges messages and prints round-trip latency and throughput;
-then sends relayed HTTP requests (``relayed_request``) that the same listener answers.
+then sends relayed HTTP requests (``relayed_request``) that the same listener answers. Then the
+service's Web PubSub hub: two ``WebPubSubClient`` s share a group, one publishes and the other
+receives, and the REST API broadcasts to both.
 ``python -m hyco_proto.demo --in-memory`` runs the same story on the sans-IO cores alone (virtual
 clock, no sockets) and prints every protocol step.
 """
@@ -14,6 +16,7 @@ import asyncio
 import statistics
 import sys
 import time
+import urllib.request
 
 from .adapters.asyncio import (
     RelayedRequest,
@@ -21,13 +24,17 @@ from .adapters.asyncio import (
     RelayedWebSocket,
     RelayServiceServer,
     Response,
+    WebPubSubClient,
     relayed_connect,
     relayed_request,
 )
 from .listener import ConnectionRequested, Listener, TokenRenewed
 from .memory import MemoryNetwork
 from .sas import create_relay_token
-from .service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY
+from .service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY, ServiceConfig
+from .service.router import RelayService
+from .service.webpubsub import WebPubSubService
+from .webpubsub.client import GroupMessage
 
 
 async def _answer(request: RelayedRequest) -> Response:
@@ -145,6 +152,74 @@ async def run_sockets(*, round_trips: int = 2000, small: int = 20000, big: int =
     return 0
 
 
+async def run_webpubsub(*, messages: int = 5000) -> int:
+    """Two of our Web PubSub clients and the REST API on the service's hub."""
+    from .webpubsub.tokens import create_client_access, create_service_token
+
+    print("hyco_proto demo: Web PubSub on the same service's hub (its own port)")
+    service = RelayService(ServiceConfig(), webpubsub=WebPubSubService(DEVELOPMENT_KEY))
+    async with RelayServiceServer(service, port=0, webpubsub_port=0) as hub:
+        endpoint = hub.webpubsub_endpoint
+        _say("hub", f"serving on {endpoint}")
+        print(f"             connection string: {hub.webpubsub_connection_string}")
+        roles = ["webpubsub.joinLeaveGroup", "webpubsub.sendToGroup"]
+
+        def url_for(user: str) -> str:
+            return create_client_access(endpoint, "demo", DEVELOPMENT_KEY, user_id=user,
+                                        roles=roles, now=time.time()).url
+
+        alice = WebPubSubClient(lambda: url_for("alice"))
+        bob = WebPubSubClient(lambda: url_for("bob"))
+        async with alice, bob:
+            _say("clients", f"alice {alice.connection_id} and bob {bob.connection_id} "
+                 "connected (json.reliable.webpubsub.azure.v1)")
+            inbox = bob.messages(timeout=10)
+            await bob.join_group("room")
+            await alice.join_group("room")
+            await alice.send_to_group("room", "hello", no_echo=True)
+            first = await inbox.__anext__()
+            assert isinstance(first, GroupMessage)
+            _say("bob", f"got {first.value!r} from {first.from_user_id} in {first.group} "
+                 f"(sequence id {first.sequence_id})")
+            await alice.send_to_group("room", {"price": 42}, "json", no_echo=True)
+            second = await inbox.__anext__()
+            _say("bob", f"got JSON {second.value!r}")
+
+            # Batches of 200: the hub keeps at most 1,000 messages a reliable client has not
+            # acknowledged (sequenceAck) and closes a client that falls further behind.
+            start = time.perf_counter()
+            expected = 0
+            for lowest in range(0, messages, 200):
+                batch = range(lowest, min(lowest + 200, messages))
+                for n in batch:
+                    await alice.send_to_group("room", str(n), no_echo=True, ack=False)
+                for n in batch:
+                    got = await inbox.__anext__()
+                    if got.value != str(n):
+                        raise RuntimeError(f"bob got {got.value!r}, expected {n}")
+                    expected += 1
+            elapsed = time.perf_counter() - start
+            _say("group", f"{expected} messages alice -> bob, in order: "
+                 f"{expected / elapsed:,.0f} messages/s (batches of 200, no acks)")
+
+            # The REST API, as the server SDKs call it (a bearer token for the request URL).
+            rest = f"{endpoint}/api/hubs/demo/:send?api-version=2024-12-01"
+            token = create_service_token(rest, DEVELOPMENT_KEY, now=time.time())
+            request = urllib.request.Request(rest, data=b"to everyone", method="POST", headers={
+                "Authorization": f"Bearer {token}", "Content-Type": "text/plain"})
+
+            def post() -> int:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return int(response.status)
+
+            status = await asyncio.to_thread(post)
+            third = await inbox.__anext__()
+            _say("rest", f"POST /api/hubs/demo/:send -> {status}; bob got {third.value!r} "
+                 "from the server")
+            inbox.close()
+    return 0
+
+
 def run_in_memory() -> int:
     print("hyco_proto demo: Hybrid Connections on the in-memory relay (sans-IO cores only)")
     net = MemoryNetwork()
@@ -208,7 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.in_memory:
         return run_in_memory()
-    return asyncio.run(run_sockets())
+    code = asyncio.run(run_sockets())
+    print()
+    return code or asyncio.run(run_webpubsub())
 
 
 if __name__ == "__main__":

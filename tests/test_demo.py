@@ -25,3 +25,13 @@ def test_in_memory_demo_runs(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "refused: 403 Only one sender today" in out
     assert "token renewals, still listening" in out
+
+
+def test_webpubsub_demo_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    code = asyncio.run(asyncio.wait_for(demo.run_webpubsub(messages=400), 60))
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "got 'hello' from alice in room (sequence id 1)" in out
+    assert "got JSON {'price': 42}" in out
+    assert "400 messages alice -> bob, in order" in out
+    assert "POST /api/hubs/demo/:send -> 202; bob got 'to everyone' from the server" in out

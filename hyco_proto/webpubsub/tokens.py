@@ -36,6 +36,7 @@ __all__ = [
     "WebPubSubTokenError",
     "create_client_access",
     "create_client_token",
+    "create_service_token",
     "verify_client_token",
 ]
 
@@ -116,6 +117,19 @@ def create_client_token(endpoint: str, hub: str, key: str, *, user_id: str | Non
     if group_list:
         payload["webpubsub.group"] = group_list
     token: str = _jwt().encode(payload, key, algorithm="HS256")
+    return token
+
+
+def create_service_token(url: str, key: str, *, ttl: int = DEFAULT_TTL, now: float) -> str:
+    """A bearer token for one REST API request to ``url`` (its full URL, query included), as the
+    server SDKs sign it: HS256 with the access key, ``aud`` = ``url``, ``iat`` and ``exp``."""
+    if not isinstance(key, str) or not key:
+        raise ValueError("key must be a non-empty string (the access key)")
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
+        raise ValueError(f"ttl must be a positive whole number of seconds, not {ttl!r}")
+    iat = math.floor(_check_now(now))
+    token: str = _jwt().encode({"aud": url, "iat": iat, "exp": iat + ttl}, key,
+                               algorithm="HS256")
     return token
 
 
