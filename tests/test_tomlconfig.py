@@ -154,3 +154,31 @@ def test_default_key_override() -> None:
     assert [r.key for r in svc.rules] == ["o", "k3"]
     apply_default_key(svc, None)
     assert [r.key for r in svc.rules] == ["o", "k3"]
+
+
+def test_webpubsub_section() -> None:
+    config = parse_config(
+        "[webpubsub]\nport = 0\naccess_key = 'k'\n"
+        "[[webpubsub.hubs.Chat.event_handlers]]\nurl_template = 'http://h/{event}'\n"
+        "system_events = ['connect']\nuser_events = ''\n"
+        "[[webpubsub.hubs.Chat.event_handlers]]\nurl_template = 'http://h/all'\n")
+    wps = config.webpubsub
+    assert (wps.enabled, wps.port, wps.access_key) == (True, 0, "k")
+    first, second = wps.event_handlers["chat"]
+    assert first.system_events == frozenset({"connect"}) and not first.takes_user_event("x")
+    assert second.takes_user_event("x") and not second.system_events
+    assert not parse_config("[webpubsub]\nenabled = false\n").webpubsub.enabled
+    assert parse_config("").webpubsub.port is None
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[webpubsub]\nprot = 1\n", r":2: webpubsub\.prot: unknown key; did you mean 'port'\?"),
+    ("[[webpubsub.hubs.c.event_handlers]]\nurl_template = 'ftp://x'\n",
+     r"webpubsub\.hubs\.c\.event_handlers\[0\]: event handler URL 'ftp://x' is not an http"),
+    ("[[webpubsub.hubs.c.event_handlers]]\nurl_template = 'http://x'\nsystem_events = 'connect'\n",
+     r"system_events: expected an array of event names"),
+    ("[[webpubsub.hubs.c.event_handlers]]\n", r"url_template: is required"),
+])
+def test_webpubsub_section_errors(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(text)
