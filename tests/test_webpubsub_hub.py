@@ -498,3 +498,27 @@ def test_a_reliable_client_that_closes_normally_is_gone_at_once() -> None:
                                                                 RELIABLE).accepted
     assert hub.connection_exists(broken)
     assert hub.group_exists("g")
+
+
+def test_departures_are_reported_only_when_asked_for() -> None:
+    quiet = make_hub()
+    cid = quiet.connect(0.0, subprotocol=JSON).connection_id
+    quiet.transport_lost(1.0, cid, 1000)
+    assert quiet.departures() == []
+
+    hub = make_hub(report_departures=True, recovery_window=5.0)
+    plain = hub.connect(0.0, subprotocol=JSON).connection_id
+    kept = hub.connect(0.0, subprotocol=RELIABLE).connection_id
+    closed = hub.connect(0.0, subprotocol=RELIABLE).connection_id
+    lost_then_closed = hub.connect(0.0, subprotocol=RELIABLE).connection_id
+    hub.transport_lost(1.0, plain, None)
+    hub.transport_lost(1.0, kept, 1001)  # kept for recovery: not gone yet
+    hub.close_connection(closed, "bye")
+    hub.transport_lost(1.0, lost_then_closed, None)
+    hub.close_connection(lost_then_closed, "REST close while waiting for recovery")
+    assert hub.departures() == [
+        (plain, "The connection was lost."), (closed, "bye"),
+        (lost_then_closed, "REST close while waiting for recovery")]
+    assert hub.departures() == []
+    hub.handle_timer(6.0)
+    assert hub.departures() == [(kept, "The connection was not recovered in time.")]

@@ -39,7 +39,7 @@ from .handler import Connection, ConnectionKind, Handler, ServiceCore, WebSocket
 from .webpubsub_events import CALL_TIMEOUT, EventDispatcher
 
 __all__ = ["UpstreamConnect", "WebPubSubRoute", "WebPubSubService", "WebPubSubSocket",
-           "apply_hub_actions"]
+           "apply_hub_actions", "report_departures"]
 
 logger = logging.getLogger("hyco_proto.service")
 
@@ -60,7 +60,8 @@ class WebPubSubService:
         key = name.lower()
         hub = self.hubs.get(key)
         if hub is None:
-            hub = self.hubs[key] = Hub(key)
+            # A hub with event handlers reports every departure (`disconnected` events).
+            hub = self.hubs[key] = Hub(key, report_departures=self.events.watches(key))
         return hub
 
     def next_deadline(self) -> float | None:
@@ -75,9 +76,8 @@ class WebPubSubService:
         for hub in self.hubs.values():
             deadline = hub.next_deadline()
             if deadline is not None and now >= deadline:
-                for connection_id in hub.handle_timer(now):
-                    self.events.disconnected(now, hub=hub.name, connection_id=connection_id,
-                                             reason="The connection was not recovered in time.")
+                hub.handle_timer(now)
+                report_departures(hub, self.events, now)
         self.events.handle_timer(now)
 
 
@@ -217,6 +217,7 @@ class WebPubSubRoute:
                  connection_id: str, token: str, subprotocol: str | None, now: float) -> None:
         assert handshake.request is not None
         result = hub.recover(now, connection_id, token, subprotocol)
+        report_departures(hub, self.wps.events, now)  # one past its window is gone now
         if not result.accepted:
             # Refused: accept, then close 1008 — any HTTP error makes the SDKs retry (§0 item 7).
             self.svc.send(door.id, handshake.accept(subprotocol))
@@ -303,11 +304,16 @@ def apply_hub_actions(svc: ServiceCore, hub: Hub, now: float, actions: list[HubA
             target = svc.lookup(WebPubSubSocket.name_of(hub, action.connection_id))
             if isinstance(target, WebPubSubSocket):
                 target.deliver(now, action)
-            if isinstance(action, CloseTransport) and events is not None:
-                events.disconnected(now, hub=hub.name, connection_id=action.connection_id,
-                                    reason=action.reason)
         elif isinstance(action, UpstreamEvent) and events is not None:
             _user_event(svc, hub, events, now, action)
+    if events is not None:
+        report_departures(hub, events, now)
+
+
+def report_departures(hub: Hub, events: EventDispatcher, now: float) -> None:
+    """Send ``disconnected`` for every connection the hub removed since the last call."""
+    for connection_id, reason in hub.departures():
+        events.disconnected(now, hub=hub.name, connection_id=connection_id, reason=reason)
 
 
 def _user_event(svc: ServiceCore, hub: Hub, events: EventDispatcher, now: float,
@@ -357,11 +363,8 @@ class WebPubSubSocket(WebSocketHandler):
         self._attached = False
         self.svc.unbind(self.name_of(self.hub, self.connection_id), self.id)
         self.hub.transport_lost(now, self.connection_id, code)
-        if self.events is not None and not self.hub.connection_exists(self.connection_id):
-            reason = "The client closed the connection." if code is not None else \
-                "The connection was lost."
-            self.events.disconnected(now, hub=self.hub.name, connection_id=self.connection_id,
-                                     reason=reason)
+        if self.events is not None:
+            report_departures(self.hub, self.events, now)
 
     def pump(self, now: float) -> None:
         if self._trailing:

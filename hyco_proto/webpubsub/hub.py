@@ -98,6 +98,7 @@ MAX_UNACKED_BYTES = 16 * 1024 * 1024
 
 _BUFFER_FULL = "The reliable message buffer is full."
 _NOT_RECOVERABLE = "The connection could not be recovered."
+_NOT_RECOVERED = "The connection was not recovered in time."
 _MAX_REASON_BYTES = 123  # a WebSocket close reason's limit
 
 
@@ -223,6 +224,7 @@ class Hub:
         recovery_window: float = RECOVERY_WINDOW,
         max_unacked_messages: int = MAX_UNACKED_MESSAGES,
         max_unacked_bytes: int = MAX_UNACKED_BYTES,
+        report_departures: bool = False,
     ) -> None:
         self.name = name
         self._new_id = connection_id_factory
@@ -234,6 +236,18 @@ class Hub:
         self._connections: dict[str, _Connection] = {}
         self._groups: dict[str, set[str]] = {}
         self._users: dict[str, set[str]] = {}
+        #: Connections removed for good, with why, until :meth:`departures` takes them (only
+        #: when ``report_departures``: the service sends ``disconnected`` events from them).
+        self._departed: list[tuple[str, str]] | None = [] if report_departures else None
+
+    def departures(self) -> list[tuple[str, str]]:
+        """``(connection_id, reason)`` of every connection removed for good since the last call
+        (however it went: closed, dropped, not recovered in time, closed by the REST API).
+        Always empty unless the hub was made with ``report_departures=True``."""
+        if not self._departed:
+            return []
+        out, self._departed = self._departed, []
+        return out
 
     # ----------------------------------------------------------------------------------------
     # connection lifecycle
@@ -313,7 +327,7 @@ class Hub:
         ):
             return RecoverResult(False, [], CLOSE_POLICY_VIOLATION, _NOT_RECOVERABLE)
         if conn.lost_at is not None and now >= conn.lost_at + self.recovery_window:
-            self._drop(conn)
+            self._drop(conn, _NOT_RECOVERED)
             return RecoverResult(False, [], CLOSE_POLICY_VIOLATION, _NOT_RECOVERABLE)
         conn.lost_at = None
         return RecoverResult(True, [Deliver(connection_id, frame) for _, frame, _ in conn.unacked])
@@ -333,7 +347,8 @@ class Hub:
         if conn.reliable and code != CLOSE_NORMAL:
             conn.lost_at = now
         else:
-            self._drop(conn)
+            self._drop(conn, "The client closed the connection." if code is not None
+                       else "The connection was lost.")
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` has work next (a recovery window ends), or ``None``."""
@@ -346,7 +361,7 @@ class Hub:
         expired = [c for c in self._connections.values()
                    if c.lost_at is not None and now >= c.lost_at + self.recovery_window]
         for conn in expired:
-            self._drop(conn)
+            self._drop(conn, _NOT_RECOVERED)
         return [c.connection_id for c in expired]
 
     # ----------------------------------------------------------------------------------------
@@ -601,7 +616,9 @@ class Hub:
             if not members:
                 del self._groups[group]
 
-    def _drop(self, conn: _Connection) -> None:
+    def _drop(self, conn: _Connection, reason: str) -> None:
+        if self._departed is not None and conn.connection_id in self._connections:
+            self._departed.append((conn.connection_id, reason))
         for group in list(conn.groups):
             self._leave(conn, group)
         self._connections.pop(conn.connection_id, None)
@@ -618,7 +635,7 @@ class Hub:
         """A service-initiated close: ``disconnected`` first (JSON clients, attached), then the
         close; the connection is dropped for good."""
         attached = conn.lost_at is None
-        self._drop(conn)
+        self._drop(conn, reason)
         if not attached:
             return []
         actions: list[HubAction] = []

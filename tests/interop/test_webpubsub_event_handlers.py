@@ -43,7 +43,7 @@ def hub_with(handler: EventHandler, timeout: float = 5.0) -> Iterator[int]:
     # @azure/web-pubsub-client's stop() closes without a status code, as its keepalive timeout
     # does before it recovers: the hub keeps such a reliable session for the recovery window,
     # and `disconnected` fires when the window ends (1 s here instead of 30).
-    wps.hubs[HUB] = Hub(HUB, recovery_window=1.0)
+    wps.hubs[HUB] = Hub(HUB, recovery_window=1.0, report_departures=True)
     service = RelayService(ServiceConfig(), webpubsub=wps)
     with RelayServiceThread(service, port=0, routes="webpubsub") as thread:
         yield thread.port
