@@ -149,13 +149,14 @@ class WebPubSubRoute:
     def _admit(self, door: FrontDoor, handshake: ServerHandshake, hub: Hub, now: float, *,
                user_id: str | None, roles: Sequence[str], groups: Sequence[str],
                subprotocol: str | None, origin: str, connection_id: str | None = None,
-               states: Mapping[str, Any] | None = None) -> None:
-        """Add the connection to the hub and accept the upgrade."""
+               states: Mapping[str, Any] | None = None, echo: str | None = None) -> None:
+        """Add the connection to the hub and accept the upgrade (answering ``echo``, a raw
+        client's own subprotocol chosen by the connect handler, or the hub's ``subprotocol``)."""
         assert handshake.request is not None
         result = hub.connect(now, user_id=user_id, roles=roles, groups=groups,
                              subprotocol=subprotocol, connection_id=connection_id)
         socket = self._open(door, handshake, handshake.request, hub, result.connection_id,
-                            subprotocol)
+                            echo or subprotocol)
         socket.apply(now, result.actions)
         self.wps.events.connected(now, hub=hub.name, connection_id=result.connection_id,
                                   user_id=user_id or None, subprotocol=subprotocol,
@@ -181,14 +182,17 @@ class WebPubSubRoute:
             if not answer.accepted:
                 self._refuse(door, handshake, answer.status, answer.reason)
                 return
-            chosen = subprotocol
+            chosen, echo = subprotocol, None
             if answer.subprotocol is not None:
-                if answer.subprotocol not in offered or answer.subprotocol not in SUBPROTOCOLS:
+                if answer.subprotocol not in offered:
                     self._refuse(door, handshake, 500, "The connect event handler chose "
                                  f"subprotocol {answer.subprotocol!r}, which the client did "
-                                 "not offer or the hub does not speak.")
+                                 "not offer.")
                     return
-                chosen = answer.subprotocol
+                if answer.subprotocol in SUBPROTOCOLS:
+                    chosen = answer.subprotocol
+                else:  # a raw client's own subprotocol: echoed, the hub treats it as raw
+                    chosen, echo = None, answer.subprotocol
             # The id was free when chosen; should another connection have taken it since, a
             # fresh one is used (the handler saw the first).
             fresh = None if hub.connection_exists(connection_id) else connection_id
@@ -198,7 +202,7 @@ class WebPubSubRoute:
                         else claims.user_id,
                         roles=answer.roles if answer.roles is not None else claims.roles,
                         groups=groups, subprotocol=chosen, origin=origin,
-                        connection_id=fresh, states=answer.states)
+                        connection_id=fresh, states=answer.states, echo=echo)
 
         self.wps.events.connect(
             now, hub=hub.name, connection_id=connection_id, user_id=claims.user_id,

@@ -254,3 +254,50 @@ def socket_port() -> Iterator[int]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         yield int(sock.getsockname()[1])
+
+
+class RawAppHandler(Recorder):
+    """Chooses a raw client's own subprotocol at connect and answers its frames."""
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        kind = self.headers.get("ce-type", "")
+        self.seen.put({"type": kind, "body": body,
+                       "content_type": self.headers.get("Content-Type")})
+        if kind == "azure.webpubsub.sys.connect":
+            offered = json.loads(body)["subprotocols"]
+            self._answer(200, "application/json",
+                         json.dumps({"subprotocol": offered[-1], "userId": "raw-user"}).encode())
+        elif kind == "azure.webpubsub.user.message":
+            self._answer(200, "text/plain", b"you said " + body)
+        else:
+            self._answer(204, None, b"")
+
+
+def test_raw_client_with_its_own_subprotocol_talks_to_the_handler() -> None:
+    from hyco_proto.adapters.threads import connect
+
+    seen: queue.Queue[dict[str, Any]] = queue.Queue()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), type("H", (RawAppHandler,), {"seen": seen}))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        handler = EventHandler(f"http://127.0.0.1:{server.server_address[1]}/x",
+                               system_events=frozenset({"connect"}))
+        with hub_with(handler) as port:
+            url = client_url(port, "anon", []).replace("http://", "ws://")
+            with connect(url, subprotocols=["chat.v1", "chat.v2"], open_timeout=WAIT) as ws:
+                assert ws.subprotocol == "chat.v2"
+                ws.send("hello")
+                assert ws.recv(WAIT) == "you said hello"
+                ws.send(b"\x00\x01")
+                assert ws.recv(WAIT) == "you said \x00\x01"
+        events = [seen.get(timeout=WAIT) for _ in range(4)]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [e.get("type", e.get("method")) for e in events] == [
+        "OPTIONS", "azure.webpubsub.sys.connect", "azure.webpubsub.user.message",
+        "azure.webpubsub.user.message"]
+    assert json.loads(events[1]["body"])["subprotocols"] == ["chat.v1", "chat.v2"]
+    assert events[2]["content_type"].startswith("text/plain")
+    assert events[3]["content_type"] == "application/octet-stream"
