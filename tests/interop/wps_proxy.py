@@ -338,6 +338,12 @@ class CuttingProxy:
         self._server: asyncio.AbstractServer | None = None
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._blocked_until = 0.0
+        self._started = time.monotonic()
+        #: What happened, for failure messages: (seconds since start, what).
+        self.log: list[tuple[float, str]] = []
+
+    def _note(self, what: str) -> None:
+        self.log.append((round(time.monotonic() - self._started, 3), what))
 
     def __enter__(self) -> CuttingProxy:
         self._thread.start()
@@ -384,11 +390,13 @@ class CuttingProxy:
             _abort(client, mode)
             _abort(upstream, mode)
         self.cuts += len(pairs)
+        self._note(f"cut {len(pairs)} ({mode})")
         return len(pairs)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if time.monotonic() < self._blocked_until:
             self.refused += 1
+            self._note("refused")
             _abort(writer, "rst")
             return
         try:
@@ -398,12 +406,14 @@ class CuttingProxy:
             _abort(writer, "rst")
             return
         self.accepted += 1
+        self._note(f"accepted {self.accepted}")
         pair = (writer, up_writer)
         self._pairs.add(pair)
         try:
             await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
         finally:
             if pair in self._pairs:
+                self._note("ended")
                 self._pairs.discard(pair)
                 writer.transport.close()
                 up_writer.transport.close()
