@@ -440,7 +440,9 @@ class RestApi:
         body: dict[str, object] = {"value": value}
         left = None if top is None else top - len(value)
         if len(members) > size and (left is None or left > 0):
-            token = base64.urlsafe_b64encode(members[size - 1][0].encode("utf-8")).decode()
+            # Unpadded base64url: the SDKs re-quote nextLink's query values, '=' would suffer.
+            token = base64.urlsafe_b64encode(
+                members[size - 1][0].encode("utf-8")).decode().rstrip("=")
             link = (f"{call.request.base}{quote(call.path_only)}?maxpagesize={page}"
                     f"&continuationToken={token}")
             body["nextLink"] = link + (f"&top={left}" if left is not None else "")
@@ -566,7 +568,8 @@ def _decode_continuation(token: str | None) -> str | None:
     if not token:
         return None
     try:
-        return base64.urlsafe_b64decode(token.encode("ascii")).decode("utf-8")
+        padded = token + "=" * (-len(token) % 4)
+        return base64.urlsafe_b64decode(padded.encode("ascii")).decode("utf-8")
     except (binascii.Error, UnicodeError, ValueError):
         raise _bad("Invalid continuationToken: pass the one from nextLink.") from None
 
