@@ -38,6 +38,7 @@ from .webpubsub_util import (
     hub_groups,
     hub_server,
     service_close,
+    service_disconnect,
     service_send,
 )
 
@@ -241,3 +242,42 @@ async def test_group_message_objects(hub: RelayServiceThread) -> None:
         message = await inbox.__anext__()
         assert isinstance(message, GroupMessage) and message.group == "solo"
         inbox.close()
+
+
+@async_test
+async def test_service_disconnect_ends_the_logical_connection(hub: RelayServiceThread) -> None:
+    client = WebPubSubClient(client_url(hub.port, "gina"))
+    seen = record(client)
+    async with client:
+        first = client.connection_id
+        assert first is not None
+        service_disconnect(hub, first, "go away")
+        # the recovery is refused (1008): a new connection, and the service's reason
+        await until(lambda: len(seen["connected"]) == 2)
+        assert [e.reason for e in seen["disconnected"]] == ["go away"]
+        assert client.connection_id != first
+
+
+@async_test
+async def test_without_auto_reconnect_a_lost_connection_stops_the_client(
+        hub: RelayServiceThread) -> None:
+    client = WebPubSubClient(client_url(hub.port, "hank"), auto_reconnect=False)
+    seen = record(client)
+    async with client:
+        inbox = client.messages(timeout=WAIT)
+        assert client.connection_id is not None
+        service_close(hub, client.connection_id, 1008, "policy")
+        assert [m async for m in inbox] == []  # ends: the client stopped
+        await until(lambda: len(seen["stopped"]) == 1)  # callbacks run in their task
+        assert len(seen["disconnected"]) == 1
+
+
+@async_test
+async def test_a_failing_url_function_fails_start() -> None:
+    def broken() -> str:
+        raise LookupError("no token for you")
+
+    with pytest.raises(LookupError, match="no token for you"):
+        await WebPubSubClient(broken).start()
+    with pytest.raises(TypeError, match="returned int"):
+        await WebPubSubClient(lambda: 42).start()  # type: ignore[arg-type,return-value]

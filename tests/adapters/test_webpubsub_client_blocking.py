@@ -24,7 +24,6 @@ from hyco_proto.webpubsub.client import Connected, Disconnected, ServerMessage
 
 from .test_blocking_adapters import live_greenlets
 from .webpubsub_util import (
-    HUB,
     CutProxy,
     client_url,
     free_port,
@@ -32,6 +31,7 @@ from .webpubsub_util import (
     hub_groups,
     hub_server,
     service_close,
+    service_disconnect,
     service_send,
 )
 
@@ -202,7 +202,8 @@ def test_start_errors_name_the_address(adapter: ModuleType) -> None:
         port = silent.getsockname()[1]
         client = adapter.WebPubSubClient(client_url(port, "x"), open_timeout=0.5,
                                          close_timeout=0.5)
-        with pytest.raises(TimeoutError, match=f"127.0.0.1:{port}/client/hubs/{HUB}"):
+        # the open's own timeout or start()'s, whichever reports first: both name it
+        with pytest.raises(TimeoutError, match=f"127.0.0.1:{port}"):
             client.start()
 
 
@@ -220,3 +221,31 @@ def test_ack_timeout(adapter: ModuleType) -> None:
             assert client.connection_id == "conn-1"
             with pytest.raises(adapter.AckTimeoutError, match="ackId 1 failed: Timeout"):
                 client.join_group("g")
+
+
+def test_service_disconnect_and_no_auto_reconnect(adapter: ModuleType,
+                                                  hub: RelayServiceThread) -> None:
+    client = adapter.WebPubSubClient(client_url(hub.port, "gina"))
+    seen = record(client)
+    with client:
+        first = client.connection_id
+        service_disconnect(hub, first, "go away")  # recovery refused: a new connection
+        until(adapter, lambda: len(seen["connected"]) == 2)
+        assert [e.reason for e in seen["disconnected"]] == ["go away"]
+        assert client.connection_id != first
+    once = adapter.WebPubSubClient(client_url(hub.port, "hank"), auto_reconnect=False)
+    seen = record(once)
+    with once:
+        inbox = once.messages(timeout=WAIT)
+        service_close(hub, once.connection_id, 1008, "policy")
+        assert list(inbox) == []  # ends: the client stopped by itself
+        until(adapter, lambda: len(seen["stopped"]) == 1)  # callbacks run in their worker
+        assert len(seen["disconnected"]) == 1
+
+
+def test_a_failing_url_function_fails_start(adapter: ModuleType) -> None:
+    def broken() -> str:
+        raise LookupError("no token for you")
+
+    with pytest.raises(LookupError, match="no token for you"):
+        adapter.WebPubSubClient(broken).start()

@@ -160,3 +160,14 @@ def hub_groups(thread: RelayServiceThread, connection_id: str) -> frozenset[str]
         assert thread.service.webpubsub is not None
         return thread.service.webpubsub.hub(HUB).connection_groups(connection_id)
     return thread.call(read)
+
+
+def service_disconnect(thread: RelayServiceThread, connection_id: str, reason: str) -> None:
+    """The service closes the logical connection (``disconnected`` message, then close 1000)."""
+    def close() -> None:
+        service = thread.service
+        assert service.webpubsub is not None
+        hub = service.webpubsub.hub(HUB)
+        apply_hub_actions(service, hub, time.time(), hub.close_connection(connection_id, reason))
+        thread.server._after_input(None)
+    thread.call(close)

@@ -202,7 +202,8 @@ class WebPubSubClient:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Connect; returns once connected (the ``connected`` message arrived). Raises the
+        """Connect; returns once connected (the ``connected`` message arrived and the
+        ``connected`` callbacks ran). Raises the
         first connection failure (naming the address and the cause), or ``TimeoutError``
         after ``open_timeout``; the client is stopped then."""
         rt = self.runtime
@@ -449,8 +450,6 @@ class WebPubSubClient:
             if isinstance(event, (GroupMessage, ServerMessage)):
                 for queue in self._subscribers:
                     queue.put(event)
-            elif isinstance(event, Connected):
-                self._first.set()
             elif isinstance(event, Stopped):
                 for queue in self._subscribers:
                     queue.put(_END)
@@ -470,3 +469,5 @@ class WebPubSubClient:
             if event is _END:
                 return
             self._callbacks.run(event)
+            if isinstance(event, Connected):
+                self._first.set()  # start() returns after the connected callbacks

@@ -180,7 +180,8 @@ class WebPubSubClient:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Connect; returns once connected (the ``connected`` message arrived). Raises the
+        """Connect; returns once connected (the ``connected`` message arrived and the
+        ``connected`` callbacks ran). Raises the
         first connection failure (naming the address and the cause), or ``TimeoutError``
         after ``open_timeout``; the client is stopped then."""
         if self._runner is not None:
@@ -430,10 +431,6 @@ class WebPubSubClient:
             if isinstance(event, (GroupMessage, ServerMessage)):
                 for queue in self._subscribers:
                     queue.put_nowait(event)
-            elif isinstance(event, Connected):
-                first = self._first
-                if first is not None and not first.done():
-                    first.set_result(event)
             elif isinstance(event, Stopped):
                 for queue in self._subscribers:
                     queue.put_nowait(_END)
@@ -456,4 +453,7 @@ class WebPubSubClient:
                 except Exception:
                     logger.exception("Web PubSub %s callback failed",
                                      event_name(event))  # type: ignore[arg-type]
+            first = self._first
+            if isinstance(event, Connected) and first is not None and not first.done():
+                first.set_result(event)  # start() returns after the connected callbacks
 
