@@ -281,3 +281,27 @@ async def test_a_failing_url_function_fails_start() -> None:
         await WebPubSubClient(broken).start()
     with pytest.raises(TypeError, match="returned int"):
         await WebPubSubClient(lambda: 42).start()  # type: ignore[arg-type,return-value]
+
+
+@async_test
+async def test_keepalive_pings_and_a_silent_service_means_a_new_connection() -> None:
+    pings: list[str] = []
+    sockets: list[WebSocket] = []
+
+    async def mute_service(ws: WebSocket) -> None:  # connected, then never a word
+        sockets.append(ws)
+        await ws.send(serialize(ConnectedMessage(f"conn-{len(sockets)}", "u")))
+        async for message in ws:
+            pings.append(str(message))
+
+    async with serve(mute_service, "127.0.0.1", 0, subprotocols=[JSON_SUBPROTOCOL]) as server:
+        client = WebPubSubClient(client_url(server.port, "u"), protocol=JSON_SUBPROTOCOL,
+                                 keepalive_interval=0.1, keepalive_timeout=0.5,
+                                 reconnect_delays=[0.0])
+        seen = record(client)
+        async with client:
+            await until(lambda: len(seen["connected"]) == 2)
+            assert [e.reason for e in seen["disconnected"]] == ["keepalive timeout"]
+            assert client.connection_id == "conn-2"
+            assert sockets[0].close_code == 1001
+            assert '{"type":"ping"}' in pings

@@ -249,3 +249,29 @@ def test_a_failing_url_function_fails_start(adapter: ModuleType) -> None:
 
     with pytest.raises(LookupError, match="no token for you"):
         adapter.WebPubSubClient(broken).start()
+
+
+def test_keepalive_pings_and_a_silent_service_means_a_new_connection(
+        adapter: ModuleType) -> None:
+    pings: list[str] = []
+    sockets: list[Any] = []
+
+    def mute_service(ws: Any) -> None:  # connected, then never a word
+        sockets.append(ws)
+        ws.send(serialize(ConnectedMessage(f"conn-{len(sockets)}", "u")))
+        for message in ws:
+            pings.append(str(message))
+
+    with adapter.serve(mute_service, "127.0.0.1", 0,
+                       subprotocols=[JSON_SUBPROTOCOL]) as server:
+        client = adapter.WebPubSubClient(client_url(server.port, "u"),
+                                         protocol=JSON_SUBPROTOCOL, keepalive_interval=0.1,
+                                         keepalive_timeout=0.5, reconnect_delays=[0.0],
+                                         close_timeout=2)
+        seen = record(client)
+        with client:
+            until(adapter, lambda: len(seen["connected"]) == 2)
+            assert [e.reason for e in seen["disconnected"]] == ["keepalive timeout"]
+            assert client.connection_id == "conn-2"
+            assert '{"type":"ping"}' in pings
+        until(adapter, lambda: sockets[0].close_code == 1001)

@@ -244,13 +244,17 @@ class WebPubSubClient:
 
     async def join_group(self, group: str) -> AckResolved:
         """Join ``group``; returns its ack. Rejoined on every new connection."""
-        return await self._request(lambda now: self._core.join_group(group, now),
-                                   f"joinGroup {group!r}")  # type: ignore[return-value]
+        result = await self._request(lambda now: self._core.join_group(group, now),
+                                     f"joinGroup {group!r}")
+        assert result is not None
+        return result
 
     async def leave_group(self, group: str) -> AckResolved:
         """Leave ``group``; returns its ack."""
-        return await self._request(lambda now: self._core.leave_group(group, now),
-                                   f"leaveGroup {group!r}")  # type: ignore[return-value]
+        result = await self._request(lambda now: self._core.leave_group(group, now),
+                                     f"leaveGroup {group!r}")
+        assert result is not None
+        return result
 
     async def send_to_group(self, group: str, data: object, data_type: str = "text", *,
                             no_echo: bool = False, ack: bool = True) -> AckResolved | None:
