@@ -115,6 +115,8 @@ def test_node_client_without_the_roles_gets_forbidden_acks(hub_port: int) -> Non
         assert not joined["ok"] and joined["error"]["name"] == "Forbidden", joined
         sent = mallory.call("send", group="room", dataType="text", data="spam")
         assert not sent["ok"] and sent["error"]["name"] == "Forbidden", sent
+        # Events need no role; with no event handler configured, the hub acks them.
+        assert mallory.call("event", event="hello", dataType="json", data={"k": 1})["ok"]
         time.sleep(0.2)
         assert alice.messages() == []
         # The refused acks do not end the connection.

@@ -10,7 +10,8 @@ event and without a new URL, and our hub replays what was not acknowledged.
 
 When recovery is refused (the hub's recovery window has passed while the proxy turned the
 client away), the client gets a new connection from a fresh URL, with a new connection id, and
-rejoins its groups by itself.
+rejoins its groups by itself (only a 1008 close ends the SDKs' 30 s of recovery attempts this
+early). A Node client on the plain JSON subprotocol (no recovery) does the same after a cut.
 """
 
 from __future__ import annotations
@@ -118,3 +119,29 @@ def test_refused_recovery_gets_a_new_connection_that_rejoins(kind: str) -> None:
         # The new connection's sequence ids start again from 1.
         first_probe = next(m for m in peer.messages() if str(m["data"]).startswith("probe"))
         assert first_probe["sequenceId"] == 1, peer.describe()
+
+
+def test_plain_json_client_reconnects_after_a_cut_and_rejoins() -> None:
+    with serve_hub() as (hub_port, _), CuttingProxy(hub_port) as proxy, \
+            NodeWps(hub_port, "publisher") as publisher, \
+            NodeWps(proxy.port, "receiver", protocol="json") as peer:
+        publisher.event("connected")
+        first_id = peer.event("connected")["connectionId"]
+        peer.ok("join", group=GROUP)
+        publisher.ok("send", group=GROUP, dataType="text", data="before")
+        before = peer.until(lambda e: e.get("data") == "before", "the message before the cut")
+        assert before["sequenceId"] is None  # no sequence ids without the reliable protocol
+        assert proxy.cut("rst") == 1
+        peer.event("disconnected")
+        second = peer.until(lambda e: e.get("event") == "connected"
+                            and e["connectionId"] != first_id, "a new connection")
+        assert second["userId"] == "receiver"
+        deadline = time.monotonic() + WAIT
+        probe = 0
+        while not [m for m in peer.messages() if str(m["data"]).startswith("probe")]:
+            assert time.monotonic() < deadline, peer.describe()
+            probe += 1
+            publisher.ok("send", group=GROUP, dataType="text", data=f"probe{probe}")
+            time.sleep(0.1)
+        assert [e["n"] for e in peer.events if e["event"] == "token"] == [1, 2]
+        assert proxy.refused == 0 and proxy.accepted == 2
