@@ -63,4 +63,6 @@ def test_event_names_and_errors() -> None:
     timeout = AckTimeoutError(8, 2.5)
     assert isinstance(timeout, TimeoutError) and timeout.error_name == "Timeout"
     assert "2.5 s" in str(timeout)
+    located = SendMessageError(9, "Forbidden", "no", what="event 'e'", address="ws://h/x")
+    assert str(located) == "event 'e' with ackId 9 failed: Forbidden: no (ws://h/x)"
     assert address_of("ws://h/client/hubs/x?access_token=t") == "ws://h/client/hubs/x"

@@ -324,29 +324,34 @@ def address_of(url: str) -> str:
 class SendMessageError(Exception):
     """A request (join, leave, send) failed: the service's ack said so, or none came.
 
-    ``ack_id``, ``error_name`` (``Forbidden``, ``ConnectionLost``, ``Timeout`` ...) and
-    ``error_message`` (the service's text).
+    ``ack_id``, ``error_name`` (``Forbidden``, ``ConnectionLost``, ``Timeout`` ...),
+    ``error_message`` (the service's text) and ``address`` (the client URL without its query).
     """
 
     def __init__(self, ack_id: int, error_name: str, error_message: str = "", *,
-                 what: str = "request") -> None:
+                 what: str = "request", address: str = "") -> None:
         text = f"{what} with ackId {ack_id} failed: {error_name}"
-        super().__init__(text + (f": {error_message}" if error_message else ""))
+        text += f": {error_message}" if error_message else ""
+        super().__init__(text + (f" ({address})" if address else ""))
         self.ack_id = ack_id
         self.error_name = error_name
         self.error_message = error_message
+        self.address = address
 
     @classmethod
-    def from_ack(cls, resolved: AckResolved, what: str = "request") -> SendMessageError:
+    def from_ack(cls, resolved: AckResolved, what: str = "request",
+                 address: str = "") -> SendMessageError:
         error = resolved.error or AckError("Unknown", "")
-        return cls(resolved.ack_id, error.name, error.message, what=what)
+        return cls(resolved.ack_id, error.name, error.message, what=what, address=address)
 
 
 class AckTimeoutError(SendMessageError, TimeoutError):
     """No ack arrived within the timeout (the request may or may not have run)."""
 
-    def __init__(self, ack_id: int, timeout: float, *, what: str = "request") -> None:
-        super().__init__(ack_id, "Timeout", f"no ack within {timeout:g} s", what=what)
+    def __init__(self, ack_id: int, timeout: float, *, what: str = "request",
+                 address: str = "") -> None:
+        super().__init__(ack_id, "Timeout", f"no ack within {timeout:g} s", what=what,
+                         address=address)
 
 
 class ClientState(enum.Enum):

@@ -115,6 +115,7 @@ async def test_forbidden_without_the_role_raises_a_clear_error(hub: RelayService
             await mallory.join_group("room")
         assert info.value.error_name == "Forbidden" and info.value.ack_id == 1
         assert "joinGroup 'room' with ackId 1 failed: Forbidden" in str(info.value)
+        assert str(info.value).endswith(f"(ws://127.0.0.1:{hub.port}/client/hubs/{HUB})")
         with pytest.raises(SendMessageError, match="sendToGroup 'room' with ackId 2"):
             await mallory.send_to_group("room", "x")
         assert mallory.groups == ()

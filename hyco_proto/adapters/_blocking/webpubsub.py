@@ -310,9 +310,10 @@ class WebPubSubClient:
             self._acks.pop(ack_id, None)
         resolved = waiter.result
         if not got or resolved is None:
-            raise AckTimeoutError(ack_id, self.ack_timeout, what=what)
+            raise AckTimeoutError(ack_id, self.ack_timeout, what=what,
+                                  address=self.address)
         if not resolved.ok:
-            raise SendMessageError.from_ack(resolved, what)
+            raise SendMessageError.from_ack(resolved, what, self.address)
         return resolved
 
     # -- the runner ----------------------------------------------------------------------------

@@ -287,11 +287,12 @@ class WebPubSubClient:
         try:
             resolved = await asyncio.wait_for(future, max(deadline - loop.time(), 0.0))
         except asyncio.TimeoutError:
-            raise AckTimeoutError(ack_id, self.ack_timeout, what=what) from None
+            raise AckTimeoutError(ack_id, self.ack_timeout, what=what,
+                                  address=self.address) from None
         finally:
             self._acks.pop(ack_id, None)
         if not resolved.ok:
-            raise SendMessageError.from_ack(resolved, what)
+            raise SendMessageError.from_ack(resolved, what, self.address)
         return resolved
 
     async def _wait_open(self, deadline: float, what: str) -> None:
