@@ -9,10 +9,15 @@ filters, closes (with their reason), group membership, and permissions granted a
 
 from __future__ import annotations
 
+import base64
+import json
 import queue
+import shutil
 import socket
+import subprocess
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -255,3 +260,89 @@ def test_generate_token_over_rest_and_auth_errors(hub_port: int,
     assert not older.user_exists("nobody")
     with urllib.request.urlopen(f"http://127.0.0.1:{hub_port}/api/health", timeout=WAIT) as r:
         assert r.status == 200
+
+
+# -- @azure/web-pubsub (Node), one operation per process ------------------------------------
+
+NODE_DIR = Path(__file__).resolve().parent / "node"
+# argv: port, key, then a JSON [target, method, args]; target "hub" or "group:<name>";
+# {"$bytes": base64} arguments become Buffers. Prints {"result": ...} or {"status", "message"}.
+JS_CALL = r"""
+const { WebPubSubServiceClient } = require("@azure/web-pubsub");
+const [port, key, spec] = process.argv.slice(1);
+const [target, method, args] = JSON.parse(spec);
+const hub = new WebPubSubServiceClient(
+  `Endpoint=http://127.0.0.1:${port};AccessKey=${key};Version=1.0;`, "chat",
+  { allowInsecureConnection: true });  // the JS SDK refuses plain http without it
+const on = target === "hub" ? hub : hub.group(target.slice(6));
+const real = args.map((a) => (a && a.$bytes !== undefined ? Buffer.from(a.$bytes, "base64") : a));
+(async () => {
+  try {
+    let result = await on[method](...real);
+    if (result && result[Symbol.asyncIterator]) {  // listConnections: a paged iterator
+      const items = [];
+      for await (const item of result) items.push(item);
+      result = items;
+    }
+    console.log(JSON.stringify({ result: result === undefined ? null : result }));
+  } catch (e) {
+    console.log(JSON.stringify({ status: e.statusCode, message: String(e.message) }));
+  }
+})();
+"""
+
+
+def js(port: int, target: str, method: str, *args: Any) -> Any:
+    node = shutil.which("node")
+    if node is None or not (NODE_DIR / "node_modules" / "@azure" / "web-pubsub").is_dir():
+        pytest.fail("Node.js with @azure/web-pubsub is needed: run `make test` (npm install in "
+                    f"{NODE_DIR})", pytrace=False)
+    out = subprocess.run([node, "-e", JS_CALL, str(port), KEY,
+                          json.dumps([target, method, list(args)])],
+                         cwd=NODE_DIR, capture_output=True, text=True, timeout=WAIT)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.node
+def test_node_server_sdk_operations(hub_port: int, svc: WebPubSubServiceClient) -> None:
+    alice, bob = Peer(svc, "alice"), Peer(svc, "bob")
+    try:
+        # :addToGroups / :removeFromGroups exist only in the Node SDK (not in the Python 1.3).
+        assert "result" in js(hub_port, "hub", "addConnectionsToGroups", ["g1", "g2"],
+                              "userId eq 'alice'")
+        assert svc.group_exists("g1") and svc.group_exists("g2")
+        members = js(hub_port, "group:g1", "listConnections")["result"]
+        assert [(m["connectionId"], m["userId"]) for m in members] == [(alice.id, "alice")]
+        js(hub_port, "group:g2", "sendToAll", "to g2", {"contentType": "text/plain"})
+        assert alice.next_group() == ("g2", "to g2") and nothing(bob.group)
+        assert "result" in js(hub_port, "hub", "removeConnectionsFromGroups", ["g2"],
+                              "'g1' in groups")
+        assert not svc.group_exists("g2") and svc.group_exists("g1")
+        js(hub_port, "hub", "sendToAll", {"k": "v"})
+        js(hub_port, "hub", "sendToAll", "plain", {"contentType": "text/plain"})
+        js(hub_port, "hub", "sendToUser", "bob", {"$bytes": base64.b64encode(b"\x07").decode()})
+        js(hub_port, "hub", "sendToConnection", alice.id, "direct",
+           {"contentType": "text/plain"})
+        assert [alice.next_server(), alice.next_server(), alice.next_server()] == [
+            (WebPubSubDataType.JSON, {"k": "v"}), (WebPubSubDataType.TEXT, "plain"),
+            (WebPubSubDataType.TEXT, "direct")]
+        assert [bob.next_server(), bob.next_server(), bob.next_server()] == [
+            (WebPubSubDataType.JSON, {"k": "v"}), (WebPubSubDataType.TEXT, "plain"),
+            (WebPubSubDataType.BINARY, b"\x07")]
+        assert js(hub_port, "hub", "userExists", "bob") == {"result": True}
+        assert js(hub_port, "hub", "connectionExists", "nobody") == {"result": False}
+        js(hub_port, "hub", "grantPermission", bob.id, "joinLeaveGroup", {"targetName": "x"})
+        assert js(hub_port, "hub", "hasPermission", bob.id, "joinLeaveGroup",
+                  {"targetName": "x"}) == {"result": True}
+        bob.client.join_group("x")
+        js(hub_port, "hub", "revokePermission", bob.id, "joinLeaveGroup", {"targetName": "x"})
+        assert js(hub_port, "hub", "hasPermission", bob.id, "joinLeaveGroup",
+                  {"targetName": "x"}) == {"result": False}
+        bad = js(hub_port, "group:g1", "addConnection", "nobody")
+        assert bad["status"] == 404
+        js(hub_port, "hub", "closeConnection", bob.id, {"reason": "from node"})
+        assert bob.disconnected.get(timeout=WAIT).message == "from node"
+    finally:
+        alice.close()
+        bob.close()
