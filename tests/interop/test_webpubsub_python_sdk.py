@@ -83,3 +83,45 @@ def test_python_sdk_without_the_role_is_refused_by_an_ack(hub_port: int) -> None
         client.join_group("room")
     assert info.value.error_detail is not None  # type: ignore[attr-defined]
     assert info.value.error_detail.name == "Forbidden"  # type: ignore[attr-defined]
+
+
+def test_python_aio_sdk_joins_sends_receives_and_is_refused_without_the_role(
+        hub_port: int) -> None:
+    """The asyncio client (aiohttp) of the same package, on its own event loop."""
+    import asyncio
+
+    from azure.messaging.webpubsubclient import aio as wps_aio
+
+    connection_string = f"Endpoint=http://127.0.0.1:{hub_port};AccessKey={KEY};Version=1.0;"
+    svc = WebPubSubServiceClient.from_connection_string(connection_string, hub="chat")
+
+    def client(user: str, roles: list[str]) -> Any:
+        async def url() -> str:
+            return str(svc.get_client_access_token(user_id=user, roles=roles)["url"])
+        # No retries: a refused join fails at once (3 retries with backoff by default).
+        return wps_aio.WebPubSubClient(wps_aio.WebPubSubClientCredential(url),
+                                       message_retry_total=0)
+
+    async def scenario() -> tuple[list[Any], Any]:
+        received: asyncio.Queue[Any] = asyncio.Queue()
+
+        async def on_message(event: Any) -> None:
+            await received.put(event)
+
+        alice, mallory = client("alice", ROLES), client("mallory", [])
+        await alice.subscribe(CallbackType.GROUP_MESSAGE, on_message)
+        async with alice, mallory:
+            await alice.join_group("room")
+            await alice.send_to_group("room", "hello", WebPubSubDataType.TEXT)
+            await alice.send_to_group("room", {"a": 1}, WebPubSubDataType.JSON)
+            got = [await asyncio.wait_for(received.get(), WAIT) for _ in range(2)]
+            with pytest.raises(SendMessageError) as info:
+                await mallory.join_group("room")
+        return got, info.value
+
+    got, error = asyncio.run(asyncio.wait_for(scenario(), 2 * WAIT))
+    assert [(m.group, m.data_type, m.data, m.from_user_id, m.sequence_id) for m in got] == [
+        ("room", WebPubSubDataType.TEXT, "hello", "alice", 1),
+        ("room", WebPubSubDataType.JSON, {"a": 1}, "alice", 2)]
+    assert error.error_detail is not None  # type: ignore[attr-defined]
+    assert error.error_detail.name == "Forbidden"  # type: ignore[attr-defined]

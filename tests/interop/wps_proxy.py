@@ -277,7 +277,11 @@ class PyWps:
             if self.aio:
                 self._run(self.client.close())
             else:
-                self.client.close()
+                # Bounded: the sync close joins the client's threads (each with its own bound).
+                closer = threading.Thread(target=self.client.close, daemon=True)
+                closer.start()
+                closer.join(WAIT)
+                assert not closer.is_alive(), f"close() hung: {self.describe()}"
         finally:
             if self._loop is not None and self._thread is not None:
                 self._loop.call_soon_threadsafe(self._loop.stop)
