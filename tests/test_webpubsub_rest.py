@@ -469,3 +469,35 @@ def test_odata_filter_subset() -> None:
                 "userId has 'a'", "userId eq 'a' and"):
         with pytest.raises(ValueError):
             parse_filter(bad)
+
+
+def test_a_body_that_never_ends_is_408() -> None:
+    net = Net()
+    peer = HttpPeer(net)
+    target = hub_path(":send")
+    head = peer.h11.send(h11.Request(method="POST", target=target, headers=[
+        ("Host", "127.0.0.1:8080"), ("Content-Type", "text/plain"), ("Content-Length", "10"),
+        ("Authorization", f"Bearer {rest_token(target)}")])) or b""
+    peer.send(head + b"half")
+    assert not peer.inbox, "no answer before the body is complete"
+    net.now += net.svc.handshake_timeout + 1
+    net.svc.handle_timer(net.now)
+    net.pump()
+    assert peer.response().status == 408 and peer.tcp_closed
+
+
+def test_parameter_ranges_and_tokens() -> None:
+    net = Net()
+    assert text(net, hub_path(":send", f"{API}&messageTtlSeconds=301"), "x").status == 400
+    assert text(net, hub_path(":send", f"{API}&messageTtlSeconds=abc"), "x").status == 400
+    assert text(net, hub_path(":send", f"{API}&messageTtlSeconds=300"), "x").status == 202
+    bad_page = call(net, "GET", hub_path("groups/g/connections", f"{API}&maxpagesize=500"))
+    assert bad_page.status == 400 and "maxpagesize" in bad_page.json()["message"]
+    bad_token = call(net, "GET", hub_path("groups/g/connections",
+                                          f"{API}&continuationToken=%FF%FE"))
+    assert bad_token.status == 400 and "continuationToken" in bad_token.json()["message"]
+    assert call(net, "HEAD", hub_path("users/" + "u" * 1025)).status == 400
+    assert call(net, "HEAD", hub_path("permissions/sendToGroup/connections/c",
+                                      f"{API}&targetName=%20")).status == 400
+    assert call(net, "POST", hub_path(":generateToken", f"{API}&clientType=Other")).status \
+        == 400
