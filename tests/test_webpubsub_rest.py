@@ -501,3 +501,15 @@ def test_parameter_ranges_and_tokens() -> None:
                                       f"{API}&targetName=%20")).status == 400
     assert call(net, "POST", hub_path(":generateToken", f"{API}&clientType=Other")).status \
         == 400
+
+
+def test_without_pyjwt_the_answer_is_500_saying_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    net = Net()
+    peer = HttpPeer(net)
+    target = hub_path("users/u")
+    auth = f"Bearer {rest_token(target)}"
+    monkeypatch.setitem(__import__("sys").modules, "jwt", None)  # import jwt now fails
+    response = peer.request("HEAD", target, auth=auth)
+    assert response.status == 500
+    response = peer.request("POST", hub_path(":send", ""), b"x", auth=auth)
+    assert response.status == 500 and "PyJWT" in response.json()["message"]

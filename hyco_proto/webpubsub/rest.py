@@ -266,7 +266,11 @@ class RestApi:
                             "sign an HS256 JWT with the access key (aud = the request URL, "
                             "exp required), as the server SDKs do with a connection string.")
         token = header[7:].strip()
-        import jwt  # PyJWT: the optional 'webpubsub' extra, as for client tokens
+        try:
+            import jwt  # PyJWT: the optional 'webpubsub' extra, as for client tokens
+        except ImportError:
+            raise RestError(500, "InternalServerError", "The REST API needs PyJWT: pip install "
+                            "'hyco_proto[webpubsub]'.") from None
 
         try:
             claims: dict[str, Any] = jwt.decode(
