@@ -306,3 +306,19 @@ async def test_keepalive_pings_and_a_silent_service_means_a_new_connection() -> 
             assert client.connection_id == "conn-2"
             assert sockets[0].close_code == 1001
             assert '{"type":"ping"}' in pings
+
+
+@async_test
+async def test_unread_messages_are_bounded_by_max_queue(hub: RelayServiceThread) -> None:
+    reader = WebPubSubClient(client_url(hub.port, "ivy"))
+    writer = WebPubSubClient(client_url(hub.port, "jack"))
+    async with reader, writer:
+        await reader.join_group("flow")
+        reader.messages(max_queue=1)  # dropped at once: it holds nothing back
+        slow = reader.messages(timeout=WAIT, max_queue=2)
+        for n in range(6):
+            await writer.send_to_group("flow", n, "json")
+        await until(lambda: slow._queue.qsize() == 2)
+        await asyncio.sleep(0.2)
+        assert slow._queue.qsize() == 2  # the client stopped reading
+        assert [(await slow.__anext__()).value for _ in range(6)] == list(range(6))

@@ -275,3 +275,19 @@ def test_keepalive_pings_and_a_silent_service_means_a_new_connection(
             assert client.connection_id == "conn-2"
             assert '{"type":"ping"}' in pings
         until(adapter, lambda: sockets[0].close_code == 1001)
+
+
+def test_unread_messages_are_bounded_by_max_queue(adapter: ModuleType,
+                                                  hub: RelayServiceThread) -> None:
+    reader = adapter.WebPubSubClient(client_url(hub.port, "ivy"))
+    writer = adapter.WebPubSubClient(client_url(hub.port, "jack"))
+    with reader, writer:
+        reader.join_group("flow")
+        reader.messages(max_queue=1)  # dropped at once: it holds nothing back
+        slow = reader.messages(timeout=WAIT, max_queue=2)
+        for n in range(6):
+            writer.send_to_group("flow", n, "json")
+        until(adapter, lambda: slow._queue.qsize() == 2)
+        adapter.RUNTIME.sleep(0.2)
+        assert slow._queue.qsize() == 2  # the client stopped reading
+        assert [next(slow).value for _ in range(6)] == list(range(6))

@@ -35,14 +35,15 @@ def url_for(port: int, user: str) -> str:
     return str(svc.get_client_access_token(user_id=user, roles=list(ROLES))["url"])
 
 
-#: The sync SDK can miss an ack that arrives before it waits (a lost wakeup: it then waits its
-#: whole ack_timeout, 30 s by default, and succeeds); a short one keeps such a wait short.
-MS_ACK_TIMEOUT = 2.0
+#: The sync SDK can miss an open or an ack that comes before it waits (a lost wakeup: it then
+#: waits its whole start_timeout / ack_timeout, 30 s by default, and succeeds, the outcome having
+#: been recorded); short ones keep such a wait short.
+MS_TIMEOUT = 2.0
 
 
 def ms_client(port: int, received: queue.Queue[Any]) -> MsClient:
     client = MsClient(WebPubSubClientCredential(lambda: url_for(port, "microsoft")),
-                      ack_timeout=MS_ACK_TIMEOUT)
+                      ack_timeout=MS_TIMEOUT, start_timeout=MS_TIMEOUT)
     client.subscribe(CallbackType.GROUP_MESSAGE, received.put)
     return client
 

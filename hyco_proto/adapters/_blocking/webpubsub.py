@@ -13,11 +13,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl as _ssl
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, ClassVar
 
-from ...drivers.stream import ConnectionClosedError
+from ...drivers.stream import ConnectionClosedError, check_max_queue
 from ...webpubsub.client import (
     DEFAULT_RECONNECT_DELAYS,
     DEFAULT_RECOVERY_DELAYS,
@@ -51,21 +52,29 @@ logger = logging.getLogger("hyco_proto.adapters.webpubsub")
 UrlArg = str | Callable[[], str]
 Message = GroupMessage | ServerMessage
 _END = object()
+#: Unread messages an iterator holds before the client stops reading.
+DEFAULT_MAX_QUEUE = 1000
 
 
 class MessageIterator:
     """``for msg in client.messages(timeout=...)``: group and server messages received from the
-    call on, until the client stops. ``timeout`` bounds each wait (``TimeoutError``)."""
+    call on, until the client stops. ``timeout`` bounds each wait (``TimeoutError``). While
+    ``max_queue`` messages wait here the client stops reading its socket."""
 
-    def __init__(self, client: WebPubSubClient, timeout: float | None) -> None:
+    def __init__(self, client: WebPubSubClient, timeout: float | None, max_queue: int) -> None:
         self._client = client
         self._rt = client.runtime
         self._timeout = timeout
+        self._max_queue = check_max_queue(max_queue)
         self._queue: QueueLike = self._rt.queue()
         with client._lock:
-            client._subscribers.append(self._queue)
+            client._subscribers.add(self)
             if client._core.state is ClientState.STOPPED:
                 self._queue.put(_END)
+
+    @property
+    def full(self) -> bool:
+        return self._queue.qsize() >= self._max_queue
 
     def __iter__(self) -> Iterator[Message]:
         return self
@@ -81,6 +90,7 @@ class MessageIterator:
             except rt.empty:
                 if deadline is not None and rt.monotonic() >= deadline:
                     raise TimeoutError(f"no message within {self._timeout:g} s") from None
+        self._client._drained.set()
         if item is _END:
             self.close()
             raise StopIteration
@@ -90,8 +100,8 @@ class MessageIterator:
     def close(self) -> None:
         """Stop receiving (messages not yet taken are dropped)."""
         with self._client._lock:
-            if self._queue in self._client._subscribers:
-                self._client._subscribers.remove(self._queue)
+            self._client._subscribers.discard(self)
+        self._client._drained.set()
 
 
 class _AckWaiter:
@@ -142,7 +152,9 @@ class WebPubSubClient:
         self._callbacks = Callbacks()
         self._lock = rt.lock()  # the core, the ack table, the subscribers, the socket
         self._acks: dict[int, _AckWaiter] = {}
-        self._subscribers: list[QueueLike] = []
+        # weak: an iterator dropped without close() stops holding the client back
+        self._subscribers: weakref.WeakSet[MessageIterator] = weakref.WeakSet()
+        self._drained = rt.event()  # an iterator took a message
         self._ws: WebSocket | None = None
         self._opening = False
         self._cancel_open = False
@@ -194,10 +206,12 @@ class WebPubSubClient:
         """Remove a callback added with :meth:`on`."""
         self._callbacks.remove(event, callback)
 
-    def messages(self, *, timeout: float | None = None) -> MessageIterator:
+    def messages(self, *, timeout: float | None = None,
+                 max_queue: int = DEFAULT_MAX_QUEUE) -> MessageIterator:
         """Group and server messages received from now on; the iteration ends when the client
-        stops. ``timeout`` bounds each wait (``TimeoutError``)."""
-        return MessageIterator(self, timeout)
+        stops. ``timeout`` bounds each wait (``TimeoutError``); while ``max_queue`` messages
+        wait unread, the client stops reading (acks wait too), so memory stays bounded."""
+        return MessageIterator(self, timeout, max_queue)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -231,6 +245,7 @@ class WebPubSubClient:
             self._core.stop(rt.monotonic())
             started = self._started
         self._wake.set()
+        self._drained.set()
         if not started:
             self._stopped.set()
             return
@@ -420,6 +435,7 @@ class WebPubSubClient:
                 except ConnectionClosedError:
                     break
                 if isinstance(message, str):
+                    self._room_for_messages()
                     with self._lock:
                         self._core.text_received(rt.monotonic(), message)
                     self._wake.set()
@@ -431,6 +447,16 @@ class WebPubSubClient:
                 self._core.connection_closed(rt.monotonic(), ws.close_code if not cancelled
                                              else None, ws.close_reason or "")
             self._wake.set()
+
+    def _room_for_messages(self) -> None:
+        """Wait while an iterator holds ``max_queue`` unread messages (not once stopping)."""
+        while True:
+            with self._lock:
+                if not any(it.full for it in list(self._subscribers)) or self._core.state in (
+                        ClientState.STOPPING, ClientState.STOPPED):
+                    return
+                self._drained.clear()
+            self._drained.wait(WAIT_SLICE)
 
     def _failed(self, exc: BaseException) -> None:
         """Called with the lock held."""
@@ -449,11 +475,11 @@ class WebPubSubClient:
                     waiter.event.set()
                 continue
             if isinstance(event, (GroupMessage, ServerMessage)):
-                for queue in self._subscribers:
-                    queue.put(event)
+                for iterator in list(self._subscribers):
+                    iterator._queue.put(event)
             elif isinstance(event, Stopped):
-                for queue in self._subscribers:
-                    queue.put(_END)
+                for iterator in list(self._subscribers):
+                    iterator._queue.put(_END)
                 if not self._first.is_set():
                     self._first_error = ConnectionError(
                         f"the client stopped before connecting to {self.address}")

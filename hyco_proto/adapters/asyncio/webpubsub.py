@@ -15,11 +15,12 @@ import contextlib
 import inspect
 import logging
 import ssl as _ssl
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-from ...drivers.stream import ConnectionClosedError
+from ...drivers.stream import ConnectionClosedError, check_max_queue
 from ...webpubsub.client import (
     DEFAULT_RECONNECT_DELAYS,
     DEFAULT_RECOVERY_DELAYS,
@@ -52,19 +53,27 @@ logger = logging.getLogger("hyco_proto.adapters.webpubsub")
 UrlArg = str | Callable[[], str | Awaitable[str]]
 Message = GroupMessage | ServerMessage
 _END = object()
+#: Unread messages an iterator holds before the client stops reading.
+DEFAULT_MAX_QUEUE = 1000
 
 
 class MessageIterator:
     """``async for msg in client.messages()``: group and server messages received from the call
-    on, until the client stops. ``timeout``: the longest wait for one message (TimeoutError)."""
+    on, until the client stops. ``timeout``: the longest wait for one message (TimeoutError).
+    While ``max_queue`` messages wait here the client stops reading its socket."""
 
-    def __init__(self, client: WebPubSubClient, timeout: float | None) -> None:
+    def __init__(self, client: WebPubSubClient, timeout: float | None, max_queue: int) -> None:
         self._client = client
         self._timeout = timeout
+        self._max_queue = check_max_queue(max_queue)
         self._queue: asyncio.Queue[object] = asyncio.Queue()
-        client._subscribers.append(self._queue)
+        client._subscribers.add(self)
         if client._core.state is ClientState.STOPPED:
             self._queue.put_nowait(_END)
+
+    @property
+    def full(self) -> bool:
+        return self._queue.qsize() >= self._max_queue
 
     def __aiter__(self) -> MessageIterator:
         return self
@@ -74,6 +83,7 @@ class MessageIterator:
             item = await asyncio.wait_for(self._queue.get(), self._timeout)
         except asyncio.TimeoutError:
             raise TimeoutError(f"no message within {self._timeout:g} s") from None
+        self._client._drained.set()
         if item is _END:
             self.close()
             raise StopAsyncIteration
@@ -82,8 +92,8 @@ class MessageIterator:
 
     def close(self) -> None:
         """Stop receiving (messages not yet taken are dropped)."""
-        with contextlib.suppress(ValueError):
-            self._client._subscribers.remove(self._queue)
+        self._client._subscribers.discard(self)
+        self._client._drained.set()
 
 
 class WebPubSubClient:
@@ -121,7 +131,9 @@ class WebPubSubClient:
         self._ssl = ssl
         self._callbacks = Callbacks()
         self._acks: dict[int, asyncio.Future[AckResolved]] = {}
-        self._subscribers: list[asyncio.Queue[object]] = []
+        # weak: an iterator dropped without close() stops holding the client back
+        self._subscribers: weakref.WeakSet[MessageIterator] = weakref.WeakSet()
+        self._drained = asyncio.Event()  # an iterator took a message
         self._ws: WebSocket | None = None
         self._opening: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -172,10 +184,12 @@ class WebPubSubClient:
         """Remove a callback added with :meth:`on`."""
         self._callbacks.remove(event, callback)
 
-    def messages(self, *, timeout: float | None = None) -> MessageIterator:
+    def messages(self, *, timeout: float | None = None,
+                 max_queue: int = DEFAULT_MAX_QUEUE) -> MessageIterator:
         """Group and server messages received from now on; the iteration ends when the client
-        stops. ``timeout`` bounds each wait (``TimeoutError``)."""
-        return MessageIterator(self, timeout)
+        stops. ``timeout`` bounds each wait (``TimeoutError``); while ``max_queue`` messages
+        wait unread, the client stops reading (acks wait too), so memory stays bounded."""
+        return MessageIterator(self, timeout, max_queue)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -214,6 +228,7 @@ class WebPubSubClient:
             return
         self._core.stop(loop.time())
         self._wake.set()
+        self._drained.set()
         try:
             await asyncio.wait_for(self._stopped.wait(), self.close_timeout + 1.0)
         except asyncio.TimeoutError:
@@ -407,6 +422,7 @@ class WebPubSubClient:
         try:
             async for message in ws:
                 if isinstance(message, str):
+                    await self._room_for_messages()
                     core.text_received(loop.time(), message)
                     self._wake.set()
         except ConnectionClosedError:
@@ -419,6 +435,15 @@ class WebPubSubClient:
                 self._ws = None
             core.connection_closed(loop.time(), ws.close_code, ws.close_reason or "")
             self._wake.set()
+
+    async def _room_for_messages(self) -> None:
+        """Wait while an iterator holds ``max_queue`` unread messages (not once stopping)."""
+        while any(it.full for it in list(self._subscribers)):
+            if self._core.state in (ClientState.STOPPING, ClientState.STOPPED):
+                return
+            self._drained.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), 1.0)
 
     def _failed(self, exc: BaseException) -> None:
         self.last_error = exc
@@ -434,11 +459,11 @@ class WebPubSubClient:
                     future.set_result(event)
                 continue
             if isinstance(event, (GroupMessage, ServerMessage)):
-                for queue in self._subscribers:
-                    queue.put_nowait(event)
+                for iterator in list(self._subscribers):
+                    iterator._queue.put_nowait(event)
             elif isinstance(event, Stopped):
-                for queue in self._subscribers:
-                    queue.put_nowait(_END)
+                for iterator in list(self._subscribers):
+                    iterator._queue.put_nowait(_END)
                 first = self._first
                 if first is not None and not first.done():
                     first.set_exception(ConnectionError(
