@@ -41,8 +41,9 @@ def emulator(*args: str) -> Iterator[tuple[Proc, str]]:
 
 def test_emulator_prints_a_connection_string_the_official_sdks_use() -> None:
     port = free_port()
-    with emulator("--webpubsub-port", str(port), "--key", "my-own-key-of-at-least-thirty-two-bytes") as (proc, cs):
-        assert cs == f"Endpoint=http://127.0.0.1:{port};AccessKey=my-own-key-of-at-least-thirty-two-bytes;Version=1.0;"
+    key = "my-own-key-of-at-least-thirty-two-bytes"
+    with emulator("--webpubsub-port", str(port), "--key", key) as (proc, cs):
+        assert cs == f"Endpoint=http://127.0.0.1:{port};AccessKey={key};Version=1.0;"
         service = WebPubSubServiceClient.from_connection_string(cs, hub="Chat")
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5) as r:
             assert r.status == 200
