@@ -397,8 +397,9 @@ class RelayServiceServer:
                 # The core closes TCP (server closes first, RFC 6455 §7.1.1): close() flushes
                 # the write buffer before the socket goes; connection_lost tells the core.
                 transport.close()
-        for call in service.outbound_calls():
-            self._start_call(call)
+        if service.webpubsub is not None:  # only Web PubSub event handlers make calls
+            for call in service.outbound_calls():
+                self._start_call(call)
         for conn_id, paused in service.reading_changes():
             proto = self._protocols.get(conn_id)
             if proto is not None:
