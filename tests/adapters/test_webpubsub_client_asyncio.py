@@ -31,6 +31,7 @@ from hyco_proto.webpubsub.tokens import create_client_access
 from .asyncio_util import WAIT, async_test, bounded
 from .webpubsub_util import (
     HUB,
+    ROLES,
     CutProxy,
     client_url,
     free_port,
@@ -322,3 +323,22 @@ async def test_unread_messages_are_bounded_by_max_queue(hub: RelayServiceThread)
         await asyncio.sleep(0.2)
         assert slow._queue.qsize() == 2  # the client stopped reading
         assert [(await slow.__anext__()).value for _ in range(6)] == list(range(6))
+
+
+@async_test
+async def test_a_refused_rejoin_is_reported(hub: RelayServiceThread) -> None:
+    grants = [ROLES, ()]  # the second connection's token has no role: its rejoin is refused
+
+    def fresh_url() -> str:
+        return client_url(hub.port, "kim", roles=grants.pop(0))
+
+    client = WebPubSubClient(fresh_url)
+    seen = record(client)
+    async with client:
+        await client.join_group("room")
+        assert client.connection_id is not None
+        service_close(hub, client.connection_id, 1008, "policy")
+        await until(lambda: len(seen["rejoin-group-failed"]) == 1)
+        failed = seen["rejoin-group-failed"][0]
+        assert (failed.group, failed.error.name) == ("room", "Forbidden")
+        assert client.groups == () and len(seen["connected"]) == 2

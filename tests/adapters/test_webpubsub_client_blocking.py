@@ -24,6 +24,7 @@ from hyco_proto.webpubsub.client import Connected, Disconnected, ServerMessage
 
 from .test_blocking_adapters import live_greenlets
 from .webpubsub_util import (
+    ROLES,
     CutProxy,
     client_url,
     free_port,
@@ -291,3 +292,20 @@ def test_unread_messages_are_bounded_by_max_queue(adapter: ModuleType,
         adapter.RUNTIME.sleep(0.2)
         assert slow._queue.qsize() == 2  # the client stopped reading
         assert [next(slow).value for _ in range(6)] == list(range(6))
+
+
+def test_a_refused_rejoin_is_reported(adapter: ModuleType, hub: RelayServiceThread) -> None:
+    grants = [ROLES, ()]  # the second connection's token has no role: its rejoin is refused
+
+    def fresh_url() -> str:
+        return client_url(hub.port, "kim", roles=grants.pop(0))
+
+    client = adapter.WebPubSubClient(fresh_url)
+    seen = record(client)
+    with client:
+        client.join_group("room")
+        service_close(hub, client.connection_id, 1008, "policy")
+        until(adapter, lambda: len(seen["rejoin-group-failed"]) == 1)
+        failed = seen["rejoin-group-failed"][0]
+        assert (failed.group, failed.error.name) == ("room", "Forbidden")
+        assert client.groups == () and len(seen["connected"]) == 2
