@@ -342,3 +342,22 @@ async def test_a_refused_rejoin_is_reported(hub: RelayServiceThread) -> None:
         failed = seen["rejoin-group-failed"][0]
         assert (failed.group, failed.error.name) == ("room", "Forbidden")
         assert client.groups == () and len(seen["connected"]) == 2
+
+
+@async_test
+async def test_a_request_whose_ack_was_lost_is_sent_again_and_runs_once(
+        hub: RelayServiceThread) -> None:
+    with CutProxy(hub.port) as proxy:
+        alice = WebPubSubClient(client_url(proxy.port, "alice"))
+        bob = WebPubSubClient(client_url(hub.port, "bob"))
+        async with alice, bob:
+            inbox = bob.messages(timeout=WAIT)
+            await bob.join_group("once")
+            proxy.holding = True  # the service's ack will not reach alice
+            sending = asyncio.create_task(alice.send_to_group("once", "only once"))
+            assert (await inbox.__anext__()).value == "only once"  # it ran
+            proxy.cut()
+            result = await bounded(sending)  # sent again after the recovery, same ackId
+            assert result is not None and result.ok and result.duplicate
+            await alice.send_to_group("once", "next")
+            assert (await inbox.__anext__()).value == "next"  # nothing in between

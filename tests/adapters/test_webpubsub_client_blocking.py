@@ -309,3 +309,23 @@ def test_a_refused_rejoin_is_reported(adapter: ModuleType, hub: RelayServiceThre
         failed = seen["rejoin-group-failed"][0]
         assert (failed.group, failed.error.name) == ("room", "Forbidden")
         assert client.groups == () and len(seen["connected"]) == 2
+
+
+def test_a_request_whose_ack_was_lost_is_sent_again_and_runs_once(
+        adapter: ModuleType, hub: RelayServiceThread) -> None:
+    with CutProxy(hub.port) as proxy:
+        alice = adapter.WebPubSubClient(client_url(proxy.port, "alice"))
+        bob = adapter.WebPubSubClient(client_url(hub.port, "bob"))
+        results: list[Any] = []
+        with alice, bob:
+            inbox = bob.messages(timeout=WAIT)
+            bob.join_group("once")
+            proxy.holding = True  # the service's ack will not reach alice
+            worker = adapter.RUNTIME.spawn(
+                lambda: results.append(alice.send_to_group("once", "only once")), "send")
+            assert next(inbox).value == "only once"  # it ran
+            proxy.cut()
+            worker.join(WAIT)  # sent again after the recovery, with the same ackId
+            assert len(results) == 1 and results[0].ok and results[0].duplicate
+            alice.send_to_group("once", "next")
+            assert next(inbox).value == "next"  # nothing in between

@@ -4,7 +4,8 @@
 ``routes="webpubsub"`` on a free port; ``client_url(port, user, roles)`` mints a client URL with
 our token module. ``CutProxy(port)`` forwards loopback TCP connections to ``port`` (one thread
 per direction) and ``cut()`` resets every connection through it, so a client sees its socket
-die without a closing handshake. ``service_close(...)`` makes the hub close a connection with a
+die without a closing handshake; with ``holding`` set it drops what the service sends (an ack
+lost with the socket). ``service_close(...)`` makes the hub close a connection with a
 code of our choosing, as the service would.
 """
 
@@ -81,6 +82,7 @@ class CutProxy:
         self._socks: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
         self.accepted = 0
+        self.holding = False  # drop what the service sends (until the next cut)
         self._start(self._accept_loop)
 
     def _start(self, fn: object, *args: object) -> None:
@@ -103,14 +105,14 @@ class CutProxy:
             with self._lock:
                 self.accepted += 1
                 self._socks += [client, upstream]
-            self._start(self._pump, client, upstream)
-            self._start(self._pump, upstream, client)
+            self._start(self._pump, client, upstream, False)
+            self._start(self._pump, upstream, client, True)
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, downstream: bool) -> None:
         try:
             while data := src.recv(65536):
-                dst.sendall(data)
+                if not (downstream and self.holding):
+                    dst.sendall(data)
         except OSError:
             pass
         with contextlib.suppress(OSError):
@@ -120,6 +122,7 @@ class CutProxy:
         """Reset every connection now (SO_LINGER 0: an RST, no closing handshake)."""
         with self._lock:
             socks, self._socks = self._socks, []
+            self.holding = False
         for sock in socks:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
