@@ -63,6 +63,7 @@ def test_node_client_joins_and_exchanges_text_json_and_binary(hub_port: int) -> 
             assert len(peer.named("connected")) == 1 and not peer.named("disconnected")
         alice.ok("stop")
         alice.event("stopped")
+        assert not alice.named("error") and not bob.named("error")
 
 
 def test_node_and_python_clients_share_a_group(hub_port: int) -> None:

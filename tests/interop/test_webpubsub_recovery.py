@@ -84,6 +84,9 @@ def test_client_recovers_through_cuts_without_losing_or_repeating(kind: str, mod
             connection_id]
         assert not [e for e in peer.events if e["event"] == "disconnected"], peer.describe()
         assert [e["n"] for e in peer.events if e["event"] == "token"] == [1]
+        for node in (publisher, peer):
+            if isinstance(node, NodeWps):
+                assert not node.named("error"), node.describe()
         # Each recovery came back through the proxy.
         assert proxy.accepted >= 1 + CUTS, (proxy.log, peer.describe())
 
