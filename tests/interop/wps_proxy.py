@@ -3,10 +3,10 @@
 :func:`serve_hub` serves our Web PubSub hub route (``RelayServiceThread(routes="webpubsub")``)
 on a free loopback port. :class:`NodeWps` drives ``node/wps_client.js``
 (``@azure/web-pubsub-client`` with URLs minted by ``@azure/web-pubsub``) over stdin/stdout JSON
-lines; :class:`PyWps` drives
-Microsoft's Python client (``azure-messaging-webpubsubclient``), sync or aio (on an event loop
-thread of its own), with URLs minted by ``azure-messaging-webpubsubservice``. Both record what
-happens as ``events`` and wait for them with bounds.
+lines; :class:`PyWps` drives Microsoft's Python client (``azure-messaging-webpubsubclient``),
+sync or aio (on an event loop thread of its own), with URLs minted by
+``azure-messaging-webpubsubservice``. Both record what happens as ``events`` (dicts with an
+``"event"`` name) and wait for them with bounds.
 
 ``CuttingProxy(target_port)`` listens on ``127.0.0.1`` (a free port) and forwards each accepted
 connection to ``127.0.0.1:target_port``, on an asyncio loop of its own in a background thread.
@@ -301,19 +301,6 @@ def _coroutine(fn: Callable[..., None]) -> Callable[..., Any]:
     async def call(*args: Any) -> None:
         fn(*args)
     return call
-
-
-def publish_numbers(send: Callable[[str], None], first: int, count: int,
-                    interval: float = 0.0) -> None:
-    """Send ``first`` … ``first + count - 1`` as text, one after another."""
-    for number in range(first, first + count):
-        send(str(number))
-        if interval:
-            time.sleep(interval)
-
-
-def numbers(messages: list[Event]) -> list[int]:
-    return [int(m["data"]) for m in messages]
 
 
 def _abort(writer: asyncio.StreamWriter, mode: str) -> None:
