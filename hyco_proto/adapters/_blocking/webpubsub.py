@@ -16,15 +16,15 @@ import ssl as _ssl
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from ...drivers.stream import ConnectionClosedError, check_max_queue
+from ...drivers.webpubsub_client import WebPubSubClientBase
 from ...webpubsub.client import (
     DEFAULT_RECONNECT_DELAYS,
     DEFAULT_RECOVERY_DELAYS,
     AckResolved,
     AckTimeoutError,
-    Callbacks,
     ClientEvent,
     ClientState,
     CloseConnection,
@@ -36,7 +36,6 @@ from ...webpubsub.client import (
     SendText,
     ServerMessage,
     Stopped,
-    WebPubSubClientCore,
     address_of,
 )
 from ...webpubsub.messages import JSON_RELIABLE_SUBPROTOCOL, make_data
@@ -112,7 +111,7 @@ class _AckWaiter:
         self.result: AckResolved | None = None
 
 
-class WebPubSubClient:
+class WebPubSubClient(WebPubSubClientBase):
     """An Azure Web PubSub client (JSON subprotocols), the shape of Microsoft's Python SDK.
 
     ``url``: the client URL (``access_token`` in the query), or a function returning a fresh
@@ -133,23 +132,15 @@ class WebPubSubClient:
                  recovery_delays: Sequence[float] = DEFAULT_RECOVERY_DELAYS,
                  reconnect_delays: Sequence[float] = DEFAULT_RECONNECT_DELAYS,
                  ssl: _ssl.SSLContext | None = None) -> None:
-        fixed = url if isinstance(url, str) else None
-        if fixed is None and not callable(url):
-            raise TypeError(f"url must be a str or a callable, not {type(url).__name__}")
-        self._core = WebPubSubClientCore(
-            fixed, subprotocol=protocol, auto_reconnect=auto_reconnect,
-            auto_rejoin_groups=auto_rejoin_groups, recovery_timeout=recovery_timeout,
-            recovery_delays=recovery_delays, reconnect_delays=reconnect_delays,
-            keepalive_interval=keepalive_interval, keepalive_timeout=keepalive_timeout)
+        super().__init__(
+            url, protocol=protocol, auto_reconnect=auto_reconnect,
+            auto_rejoin_groups=auto_rejoin_groups, ack_timeout=ack_timeout,
+            open_timeout=open_timeout, close_timeout=close_timeout,
+            keepalive_interval=keepalive_interval, keepalive_timeout=keepalive_timeout,
+            recovery_timeout=recovery_timeout, recovery_delays=recovery_delays,
+            reconnect_delays=reconnect_delays, ssl=ssl)
         rt = self.runtime
-        self._url_source = url
-        self.address = address_of(fixed) if fixed is not None else "(URL not fetched yet)"
-        self.ack_timeout = ack_timeout
-        self.open_timeout = open_timeout
-        self.close_timeout = close_timeout
-        self._ssl = ssl
         self._api = Api(rt)
-        self._callbacks = Callbacks()
         self._lock = rt.lock()  # the core, the ack table, the subscribers, the socket
         self._acks: dict[int, _AckWaiter] = {}
         # weak: an iterator dropped without close() stops holding the client back
@@ -165,46 +156,7 @@ class WebPubSubClient:
         self._dispatch_queue: QueueLike = rt.queue()
         self._workers = Workers(rt, logger)
         self._started = False
-        self.last_error: BaseException | None = None
         self._first_error: BaseException | None = None
-
-    # -- what it is --------------------------------------------------------------------------
-
-    @property
-    def connection_id(self) -> str | None:
-        return self._core.connection_id
-
-    @property
-    def user_id(self) -> str | None:
-        return self._core.user_id
-
-    @property
-    def groups(self) -> tuple[str, ...]:
-        """Groups joined and not left (rejoined on a new connection)."""
-        return self._core.groups
-
-    @property
-    def state(self) -> ClientState:
-        return self._core.state
-
-    @property
-    def is_connected(self) -> bool:
-        return self._core.is_open
-
-    def __repr__(self) -> str:
-        return f"<WebPubSubClient {self.address} {self._core.state.value}>"
-
-    # -- callbacks and messages ---------------------------------------------------------------
-
-    def on(self, event: str, callback: Callable[[Any], object]) -> None:
-        """Call ``callback(event)`` for each ``event``: ``connected``, ``disconnected``,
-        ``stopped``, ``group-message``, ``server-message``, ``rejoin-group-failed``. Callbacks
-        run one at a time, in order, in a worker of their own; errors are logged."""
-        self._callbacks.add(event, callback)
-
-    def off(self, event: str, callback: Callable[[Any], object]) -> None:
-        """Remove a callback added with :meth:`on`."""
-        self._callbacks.remove(event, callback)
 
     def messages(self, *, timeout: float | None = None,
                  max_queue: int = DEFAULT_MAX_QUEUE) -> MessageIterator:

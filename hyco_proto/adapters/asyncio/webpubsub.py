@@ -21,12 +21,12 @@ from types import TracebackType
 from typing import Any
 
 from ...drivers.stream import ConnectionClosedError, check_max_queue
+from ...drivers.webpubsub_client import WebPubSubClientBase
 from ...webpubsub.client import (
     DEFAULT_RECONNECT_DELAYS,
     DEFAULT_RECOVERY_DELAYS,
     AckResolved,
     AckTimeoutError,
-    Callbacks,
     ClientEvent,
     ClientState,
     CloseConnection,
@@ -38,7 +38,6 @@ from ...webpubsub.client import (
     SendText,
     ServerMessage,
     Stopped,
-    WebPubSubClientCore,
     address_of,
     event_name,
 )
@@ -96,7 +95,7 @@ class MessageIterator:
         self._client._drained.set()
 
 
-class WebPubSubClient:
+class WebPubSubClient(WebPubSubClientBase):
     """An Azure Web PubSub client (JSON subprotocols), the shape of Microsoft's Python SDK.
 
     ``url``: the client URL (``access_token`` in the query), or a function (sync or async)
@@ -115,21 +114,13 @@ class WebPubSubClient:
                  recovery_delays: Sequence[float] = DEFAULT_RECOVERY_DELAYS,
                  reconnect_delays: Sequence[float] = DEFAULT_RECONNECT_DELAYS,
                  ssl: _ssl.SSLContext | None = None) -> None:
-        fixed = url if isinstance(url, str) else None
-        if fixed is None and not callable(url):
-            raise TypeError(f"url must be a str or a callable, not {type(url).__name__}")
-        self._core = WebPubSubClientCore(
-            fixed, subprotocol=protocol, auto_reconnect=auto_reconnect,
-            auto_rejoin_groups=auto_rejoin_groups, recovery_timeout=recovery_timeout,
-            recovery_delays=recovery_delays, reconnect_delays=reconnect_delays,
-            keepalive_interval=keepalive_interval, keepalive_timeout=keepalive_timeout)
-        self._url_source = url
-        self.address = address_of(fixed) if fixed is not None else "(URL not fetched yet)"
-        self.ack_timeout = ack_timeout
-        self.open_timeout = open_timeout
-        self.close_timeout = close_timeout
-        self._ssl = ssl
-        self._callbacks = Callbacks()
+        super().__init__(
+            url, protocol=protocol, auto_reconnect=auto_reconnect,
+            auto_rejoin_groups=auto_rejoin_groups, ack_timeout=ack_timeout,
+            open_timeout=open_timeout, close_timeout=close_timeout,
+            keepalive_interval=keepalive_interval, keepalive_timeout=keepalive_timeout,
+            recovery_timeout=recovery_timeout, recovery_delays=recovery_delays,
+            reconnect_delays=reconnect_delays, ssl=ssl)
         self._acks: dict[int, asyncio.Future[AckResolved]] = {}
         # weak: an iterator dropped without close() stops holding the client back
         self._subscribers: weakref.WeakSet[MessageIterator] = weakref.WeakSet()
@@ -144,45 +135,6 @@ class WebPubSubClient:
         self._runner: asyncio.Task[None] | None = None
         self._dispatcher: asyncio.Task[None] | None = None
         self._first: asyncio.Future[Connected] | None = None
-        self.last_error: BaseException | None = None
-
-    # -- what it is --------------------------------------------------------------------------
-
-    @property
-    def connection_id(self) -> str | None:
-        return self._core.connection_id
-
-    @property
-    def user_id(self) -> str | None:
-        return self._core.user_id
-
-    @property
-    def groups(self) -> tuple[str, ...]:
-        """Groups joined and not left (rejoined on a new connection)."""
-        return self._core.groups
-
-    @property
-    def state(self) -> ClientState:
-        return self._core.state
-
-    @property
-    def is_connected(self) -> bool:
-        return self._core.is_open
-
-    def __repr__(self) -> str:
-        return f"<WebPubSubClient {self.address} {self._core.state.value}>"
-
-    # -- callbacks and messages ---------------------------------------------------------------
-
-    def on(self, event: str, callback: Callable[[Any], object]) -> None:
-        """Call ``callback(event)`` (a function or coroutine function) for each ``event``:
-        ``connected``, ``disconnected``, ``stopped``, ``group-message``, ``server-message``,
-        ``rejoin-group-failed``. Callbacks run one at a time, in order; errors are logged."""
-        self._callbacks.add(event, callback)
-
-    def off(self, event: str, callback: Callable[[Any], object]) -> None:
-        """Remove a callback added with :meth:`on`."""
-        self._callbacks.remove(event, callback)
 
     def messages(self, *, timeout: float | None = None,
                  max_queue: int = DEFAULT_MAX_QUEUE) -> MessageIterator:
