@@ -3,9 +3,8 @@ itself and its callback registry (a base class; the adapters add the I/O)."""
 
 from __future__ import annotations
 
-import ssl as _ssl
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..webpubsub.client import (
     DEFAULT_RECONNECT_DELAYS,
@@ -16,6 +15,9 @@ from ..webpubsub.client import (
     address_of,
 )
 from ..webpubsub.messages import JSON_RELIABLE_SUBPROTOCOL
+
+if TYPE_CHECKING:  # the adapters pass it on to their sockets; no I/O here
+    import ssl as _ssl
 
 __all__ = ["WebPubSubClientBase"]
 
