@@ -4,7 +4,7 @@ itself and its callback registry (a base class; the adapters add the I/O)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..webpubsub.client import (
     DEFAULT_RECONNECT_DELAYS,
@@ -16,14 +16,12 @@ from ..webpubsub.client import (
 )
 from ..webpubsub.messages import JSON_RELIABLE_SUBPROTOCOL
 
-if TYPE_CHECKING:  # the adapters pass it on to their sockets; no I/O here
-    import ssl as _ssl
-
 __all__ = ["WebPubSubClientBase"]
 
 
 class WebPubSubClientBase:
-    """The settings (see the adapters' ``WebPubSubClient``), the sans-IO core, the properties
+    """The settings (see the adapters' ``WebPubSubClient``; each adapter keeps its own TLS
+    context), the sans-IO core, the properties
     ``connection_id`` / ``user_id`` / ``groups`` / ``state`` / ``is_connected`` /
     ``address``, and ``on`` / ``off``."""
 
@@ -33,8 +31,7 @@ class WebPubSubClientBase:
                  close_timeout: float = 10.0, keepalive_interval: float | None = 20.0,
                  keepalive_timeout: float = 120.0, recovery_timeout: float = 30.0,
                  recovery_delays: Sequence[float] = DEFAULT_RECOVERY_DELAYS,
-                 reconnect_delays: Sequence[float] = DEFAULT_RECONNECT_DELAYS,
-                 ssl: _ssl.SSLContext | None = None) -> None:
+                 reconnect_delays: Sequence[float] = DEFAULT_RECONNECT_DELAYS) -> None:
         fixed = url if isinstance(url, str) else None
         if fixed is None and not callable(url):
             raise TypeError(f"url must be a str or a callable, not {type(url).__name__}")
@@ -49,7 +46,6 @@ class WebPubSubClientBase:
         self.ack_timeout = ack_timeout
         self.open_timeout = open_timeout
         self.close_timeout = close_timeout
-        self._ssl = ssl
         self._callbacks = Callbacks()
         self.last_error: BaseException | None = None
 

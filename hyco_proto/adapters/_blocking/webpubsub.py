@@ -138,7 +138,8 @@ class WebPubSubClient(WebPubSubClientBase):
             open_timeout=open_timeout, close_timeout=close_timeout,
             keepalive_interval=keepalive_interval, keepalive_timeout=keepalive_timeout,
             recovery_timeout=recovery_timeout, recovery_delays=recovery_delays,
-            reconnect_delays=reconnect_delays, ssl=ssl)
+            reconnect_delays=reconnect_delays)
+        self._ssl = ssl
         rt = self.runtime
         self._api = Api(rt)
         self._lock = rt.lock()  # the core, the ack table, the subscribers, the socket

@@ -120,7 +120,8 @@ class WebPubSubClient(WebPubSubClientBase):
             open_timeout=open_timeout, close_timeout=close_timeout,
             keepalive_interval=keepalive_interval, keepalive_timeout=keepalive_timeout,
             recovery_timeout=recovery_timeout, recovery_delays=recovery_delays,
-            reconnect_delays=reconnect_delays, ssl=ssl)
+            reconnect_delays=reconnect_delays)
+        self._ssl = ssl
         self._acks: dict[int, asyncio.Future[AckResolved]] = {}
         # weak: an iterator dropped without close() stops holding the client back
         self._subscribers: weakref.WeakSet[MessageIterator] = weakref.WeakSet()
