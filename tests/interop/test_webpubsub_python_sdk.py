@@ -53,7 +53,10 @@ def sdk_client(port: int, user: str, roles: list[str]) -> WebPubSubClient:
     def url() -> str:
         return str(svc.get_client_access_token(user_id=user, roles=roles)["url"])
 
-    return WebPubSubClient(WebPubSubClientCredential(url))
+    # The sync SDK (1.1.0) starts waiting for `connected` and for each ack only after it sent:
+    # a fast local answer is missed and the call returns after the timeout (30 s by default),
+    # with the answer it recorded. Short timeouts keep such a miss short.
+    return WebPubSubClient(WebPubSubClientCredential(url), start_timeout=2.0, ack_timeout=2.0)
 
 
 def test_python_sdk_joins_sends_and_receives_through_our_hub(hub_port: int) -> None:
