@@ -119,6 +119,7 @@ def test_bad_input_gets_its_code_and_the_hub_keeps_serving(hub: RelayServiceThre
         with pytest.raises(RelayError) as info:
             connect(bad, subprotocols=[JSON_SUBPROTOCOL], open_timeout=WAIT)
         assert "401" in str(info.value)
+        assert "access_token" not in str(info.value), "errors never carry the token"
         calm.check()
 
     # Not HTTP at all, on the Web PubSub port: a 400, and the connection is closed.

@@ -368,10 +368,11 @@ class ServerConnection(_Connection):
 def refusal_error(response: HandshakeRejected, url: str) -> RelayError:
     """The error for a plain ``connect`` whose upgrade was answered with another status:
     401 → ``AuthorizationError``, 403 → ``ForbiddenError``, 404 → ``EndpointNotFoundError``,
-    else ``RelayError``; the message names the address and the status (no relay involved)."""
+    else ``RelayError``; the message names the address (without its query, which may carry a
+    token) and the status (no relay involved)."""
     reason = f"{response.status} {response.reason}".strip()
     error = relay_error_for_status(response.status, response.reason or None)
-    error.message = f"{url} refused the WebSocket upgrade: {reason}"
+    error.message = f"{url.split('?', 1)[0]} refused the WebSocket upgrade: {reason}"
     error.args = (error.message,)
     return error
 
