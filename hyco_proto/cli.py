@@ -53,6 +53,7 @@ from .service.tomlconfig import (
     default_rule,
     is_development_key,
     load_config,
+    webpubsub_default_key,
 )
 from .service.webpubsub import WebPubSubService
 from .uris import (
@@ -62,6 +63,7 @@ from .uris import (
     default_scheme,
     parse_connection_string,
 )
+from .webpubsub.endpoints import validate_hub_name
 from .webpubsub.events import SYSTEM_EVENTS, EventHandler
 
 if TYPE_CHECKING:
@@ -158,28 +160,50 @@ def _emulator_config(args: argparse.Namespace) -> EmulatorConfig:
         config.tls = TlsConfig(self_signed=True)
     if args.state_dir is not None and config.tls is not None:
         config.tls.state_dir = Path(args.state_dir).expanduser()
+    _webpubsub_flags(args, config)
+    if not service.rules:
+        raise CliError("the configuration defines no SAS rules: nobody could connect")
+    return config
+
+
+def _webpubsub_flags(args: argparse.Namespace, config: EmulatorConfig) -> None:
+    """Apply the Web PubSub flags over the config file's [webpubsub] section."""
     wps = config.webpubsub
+    asked = [flag for flag, value in (("--webpubsub-port", args.webpubsub_port),
+                                      ("--webpubsub-key", args.webpubsub_key),
+                                      ("--event-handler", args.event_handler))
+             if value is not None]
     if args.no_webpubsub:
+        if asked:
+            raise CliError(f"--no-webpubsub turns the Web PubSub hubs off, but {asked[0]} "
+                           "configures them: drop one of the two")
         wps.enabled = False
+        return
+    if asked:
+        wps.enabled = True  # asked for by flag: serve them (an error if that is impossible)
+        wps.required = True
     if args.webpubsub_port is not None:
         wps.port = args.webpubsub_port
-        wps.enabled = not args.no_webpubsub
     if args.webpubsub_key is not None:
         wps.access_key = args.webpubsub_key
+    by_flag: dict[str, list[EventHandler]] = {}
     for spec in args.event_handler or ():
         hub, sep, url = spec.partition("=")
         if not sep or not hub.strip() or not url.strip():
             raise CliError(f"--event-handler {spec!r}: expected HUB=URL, e.g. "
                            "chat=http://127.0.0.1:3000/eventhandler")
         try:
+            validate_hub_name(hub.strip())
             handler = EventHandler(url.strip(), "*", frozenset(SYSTEM_EVENTS))
         except ValueError as exc:
             raise CliError(f"--event-handler {spec!r}: {exc}") from None
-        key = hub.strip().lower()
-        wps.event_handlers[key] = (*wps.event_handlers.get(key, ()), handler)
-    if not service.rules:
-        raise CliError("the configuration defines no SAS rules: nobody could connect")
-    return config
+        by_flag.setdefault(hub.strip().lower(), []).append(handler)
+    for hub, handlers in by_flag.items():  # flags override the file's handlers of that hub
+        wps.event_handlers[hub] = tuple(handlers)
+    relay_port = config.port if config.port is not None else config.effective_port
+    if wps.port is not None and wps.port != 0 and wps.port == relay_port:
+        raise CliError(f"the relay and the Web PubSub hubs cannot share port {wps.port}: "
+                       "pass another --webpubsub-port")
 
 
 def _tls_context(config: EmulatorConfig, out: IO[str]) -> tuple[ssl.SSLContext | None,
@@ -267,8 +291,7 @@ def _banner(config: EmulatorConfig, server: RelayServiceServer, cert: Path | Non
                     [f"user events {handler.user_events}"] if handler.user_events else [])
                 lines.append(f"  hub {hub}: events ({', '.join(taken)}) → "
                              f"{handler.url_template}")
-        if config.webpubsub.access_key is None and rule is not None and \
-                is_development_key([rule]):
+        if hubs.access_key == DEVELOPMENT_KEY:
             lines.append("  (AccessKey is the development key: pass --key or "
                          "--webpubsub-key for anything shared)")
     if cert is not None:
@@ -286,13 +309,15 @@ def _webpubsub_service(config: EmulatorConfig, out: IO[str]) -> WebPubSubService
     try:
         import jwt  # noqa: F401  (the hubs verify and mint access tokens with PyJWT)
     except ImportError:
+        if settings.required:
+            raise CliError("the Web PubSub hubs need PyJWT: pip install 'hyco_proto[webpubsub]'"
+                           " (or leave out the Web PubSub flags)") from None
         print("Web PubSub: not served: it needs PyJWT (pip install 'hyco_proto[webpubsub]')",
               file=out, flush=True)
         return None
     key = settings.access_key
     if key is None:
-        rule = default_rule(config.service)
-        key = rule.key if rule is not None else DEVELOPMENT_KEY
+        key = webpubsub_default_key(config.service)
     return WebPubSubService(key, event_handlers=settings.event_handlers)
 
 
@@ -928,8 +953,8 @@ def _setup_logging(level: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Azure Relay Hybrid Connections tools: a local relay emulator, SAS tokens, "
-                    "and netcat over a hybrid connection.")
+        description="Azure Relay Hybrid Connections and Web PubSub tools: a local emulator of "
+                    "both, SAS tokens, and netcat over a hybrid connection.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True

@@ -140,3 +140,40 @@ def test_bad_event_handler_in_config_names_the_key(tmp_path: Path) -> None:
     assert proc.wait() == 1
     err = "\n".join(proc.stderr_text)
     assert "webpubsub.hubs.chat.event_handlers[0]" in err and "conect" in err
+
+
+def test_flag_mistakes_are_errors_that_say_what_to_do() -> None:
+    cases = [
+        (["--no-webpubsub", "--event-handler", "chat=http://h/x"],
+         "--no-webpubsub turns the Web PubSub hubs off, but --event-handler configures them"),
+        (["--event-handler", "bad hub=http://h/x"], "invalid hub name 'bad hub'"),
+        (["--port", "9191", "--webpubsub-port", "9191"],
+         "the relay and the Web PubSub hubs cannot share port 9191"),
+    ]
+    for args, message in cases:
+        proc = Proc(["emulator", *args])
+        assert proc.wait() == 1, args
+        assert any(message in line for line in proc.stderr_text), (args, proc.stderr_text)
+
+
+def test_event_handler_flag_replaces_the_files_handlers_of_that_hub(tmp_path: Path) -> None:
+    config = tmp_path / "both.toml"
+    config.write_text('[[webpubsub.hubs.chat.event_handlers]]\n'
+                      'url_template = "http://127.0.0.1:9/fromtoml"\n'
+                      '[[webpubsub.hubs.other.event_handlers]]\n'
+                      'url_template = "http://127.0.0.1:9/other"\n')
+    with emulator("--config", str(config), "--webpubsub-port", "0",
+                  "--event-handler", "chat=http://127.0.0.1:9/flag") as (proc, _):
+        out = proc.stdout.decode()
+    assert "hub chat: events (connect, connected, disconnected, user events *) → " \
+        "http://127.0.0.1:9/flag" in out
+    assert "fromtoml" not in out and "hub other:" in out
+
+
+def test_a_send_only_rule_never_becomes_the_web_pubsub_key(tmp_path: Path) -> None:
+    config = tmp_path / "senders.toml"
+    config.write_text('[[rules]]\nname = "senders"\nkey = "change-me-send"\n'
+                      'rights = ["Send"]\n')
+    with emulator("--config", str(config), "--webpubsub-port", "0") as (proc, cs):
+        assert "AccessKey=change-me-send" not in cs
+        assert "AccessKey is the development key" in proc.stdout.decode()

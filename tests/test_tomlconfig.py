@@ -178,6 +178,8 @@ def test_webpubsub_section() -> None:
     ("[[webpubsub.hubs.c.event_handlers]]\nurl_template = 'http://x'\nsystem_events = 'connect'\n",
      r"system_events: expected an array of event names"),
     ("[[webpubsub.hubs.c.event_handlers]]\n", r"url_template: is required"),
+    ("[[webpubsub.hubs.\"bad hub\".event_handlers]]\nurl_template = 'http://x'\n",
+     r"invalid hub name 'bad hub'"),
 ])
 def test_webpubsub_section_errors(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

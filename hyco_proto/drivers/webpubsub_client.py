@@ -16,7 +16,13 @@ from ..webpubsub.client import (
 )
 from ..webpubsub.messages import JSON_RELIABLE_SUBPROTOCOL
 
-__all__ = ["WebPubSubClientBase"]
+__all__ = ["WebPubSubClientBase", "idle_error"]
+
+
+def idle_error(what: str, state: ClientState, address: str) -> str:
+    """Why a request cannot be sent by a client that is not running, and what to do."""
+    hint = "call start() first" if state is ClientState.IDLE else "the client was stopped"
+    return f"cannot send {what}: {hint} (client of {address}, {state.value})"
 
 
 class WebPubSubClientBase:

@@ -94,6 +94,8 @@ class HttpRelayRoute:
         if head.is_upgrade:
             # HTTP relaying cannot carry an upgrade; the sender most likely forgot the prefix.
             text = "Not a relay address: WebSocket connections use /$hc/{hybrid connection}."
+            if head.path.lower().startswith("/client/"):
+                text += " Web PubSub clients connect to the emulator's Web PubSub port."
             svc.refusal_log.refused(now, 404, head.path, text)
             door.respond(now, 404, text, reason=text, close=True, headers=BY_RELAY)
             return

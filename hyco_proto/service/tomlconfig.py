@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..webpubsub.endpoints import validate_hub_name
 from ..webpubsub.events import SYSTEM_EVENTS, EventHandler
 from .config import (
     DEFAULT_RULE_NAME,
@@ -80,6 +81,7 @@ __all__ = [
     "is_development_key",
     "load_config",
     "parse_config",
+    "webpubsub_default_key",
 ]
 
 DEFAULT_HOST = "127.0.0.1"
@@ -112,9 +114,12 @@ class WebPubSubSettings:
     enabled: bool = True
     #: The port (0: any free port; None: 8080, or a free port when 8080 is taken).
     port: int | None = None
-    #: The key client tokens and REST calls are signed with (None: the default rule's key).
+    #: The key client tokens and REST calls are signed with (None:
+    #: :func:`webpubsub_default_key`).
     access_key: str | None = None
     event_handlers: dict[str, tuple[EventHandler, ...]] = field(default_factory=dict)
+    #: Asked for explicitly (by a flag): failing to serve them is an error, not a note.
+    required: bool = False
 
 
 @dataclass(slots=True)
@@ -467,6 +472,10 @@ def _webpubsub(table: _Table, settings: WebPubSubSettings) -> None:
         return
     for name in hubs.data:
         hub = _Table(table.rep, [*hubs.path, name], hubs.data[name])
+        try:
+            validate_hub_name(name)
+        except ValueError as exc:
+            raise table.rep.error(hub.path, str(exc)) from None
         hub.check_keys(_HUB_KEYS)
         handlers: list[EventHandler] = []
         for item in hub.array_of_tables("event_handlers") or []:
@@ -517,6 +526,17 @@ def apply_default_key(service: ServiceConfig, key: str | None) -> None:
     else:
         rules.append(SasRule(DEFAULT_RULE_NAME, key))
     service.rules = tuple(rules)
+
+
+def webpubsub_default_key(service: ServiceConfig) -> str:
+    """The Web PubSub access key when none is configured: the key of the namespace rule
+    ``RootManageSharedAccessKey`` (``--key``), else of the first rule with Manage, else the
+    development key — never a Listen- or Send-only key."""
+    for rule in service.rules:
+        if rule.name == DEFAULT_RULE_NAME:
+            return rule.key
+    managing = [r for r in service.rules if Right.MANAGE in r.rights]
+    return managing[0].key if managing else DEVELOPMENT_KEY
 
 
 def default_rule(service: ServiceConfig) -> SasRule | None:

@@ -49,8 +49,9 @@ __all__ = ["CALL_TIMEOUT", "EventDispatcher", "OutboundCall"]
 
 logger = logging.getLogger("hyco_proto.service")
 
-#: Seconds an event handler has to answer one call.
-CALL_TIMEOUT = 10.0
+#: Seconds an event handler has to answer one call: shorter than the clients' open timeouts
+#: (10 s in the SDKs and ours), so a slow ``connect`` handler's 500 reaches the client.
+CALL_TIMEOUT = 8.0
 
 #: ``(now, status, headers, body)`` of an answer, or ``status=None`` and the cause in ``body``.
 _Answer = Callable[[float, "int | None", Sequence[tuple[str, str]], bytes], None]
@@ -293,8 +294,12 @@ class EventDispatcher:
                 for item, then in waiting:
                     self._send(now, item, then)
                 return
+            allowed = ", ".join(v for k, v in hdrs if k.lower() == "webhook-allowed-origin")
             cause = (body.decode("utf-8", "replace") if status is None
-                     else f"OPTIONS answered {status} without WebHook-Allowed-Origin for {host}")
+                     else f"OPTIONS answered {status} with WebHook-Allowed-Origin {allowed!r}, "
+                     f"which does not allow {host}" if allowed
+                     else f"OPTIONS answered {status} without WebHook-Allowed-Origin "
+                     f"(expected * or {host})")
             reason = f"abuse protection failed for {key[0]}: {cause}".encode()
             logger.warning("Web PubSub: %s", reason.decode())
             for _, then in waiting:

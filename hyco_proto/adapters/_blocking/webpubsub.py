@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import ClassVar
 
 from ...drivers.stream import ConnectionClosedError, check_max_queue
-from ...drivers.webpubsub_client import WebPubSubClientBase
+from ...drivers.webpubsub_client import WebPubSubClientBase, idle_error
 from ...webpubsub.client import (
     DEFAULT_RECONNECT_DELAYS,
     DEFAULT_RECOVERY_DELAYS,
@@ -264,8 +264,7 @@ class WebPubSubClient(WebPubSubClientBase):
                     break
                 state = core.state
                 if state in (ClientState.IDLE, ClientState.STOPPING, ClientState.STOPPED):
-                    raise RuntimeError(f"cannot send {what}: the client is {state.value} "
-                                       f"({self.address})")
+                    raise RuntimeError(idle_error(what, state, self.address))
                 self._open.clear()
             if not wait_until(rt, self._open, max(deadline - rt.monotonic(), 0.0)):
                 raise TimeoutError(f"cannot send {what}: not connected to {self.address} "

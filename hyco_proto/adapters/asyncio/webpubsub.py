@@ -21,7 +21,7 @@ from types import TracebackType
 from typing import Any
 
 from ...drivers.stream import ConnectionClosedError, check_max_queue
-from ...drivers.webpubsub_client import WebPubSubClientBase
+from ...drivers.webpubsub_client import WebPubSubClientBase, idle_error
 from ...webpubsub.client import (
     DEFAULT_RECONNECT_DELAYS,
     DEFAULT_RECOVERY_DELAYS,
@@ -268,8 +268,7 @@ class WebPubSubClient(WebPubSubClientBase):
         while not self._core.is_open:
             state = self._core.state
             if state in (ClientState.IDLE, ClientState.STOPPING, ClientState.STOPPED):
-                raise RuntimeError(f"cannot send {what}: the client is {state.value} "
-                                   f"({self.address})")
+                raise RuntimeError(idle_error(what, state, self.address))
             self._open.clear()
             try:
                 await asyncio.wait_for(self._open.wait(), max(deadline - loop.time(), 0.0))
