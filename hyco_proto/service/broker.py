@@ -177,6 +177,9 @@ class RelayBroker:
         #: Listeners and pending senders (in-process unless a shared registry is given).
         self.registry: Registry = registry if registry is not None else LocalRegistry()
         self._actions: list[Action] = []
+        #: Hybrid connections this broker created on first use (lower-case name -> when last
+        #: used); forgotten after ``config.auto_expiry`` idle seconds.
+        self._auto: dict[str, float] = {}
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -225,7 +228,9 @@ class RelayBroker:
         return float(parsed.expiry)
 
     def _resolve(self, now: float, path: str) -> HybridConnectionConfig | Refused:
-        hc = self.config.lookup(path)
+        # Not kept yet: an unknown hybrid connection is kept only once a request for it passed
+        # the token checks (:meth:`_adopt`), so refused requests leave no state behind.
+        hc = self.config.lookup(path, create=False)
         if hc is None:
             return self._refuse(
                 now,
@@ -233,6 +238,23 @@ class RelayBroker:
                 f"Endpoint does not exist: no hybrid connection matches '/{path.strip('/')}'.",
             )
         return hc
+
+    def _adopt(self, now: float, hc: HybridConnectionConfig) -> None:
+        """An authorized request for ``hc``: keep it if it was created on first use, and
+        note the use (idle ones expire)."""
+        key = hc.name.lower()
+        if self.config.adopt(hc) or key in self._auto:
+            self._auto[key] = now
+
+    def _touch(self, now: float, hc: HybridConnectionConfig | None) -> None:
+        if hc is not None and hc.name.lower() in self._auto:
+            self._auto[hc.name.lower()] = now
+
+    def _in_use(self, key: str) -> bool:
+        registry = self.registry
+        return bool(registry.listeners_of(key)) or any(
+            p.hc.name.lower() == key for p in registry.all_pending()
+        ) or any(r.hc.name.lower() == key for r in registry.all_requests())
 
     @staticmethod
     def _suffix(hc: HybridConnectionConfig, path: str) -> str:
@@ -263,6 +285,7 @@ class RelayBroker:
         auth = self._authorize(now, hc, "/" + path.strip("/"), token, Right.LISTEN)
         if isinstance(auth, Refused):
             return auth
+        self._adopt(now, hc)
         registry = self.registry
         if len(registry.listeners_of(hc.name)) >= self.config.max_listeners:
             return self._refuse(
@@ -285,7 +308,8 @@ class RelayBroker:
 
     def close_listener(self, now: float, listener_id: str) -> None:
         """The listener's control channel is gone; its pending accepts stay until they expire."""
-        self.registry.remove_listener(listener_id)
+        record = self.registry.remove_listener(listener_id)
+        self._touch(now, record.hc if record is not None else None)
 
     def listener_count(self, hc_name: str) -> int:
         return len(self.registry.listeners_of(hc_name))
@@ -346,6 +370,7 @@ class RelayBroker:
             auth = self._authorize(now, hc, "/" + path.strip("/"), token, Right.SEND)
             if isinstance(auth, Refused):
                 return auth
+        self._adopt(now, hc)
         listener = self._pick_listener(hc, headers)
         if listener is None:
             return self._refuse(
@@ -406,7 +431,8 @@ class RelayBroker:
 
     def cancel_connect(self, now: float, connect_id: str) -> None:
         """The sender went away before the rendezvous: its accept address becomes invalid."""
-        self.registry.take_pending(connect_id)
+        pending = self.registry.take_pending(connect_id)
+        self._touch(now, pending.hc if pending is not None else None)
 
     # -- rendezvous ------------------------------------------------------------------------
 
@@ -465,6 +491,7 @@ class RelayBroker:
             auth = self._authorize(now, hc, "/" + path.strip("/"), token, Right.SEND)
             if isinstance(auth, Refused):
                 return auth
+        self._adopt(now, hc)
         listener = self._pick_listener(hc, headers)
         if listener is None:
             return self._refuse(
@@ -522,7 +549,7 @@ class RelayBroker:
         request_id = _query_value(query, "sb-hc-id")
         pending = self.registry.request(request_id) if request_id else None
         if pending is not None and path is not None:
-            hc = self.config.lookup(path)
+            hc = self.config.lookup(path, create=False)
             if hc is None or hc.name.lower() != pending.hc.name.lower():
                 pending = None
         if pending is None or pending.rendezvous_taken:
@@ -584,6 +611,8 @@ class RelayBroker:
             for r in registry.all_listeners()
             if r.token_expiry is not None
         ]
+        if self._auto:
+            deadlines.append(min(self._auto.values()) + self.config.auto_expiry)
         return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> None:
@@ -608,6 +637,19 @@ class RelayBroker:
                         "The token has expired; renew it with renewToken before expiry.",
                     )
                 )
+
+        self._expire_idle(now)
+
+    def _expire_idle(self, now: float) -> None:
+        """Forget hybrid connections created on first use that stayed idle long enough."""
+        for key, used in list(self._auto.items()):
+            if now - used < self.config.auto_expiry:
+                continue
+            if self._in_use(key):
+                self._auto[key] = now  # looked at again one expiry later
+            else:
+                del self._auto[key]
+                self.config.hybrid_connections.pop(key, None)
 
     def actions_to_take(self) -> list[Action]:
         actions, self._actions = self._actions, []

@@ -71,6 +71,9 @@ class ServiceConfig:
     token_grace: float = 60.0
     #: Namespace name used in tracking descriptions.
     namespace: str = "localhost"
+    #: A hybrid connection created on first use (not strict, not declared) is forgotten after
+    #: this many idle seconds: no listener, no sender waiting, no request in flight.
+    auto_expiry: float = 300.0
 
     @classmethod
     def with_hybrid_connections(cls, names: Iterable[str], **kwargs: object) -> ServiceConfig:
@@ -79,10 +82,11 @@ class ServiceConfig:
             config.hybrid_connections[name.lower()] = HybridConnectionConfig(name)
         return config
 
-    def lookup(self, path: str) -> HybridConnectionConfig | None:
+    def lookup(self, path: str, *, create: bool = True) -> HybridConnectionConfig | None:
         """Resolve a hybrid connection from a path ``hc[/suffix]`` by longest configured prefix
         (names may contain '/', hybrid-connections-wire §8), else the first segment when not
-        strict (created on first use)."""
+        strict (created on first use; with ``create=False`` it is returned but not kept, so
+        that :meth:`adopt` can keep it once the request is authorized)."""
         segments = [s for s in path.strip("/").split("/") if s]
         if not segments:
             return None
@@ -94,8 +98,17 @@ class ServiceConfig:
         if self.strict:
             return None
         created = HybridConnectionConfig(segments[0])
-        self.hybrid_connections[segments[0].lower()] = created
+        if create:
+            self.hybrid_connections[segments[0].lower()] = created
         return created
+
+    def adopt(self, hc: HybridConnectionConfig) -> bool:
+        """Keep ``hc`` (from ``lookup(create=False)``); True if it was not kept before."""
+        key = hc.name.lower()
+        if key in self.hybrid_connections:
+            return False
+        self.hybrid_connections[key] = hc
+        return True
 
     def rules_for(self, hc: HybridConnectionConfig) -> Mapping[str, SasRule]:
         """Rules that may sign for ``hc``; an entity rule wins over a namespace rule of its name."""

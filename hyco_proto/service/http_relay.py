@@ -96,7 +96,7 @@ class HttpRelayRoute:
             text = "Not a relay address: WebSocket connections use /$hc/{hybrid connection}."
             if head.path.lower().startswith("/client/"):
                 text += " Web PubSub clients connect to the emulator's Web PubSub port."
-            svc.refusal_log.refused(now, 404, head.path, text)
+            svc.refusal_log.refused(now, 404, head.path, text, remote=door.conn.remote)
             door.respond(now, 404, text, reason=text, close=True, headers=BY_RELAY)
             return
         length_text = head.header("content-length")
@@ -109,7 +109,8 @@ class HttpRelayRoute:
         if isinstance(result, Refused):
             if result.status in (401, 403):
                 svc.stats.auth_failures += 1
-            svc.refusal_log.refused(now, result.status, head.path, result.description)
+            svc.refusal_log.refused(now, result.status, head.path, result.description,
+                                   remote=door.conn.remote)
             door.respond(now, result.status, result.description, reason=result.description,
                          close=True, headers=BY_RELAY)
             return
@@ -323,7 +324,8 @@ class HttpExchange:
             self.door.abort(now)
             return
         self.door.exchange = None
-        self.svc.refusal_log.refused(now, status, self.head.path, description)
+        self.svc.refusal_log.refused(now, status, self.head.path, description,
+                                    remote=self.door.conn.remote)
         self.door.respond(now, status, description, reason=description, close=True,
                           headers=BY_RELAY)
 

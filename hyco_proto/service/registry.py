@@ -98,6 +98,8 @@ class Registry(Protocol):
 
     def remove_request(self, request_id: str) -> PendingRequest | None: ...
 
+    def all_requests(self) -> Iterable[PendingRequest]: ...
+
 
 class LocalRegistry:
     """The in-process :class:`Registry`: dictionaries."""
@@ -158,3 +160,6 @@ class LocalRegistry:
 
     def remove_request(self, request_id: str) -> PendingRequest | None:
         return self._requests.pop(request_id, None)
+
+    def all_requests(self) -> Iterable[PendingRequest]:
+        return list(self._requests.values())

@@ -78,7 +78,7 @@ def refuse_upgrade(svc: ServiceCore, door: FrontDoor, handshake: ServerHandshake
     # The description carries the TrackingId; logged throttled (hyco-ws retries 401s in a
     # tight loop, hybrid-connections-wire §4.2). Only the path: the query may hold a token.
     target = handshake.request.target if handshake.request is not None else "/"
-    svc.refusal_log.refused(opened, status, target, description)
+    svc.refusal_log.refused(opened, status, target, description, remote=door.conn.remote)
     door.send_raw(handshake.reject(status, description, BY_RELAY))
 
 

@@ -180,36 +180,52 @@ class _Window:
 
 @dataclass(slots=True)
 class RefusalLog:
-    """Log refused handshakes with their tracking id, throttled per (status, path) key.
+    """Log refused handshakes with their tracking id and client address, throttled per
+    (client address, status, path) key and per client address.
 
-    At most ``burst`` lines per key per ``window`` seconds; the rest are counted and reported in
-    one line when the next window opens. Time comes from the caller (sans-IO).
+    At most ``burst`` lines per key and ``address_burst`` per client address per ``window``
+    seconds; the rest are counted and reported in one line when the next window opens. So one
+    noisy client (or one trying thousands of names) cannot silence the refusals of another.
+    Time comes from the caller (sans-IO).
     """
 
     burst: int = 5
     window: float = 10.0
     level: int = logging.INFO
-    _windows: dict[tuple[int, str], _Window] = field(default_factory=dict)
+    address_burst: int = 20
+    _windows: dict[tuple[str, int, str], _Window] = field(default_factory=dict)
 
-    def refused(self, now: float, status: int, target: str, description: str) -> None:
-        """Record one refusal of a request for ``target`` with ``status`` and ``description``
-        (the relay's status description, which carries the ``TrackingId``)."""
-        path = urlsplit(target).path
-        key = (status, path.lower())
+    def _window(self, now: float, key: tuple[str, int, str], what: str) -> _Window:
         win = self._windows.get(key)
         if win is None or not 0 <= now - win.start < self.window:  # clocks may step back
             if win is not None and win.suppressed:
                 logger.log(
                     self.level,
-                    "%d more refusals with %d for %s in the last %.0f s were not logged",
-                    win.suppressed, status, path, self.window,
+                    "%d more refusals %s in the last %.0f s were not logged",
+                    win.suppressed, what, self.window,
                 )
-            if len(self._windows) > 1024:
+            if len(self._windows) > 4096:
                 self._windows.clear()  # bounded memory whatever the clients try
             win = self._windows[key] = _Window(now)
-        if win.logged < self.burst:
+        return win
+
+    def refused(self, now: float, status: int, target: str, description: str, *,
+                remote: tuple[str, int] | None = None) -> None:
+        """Record one refusal of a request for ``target`` with ``status`` and ``description``
+        (the relay's status description, which carries the ``TrackingId``) from ``remote``."""
+        path = urlsplit(target).path
+        address = remote[0] if remote is not None else "-"
+        client = f"{remote[0]}:{remote[1]}" if remote is not None else "-"
+        per_address = self._window(now, (address, 0, ""), f"from {address}")
+        win = self._window(now, (address, status, path.lower()),
+                           f"with {status} for {path} from {address}")
+        if per_address.logged >= self.address_burst:
+            per_address.suppressed += 1
+        elif win.logged < self.burst:
             win.logged += 1
-            logger.log(self.level, "refused %s with %d: %s", path, status, description)
+            per_address.logged += 1
+            logger.log(self.level, "refused %s with %d: client=%s %s", path, status, client,
+                       description, extra={"event": "refused", "client": client,
+                                           "status": status, "path": path})
         else:
             win.suppressed += 1
-
