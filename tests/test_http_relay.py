@@ -194,8 +194,8 @@ def test_small_post_goes_on_the_control_channel_with_its_body_right_behind() -> 
     request = json.loads(events[0].data)["request"]
     assert list(request) == ["address", "id", "requestTarget", "method", "remoteEndpoint",
                              "requestHeaders", "body"]
-    assert request["address"] == (f"{BASE}/$hc/myhc?sb-hc-action=request&sb-hc-id="
-                                   f"{request['id']}")
+    assert request["address"].startswith(f"{BASE}/$hc/myhc?sb-hc-action=request&sb-hc-id="
+                                          f"{request['id']}&sb-hc-rendezvous=")
     assert request["requestTarget"] == "/myhc/a/b?x=1&y=%2B"
     assert request["method"] == "POST" and request["body"] is True
     assert request["remoteEndpoint"] == {"address": "10.0.0.7", "port": 4321}

@@ -13,9 +13,11 @@ Wire rules: hybrid-connections-wire §1 (addresses), §2 (tokens), §3.1 (accept
 
 from __future__ import annotations
 
+import hmac
 import json
 import random
 import re
+import secrets
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -60,6 +62,11 @@ _AUTH_HEADERS = frozenset({"servicebusauthorization"})
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
                         "transfer-encoding", "upgrade", "host", "content-length", "close"})
 _ALLOWED = "microsoft-relay-allowedlisteners"
+#: Query parameter of accept and request rendezvous addresses carrying the service's secret: the
+#: ``sb-hc-id`` may be the sender's own choice, so the address needs a part nobody can guess.
+RENDEZVOUS_SECRET = "sb-hc-rendezvous"
+#: Bytes of CSPRNG output in that secret (128 bits).
+_SECRET_BYTES = 16
 _DISALLOWED = "microsoft-relay-disallowedlisteners"
 
 
@@ -387,9 +394,12 @@ class RelayBroker:
             connect_id = f"{base}_G{taken}"
         app_query = strip_relay_query(query)
         sep = "&" if app_query else ""
+        # The id may be the sender's choice (it stays, for tracking): the secret authorises.
+        secret = secrets.token_urlsafe(_SECRET_BYTES)
         address = (
             f"{listener.base_url}/$hc/{hc.name}{quote(self._suffix(hc, path), safe='/%')}?"
             f"{app_query}{sep}sb-hc-action=accept&sb-hc-id={quote(connect_id, safe='')}"
+            f"&{RENDEZVOUS_SECRET}={secret}"
         )
         connect_headers: dict[str, str] = {}
         for key, value in headers:
@@ -406,7 +416,7 @@ class RelayBroker:
             remote_endpoint=RemoteEndpoint(address=remote[0], port=remote[1]),
         )
         pending = PendingConnect(
-            connect_id, hc, listener.id, address, now, accept, tuple(subprotocols)
+            connect_id, hc, listener.id, address, now, accept, tuple(subprotocols), secret
         )
         self.registry.add_pending(pending)
         self._actions.append(SendControl(listener.id, serialize_command(accept)))
@@ -436,16 +446,41 @@ class RelayBroker:
 
     # -- rendezvous ------------------------------------------------------------------------
 
-    def rendezvous(
-        self, now: float, query: str
-    ) -> RendezvousAccepted | RendezvousRejected | Refused:
-        """The listener connects to an accept address (``sb-hc-action=accept``).
+    @staticmethod
+    def _secret_matches(query: str, secret: str) -> bool:
+        """Whether ``query`` carries the rendezvous ``secret`` (constant-time compare)."""
+        given = _query_value(query, RENDEZVOUS_SECRET) or ""
+        return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), secret.encode())
 
-        The address is single-use and valid ``accept_timeout`` seconds (§3.1). With
+    def _wrong_path(self, hc_name: str, path: str | None) -> bool:
+        """Whether a rendezvous for hybrid connection ``hc_name`` was opened on another one
+        (``path`` without ``$hc``; None: not checked)."""
+        if path is None:
+            return False
+        hc = self.config.lookup(path, create=False)
+        return hc is None or hc.name.lower() != hc_name.lower()
+
+    def rendezvous(
+        self, now: float, query: str, path: str | None = None
+    ) -> RendezvousAccepted | RendezvousRejected | Refused:
+        """The listener connects to an accept address (``sb-hc-action=accept``) on ``path``
+        (without ``$hc``; None: not checked).
+
+        The address is single-use and valid ``accept_timeout`` seconds (§3.1). Its
+        ``sb-hc-rendezvous`` secret must match (403 otherwise), and it is only valid on the
+        hybrid connection it was issued for (404 otherwise); neither refusal uses it up. With
         ``sb-hc-statusCode`` (or hyco-ws's unprefixed ``statusCode``, §1.4) it is a reject.
         """
         connect_id = _query_value(query, "sb-hc-id")
-        pending = self.registry.take_pending(connect_id) if connect_id else None
+        pending = self.registry.pending(connect_id) if connect_id else None
+        if pending is not None and not self._secret_matches(query, pending.secret):
+            pending = None
+        if pending is not None and self._wrong_path(pending.hc.name, path):
+            return self._refuse(
+                now, 404, "Endpoint does not exist: the rendezvous address belongs to another "
+                "hybrid connection.")
+        if pending is not None:
+            self.registry.take_pending(pending.id)
         if pending is None or now - pending.created > self.config.accept_timeout:
             return self._refuse(now, 403, "The rendezvous address is invalid or has expired.")
         status = _query_value(query, "sb-hc-statusCode", "statusCode")
@@ -501,8 +536,9 @@ class RelayBroker:
         request_id = self._new_id()
         while self.registry.request(request_id) is not None:
             request_id = self._new_id()
+        secret = secrets.token_urlsafe(_SECRET_BYTES)
         address = (f"{listener.base_url}/$hc/{hc.name}?sb-hc-action=request"
-                   f"&sb-hc-id={quote(request_id, safe='')}")
+                   f"&sb-hc-id={quote(request_id, safe='')}&{RENDEZVOUS_SECRET}={secret}")
         command = RequestCommand(
             id=request_id,
             address=address,
@@ -512,7 +548,8 @@ class RelayBroker:
             request_headers=self._listener_headers(headers, authorization_used),
             body=body,
         )
-        pending = PendingRequest(request_id, hc, listener.id, address, now, command)
+        pending = PendingRequest(request_id, hc, listener.id, address, now, command,
+                                 secret=secret)
         self.registry.add_request(pending)
         return pending
 
@@ -544,14 +581,15 @@ class RelayBroker:
     def request_rendezvous(self, now: float, query: str,
                            path: str | None = None) -> PendingRequest | Refused:
         """The listener opens ``sb-hc-action=request`` for a request: single use, only while
-        the request is in flight, and only on the hybrid connection it was issued for
-        (``path`` without ``$hc``, when given)."""
+        the request is in flight, with its ``sb-hc-rendezvous`` secret (constant-time
+        compare), and only on the hybrid connection it was issued for (``path`` without
+        ``$hc``, when given). A wrong secret or path does not use the address up."""
         request_id = _query_value(query, "sb-hc-id")
         pending = self.registry.request(request_id) if request_id else None
-        if pending is not None and path is not None:
-            hc = self.config.lookup(path, create=False)
-            if hc is None or hc.name.lower() != pending.hc.name.lower():
-                pending = None
+        if pending is not None and not self._secret_matches(query, pending.secret):
+            pending = None
+        if pending is not None and self._wrong_path(pending.hc.name, path):
+            pending = None
         if pending is None or pending.rendezvous_taken:
             return self._refuse(now, 403, "The rendezvous address is invalid or has expired.")
         pending.rendezvous_taken = True

@@ -43,6 +43,8 @@ class PendingConnect:
     created: float
     accept: AcceptCommand
     subprotocols: tuple[str, ...] = ()
+    #: The accept address's ``sb-hc-rendezvous`` secret (the id may be the sender's choice).
+    secret: str = ""
 
 
 @dataclass(slots=True)
@@ -61,6 +63,8 @@ class PendingRequest:
     on_control_channel: bool = False
     #: A rendezvous for this request has been opened (an address is single-use).
     rendezvous_taken: bool = False
+    #: The address's ``sb-hc-rendezvous`` secret.
+    secret: str = ""
 
 
 class Registry(Protocol):
@@ -87,6 +91,10 @@ class Registry(Protocol):
         ...
 
     def has_pending(self, connect_id: str) -> bool: ...
+
+    def pending(self, connect_id: str) -> PendingConnect | None:
+        """A pending sender, left in place."""
+        ...
 
     def all_pending(self) -> Iterable[PendingConnect]: ...
 
@@ -144,6 +152,9 @@ class LocalRegistry:
 
     def has_pending(self, connect_id: str) -> bool:
         return connect_id in self._pending
+
+    def pending(self, connect_id: str) -> PendingConnect | None:
+        return self._pending.get(connect_id)
 
     def all_pending(self) -> Iterable[PendingConnect]:
         return list(self._pending.values())

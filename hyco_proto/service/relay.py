@@ -118,7 +118,7 @@ class HybridConnectionsRoute:
         elif action == "connect":
             self._connect(door, handshake, request, path, head.query, now)
         elif action == "accept":
-            self._accept(door, handshake, request, head.query, now)
+            self._accept(door, handshake, request, path, head.query, now)
         elif action == "request":
             self.open_request(door, handshake, request, head.query, now)
         else:
@@ -153,9 +153,9 @@ class HybridConnectionsRoute:
         svc.switch(door.id, WaitingSender(svc, door.conn, handshake, result.id))
 
     def _accept(self, door: FrontDoor, handshake: ServerHandshake, request: HandshakeRequest,
-                query: str, now: float) -> None:
+                path: str, query: str, now: float) -> None:
         svc = self.svc
-        result = svc.broker.rendezvous(now, query)
+        result = svc.broker.rendezvous(now, query, path)
         if isinstance(result, Refused):
             refuse_upgrade(svc, door, handshake, result.status, result.description,
                            door.conn.opened)
