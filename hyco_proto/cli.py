@@ -374,7 +374,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     config = _emulator_config(args)
     out = sys.stdout
     context, cert = _tls_context(config, out)
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, getattr(args, "log_format", "text"))
     try:
         asyncio.run(_serve_emulator(config, context, cert, out))
     except KeyboardInterrupt:  # platforms without loop signal handlers
@@ -942,12 +942,36 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, str(level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+#: Fields of the service's structured log lines (``hyco_proto.service.status.log_event``).
+_EVENT_FIELDS = ("event", "client", "tracking", "what", "why", "status")
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the event's fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in _EVENT_FIELDS:
+            if hasattr(record, name):
+                doc[name] = getattr(record, name)
+        if record.exc_info:
+            doc["exception"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False, default=str)
+
+
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, str(level).upper(), logging.INFO),
+                        handlers=[handler])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1001,7 +1025,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "chat=http://127.0.0.1:3000/eventhandler (repeatable; {event}, "
                           "{hub} and {category} in the URL are replaced)")
     emu.add_argument("--log-level", default="INFO",
-                     help="DEBUG, INFO (default: refusals with tracking ids), WARNING")
+                     help="DEBUG, INFO (default: accepted connections and requests, refusals, "
+                          "handshake failures and protocol closes, each with the client's "
+                          "address and a tracking id), WARNING")
+    emu.add_argument("--log-format", choices=("text", "json"), default="text",
+                     help="text (default) or json: one JSON object per line")
     emu.set_defaults(func=cmd_emulator)
 
     tok = commands.add_parser(

@@ -156,6 +156,21 @@ _G_SUFFIXES = re.compile(r"(?:_G\d+)+$")
 _UNSAFE_REASON = re.compile(r"[^\x20-\x7e\x80-\xff]")
 
 
+def _token_reason(exc: TokenError) -> str:
+    """Why a token failed, without any piece of it: reasons and logs never quote a token's
+    fields (a malformed one may be a secret pasted in the wrong place)."""
+    reason = exc.reason.lower()
+    for prefix, text in (("malformed", "malformed token"), ("token must be", "malformed token"),
+                         ("unknown key name", "unknown key name (skn)"),
+                         ("bad signature", "bad signature"), ("token expired", "token expired"),
+                         ("token is for host", "the token is for another host"),
+                         ("token is for path", "the token's resource (sr) does not cover "
+                                               "this path")):
+        if reason.startswith(prefix):
+            return text
+    return "invalid token"
+
+
 def _base_id(listener_id: str) -> str:
     """Strip the service's trailing ``_G<n>`` suffixes (hybrid-connections-wire §1.4)."""
     return _G_SUFFIXES.sub("", listener_id).lower()
@@ -223,7 +238,8 @@ class RelayBroker:
                 now=now,
             )
         except TokenError as exc:
-            return self._refuse(now, exc.status, f"InvalidToken: {exc.reason}.", hc.name)
+            return self._refuse(now, exc.status, f"InvalidToken: {_token_reason(exc)}.",
+                                hc.name)
         rule = rules[parsed.key_name]
         if not rule.grants(right):
             return self._refuse(

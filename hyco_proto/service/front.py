@@ -197,6 +197,9 @@ class FrontDoor(Handler):
             what = str(exc).split(":", 1)[0][:100]
             why = ("request headers too large" if status == 431
                    else f"malformed HTTP request: {what}")
+            self.svc.refusal_log.refused(
+                now, status, self.head.path if self.head is not None else "-", why,
+                remote=self.conn.remote, tracking=f"conn-{self.id}", event="handshake-failed")
             self.respond(now, status, why, close=True)
         else:
             self.close(now)
@@ -372,5 +375,9 @@ class FrontDoor(Handler):
             self.close(now)  # an idle keep-alive connection
             return
         self.svc.stats.handshake_errors += 1
+        self.svc.refusal_log.refused(
+            now, 408, self.head.path if self.head is not None else "-",
+            "the request did not arrive in time.", remote=self.conn.remote,
+            tracking=f"conn-{self.id}", event="handshake-failed")
         self.respond(now, 408, "Request Timeout: the request did not arrive in time.",
                      close=True)

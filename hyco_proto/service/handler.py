@@ -111,6 +111,8 @@ class Handler:
     """Serves one TCP connection. Subclasses override what their kind needs."""
 
     kind: ConnectionKind = ConnectionKind.CLOSED
+    #: What log lines about this connection name it by (a listener, connect or request id).
+    tracking: str = "-"
 
     def __init__(self, svc: ServiceCore, conn: Connection) -> None:
         self.svc = svc

@@ -39,6 +39,7 @@ from .front import FrontDoor, RequestHead, reason_phrase
 from .handler import Connection, ConnectionKind, ServiceCore, WebSocketHandler
 from .registry import PendingRequest
 from .relay import BY_RELAY, ControlChannel, can_send, refuse_upgrade, relay_path
+from .status import log_event
 
 __all__ = [
     "MAX_CONTROL_BODY",
@@ -117,6 +118,9 @@ class HttpRelayRoute:
         headers_size = len(json.dumps(result.command.request_headers))
         small = not chunked and length <= MAX_CONTROL_BODY and headers_size <= MAX_CONTROL_HEADERS
         exchange = HttpExchange(svc, door, result, head, now, on_control_channel=small)
+        log_event(logging.INFO, "request-accepted", f"{head.method} {head.path}",
+                  remote=door.conn.remote, tracking=result.id,
+                  why=f"to listener {result.listener_id}")
         door.exchange = exchange
         door.kind = ConnectionKind.HTTP
         exchange.start(now)

@@ -10,6 +10,7 @@ accept addresses, token expiry) are the broker's; these handlers only move bytes
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from urllib.parse import parse_qsl
 
@@ -28,6 +29,7 @@ from ..websocket import (
 from .broker import BadResponse, Refused, RendezvousAccepted, RendezvousRejected
 from .front import FrontDoor, RequestHead
 from .handler import Connection, ConnectionKind, Handler, ServiceCore, WebSocketHandler
+from .status import client_text, log_event
 
 __all__ = [
     "HC_PREFIX",
@@ -108,6 +110,10 @@ class HybridConnectionsRoute:
                              headers=[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")])
                 return
             assert handshake.rejection is not None
+            status = handshake.rejection_status or 400
+            svc.refusal_log.refused(now, status, head.path, "invalid WebSocket upgrade request.",
+                                    remote=door.conn.remote, tracking=f"conn-{door.id}",
+                                    event="handshake-failed")
             door.send_raw(handshake.rejection)
             return
         path = relay_path(head.path)
@@ -137,6 +143,8 @@ class HybridConnectionsRoute:
                            door.conn.opened)
             return
         svc.send(door.id, handshake.accept(None))
+        log_event(logging.INFO, "listener-accepted", f"/$hc/{path}", remote=door.conn.remote,
+                  tracking=result.id)
         channel = ControlChannel(svc, door.conn, result.id, handshake.trailing_data)
         svc.switch(door.id, channel)
         channel.pump(now)
@@ -150,6 +158,8 @@ class HybridConnectionsRoute:
             refuse_upgrade(svc, door, handshake, result.status, result.description,
                            door.conn.opened)
             return
+        log_event(logging.INFO, "sender-accepted", f"/$hc/{path}", remote=door.conn.remote,
+                  tracking=result.id, why=f"waiting for listener {result.listener_id}")
         svc.switch(door.id, WaitingSender(svc, door.conn, handshake, result.id))
 
     def _accept(self, door: FrontDoor, handshake: ServerHandshake, request: HandshakeRequest,
@@ -182,8 +192,12 @@ class HybridConnectionsRoute:
         if chosen is not None and chosen not in result.pending.subprotocols:
             chosen = None
         svc.stats.relayed_pairs += 1
+        log_event(logging.INFO, "pair-relayed", f"/$hc/{result.pending.hc.name}",
+                  remote=waiting.conn.remote, tracking=result.pending.id,
+                  why=f"listener {result.pending.listener_id} at {client_text(door.conn.remote)}")
         listener_leg = RelayLeg(svc, door.conn, waiting.id)
         sender_leg = RelayLeg(svc, waiting.conn, door.id)
+        listener_leg.tracking = sender_leg.tracking = result.pending.id
         early = {door.id: handshake.trailing_data,
                  waiting.id: waiting.handshake.trailing_data + bytes(waiting.early)}
         for leg, shake in ((listener_leg, handshake), (sender_leg, waiting.handshake)):
@@ -231,6 +245,10 @@ class ControlChannel(WebSocketHandler):
             elif isinstance(event, BinaryMessage):
                 self._binary(now, event.data)
             elif isinstance(event, ConnectionClosed):
+                if event.error is not None:
+                    log_event(logging.INFO, "protocol-close", f"listener {event.code}",
+                              remote=self.conn.remote, tracking=self.listener_id,
+                              why=str(event.error)[:200])
                 self._unregister(now)
         self.flush()
 
@@ -393,6 +411,8 @@ class RelayLeg(Handler):
     def _failed(self, now: float, code: int, reason: str) -> None:
         """This leg broke the protocol: fail it with ``code`` (RFC 6455 §7.1.7); its peer hears
         1001 and gets a short time to answer the close."""
+        log_event(logging.INFO, "protocol-close", f"relayed leg {code}",
+                  remote=self.conn.remote, tracking=self.tracking, why=reason[:200])
         peer = self._other()
         if self.can_inject(peer):
             self.svc.send(self.id, close_frame(code, reason))

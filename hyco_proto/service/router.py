@@ -27,6 +27,7 @@ are the broker's (hybrid-connections-wire §8).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from ..handshake import HandshakeRequest, ServerHandshake
@@ -37,7 +38,7 @@ from .handler import Connection, ConnectionKind, Handler
 from .http_relay import RESPONSE_TIMEOUT, HttpExchange, HttpRelayRoute, open_request_rendezvous
 from .relay import BY_RELAY, ControlChannel, HybridConnectionsRoute, WaitingSender
 from .stats import ServiceStats
-from .status import RefusalLog, service_endpoint
+from .status import RefusalLog, log_event, service_endpoint
 from .webpubsub import WebPubSubRoute, WebPubSubService
 from .webpubsub_events import OutboundCall
 from .webpubsub_rest import WebPubSubRestRoute
@@ -331,6 +332,9 @@ class RelayService:
                     target.send_messages(action.text)
             elif isinstance(action, CloseListener):
                 target = self.lookup(f"listener:{action.listener_id}")
+                log_event(logging.INFO, "protocol-close", f"listener {action.code}",
+                          remote=target.conn.remote if target is not None else None,
+                          tracking=action.listener_id, why=action.reason[:200])
                 if isinstance(target, ControlChannel):
                     target.close_channel(action.code, action.reason)
             elif isinstance(action, FailSender):

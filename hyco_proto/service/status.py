@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -32,7 +33,9 @@ __all__ = [
     "METRICS_CONTENT_TYPE",
     "STATUS_PATHS",
     "RefusalLog",
+    "client_text",
     "is_status_target",
+    "log_event",
     "metrics_response_body",
     "service_endpoint",
     "status_document",
@@ -171,6 +174,26 @@ def metrics_response_body(
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
+def client_text(remote: tuple[str, int] | None) -> str:
+    """``host:port`` of a client for log lines (``-`` when unknown)."""
+    return f"{remote[0]}:{remote[1]}" if remote is not None else "-"
+
+
+def log_event(level: int, event: str, what: str, *, remote: tuple[str, int] | None,
+              tracking: str, why: str = "") -> None:
+    """One structured line for a service event: ``{event} {what}: client=… tracking=… {why}``.
+    The fields are also on the record (``event``, ``client``, ``tracking``, ``what``, ``why``)
+    for ``hyco emulator --log-format json``. Never pass a token or a piece of one."""
+    client = client_text(remote)
+    logger.log(level, "%s %s: client=%s tracking=%s%s", event, what, client, tracking,
+               f" {why}" if why else "",
+               extra={"event": event, "client": client, "tracking": tracking, "what": what,
+                      "why": why})
+
+
+_TRACKING = re.compile(r"TrackingId:([^,\s]+)")
+
+
 @dataclass(slots=True)
 class _Window:
     start: float
@@ -210,12 +233,17 @@ class RefusalLog:
         return win
 
     def refused(self, now: float, status: int, target: str, description: str, *,
-                remote: tuple[str, int] | None = None) -> None:
+                remote: tuple[str, int] | None = None, tracking: str | None = None,
+                event: str = "refused") -> None:
         """Record one refusal of a request for ``target`` with ``status`` and ``description``
-        (the relay's status description, which carries the ``TrackingId``) from ``remote``."""
+        (the relay's status description, which carries the ``TrackingId``) from ``remote``;
+        ``event`` is ``refused`` or ``handshake-failed`` (malformed request, timeout)."""
         path = urlsplit(target).path
         address = remote[0] if remote is not None else "-"
-        client = f"{remote[0]}:{remote[1]}" if remote is not None else "-"
+        client = client_text(remote)
+        if tracking is None:
+            found = _TRACKING.search(description)
+            tracking = found.group(1) if found else "-"
         per_address = self._window(now, (address, 0, ""), f"from {address}")
         win = self._window(now, (address, status, path.lower()),
                            f"with {status} for {path} from {address}")
@@ -224,8 +252,10 @@ class RefusalLog:
         elif win.logged < self.burst:
             win.logged += 1
             per_address.logged += 1
-            logger.log(self.level, "refused %s with %d: client=%s %s", path, status, client,
-                       description, extra={"event": "refused", "client": client,
-                                           "status": status, "path": path})
+            logger.log(self.level, "%s %s with %d: client=%s tracking=%s %s", event, path,
+                       status, client, tracking, description,
+                       extra={"event": event, "client": client, "tracking": tracking,
+                              "what": f"{path} {status}", "why": description,
+                              "status": status})
         else:
             win.suppressed += 1

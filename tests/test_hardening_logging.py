@@ -1,0 +1,249 @@
+"""Issue 12, defect 6: one structured log line (client address, tracking id, what, why) per
+event — accepted listener / sender / relayed pair / HTTP request, handshake failures, protocol
+closes, refusals — and never a token or a piece of one in a log line or an HTTP reason."""
+
+from __future__ import annotations
+
+import logging
+import re
+from urllib.parse import quote
+
+import pytest
+
+from hyco_proto.handshake import ClientHandshake
+from hyco_proto.listener import Listener
+from hyco_proto.memory import MemoryNetwork
+from hyco_proto.sas import create_relay_token
+from hyco_proto.service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY, ServiceConfig
+from hyco_proto.service.front import MAX_HEAD
+from hyco_proto.service.router import RelayService
+from tests.relayutil import (
+    BASE,
+    LISTEN,
+    SEND,
+    RawSender,
+    raw_sender,
+    start_echo_listener,
+    token_for,
+)
+
+LOGGER = "hyco_proto.service"
+HOST = "10.20.30.40"
+
+
+def make_net() -> MemoryNetwork:
+    return MemoryNetwork(RelayService(ServiceConfig()), remote_host=HOST)
+
+
+def lines(caplog: pytest.LogCaptureFixture, event: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "event", None) == event]
+
+
+def check(record: logging.LogRecord, tracking: str | None = None) -> None:
+    text = record.getMessage()
+    assert re.search(rf"client={re.escape(HOST)}:\d+", text), text
+    found = re.search(r"tracking=(\S+)", text)
+    assert found and found.group(1) != "-", text
+    if tracking is not None:
+        assert found.group(1) == tracking, text
+
+
+def masked(opcode: int, payload: bytes) -> bytes:
+    assert len(payload) < 126
+    return bytes((0x80 | opcode, 0x80 | len(payload))) + b"\0\0\0\0" + payload
+
+
+def test_accepted_listener_sender_pair_and_request_are_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    net = make_net()
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        start_echo_listener(net)
+        sender = raw_sender(net)
+        assert sender.accepted is not None
+        http = RawSender(net)
+        token = token_for(net, f"{BASE}/myhc")
+        http.write(f"GET /myhc/x HTTP/1.1\r\nHost: h\r\nServiceBusAuthorization: {token}\r\n"
+                   "\r\n".encode())
+    listener_id = next(iter(net.service.broker.registry.all_listeners())).id
+    [listener] = lines(caplog, "listener-accepted")
+    check(listener, listener_id)
+    assert "/$hc/myhc" in listener.getMessage()
+    [waiting] = lines(caplog, "sender-accepted")
+    check(waiting)
+    [pair] = lines(caplog, "pair-relayed")
+    check(pair, getattr(waiting, "tracking", None))
+    [request] = lines(caplog, "request-accepted")
+    check(request)
+    assert "GET /myhc/x" in request.getMessage()
+    assert token not in caplog.text
+
+
+@pytest.mark.parametrize(("data", "status"), [
+    (b"NOT HTTP AT ALL\r\n\r\n", 400),
+    (b"GET / HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * (MAX_HEAD + 10), 431),
+    (b"GET /$hc/myhc?sb-hc-action=listen HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+     b"Connection: Upgrade\r\nSec-WebSocket-Key: short\r\nSec-WebSocket-Version: 13\r\n\r\n",
+     400),
+])
+def test_handshake_failures_are_logged(caplog: pytest.LogCaptureFixture, data: bytes,
+                                       status: int) -> None:
+    net = make_net()
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        conn = RawSender(net)
+        conn.write(data)
+    assert conn.raw().startswith(f"HTTP/1.1 {status}".encode()), conn.raw()[:60]
+    [record] = lines(caplog, "handshake-failed")
+    check(record, f"conn-{conn.conn_id}")
+    assert f"with {status}" in record.getMessage()
+
+
+def test_handshake_timeout_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    net = make_net()
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        conn = RawSender(net)
+        conn.write(b"GET /$status HTTP/1.1\r\nHost: h\r\n")
+        net.advance(net.service.handshake_timeout + 1)
+    assert conn.raw().startswith(b"HTTP/1.1 408")
+    [record] = lines(caplog, "handshake-failed")
+    check(record, f"conn-{conn.conn_id}")
+    assert "with 408" in record.getMessage()
+
+
+def test_protocol_close_of_a_relayed_leg_1002(caplog: pytest.LogCaptureFixture) -> None:
+    net = make_net()
+    start_echo_listener(net)
+    sender = raw_sender(net)
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        sender.write(b"\x81\x01a")  # unmasked client frame: 1002
+    [record] = lines(caplog, "protocol-close")
+    check(record)
+    assert "1002" in record.getMessage()
+
+
+def test_protocol_close_of_a_control_channel_1007(caplog: pytest.LogCaptureFixture) -> None:
+    net = make_net()
+    shake = ClientHandshake.from_url(
+        f"{LISTEN}?sb-hc-action=listen",
+        headers=[("ServiceBusAuthorization", token_for(net, LISTEN))])
+    channel = RawSender(net, shake)
+    net.pump()
+    assert channel.accepted is not None
+    listener_id = next(iter(net.service.broker.registry.all_listeners())).id
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        channel.write(masked(0x1, b"\xff\xfe"))  # invalid UTF-8: 1007
+    [record] = lines(caplog, "protocol-close")
+    check(record, listener_id)
+    assert "1007" in record.getMessage()
+
+
+def test_protocol_close_1008_when_a_listener_token_expires(
+        caplog: pytest.LogCaptureFixture) -> None:
+    net = make_net()
+    fixed = token_for(net, LISTEN, ttl=100)
+    net.listen(Listener(LISTEN, fixed, keepalive_interval=None))
+    net.pump()
+    listener_id = next(iter(net.service.broker.registry.all_listeners())).id
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        net.advance(100 + net.service.broker.config.token_grace + 1)
+    records = lines(caplog, "protocol-close")
+    assert records
+    check(records[0], listener_id)
+    assert "1008" in records[0].getMessage()
+
+
+def test_refusals_name_client_and_tracking_id(caplog: pytest.LogCaptureFixture) -> None:
+    net = make_net()
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        conn = RawSender(net, ClientHandshake.from_url(SEND))
+        net.pump()
+    assert conn.rejected is not None and conn.rejected.status == 401
+    [record] = lines(caplog, "refused")
+    tracking = re.search(r"TrackingId:([^,\s]+)", conn.rejected.reason or "")
+    assert tracking is not None
+    check(record, tracking.group(1))
+
+
+MARK = "Zq7SECRETx9"
+
+
+def bad_tokens(net: MemoryNetwork) -> list[tuple[str, list[str]]]:
+    """(token, substrings that must never be seen)."""
+    uri = f"{BASE}/$hc/myhc"
+    wrong_key = create_relay_token(uri, DEFAULT_RULE_NAME, "not-the-key", 3600, now=net.now)
+    expired = create_relay_token(LISTEN, DEFAULT_RULE_NAME,
+                                 DEVELOPMENT_KEY, 10,
+                                 now=net.now - 100)
+    other = create_relay_token(f"{BASE}/$hc/other{MARK}", DEFAULT_RULE_NAME,
+                               DEVELOPMENT_KEY, 3600,
+                               now=net.now)
+
+    def fields(token: str) -> list[str]:
+        body = token.split(" ", 1)[1]
+        found = dict(p.split("=", 1) for p in body.split("&"))
+        return [found["sig"], token]
+
+    return [
+        (MARK, [MARK]),
+        (f"sharedaccesssignature sr=a&sig={MARK}&se=1&skn=k", [MARK]),
+        (f"SharedAccessSignature {MARK}", [MARK]),
+        (f"SharedAccessSignature sr=x&sig={MARK}&se={MARK}&skn={DEFAULT_RULE_NAME}", [MARK]),
+        (f"SharedAccessSignature sr=x&sig={MARK}&se=1&skn={MARK}", [MARK]),
+        (f"SharedAccessSignature sr=x&sig={MARK}!!&se=1&skn={DEFAULT_RULE_NAME}", [MARK]),
+        (f"SharedAccessSignature sr=x&sig=&se=1&skn={MARK}", [MARK]),
+        (f"SharedAccessSignature sr={MARK}&{MARK}", [MARK]),
+        (wrong_key, fields(wrong_key)),
+        (expired, fields(expired)),
+        (other, [*fields(other), MARK]),
+    ]
+
+
+def test_bad_tokens_never_appear_in_logs_or_reasons(caplog: pytest.LogCaptureFixture) -> None:
+    net = make_net()
+    start_echo_listener(net)
+    seen: list[str] = []
+    battery = bad_tokens(net)
+    with caplog.at_level(logging.DEBUG):
+        for token, secrets in battery:
+            listen = RawSender(net, ClientHandshake.from_url(
+                f"{LISTEN}?sb-hc-action=listen",
+                headers=[("ServiceBusAuthorization", token)]))
+            send = RawSender(net, ClientHandshake.from_url(
+                f"{SEND}&sb-hc-token={quote(token, safe='')}"))
+            net.pump()
+            for conn in (listen, send):
+                assert conn.rejected is not None and conn.rejected.status in (401, 403)
+                seen.append(f"{conn.rejected.status} {conn.rejected.reason}")
+                assert "InvalidToken" in (conn.rejected.reason or "")
+            for header in ("ServiceBusAuthorization", "Authorization"):
+                http = RawSender(net)
+                http.write(f"GET /myhc/x HTTP/1.1\r\nHost: h\r\n{header}: {token}\r\n\r\n"
+                           .encode())
+                raw = http.raw().decode("latin-1")
+                assert raw.startswith(("HTTP/1.1 401", "HTTP/1.1 403")), raw[:80]
+                seen.append(raw)
+            text = "\n".join([*seen, caplog.text,
+                              *(str(r.__dict__) for r in caplog.records)])
+            for secret in secrets:
+                assert secret not in text, (token, secret)
+    assert "malformed token" in "\n".join(seen)
+
+
+def test_emulator_log_format_json_prints_one_object_per_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import json
+
+    from hyco_proto.cli import _JsonFormatter, build_parser
+
+    args = build_parser().parse_args(["emulator", "--log-level", "DEBUG", "--log-format",
+                                      "json"])
+    assert (args.log_level, args.log_format) == ("DEBUG", "json")
+    net = make_net()
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        RawSender(net).write(b"NOT HTTP AT ALL\r\n\r\n")
+    [record] = lines(caplog, "handshake-failed")
+    line = _JsonFormatter().format(record)
+    assert "\n" not in line
+    doc = json.loads(line)
+    assert doc["event"] == "handshake-failed" and doc["client"].startswith(HOST + ":")
+    assert doc["tracking"].startswith("conn-") and doc["status"] == 400
+    assert doc["level"] == "INFO" and "malformed HTTP request" in doc["why"]
