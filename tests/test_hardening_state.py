@@ -136,3 +136,11 @@ def test_refusal_log_throttle_is_per_client_address(caplog: pytest.LogCaptureFix
                         remote=("10.0.0.66", 9))
     assert "TrackingId:q" in caplog.text and "10.0.0.7" in caplog.text
     assert caplog.text.count("TrackingId:n") <= 20
+
+
+def test_auto_expiry_is_configurable_in_the_config_file() -> None:
+    from hyco_proto.service.tomlconfig import parse_config
+
+    assert ServiceConfig().auto_expiry == 300.0
+    parsed = parse_config("[server]\nauto_expiry = 60\n")
+    assert parsed.service.auto_expiry == 60.0

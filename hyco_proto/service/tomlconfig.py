@@ -328,7 +328,8 @@ _TOP_KEYS = ("server", "tls", "rules", "hybrid_connections", "webpubsub")
 _WPS_KEYS = ("enabled", "port", "access_key", "hubs")
 _HUB_KEYS = ("event_handlers",)
 _HANDLER_KEYS = ("url_template", "user_events", "system_events")
-_SERVER_KEYS = ("host", "port", "namespace", "strict", "token_grace", "max_listeners",
+_SERVER_KEYS = ("host", "port", "namespace", "strict", "token_grace", "auto_expiry",
+                "max_listeners",
                 "accept_timeout")
 _TLS_KEYS = ("cert", "key", "self_signed", "state_dir")
 _RULE_KEYS = ("name", "key", "rights")
@@ -403,6 +404,7 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
             (service, "strict", server.boolean("strict")),
             (service, "token_grace", server.seconds("token_grace")),
             (service, "accept_timeout", server.seconds("accept_timeout")),
+            (service, "auto_expiry", server.seconds("auto_expiry")),
             (service, "max_listeners", server.integer("max_listeners", low=1, high=100000)),
         ]
         for target, name, value in settings_found:
