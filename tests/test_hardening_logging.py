@@ -247,3 +247,23 @@ def test_emulator_log_format_json_prints_one_object_per_line(
     assert doc["event"] == "handshake-failed" and doc["client"].startswith(HOST + ":")
     assert doc["tracking"].startswith("conn-") and doc["status"] == 400
     assert doc["level"] == "INFO" and "malformed HTTP request" in doc["why"]
+
+
+def test_failed_renew_token_closes_1008_without_quoting_the_token(
+        caplog: pytest.LogCaptureFixture) -> None:
+    net = make_net()
+    shake = ClientHandshake.from_url(
+        f"{LISTEN}?sb-hc-action=listen",
+        headers=[("ServiceBusAuthorization", token_for(net, LISTEN))])
+    channel = RawSender(net, shake)
+    net.pump()
+    assert channel.accepted is not None
+    renew = f'{{"renewToken":{{"token":"SharedAccessSignature {MARK}"}}}}'.encode()
+    with caplog.at_level(logging.DEBUG):
+        channel.write(masked(0x1, renew))
+    raw = channel.raw()
+    assert raw[:1] == b"\x88" and int.from_bytes(raw[2:4], "big") == 1008
+    assert b"malformed token" in raw
+    [record] = lines(caplog, "protocol-close")
+    assert "1008" in record.getMessage() and "malformed token" in record.getMessage()
+    assert MARK.encode() not in raw and MARK not in caplog.text
