@@ -310,7 +310,8 @@ class RelayBroker:
             return auth
         self._adopt(now, hc)
         registry = self.registry
-        if len(registry.listeners_of(hc.name)) >= self.config.max_listeners:
+        active = [r for r in registry.listeners_of(hc.name) if not r.closing]
+        if len(active) >= self.config.max_listeners:
             return self._refuse(
                 now,
                 403,
@@ -333,6 +334,15 @@ class RelayBroker:
         """The listener's control channel is gone; its pending accepts stay until they expire."""
         record = self.registry.remove_listener(listener_id)
         self._touch(now, record.hc if record is not None else None)
+
+    def listener_closing(self, now: float, listener_id: str) -> None:
+        """The service closed this listener's control channel: from now on it is not chosen
+        for senders or requests and does not count against the listener limit, while the
+        channel waits for the client's close (at most ``close_timeout``)."""
+        record = self.registry.listener(listener_id)
+        if record is not None and not record.closing:
+            record.closing = True
+            self.registry.update_listener(record)
 
     def listener_count(self, hc_name: str) -> int:
         return len(self.registry.listeners_of(hc_name))
@@ -441,7 +451,7 @@ class RelayBroker:
     def _pick_listener(
         self, hc: HybridConnectionConfig, headers: Sequence[tuple[str, str]]
     ) -> ListenerRecord | None:
-        candidates = self.registry.listeners_of(hc.name)
+        candidates = [c for c in self.registry.listeners_of(hc.name) if not c.closing]
         if not candidates:
             return None
         allowed = _header(headers, _ALLOWED)

@@ -30,6 +30,9 @@ class ListenerRecord:
     opened_at: float
     #: The path the listener authorised for (``/hc`` or ``/hc/suffix``); renewals must match it.
     path: str = ""
+    #: The service closed the channel and waits for the client's close: never chosen for a
+    #: sender or a request, not counted against the listener limit.
+    closing: bool = False
 
 
 @dataclass(slots=True)

@@ -225,6 +225,8 @@ class ControlChannel(WebSocketHandler):
         svc.stats.listeners += 1
         svc.stats.listeners_opened += 1
         self._registered = True
+        #: Set when the service closed the channel: drop TCP by then if the client is silent.
+        self.closing_deadline: float | None = None
 
     def gone(self, now: float) -> None:
         self._unregister(now)
@@ -282,13 +284,28 @@ class ControlChannel(WebSocketHandler):
         self.flush()
         return True
 
-    def close_channel(self, code: int, reason: str) -> None:
+    def close_channel(self, now: float, code: int, reason: str) -> None:
+        """The service closes the channel: the listener is unchosen at once, and the client
+        has ``close_timeout`` seconds to answer before TCP is dropped and it is unregistered."""
         if can_send(self.ws):
             self.ws.send_close(code, reason[:120])
             self.flush()
+        if self.kind is ConnectionKind.LISTENER and self.closing_deadline is None:
+            self.svc.broker.listener_closing(now, self.listener_id)
+            self.closing_deadline = now + self.svc.close_timeout
+            self.svc.watch(self.id)
+
+    def deadline(self) -> float | None:
+        return self.closing_deadline if self.kind is ConnectionKind.LISTENER else None
+
+    def handle_timer(self, now: float) -> None:
+        # The client never answered the service's close: drop it (like a relayed leg).
+        self.svc.close(self.id)
+        self.kind = ConnectionKind.CLOSED
+        self._unregister(now)
 
     def shutdown(self, now: float, code: int, reason: str) -> None:
-        self.close_channel(code, reason)
+        self.close_channel(now, code, reason)
         self._unregister(now)
         self.svc.close(self.id)
         self.kind = ConnectionKind.CLOSED

@@ -336,7 +336,7 @@ class RelayService:
                           remote=target.conn.remote if target is not None else None,
                           tracking=action.listener_id, why=action.reason[:200])
                 if isinstance(target, ControlChannel):
-                    target.close_channel(action.code, action.reason)
+                    target.close_channel(now, action.code, action.reason)
             elif isinstance(action, FailSender):
                 sender = self.lookup(f"connect:{action.connect_id}")
                 self.unbind(f"connect:{action.connect_id}")

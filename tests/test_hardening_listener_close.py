@@ -1,0 +1,140 @@
+"""Issue 12 defect 4: a listener the service closed stops being a listener at once.
+
+When the service closes a control channel (token expired, a malformed control message, ...) and
+the client never answers the close, the listener is never chosen for a sender or an HTTP request
+again, stops counting against the 25-listener limit at once, and its TCP connection is dropped
+after ``close_timeout``. Driven byte by byte with the harness of ``tests/test_http_relay.py``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hyco_proto.drivers.connection import Opened, Refused
+from hyco_proto.sas import create_relay_token
+from hyco_proto.service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY
+from hyco_proto.service.handler import ConnectionKind
+from hyco_proto.websocket import ConnectionClosed
+from tests.test_http_relay import (
+    BASE,
+    NOW,
+    Net,
+    WsClient,
+    listen,
+    parse_response,
+    request_bytes,
+    token,
+)
+
+LISTEN = f"{BASE}/$hc/myhc?sb-hc-action=listen"
+TTL = 100
+
+
+class SilentListener(WsClient):
+    """A listener's control channel that, once ``silent``, never writes again (no close reply)."""
+
+    silent = False
+
+    def flush(self, pump: bool = True) -> None:
+        if self.silent:
+            self.conn.data_to_send()  # dropped: the client is stuck
+            if pump:
+                self.net.pump()
+            return
+        super().flush(pump)
+
+
+def stuck_listener(net: Net, how: str) -> SilentListener:
+    """A listener the service closes (``how``) and that never answers the close."""
+    ttl = TTL if how == "token" else 3600
+    client = SilentListener(net, LISTEN, [(
+        "ServiceBusAuthorization",
+        create_relay_token(LISTEN, DEFAULT_RULE_NAME, DEVELOPMENT_KEY, ttl, now=NOW))])
+    assert isinstance(client.events[0], Opened)
+    client.take()
+    return client
+
+
+def close_it(net: Net, client: SilentListener, how: str) -> None:
+    if how == "token":
+        client.silent = True
+        net.advance(TTL + net.svc.broker.config.token_grace + 1)
+    else:
+        client.conn.send_text("{not json")
+        client.silent = True  # this message goes out, nothing after it
+        for chunk in client.conn.data_to_send():
+            net.svc.receive_data(net.now, client.id, chunk)
+        net.pump()
+    closed = [e for e in client.take() if isinstance(e, ConnectionClosed)]
+    assert closed and closed[0].code == 1008, "the service closed the channel"
+    assert client.id not in net.closed, "the client has not answered: TCP is still up"
+
+
+def ws_sender(net: Net) -> WsClient:
+    uri = f"{BASE}/$hc/myhc?sb-hc-action=connect"
+    return WsClient(net, uri, [("ServiceBusAuthorization", token(f"{BASE}/$hc/myhc"))])
+
+
+@pytest.mark.parametrize("how", ["token", "malformed"])
+def test_closing_listener_is_not_chosen_for_senders(how: str) -> None:
+    net = Net()
+    stuck = stuck_listener(net, how)
+    close_it(net, stuck, how)
+    live = listen(net)
+    for _ in range(8):
+        ws_sender(net)
+    assert len([t for t in live.texts() if "accept" in t]) == 8
+    assert not stuck.take(), "nothing more goes to the closing listener"
+
+
+@pytest.mark.parametrize("how", ["token", "malformed"])
+def test_sender_gets_no_listener_answer_at_once_not_a_504(how: str) -> None:
+    net = Net()
+    stuck = stuck_listener(net, how)
+    close_it(net, stuck, how)
+    sender = ws_sender(net)
+    assert sender.events, "answered at once, not after the accept timeout"
+    assert isinstance(sender.events[0], Refused) and sender.events[0].response.status == 404
+    http = net.connect_raw(request_bytes("GET", "/myhc/x"))
+    assert parse_response(net.raw[http])[0].status_code == 502  # no listener, not a 504 later
+
+
+@pytest.mark.parametrize("how", ["token", "malformed"])
+def test_closing_listener_frees_its_slot_of_the_limit_at_once(how: str) -> None:
+    net = Net()
+    stuck = stuck_listener(net, how)
+    others = [listen(net) for _ in range(net.svc.broker.config.max_listeners - 1)]
+    assert len(others) == 24
+    full = WsClient(net, LISTEN, [("ServiceBusAuthorization", token(LISTEN))])
+    assert isinstance(full.events[0], Refused) and full.events[0].response.status == 403
+    close_it(net, stuck, how)
+    again = WsClient(net, LISTEN, [("ServiceBusAuthorization", token(LISTEN))])
+    assert isinstance(again.events[0], Opened)
+
+
+@pytest.mark.parametrize("how", ["token", "malformed"])
+def test_silent_listener_is_dropped_after_close_timeout(how: str) -> None:
+    net = Net()
+    stuck = stuck_listener(net, how)
+    close_it(net, stuck, how)
+    net.advance(net.svc.close_timeout - 1)
+    assert stuck.id not in net.closed
+    net.advance(2)
+    assert stuck.id in net.closed, "TCP dropped after close_timeout"
+    assert net.svc.kind(stuck.id) is None or net.svc.kind(stuck.id) is ConnectionKind.CLOSED
+    assert net.svc.broker.listener_count("myhc") == 0, "unregistered"
+    status = net.connect_raw(b"GET /$status HTTP/1.1\r\nHost: x\r\n\r\n")
+    counters = json.loads(parse_response(net.raw[status])[1])["counters"]
+    assert counters["listeners"] == 0
+
+
+def test_listener_answering_the_close_is_gone_before_the_timeout() -> None:
+    net = Net()
+    lst = listen(net)
+    lst.conn.send_text("{not json")
+    lst.flush()  # the client answers the service's 1008 close at once
+    assert lst.id in net.closed
+    assert net.svc.broker.listener_count("myhc") == 0
+    assert net.svc.next_deadline() is None or net.svc.next_deadline() > net.now  # type: ignore[operator]
