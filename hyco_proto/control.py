@@ -17,6 +17,7 @@ writes ``connectHeaders`` / ``remoteEndpoint`` on ``accept``: the Java listener 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -284,6 +285,33 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any]], Command]] = {
 }
 
 
+#: Deepest nesting of arrays and objects a control message may have. The deepest legitimate one
+#: is 3 (``{"response": {"responseHeaders": {...}}}``); json.loads recurses once per level and
+#: would raise RecursionError on a message nested 100,000 deep.
+MAX_NESTING = 32
+
+_JSON_NESTING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
+
+def _nesting(text: str) -> int:
+    """Deepest nesting of ``[``/``{`` in ``text`` outside strings, counted without recursion
+    (and only looked at closely when there are enough brackets to go deep)."""
+    if text.count("[") + text.count("{") <= MAX_NESTING:
+        return 0
+    depth = deepest = 0
+    for match in _JSON_NESTING.finditer(text):
+        token = match.group()
+        if token in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_NESTING:
+                    return deepest
+        elif token in "]}":
+            depth -= 1
+    return deepest
+
+
 def parse_command(text: str | bytes) -> Command | UnknownCommand:
     """Parse one control-channel text message.
 
@@ -298,9 +326,13 @@ def parse_command(text: str | bytes) -> Command | UnknownCommand:
         except UnicodeDecodeError as exc:
             raise RemoteProtocolError(f"control message is not valid UTF-8: {exc}",
                                       close_code=1007) from None
+    depth = _nesting(text)
+    if depth > MAX_NESTING:
+        raise RemoteProtocolError(f"control message is nested {depth} levels deep; at most "
+                                  f"{MAX_NESTING} are allowed", close_code=1008)
     try:
         doc = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise _fail(f"control message is not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise _fail(f"control message must be a JSON object, not {_describe(doc)}")

@@ -29,6 +29,7 @@ from .errors import TokenError
 
 __all__ = [
     "DEFAULT_EXPIRATION_SECONDS",
+    "MAX_EXPIRY",
     "SAS_PREFIX",
     "SasToken",
     "TokenSource",
@@ -395,6 +396,9 @@ class SasToken:
 
 
 _FIELDS = ("sr", "sig", "se", "skn")
+#: The largest ``se`` a token may carry: 9999-12-31T23:59:59Z in seconds since 1970.
+MAX_EXPIRY = 253402300799
+_MAX_EXPIRY_TEXT = str(MAX_EXPIRY)
 
 
 def parse_token(token: str) -> SasToken:
@@ -429,7 +433,14 @@ def parse_token(token: str) -> SasToken:
             raise TokenError(f"malformed token: missing field {name!r}")
     raw_se = fields["se"]
     if not (raw_se.isascii() and raw_se.isdigit()):
-        raise TokenError(f"malformed token: 'se' must be an integer, not {raw_se!r}")
+        raise TokenError(f"malformed token: 'se' must be an integer, not {raw_se[:40]!r}")
+    # Range-checked as text before int(): thousands of digits would make int() raise (or
+    # spend quadratic time), and an expiry past year 9999 is no date anyone can compare to.
+    digits = raw_se.lstrip("0")
+    if len(digits) > len(_MAX_EXPIRY_TEXT) or (
+            len(digits) == len(_MAX_EXPIRY_TEXT) and digits > _MAX_EXPIRY_TEXT):
+        raise TokenError(f"se is not a valid expiry ({len(raw_se)} digits; at most "
+                         f"{MAX_EXPIRY}, the end of year 9999)")
     return SasToken(
         resource=unquote_plus(fields["sr"]),
         raw_sr=fields["sr"],
@@ -531,11 +542,11 @@ def token_expiry(token: str) -> int | None:
         return None
     try:
         payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
-    except (ValueError, binascii.Error):
-        return None
+    except (ValueError, binascii.Error, RecursionError):
+        return None  # RecursionError: a payload nested thousands of levels deep
     exp = payload.get("exp") if isinstance(payload, dict) else None
-    if isinstance(exp, bool) or not isinstance(exp, (int, float)):
-        return None
+    if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not math.isfinite(exp):
+        return None  # 1e999 parses as inf, which int() refuses
     return int(exp)
 
 

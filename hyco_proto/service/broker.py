@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import parse_qsl, quote
 
+from .._text import printable
 from ..control import (
     AcceptCommand,
     RemoteEndpoint,
@@ -153,7 +154,6 @@ def _query_value(query: str, *names: str) -> str | None:
 
 
 _G_SUFFIXES = re.compile(r"(?:_G\d+)+$")
-_UNSAFE_REASON = re.compile(r"[^\x20-\x7e\x80-\xff]")
 
 
 def _token_reason(exc: TokenError) -> str:
@@ -161,6 +161,7 @@ def _token_reason(exc: TokenError) -> str:
     fields (a malformed one may be a secret pasted in the wrong place)."""
     reason = exc.reason.lower()
     for prefix, text in (("malformed", "malformed token"), ("token must be", "malformed token"),
+                         ("se is not a valid expiry", "se is not a valid expiry"),
                          ("unknown key name", "unknown key name (skn)"),
                          ("bad signature", "bad signature"), ("token expired", "token expired"),
                          ("token is for host", "the token is for another host"),
@@ -179,7 +180,7 @@ def _base_id(listener_id: str) -> str:
 def _reason_phrase(text: str) -> str:
     """A listener's reject description made safe for an HTTP reason phrase (no CR/LF, no
     control characters, Latin-1 only, bounded): it comes from a peer, not from us."""
-    return _UNSAFE_REASON.sub(" ", text)[:512].strip() or "Rejected by listener"
+    return printable(text.strip(), 512, latin1=True) or "Rejected by listener"
 
 
 class RelayBroker:

@@ -71,6 +71,12 @@ class ServiceConfig:
     token_grace: float = 60.0
     #: Namespace name used in tracking descriptions.
     namespace: str = "localhost"
+    #: Largest message (text or binary, all fragments together) a listener may send on its
+    #: control channel; a bigger one is refused with 1009 as soon as its frame header (or a
+    #: fragment) says so, before it is buffered. The biggest legitimate ones are a response
+    #: body (≤ 64 KiB, larger ones go on a rendezvous) and a ``response`` head with up to
+    #: 32 KiB of headers, which JSON escaping at most doubles: 256 KiB leaves room for both.
+    max_control_message: int = 256 * 1024
     #: A hybrid connection created on first use (not strict, not declared) is forgotten after
     #: this many idle seconds: no listener, no sender waiting, no request in flight.
     auto_expiry: float = 300.0

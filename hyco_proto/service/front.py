@@ -11,7 +11,6 @@ connection to another handler for good; a plain-HTTP route answers through the d
 from __future__ import annotations
 
 import http
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -19,21 +18,20 @@ from urllib.parse import urlsplit
 
 import h11
 
+from .._text import printable
 from ..handshake import ServerHandshake
 from .handler import Connection, ConnectionKind, Handler, ServiceCore
 
 __all__ = ["Exchange", "FrontDoor", "RequestHead", "Route", "reason_phrase"]
 
-_UNSAFE = re.compile(r"[^\x20-\x7e\x80-\xff]")
-
-
 def reason_phrase(status: int, text: str | None = None) -> str:
-    """``text`` made safe for a reason phrase (no control characters, Latin-1, bounded), or the
-    standard phrase for ``status``."""
+    """``text`` made safe for a reason phrase (control characters and anything beyond Latin-1
+    escaped by :func:`~hyco_proto._text.printable`, bounded), or the standard phrase for
+    ``status``. Every reason phrase the service builds from client input goes through it."""
     if text:
-        safe = _UNSAFE.sub(" ", text.encode("latin-1", "replace").decode("latin-1"))[:1024]
-        if safe.strip():
-            return safe.strip()
+        safe = printable(text.strip(), 1024, latin1=True)
+        if safe:
+            return safe
     try:
         return http.HTTPStatus(status).phrase
     except ValueError:

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from urllib.parse import parse_qsl
 
+from .._text import close_reason, printable
 from ..control import ResponseCommand
 from ..frames import OP_CLOSE, Forwarder, encode_frame
 from ..handshake import HandshakeRequest, ServerHandshake
@@ -27,7 +28,7 @@ from ..websocket import (
     WebSocketConnection,
 )
 from .broker import BadResponse, Refused, RendezvousAccepted, RendezvousRejected
-from .front import FrontDoor, RequestHead
+from .front import FrontDoor, RequestHead, reason_phrase
 from .handler import Connection, ConnectionKind, Handler, ServiceCore, WebSocketHandler
 from .status import client_text, log_event
 
@@ -80,6 +81,10 @@ def refuse_upgrade(svc: ServiceCore, door: FrontDoor, handshake: ServerHandshake
     # The description carries the TrackingId; logged throttled (hyco-ws retries 401s in a
     # tight loop, hybrid-connections-wire §4.2). Only the path: the query may hold a token.
     target = handshake.request.target if handshake.request is not None else "/"
+    # Parts of the description (the action, token fields) and the path come from the client:
+    # escaped once here, for the log line and the status line alike.
+    description = reason_phrase(status, description)
+    target = printable(target)
     svc.refusal_log.refused(opened, status, target, description, remote=door.conn.remote)
     door.send_raw(handshake.reject(status, description, BY_RELAY))
 
@@ -218,7 +223,9 @@ class ControlChannel(WebSocketHandler):
                  trailing: bytes) -> None:
         super().__init__(svc, conn)
         self.listener_id = listener_id
-        self.ws = WebSocketConnection(Role.SERVER, trailing_data=trailing)
+        # Capped while streaming: a frame header announcing more fails with 1009 at once.
+        self.ws = WebSocketConnection(Role.SERVER, trailing_data=trailing,
+                                      max_message_size=svc.broker.config.max_control_message)
         #: The request whose response announced a body: the next binary message is it.
         self._body_for: str | None = None
         svc.bind(f"listener:{listener_id}", conn.id)
@@ -288,7 +295,7 @@ class ControlChannel(WebSocketHandler):
         """The service closes the channel: the listener is unchosen at once, and the client
         has ``close_timeout`` seconds to answer before TCP is dropped and it is unregistered."""
         if can_send(self.ws):
-            self.ws.send_close(code, reason[:120])
+            self.ws.send_close(code, close_reason(reason))
             self.flush()
         if self.kind is ConnectionKind.LISTENER and self.closing_deadline is None:
             self.svc.broker.listener_closing(now, self.listener_id)
@@ -337,7 +344,8 @@ class WaitingSender(Handler):
 
     def refuse(self, now: float, status: int, description: str,
                headers: tuple[tuple[str, str], ...]) -> None:
-        self.svc.send(self.id, self.handshake.reject(status, description, headers))
+        self.svc.send(self.id, self.handshake.reject(status, reason_phrase(status, description),
+                                                     headers))
         self.close(now)
 
     def shutdown(self, now: float, code: int, reason: str) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl
 
+from .._text import close_reason, printable
 from ..handshake import HandshakeRequest, ServerHandshake
 from ..webpubsub.endpoints import parse_client_url
 from ..webpubsub.events import ConnectAnswer, EventHandler
@@ -34,7 +35,7 @@ from ..websocket import (
     TextMessage,
     WebSocketConnection,
 )
-from .front import FrontDoor, RequestHead
+from .front import FrontDoor, RequestHead, reason_phrase
 from .handler import Connection, ConnectionKind, Handler, ServiceCore, WebSocketHandler
 from .webpubsub_events import CALL_TIMEOUT, EventDispatcher
 
@@ -226,7 +227,7 @@ class WebPubSubRoute:
             # Refused: accept, then close 1008 — any HTTP error makes the SDKs retry (§0 item 7).
             self.svc.send(door.id, handshake.accept(subprotocol))
             ws = WebSocketConnection(Role.SERVER)
-            ws.send_close(result.close_code or 1008, result.reason[:120])
+            ws.send_close(result.close_code or 1008, close_reason(result.reason))
             for chunk in ws.data_to_send():
                 self.svc.send(door.id, chunk)
             door.send_raw(b"")  # and close TCP
@@ -241,9 +242,9 @@ class WebPubSubRoute:
                 reason: str) -> None:
         if status in (401, 403):
             self.svc.stats.auth_failures += 1
-        self.svc.refusal_log.refused(door.conn.opened, status, "/client", reason)
+        self.svc.refusal_log.refused(door.conn.opened, status, "/client", printable(reason))
         # The reason in the status line and as a text body (what clients show of a refusal).
-        door.send_raw(handshake.reject(status, reason,
+        door.send_raw(handshake.reject(status, reason_phrase(status, reason),
                                        [("Content-Type", "text/plain; charset=utf-8")],
                                        (reason + "\n").encode("utf-8")))
 
