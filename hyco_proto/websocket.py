@@ -176,6 +176,9 @@ class WebSocketConnection:
             ``Role.SERVER`` the opposite (RFC 6455 §5.1).
         max_message_size: refuse bigger messages with 1009 (``None``: no limit).
         max_frame_size: refuse bigger data frames with 1009 (``None``: no limit).
+        max_text_size: refuse text messages bigger than this (UTF-8 bytes) with 1009, counted
+            as their bytes arrive (``None``: only ``max_message_size`` applies). For sockets
+            whose binary messages may be large but whose text messages are small commands.
         auto_pong: answer every ping with a pong carrying its payload (§5.5.2).
         reply_to_close: answer the peer's close frame at once (RFC behaviour). With ``False`` the
             connection reports ``CloseReceived`` and lets the owner keep sending until it calls
@@ -198,6 +201,7 @@ class WebSocketConnection:
         "_eof_received",
         "_eof_sent",
         "_events",
+        "_max_text",
         "_msg_opcode",
         "_out",
         "_received_code",
@@ -205,6 +209,7 @@ class WebSocketConnection:
         "_reply_to_close",
         "_send_fragmented",
         "_stream_binary",
+        "_text_len",
         "_text_parts",
         "_utf8",
         "close_code",
@@ -224,11 +229,13 @@ class WebSocketConnection:
         reply_to_close: bool = True,
         trailing_data: bytes = b"",
         stream_binary: bool = False,
+        max_text_size: int | None = None,
     ) -> None:
         if not isinstance(role, Role):
             raise LocalProtocolError(f"role must be Role.CLIENT or Role.SERVER, not {role!r}")
         for name, limit in (("max_message_size", max_message_size),
-                            ("max_frame_size", max_frame_size)):
+                            ("max_frame_size", max_frame_size),
+                            ("max_text_size", max_text_size)):
             if limit is not None and limit < 0:
                 raise LocalProtocolError(f"{name} must be None (no limit) or >= 0, got {limit}")
         self.role = role
@@ -253,6 +260,8 @@ class WebSocketConnection:
         self._out: list[bytes] = []
         self._msg_opcode = 0  # opcode of the data message being reassembled; 0 = none
         self._text_parts: list[str] = []
+        self._max_text = max_text_size or 0
+        self._text_len = 0  # bytes of the text message being reassembled
         self._bin_parts: list[bytes] = []
         self._utf8 = codecs.getincrementaldecoder("utf-8")("strict")
         self._discard = False  # ignore all further peer input (after its close, or a failure)
@@ -281,6 +290,9 @@ class WebSocketConnection:
                     if fin:
                         # The common case: a whole message in one chunk, no reassembly.
                         if opcode == OP_TEXT:
+                            if self._max_text and len(payload) > self._max_text:
+                                self._fail_text_size(len(payload))
+                                return
                             try:
                                 events.append(TextMessage(payload.decode("utf-8")))
                             except UnicodeDecodeError:
@@ -294,7 +306,13 @@ class WebSocketConnection:
                     msg_opcode = self._msg_opcode = opcode
                     if opcode == OP_TEXT:
                         self._utf8.reset()
+                        self._text_len = 0
                 if msg_opcode == OP_TEXT:
+                    if self._max_text:
+                        self._text_len += len(payload)
+                        if self._text_len > self._max_text:
+                            self._fail_text_size(self._text_len)
+                            return
                     # Decode as we go so invalid UTF-8 fails the connection at the first bad
                     # byte, even inside an unfinished frame (§8.1; Autobahn 6.4.x strict).
                     try:
@@ -598,6 +616,11 @@ class WebSocketConnection:
             self._both_closed()
         else:
             self.state = State.CLOSING
+
+    def _fail_text_size(self, size: int) -> None:
+        self._fail_remote(RemoteProtocolError(
+            f"text message of {size}+ bytes exceeds the limit of {self._max_text}",
+            close_code=1009), 1009)
 
     def _fail_utf8(self) -> None:
         self._fail_remote(RemoteProtocolError(

@@ -375,3 +375,66 @@ def test_random_input_never_raises(chunks: list[bytes]) -> None:
     service.receive_eof(NOW, conn)
     service.handle_timer(NOW + 100)
     service.data_to_send()
+
+
+# -- defect 5: the request rendezvous caps its text (the response head), not its body --------
+
+
+def test_a_request_rendezvous_refuses_a_huge_text_message_while_it_streams() -> None:
+    from tests.test_http_relay import Net, listen, open_rendezvous, request_bytes
+
+    net = Net()
+    control = listen(net)
+    net.connect_raw(request_bytes("POST", "/myhc/c", chunked=True))
+    pointer = control.texts()[0]["request"]
+    rendezvous = open_rendezvous(net, pointer["address"])
+    handler = net.svc.handler(rendezvous.id)
+    assert handler is not None
+    cap = ServiceConfig().max_control_message
+    key = b"\x12\x34\x56\x78"
+    net.svc.receive_data(net.now, rendezvous.id,
+                         bytes((0x81, 0x80 | 127)) + struct.pack("!Q", 100 * 2**20) + key)
+    chunk = 64 * 1024
+    sent = 0
+    while rendezvous.id not in net.closed:
+        assert sent <= cap + chunk, "still reading past the cap"
+        net.send(rendezvous.id, apply_mask(b"a" * chunk, key))
+        sent += chunk
+        held = sum(len(part) for part in handler.ws._text_parts)  # type: ignore[attr-defined]
+        assert held <= cap
+    assert sent <= cap + chunk
+    closed = [e for e in rendezvous.take() if getattr(e, "code", None) is not None]
+    assert closed and closed[0].code == 1009  # type: ignore[attr-defined]
+
+
+def test_a_request_rendezvous_still_streams_a_body_bigger_than_the_cap() -> None:
+    from tests.test_http_relay import Net, listen, open_rendezvous, parse_response, request_bytes
+
+    net = Net()
+    control = listen(net)
+    sender = net.connect_raw(request_bytes("POST", "/myhc/c", chunked=True))
+    pointer = control.texts()[0]["request"]
+    rendezvous = open_rendezvous(net, pointer["address"])
+    net.send(sender, b"0\r\n\r\n")
+    body = b"b" * (2 * ServiceConfig().max_control_message)
+    rendezvous.conn.send_text(json.dumps({"response": {
+        "requestId": pointer["id"], "statusCode": 200, "responseHeaders": {}, "body": True}}))
+    rendezvous.conn.send_binary(body)  # one frame, twice the cap
+    rendezvous.flush()
+    head, whole, complete = parse_response(net.raw[sender], "POST")
+    assert head.status_code == 200 and complete and whole == body
+
+
+def test_max_text_size_caps_text_and_leaves_binary_alone() -> None:
+    from hyco_proto.websocket import BinaryMessage, ConnectionClosed, Role, WebSocketConnection
+
+    ws = WebSocketConnection(Role.SERVER, max_text_size=10)
+    ws.receive_data(masked(0x2, b"x" * 1000))
+    assert [type(e) for e in ws.events_received()] == [BinaryMessage]
+    ws.receive_data(masked(0x1, b"y" * 11))
+    closed = [e for e in ws.events_received() if isinstance(e, ConnectionClosed)]
+    assert closed and closed[0].code == 1009
+    fragmented = WebSocketConnection(Role.SERVER, max_text_size=10)
+    fragmented.receive_data(masked(0x1, b"y" * 6, fin=False) + masked(0x0, b"y" * 6))
+    closed = [e for e in fragmented.events_received() if isinstance(e, ConnectionClosed)]
+    assert closed and closed[0].code == 1009

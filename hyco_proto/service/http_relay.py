@@ -412,7 +412,10 @@ class RequestRendezvous(WebSocketHandler):
         super().__init__(svc, conn)
         self.exchange: HttpExchange | None = exchange
         self.request_id = exchange.id
-        self.ws = WebSocketConnection(Role.SERVER, stream_binary=True)
+        # The response body streams without a bound; its JSON head is capped like a control
+        # message (1009 once the text received so far exceeds it).
+        self.ws = WebSocketConnection(Role.SERVER, stream_binary=True,
+                                      max_text_size=svc.broker.config.max_control_message)
         self._trailing = trailing
         self._body_expected = False
         self._closing_deadline: float | None = None
