@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 NODE_DIR := tests/interop/node
 EXT_SO = $(wildcard hyco_proto/_frames*.so)
 
-.PHONY: demo test lint typecheck pytest pytest-ext pytest-noext bench clean setup node
+.PHONY: demo test lint typecheck pytest pytest-ext pytest-noext bench clean setup node fuzz
 
 setup: .stamp-venv .stamp-ext
 
@@ -31,7 +31,7 @@ node: .stamp-node
 	touch $@
 
 lint: .stamp-venv
-	$(VENV)/bin/ruff check hyco_proto tests bench
+	$(VENV)/bin/ruff check hyco_proto tests bench fuzz
 
 typecheck: .stamp-venv
 	$(VENV)/bin/mypy --strict hyco_proto
@@ -58,6 +58,15 @@ bench: setup .stamp-bench
 		--benchmark-json=.benchmarks/latest.json --benchmark-columns=median,ops \
 		--benchmark-min-time=0.002 --benchmark-warmup=on --benchmark-warmup-iterations=2000
 	$(PY) -m bench.report .benchmarks/latest.json
+
+# Every parser of untrusted input under atheris (libFuzzer), FUZZ_SECONDS each (fuzz/run.py).
+FUZZ_SECONDS ?= 20
+.stamp-fuzz: .stamp-venv
+	$(PY) -m pip install -q 'atheris>=2.3'
+	touch $@
+
+fuzz: setup .stamp-fuzz
+	$(PY) -m fuzz.run --all $(FUZZ_SECONDS)
 
 clean:
 	rm -rf $(VENV) build .stamp-* hyco_proto/_frames*.so hyco_proto/_frames.c $(NODE_DIR)/node_modules

@@ -14,10 +14,10 @@ import http
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import h11
 
+from .._syntax import split_target
 from .._text import printable
 from ..handshake import ServerHandshake
 from .handler import Connection, ConnectionKind, Handler, ServiceCore
@@ -95,9 +95,9 @@ class Route(Protocol):
 
 def _decode(raw: h11.Request) -> RequestHead:
     target = raw.target.decode("latin-1")
-    parts = urlsplit(target)
+    path, query = split_target(target)
     headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw.headers.raw_items()]
-    return RequestHead(raw.method.decode("ascii"), target, parts.path or "/", parts.query,
+    return RequestHead(raw.method.decode("ascii"), target, path, query,
                        headers, raw.http_version.decode("ascii"), raw)
 
 

@@ -21,8 +21,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
 
+from .._syntax import split_target
+from .._text import printable
 from .._version import __version__
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def is_status_target(method: str, target: str) -> bool:
     """Whether an HTTP request line asks for the status document (GET only)."""
     if method != "GET":
         return False
-    path = urlsplit(target).path.rstrip("/").lower() or "/"
+    path = split_target(target)[0].rstrip("/").lower() or "/"
     return path in STATUS_PATHS
 
 
@@ -68,7 +69,7 @@ def service_endpoint(method: str, target: str) -> tuple[str, Render] | None:
     ``/$status`` (JSON) and ``/metrics`` (Prometheus text); GET only. None: not one of them."""
     if method != "GET":
         return None
-    path = urlsplit(target).path.rstrip("/").lower() or "/"
+    path = split_target(target)[0].rstrip("/").lower() or "/"
     if path in STATUS_PATHS:
         return "application/json", status_response_body
     if path == "/metrics":
@@ -183,8 +184,11 @@ def log_event(level: int, event: str, what: str, *, remote: tuple[str, int] | No
               tracking: str, why: str = "") -> None:
     """One structured line for a service event: ``{event} {what}: client=… tracking=… {why}``.
     The fields are also on the record (``event``, ``client``, ``tracking``, ``what``, ``why``)
-    for ``hyco emulator --log-format json``. Never pass a token or a piece of one."""
+    for ``hyco emulator --log-format json``. Never pass a token or a piece of one. ``what``,
+    ``tracking`` (a listener's ``sb-hc-id``) and ``why`` may hold client text: control
+    characters are escaped so no client can write a line of its own."""
     client = client_text(remote)
+    what, tracking, why = printable(what), printable(tracking, 200), printable(why)
     logger.log(level, "%s %s: client=%s tracking=%s%s", event, what, client, tracking,
                f" {why}" if why else "",
                extra={"event": event, "client": client, "tracking": tracking, "what": what,
@@ -238,12 +242,14 @@ class RefusalLog:
         """Record one refusal of a request for ``target`` with ``status`` and ``description``
         (the relay's status description, which carries the ``TrackingId``) from ``remote``;
         ``event`` is ``refused`` or ``handshake-failed`` (malformed request, timeout)."""
-        path = urlsplit(target).path
+        path = split_target(target)[0]
         address = remote[0] if remote is not None else "-"
         client = client_text(remote)
         if tracking is None:
             found = _TRACKING.search(description)
             tracking = found.group(1) if found else "-"
+        # The path, the description and a tracking id may quote the client: escaped.
+        path, description, tracking = printable(path), printable(description), printable(tracking)
         per_address = self._window(now, (address, 0, ""), f"from {address}")
         win = self._window(now, (address, status, path.lower()),
                            f"with {status} for {path} from {address}")

@@ -217,8 +217,9 @@ class RestApi:
                                                            "message": exc.message}, exc.headers))
 
     def _handle(self, request: RestRequest, now: float) -> RestResult:
-        parts = urlsplit(request.target)
-        path = parts.path
+        # An origin-form target (RFC 9112 §3.2.1) split by hand: urlsplit reads "//x]/" as an
+        # authority and raises on it.
+        path, _, raw_query = request.target.partition("#")[0].partition("?")
         method = request.method.upper()
         if path.lower().rstrip("/") == "/api/health":
             if method not in ("GET", "HEAD"):
@@ -242,7 +243,7 @@ class RestApi:
                             (("Allow", allow),))
         self._authorize(request, now)
         query: dict[str, list[str]] = {}
-        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        for key, value in parse_qsl(raw_query, keep_blank_values=True):
             query.setdefault(key.lower(), []).append(value)
         version = (query.get("api-version") or [LATEST_API_VERSION])[-1]
         if version not in API_VERSIONS:

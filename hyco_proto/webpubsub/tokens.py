@@ -245,6 +245,9 @@ def verify_client_token(token: str, *, key: str, endpoint: str, hub: str, now: f
     if len(token) > MAX_TOKEN_LENGTH:
         raise WebPubSubTokenError(f"token is too long ({len(token)} characters, at most "
                                   f"{MAX_TOKEN_LENGTH})")
+    if not token.isascii():  # a JWT is base64url and dots; PyJWT cannot encode lone surrogates
+        raise WebPubSubTokenError("malformed token: not a JSON Web Token (header.payload."
+                                  "signature in base64url)")
     expected = client_audience(endpoint, hub)
     try:
         claims: dict[str, Any] = jwt.decode(

@@ -1,0 +1,83 @@
+"""Property tests of every parser that reads untrusted input: for any input, a result or the
+module's documented error type — never another exception. (The atheris harnesses under
+``fuzz/`` run the same targets for longer: ``make fuzz``.)"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fuzz import targets
+
+SETTINGS = settings(max_examples=300, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
+
+#: Text that looks like the inputs (so mutations reach the deeper paths), plus anything.
+TOKENS = st.sampled_from([
+    "SharedAccessSignature ", "sr=", "sig=", "se=", "skn=", "&", "=", "%", "%0D%0A", "%00",
+    "http%3a%2f%2fns%2fhc", "9" * 40, "-1", "1e9", "ws://", "sb://", "/$hc/", "?", "sb-hc-action=",
+    "listen", "accept", "sb-hc-id=", "Endpoint=", ";", "SharedAccessKeyName=", "EntityPath=",
+    "AccessKey=", "Version=1.0", "\x00", "\r\n", "é", "\ud800", "{", "}", '"', ":", ",", "[", "]",
+    '{"accept":', '"address":', '"id":', '"type":', '"joinGroup"', '"group":', '"ackId":',
+    "eyJ", ".", "/client/hubs/", "access_token=", "awps_connection_id=", "null", "true", "1",
+])
+TEXT = st.one_of(st.text(max_size=300),
+                 st.lists(TOKENS, max_size=40).map("".join))
+DATA = st.one_of(st.binary(max_size=600), TEXT.map(lambda t: t.encode("utf-8", "surrogatepass")))
+
+
+@SETTINGS
+@given(TEXT)
+def test_text_parsers(text: str) -> None:
+    for target in targets.TEXT_TARGETS:
+        target(text)
+
+
+@SETTINGS
+@given(DATA)
+def test_byte_parsers(data: bytes) -> None:
+    for target in targets.BYTE_TARGETS:
+        target(data)
+
+
+@pytest.mark.parametrize("kernel", targets.kernels(), ids=lambda k: k.__name__.split(".")[-1])
+@SETTINGS
+@given(st.lists(st.binary(max_size=300), max_size=8), st.booleans())
+def test_frame_decoder_and_forwarder(kernel: Any, chunks: list[bytes], masked: bool) -> None:
+    targets.frame_decoder(kernel, chunks, masked)
+    targets.forwarder(kernel, chunks)
+
+
+@SETTINGS
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+                    max_leaves=30))
+def test_json_shaped_messages(value: Any) -> None:
+    """Well-formed JSON of any shape, wrapped like each protocol's messages."""
+    for wrapped in ({"accept": value}, {"request": value}, {"response": value},
+                    {"renewToken": value}, {"type": "joinGroup", "group": value, "ackId": value},
+                    {"type": "sendToGroup", "group": "g", "dataType": value, "data": value},
+                    {"type": "message", "from": value, "dataType": "json", "data": value},
+                    {"type": "ack", "ackId": value, "success": value, "error": value}):
+        text = json.dumps(wrapped)
+        for target in targets.TEXT_TARGETS:
+            target(text)
+
+
+
+@pytest.mark.parametrize(("target", "value"), [
+    (targets._rest, "\n/!]/!!"),          # urlsplit read "//!]" as an IPv6 authority
+    (targets.TEXT_TARGETS[9], "\ud800"),   # PyJWT cannot encode a lone surrogate
+    (targets._service, b"POST //!]/x HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"),
+])
+def test_inputs_found_by_fuzzing(target: Any, value: Any) -> None:
+    if target is targets._service:
+        for path in (b"//!]/x", b"/api/hubs/h//!]/:send"):
+            target(value.replace(b"//!]/x", path))
+    else:
+        target(value)
