@@ -201,3 +201,64 @@ def test_asyncio_listener_reconnects_after_the_service_restarts() -> None:
             await second.close()
 
     asyncio.run(asyncio.wait_for(main(), 3 * WAIT))
+
+
+def test_half_open_handshakes_and_a_reader_that_never_reads_do_not_delay_others() -> None:
+    """1,000 connections that send half a request head and stall, and a listener that never
+    reads a sender that floods it: a calm pair still echoes promptly."""
+    from hyco_proto.adapters.threads import RelayedServer, relayed_connect
+
+    port = free_port()
+    with relay_on(port) as relay, contextlib.ExitStack() as stack:
+        stalled = []
+        for _ in range(1000):
+            sock = stack.enter_context(socket.create_connection(("127.0.0.1", port), WAIT))
+            sock.sendall(b"GET /$hc/x?sb-hc-action=connect HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            stalled.append(sock)
+        flood_uri = f"{relay.url}/$hc/flood"
+        never_reads = stack.enter_context(RelayedServer(
+            flood_uri, lambda: token(flood_uri), connection=lambda s: time.sleep(WAIT)))
+        flooder = stack.enter_context(relayed_connect(flood_uri, token(flood_uri)))
+        blob = b"z" * 65536
+        sent = 0
+        flooder_done = time.monotonic() + 1.0
+        with contextlib.suppress(TimeoutError, OSError, ConnectionClosedError):
+            while time.monotonic() < flooder_done and sent < 64 << 20:
+                flooder.send(blob)  # blocks once the relay stops reading it (backpressure)
+                sent += len(blob)
+        calm_uri = f"{relay.url}/$hc/calm"
+        stack.enter_context(RelayedServer(calm_uri, lambda: token(calm_uri), connection=echo))
+        calm = stack.enter_context(relayed_connect(calm_uri, token(calm_uri), open_timeout=2.0))
+        for n in range(20):
+            start = time.monotonic()
+            calm.send(f"ping {n}")
+            assert calm.recv(2.0) == f"ping {n}"
+            assert time.monotonic() - start < 2.0
+        assert never_reads is not None and len(stalled) == 1000
+
+
+def test_everything_sent_before_an_orderly_close_arrives_once_in_order() -> None:
+    from hyco_proto.adapters.threads import RelayedServer, relayed_connect
+
+    got: list[str] = []
+    codes: list[int | None] = []
+
+    def collect(sock: Any) -> None:
+        with contextlib.suppress(ConnectionClosedError):
+            for message in sock:
+                got.append(message)
+        codes.append(sock.close_code)
+
+    port = free_port()
+    with relay_on(port) as relay:
+        uri = f"{relay.url}/$hc/order"
+        with RelayedServer(uri, lambda: token(uri), connection=collect):
+            ws = relayed_connect(uri, token(uri))
+            for n in range(10_000):
+                ws.send(str(n))
+            ws.close(1000, "done")
+            deadline = time.monotonic() + WAIT
+            while not codes and time.monotonic() < deadline:
+                time.sleep(0.01)
+    assert codes == [1000]
+    assert got == [str(n) for n in range(10_000)]
