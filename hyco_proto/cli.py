@@ -942,7 +942,7 @@ def _seconds(text: str) -> float:
     return value
 
 
-#: Fields of the service's structured log lines (``hyco_proto.service.status.log_event``).
+#: Fields of the service's structured log lines (``hyco_proto.service.events.log_event``).
 _EVENT_FIELDS = ("event", "client", "tracking", "what", "why", "status")
 
 

@@ -35,11 +35,11 @@ from ..websocket import (
     WebSocketConnection,
 )
 from .broker import BadResponse, Refused
+from .events import log_event
 from .front import FrontDoor, RequestHead, reason_phrase
 from .handler import Connection, ConnectionKind, ServiceCore, WebSocketHandler
 from .registry import PendingRequest
 from .relay import BY_RELAY, ControlChannel, can_send, refuse_upgrade, relay_path
-from .status import log_event
 
 __all__ = [
     "MAX_CONTROL_BODY",

@@ -28,9 +28,9 @@ from ..websocket import (
     WebSocketConnection,
 )
 from .broker import BadResponse, Refused, RendezvousAccepted, RendezvousRejected
+from .events import client_text, log_event
 from .front import FrontDoor, RequestHead, reason_phrase
 from .handler import Connection, ConnectionKind, Handler, ServiceCore, WebSocketHandler
-from .status import client_text, log_event
 
 __all__ = [
     "HC_PREFIX",

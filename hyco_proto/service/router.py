@@ -33,12 +33,13 @@ from collections.abc import Sequence
 from ..handshake import HandshakeRequest, ServerHandshake
 from .broker import CloseListener, FailSender, RelayBroker, SendControl
 from .config import ServiceConfig
+from .events import log_event
 from .front import FrontDoor, RequestHead, Route
 from .handler import Connection, ConnectionKind, Handler
 from .http_relay import RESPONSE_TIMEOUT, HttpExchange, HttpRelayRoute, open_request_rendezvous
 from .relay import BY_RELAY, ControlChannel, HybridConnectionsRoute, WaitingSender
 from .stats import ServiceStats
-from .status import RefusalLog, log_event, service_endpoint
+from .status import RefusalLog, service_endpoint
 from .webpubsub import WebPubSubRoute, WebPubSubService
 from .webpubsub_events import OutboundCall
 from .webpubsub_rest import WebPubSubRestRoute

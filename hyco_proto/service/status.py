@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .._syntax import split_target
 from .._text import printable
 from .._version import __version__
+from .events import client_text
 
 if TYPE_CHECKING:
     from .broker import RelayBroker
@@ -34,9 +35,7 @@ __all__ = [
     "METRICS_CONTENT_TYPE",
     "STATUS_PATHS",
     "RefusalLog",
-    "client_text",
     "is_status_target",
-    "log_event",
     "metrics_response_body",
     "service_endpoint",
     "status_document",
@@ -173,26 +172,6 @@ def metrics_response_body(
         metric = "listeners" if name == "listeners_opened" else name
         family(f"hyco_{metric}_total", "counter", text, [("", getattr(stats, name))])
     return ("\n".join(lines) + "\n").encode("utf-8")
-
-
-def client_text(remote: tuple[str, int] | None) -> str:
-    """``host:port`` of a client for log lines (``-`` when unknown)."""
-    return f"{remote[0]}:{remote[1]}" if remote is not None else "-"
-
-
-def log_event(level: int, event: str, what: str, *, remote: tuple[str, int] | None,
-              tracking: str, why: str = "") -> None:
-    """One structured line for a service event: ``{event} {what}: client=… tracking=… {why}``.
-    The fields are also on the record (``event``, ``client``, ``tracking``, ``what``, ``why``)
-    for ``hyco emulator --log-format json``. Never pass a token or a piece of one. ``what``,
-    ``tracking`` (a listener's ``sb-hc-id``) and ``why`` may hold client text: control
-    characters are escaped so no client can write a line of its own."""
-    client = client_text(remote)
-    what, tracking, why = printable(what), printable(tracking, 200), printable(why)
-    logger.log(level, "%s %s: client=%s tracking=%s%s", event, what, client, tracking,
-               f" {why}" if why else "",
-               extra={"event": event, "client": client, "tracking": tracking, "what": what,
-                      "why": why})
 
 
 _TRACKING = re.compile(r"TrackingId:([^,\s]+)")
