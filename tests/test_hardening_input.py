@@ -438,3 +438,26 @@ def test_max_text_size_caps_text_and_leaves_binary_alone() -> None:
     fragmented.receive_data(masked(0x1, b"y" * 6, fin=False) + masked(0x0, b"y" * 6))
     closed = [e for e in fragmented.events_received() if isinstance(e, ConnectionClosed)]
     assert closed and closed[0].code == 1009
+
+
+@pytest.mark.parametrize("action", ["listen", "connect"])
+def test_a_client_chosen_id_cannot_forge_a_log_line(
+        action: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    net = MemoryNetwork()
+    if action == "connect":
+        open_control_channel(net)
+    uri = f"{LISTEN}?sb-hc-action={action}&sb-hc-id=%0D%0AFORGED%20line%1B%5B2J%00"
+    shake = ClientHandshake.from_url(
+        uri, headers=[("ServiceBusAuthorization", token_for(net, LISTEN))])
+    client = RawSender(net, shake)
+    net.pump()
+    assert client.accepted is not None or action == "connect"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("FORGED" in m for m in messages) or action == "connect"
+    for message in messages:
+        assert not RAW_CONTROL.search(message), message
+    for record in caplog.records:
+        for field in ("what", "why", "tracking"):
+            value = getattr(record, field, "")
+            assert not RAW_CONTROL.search(str(value)), (field, value)
