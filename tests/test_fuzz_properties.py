@@ -81,3 +81,20 @@ def test_inputs_found_by_fuzzing(target: Any, value: Any) -> None:
             target(value.replace(b"//!]/x", path))
     else:
         target(value)
+
+
+@pytest.mark.parametrize(("count", "status"), [(100, b"401"), (101, b"431")])
+def test_header_field_count_is_capped(count: int, status: bytes) -> None:
+    from hyco_proto.service.config import ServiceConfig
+    from hyco_proto.service.router import RelayService
+
+    service = RelayService(ServiceConfig())
+    conn = service.connection_made(targets.NOW, ("127.0.0.1", 1))
+    fixed = [b"Host: h", b"Upgrade: websocket", b"Connection: Upgrade",
+             b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=="]
+    extra = [b"X-%d: v" % n for n in range(count - len(fixed))]
+    head = b"GET /$hc/hc?sb-hc-action=listen HTTP/1.1\r\n" + b"\r\n".join(fixed + extra)
+    service.receive_data(targets.NOW, conn, head + b"\r\n\r\n")
+    out = b"".join(data for _, data in service.data_to_send())
+    # 100 fields pass the count check (and then fail on the missing token: 401); 101 do not.
+    assert out.split(b" ")[1] == status, out[:80]

@@ -93,6 +93,11 @@ class Route(Protocol):
         ...
 
 
+#: Most header fields a request may have (Kestrel's default, the stack Azure Relay runs on);
+#: the head's size is bounded separately (16 KiB).
+MAX_HEADER_FIELDS = 100
+
+
 def _decode(raw: h11.Request) -> RequestHead:
     target = raw.target.decode("latin-1")
     path, query = split_target(target)
@@ -161,6 +166,10 @@ class FrontDoor(Handler):
                     return  # an upgrade: the route already switched the connection
                 return
             if isinstance(event, h11.Request):
+                if len(event.headers) > MAX_HEADER_FIELDS:
+                    self._bad_request(now, h11.RemoteProtocolError(
+                        "too many header fields", error_status_hint=431))
+                    return
                 self.head = _decode(event)
                 self._request_done = False
                 self._response_done = False
