@@ -163,7 +163,6 @@ def _token_reason(exc: TokenError) -> str:
     for prefix, text in (("malformed", "malformed token"), ("token must be", "malformed token"),
                          ("se is not a valid expiry", "se is not a valid expiry"),
                          ("unknown key name", "unknown key name (skn)"),
-                         ("se is not a valid expiry", "se is not a valid expiry"),
                          ("bad signature", "bad signature"), ("token expired", "token expired"),
                          ("token is for host", "the token is for another host"),
                          ("token is for path", "the token's resource (sr) does not cover "
