@@ -461,3 +461,13 @@ def test_a_client_chosen_id_cannot_forge_a_log_line(
         for field in ("what", "why", "tracking"):
             value = getattr(record, field, "")
             assert not RAW_CONTROL.search(str(value)), (field, value)
+
+
+def test_max_control_message_is_a_server_setting_of_the_config_file() -> None:
+    from hyco_proto.service.tomlconfig import ConfigError, parse_config
+
+    assert parse_config("").service.max_control_message == 256 * 1024
+    config = parse_config("[server]\nmax_control_message = 4096\n")
+    assert config.service.max_control_message == 4096
+    with pytest.raises(ConfigError, match="max_control_message"):
+        parse_config("[server]\nmax_control_message = 10\n")
