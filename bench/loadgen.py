@@ -42,6 +42,7 @@ from hyco_proto._frames import (
     OP_CLOSE,
     OP_PING,
     OP_PONG,
+    OP_TEXT,
     Forwarder,
     FrameDecoder,
     decode_header,
@@ -415,10 +416,15 @@ class Stream:
     """Moves pre-masked frames sender→listener over a pair and waits until all are counted."""
 
     def __init__(self, pair: Pair, size: int, *, masked_receiver: bool = False,
-                 relay_cpu: Callable[[], float] | None = None) -> None:
+                 relay_cpu: Callable[[], float] | None = None, text: str | None = None) -> None:
         self.pair = pair
         self.size = size
-        frame = encode_frame(OP_BINARY, os.urandom(size), masked=True)
+        if text is None:
+            frame = encode_frame(OP_BINARY, os.urandom(size), masked=True)
+        else:  # a text message: ``text`` repeated to ``size`` bytes (cut on a code point)
+            raw = (text * (size // len(text.encode()) + 1)).encode()[:size]
+            raw = raw[: len(raw.decode("utf-8", "ignore").encode())]
+            frame = encode_frame(OP_TEXT, raw.ljust(size, b" "), masked=True)
         self.per_batch = max(1, SMALL_BATCH_BYTES // len(frame))
         self.batch = frame * self.per_batch
         self.counter = Counter(pair.listener, pair.listener_pending, masked=masked_receiver)

@@ -34,6 +34,7 @@ IDLE_PAIRS = 500
 
 GROUP_SMALL = "relay: 64 B messages sender→listener"
 GROUP_BIG = "relay: 1 MiB messages sender→listener"
+GROUP_BIG_TEXT = "relay: 1 MiB text messages sender→listener"
 GROUP_RDV = "relay: rendezvous, sequential"
 GROUP_RDV_CONC = "relay: rendezvous, 16 in flight"
 GROUP_IDLE = "relay: 500 idle pairs (memory)"
@@ -88,6 +89,14 @@ def test_relay_small(benchmark: Any, relay: RelayProcess, session: Session) -> N
 def test_relay_big(benchmark: Any, relay: RelayProcess, session: Session) -> None:
     (pair,) = session.open_pairs(1)
     _stream_bench(benchmark, Stream(pair, BIG, relay_cpu=relay.cpu), GROUP_BIG, BIG)
+
+
+@pytest.mark.parametrize("text", ["hello, world ", "aé€😀"], ids=["ascii", "mixed"])
+def test_relay_big_text(benchmark: Any, relay: RelayProcess, session: Session, text: str) -> None:
+    """1 MiB text messages: ASCII, and mixed 1-4 byte code points (our relay checks UTF-8)."""
+    (pair,) = session.open_pairs(1)
+    _stream_bench(benchmark, Stream(pair, BIG, relay_cpu=relay.cpu, text=text),
+                  f"{GROUP_BIG_TEXT}, {'ASCII' if text.isascii() else 'mixed'}", BIG)
 
 
 @pytest.mark.parametrize("concurrency", [1, 16], ids=["seq", "x16"])

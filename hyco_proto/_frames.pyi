@@ -83,6 +83,12 @@ class Forwarder:
     checked (``check_close_payload``), forwarded, recorded in ``close_code`` / ``close_reason``
     and ends the direction. A violation stops it: ``error_code`` (1002 / 1007 / 1009) and
     ``error_reason`` are set and the bytes forwarded before the violation are returned.
+
+    With ``validate_utf8`` (the default) the payload of a text message (opcode 1 and its
+    continuations, unless RSV1 marks it compressed) is validated as UTF-8 while it streams: a
+    code point may be split across chunks and frames; the first invalid byte stops the direction
+    with 1007 (the bytes before it are forwarded: possibly part of a frame, so ``mid_frame``
+    stays true), as does a message whose final frame ends inside a code point.
     """
 
     close_code: int
@@ -93,9 +99,16 @@ class Forwarder:
     payload_bytes: int
 
     def __init__(
-        self, *, masked: bool = True, max_frame_size: int = 0, allowed_rsv: int = 0
+        self,
+        *,
+        masked: bool = True,
+        max_frame_size: int = 0,
+        allowed_rsv: int = 0,
+        validate_utf8: bool = True,
     ) -> None:
-        """``masked=True``: the source leg is a client (the relay's case)."""
+        """``masked=True``: the source leg is a client (the relay's case). ``validate_utf8``:
+        check text messages as they stream (see the class); binary messages are never looked
+        at."""
 
     def feed(self, data: Buffer) -> bytes: ...
     @property

@@ -14,7 +14,7 @@ from cpython.buffer cimport (
 )
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdint cimport uint8_t, uint64_t
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from cpython.object cimport PyObject
 from libc.string cimport memcpy
 
@@ -155,6 +155,66 @@ cdef extern from *:
 
 
 _init_stream_min()
+
+
+cdef extern from *:
+    """
+    /* Incremental UTF-8 validation (RFC 3629; RFC 6455 §8.1). The state between calls is 0
+       between code points, else (bytes still needed << 16) | (highest << 8) | lowest allowed
+       value of the next byte: E0 needs A0..BF next (no overlongs), ED 80..9F (no surrogates),
+       F0 90..BF, F4 80..8F (nothing above U+10FFFF); C0, C1 and F5..FF never start one.
+       tail >= 0: the message ends tail bytes after s[n - 1], so a lead byte whose sequence
+       cannot be completed before that is invalid itself (fail fast at the final frame).
+       Returns the index of the first invalid byte, or n when all n bytes are valid so far.
+       ASCII runs are skipped 16 bytes, then 8, at a time. */
+    static Py_ssize_t hyco_utf8_check(const uint8_t *s, Py_ssize_t n, uint32_t *state,
+                                      Py_ssize_t tail) {
+        uint32_t need = *state >> 16, lo = *state & 0xFF, hi = (*state >> 8) & 0xFF;
+        Py_ssize_t i = 0;
+        uint64_t a, b;
+        uint8_t c;
+        while (i < n) {
+            c = s[i];
+            if (need) {
+                if (c < lo || c > hi) return i;
+                need--; lo = 0x80; hi = 0xBF; i++;
+                continue;
+            }
+            if (c < 0x80) {
+                i++;
+                for (; i + 16 <= n; i += 16) {
+                    memcpy(&a, s + i, 8); memcpy(&b, s + i + 8, 8);
+                    if ((a | b) & 0x8080808080808080ULL) break;
+                }
+                for (; i + 8 <= n; i += 8) {
+                    memcpy(&a, s + i, 8);
+                    if (a & 0x8080808080808080ULL) break;
+                }
+                continue;
+            }
+            lo = 0x80; hi = 0xBF;
+            if (c < 0xC2) return i;
+            else if (c < 0xE0) need = 1;
+            else if (c < 0xF0) {
+                need = 2;
+                if (c == 0xE0) lo = 0xA0; else if (c == 0xED) hi = 0x9F;
+            } else if (c < 0xF5) {
+                need = 3;
+                if (c == 0xF0) lo = 0x90; else if (c == 0xF4) hi = 0x8F;
+            } else return i;
+            if (tail >= 0 && (Py_ssize_t)need > n - 1 - i + tail) return i;
+            i++;
+        }
+        *state = need ? (need << 16) | (hi << 8) | lo : 0;
+        return n;
+    }
+    """
+    Py_ssize_t _utf8_check "hyco_utf8_check" (const uint8_t* s, Py_ssize_t n,
+                                               uint32_t* state, Py_ssize_t tail) noexcept nogil
+
+
+# A text payload chunk is unmasked and validated in blocks of this size (while it is in cache).
+cdef Py_ssize_t UTF8_BLOCK = 65536
 
 
 cdef inline void _mask(uint8_t* dst, const uint8_t* src, Py_ssize_t n,
@@ -573,6 +633,34 @@ def check_close_payload(payload):
     return code, reason, 0, ""
 
 
+cdef Py_ssize_t _text_blocks(uint8_t* dst, const uint8_t* src, Py_ssize_t n, const uint8_t* key,
+                             Py_ssize_t* phase, uint32_t* state, bint masked,
+                             Py_ssize_t tail) noexcept nogil:
+    """Unmask (or copy) src into dst a block at a time, validating each block while it is in
+    cache; return the number of valid bytes (n when all are). ``tail``: as for
+    ``hyco_utf8_check``, the bytes of the final frame after src[n - 1] (-1: not final)."""
+    cdef Py_ssize_t done = 0, block, ok
+    while done < n:
+        block = n - done
+        if block > UTF8_BLOCK:
+            block = UTF8_BLOCK
+        if masked:
+            _xor_into(dst + done, src + done, block, key, phase[0])
+            phase[0] = (phase[0] + block) & 3
+        else:
+            memcpy(dst + done, src + done, block)
+        ok = _utf8_check(dst + done, block, state,
+                         tail + (n - done - block) if tail >= 0 else -1)
+        done += ok
+        if ok < block:
+            break
+    return done
+
+
+UTF8_INVALID = "text message is not valid UTF-8"
+UTF8_TRUNCATED = "text message ends inside a UTF-8 sequence"
+
+
 cdef class Forwarder:
     """One direction of a relayed pair: client frames in, server frames out; see ``_frames.pyi``."""
 
@@ -584,6 +672,10 @@ cdef class Forwarder:
     cdef uint8_t _key[4]
     cdef Py_ssize_t _phase
     cdef bint _in_message
+    cdef bint _validate  # validate_utf8
+    cdef bint _text  # the current message is text being validated
+    cdef bint _fin  # the current data frame ends its message
+    cdef uint32_t _utf8  # validator state (0: between code points)
     cdef public int close_code
     cdef public str close_reason
     cdef public int error_code
@@ -591,8 +683,13 @@ cdef class Forwarder:
     cdef public unsigned long long frames
     cdef public unsigned long long payload_bytes
 
-    def __init__(self, *, bint masked=True, long long max_frame_size=0, int allowed_rsv=0):
+    def __init__(self, *, bint masked=True, long long max_frame_size=0, int allowed_rsv=0,
+                 bint validate_utf8=True):
         self._buf = bytearray()
+        self._validate = validate_utf8
+        self._text = False
+        self._fin = False
+        self._utf8 = 0
         self._masked = masked
         self._max_frame = max_frame_size
         self._allowed_rsv = allowed_rsv
@@ -633,7 +730,14 @@ cdef class Forwarder:
                 take = n - pos
                 if <unsigned long long>take > self._remaining:
                     take = <Py_ssize_t>self._remaining
-                if self._masked:
+                if self._text:
+                    take = self._forward_text(p + pos, take, dst + w)
+                    if self.error_code:  # take: the valid bytes before the bad one
+                        w += take
+                        self._remaining -= take
+                        self.payload_bytes += take
+                        break
+                elif self._masked:
                     _mask(dst + w, p + pos, take, self._key, self._phase)
                     self._phase = (self._phase + take) & 3
                 else:
@@ -692,6 +796,15 @@ cdef class Forwarder:
                 continue
             if opcode != 0 or fin:
                 self._in_message = not fin
+            if opcode != 0:
+                # A compressed message (RSV1, permessage-deflate) is not text until inflated.
+                self._text = opcode == 1 and self._validate and not (b0 & 0x40)
+                self._utf8 = 0
+            elif fin and self._text and (self._utf8 >> 16) > length:
+                # The final frame is too short for the code point begun before it.
+                self._fail(1007, UTF8_TRUNCATED)
+                break
+            self._fin = fin
             # The header goes out as it came (FIN, RSV, opcode, length bytes), unmasked.
             memcpy(dst + w, p + pos, hlen)
             dst[w + 1] = b1 & 0x7F
@@ -704,6 +817,26 @@ cdef class Forwarder:
             pos += head
         written[0] += w
         return pos
+
+    cdef Py_ssize_t _forward_text(self, const uint8_t* src, Py_ssize_t n, uint8_t* dst) except -1:
+        """Unmask (or copy) and validate n text payload bytes into dst; return how many are
+        valid (all n, or fewer after recording the failure)."""
+        cdef Py_ssize_t done, phase = self._phase
+        cdef uint32_t state = self._utf8
+        cdef bint masked = self._masked
+        cdef Py_ssize_t tail = -1  # payload bytes of the final frame after these n
+        if self._fin:
+            tail = <Py_ssize_t>(self._remaining - <unsigned long long>n)
+        if n >= NOGIL_THRESHOLD:
+            with nogil:
+                done = _text_blocks(dst, src, n, self._key, &phase, &state, masked, tail)
+        else:
+            done = _text_blocks(dst, src, n, self._key, &phase, &state, masked, tail)
+        self._phase = phase
+        self._utf8 = state
+        if done < n:
+            self._fail(1007, UTF8_INVALID)
+        return done
 
     def feed(self, data):
         """Bytes from the source leg in; bytes for the other leg out (``b""`` when none)."""

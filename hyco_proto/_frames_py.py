@@ -6,6 +6,7 @@ RFC 6455 §5.2 framing, §5.3 masking. Used when the extension is not built or w
 
 from __future__ import annotations
 
+import codecs
 import os
 import struct
 from typing import Any
@@ -353,6 +354,77 @@ def check_close_payload(payload: bytes) -> tuple[int, str, int, str]:
     return code, reason, 0, ""
 
 
+UTF8_INVALID = "text message is not valid UTF-8"
+UTF8_TRUNCATED = "text message ends inside a UTF-8 sequence"
+
+
+def _utf8_step(state: int, data: Any, start: int, end: int, tail: int) -> tuple[int, int]:
+    """The byte-at-a-time validator (the Cython kernel's, same state encoding): run ``data[start:
+    end]`` from ``state``; return ``(state, index of the first invalid byte or -1)``.
+
+    The state is 0 between code points, else ``need << 16 | highest << 8 | lowest`` for the next
+    byte: E0 needs A0..BF next (no overlongs), ED 80..9F (no surrogates), F0 90..BF, F4 80..8F
+    (nothing above U+10FFFF); C0, C1 and F5..FF never start a sequence. ``tail >= 0``: the
+    message ends ``tail`` bytes after ``data[end - 1]``, so a lead byte whose sequence cannot be
+    completed before that is itself invalid."""
+    need, lo, hi = state >> 16, state & 0xFF, (state >> 8) & 0xFF
+    for i in range(start, end):
+        c = data[i]
+        if need:
+            if c < lo or c > hi:
+                return state, i
+            need, lo, hi = need - 1, 0x80, 0xBF
+        elif c >= 0x80:
+            lo, hi = 0x80, 0xBF
+            if c < 0xC2 or c >= 0xF5:
+                return state, i
+            if c < 0xE0:
+                need = 1
+            elif c < 0xF0:
+                need = 2
+                if c == 0xE0:
+                    lo = 0xA0
+                elif c == 0xED:
+                    hi = 0x9F
+            else:
+                need = 3
+                if c == 0xF0:
+                    lo = 0x90
+                elif c == 0xF4:
+                    hi = 0x8F
+            if tail >= 0 and need > end - 1 - i + tail:
+                return state, i
+        state = (need << 16) | (hi << 8) | lo if need else 0
+    return state, -1
+
+
+def _utf8_check(state: int, data: bytes, tail: int) -> tuple[int, int]:
+    """Validate ``data`` from ``state``: ``(state, index of the first invalid byte or -1)``;
+    ``tail`` as for ``_utf8_step``.
+
+    The byte loop finishes a pending code point and the tail; the middle goes to CPython's
+    decoder (strict, not final: it stops before an incomplete tail, which the byte loop then
+    checks, as the decoder lets an incomplete surrogate such as ED A0 wait for more)."""
+    n = len(data)
+    start = 0
+    while state and start < n:
+        state, bad = _utf8_step(state, data, start, start + 1, -1)
+        if bad >= 0:
+            return state, bad
+        start += 1
+    if start == n or data.isascii():
+        return state, -1
+    try:
+        _, used = _utf8_decode(memoryview(data)[start:], "strict", False)
+    except UnicodeDecodeError as exc:
+        # data[start:start + exc.start] is valid; the first invalid byte is within 4 more.
+        return _utf8_step(0, data, start + exc.start, n, tail)
+    return _utf8_step(0, data, start + used, n, tail)
+
+
+_utf8_decode = codecs.utf_8_decode
+
+
 class Forwarder:
     """One direction of a relayed pair: client frames in, server frames out (see ``_frames.pyi``).
 
@@ -366,12 +438,16 @@ class Forwarder:
     __slots__ = (
         "_allowed_rsv",
         "_buf",
+        "_fin",
         "_in_message",
         "_key",
         "_masked",
         "_max_frame",
         "_phase",
         "_remaining",
+        "_text",
+        "_utf8",
+        "_validate",
         "close_code",
         "close_reason",
         "error_code",
@@ -381,9 +457,18 @@ class Forwarder:
     )
 
     def __init__(
-        self, *, masked: bool = True, max_frame_size: int = 0, allowed_rsv: int = 0
+        self,
+        *,
+        masked: bool = True,
+        max_frame_size: int = 0,
+        allowed_rsv: int = 0,
+        validate_utf8: bool = True,
     ) -> None:
         self._masked = masked
+        self._validate = validate_utf8
+        self._text = False  # the current message is text being validated
+        self._fin = False  # the current data frame ends its message
+        self._utf8 = 0  # validator state (0: between code points)
         self._max_frame = max_frame_size
         self._allowed_rsv = allowed_rsv
         self._buf = bytearray()
@@ -428,11 +513,21 @@ class Forwarder:
                 take = min(self._remaining, n - pos)
                 view = memoryview(buf)[pos : pos + take]
                 if self._key is not None:
-                    out.append(apply_mask(view, self._key, self._phase))
+                    chunk = apply_mask(view, self._key, self._phase)
                     self._phase = (self._phase + take) & 3
                 else:
-                    out.append(bytes(view))
+                    chunk = bytes(view)
                 view.release()
+                if self._text:
+                    tail = self._remaining - take if self._fin else -1
+                    self._utf8, bad = _utf8_check(self._utf8, chunk, tail)
+                    if bad >= 0:
+                        out.append(chunk[:bad])
+                        self._remaining -= bad
+                        self.payload_bytes += bad
+                        self._fail(1007, UTF8_INVALID)
+                        break
+                out.append(chunk)
                 self._remaining -= take
                 self.payload_bytes += take
                 pos += take
@@ -480,6 +575,15 @@ class Forwarder:
                 continue
             if opcode != OP_CONTINUATION or fin:
                 self._in_message = not fin
+            if opcode != OP_CONTINUATION:
+                # A compressed message (RSV1, permessage-deflate) is not text until inflated.
+                self._text = opcode == OP_TEXT and self._validate and not b0 & 0x40
+                self._utf8 = 0
+            elif fin and self._text and self._utf8 >> 16 > length:
+                # The final frame is too short for the code point begun before it.
+                self._fail(1007, UTF8_TRUNCATED)
+                break
+            self._fin = fin
             # The header goes out as it came (same FIN, RSV, opcode and length bytes), unmasked.
             out.append(bytes((b0, b1 & 0x7F)) + bytes(buf[pos + 2 : pos + hlen]))
             self.frames += 1

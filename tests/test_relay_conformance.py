@@ -23,15 +23,24 @@ What differs from a direct server (``tests/test_conformance.py``), and why:
   1015, 5000 and 65535, and a close reason that is not UTF-8, 7.5.1 -> 1007) makes the relay fail
   the sender's leg itself: close frame with the row's code, then TCP close, exactly as a direct
   server does. The listener's leg hears 1001 ("the other side failed") and closes.
-- **Category 6 (invalid UTF-8 in text messages) is the listener's.** The relay does not decode
-  text, as the real service does not. The echoing listener fails its leg with 1007 and the relay
-  forwards that close to the sender. Because a forwarded close is an ordinary close, the relay
-  closes the sender's TCP connection only once the sender has answered it (the pair is torn down
-  when both closes have passed). A direct server closes TCP right after its 1007, so here the
-  sender first sees ``close 1007`` without EOF, answers the close as Autobahn's client does, and
-  then sees EOF. The failed listener ignores that answer (it discards input after failing), so its
-  leg reports the 1007 failure, not a received close. 6.4.x stays strict end to end: the relay
-  streams payload bytes as they arrive, so the listener fails at the first bad byte, mid-frame.
+- **Category 6 (invalid UTF-8 in text messages) is the relay's** (``validate_text``, the
+  default; issue 12: hyco-ws on ws 1.x does not check UTF-8 and would echo it). The sender's
+  ``Forwarder`` validates text as it streams and fails the sender's leg with 1007 at the first
+  invalid byte, then closes its TCP connection, exactly as a direct server does. The invalid text
+  never reaches the listener, so whether the listener checks UTF-8 no longer matters. The
+  listener's leg hears 1001 when the failure falls between frames (a message that ends inside a
+  code point); when it falls inside a frame whose start has been forwarded, nothing clean can be
+  said to the listener any more and its TCP connection just ends (1006 on its side).
+- **Category 6 with ``validate_text=False``** (each row also runs so, ``-unchecked``) is the
+  listener's: the relay does not decode text, as the real service does not. The echoing listener
+  fails its leg with 1007 and the relay forwards that close to the sender. Because a forwarded
+  close is an ordinary close, the relay closes the sender's TCP connection only once the sender
+  has answered it (the pair is torn down when both closes have passed). A direct server closes
+  TCP right after its 1007, so here the sender first sees ``close 1007`` without EOF, answers the
+  close as Autobahn's client does, and then sees EOF. The failed listener ignores that answer (it
+  discards input after failing), so its leg reports the 1007 failure, not a received close.
+  6.4.x stays strict end to end: the relay streams payload bytes as they arrive, so the listener
+  fails at the first bad byte, mid-frame.
 - **NON-STRICT one-write alternatives** (3.2-3.4, 4.x.3-5, 5.15, 7.1.6) hold through the relay
   too: in ``whole`` mode the relay forwards the valid message and fails the leg (or forwards the
   close) in the same write, before the listener's echo can come back; that echo is dropped.
@@ -54,6 +63,7 @@ import pytest
 from hyco_proto.errors import RemoteProtocolError
 from hyco_proto.listener import ConnectionRequested
 from hyco_proto.memory import MemoryNetwork, MemoryWebSocket
+from hyco_proto.service.config import ServiceConfig
 from hyco_proto.service.router import RelayService
 from hyco_proto.websocket import Ping, State
 from tests.relayutil import (
@@ -90,12 +100,12 @@ RELAY = "relay"  # the relay fails the sender's leg; the listener's leg hears 10
 LISTENER = "listener"  # the echoing listener fails its leg; the relay forwards its close
 
 
-def detected_by(case: Case) -> str | None:
+def detected_by(case: Case, validate_text: bool = True) -> str | None:
     """Who fails the connection in a "fail" row (None for rows that end with a close)."""
     if not case.failed:
         return None
-    # Invalid UTF-8 in a text *message* (category 6); the relay does not decode text.
-    if case.id.startswith("6."):
+    # Invalid UTF-8 in a text *message* (category 6): the relay's with ``validate_text``.
+    if case.id.startswith("6.") and not validate_text:
         return LISTENER
     return RELAY
 
@@ -103,8 +113,10 @@ def detected_by(case: Case) -> str | None:
 class Pair:
     """A relay on a MemoryNetwork, an echoing listener and a raw sender joined through it."""
 
-    def __init__(self, service: RelayService | None = None, *, reply_to_close: bool = True) -> None:
-        self.net = MemoryNetwork(service or RelayService())
+    def __init__(self, service: RelayService | None = None, *, reply_to_close: bool = True,
+                 validate_text: bool = True) -> None:
+        self.net = MemoryNetwork(
+            service or RelayService(ServiceConfig(validate_text=validate_text)))
         self.listener: EchoListener = start_echo_listener(self.net, reply_to_close=reply_to_close)
         self.sender: RawSender = raw_sender(self.net)
         assert self.sender.accepted is not None, self.sender.rejected
@@ -139,6 +151,11 @@ def _check_leg(pair: Pair, code: int, who: str | None) -> None:
         assert isinstance(ws.error, RemoteProtocolError)
         assert ws.error.close_code == code == 1007
         assert leg.closed.code == 1007
+    elif who == RELAY and code == 1007 and leg.close_received is None:
+        # The relay found invalid UTF-8 inside a frame whose start it had forwarded: nothing
+        # clean can be said to the listener any more, so its TCP connection just ends.
+        assert ws.error is None
+        assert leg.closed.code == 1006
     else:
         want = 1001 if who == RELAY else code
         assert ws.error is None
@@ -147,19 +164,25 @@ def _check_leg(pair: Pair, code: int, who: str | None) -> None:
 
 
 def _params(cases: list[Case]) -> list[object]:
-    return [pytest.param(c, mode, id=f"{c.id}-{mode}") for c in cases for mode in MODES]
+    # Category 6 also runs with validate_text=False: the listener's UTF-8 check then decides.
+    return [pytest.param(c, mode, True, id=f"{c.id}-{mode}") for c in cases for mode in MODES] + [
+        pytest.param(c, mode, False, id=f"{c.id}-{mode}-unchecked")
+        for c in cases
+        if c.id.startswith("6.")
+        for mode in MODES
+    ]
 
 
-@pytest.mark.parametrize(("case", "mode"), _params(SERVER_CASES))
-def test_row_through_relay(case: Case, mode: str) -> None:
-    pair = Pair()
+@pytest.mark.parametrize(("case", "mode", "validate_text"), _params(SERVER_CASES))
+def test_row_through_relay(case: Case, mode: str, validate_text: bool) -> None:
+    pair = Pair(validate_text=validate_text)
     sender = pair.sender
     pair.write_all(writes_for(mode, case.frames))
     if case.after:
         pair.write_all(writes_for(mode, case.after))
     expect = case.whole if (mode == "whole" and case.whole is not None) else case.expect
     assert expect[-1] == EOF
-    who = detected_by(case)
+    who = detected_by(case, validate_text)
     if who == LISTENER:
         # The listener's close is forwarded; the relay waits for the sender's answer.
         assert sender.output() == expect[:-1]
@@ -185,10 +208,11 @@ def test_row_through_relay(case: Case, mode: str) -> None:
 def test_every_row_is_run_and_classified() -> None:
     ids = {c.id for c in SERVER_CASES}
     assert {"1.1.1", "2.10", "3.7", "4.2.5", "5.20", "6.23.7", "7.13.2", "10.1.1", "X.9"} <= ids
-    by_listener = {c.id for c in SERVER_CASES if detected_by(c) == LISTENER}
+    by_listener = {c.id for c in SERVER_CASES if detected_by(c, False) == LISTENER}
     by_relay = {c.id for c in SERVER_CASES if detected_by(c) == RELAY}
     assert all(c.code == 1007 for c in SERVER_CASES if c.id in by_listener)
     assert "6.3.1" in by_listener and "6.4.4" in by_listener and "7.5.1" in by_relay
+    assert by_listener <= by_relay and not any(detected_by(c) == LISTENER for c in SERVER_CASES)
     assert {
         "2.5",
         "3.1",
@@ -253,8 +277,9 @@ def test_5_19_pongs_during_pause(split: bool) -> None:
 @pytest.mark.parametrize("row", ["6.4.1", "6.4.2", "6.4.3", "6.4.4"])
 def test_6_4_fail_fast_through_relay(row: str, split: bool) -> None:
     """Strict end to end: the listener's 1007 reaches the sender as soon as the bad byte has
-    passed the relay, even inside an unfinished frame; TCP closes once the sender answers."""
-    pair = Pair()
+    passed the relay, even inside an unfinished frame; TCP closes once the sender answers
+    (``validate_text=False``: the relay does not check)."""
+    pair = Pair(validate_text=False)
     steps = [(data, [item for item in new if item != EOF]) for data, new in _utf8_pause_steps(row)]
     _steps(pair, steps, split)
     assert not pair.sender.tcp_closed
@@ -264,10 +289,52 @@ def test_6_4_fail_fast_through_relay(row: str, split: bool) -> None:
     _check_leg(pair, 1007, LISTENER)
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["writes", "bytes"])
+@pytest.mark.parametrize("row", ["6.4.1", "6.4.2", "6.4.3", "6.4.4"])
+def test_6_4_fail_fast_by_the_relay(row: str, split: bool) -> None:
+    """With ``validate_text`` the relay itself fails the sender with 1007 as soon as the bad byte
+    arrives, even inside an unfinished frame, and closes TCP at once (as a direct server does);
+    the listener never receives the invalid text."""
+    pair = Pair()
+    steps = _utf8_pause_steps(row)
+    _steps(pair, steps[:2], split)
+    assert pair.sender.tcp_closed
+    pair.assert_pair_gone()
+    assert pair.leg.messages == []
+    _check_leg(pair, 1007, RELAY)
+
+
+def test_relay_fails_invalid_text_a_listener_would_not_check() -> None:
+    """Issue 12: a listener that does not validate UTF-8 (hyco-ws 1.0.5 on ws 1.1.5) would echo
+    invalid text; the relay fails the sender with 1007 before any of it reaches the listener, so
+    the sender sees what a conforming server does. Here the message ends inside a code point: the
+    failure falls between frames and the listener's leg hears 1001."""
+    pair = Pair()
+    pair.write_all([raw_frame(OP_TEXT, "κόσμε".encode() + b"\xe2\x82", fin=False),
+                    raw_frame(OP_CONT, b"")])
+    assert pair.sender.output() == [closed(1007), EOF]
+    pair.assert_pair_gone()
+    assert pair.leg.messages == []
+    _check_leg(pair, 1007, RELAY)
+    assert pair.leg.close_received is not None and pair.leg.close_received.code == 1001
+
+
+def test_unchecked_relay_forwards_invalid_text() -> None:
+    """``validate_text=False``: the relay forwards invalid text untouched; only a listener that
+    checks UTF-8 (ours) fails it."""
+    pair = Pair(validate_text=False)
+    pair.write_all([raw_frame(OP_TEXT, b"\xed\xa0\x80")])
+    assert pair.sender.output() == [closed(1007)]
+    _check_leg_pending = pair.leg.ws
+    assert _check_leg_pending is not None and isinstance(_check_leg_pending.error,
+                                                         RemoteProtocolError)
+
+
 def test_nothing_answered_after_the_listeners_1007() -> None:
     """After the listener failed with 1007, the sender's later frames still pass the relay but
-    nothing answers them: no pong, no echo."""
-    pair = Pair()
+    nothing answers them: no pong, no echo (``validate_text=False``: the relay does not
+    check)."""
+    pair = Pair(validate_text=False)
     pair.write_all(
         [raw_frame(OP_TEXT, b"\xff"), raw_frame(OP_PING, "late"), raw_frame(OP_TEXT, "late")]
     )

@@ -77,6 +77,12 @@ class ServiceConfig:
     #: body (≤ 64 KiB, larger ones go on a rendezvous) and a ``response`` head with up to
     #: 32 KiB of headers, which JSON escaping at most doubles: 256 KiB leaves room for both.
     max_control_message: int = 256 * 1024
+    #: Validate the UTF-8 of relayed text messages as they stream (the pair's Forwarders): the
+    #: first invalid byte fails the sending leg with 1007; the other leg hears 1001 (only a TCP
+    #: close when the failure fell inside a frame already begun on its side). A listener that
+    #: does not check UTF-8 (hyco-ws) would otherwise echo it. Binary messages are never looked
+    #: at. The real service does not decode text; False relays it unchecked.
+    validate_text: bool = True
     #: A hybrid connection created on first use (not strict, not declared) is forgotten after
     #: this many idle seconds: no listener, no sender waiting, no request in flight.
     auto_expiry: float = 300.0

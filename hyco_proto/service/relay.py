@@ -373,7 +373,8 @@ class RelayLeg(Handler):
     def __init__(self, svc: ServiceCore, conn: Connection, peer: int) -> None:
         super().__init__(svc, conn)
         self.peer = peer
-        self.fwd = Forwarder(masked=True, max_frame_size=svc.max_frame_size)
+        self.fwd = Forwarder(masked=True, max_frame_size=svc.max_frame_size,
+                             validate_utf8=svc.broker.config.validate_text)
         self.close_in = False  # this leg's close frame has passed to the peer
         self.eof = False  # this leg's TCP connection has ended
         self.closing_deadline: float | None = None  # tear the pair down by then

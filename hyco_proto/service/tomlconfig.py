@@ -10,6 +10,7 @@ The format is documented, with an example, in ``docs/emulator.md``::
     token_grace = 60            # seconds a listener may stay after its token expired
     max_listeners = 25
     max_control_message = 262144  # bytes; bigger control-channel messages are closed with 1009
+    validate_text = true        # relayed text must be UTF-8, else 1007 (false: unchecked)
 
     [tls]                       # optional: serve wss:// instead of ws://
     self_signed = true          # or cert = "cert.pem" and key = "key.pem"
@@ -331,7 +332,7 @@ _HUB_KEYS = ("event_handlers",)
 _HANDLER_KEYS = ("url_template", "user_events", "system_events")
 _SERVER_KEYS = ("host", "port", "namespace", "strict", "token_grace", "auto_expiry",
                 "max_listeners",
-                "accept_timeout", "max_control_message")
+                "accept_timeout", "max_control_message", "validate_text")
 _TLS_KEYS = ("cert", "key", "self_signed", "state_dir")
 _RULE_KEYS = ("name", "key", "rights")
 _HC_KEYS = ("requires_client_authorization", "rules")
@@ -409,6 +410,7 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
             (service, "max_listeners", server.integer("max_listeners", low=1, high=100000)),
             (service, "max_control_message",
              server.integer("max_control_message", low=1024, high=1 << 30)),
+            (service, "validate_text", server.boolean("validate_text")),
         ]
         for target, name, value in settings_found:
             if value is not None:

@@ -8,9 +8,12 @@ the relay, a ``RelayedServer`` echoes every message. The sender reads until the 
 and compares the messages, pongs and close frames it got with the row; the listener's leg must
 end with the expected close code (1001 when the relay failed the sender's leg).
 
-As in memory, bad UTF-8 (6.3.1) is detected by the listener, whose 1007 close the relay forwards:
-the relay closes the sender's TCP connection only once the sender has answered that close, so
-the sender here answers it like Autobahn's client. Every wait is bounded.
+As in memory, bad UTF-8 (6.3.1) is detected by the relay (``validate_text``, the default): it
+fails the sender's leg with 1007 and closes TCP; the invalid byte falls inside a frame whose
+start was forwarded, so the listener's leg just ends (1006). With ``validate_text=False``
+(``-unchecked``) the listener detects it and the relay forwards its 1007: the relay closes the
+sender's TCP connection only once the sender has answered that close, so the sender here answers
+it like Autobahn's client. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from hyco_proto.adapters.asyncio import (
     RelayServiceServer,
 )
 from hyco_proto.handshake import ClientHandshake, HandshakeAccepted
+from hyco_proto.service.config import ServiceConfig
 from tests.test_conformance import SERVER_CASES, Case
 from tests.wsutil import EOF, complete_frames_length, decode_output, parse_frames, writes_for
 from tests.wsutil import close as close_frame
@@ -51,7 +55,7 @@ ROWS = {
     "5.9": ("whole",),
     "5.18": ("whole",),
     "5.20": ("whole", "frames", "bytes"),
-    "6.3.1": ("whole", "frames", "bytes"),
+    "6.3.1": ("whole",),
     "7.1.1": ("whole", "frames"),
     "7.3.1": ("whole", "frames"),
     "7.3.6": ("whole",),
@@ -63,14 +67,18 @@ ROWS = {
     "X.2": ("whole",),
 }
 CASES = {c.id: c for c in SERVER_CASES if c.id in ROWS}
-#: Rows the echoing listener fails (the relay does not decode text); the rest are the relay's.
-LISTENER_FAILS = {"6.3.1"}
+#: Rows the echoing listener fails when the relay does not check text (``validate_text=False``).
+LISTENER_FAILS = {"6.3.1": ("whole", "frames", "bytes")}
 
 
 def _params() -> list[object]:
     return [
-        pytest.param(CASES[row], mode, id=f"{row}-{mode}")
+        pytest.param(CASES[row], mode, True, id=f"{row}-{mode}")
         for row, modes in ROWS.items()
+        for mode in modes
+    ] + [
+        pytest.param(CASES[row], mode, False, id=f"{row}-{mode}-unchecked")
+        for row, modes in LISTENER_FAILS.items()
         for mode in modes
     ]
 
@@ -82,7 +90,8 @@ def test_rows_exist_and_have_no_one_write_alternative() -> None:
 
 
 @asynccontextmanager
-async def echo_relay(legs: list[RelayedWebSocket]) -> AsyncIterator[RelayServiceServer]:
+async def echo_relay(legs: list[RelayedWebSocket], validate_text: bool = True
+                     ) -> AsyncIterator[RelayServiceServer]:
     async def echo(ws: RelayedWebSocket) -> None:
         legs.append(ws)
         try:
@@ -91,7 +100,8 @@ async def echo_relay(legs: list[RelayedWebSocket]) -> AsyncIterator[RelayService
         except RelayConnectionClosed:
             pass
 
-    async with RelayServiceServer(port=0) as relay:
+    async with RelayServiceServer(port=0, config=ServiceConfig(validate_text=validate_text)) \
+            as relay:
         uri = f"{relay.url}/$hc/myhc"
         async with RelayedServer(uri, lambda: token(uri), connection=echo, keepalive_interval=None):
             yield relay
@@ -138,11 +148,12 @@ async def _write(writer: asyncio.StreamWriter, writes: list[bytes]) -> None:
         await bounded(writer.drain())
 
 
-@pytest.mark.parametrize(("case", "mode"), _params())
+@pytest.mark.parametrize(("case", "mode", "validate_text"), _params())
 @async_test
-async def test_row_through_relay_sockets(case: Case, mode: str) -> None:
+async def test_row_through_relay_sockets(case: Case, mode: str, validate_text: bool) -> None:
     legs: list[RelayedWebSocket] = []
-    async with echo_relay(legs) as relay:
+    listener_fails = case.id in LISTENER_FAILS and not validate_text
+    async with echo_relay(legs, validate_text) as relay:
         reader, writer, buf = await raw_connect(relay)
         try:
             await _write(writer, writes_for(mode, case.frames))
@@ -153,7 +164,7 @@ async def test_row_through_relay_sockets(case: Case, mode: str) -> None:
                 assert not await _read_until(reader, buf, replies)
                 assert decode_output([bytes(buf)], expect_masked=False) == case.expect[:replies]
                 await _write(writer, writes_for(mode, case.after))
-            if case.id in LISTENER_FAILS:
+            if listener_fails:
                 # The listener's close arrives; the relay keeps TCP open for our answer.
                 assert not await _read_until(reader, buf, len(case.expect) - 1)
                 assert decode_output([bytes(buf)], expect_masked=False) == case.expect[:-1]
@@ -169,8 +180,10 @@ async def test_row_through_relay_sockets(case: Case, mode: str) -> None:
         assert len(legs) == 1
         leg = legs[0]
         await bounded(leg.wait_closed())
-        if case.id in LISTENER_FAILS:
+        if listener_fails:
             want = 1007
+        elif case.id.startswith("6."):
+            want = 1006  # the relay failed the sender inside a frame it had begun forwarding
         elif case.failed:
             want = 1001
         else:
