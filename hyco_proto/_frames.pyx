@@ -166,7 +166,8 @@ cdef extern from *:
        tail >= 0: the message ends tail bytes after s[n - 1], so a lead byte whose sequence
        cannot be completed before that is invalid itself (fail fast at the final frame).
        Returns the index of the first invalid byte, or n when all n bytes are valid so far.
-       ASCII runs are skipped 16 bytes, then 8, at a time. */
+       ASCII runs are skipped 16 bytes, then 8, at a time; a sequence that lies whole in the
+       buffer is checked in one step (it completes, so the tail rule cannot apply to it). */
     static Py_ssize_t hyco_utf8_check(const uint8_t *s, Py_ssize_t n, uint32_t *state,
                                       Py_ssize_t tail) {
         uint32_t need = *state >> 16, lo = *state & 0xFF, hi = (*state >> 8) & 0xFF;
@@ -194,13 +195,32 @@ cdef extern from *:
             }
             lo = 0x80; hi = 0xBF;
             if (c < 0xC2) return i;
-            else if (c < 0xE0) need = 1;
-            else if (c < 0xF0) {
-                need = 2;
+            else if (c < 0xE0) {
+                if (i + 1 < n) {  /* whole 2-byte sequence in the buffer */
+                    if ((s[i + 1] & 0xC0) != 0x80) return i + 1;
+                    i += 2;
+                    continue;
+                }
+                need = 1;
+            } else if (c < 0xF0) {
                 if (c == 0xE0) lo = 0xA0; else if (c == 0xED) hi = 0x9F;
+                if (i + 2 < n) {
+                    if (s[i + 1] < lo || s[i + 1] > hi) return i + 1;
+                    if ((s[i + 2] & 0xC0) != 0x80) return i + 2;
+                    i += 3;
+                    continue;
+                }
+                need = 2;
             } else if (c < 0xF5) {
-                need = 3;
                 if (c == 0xF0) lo = 0x90; else if (c == 0xF4) hi = 0x8F;
+                if (i + 3 < n) {
+                    if (s[i + 1] < lo || s[i + 1] > hi) return i + 1;
+                    if ((s[i + 2] & 0xC0) != 0x80) return i + 2;
+                    if ((s[i + 3] & 0xC0) != 0x80) return i + 3;
+                    i += 4;
+                    continue;
+                }
+                need = 3;
             } else return i;
             if (tail >= 0 && (Py_ssize_t)need > n - 1 - i + tail) return i;
             i++;
