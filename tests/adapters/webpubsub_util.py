@@ -122,13 +122,15 @@ class CutProxy:
         """Reset every connection now (SO_LINGER 0: an RST, no closing handshake)."""
         with self._lock:
             socks, self._socks = self._socks, []
-            self.holding = False
         for sock in socks:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RD)  # wakes its pump without sending a FIN
             sock.close()
+        # Only now: a pump still holding bytes it read before the cut has nowhere to send them
+        # (clearing this first let a held ack through to the client in a race).
+        self.holding = False
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
