@@ -317,12 +317,13 @@ async def test_unread_messages_are_bounded_by_max_queue(hub: RelayServiceThread)
         await reader.join_group("flow")
         reader.messages(max_queue=1)  # dropped at once: it holds nothing back
         slow = reader.messages(timeout=WAIT, max_queue=2)
-        for n in range(6):
+        for n in range(40):
             await writer.send_to_group("flow", n, "json")
-        await until(lambda: slow._queue.qsize() == 2)
+        await until(lambda: slow._queue.qsize() >= 2)
         await asyncio.sleep(0.2)
-        assert slow._queue.qsize() == 2  # the client stopped reading
-        assert [(await slow.__anext__()).value for _ in range(6)] == list(range(6))
+        # The client stopped reading: max_queue, plus at most what one socket read held.
+        assert 2 <= slow._queue.qsize() < 40
+        assert [(await slow.__anext__()).value for _ in range(40)] == list(range(40))
 
 
 @async_test
