@@ -39,6 +39,8 @@ __all__ = ["READ_LIMIT", "HttpResponse", "relayed_request"]
 
 #: Response body bytes that may wait for the caller before the transport stops reading.
 READ_LIMIT = 256 * 1024
+#: A fixed request body up to this size is written together with the head.
+_WITH_HEAD = 64 * 1024
 
 Body = bytes | bytearray | memoryview | str | Iterable[bytes] | AsyncIterable[bytes] | None
 
@@ -255,9 +257,18 @@ async def _send(link: Link, exchange: HttpExchange, body: object,
             return False
         return not exchange.finished
 
+    fixed = request.fixed_body
+    if fixed is not None and len(fixed) <= _WITH_HEAD:
+        # A small body goes out with the head in one write: a server that answers before it
+        # reads the body (Node's http with Connection: close, e.g. @azure/web-pubsub-express
+        # for connected/disconnected events) then still finds the whole body in its buffer.
+        if fixed:
+            exchange.send_body(fixed)
+        exchange.end_body()
+        await flush()
+        return
     if not await flush():
         return
-    fixed = request.fixed_body
     if fixed is not None:
         for piece in body_pieces(fixed):
             exchange.send_body(piece)
