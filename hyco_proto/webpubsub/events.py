@@ -37,6 +37,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote, urlsplit
 
+from .._text import printable
 from .messages import BinaryData, Data, JsonData, TextData
 
 __all__ = [
@@ -234,9 +235,8 @@ def _states(headers: Iterable[tuple[str, str]]) -> dict[str, Any] | None:
 
 
 def _reason(body: bytes, status: int) -> str:
-    text = body[:_MAX_REASON].decode("utf-8", "replace")
-    # A reason goes into an HTTP status line and a log line: no control characters.
-    text = "".join(ch if ch.isprintable() else " " for ch in text).strip()
+    # A reason goes into an HTTP status line and a log line: no raw control characters.
+    text = printable(body[:_MAX_REASON].decode("utf-8", "replace").strip(), _MAX_REASON)
     return text or f"the event handler answered {status}"
 
 
