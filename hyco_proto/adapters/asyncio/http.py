@@ -265,6 +265,7 @@ async def _send(link: Link, exchange: HttpExchange, body: object,
         if fixed:
             exchange.send_body(fixed)
         exchange.end_body()
+        link.write(b"".join(exchange.data_to_send()))  # one write: one segment, not two
         await flush()
         return
     if not await flush():
