@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import ssl
@@ -34,7 +35,7 @@ import urllib.request
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from ._version import __version__
 from .errors import ProtocolError, RelayError
@@ -46,6 +47,12 @@ from .service.tomlconfig import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     DEFAULT_WEBPUBSUB_PORT,
+    MAX_ACCEPT_TIMEOUT,
+    MAX_AUTO_EXPIRY,
+    MAX_CONTROL_MESSAGE,
+    MAX_LISTENERS_LIMIT,
+    MAX_TOKEN_GRACE,
+    MIN_CONTROL_MESSAGE,
     ConfigError,
     EmulatorConfig,
     TlsConfig,
@@ -141,6 +148,14 @@ def _emulator_config(args: argparse.Namespace) -> EmulatorConfig:
         service.token_grace = args.token_grace
     if args.max_listeners is not None:
         service.max_listeners = args.max_listeners
+    if args.accept_timeout is not None:
+        service.accept_timeout = args.accept_timeout
+    if args.auto_expiry is not None:
+        service.auto_expiry = args.auto_expiry
+    if args.max_control_message is not None:
+        service.max_control_message = args.max_control_message
+    if args.validate_text is not None:
+        service.validate_text = args.validate_text
     if args.namespace is not None:
         service.namespace = args.namespace
     apply_default_key(service, args.key)
@@ -942,6 +957,65 @@ def _seconds(text: str) -> float:
     return value
 
 
+_N = TypeVar("_N", int, float)
+
+
+def _shown(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:g}"
+
+
+def _ranged(kind: Callable[[str], _N], low: float, high: float, what: str,
+            low_open: bool = False) -> Callable[[str], _N]:
+    """An argparse type: ``kind(text)`` within ``[low, high]`` (``(low, high]`` when
+    ``low_open``); the error says what is allowed (argparse names the flag)."""
+
+    def parse(text: str) -> _N:
+        value = kind(text)
+        if value != value or (value <= low if low_open else value < low) or value > high:
+            bound = f"more than {_shown(low)}" if low_open else f"at least {_shown(low)}"
+            raise argparse.ArgumentTypeError(f"must be {what} {bound} and at most "
+                                             f"{_shown(high)}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1 << 20, "mb": 1 << 20,
+               "mib": 1 << 20}
+
+
+def _size(text: str) -> int:
+    """Bytes: ``262144``, ``256K`` / ``256KiB``, ``1M`` / ``1MiB`` (binary units)."""
+    match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
+    unit = _SIZE_UNITS.get(match.group(2).lower()) if match else None
+    if match is None or unit is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size in bytes (e.g. 262144, 256K or 1M)")
+    return int(match.group(1)) * unit
+
+
+#: Ranges of the emulator's flags, the same as the config file's (tomlconfig.py).
+_MAX_LISTENERS = _ranged(_integer, 1, MAX_LISTENERS_LIMIT, "a number of listeners")
+_ACCEPT_TIMEOUT = _ranged(_number, 0, MAX_ACCEPT_TIMEOUT, "a number of seconds", low_open=True)
+_AUTO_EXPIRY = _ranged(_number, 0, MAX_AUTO_EXPIRY, "a number of seconds", low_open=True)
+_TOKEN_GRACE = _ranged(_number, 0, MAX_TOKEN_GRACE, "a number of seconds")
+_CONTROL_MESSAGE = _ranged(_size, MIN_CONTROL_MESSAGE, MAX_CONTROL_MESSAGE, "a size in bytes")
+
+
 #: Fields of the service's structured log lines (``hyco_proto.service.events.log_event``).
 _EVENT_FIELDS = ("event", "client", "tracking", "what", "why", "status")
 
@@ -1007,10 +1081,27 @@ def build_parser() -> argparse.ArgumentParser:
     emu.add_argument("--state-dir", metavar="DIR",
                      help="where the development certificate is kept (default "
                           "~/.hyco_proto, or $HYCO_PROTO_STATE_DIR)")
-    emu.add_argument("--token-grace", type=_seconds, metavar="SECONDS",
+    emu.add_argument("--token-grace", type=_TOKEN_GRACE, metavar="SECONDS",
                      help="keep a listener this long after its token expired (default 60)")
-    emu.add_argument("--max-listeners", type=int, metavar="N",
-                     help="listeners per hybrid connection (default 25)")
+    emu.add_argument("--max-listeners", type=_MAX_LISTENERS, metavar="N",
+                     help=f"listeners per hybrid connection (default 25, 1 to "
+                          f"{MAX_LISTENERS_LIMIT})")
+    emu.add_argument("--accept-timeout", type=_ACCEPT_TIMEOUT, metavar="SECONDS",
+                     help="how long a sender waits for its listener's rendezvous before 504 "
+                          f"(default 30, more than 0, at most {_shown(MAX_ACCEPT_TIMEOUT)})")
+    emu.add_argument("--auto-expiry", type=_AUTO_EXPIRY, metavar="SECONDS",
+                     help="forget a hybrid connection created on first use after this many "
+                          "idle seconds: no listener, no sender waiting, no request in flight "
+                          f"(default 300, more than 0, at most {_shown(MAX_AUTO_EXPIRY)}, a year)")
+    emu.add_argument("--max-control-message", type=_CONTROL_MESSAGE, metavar="BYTES",
+                     help="largest message a listener may send on its control channel; a "
+                          "bigger one closes the channel with 1009 (default 256K; "
+                          f"{MIN_CONTROL_MESSAGE} bytes to {MAX_CONTROL_MESSAGE >> 20}M; "
+                          "K and M suffixes are KiB and MiB)")
+    emu.add_argument("--validate-text", action=argparse.BooleanOptionalAction, default=None,
+                     help="check the UTF-8 of relayed text messages, failing the sending leg "
+                          "with 1007 (default: on; --no-validate-text relays text unchecked, "
+                          "as Azure does)")
     emu.add_argument("--webpubsub-port", type=_port, metavar="PORT",
                      help="port of the Web PubSub hubs (default 8080, or a free port when "
                           "8080 is taken; 0 picks a free one)")

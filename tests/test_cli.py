@@ -409,3 +409,70 @@ def test_tls_cert_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert status == 1 and "TLS certificate file" in err and "does not exist" in err
     status, _, err = hyco(["emulator", "--tls-cert", "x.pem"], capsys)
     assert status == 1 and "--tls-cert and --tls-key go together" in err
+
+
+# -------------------------------------------------------------------------------------------
+# hyco emulator: the [server] settings as flags (parsed in-process, no server started)
+
+
+def _emulator_settings(*argv: str) -> Any:
+    args = cli.build_parser().parse_args(["emulator", *argv])
+    return cli._emulator_config(args).service
+
+
+def test_emulator_flags_for_server_settings_override_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "emu.toml"
+    config.write_text("[server]\nauto_expiry = 60\nmax_control_message = 4096\n"
+                      "validate_text = false\naccept_timeout = 20\n")
+    from_file = _emulator_settings("--config", str(config))
+    assert (from_file.auto_expiry, from_file.max_control_message, from_file.validate_text,
+            from_file.accept_timeout) == (60.0, 4096, False, 20.0)
+    flags = _emulator_settings("--config", str(config), "--auto-expiry", "900",
+                               "--max-control-message", "512K", "--validate-text",
+                               "--accept-timeout", "5")
+    assert (flags.auto_expiry, flags.max_control_message, flags.validate_text,
+            flags.accept_timeout) == (900.0, 512 * 1024, True, 5.0)
+    assert _emulator_settings("--no-validate-text").validate_text is False
+    assert _emulator_settings("--max-control-message", "1M").max_control_message == 1 << 20
+    assert _emulator_settings("--max-control-message", "2048").max_control_message == 2048
+    defaults = _emulator_settings()
+    assert (defaults.auto_expiry, defaults.max_control_message, defaults.validate_text,
+            defaults.accept_timeout) == (300.0, 256 * 1024, True, 30.0)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--auto-expiry", "0"], "argument --auto-expiry: must be a number of seconds more than 0 "
+                             "and at most 31536000, got '0'"),
+    (["--auto-expiry", "-1"], "argument --auto-expiry: must be a number of seconds more than 0"),
+    (["--auto-expiry", "1e12"], "argument --auto-expiry: must be a number of seconds more than 0"),
+    (["--auto-expiry", "nan"], "argument --auto-expiry: must be"),
+    (["--auto-expiry", "soon"], "argument --auto-expiry: 'soon' is not a number of seconds"),
+    (["--max-control-message", "0"], "argument --max-control-message: must be a size in bytes "
+                                     "at least 1024 and at most 67108864, got '0'"),
+    (["--max-control-message", "-5"], "argument --max-control-message: '-5' is not a size"),
+    (["--max-control-message", "1G"], "argument --max-control-message: '1G' is not a size"),
+    (["--max-control-message", "100M"], "argument --max-control-message: must be a size"),
+    (["--accept-timeout", "0"], "argument --accept-timeout: must be a number of seconds more "
+                                "than 0 and at most 86400"),
+    (["--max-listeners", "0"], "argument --max-listeners: must be a number of listeners at "
+                               "least 1 and at most 100000, got '0'"),
+    (["--token-grace", "inf"], "argument --token-grace: must be a number of seconds at least 0"),
+    (["--validate-text=no"], "argument --validate-text"),
+])
+def test_emulator_flags_refuse_invalid_values_naming_the_flag(
+        argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.build_parser().parse_args(["emulator", *argv])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_emulator_help_and_docs_list_the_server_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["emulator", "--help"])
+    text = capsys.readouterr().out
+    docs = (ROOT / "docs" / "emulator.md").read_text()
+    for flag in ("--auto-expiry", "--max-control-message", "--no-validate-text",
+                 "--accept-timeout"):
+        assert flag in text
+        assert f"`{flag}" in docs, f"docs/emulator.md lists {flag}"

@@ -74,6 +74,12 @@ __all__ = [
     "DEFAULT_PORT",
     "DEFAULT_TLS_PORT",
     "DEFAULT_WEBPUBSUB_PORT",
+    "MAX_ACCEPT_TIMEOUT",
+    "MAX_AUTO_EXPIRY",
+    "MAX_CONTROL_MESSAGE",
+    "MAX_LISTENERS_LIMIT",
+    "MAX_TOKEN_GRACE",
+    "MIN_CONTROL_MESSAGE",
     "ConfigError",
     "EmulatorConfig",
     "TlsConfig",
@@ -91,6 +97,15 @@ DEFAULT_PORT = 9090
 DEFAULT_TLS_PORT = 9443
 #: The Web PubSub hubs' port (the official Web PubSub emulator's).
 DEFAULT_WEBPUBSUB_PORT = 8080
+#: Ranges of the ``[server]`` settings (the ``hyco emulator`` flags use the same ones).
+MAX_LISTENERS_LIMIT = 100000
+#: Seconds: more than a day for a rendezvous, or a year for the rest, is a mistake.
+MAX_ACCEPT_TIMEOUT = 86400.0
+MAX_AUTO_EXPIRY = MAX_TOKEN_GRACE = 365 * 86400.0
+#: Bytes: the largest legitimate control message is a response head with 32 KiB of headers
+#: or a 64 KiB body (docs/emulator.md); 64 MiB is room for anything sane.
+MIN_CONTROL_MESSAGE = 1024
+MAX_CONTROL_MESSAGE = 64 << 20
 
 
 class ConfigError(ValueError):
@@ -283,12 +298,16 @@ class _Table:
                                  f"got {value}")
         return value  # type: ignore[no-any-return]
 
-    def seconds(self, key: str) -> float | None:
+    def seconds(self, key: str, *, high: float, positive: bool = False) -> float | None:
         value = self._get(key, (int, float), "a number of seconds")
         if value is None:
             return None
-        if not math.isfinite(value) or value < 0:
-            raise self.rep.error([*self.path, key], f"must be a non-negative number of seconds, "
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            kind = "positive" if positive else "non-negative"
+            raise self.rep.error([*self.path, key], f"must be a {kind} number of seconds, "
+                                 f"got {value}")
+        if value > high:
+            raise self.rep.error([*self.path, key], f"must be at most {int(high)} seconds, "
                                  f"got {value}")
         return float(value)
 
@@ -404,12 +423,17 @@ def parse_config(text: str, *, source: str = "<config>", base_dir: Path | None =
             (result, "port", server.integer("port", low=0, high=65535)),
             (service, "namespace", server.string("namespace")),
             (service, "strict", server.boolean("strict")),
-            (service, "token_grace", server.seconds("token_grace")),
-            (service, "accept_timeout", server.seconds("accept_timeout")),
-            (service, "auto_expiry", server.seconds("auto_expiry")),
-            (service, "max_listeners", server.integer("max_listeners", low=1, high=100000)),
+            (service, "token_grace", server.seconds("token_grace", high=MAX_TOKEN_GRACE)),
+            # 0 s would expire every accept address, or forget a hybrid connection at once.
+            (service, "accept_timeout", server.seconds("accept_timeout", positive=True,
+                                                       high=MAX_ACCEPT_TIMEOUT)),
+            (service, "auto_expiry", server.seconds("auto_expiry", positive=True,
+                                                    high=MAX_AUTO_EXPIRY)),
+            (service, "max_listeners", server.integer("max_listeners", low=1,
+                                                      high=MAX_LISTENERS_LIMIT)),
             (service, "max_control_message",
-             server.integer("max_control_message", low=1024, high=1 << 30)),
+             server.integer("max_control_message", low=MIN_CONTROL_MESSAGE,
+                            high=MAX_CONTROL_MESSAGE)),
             (service, "validate_text", server.boolean("validate_text")),
         ]
         for target, name, value in settings_found:
