@@ -38,6 +38,8 @@ def _targets() -> dict[str, Callable[[bytes], None]]:
 
         out[f"frames:{short}:decoder"] = decoder
         out[f"frames:{short}:forwarder"] = forwarder
+    # Both kernels' UTF-8 validation (and the WebSocket connection's) against Python's decoder.
+    out["utf8:differential"] = targets.utf8
     return out
 
 

@@ -7,8 +7,11 @@ by the atheris harness (``fuzz/run.py``, ``make fuzz``).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import dataclasses
 import importlib
+import itertools
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -41,7 +44,10 @@ def _allow(fn: Callable[[Any], object], *errors: type[BaseException]) -> Callabl
     def target(data: Any) -> None:
         with contextlib.suppress(*errors):
             fn(data)
-    target.__name__ = getattr(fn, "__name__", "target")
+    name = getattr(fn, "__name__", "target")
+    module = getattr(fn, "__module__", "") or ""
+    # Qualified by module: uris and endpoints both have a parse_connection_string.
+    target.__name__ = name if module == __name__ else f"{module.rsplit('.', 1)[-1]}.{name}"
     return target
 
 
@@ -158,3 +164,202 @@ def forwarder(kernel: ModuleType, chunks: list[bytes]) -> None:
         if fwd.error_code:
             assert fwd.error_code in (1002, 1007, 1009), fwd.error_code
             break
+
+
+# -- UTF-8 validation: both kernels' Forwarder and the WebSocket connection against Python ------
+
+#: Mask keys a message may be sent with (the fuzzer picks one; all zero leaves bytes as they are).
+UTF8_KEYS = (b"\x00\x00\x00\x00", b"\x37\xfa\x21\x3d", b"\xff\xff\xff\xff", b"\x80\x7f\x80\x7f")
+_COMPLETIONS = (0x80, 0x90, 0xA0, 0xBF)  # enough to complete any valid prefix of a code point
+
+
+def _valid_prefix(seq: bytes) -> bool:
+    """Can ``seq`` (from a code point boundary, at most 4 bytes) be completed to valid UTF-8?"""
+    for extra in range(5 - len(seq)):
+        for tail in itertools.product(_COMPLETIONS, repeat=extra):
+            try:
+                (seq + bytes(tail)).decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            return True
+    return False
+
+
+def utf8_reference(payload: bytes) -> tuple[int, int] | None:
+    """Python's strict decoder as the oracle: None for valid UTF-8, else ``(start, bad)`` where
+    ``payload[:start]`` is valid and ends at a code point boundary (``UnicodeDecodeError.start``)
+    and ``payload[bad]`` is the first byte that no valid UTF-8 can have there; ``bad ==
+    len(payload)`` when the message ends inside a code point (detectable only at its end)."""
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        start = exc.start
+    else:
+        return None
+    for i in range(start, min(start + 4, len(payload))):
+        if not _valid_prefix(payload[start:i + 1]):
+            return start, i
+    return start, len(payload)
+
+
+@dataclasses.dataclass
+class Utf8Wire:
+    """A message on the wire from a client (masked), and where its payload bytes lie."""
+
+    wire: bytes
+    prefix: bytes  # payload of the message sent before it (forwarded first), if any
+    positions: list[int]  # wire offset of each payload byte
+    final_start: int  # payload offset where the final fragment begins
+    end: int  # wire offset of the message's last byte
+    reads: list[bytes]
+    read_starts: list[int]  # wire offset where each read begins
+
+    def read_of(self, offset: int) -> int:
+        """Index of the read that holds wire byte ``offset``."""
+        return bisect.bisect_right(self.read_starts, offset) - 1
+
+
+def _frame(opcode: int, payload: bytes, fin: bool, rsv: int, key: bytes) -> bytes:
+    from hyco_proto import _frames_py
+
+    return (_frames_py.encode_header(opcode, len(payload), fin, rsv, key)
+            + _frames_py.apply_mask(payload, key))
+
+
+def utf8_wire(payload: bytes, frag_cuts: list[int], read_cuts: list[int], mode: int) -> Utf8Wire:
+    """``mode``: bits 0-1 the message kind (0, 1 text; 2 binary; 3 text with RSV1, i.e.
+    compressed), bit 2 validation off, bit 3 a ping after the first fragment, bit 4 a message
+    before this one (bit 5: binary with invalid UTF-8, else valid text), bits 6-7 the mask key.
+    ``frag_cuts`` split the payload into fragments, ``read_cuts`` the wire into reads (both taken
+    modulo the length + 1)."""
+    key = UTF8_KEYS[mode >> 6]
+    kind = mode & 3
+    wire = bytearray()
+    prefix = b""
+    if mode & 16:
+        if mode & 32:
+            prefix = b"\xff\xc0\xed\xa0\x80"
+            wire += _frame(2, prefix, True, 0, key)
+        else:
+            prefix = "é€𝄞".encode()
+            wire += _frame(1, prefix[:3], False, 0, key) + _frame(0, prefix[3:], True, 0, key)
+    cuts = sorted({c % (len(payload) + 1) for c in frag_cuts} - {0, len(payload)})
+    bounds = [0, *cuts, len(payload)]
+    positions: list[int] = []
+    for index, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+        fin = index == len(bounds) - 2
+        opcode = (2 if kind == 2 else 1) if index == 0 else 0
+        frame = _frame(opcode, payload[lo:hi], fin, 4 if kind == 3 and index == 0 else 0, key)
+        first = len(wire) + len(frame) - (hi - lo)
+        positions.extend(range(first, first + hi - lo))
+        wire += frame
+        end = len(wire) - 1
+        if index == 0 and mode & 8:
+            wire += _frame(9, b"ping", True, 0, key)
+    splits = sorted({c % (len(wire) + 1) for c in read_cuts} - {0, len(wire)})
+    starts = [0, *splits]
+    reads = [bytes(wire[lo:hi]) for lo, hi in itertools.pairwise([*starts, len(wire)])]
+    return Utf8Wire(bytes(wire), prefix, positions, bounds[-2], end, reads, starts)
+
+
+def _forwarded(output: bytes) -> bytes:
+    """The data payload bytes in a forwarder's (unmasked, possibly cut short) output."""
+    from hyco_proto import _frames_py
+
+    decoder = _frames_py.FrameDecoder(masked=False, allowed_rsv=4)
+    chunks = decoder.feed(output)
+    assert not decoder.error_code, (decoder.error_reason, output)
+    return b"".join(chunk for opcode, chunk, _ in chunks if opcode < 8)
+
+
+def _check_failure_point(msg: Utf8Wire, ref: tuple[int, int], fail_read: int | None,
+                         forwarded: int | None, fast: bool) -> None:
+    """A failure not before the read holding the first byte of the bad code point, and no later
+    than the read holding the first byte no valid UTF-8 can have there (the message's end when it
+    ends inside a code point). ``forwarded`` (payload bytes let through) lies between the valid
+    prefix and that byte. ``fast``: a truncation is seen at the final frame, whose bytes of the
+    incomplete code point are not forwarded."""
+    start, bad = ref
+    truncated = bad == len(msg.positions)
+    deadline = msg.end if truncated else msg.positions[bad]
+    assert fail_read is not None
+    assert msg.read_of(msg.positions[start]) <= fail_read <= msg.read_of(deadline), (
+        fail_read, ref, msg.read_starts)
+    if forwarded is not None:
+        limit = (max(start, msg.final_start) if fast else bad) if truncated else bad
+        assert start <= forwarded <= limit, (forwarded, ref, msg.final_start)
+
+
+def utf8_differential(payload: bytes, frag_cuts: list[int], read_cuts: list[int],
+                      mode: int) -> None:
+    """One message through each kernel's ``Forwarder(masked=True)`` and a server-role
+    ``WebSocketConnection``: 1007 exactly when Python's strict decoder refuses the text payload,
+    at the right read, having forwarded the valid bytes and nothing from the first byte that
+    cannot be UTF-8; the kernels agree byte for byte; binary, compressed and unvalidated
+    messages pass untouched."""
+    from hyco_proto.websocket import BinaryMessage, Role, TextMessage, WebSocketConnection
+
+    msg = utf8_wire(payload, frag_cuts, read_cuts, mode)
+    kind = mode & 3
+    text = kind in (0, 1)
+    ref = utf8_reference(payload) if text else None
+    checked = ref if not mode & 4 else None
+    verdicts = []
+    for kernel in kernels():
+        fwd = kernel.Forwarder(masked=True, allowed_rsv=4 if kind == 3 else 0,
+                               validate_utf8=not mode & 4)
+        outputs: list[bytes] = []
+        fail_read = None
+        for index, chunk in enumerate(msg.reads):
+            outputs.append(fwd.feed(chunk))
+            if fwd.error_code and fail_read is None:
+                fail_read = index
+        forwarded = _forwarded(b"".join(outputs))
+        assert (msg.prefix + payload).startswith(forwarded), kernel.__name__
+        if checked is None:
+            assert fwd.error_code == 0, (kernel.__name__, fwd.error_reason)
+            assert forwarded == msg.prefix + payload, kernel.__name__
+            assert not fwd.mid_frame and fwd.buffered == 0, kernel.__name__
+        else:
+            assert fwd.error_code == 1007, (kernel.__name__, fwd.error_code, fwd.error_reason)
+            assert fwd.buffered == 0, kernel.__name__
+            _check_failure_point(msg, checked, fail_read, len(forwarded) - len(msg.prefix), True)
+        verdicts.append((fwd.error_code, fwd.error_reason, outputs, fail_read,
+                         fwd.payload_bytes, fwd.frames))
+    assert all(v == verdicts[0] for v in verdicts), [
+        (k.__name__, v[:2], v[3:]) for k, v in zip(kernels(), verdicts, strict=True)]
+    if kind == 3:
+        return  # no extension is negotiated on a plain WebSocketConnection
+    conn = WebSocketConnection(Role.SERVER)
+    fail_read = None
+    for index, chunk in enumerate(msg.reads):
+        conn.receive_data(chunk)
+        if conn.error is not None and fail_read is None:
+            fail_read = index
+    data = [e for e in conn.events_received() if isinstance(e, TextMessage | BinaryMessage)]
+    if ref is None:
+        assert conn.error is None, conn.error
+        assert data[-1].data == (payload if kind == 2 else payload.decode()), data
+    else:
+        assert conn.error is not None and conn.error.close_code == 1007, conn.error
+        assert len(data) == (1 if msg.prefix else 0), data
+        _check_failure_point(msg, ref, fail_read, None, False)
+
+
+def utf8_from_bytes(data: bytes) -> tuple[bytes, list[int], list[int], int]:
+    """Fuzzer bytes as ``utf8_differential``'s arguments: a mode byte, a byte of counts (low 3
+    bits: fragment cuts, high 5: read cuts), one byte per fragment cut, two per read cut, then
+    the payload."""
+    mode = data[0] if data else 0
+    counts = data[1] if len(data) > 1 else 0
+    nfrag, nread = counts & 7, counts >> 3
+    pos = 2
+    frag = list(data[pos:pos + nfrag])
+    pos += nfrag
+    raw = data[pos:pos + 2 * nread]
+    reads = [int.from_bytes(raw[i:i + 2], "big") for i in range(0, len(raw) - 1, 2)]
+    return data[pos + 2 * nread:], frag, reads, mode
+
+
+def utf8(data: bytes) -> None:
+    utf8_differential(*utf8_from_bytes(data))

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from fuzz import targets
@@ -98,3 +98,62 @@ def test_header_field_count_is_capped(count: int, status: bytes) -> None:
     out = b"".join(data for _, data in service.data_to_send())
     # 100 fields pass the count check (and then fail on the missing token: 401); 101 do not.
     assert out.split(b" ")[1] == status, out[:80]
+
+
+# -- UTF-8 validation: both kernels' Forwarder and the WebSocket connection vs Python's decoder --
+
+#: The classic invalid sequences (surrogates, overlongs, beyond U+10FFFF, bytes that never start
+#: a code point, lone continuations, truncated sequences) and valid boundary code points.
+UTF8_PIECES = [
+    b"\xed\xa0\x80", b"\xed\xbf\xbf", b"\xed\xa0", b"\xc0\xaf", b"\xc1\xbf", b"\xe0\x80\xaf",
+    b"\xe0\x9f\xbf", b"\xf0\x80\x80\xaf", b"\xf0\x8f\xbf\xbf", b"\xf4\x90\x80\x80",
+    b"\xf5\x80\x80\x80", b"\xf8\x88\x80\x80\x80", b"\xfe", b"\xff", b"\x80", b"\xbf", b"\x80\xbf",
+    b"\xc2", b"\xe2\x82", b"\xf0\x9f\x98", b"\xf4\x8f\xbf", b"\xc2\x41", b"\xe2\x28\xa1",
+    b"\xf0\x28\x8c\x28", b"\xed\x9f\xbf", b"\xee\x80\x80", b"\xef\xbf\xbf", b"\xf4\x8f\xbf\xbf",
+    b"\xf0\x90\x80\x80", b"\xc2\x80", b"\xdf\xbf", b"\xe0\xa0\x80", b"\x7f", b"\x00",
+    "κόσμε".encode(), "€𝄞".encode(),
+]
+UTF8_PAYLOAD = st.one_of(
+    st.text(max_size=40).map(str.encode),  # valid multi-byte text, astral planes included
+    st.lists(st.one_of(st.text(max_size=6).map(str.encode), st.sampled_from(UTF8_PIECES),
+                       st.binary(max_size=4)), max_size=12).map(b"".join),
+    st.binary(max_size=40),
+)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(UTF8_PAYLOAD, st.lists(st.integers(0, 255), max_size=5),
+       st.lists(st.integers(0, 1 << 16), max_size=12), st.integers(0, 255))
+@example(b"ab\xed\xa0\x80cd", [3], [9], 0)   # surrogate, split across frames and reads
+@example(b"\xe0\x80\xaf", [], [7], 0)        # overlong, E0 | 80 AF
+@example(b"\xf4\x90\x80\x80", [1], [], 8)    # beyond U+10FFFF, a ping between the fragments
+@example(b"ok\xe2\x82", [], [], 0)           # truncated in the final frame: fails at E2
+@example(b"ok\xe2\x82", [4], [], 0)          # ... cut before an empty final fragment
+@example(b"\xc0\xaf", [], [], 2)             # binary: never validated
+@example(b"\xc0\xaf", [], [], 3)             # compressed text (RSV1): not validated here
+@example(b"\xc0\xaf", [], [], 4)             # validation switched off
+def test_utf8_validation_matches_python(payload: bytes, frag_cuts: list[int],
+                                        read_cuts: list[int], mode: int) -> None:
+    """1007 exactly when ``payload.decode("utf-8")`` fails, no later than the read holding the
+    first byte no valid UTF-8 can have there, having forwarded the valid bytes before it and
+    nothing from it on; the two kernels agree byte for byte (``fuzz.targets.utf8_differential``,
+    also the ``utf8:differential`` atheris harness)."""
+    targets.utf8_differential(payload, frag_cuts, read_cuts, mode)
+
+
+@pytest.mark.parametrize("bad", UTF8_PIECES[:24], ids=lambda b: b.hex())
+def test_utf8_every_split(bad: bytes) -> None:
+    """Each classic sequence inside text, at every fragment boundary and every read boundary."""
+    payload = b"a\xc3\xa9" + bad + b"z"
+    for frag in range(len(payload) + 1):
+        for cut in range(6, 6 + 6 * 2 + len(payload) + 1):
+            for mode in (0, 8, 16):
+                targets.utf8_differential(payload, [frag], [cut], mode)
+
+
+def test_utf8_from_fuzzer_bytes() -> None:
+    """The atheris harness's decoding of its input: mode, counts, cuts, payload."""
+    assert targets.utf8_from_bytes(b"") == (b"", [], [], 0)
+    assert targets.utf8_from_bytes(bytes([8, 2 | 1 << 3, 5, 7, 0, 9]) + b"\xed\xa0\x80") == (
+        b"\xed\xa0\x80", [5, 7], [9], 8)
+    targets.utf8(bytes([0, 1, 2]) + "é".encode())
