@@ -138,3 +138,35 @@ def test_listener_answering_the_close_is_gone_before_the_timeout() -> None:
     assert lst.id in net.closed
     assert net.svc.broker.listener_count("myhc") == 0
     assert net.svc.next_deadline() is None or net.svc.next_deadline() > net.now  # type: ignore[operator]
+
+
+def status_of(net: Net) -> dict[str, object]:
+    conn = net.connect_raw(b"GET /$status HTTP/1.1\r\nHost: x\r\n\r\n")
+    return json.loads(parse_response(net.raw[conn])[1])  # type: ignore[no-any-return]
+
+
+def metrics_of(net: Net) -> str:
+    conn = net.connect_raw(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    return parse_response(net.raw[conn])[1].decode()
+
+
+@pytest.mark.parametrize("how", ["token", "malformed"])
+def test_status_does_not_count_a_listener_the_service_is_closing(how: str) -> None:
+    net = Net()
+    stuck = stuck_listener(net, how)
+    listen(net)
+    before = status_of(net)
+    assert before["hybrid_connections"][0]["listeners"] == 2  # type: ignore[index]
+    assert before["counters"]["listeners"] == 2  # type: ignore[index]
+    close_it(net, stuck, how)
+    assert stuck.id not in net.closed, "still waiting for the client's close"
+    doc = status_of(net)
+    assert doc["hybrid_connections"][0]["listeners"] == 1  # type: ignore[index]
+    assert doc["counters"]["listeners"] == 1  # type: ignore[index]
+    assert net.svc.broker.listener_count("myhc") == 1
+    assert 'hyco_listeners{hybrid_connection="myhc"} 1\n' in metrics_of(net)
+    net.advance(net.svc.close_timeout + 1)  # dropped: counted once, not twice
+    assert stuck.id in net.closed
+    doc = status_of(net)
+    assert doc["hybrid_connections"][0]["listeners"] == 1  # type: ignore[index]
+    assert doc["counters"]["listeners"] == 1  # type: ignore[index]

@@ -346,7 +346,8 @@ class RelayBroker:
             self.registry.update_listener(record)
 
     def listener_count(self, hc_name: str) -> int:
-        return len(self.registry.listeners_of(hc_name))
+        """Live listeners of ``hc_name``: one the service is closing no longer counts."""
+        return sum(1 for r in self.registry.listeners_of(hc_name) if not r.closing)
 
     def listener_message(
         self, now: float, listener_id: str, text: str

@@ -232,6 +232,8 @@ class ControlChannel(WebSocketHandler):
         svc.stats.listeners += 1
         svc.stats.listeners_opened += 1
         self._registered = True
+        #: Counted in ``stats.listeners`` (until the service closes it or it is gone).
+        self._counted = True
         #: Set when the service closed the channel: drop TCP by then if the client is silent.
         self.closing_deadline: float | None = None
 
@@ -244,8 +246,13 @@ class ControlChannel(WebSocketHandler):
         self._registered = False
         self.svc.unbind(f"listener:{self.listener_id}", self.id)
         self.svc.broker.close_listener(now, self.listener_id)
-        self.svc.stats.listeners -= 1
+        self._uncount()
         self.svc.listener_gone(now, self.listener_id)
+
+    def _uncount(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.svc.stats.listeners -= 1
 
     def pump(self, now: float) -> None:
         for event in self.ws.events_received():
@@ -299,6 +306,7 @@ class ControlChannel(WebSocketHandler):
             self.flush()
         if self.kind is ConnectionKind.LISTENER and self.closing_deadline is None:
             self.svc.broker.listener_closing(now, self.listener_id)
+            self._uncount()  # /$status counts live listeners only
             self.closing_deadline = now + self.svc.close_timeout
             self.svc.watch(self.id)
 

@@ -150,7 +150,8 @@ def metrics_response_body(
 
     per_hc: dict[str, int] = {}
     for record in broker.registry.all_listeners():
-        per_hc[record.hc.name] = per_hc.get(record.hc.name, 0) + 1
+        if not record.closing:  # being closed by the service: no longer a listener
+            per_hc[record.hc.name] = per_hc.get(record.hc.name, 0) + 1
     family("hyco_listeners", "gauge", "Connected listeners per hybrid connection.",
            [(f'{{hybrid_connection="{_label(name)}"}}', count)
             for name, count in sorted(per_hc.items())])
