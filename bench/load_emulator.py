@@ -1,0 +1,78 @@
+"""``hyco emulator`` as ``bench/load.py`` runs it: the real CLI, with three things around it.
+
+- ``RLIMIT_NOFILE``: the soft limit is raised to the hard one first. The emulator itself does not
+  do this (``hyco_proto/cli.py`` leaves the limit as it finds it), and a relayed pair costs it
+  two sockets, so thousands of idle pairs need it.
+- A watchdog: the parent holds our stdin open; EOF means it is gone, and we exit, so no emulator
+  outlives a load run (``bench/relays/_common.py`` does the same for the relay benchmarks).
+- With ``HYCO_LOAD_TRACEMALLOC=<file>``: ``tracemalloc`` runs from the start, and each
+  ``SIGUSR1`` writes the top allocation sites (by line, and by file) to ``<file>``. That is how
+  ``bench/load.py --tracemalloc`` finds where the memory of an idle pair goes.
+
+``python -m bench.load_emulator [hyco emulator flags]``; the banner goes to stdout, as with
+``hyco emulator``.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import sys
+import threading
+from types import FrameType
+
+
+def raise_nofile() -> tuple[int, int]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def _watch_parent() -> None:
+    def watch() -> None:
+        try:
+            sys.stdin.buffer.read()
+        finally:
+            os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _tracemalloc(path: str) -> None:
+    import tracemalloc
+
+    tracemalloc.start(4)
+
+    def dump(_signum: int, _frame: FrameType | None) -> None:
+        snapshot = tracemalloc.take_snapshot().filter_traces(
+            (tracemalloc.Filter(False, tracemalloc.__file__),))
+        lines = []
+        for key in ("lineno", "filename"):
+            stats = snapshot.statistics(key)
+            total = sum(s.size for s in stats)
+            lines.append(f"== by {key}: {total / 1024:,.0f} KiB traced in {len(stats)} sites")
+            for stat in stats[:30]:
+                frame = stat.traceback[0]
+                lines.append(f"{stat.size / 1024:12,.1f} KiB {stat.count:9,d} blocks  "
+                             f"{frame.filename}:{frame.lineno}")
+        with open(path, "a") as out:
+            out.write("\n".join(lines) + "\n\n")
+
+    signal.signal(signal.SIGUSR1, dump)
+
+
+def main() -> int:
+    raise_nofile()
+    _watch_parent()
+    trace = os.environ.get("HYCO_LOAD_TRACEMALLOC")
+    if trace:
+        _tracemalloc(trace)
+    from hyco_proto.cli import main as cli_main
+
+    return cli_main(["emulator", *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
