@@ -38,6 +38,8 @@ def _targets() -> dict[str, Callable[[bytes], None]]:
 
         out[f"frames:{short}:decoder"] = decoder
         out[f"frames:{short}:forwarder"] = forwarder
+    for starget in targets.SESSION_TARGETS:
+        out[f"session:{starget.__name__}"] = starget
     # Both kernels' UTF-8 validation (and the WebSocket connection's) against Python's decoder.
     out["utf8:differential"] = targets.utf8
     return out

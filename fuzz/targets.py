@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import importlib
 import itertools
+import json
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -363,3 +364,256 @@ def utf8_from_bytes(data: bytes) -> tuple[bytes, list[int], list[int], int]:
 
 def utf8(data: bytes) -> None:
     utf8_differential(*utf8_from_bytes(data))
+
+
+# -- the service behind a valid token: control channel, relayed HTTP, Web PubSub clients ---------
+
+RELAY_BASE = "ws://127.0.0.1:9090"
+WPS_ROLES = ("webpubsub.joinLeaveGroup", "webpubsub.sendToGroup")
+#: The ``type`` of what the service may send a JSON Web PubSub client.
+_HTTP_METHODS = (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH", b"G\x00T")
+
+
+def _relay_token(uri: str) -> str:
+    from hyco_proto.service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY
+
+    return sas.create_relay_token(uri, DEFAULT_RULE_NAME, DEVELOPMENT_KEY, 3600, now=NOW)
+
+
+class Session:
+    """The relay service (relay and Web PubSub routes) fed in memory: clients are our own
+    ``ClientConnection`` (so every frame the service writes is checked: ``ws.error`` stays None),
+    raw connections just collect the bytes. Nothing may escape the service."""
+
+    def __init__(self) -> None:
+        from hyco_proto.drivers.connection import ClientConnection
+
+        self._client_type = ClientConnection
+        self.svc = RelayService(ServiceConfig(), webpubsub=WebPubSubService(KEY))
+        self.now = NOW
+        self.clients: dict[int, Any] = {}
+        self.events: dict[int, list[object]] = {}
+        self.raw: dict[int, bytearray] = {}
+        self.closed: set[int] = set()
+
+    def client(self, url: str, *, headers: tuple[tuple[str, str], ...] = (),
+               subprotocols: tuple[str, ...] = (), service: str = "relay") -> int:
+        conn = self._client_type.from_url(url, headers=headers, subprotocols=subprotocols)
+        cid = self.svc.connection_made(self.now, ("127.0.0.1", 5000), service=service)
+        self.clients[cid] = conn
+        self.events[cid] = []
+        self.flush(cid)
+        return cid
+
+    def raw_connection(self, data: bytes, service: str = "relay") -> int:
+        cid = self.svc.connection_made(self.now, ("10.0.0.7", 4321), service=service)
+        self.raw[cid] = bytearray()
+        self.svc.receive_data(self.now, cid, data)
+        self.pump()
+        return cid
+
+    def flush(self, cid: int) -> None:
+        for chunk in self.clients[cid].data_to_send():
+            if chunk and cid not in self.closed:
+                self.svc.receive_data(self.now, cid, chunk)
+        self.pump()
+
+    def take(self, cid: int) -> list[object]:
+        events, self.events[cid] = self.events[cid], []
+        return events
+
+    def pump(self) -> None:
+        for _ in range(10_000):
+            out = self.svc.data_to_send()
+            self.svc.reading_changes()
+            if not out:
+                return
+            for cid, data in out:
+                client = self.clients.get(cid)
+                if data and client is not None:
+                    client.receive_data(data)
+                elif data:
+                    self.raw.setdefault(cid, bytearray()).extend(data)
+                elif cid not in self.closed:
+                    self.closed.add(cid)
+                    if client is not None:
+                        client.receive_eof()
+                    self.svc.connection_lost(self.now, cid)
+                if client is not None:
+                    self.events[cid] += client.events_received()
+                    for chunk in client.data_to_send():
+                        if chunk and cid not in self.closed:
+                            self.svc.receive_data(self.now, cid, chunk)
+        raise AssertionError("the service never went quiet")
+
+    def finish(self) -> None:
+        """Time passes (every timer fires), then every connection ends; the service must have
+        kept the protocol toward each of our clients."""
+        for later in (60.0, 3600.0, 7200.0):
+            self.now = NOW + later
+            self.svc.handle_timer(self.now)
+            self.pump()
+        for cid in [*self.clients, *self.raw]:
+            if cid not in self.closed:
+                self.closed.add(cid)
+                self.svc.receive_eof(self.now, cid)
+                self.svc.connection_lost(self.now, cid)
+                self.pump()
+        for cid, client in self.clients.items():
+            ws = client.ws
+            assert ws is None or ws.error is None, (cid, ws.error)
+
+
+def _texts(data: bytes, limit: int = 16) -> list[bytes]:
+    """Fuzzer bytes as up to ``limit`` messages (split at NUL)."""
+    return data.split(b"\x00")[:limit]
+
+
+def _send_message(session: Session, cid: int, piece: bytes,
+                  replacements: dict[str, str]) -> None:
+    """A piece starting with 0x01 goes as a binary message, anything else as text (UTF-8,
+    invalid bytes replaced), with ``$X`` placeholders filled in (JSON-escaped)."""
+    client = session.clients[cid]
+    if cid in session.closed or client.ws is None or not client.is_open:
+        return
+    if piece[:1] == b"\x01":
+        client.send_binary(piece[1:])
+    else:
+        text = piece.decode("utf-8", "replace")
+        for mark, value in replacements.items():
+            text = text.replace(mark, json.dumps(value)[1:-1])
+        client.send_text(text)
+    session.flush(cid)
+
+
+def control_channel(data: bytes) -> None:
+    """An authorized listener's control channel gets any messages (``$A``/``$I``: the address
+    and id of the pending accept or request), while a WebSocket sender waits (mode bit 0) and a
+    relayed HTTP request waits (bit 1)."""
+    from hyco_proto.drivers.connection import Opened
+
+    mode = data[0] if data else 0
+    session = Session()
+    listen = f"{RELAY_BASE}/$hc/myhc?sb-hc-action=listen"
+    listener = session.client(listen, headers=(("ServiceBusAuthorization", _relay_token(listen)),))
+    assert isinstance(session.take(listener)[0], Opened)
+    if mode & 1:
+        connect = f"{RELAY_BASE}/$hc/myhc?sb-hc-action=connect&sb-hc-id=fuzz"
+        session.client(connect, headers=(("ServiceBusAuthorization", _relay_token(connect)),))
+    if mode & 2:
+        session.raw_connection(b"POST /myhc/x?y=1 HTTP/1.1\r\nHost: 127.0.0.1:9090\r\n"
+                               b"ServiceBusAuthorization: " + _relay_token(
+                                   f"{RELAY_BASE}/myhc").encode() + b"\r\n"
+                               b"Content-Length: 3\r\n\r\nabc")
+    replacements = {"$A": "", "$I": ""}
+    for event in session.take(listener):
+        text = getattr(event, "data", None)
+        if isinstance(text, str):
+            command = control.parse_command(text)  # the service wrote it: it must parse
+            for name in ("address", "id"):
+                value = getattr(command, name, None)
+                if isinstance(value, str):
+                    replacements["$" + name[0].upper()] = value
+    for piece in _texts(data[1:]):
+        _send_message(session, listener, piece, replacements)
+    session.finish()
+
+
+def relayed_http(data: bytes) -> None:
+    """A sender's HTTP request (method from the mode byte; the rest of the target up to the first
+    LF, then headers and body, from the input) relayed to an authorized listener, whose answer is
+    the input after the first ``\\0\\0`` (``$I``: the request id; pieces split at NUL; bit 3 of
+    the mode: a ``response`` built from the pieces instead: status, description, header name,
+    value, body). Every command the listener gets parses into a ``RelayedRequest``; the sender
+    gets HTTP that h11 can parse."""
+    import h11
+
+    from hyco_proto.drivers.connection import Opened
+    from hyco_proto.drivers.http import RelayedRequest
+
+    mode = data[0] if data else 0
+    request, _, answer = data[1:].partition(b"\x00\x00")
+    session = Session()
+    listen = f"{RELAY_BASE}/$hc/myhc?sb-hc-action=listen"
+    listener = session.client(listen, headers=(("ServiceBusAuthorization", _relay_token(listen)),))
+    assert isinstance(session.take(listener)[0], Opened)
+    tail, _, rest = request.partition(b"\n")
+    method = _HTTP_METHODS[mode & 7]
+    head = (method + b" /myhc" + tail + b" HTTP/1.1\r\nHost: 127.0.0.1:9090\r\n"
+            b"ServiceBusAuthorization: " + _relay_token(f"{RELAY_BASE}/myhc").encode() + b"\r\n")
+    sender = session.raw_connection(head + rest)
+    ids = []
+    for event in session.take(listener):
+        text = getattr(event, "data", None)
+        if isinstance(text, str):
+            command = control.parse_command(text)  # the service wrote it: it must parse
+            if isinstance(command, control.RequestCommand):
+                ids.append(command.id)
+                if not command.is_pointer:
+                    RelayedRequest(command, "myhc")
+    pieces = _texts(answer)
+    if mode & 8 and ids:
+        status, description, name, value, body = (pieces + [b""] * 5)[:5]
+        response: dict[str, Any] = {
+            "requestId": ids[0], "statusCode": status.decode("latin-1"),
+            "statusDescription": description.decode("utf-8", "replace"),
+            "responseHeaders": {name.decode("utf-8", "replace"): value.decode("utf-8", "replace")},
+            "body": bool(mode & 16)}
+        session.clients[listener].send_text(json.dumps({"response": response}))
+        if mode & 16:
+            session.clients[listener].send_binary(body)
+        session.flush(listener)
+    else:
+        for piece in pieces:
+            _send_message(session, listener, piece, {"$I": ids[0] if ids else ""})
+    raw = bytes(session.raw.get(sender, b""))
+    session.finish()
+    if raw:
+        parser = h11.Connection(h11.CLIENT)
+        parser.send(h11.Request(method=method.decode("latin-1") if method.isalpha() else "GET",
+                                target="/", headers=[("Host", "x")]))
+        parser.send(h11.EndOfMessage())
+        parser.receive_data(raw)
+        event = parser.next_event()  # h11.RemoteProtocolError: the service wrote bad HTTP
+        assert isinstance(event, h11.Response | h11.InformationalResponse) or (
+            event is h11.NEED_DATA), (event, raw[:300])
+
+
+def webpubsub_session(data: bytes) -> None:
+    """An authorized Web PubSub client (mode bits 0-1: the JSON subprotocol, its reliable
+    variant, none, or both offered; bit 2: no roles) sends any messages while a second client has
+    joined group ``g``. The service keeps the protocol toward both and every text it sends a
+    JSON client parses as a service message."""
+    from hyco_proto.drivers.connection import Opened
+
+    mode = data[0] if data else 0
+    offers = ((messages.JSON_SUBPROTOCOL,), (messages.JSON_RELIABLE_SUBPROTOCOL,), (),
+              (messages.JSON_RELIABLE_SUBPROTOCOL, messages.JSON_SUBPROTOCOL))[mode & 3]
+    session = Session()
+
+    def connect(user: str, offer: tuple[str, ...], roles: tuple[str, ...]) -> int:
+        token = tokens.create_client_token(ENDPOINT, "chat", KEY, user_id=user, roles=roles,
+                                           now=NOW)
+        cid = session.client(f"ws://127.0.0.1:8080/client/hubs/chat?access_token={token}",
+                             subprotocols=offer, service="webpubsub")
+        assert isinstance(session.events[cid][0], Opened), session.events[cid]
+        return cid
+
+    bob = connect("bob", (messages.JSON_SUBPROTOCOL,), WPS_ROLES)
+    session.clients[bob].send_text('{"type":"joinGroup","group":"g","ackId":1}')
+    session.flush(bob)
+    alice = connect("alice", offers, () if mode & 4 else WPS_ROLES)
+    for piece in _texts(data[1:]):
+        _send_message(session, alice, piece, {})
+    session.finish()
+    for cid in (alice, bob):
+        if session.clients[cid].subprotocol is None:
+            continue
+        for event in session.events[cid]:
+            text = getattr(event, "data", None)
+            if isinstance(text, str):
+                messages.parse_service_message(text)  # the service wrote it: it must parse
+
+
+#: The service behind a valid token, each from fuzzer bytes (see each function).
+SESSION_TARGETS: list[Callable[[bytes], None]] = [control_channel, relayed_http, webpubsub_session]

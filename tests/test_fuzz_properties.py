@@ -157,3 +157,50 @@ def test_utf8_from_fuzzer_bytes() -> None:
     assert targets.utf8_from_bytes(bytes([8, 2 | 1 << 3, 5, 7, 0, 9]) + b"\xed\xa0\x80") == (
         b"\xed\xa0\x80", [5, 7], [9], 8)
     targets.utf8(bytes([0, 1, 2]) + "é".encode())
+
+
+# -- the service behind a valid token ---------------------------------------------------------
+
+SESSION_MESSAGES = st.sampled_from([
+    b'{"accept":{"address":"$A","id":"$I","connectHeaders":{}}}',
+    b'{"response":{"requestId":"$I","statusCode":200,"body":true}}', b"\x01body",
+    b'{"response":{"requestId":"$I","statusCode":"99999","responseHeaders":{"a\\r\\nb":"c"}}}',
+    b'{"response":{"requestId":"$I","statusCode":204,"statusDescription":"\\u0000\\r\\n"}}',
+    b'{"renewToken":{"token":"SharedAccessSignature sr=a&sig=b&se=9&skn=c"}}', b"[" * 200,
+    b'{"type":"joinGroup","group":"g","ackId":1}', b'{"type":"leaveGroup","group":"g"}',
+    b'{"type":"sendToGroup","group":"g","dataType":"json","data":{"a":[1]},"ackId":2}',
+    b'{"type":"sendToGroup","group":"g","dataType":"binary","data":"AAE="}',
+    b'{"type":"sendToGroup","group":"g","dataType":"protobuf","data":"!!"}',
+    b'{"type":"event","event":"e","dataType":"text","data":"x","ackId":18446744073709551615}',
+    b'{"type":"sequenceAck","sequenceId":0}', b'{"type":"ping"}', b'{"type":"joinGroup"}',
+])
+SESSION_DATA = st.builds(
+    lambda mode, pieces: bytes([mode]) + b"\x00".join(pieces), st.integers(0, 255),
+    st.lists(st.one_of(SESSION_MESSAGES, TEXT.map(lambda t: t.encode("utf-8", "surrogatepass")),
+                       st.binary(max_size=40)), max_size=6))
+HTTP_REQUESTS = st.builds(
+    lambda tail, headers, body: tail + b"\n" + b"".join(headers) + b"\r\n" + body,
+    st.sampled_from([b"", b"/a/b?c=d", b"?sb-hc-token=x", b"/%00%0D%0A", b"/ x", b"//!]"]),
+    st.lists(st.sampled_from([b"Content-Length: 3\r\n", b"Content-Length: 99999999\r\n",
+                              b"Transfer-Encoding: chunked\r\n", b"X-A: b\r\n",
+                              b"Connection: close\r\n", b"Expect: 100-continue\r\n",
+                              b"Content-Length: -1\r\n", b"\x85: \xff\r\n"]), max_size=4),
+    st.sampled_from([b"", b"abc", b"3\r\nabc\r\n0\r\n\r\n", b"x" * 70_000]))
+
+
+@pytest.mark.parametrize("target", targets.SESSION_TARGETS, ids=lambda t: t.__name__)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=SESSION_DATA)
+def test_service_behind_a_valid_token(target: Any, data: bytes) -> None:
+    """Any messages from an authorized listener (control channel, relayed HTTP answers) or Web
+    PubSub client (each subprotocol): nothing escapes, the service keeps the protocol toward our
+    clients, and what it writes parses (commands, service messages, HTTP)."""
+    target(data)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 255), HTTP_REQUESTS, st.lists(st.one_of(
+    SESSION_MESSAGES, st.sampled_from([b"200", b"99", b"1000", b"abc", b"X-Y", b"a\r\nb"]),
+    st.binary(max_size=20)), max_size=5))
+def test_relayed_http_request_and_response(mode: int, request: bytes, answer: list[bytes]) -> None:
+    targets.relayed_http(bytes([mode]) + request + b"\x00\x00" + b"\x00".join(answer))
