@@ -231,6 +231,14 @@ class RelayService:
         if self.webpubsub is not None:
             self.webpubsub.events.failed(now, call_id, reason)
 
+    def tls_failed(self, now: float, remote: tuple[str, int] | None, why: str) -> None:
+        """A client's TLS handshake failed, timed out or was abandoned (the driver does TLS;
+        such a connection never reaches the service): a handshake error, logged with the
+        client's address and throttled like the others. ``why`` must not quote client bytes."""
+        self.stats.handshake_errors += 1
+        self.refusal_log.refused(now, 0, "TLS", why, remote=remote, tracking="-",
+                                 event="handshake-failed")
+
     def peer_of(self, conn_id: int) -> int | None:
         """The connection this one's input is written to (the other leg of a relayed pair, a
         relayed request's rendezvous): the driver stops reading it while this one is full."""

@@ -238,10 +238,12 @@ class RefusalLog:
         elif win.logged < self.burst:
             win.logged += 1
             per_address.logged += 1
-            logger.log(self.level, "%s %s with %d: client=%s tracking=%s %s", event, path,
-                       status, client, tracking, description,
+            # status 0: no HTTP status, the TLS handshake failed (RelayService.tls_failed)
+            what = f"{path} with {status}" if status else path
+            logger.log(self.level, "%s %s: client=%s tracking=%s %s", event, what, client,
+                       tracking, description,
                        extra={"event": event, "client": client, "tracking": tracking,
-                              "what": f"{path} {status}", "why": description,
-                              "status": status})
+                              "what": f"{path} {status}" if status else path,
+                              "why": description, **({"status": status} if status else {})})
         else:
             win.suppressed += 1

@@ -190,6 +190,92 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
                 writer._block(self.conn_id)
 
 
+class _TlsHandshake(asyncio.Protocol):
+    """A TCP connection of a TLS port until its TLS handshake is done, then served by a
+    :class:`_ServiceProtocol` over the TLS transport. The handshake has the service's
+    ``handshake_timeout`` (as the request head has); a handshake that fails, times out or is
+    abandoned is logged by the service with the client's address (``RelayService.tls_failed``)
+    and the connection is dropped. Nothing reaches the event loop's exception handler."""
+
+    def __init__(self, server: RelayServiceServer, routes: str) -> None:
+        self._server = server
+        self._routes = routes
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # start_tls takes the connection over from here
+        peer = transport.get_extra_info("peername")
+        remote = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        server = self._server
+        assert server._loop is not None
+        task = server._loop.create_task(self._handshake(transport, remote))
+        server._handshakes.add(task)
+        task.add_done_callback(server._handshakes.discard)
+
+    async def _handshake(self, transport: asyncio.Transport,
+                         remote: tuple[str, int] | None) -> None:
+        server = self._server
+        assert server._loop is not None and server.ssl is not None
+        early = _EarlyInput()
+        try:
+            tls = await server._loop.start_tls(
+                transport, early, server.ssl, server_side=True,
+                ssl_handshake_timeout=server.service.handshake_timeout)
+        except asyncio.CancelledError:
+            transport.abort()
+            raise
+        except _ssl.SSLError as exc:  # what OpenSSL found wrong, never the client's bytes
+            why = f"TLS handshake failed: {exc.reason or type(exc).__name__}"
+            tls = None
+        except ConnectionAbortedError:  # asyncio's handshake timeout
+            why = "the TLS handshake did not complete in time"
+            tls = None
+        except ConnectionError:  # reset, or end of stream in the middle of the handshake
+            why = "the client left during the TLS handshake"
+            tls = None
+        except Exception as exc:
+            why = f"TLS handshake failed: {type(exc).__name__}"
+            tls = None
+        else:
+            why = "the client left during the TLS handshake"
+        if tls is None:
+            transport.abort()
+            server.service.tls_failed(time.time(), remote, why)
+            server._after_input(None)
+            return
+        # What arrived between the end of the handshake and now went to `early`: hand the
+        # transport to the service's protocol and replay it, in order.
+        protocol = _ServiceProtocol(server, self._routes)
+        tls.set_protocol(protocol)
+        protocol.connection_made(tls)
+        if early.data:
+            server.service.receive_data(time.time(), protocol.conn_id, bytes(early.data))
+            server._after_input(protocol.conn_id)
+        if early.eof:
+            protocol.eof_received()
+        if early.lost:
+            protocol.connection_lost(None)
+
+
+class _EarlyInput(asyncio.Protocol):
+    """Holds what a TLS connection delivers before its task has taken it over."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.eof = False
+        self.lost = False
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+
 class RelayServiceServer:
     """Serve a :class:`RelayService` on ``host``:``port`` (``port=0``: any free port).
 
@@ -247,6 +333,7 @@ class RelayServiceServer:
         self._port: int | None = None
         self._read_view = memoryview(bytearray(READ_BUFFER_SIZE))
         self._calls: set[asyncio.Task[None]] = set()
+        self._handshakes: set[asyncio.Task[None]] = set()  # TLS handshakes in progress
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -274,8 +361,12 @@ class RelayServiceServer:
     async def _bind(self, routes: str, port: int) -> asyncio.Server:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.create_server(lambda: _ServiceProtocol(self, routes), self.host,
-                                            port, ssl=self.ssl, reuse_address=True)
+            # With TLS, each connection's handshake is ours (_TlsHandshake): asyncio's TLS
+            # server drops a failed handshake silently, and only after 60 s.
+            factory: Callable[[], asyncio.BaseProtocol] = (
+                (lambda: _ServiceProtocol(self, routes)) if self.ssl is None
+                else (lambda: _TlsHandshake(self, routes)))
+            return await loop.create_server(factory, self.host, port, reuse_address=True)
         except OSError as exc:
             raise BindError(exc.errno, exc.strerror or str(exc), self.host, port,
                             routes) from exc
@@ -286,7 +377,7 @@ class RelayServiceServer:
         if server is None:
             return
         server.close()
-        for task in list(self._calls):
+        for task in [*self._calls, *self._handshakes]:
             task.cancel()
         extra, self._webpubsub_server = self._webpubsub_server, None
         if extra is not None:
