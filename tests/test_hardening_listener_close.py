@@ -170,3 +170,148 @@ def test_status_does_not_count_a_listener_the_service_is_closing(how: str) -> No
     doc = status_of(net)
     assert doc["hybrid_connections"][0]["listeners"] == 1  # type: ignore[index]
     assert doc["counters"]["listeners"] == 1  # type: ignore[index]
+
+
+# -- senders and requests waiting on a listener that closes ------------------------------------
+#
+# A sender the relay offered to a listener (``accept`` sent on its control channel) must not
+# wait out the 30 s accept timeout when that listener's control channel closes (or the service
+# closes it) before it rendezvoused: it is offered to another live listener of the hybrid
+# connection that its pinning headers allow, keeping its original deadline, or else refused at
+# once with the relay's "no listener" answer (404). Relayed HTTP requests waiting on such a
+# listener get the HTTP relay's "no listener" answer (502) at once; they are never re-sent.
+
+
+def accepts(client: WsClient) -> list[dict[str, str]]:
+    return [t["accept"] for t in client.texts() if "accept" in t]
+
+
+def pinned_sender(net: Net, allowed: str) -> WsClient:
+    uri = f"{BASE}/$hc/myhc?sb-hc-action=connect"
+    return WsClient(net, uri, [("ServiceBusAuthorization", token(f"{BASE}/$hc/myhc")),
+                               ("Microsoft-Relay-AllowedListeners", allowed)])
+
+
+def close_listener(net: Net, client: WsClient, how: str) -> None:
+    """End ``client``'s control channel: the client closes it, its TCP connection drops, or
+    the service closes it (a malformed message) and the client never answers."""
+    if how == "client-close":
+        client.conn.send_close(1000)
+        client.flush()
+    elif how == "tcp-drop":
+        net.eof(client.id)
+    else:
+        client.conn.send_text("{not json")
+        assert isinstance(client, SilentListener)
+        client.silent = True
+        for chunk in client.conn.data_to_send():
+            net.svc.receive_data(net.now, client.id, chunk)
+        net.pump()
+        assert client.id not in net.closed
+
+
+def offered_listener(net: Net, how: str) -> WsClient:
+    if how == "service-close":
+        return stuck_listener(net, "malformed")
+    return listen(net)
+
+
+WAYS = ["client-close", "tcp-drop", "service-close"]
+
+
+@pytest.mark.parametrize("how", WAYS)
+def test_sender_of_a_listener_that_closes_gets_404_at_once_without_other_listeners(
+        how: str) -> None:
+    net = Net()
+    first = offered_listener(net, how)
+    sender = ws_sender(net)
+    assert len(accepts(first)) == 1 and not sender.events
+    address = accepts(first)[0]["address"]
+    net.advance(1)
+    close_listener(net, first, how)
+    assert sender.events, "refused at once, not after the 30 s accept timeout"
+    refused = sender.events[0]
+    assert isinstance(refused, Refused) and refused.response.status == 404
+    assert sender.id in net.closed
+    assert not list(net.svc.broker.registry.all_pending()), "nothing left waiting"
+    # The accept address is gone with it: a late rendezvous is refused (403), never joined.
+    late = WsClient(net, address)
+    assert isinstance(late.events[0], Refused) and late.events[0].response.status == 403
+
+
+@pytest.mark.parametrize("how", WAYS)
+def test_sender_of_a_listener_that_closes_is_offered_to_another_live_listener(how: str) -> None:
+    net = Net()
+    first = offered_listener(net, how)
+    sender = ws_sender(net)
+    old = accepts(first)
+    assert len(old) == 1, "offered to the first listener (the only one)"
+    second = listen(net)
+    close_listener(net, first, how)
+    assert not sender.events, "still waiting: offered again"
+    new = accepts(second)
+    assert len(new) == 1
+    assert new[0]["id"] == old[0]["id"], "the same sender"
+    assert new[0]["address"] != old[0]["address"], "a fresh accept address (new secret)"
+    stale = WsClient(net, old[0]["address"])
+    assert isinstance(stale.events[0], Refused) and stale.events[0].response.status == 403
+    assert not sender.events
+    rendezvous = WsClient(net, new[0]["address"])
+    assert isinstance(rendezvous.events[0], Opened)
+    assert isinstance(sender.events[0], Opened)
+
+
+def test_reoffered_sender_keeps_its_original_deadline() -> None:
+    net = Net()
+    first = listen(net)
+    sender = ws_sender(net)
+    net.advance(20)
+    second = listen(net)
+    close_listener(net, first, "client-close")
+    assert len(accepts(second)) == 1 and not sender.events
+    net.advance(9)
+    assert not sender.events
+    net.advance(2)  # 31 s after the sender came: the accept timeout, not 20 + 30 s
+    assert isinstance(sender.events[0], Refused) and sender.events[0].response.status == 504
+
+
+def test_reoffer_honours_the_senders_pinning() -> None:
+    net = Net()
+    pinned_to = WsClient(net, LISTEN + "&sb-hc-id=alpha",
+                         [("ServiceBusAuthorization", token(LISTEN))])
+    assert isinstance(pinned_to.events[0], Opened)
+    pinned_to.take()
+    sender = pinned_sender(net, "alpha")
+    assert len(accepts(pinned_to)) == 1
+    other = listen(net)
+    close_listener(net, pinned_to, "client-close")
+    assert not accepts(other), "not a listener the sender allows"
+    assert isinstance(sender.events[0], Refused) and sender.events[0].response.status == 404
+
+
+def test_closing_listener_with_several_waiting_senders_fails_each_once() -> None:
+    net = Net()
+    first = listen(net)
+    senders = [ws_sender(net) for _ in range(5)]
+    assert len(accepts(first)) == 5
+    close_listener(net, first, "client-close")
+    for sender in senders:
+        statuses = [e.response.status for e in sender.events if isinstance(e, Refused)]
+        assert statuses == [404]
+    net.advance(60)
+    assert all(len(s.events) == 1 for s in senders), "no second answer at the old deadline"
+
+
+@pytest.mark.parametrize("how", WAYS)
+def test_http_request_waiting_on_a_listener_that_closes_gets_502_at_once(how: str) -> None:
+    net = Net()
+    first = offered_listener(net, how)
+    small = net.connect_raw(request_bytes("GET", "/myhc/a"))
+    big = net.connect_raw(request_bytes("POST", "/myhc/b", chunked=True))
+    texts = first.texts()
+    assert len(texts) == 2 and all("request" in t for t in texts)
+    listen(net)  # another listener: requests are not re-sent to it (they may have run)
+    close_listener(net, first, how)
+    for conn in (small, big):
+        assert net.raw[conn], "answered at once, not after close_timeout or http_timeout"
+        assert parse_response(net.raw[conn])[0].status_code == 502

@@ -332,18 +332,74 @@ class RelayBroker:
         return record
 
     def close_listener(self, now: float, listener_id: str) -> None:
-        """The listener's control channel is gone; its pending accepts stay until they expire."""
+        """The listener's control channel is gone: the senders offered to it that it has not
+        rendezvoused with yet are offered again or refused (:meth:`_listener_left`)."""
         record = self.registry.remove_listener(listener_id)
-        self._touch(now, record.hc if record is not None else None)
+        if record is not None:
+            self._touch(now, record.hc)
+            self._listener_left(now, record)
 
     def listener_closing(self, now: float, listener_id: str) -> None:
         """The service closed this listener's control channel: from now on it is not chosen
         for senders or requests and does not count against the listener limit, while the
-        channel waits for the client's close (at most ``close_timeout``)."""
+        channel waits for the client's close (at most ``close_timeout``); its waiting senders
+        are offered again or refused at once (:meth:`_listener_left`)."""
         record = self.registry.listener(listener_id)
         if record is not None and not record.closing:
             record.closing = True
             self.registry.update_listener(record)
+            self._listener_left(now, record)
+
+    def _listener_left(self, now: float, left: ListenerRecord) -> None:
+        """Senders offered to listener ``left`` (``accept`` sent) that have not rendezvoused
+        yet, now that its control channel is gone or closing.
+
+        Waiting out the accept timeout would only end in a 504. The sender has not been
+        answered (its 101 waits for a rendezvous) and the listener only saw an ``accept``, so
+        it may be offered to another live listener of the hybrid connection that its
+        ``Microsoft-Relay-(Dis)AllowedListeners`` headers allow — what the relay does for a
+        new sender (hybrid-connections-wire §3.1, §4.6) — with a fresh accept address (the
+        old one is void: a late rendezvous on it gets 403) and its original deadline, so the
+        wait stays bounded by ``accept_timeout``. With no such listener it gets the relay's
+        "no listener" answer at once: 404, as a sender arriving now would (§4.3, emulator
+        choice). Relayed HTTP requests are never offered again (the listener may have run a
+        request it got on its control channel); the router fails them with 502.
+        """
+        for pending in self.registry.all_pending():
+            if pending.listener_id != left.id:
+                continue
+            if now - pending.created >= self.config.accept_timeout:
+                continue  # handle_timer answers it (504)
+            hc = pending.hc
+            other = self._pick_listener(hc, pending.accept.connect_headers.raw_items())
+            if other is not None and pending.address.startswith(left.base_url):
+                self._offer_again(pending, left, other)
+                continue
+            self.registry.take_pending(pending.id)
+            self._touch(now, hc)
+            refusal = self._refuse(
+                now, 404,
+                f"Endpoint does not exist: the listener went away before it accepted, and no "
+                f"other listener is connected to hybrid connection '{hc.name}'.", hc.name)
+            self._actions.append(FailSender(pending.id, refusal.status, refusal.description))
+
+    def _offer_again(self, pending: PendingConnect, left: ListenerRecord,
+                     listener: ListenerRecord) -> None:
+        """Offer a waiting sender of listener ``left`` to ``listener``: same id and deadline,
+        a fresh secret."""
+        secret = secrets.token_urlsafe(_SECRET_BYTES)
+        # The address is "{base_url}/$hc/{hc}{suffix}?{query}&{RENDEZVOUS_SECRET}={secret}"
+        # (connect): the new listener's base URL and a new secret, the rest as the sender asked.
+        rest = pending.address[len(left.base_url):]
+        cut = rest.rindex(f"&{RENDEZVOUS_SECRET}=")
+        address = f"{listener.base_url}{rest[:cut]}&{RENDEZVOUS_SECRET}={secret}"
+        accept = AcceptCommand(address=address, id=pending.id,
+                               connect_headers=pending.accept.connect_headers,
+                               remote_endpoint=pending.accept.remote_endpoint)
+        self.registry.add_pending(PendingConnect(
+            pending.id, pending.hc, listener.id, address, pending.created, accept,
+            pending.subprotocols, secret))
+        self._actions.append(SendControl(listener.id, serialize_command(accept)))
 
     def listener_count(self, hc_name: str) -> int:
         """Live listeners of ``hc_name``: one the service is closing no longer counts."""

@@ -309,6 +309,10 @@ class ControlChannel(WebSocketHandler):
             self._uncount()  # /$status counts live listeners only
             self.closing_deadline = now + self.svc.close_timeout
             self.svc.watch(self.id)
+            # Its relayed HTTP requests without a rendezvous get 502 now, not once the client
+            # answered the close (or close_timeout passed): the service no longer serves them
+            # through it (a response it still sends is dropped).
+            self.svc.listener_gone(now, self.listener_id)
 
     def deadline(self) -> float | None:
         return self.closing_deadline if self.kind is ConnectionKind.LISTENER else None

@@ -31,7 +31,7 @@ import logging
 from collections.abc import Sequence
 
 from ..handshake import HandshakeRequest, ServerHandshake
-from .broker import CloseListener, FailSender, RelayBroker, SendControl
+from .broker import Action, CloseListener, FailSender, RelayBroker, SendControl
 from .config import ServiceConfig
 from .events import log_event
 from .front import FrontDoor, RequestHead, Route
@@ -334,7 +334,13 @@ class RelayService:
     # -- broker actions --------------------------------------------------------------------
 
     def _run_broker(self, now: float) -> None:
-        for action in self.broker.actions_to_take():
+        # Taking an action may queue more (closing a listener offers its waiting senders to
+        # another one, or refuses them): run until none is left.
+        while actions := self.broker.actions_to_take():
+            self._take_actions(now, actions)
+
+    def _take_actions(self, now: float, actions: list[Action]) -> None:
+        for action in actions:
             if isinstance(action, SendControl):
                 target = self.lookup(f"listener:{action.listener_id}")
                 if isinstance(target, ControlChannel):
