@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 NODE_DIR := tests/interop/node
 EXT_SO = $(wildcard hyco_proto/_frames*.so)
 
-.PHONY: demo test lint typecheck pytest pytest-ext pytest-noext bench clean setup node fuzz
+.PHONY: demo test lint typecheck pytest pytest-ext pytest-noext bench clean setup node fuzz load
 
 setup: .stamp-venv .stamp-ext
 
@@ -58,6 +58,18 @@ bench: setup .stamp-bench
 		--benchmark-json=.benchmarks/latest.json --benchmark-columns=median,ops \
 		--benchmark-min-time=0.002 --benchmark-warmup=on --benchmark-warmup-iterations=2000
 	$(PY) -m bench.report .benchmarks/latest.json
+
+# Load on ONE emulator process (issue 12; bench/load.py): PAIRS idle relayed pairs (max: as many
+# as its open-file limit allows, 2 sockets each), CLIENTS idle Web PubSub clients, bursts of 1,000
+# rendezvous and 1,000 relayed HTTP requests, a SOAK_SECONDS soak; prints the results table.
+# `make bench` runs small versions (bench/test_load.py).
+SOAK_SECONDS ?= 600
+PAIRS ?= max
+CLIENTS ?= 10000
+load: setup .stamp-bench
+	mkdir -p .benchmarks
+	HYCO_PROTO_REQUIRE_EXTENSION=1 $(PY) -m bench.load --pairs $(PAIRS) --clients $(CLIENTS) \
+		--soak $(SOAK_SECONDS) --out .benchmarks/load.md --json .benchmarks/load.json
 
 # Every parser of untrusted input under atheris (libFuzzer), FUZZ_SECONDS each (fuzz/run.py).
 FUZZ_SECONDS ?= 20

@@ -12,7 +12,7 @@ before anything is timed, frames are written pre-masked, and nothing but frame h
 few JSON control messages is parsed.
 
 - ``pairs``: listeners (4 control channels per hybrid connection, one hybrid connection per load
-  process) accept N senders, 32 rendezvous in flight per process. Emulator RSS (``VmRSS``) is read
+  process) accept N senders, 16 rendezvous in flight per process. Emulator RSS (``VmRSS``) is read
   before (after a warm-up of opened, used and closed pairs), after opening (pairs never used) and
   after one message each way through EVERY pair, each checked on arrival. ``--pairs max`` is as
   many as the emulator's open-file limit allows: (limit - fds open - margin) / 2, since a pair
@@ -448,7 +448,7 @@ class RelayWorker:
             times.append(time.perf_counter() - t0)
             return Pair(ident, sender, listener)
 
-    async def open_pairs(self, count: int, concurrency: int = 32, keep: bool = True,
+    async def open_pairs(self, count: int, concurrency: int = 16, keep: bool = True,
                          ) -> dict[str, Any]:
         """Open ``count`` relayed pairs, ``concurrency`` upgrades in flight (``count``: all at
         once); the requests are built before the clock starts."""
@@ -757,9 +757,13 @@ class Worker:
         self.conn.send((method, kwargs))
 
     def result(self, timeout: float = COMMAND_TIMEOUT) -> Any:
-        if not self.conn.poll(timeout):
-            raise LoadError(f"load process {self.name}: no answer in {timeout}s")
-        status, value = self.conn.recv()
+        try:
+            if not self.conn.poll(timeout):
+                raise LoadError(f"load process {self.name}: no answer in {timeout}s")
+            status, value = self.conn.recv()
+        except (EOFError, OSError) as exc:
+            raise LoadError(f"load process {self.name} is gone (exit code "
+                            f"{self.proc.exitcode}): {exc!r}") from exc
         if status != "ok":
             raise LoadError(f"load process {self.name} failed:\n{value}")
         return value
@@ -1038,7 +1042,7 @@ def markdown(results: dict[str, Any], command: str) -> str:
             f"({p['open']['failures']} failures; emulator fds {p['fds_held']:,} of "
             f"{p['fd_limit']:,}; {p['load_processes']} load processes) |",
             f"| opening them | {p['open']['seconds']} s, {p['open']['per_second']:,}/s, "
-            f"32 in flight per process (p50 {p['open'].get('p50_ms')} ms, p99 "
+            f"16 in flight per process (p50 {p['open'].get('p50_ms')} ms, p99 "
             f"{p['open'].get('p99_ms')} ms) |",
             f"| emulator RSS per idle pair | **{p['kib_per_pair_idle']} KiB** never used; "
             f"**{p['kib_per_pair_used']} KiB** after one message each way "
