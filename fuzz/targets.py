@@ -615,5 +615,41 @@ def webpubsub_session(data: bytes) -> None:
                 messages.parse_service_message(text)  # the service wrote it: it must parse
 
 
-#: The service behind a valid token, each from fuzzer bytes (see each function).
-SESSION_TARGETS: list[Callable[[bytes], None]] = [control_channel, relayed_http, webpubsub_session]
+def listener_control(data: bytes) -> None:
+    """Our listener (``ListenerDriver`` on the in-memory network, its control channel opened by
+    the real service) gets any server messages on its control channel: a piece starting with
+    0x01 is a binary message, 0x02 raw bytes, anything else a text message (``$A``: a real
+    accept address of this hybrid connection). Mode bits 0-1: accept, reject or leave each
+    connection request. Time then passes (reconnects, expiry). Nothing may escape the driver."""
+    from hyco_proto import _frames_py
+    from hyco_proto.listener import Listener
+    from hyco_proto.memory import MemoryNetwork
+
+    mode = data[0] if data else 0
+    decision = (None, (403, "no"), False, None)[mode & 3]
+    net = MemoryNetwork(RelayService(ServiceConfig()), now=NOW)
+    uri = f"{RELAY_BASE}/$hc/myhc"
+    runner = net.listen(Listener(uri, _relay_token(uri)), on_request=lambda _: decision)
+    assert runner.driver.is_listening and runner.control is not None
+    address = f"{RELAY_BASE}/$hc/myhc?sb-hc-action=accept&sb-hc-id=fuzz"
+    for piece in _texts(data[1:]):
+        if piece[:1] == b"\x01":
+            frame = _frames_py.encode_frame(_frames_py.OP_BINARY, piece[1:])
+        elif piece[:1] == b"\x02":
+            frame = piece[1:]
+        else:
+            text = piece.decode("utf-8", "replace").replace("$A", json.dumps(address)[1:-1])
+            frame = _frames_py.encode_frame(_frames_py.OP_TEXT, text.encode())
+        control = runner.control
+        if control is None or control.tcp_closed:
+            break
+        control._from_relay(frame)
+        net.pump()
+    net.advance(120.0)
+    net.advance(3600.0)
+
+
+#: The service behind a valid token (and our listener behind the service), each from fuzzer
+#: bytes (see each function).
+SESSION_TARGETS: list[Callable[[bytes], None]] = [control_channel, relayed_http, webpubsub_session,
+                                                  listener_control]

@@ -173,6 +173,11 @@ SESSION_MESSAGES = st.sampled_from([
     b'{"type":"sendToGroup","group":"g","dataType":"protobuf","data":"!!"}',
     b'{"type":"event","event":"e","dataType":"text","data":"x","ackId":18446744073709551615}',
     b'{"type":"sequenceAck","sequenceId":0}', b'{"type":"ping"}', b'{"type":"joinGroup"}',
+    b'{"accept":{"address":"$A","id":"fuzz","remoteEndpoint":{"address":"::1","port":-1}}}',
+    b'{"request":{"id":"r","requestTarget":"/myhc/a?b","method":"POST","body":true,'
+    b'"requestHeaders":{"X":"\\r\\n"},"address":"$A"}}',
+    b'{"request":{"id":"r","address":"$A"}}', b'{"request":{"id":"r","address":"ws://x:1/"}}',
+    b"\x02\x81\x7f\xff\xff\xff\xff\xff\xff\xff\xff", b"\x02\x88\x02\x03\xe8",
 ])
 SESSION_DATA = st.builds(
     lambda mode, pieces: bytes([mode]) + b"\x00".join(pieces), st.integers(0, 255),
