@@ -24,8 +24,9 @@ few JSON control messages is parsed.
   hybrid connection whose listener answers on the control channel. Failures are counted (must be
   0), and the time of each (p50, p99, max).
 - ``soak``: for ``--soak`` seconds: 4 relayed pairs echo 1 KiB messages, a new rendezvous every
-  0.1 s (one message each way, orderly close) and an HTTP request every 0.1 s; emulator RSS every
-  10 s.
+  0.1 s (one message each way, orderly close) and an HTTP request every 0.1 s; on the hub, a
+  ``sendToGroup`` to 10 clients every 0.1 s and a client connecting and leaving every second;
+  emulator RSS every 10 s.
 
 ``python -m bench.load [--pairs max] [--clients 10000] [--burst 1000] [--http-burst 1000]
 [--soak 600] [--only pairs,wps,bursts,soak] [--out FILE.md] [--json FILE.json]``
@@ -708,6 +709,70 @@ class WpsWorker:
         got = sum(await asyncio.gather(*(one(r, w) for r, w in self.clients)))
         return {"received": got, "of": len(self.clients), **failures.as_dict()}
 
+    async def _client(self, target: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """One connected client that has its ``connected`` message."""
+        request, accept = _prepared(self.port, target, subprotocols=[SUBPROTOCOL])
+        reader, writer = await asyncio.wait_for(_upgrade(self.port, request, accept), TIMEOUT)
+        try:
+            opcode, payload = await asyncio.wait_for(read_message(reader, writer), TIMEOUT)
+            if opcode != OP_TEXT or json.loads(payload).get("event") != "connected":
+                raise LoadError(f"first message {payload[:80]!r}")
+        except BaseException:
+            _close(writer)
+            raise
+        return reader, writer
+
+    async def soak(self, seconds: float, members: int = 10, interval: float = 0.1,
+                   ) -> dict[str, Any]:
+        """Steady hub traffic for ``seconds``: every ``interval`` one ``sendToGroup`` to a group
+        of ``members`` clients (each must get it, in order), and every 10th tick a new client
+        connects, gets ``connected`` and leaves with an orderly close."""
+        from hyco_proto.service.config import DEVELOPMENT_KEY
+        from hyco_proto.webpubsub.tokens import create_client_token
+
+        def target(**claims: Any) -> str:
+            token = create_client_token(f"http://{HOST}:{self.port}", HUB, DEVELOPMENT_KEY,
+                                        ttl=TOKEN_SECONDS, now=time.time(), **claims)
+            return f"/client/hubs/{HUB}?access_token={quote(token, safe='')}"
+
+        group = [await self._client(target(groups=["soak"])) for _ in range(members)]
+        sender = await self._client(target(roles=["webpubsub.sendToGroup"], user_id="soaker"))
+        counts = {"group_messages": 0, "deliveries": 0, "clients_cycled": 0}
+        failures = Failures()
+        deadline = time.monotonic() + seconds
+        tick = 0
+        t0 = time.perf_counter()
+        while time.monotonic() < deadline:
+            tick += 1
+            data = f"soak-{tick}"
+            sender[1].write(_frame(OP_TEXT, json.dumps(
+                {"type": "sendToGroup", "group": "soak", "dataType": "text", "data": data},
+                separators=(",", ":")).encode()))
+            counts["group_messages"] += 1
+            for reader, writer in group:
+                try:
+                    _, payload = await asyncio.wait_for(read_message(reader, writer), TIMEOUT)
+                    if json.loads(payload).get("data") != data:
+                        raise LoadError(f"expected {data}, got {payload[:80]!r}")
+                    counts["deliveries"] += 1
+                except Exception as exc:
+                    failures.add("group message", exc)
+            if tick % 10 == 0:
+                try:
+                    reader, writer = await self._client(target())
+                    writer.write(_frame(OP_CLOSE, b"\x03\xe8"))
+                    opcode, _ = await asyncio.wait_for(read_message(reader, writer), TIMEOUT)
+                    if opcode != OP_CLOSE:
+                        raise LoadError(f"got {opcode} instead of the close reply")
+                    _close(writer)
+                    counts["clients_cycled"] += 1
+                except Exception as exc:
+                    failures.add("client cycle", exc)
+            await asyncio.sleep(interval)
+        for _, writer in [*group, sender]:
+            _close(writer)
+        return {**counts, "seconds": time.perf_counter() - t0, **failures.as_dict()}
+
     async def close_all(self) -> int:
         for _, writer in self.clients:
             _close(writer)
@@ -996,29 +1061,41 @@ def phase_bursts(rendezvous: int, requests: int) -> dict[str, Any]:
 
 def phase_soak(seconds: float, sample_every: float = 10.0) -> dict[str, Any]:
     with running("soak") as (emu, workers):
-        worker = Worker("relay", emu.port, "loadsoak", "s")
-        workers.append(worker)
-        worker.call("listen")
+        relay = Worker("relay", emu.port, "loadsoak", "s")
+        hub = Worker("wps", emu.wps_port, "ws")
+        workers += [relay, hub]
+        relay.call("listen")
         samples: list[tuple[float, int]] = [(0.0, emu.rss())]
         t0 = time.monotonic()
         cpu0 = emu.cpu()
-        worker.send("soak", seconds=seconds)
-        while not worker.conn.poll(sample_every):
+        relay.send("soak", seconds=seconds)
+        hub.send("soak", seconds=seconds)
+        pending = {relay.conn: relay, hub.conn: hub}
+        results: dict[Worker, dict[str, Any]] = {}
+        while pending:
+            ready = multiprocessing.connection.wait(list(pending), sample_every)
+            for conn in ready:
+                worker = pending.pop(conn)  # type: ignore[call-overload]
+                results[worker] = worker.result(1)
             if time.monotonic() - t0 > seconds + COMMAND_TIMEOUT:
                 raise LoadError("the soak did not end")
             if not emu.alive():
                 raise LoadError(f"the emulator died during the soak (log: {emu.log_path})")
-            samples.append((round(time.monotonic() - t0, 1), emu.rss()))
-        counts = worker.result(1)
+            if pending:
+                samples.append((round(time.monotonic() - t0, 1), emu.rss()))
         cpu = emu.cpu() - cpu0
         samples.append((round(time.monotonic() - t0, 1), emu.rss()))
         kib = [(t, r // 1024) for t, r in samples]
         # "start": the first sample taken with traffic running (10 s in), not the idle process.
         start = kib[1][1] if len(kib) > 2 else kib[0][1]
         end = kib[-1][1]
-        state = worker.call("state")
+        state = relay.call("state")
+        counts, wps = results[relay], results[hub]
         return {
             "seconds": seconds, **counts, "control_failures": state["failures"],
+            "failures": counts["failures"] + wps["failures"],
+            "reasons": {**counts["reasons"], **wps["reasons"]},
+            "hub": {k: wps[k] for k in ("group_messages", "deliveries", "clients_cycled")},
             "emulator_cpu_fraction": round(cpu / max(samples[-1][0], 1e-9), 2),
             "rss_idle_kib": kib[0][1], "rss_start_kib": start, "rss_end_kib": end,
             "rss_max_kib": max(r for _, r in kib), "rss_min_kib": min(r for _, r in kib[1:]),
@@ -1082,7 +1159,10 @@ def markdown(results: dict[str, Any], command: str) -> str:
         lines += [
             f"| soak, {s['seconds']:.0f} s | {s['echoes']:,} 1 KiB echoes over 4 pairs, "
             f"{s['rendezvous']:,} rendezvous (each: a message both ways, orderly close), "
-            f"{s['http']:,} HTTP GETs; **{s['failures']} failures**; emulator CPU "
+            f"{s['http']:,} HTTP GETs; Web PubSub: {s['hub']['group_messages']:,} group "
+            f"messages to 10 clients ({s['hub']['deliveries']:,} deliveries, each checked), "
+            f"{s['hub']['clients_cycled']:,} clients connected and left; "
+            f"**{s['failures']} failures**; emulator CPU "
             f"{s['emulator_cpu_fraction']} core |",
             f"| soak RSS | start (10 s in) {s['rss_start_kib']:,} KiB, end "
             f"{s['rss_end_kib']:,} KiB, max {s['rss_max_kib']:,} KiB, min {s['rss_min_kib']:,} "
@@ -1114,7 +1194,8 @@ def failures_of(results: dict[str, Any]) -> list[str]:
               or b["http"]["ok"] != b["http"]["requested"]):
         bad.append("bursts")
     s = results.get("soak")
-    if s and (s["failures"] or s["control_failures"] or not s["rendezvous"] or not s["http"]):
+    if s and (s["failures"] or s["control_failures"] or not s["rendezvous"] or not s["http"]
+              or not s["hub"]["deliveries"]):
         bad.append("soak")
     return bad
 

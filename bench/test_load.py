@@ -1,7 +1,8 @@
 """Load on one emulator process (``bench/load.py``), at sizes ``make bench`` can afford (about a
 minute): 1,000 idle relayed pairs, 1,000 idle Web PubSub clients, the two bursts of 1,000, and a
-20 s soak. ``make load`` runs the full sizes (as many pairs as the open-file limit allows, 10,000
-clients, a 10-minute soak) and prints the table for ``bench/RESULTS.md``.
+20 s soak (relay and hub traffic). ``make load`` runs the full sizes (as many pairs as the
+open-file limit allows, 10,000 clients, a 10-minute soak) and prints the table for
+``bench/RESULTS.md``.
 
 These are measurements: only correctness is asserted (every pair, client, rendezvous and request
 succeeded, every message arrived); the numbers are printed, and kept as test properties.
