@@ -242,7 +242,8 @@ class WebPubSubRoute:
                 reason: str) -> None:
         if status in (401, 403):
             self.svc.stats.auth_failures += 1
-        self.svc.refusal_log.refused(door.conn.opened, status, "/client", printable(reason))
+        self.svc.refusal_log.refused(door.conn.opened, status, "/client", printable(reason),
+                                     remote=door.conn.remote)
         # The reason in the status line and as a text body (what clients show of a refusal).
         door.send_raw(handshake.reject(status, reason_phrase(status, reason),
                                        [("Content-Type", "text/plain; charset=utf-8")],
