@@ -377,7 +377,8 @@ class RelayServiceServer:
         if server is None:
             return
         server.close()
-        for task in [*self._calls, *self._handshakes]:
+        cancelled = [*self._calls, *self._handshakes]
+        for task in cancelled:
             task.cancel()
         extra, self._webpubsub_server = self._webpubsub_server, None
         if extra is not None:
@@ -403,6 +404,8 @@ class RelayServiceServer:
                     if proto.transport is not None:
                         proto.transport.abort()
                 await asyncio.sleep(0)
+        if cancelled:  # let them end (a task destroyed while pending is an error)
+            await asyncio.wait(cancelled, timeout=2.0)
         await server.wait_closed()
         if extra is not None:
             await extra.wait_closed()
