@@ -554,6 +554,12 @@ class RelayBroker:
         ``sb-hc-rendezvous`` secret must match (403 otherwise), and it is only valid on the
         hybrid connection it was issued for (404 otherwise); neither refusal uses it up. With
         ``sb-hc-statusCode`` (or hyco-ws's unprefixed ``statusCode``, §1.4) it is a reject.
+
+        Refusals (docs/emulator.md, "Rendezvous refusals"): 403 for a wrong or missing secret
+        and for an unknown, used or expired id (Azure: "invalid or expired rendezvous
+        address", §4.3), 404 for a valid address on another hybrid connection's path. Never
+        410: a rejecting listener reads 410 as "the reject went through" (§3.1), which is only
+        true once the reject took effect (the router answers it) or the sender is gone.
         """
         connect_id = _query_value(query, "sb-hc-id")
         pending = self.registry.pending(connect_id) if connect_id else None
@@ -667,13 +673,17 @@ class RelayBroker:
         """The listener opens ``sb-hc-action=request`` for a request: single use, only while
         the request is in flight, with its ``sb-hc-rendezvous`` secret (constant-time
         compare), and only on the hybrid connection it was issued for (``path`` without
-        ``$hc``, when given). A wrong secret or path does not use the address up."""
+        ``$hc``, when given). A wrong secret or path does not use the address up. Statuses as
+        for an accept address (:meth:`rendezvous`): 403 for a wrong secret or an unknown or
+        used id, 404 for another hybrid connection's path."""
         request_id = _query_value(query, "sb-hc-id")
         pending = self.registry.request(request_id) if request_id else None
         if pending is not None and not self._secret_matches(query, pending.secret):
             pending = None
         if pending is not None and self._wrong_path(pending.hc.name, path):
-            pending = None
+            return self._refuse(
+                now, 404, "Endpoint does not exist: the rendezvous address belongs to another "
+                "hybrid connection.")
         if pending is None or pending.rendezvous_taken:
             return self._refuse(now, 403, "The rendezvous address is invalid or has expired.")
         pending.rendezvous_taken = True
