@@ -209,3 +209,33 @@ def test_service_behind_a_valid_token(target: Any, data: bytes) -> None:
     st.binary(max_size=20)), max_size=5))
 def test_relayed_http_request_and_response(mode: int, request: bytes, answer: list[bytes]) -> None:
     targets.relayed_http(bytes([mode]) + request + b"\x00\x00" + b"\x00".join(answer))
+
+
+@pytest.mark.parametrize(("name", "value"), [("\ufffd", "v"), ("X-A", "caf\u00e9"),
+                                             ("X-A", "\u20ac"), ("X\u00e9", "v")])
+@pytest.mark.parametrize("body", [False, True])
+def test_a_listener_response_header_beyond_ascii_is_a_502(name: str, value: str,
+                                                          body: bool) -> None:
+    """Found by session:relayed_http: a non-ASCII header name or value in a listener's response
+    raised UnicodeEncodeError out of RelayService.receive_data (h11 takes header text as ASCII);
+    the sender now gets the 502 that any header HTTP cannot carry gets."""
+    mode = 1 | 8 | (16 if body else 0)  # POST, a built response, with a body or not
+    answer = b"\x00".join([b"200", b"OK", name.encode(), value.encode(), b"body"])
+    targets.relayed_http(bytes([mode]) + b"/a\nContent-Length: 2\r\n\r\nhi\x00\x00" + answer)
+    # ... and the sender's bytes say 502 (relayed_http parses them with h11).
+    session = targets.Session()
+    listen = f"{targets.RELAY_BASE}/$hc/myhc?sb-hc-action=listen"
+    listener = session.client(
+        listen, headers=(("ServiceBusAuthorization", targets._relay_token(listen)),))
+    sender = session.raw_connection(
+        b"GET /myhc/a HTTP/1.1\r\nHost: 127.0.0.1:9090\r\nServiceBusAuthorization: "
+        + targets._relay_token(f"{targets.RELAY_BASE}/myhc").encode() + b"\r\n\r\n")
+    (request,) = [json.loads(e.data)["request"] for e in session.take(listener)
+                  if isinstance(getattr(e, "data", None), str)]
+    client = session.clients[listener]
+    client.send_text(json.dumps({"response": {"requestId": request["id"], "statusCode": 200,
+                                              "responseHeaders": {name: value}, "body": body}}))
+    if body:
+        client.send_binary(b"body")
+    session.flush(listener)
+    assert bytes(session.raw[sender]).startswith(b"HTTP/1.1 502 "), session.raw[sender][:80]

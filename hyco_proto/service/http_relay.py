@@ -274,9 +274,9 @@ class HttpExchange:
         reason = reason_phrase(status, response.status_description)
         try:
             h11.Response(status_code=status, headers=headers, reason=reason.encode("latin-1"))
-        except h11.LocalProtocolError:
-            # A header name or value HTTP cannot carry (CR/LF, spaces in a name ...); the
-            # listener's text is not echoed.
+        except (h11.LocalProtocolError, UnicodeEncodeError):
+            # A header name or value HTTP cannot carry (CR/LF, spaces in a name, anything
+            # beyond ASCII: h11 takes header text as ASCII); the listener's text is not echoed.
             self.fail(now, 502, "Bad Gateway: the listener's response head is not valid HTTP "
                       "(a header name or value HTTP cannot carry).")
             return
