@@ -69,7 +69,8 @@ def run_all(seconds: str) -> int:
     import subprocess
 
     failed = []
-    print(f"{'target':40} {'inputs':>12} {'new units':>10}  result")
+    print(f"{'target':40} {'inputs':>12} {'new units':>10} {'cov':>6} {'ft':>6} {'corpus':>7}"
+          "  result")
     for name in _targets():
         # A session of its own: libFuzzer kills its process group when a target crashes.
         done = subprocess.run([sys.executable, "-m", "fuzz.run", name, seconds],
@@ -77,9 +78,13 @@ def run_all(seconds: str) -> int:
                               start_new_session=True)
         runs = re.search(r"number_of_executed_units: (\d+)", done.stderr)
         units = re.search(r"new_units_added: +(\d+)", done.stderr)
+        # libFuzzer's last status line: "#N DONE cov: C ft: F corp: U/Sb ..."
+        stats = re.findall(r"cov: (\d+) ft: (\d+) corp: (\d+)/", done.stderr)
+        cov, ft, corp = stats[-1] if stats else ("?", "?", "?")
         ok = done.returncode == 0
         print(f"{name:40} {runs.group(1) if runs else '?':>12} "
-              f"{units.group(1) if units else '?':>10}  {'ok' if ok else 'CRASH'}", flush=True)
+              f"{units.group(1) if units else '?':>10} {cov:>6} {ft:>6} {corp:>7}"
+              f"  {'ok' if ok else 'CRASH'}", flush=True)
         if not ok:
             failed.append(name)
             print(done.stderr[-4000:], file=sys.stderr)
@@ -101,12 +106,27 @@ def main(argv: list[str]) -> int:
         print(f"unknown target {name!r}; --list shows them", file=sys.stderr)
         return 2
     seconds = argv[2] if len(argv) > 2 else "20"
+    import os
+    import re
+    import shutil
+    import tempfile
+
     import atheris  # the `fuzz` extra; make fuzz installs it
 
+    from fuzz.seeds import seeds
+
     target = table[name]
+    # The corpus starts as the seeds (well-formed examples, fuzz/seeds.py) in a directory of its
+    # own, emptied first (libFuzzer exits the process, so it cannot clean up after itself).
+    corpus = os.path.join(tempfile.gettempdir(), "hyco-fuzz-corpus", re.sub(r"\W", "_", name))
+    shutil.rmtree(corpus, ignore_errors=True)
+    os.makedirs(corpus)
+    for index, seed in enumerate(seeds(name)):
+        with open(os.path.join(corpus, f"seed-{index}"), "wb") as file:
+            file.write(seed)
     atheris.instrument_all()  # coverage feedback from every module loaded (hyco_proto's)
     atheris.Setup([argv[0], f"-max_total_time={seconds}", "-print_final_stats=1",
-                   "-rss_limit_mb=2048"], target)
+                   "-rss_limit_mb=2048", corpus], target)
     atheris.Fuzz()
     return 0
 
