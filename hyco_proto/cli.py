@@ -1116,9 +1116,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "chat=http://127.0.0.1:3000/eventhandler (repeatable; {event}, "
                           "{hub} and {category} in the URL are replaced)")
     emu.add_argument("--log-level", default="INFO",
-                     help="DEBUG, INFO (default: accepted connections and requests, refusals, "
-                          "handshake failures and protocol closes, each with the client's "
-                          "address and a tracking id), WARNING")
+                     help="DEBUG (adds each sender's wait for its listener), INFO (default: "
+                          "accepted listeners, relayed pairs and HTTP requests, refusals, "
+                          "rejects, handshake failures and protocol closes, one line each "
+                          "with the client's address and a tracking id), WARNING")
     emu.add_argument("--log-format", choices=("text", "json"), default="text",
                      help="text (default) or json: one JSON object per line")
     emu.set_defaults(func=cmd_emulator)

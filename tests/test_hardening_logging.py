@@ -267,3 +267,64 @@ def test_failed_renew_token_closes_1008_without_quoting_the_token(
     [record] = lines(caplog, "protocol-close")
     assert "1008" in record.getMessage() and "malformed token" in record.getMessage()
     assert MARK.encode() not in raw and MARK not in caplog.text
+
+
+def test_a_busy_healthy_run_logs_one_info_line_per_pair_not_per_leg_or_frame(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # make demo-like traffic: one listener, many pairs each exchanging messages, then closing.
+    # At INFO each pair gets one line (pair-relayed, naming both ends); the sender's "waiting
+    # for listener" line is DEBUG, and relayed frames and orderly closes are never logged.
+    net = make_net()
+    pairs = 50
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        start_echo_listener(net)
+        for _ in range(pairs):
+            sender = raw_sender(net)
+            assert sender.accepted is not None
+            for _ in range(5):
+                sender.write(masked(0x1, b"hello"))
+            sender.write(masked(0x8, (1000).to_bytes(2, "big")))
+    infos = [r for r in caplog.records if r.name == LOGGER and r.levelno >= logging.INFO]
+    events = [getattr(r, "event", None) for r in infos]
+    assert events.count("pair-relayed") == pairs
+    assert events.count("listener-accepted") == 1
+    assert len(infos) == pairs + 1, sorted(set(map(str, events)))
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        raw_sender(net)
+    assert lines(caplog, "sender-accepted")[-1].levelno == logging.DEBUG
+
+
+@pytest.mark.parametrize("how", ["timeout", "rejected"])
+def test_a_sender_that_is_never_joined_gets_its_one_info_line(
+        caplog: pytest.LogCaptureFixture, how: str) -> None:
+    # With "sender-accepted" at DEBUG, a sender's outcome is its INFO line: pair-relayed, or
+    # refused by the relay after waiting (504 here; 404 when its listener went away), or
+    # rejected by the listener.
+    net = make_net()
+    shake = ClientHandshake.from_url(
+        f"{LISTEN}?sb-hc-action=listen",
+        headers=[("ServiceBusAuthorization", token_for(net, LISTEN))])
+    channel = RawSender(net, shake)
+    net.pump()
+    assert channel.accepted is not None
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        sender = RawSender(net, ClientHandshake.from_url(
+            SEND, headers=[("ServiceBusAuthorization", token_for(net, SEND))]))
+        net.pump()
+        if how == "timeout":
+            net.advance(net.service.broker.config.accept_timeout + 1)
+        else:
+            raw = channel.raw()
+            address = re.search(rb'"address":\s*"([^"]+)"', raw)
+            assert address is not None, raw
+            reject = ClientHandshake.from_url(
+                address.group(1).decode().replace("\\u0026", "&") + "&sb-hc-statusCode=418")
+            RawSender(net, reject)
+            net.pump()
+    assert sender.rejected is not None
+    status = 504 if how == "timeout" else 418
+    assert sender.rejected.status == status
+    event = "refused" if how == "timeout" else "rejected"
+    [record] = lines(caplog, event)
+    check(record)
+    assert f"with {status}" in record.getMessage()

@@ -163,7 +163,9 @@ class HybridConnectionsRoute:
             refuse_upgrade(svc, door, handshake, result.status, result.description,
                            door.conn.opened)
             return
-        log_event(logging.INFO, "sender-accepted", f"/$hc/{path}", remote=door.conn.remote,
+        # DEBUG: the sender's outcome is its INFO line (pair-relayed, or refused / rejected by
+        # WaitingSender.refuse), so a busy run logs one line per pair, not two.
+        log_event(logging.DEBUG, "sender-accepted", f"/$hc/{path}", remote=door.conn.remote,
                   tracking=result.id, why=f"waiting for listener {result.listener_id}")
         svc.switch(door.id, WaitingSender(svc, door.conn, handshake, result.id))
 
@@ -355,13 +357,22 @@ class WaitingSender(Handler):
             self.svc.broker.cancel_connect(now, self.connect_id)
 
     def refuse(self, now: float, status: int, description: str,
-               headers: tuple[tuple[str, str], ...]) -> None:
-        self.svc.send(self.id, self.handshake.reject(status, reason_phrase(status, description),
-                                                     headers))
+               headers: tuple[tuple[str, str], ...], *, log: bool = True) -> None:
+        """Answer the waiting sender with ``status`` (the relay's refusal, or the listener's
+        reject when ``headers`` is :data:`BY_LISTENER`): its one INFO line, throttled like
+        every refusal (``refused`` / ``rejected``, tracking its connect id)."""
+        phrase = reason_phrase(status, description)
+        if log:
+            request = self.handshake.request
+            self.svc.refusal_log.refused(
+                now, status, request.target if request is not None else "/", phrase,
+                remote=self.conn.remote, tracking=self.connect_id,
+                event="rejected" if headers is BY_LISTENER else "refused")
+        self.svc.send(self.id, self.handshake.reject(status, phrase, headers))
         self.close(now)
 
     def shutdown(self, now: float, code: int, reason: str) -> None:
-        self.refuse(now, 503, reason, BY_RELAY)
+        self.refuse(now, 503, reason, BY_RELAY, log=False)  # one goodbye, not one per sender
 
 
 # -- relayed pairs -------------------------------------------------------------------------
