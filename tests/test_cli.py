@@ -268,6 +268,22 @@ def test_emulator_config_file_and_flags(tmp_path: Path) -> None:
         proc.kill()
 
 
+def test_emulator_server_flags_reach_the_running_service(tmp_path: Path) -> None:
+    config = tmp_path / "emu.toml"
+    config.write_text("[server]\nauto_expiry = 60\nvalidate_text = true\n")
+    proc = Proc(["emulator", "--port", "0", "--config", str(config), "--auto-expiry", "120",
+                 "--max-control-message", "64K", "--no-validate-text", "--accept-timeout", "12",
+                 "--no-webpubsub"])
+    try:
+        url = proc.wait_line(r"listening on (ws://\S+)").group(1)
+        proc.wait_line(r"press Ctrl-C to stop")
+        doc = Emulator(proc, url).status()
+        assert (doc["auto_expiry"], doc["max_control_message"], doc["validate_text"],
+                doc["accept_timeout"]) == (120.0, 65536, False, 12.0)
+    finally:
+        proc.kill()
+
+
 def test_emulator_reports_config_errors(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text("[server]\nprot = 1\n")

@@ -380,7 +380,8 @@ class RelayBroker:
             refusal = self._refuse(
                 now, 404,
                 f"Endpoint does not exist: the listener went away before it accepted, and no "
-                f"other listener is connected to hybrid connection '{hc.name}'.", hc.name)
+                f"other listener (that the sender allows) is connected to hybrid connection "
+                f"'{hc.name}'.", hc.name)
             self._actions.append(FailSender(pending.id, refusal.status, refusal.description))
 
     def _offer_again(self, pending: PendingConnect, left: ListenerRecord,
