@@ -203,11 +203,15 @@ class _TlsHandshake(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        transport.pause_reading()  # start_tls takes the connection over from here
         peer = transport.get_extra_info("peername")
         remote = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
         server = self._server
         assert server._loop is not None
+        # No byte may reach this protocol: start_tls takes the connection over. Pausing right
+        # here is not enough on Python 3.10, whose transport starts reading after
+        # connection_made whether paused or not; a pause scheduled now runs before any read
+        # (and before start_tls, which is scheduled after it).
+        server._loop.call_soon(transport.pause_reading)
         task = server._loop.create_task(self._handshake(transport, remote))
         server._handshakes.add(task)
         task.add_done_callback(server._handshakes.discard)
