@@ -283,8 +283,11 @@ def test_web_pubsub_tokens_and_reconnection_tokens_never_reach_the_logs(
 # the emulator's own output (hyco emulator --log-format json)
 
 
-def test_emulator_json_log_carries_no_token() -> None:
+def test_emulator_json_log_carries_no_token(caplog: pytest.LogCaptureFixture) -> None:
+    """The emulator's stderr (JSON lines) and this process's own log (the adapters' lines)."""
     from tests.test_cli import Proc
+
+    caplog.set_level(logging.DEBUG)
 
     proc = Proc(["emulator", "--port", "0", "--webpubsub-port", "0", "--log-level", "DEBUG",
                  "--log-format", "json", "--key", DEVELOPMENT_KEY])
@@ -348,4 +351,5 @@ def test_emulator_json_log_carries_no_token() -> None:
     docs = [json.loads(line) for line in lines]
     assert any(d.get("event") == "listener-accepted" for d in docs), lines[:5]
     assert any(d.get("event") == "refused" and d.get("client", "-") != "-" for d in docs)
-    secrets.check("\n".join([*proc.stderr_text, proc.stdout.decode("utf-8", "replace"), *told]))
+    secrets.check("\n".join([*proc.stderr_text, proc.stdout.decode("utf-8", "replace"), *told,
+                             captured(caplog, [])]))
