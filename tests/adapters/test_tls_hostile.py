@@ -30,6 +30,7 @@ from hyco_proto.adapters.asyncio import (
     RelayedServer,
     RelayedWebSocket,
     RelayServiceServer,
+    connect,
     relayed_connect,
 )
 from hyco_proto.service.front import MAX_HEAD
@@ -303,6 +304,45 @@ def test_hostile_clients_on_the_tls_port(tls_contexts: tuple[ssl.SSLContext, ssl
             while relay.connections and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
             assert relay.connections == 0
+        assert loop_errors == [], loop_errors
+
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        run()
+
+
+def test_the_web_pubsub_port_with_tls_logs_hostile_clients_and_keeps_serving(
+        tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The Web PubSub port of the same service (``https://`` / ``wss://``) takes the same TLS
+    path: plaintext and half a ClientHello are dropped (bounded) and logged with the client's
+    address, and a Web PubSub client connects over TLS afterwards."""
+    from hyco_proto.service.webpubsub import WebPubSubService
+    from hyco_proto.webpubsub import JSON_SUBPROTOCOL
+    from hyco_proto.webpubsub.tokens import create_client_access
+
+    server_ctx, client_ctx = tls_contexts
+    key = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH"
+
+    @async_test
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        loop_errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, context: loop_errors.append(context))
+        service = RelayService(handshake_timeout=HANDSHAKE_TIMEOUT,
+                               webpubsub=WebPubSubService(key))
+        async with RelayServiceServer(service, port=0, ssl=server_ctx,
+                                      webpubsub_port=0) as server:
+            assert server.webpubsub_endpoint.startswith("https://127.0.0.1:")
+            for hostile in (plaintext_http, truncated_hello_then_silence):
+                me = await asyncio.wait_for(hostile(server.webpubsub_port, client_ctx),
+                                            HOSTILE_BOUND + WAIT)
+                await wait_logged(caplog, me, "TLS")
+            url = create_client_access(server.webpubsub_endpoint, "chat", key, user_id="u",
+                                       now=time.time()).url
+            assert url.startswith("wss://")
+            ws = await bounded(connect(url, subprotocols=[JSON_SUBPROTOCOL], ssl=client_ctx))
+            assert '"connected"' in str(await bounded(ws.recv()))
+            await bounded(ws.close())
         assert loop_errors == [], loop_errors
 
     with caplog.at_level(logging.DEBUG, logger=LOGGER):
