@@ -83,13 +83,16 @@ class LoadError(RuntimeError):
 class Emulator:
     """``python -m bench.load_emulator`` on free ports; ``stop()`` (also on exit) kills it."""
 
-    def __init__(self, name: str, *extra: str, tracemalloc: Path | None = None) -> None:
+    def __init__(self, name: str, *extra: str, tracemalloc: Path | None = None,
+                 backlog: int | None = None) -> None:
         LOGS.mkdir(exist_ok=True)
         self.log_path = LOGS / f"emulator-{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         if tracemalloc is not None:
             env["HYCO_LOAD_TRACEMALLOC"] = str(tracemalloc)
+        if backlog is not None:
+            env["HYCO_LOAD_BACKLOG"] = str(backlog)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bench.load_emulator", "--port", "0", "--webpubsub-port", "0",
              "--log-level", "WARNING", *extra],
@@ -856,10 +859,10 @@ def call_all(workers: list[Worker], method: str, args: list[dict[str, Any]] | No
 
 
 @contextlib.contextmanager
-def running(name: str, *, tracemalloc: Path | None = None,
+def running(name: str, *, tracemalloc: Path | None = None, backlog: int | None = None,
             ) -> Iterator[tuple[Emulator, list[Worker]]]:
     """A fresh emulator and a list to put load processes in; all stopped on the way out."""
-    emulator = Emulator(name, tracemalloc=tracemalloc)
+    emulator = Emulator(name, tracemalloc=tracemalloc, backlog=backlog)
     workers: list[Worker] = []
     try:
         yield emulator, workers
@@ -887,11 +890,12 @@ def _merge(results: list[dict[str, Any]], key: str) -> dict[str, Any]:
 # ============================================================================ phases
 
 
-def phase_pairs(pairs: int | str, *, tracemalloc: bool = False) -> dict[str, Any]:
+def phase_pairs(pairs: int | str, *, tracemalloc: bool = False, backlog: int | None = None,
+                ) -> dict[str, Any]:
     trace = LOGS / "tracemalloc-pairs.txt" if tracemalloc else None
     if trace is not None and trace.exists():
         trace.unlink()
-    with running("pairs", tracemalloc=trace) as (emu, workers):
+    with running("pairs", tracemalloc=trace, backlog=backlog) as (emu, workers):
         limit = emu.fd_limit()
         # Enough load processes for the largest count the limit allows; fds per process stay
         # at about 2 x PAIRS_PER_PROCESS + 4.
@@ -906,6 +910,9 @@ def phase_pairs(pairs: int | str, *, tracemalloc: bool = False) -> dict[str, Any
             call_all(workers, "verify")
             call_all(workers, "close_pairs")
         _settle()
+        if trace is not None:  # the baseline the next dump is compared with
+            emu.dump_tracemalloc()
+            _settle(5)
         fds0, rss0 = emu.fds(), emu.rss()
         count = (limit - fds0 - FD_MARGIN) // 2 if pairs == "max" else int(pairs)
         shares = [count // nproc + (1 if i < count % nproc else 0) for i in range(nproc)]
@@ -944,8 +951,8 @@ def phase_pairs(pairs: int | str, *, tracemalloc: bool = False) -> dict[str, Any
         return result
 
 
-def phase_wps(clients: int) -> dict[str, Any]:
-    with running("wps") as (emu, workers):
+def phase_wps(clients: int, *, backlog: int | None = None) -> dict[str, Any]:
+    with running("wps", backlog=backlog) as (emu, workers):
         nproc = max(1, math.ceil(clients / CLIENTS_PER_PROCESS))
         for i in range(nproc):
             workers.append(Worker("wps", emu.wps_port, f"w{i}"))
@@ -1010,8 +1017,9 @@ def listen_drops() -> int:
     return 0
 
 
-def phase_bursts(rendezvous: int, requests: int) -> dict[str, Any]:
-    with running("bursts") as (emu, workers):
+def phase_bursts(rendezvous: int, requests: int, *, backlog: int | None = None,
+                 ) -> dict[str, Any]:
+    with running("bursts", backlog=backlog) as (emu, workers):
         rdv = [Worker("relay", emu.port, f"loadburst{i}", f"b{i}") for i in range(2)]
         http_listener = Worker("relay", emu.port, "loadhttp", "h")
         senders = [Worker("relay", emu.port, f"loadhttpsend{i}", f"hs{i}") for i in range(2)]
@@ -1059,8 +1067,9 @@ def phase_bursts(rendezvous: int, requests: int) -> dict[str, Any]:
         }
 
 
-def phase_soak(seconds: float, sample_every: float = 10.0) -> dict[str, Any]:
-    with running("soak") as (emu, workers):
+def phase_soak(seconds: float, sample_every: float = 10.0, *, backlog: int | None = None,
+               ) -> dict[str, Any]:
+    with running("soak", backlog=backlog) as (emu, workers):
         relay = Worker("relay", emu.port, "loadsoak", "s")
         hub = Worker("wps", emu.wps_port, "ws")
         workers += [relay, hub]
@@ -1202,16 +1211,17 @@ def failures_of(results: dict[str, Any]) -> list[str]:
 
 def run(*, pairs: int | str = "max", clients: int = 10_000, burst: int = 1000,
         http_burst: int = 1000, soak: float = 600.0, only: set[str] | None = None,
-        tracemalloc: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+        tracemalloc: bool = False, backlog: int | None = None,
+        log: Callable[[str], None] = print) -> dict[str, Any]:
     from bench.load_emulator import raise_nofile
 
     only = only or {"pairs", "wps", "bursts", "soak"}
     results: dict[str, Any] = {"fd_cap": raise_nofile()[1]}
     phases: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-        ("pairs", lambda: phase_pairs(pairs, tracemalloc=tracemalloc)),
-        ("wps", lambda: phase_wps(clients)),
-        ("bursts", lambda: phase_bursts(burst, http_burst)),
-        ("soak", lambda: phase_soak(soak)),
+        ("pairs", lambda: phase_pairs(pairs, tracemalloc=tracemalloc, backlog=backlog)),
+        ("wps", lambda: phase_wps(clients, backlog=backlog)),
+        ("bursts", lambda: phase_bursts(burst, http_burst, backlog=backlog)),
+        ("soak", lambda: phase_soak(soak, backlog=backlog)),
     ]
     for name, phase in phases:
         if name not in only:
@@ -1236,13 +1246,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracemalloc", action="store_true",
                         help="trace the emulator's allocations in the pairs phase "
                              "(.benchmarks/load/tracemalloc-pairs.txt; slows it down, skews RSS)")
+    parser.add_argument("--backlog", type=int,
+                        help="experiment: the emulator's listen backlog (default: asyncio's 100)")
     parser.add_argument("--out", help="write the results table (markdown) here")
     parser.add_argument("--json", help="write all results (JSON) here")
     args = parser.parse_args(argv)
     pairs: int | str = args.pairs if args.pairs == "max" else int(args.pairs)
     results = run(pairs=pairs, clients=args.clients, burst=args.burst,
                   http_burst=args.http_burst, soak=args.soak, only=set(args.only.split(",")),
-                  tracemalloc=args.tracemalloc)
+                  tracemalloc=args.tracemalloc, backlog=args.backlog)
     command = "python -m bench.load " + " ".join(argv if argv is not None else sys.argv[1:])
     table = markdown(results, command.strip())
     print(table)

@@ -1,4 +1,4 @@
-"""``hyco emulator`` as ``bench/load.py`` runs it: the real CLI, with three things around it.
+"""``hyco emulator`` as ``bench/load.py`` runs it: the real CLI, with a few things around it.
 
 - ``RLIMIT_NOFILE``: the soft limit is raised to the hard one first. The emulator itself does not
   do this (``hyco_proto/cli.py`` leaves the limit as it finds it), and a relayed pair costs it
@@ -6,8 +6,10 @@
 - A watchdog: the parent holds our stdin open; EOF means it is gone, and we exit, so no emulator
   outlives a load run (``bench/relays/_common.py`` does the same for the relay benchmarks).
 - With ``HYCO_LOAD_TRACEMALLOC=<file>``: ``tracemalloc`` runs from the start, and each
-  ``SIGUSR1`` writes the top allocation sites (by line, and by file) to ``<file>``. That is how
-  ``bench/load.py --tracemalloc`` finds where the memory of an idle pair goes.
+  ``SIGUSR1`` writes the top allocation sites, and what grew since the previous dump, to
+  ``<file>``: how ``bench/load.py --tracemalloc`` finds where the memory of an idle pair goes.
+- With ``HYCO_LOAD_BACKLOG=<n>``: every listening socket gets a listen backlog of ``n`` instead of
+  asyncio's default 100 (an experiment: ``bench/load.py --backlog``; the emulator has no flag).
 
 ``python -m bench.load_emulator [hyco emulator flags]``; the banner goes to stdout, as with
 ``hyco emulator``.
@@ -21,6 +23,7 @@ import signal
 import sys
 import threading
 from types import FrameType
+from typing import Any
 
 
 def raise_nofile() -> tuple[int, int]:
@@ -44,27 +47,53 @@ def _tracemalloc(path: str) -> None:
     import tracemalloc
 
     tracemalloc.start(4)
+    previous: list[tracemalloc.Snapshot] = []
 
     def dump(_signum: int, _frame: FrameType | None) -> None:
+        """The top allocation sites now, and what grew since the previous dump."""
         snapshot = tracemalloc.take_snapshot().filter_traces(
             (tracemalloc.Filter(False, tracemalloc.__file__),))
-        lines = []
-        for key in ("lineno", "filename"):
-            stats = snapshot.statistics(key)
-            total = sum(s.size for s in stats)
-            lines.append(f"== by {key}: {total / 1024:,.0f} KiB traced in {len(stats)} sites")
-            for stat in stats[:30]:
-                frame = stat.traceback[0]
-                lines.append(f"{stat.size / 1024:12,.1f} KiB {stat.count:9,d} blocks  "
+        stats = snapshot.statistics("lineno")
+        lines = [f"== now: {sum(s.size for s in stats) / 1024:,.0f} KiB traced in "
+                 f"{len(stats)} sites"]
+        for stat in stats[:25]:
+            frame = stat.traceback[0]
+            lines.append(f"{stat.size / 1024:12,.1f} KiB {stat.count:9,d} blocks  "
+                         f"{frame.filename}:{frame.lineno}")
+        if previous:
+            diff = snapshot.compare_to(previous[0], "lineno")
+            grown = sum(d.size_diff for d in diff)
+            lines.append(f"== since the previous dump: {grown / 1024:+,.0f} KiB")
+            for d in diff[:30]:
+                frame = d.traceback[0]
+                lines.append(f"{d.size_diff / 1024:+12,.1f} KiB {d.count_diff:+9,d} blocks  "
                              f"{frame.filename}:{frame.lineno}")
+        previous[:] = [snapshot]
         with open(path, "a") as out:
             out.write("\n".join(lines) + "\n\n")
 
     signal.signal(signal.SIGUSR1, dump)
 
 
+def _backlog(backlog: int) -> None:
+    """``loop.create_server(..., backlog=backlog)`` unless the caller passes one."""
+    from asyncio import base_events
+
+    original = base_events.BaseEventLoop.create_server
+
+    async def create_server(self: base_events.BaseEventLoop, *args: Any,
+                            **kwargs: Any) -> Any:
+        kwargs.setdefault("backlog", backlog)
+        return await original(self, *args, **kwargs)
+
+    base_events.BaseEventLoop.create_server = create_server  # type: ignore[method-assign]
+
+
 def main() -> int:
     raise_nofile()
+    backlog = os.environ.get("HYCO_LOAD_BACKLOG")
+    if backlog:
+        _backlog(int(backlog))
     _watch_parent()
     trace = os.environ.get("HYCO_LOAD_TRACEMALLOC")
     if trace:
