@@ -259,15 +259,19 @@ class _TlsHandshake(asyncio.Protocol):
             protocol.eof_received()
         if early.lost:
             protocol.connection_lost(None)
+        else:
+            early.target = protocol  # a connection_lost already scheduled for `early`
 
 
 class _EarlyInput(asyncio.Protocol):
-    """Holds what a TLS connection delivers before its task has taken it over."""
+    """Holds what a TLS connection delivers before its task has taken it over; afterwards
+    (``target`` set) passes on a ``connection_lost`` that was scheduled for it meanwhile."""
 
     def __init__(self) -> None:
         self.data = bytearray()
         self.eof = False
         self.lost = False
+        self.target: _ServiceProtocol | None = None
 
     def data_received(self, data: bytes) -> None:
         self.data += data
@@ -278,6 +282,8 @@ class _EarlyInput(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self.target is not None:
+            self.target.connection_lost(exc)
 
 
 class RelayServiceServer:
