@@ -459,7 +459,7 @@ class RelayWorker:
         prepared = self._prepare(count)
         gate = asyncio.Semaphore(concurrency)
         failures, times = Failures(), list[float]()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         opened = await asyncio.gather(*(self._open_one(i, r, a, gate, failures, times)
                                         for i, r, a in prepared))
         elapsed = time.perf_counter() - t0
@@ -469,7 +469,8 @@ class RelayWorker:
         else:
             for pair in pairs:
                 pair.close()
-        return {"opened": len(pairs), "seconds": elapsed, **failures.as_dict(),
+        return {"opened": len(pairs), "seconds": elapsed, "cpu_s": time.process_time() - cpu0,
+                **failures.as_dict(),
                 **_summary(times), "times": times}
 
     async def _exchange(self, pair: Pair, size: int = 0) -> None:
@@ -571,9 +572,10 @@ class RelayWorker:
             times.append(time.perf_counter() - t0)
             return True
 
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         ok = sum(await asyncio.gather(*(one() for _ in range(count))))
-        return {"ok": ok, "seconds": time.perf_counter() - t0, **failures.as_dict(),
+        return {"ok": ok, "seconds": time.perf_counter() - t0,
+                "cpu_s": time.process_time() - cpu0, **failures.as_dict(),
                 **_summary(times), "times": times}
 
     # ---------------------------------------------------------------------- soak
@@ -883,8 +885,11 @@ def _merge(results: list[dict[str, Any]], key: str) -> dict[str, Any]:
     for r in results:
         for reason, n in r.get("reasons", {}).items():
             reasons[reason] = reasons.get(reason, 0) + n
-    return {key: sum(r[key] for r in results), "failures": sum(r["failures"] for r in results),
-            "reasons": reasons, **_summary(times)}
+    merged = {key: sum(r[key] for r in results), "failures": sum(r["failures"] for r in results),
+              "reasons": reasons, **_summary(times)}
+    if all("cpu_s" in r for r in results):  # CPU seconds of the load processes, together
+        merged["load_cpu_s"] = round(sum(r["cpu_s"] for r in results), 2)
+    return merged
 
 
 # ============================================================================ phases
@@ -1155,13 +1160,14 @@ def markdown(results: dict[str, Any], command: str) -> str:
             f"| burst: {r['requested']:,} simultaneous rendezvous | {r['opened']:,} opened, "
             f"**{r['failures']} failures**, {r['seconds']} s (each: p50 {r.get('p50_ms')} ms, "
             f"p99 {r.get('p99_ms')} ms, max {r.get('max_ms')} ms; kernel ListenDrops "
-            f"+{r['listen_drops']}); then one message each way through all: "
+            f"+{r['listen_drops']}; CPU: emulator {r['emulator_cpu_s']} s, load processes "
+            f"{r.get('load_cpu_s')} s); then one message each way through all: "
             f"{r['verified']['verified']:,} ok |",
             f"| burst: {h['requested']:,} simultaneous relayed HTTP GETs | {h['ok']:,} x 200 "
             f"with the body, **{h['failures']} failures**, {h['seconds']} s (each: p50 "
             f"{h.get('p50_ms')} ms, p99 {h.get('p99_ms')} ms, max {h.get('max_ms')} ms; kernel "
-            f"ListenDrops +{h['listen_drops']}; the listener answered {h['listener_answered']:,})"
-            " |",
+            f"ListenDrops +{h['listen_drops']}; CPU: emulator {h['emulator_cpu_s']} s, senders "
+            f"{h.get('load_cpu_s')} s; the listener answered {h['listener_answered']:,}) |",
         ]
     s = results.get("soak")
     if s:
