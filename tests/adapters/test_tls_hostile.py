@@ -347,3 +347,47 @@ def test_the_web_pubsub_port_with_tls_logs_hostile_clients_and_keeps_serving(
 
     with caplog.at_level(logging.DEBUG, logger=LOGGER):
         run()
+
+
+def test_a_thousand_half_open_tls_handshakes_do_not_delay_a_healthy_pair(
+        tls_contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    """1,000 clients that send half a ClientHello and stall: the healthy TLS pair keeps
+    exchanging while they are held, every one of them is dropped at the handshake timeout
+    (counted as a handshake error), and nothing is left behind."""
+    server_ctx, client_ctx = tls_contexts
+    count = 1000
+
+    @async_test
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        loop_errors: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, context: loop_errors.append(context))
+        hello = client_hello(client_ctx)
+        async with tls_relay(server_ctx) as relay:
+            uri = f"{relay.url}/$hc/myhc"
+            async with RelayedServer(uri, lambda: token(uri), connection=echo, ssl=client_ctx):
+                ws = await bounded(relayed_connect(uri, token(uri), ssl=client_ctx))
+                chatter = Chatter(ws)
+                await chatter.progresses()
+                stalled = []
+                for _ in range(count):
+                    reader, writer = await bounded(asyncio.open_connection("127.0.0.1",
+                                                                           relay.port))
+                    writer.write(hello[: len(hello) // 2])
+                    stalled.append((reader, writer))
+                await chatter.progresses(10)  # while all of them are held
+                try:
+                    ends = await asyncio.wait_for(asyncio.gather(
+                        *(read_until_closed(reader) for reader, _ in stalled)),
+                        HOSTILE_BOUND + WAIT)
+                finally:
+                    for _, writer in stalled:
+                        close_quietly(writer)
+                assert all(took < HOSTILE_BOUND for _, took in ends)
+                assert relay.service.stats.handshake_errors == count
+                await chatter.progresses()
+                await chatter.stop()
+                await bounded(ws.close())
+        assert loop_errors == [], loop_errors[:3]
+
+    run()
