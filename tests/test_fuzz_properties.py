@@ -83,6 +83,31 @@ def test_inputs_found_by_fuzzing(target: Any, value: Any) -> None:
         target(value)
 
 
+#: Found by text:_filter (atheris): 300 parentheses after a comparison (the parser recursed three
+#: frames per level; RecursionError, not ValueError). Now at most 64 levels of ( and not.
+DEEP_FILTERS = ["userId eq 'u1' and" + "(" * 300 + " (( ( ",
+                "(" * 2000 + "userId eq 'u1'" + ")" * 2000,
+                "not " * 1000 + "userId eq 'u1'", "(" * 65 + "userId eq 'u1'" + ")" * 65]
+
+
+@pytest.mark.parametrize("text", DEEP_FILTERS, ids=["found", "parens", "nots", "65"])
+def test_a_deeply_nested_filter_is_a_value_error(text: str) -> None:
+    from hyco_proto.webpubsub.odata import parse_filter
+
+    with pytest.raises(ValueError, match="nests parentheses and 'not' more than 64 deep"):
+        parse_filter(text)
+
+
+def test_nesting_up_to_the_bound_and_long_chains_still_work() -> None:
+    from hyco_proto.webpubsub.odata import FilterSubject, parse_filter
+
+    subject = FilterSubject("c1", "u1", frozenset({"g"}))
+    assert parse_filter("(" * 64 + "userId eq 'u1'" + ")" * 64)(subject)
+    assert not parse_filter("not " * 63 + "'g' in groups")(subject)
+    chain = " or ".join(["'a' eq 'b'"] * 290)  # about 4 KiB: evaluation nests 290 deep
+    assert len(chain) <= 4096 and not parse_filter(chain)(subject)
+
+
 @pytest.mark.parametrize(("count", "status"), [(100, b"401"), (101, b"431")])
 def test_header_field_count_is_capped(count: int, status: bytes) -> None:
     from hyco_proto.service.config import ServiceConfig

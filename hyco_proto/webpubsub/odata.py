@@ -24,6 +24,10 @@ __all__ = ["FilterSubject", "parse_filter"]
 _TOKEN = re.compile(r"\s*(?:('(?:[^']|'')*')|(\()|(\))|(,)|([A-Za-z_][A-Za-z0-9_]*)|(\S))")
 _COMPARE = {"eq", "ne", "lt", "le", "gt", "ge"}
 _MAX_LENGTH = 4096
+#: How deep parentheses and ``not`` may nest: the parser recurses once per level (three frames
+#: for a parenthesis), so without a bound a 4096-character filter of ``(`` or ``not`` raised
+#: RecursionError instead of ValueError.
+_MAX_DEPTH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,7 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.tokens = _tokens(text)
         self.pos = 0
+        self.depth = 0  # parentheses and ``not`` open around the current position
 
     def peek(self) -> str | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
@@ -92,16 +97,22 @@ class _Parser:
         return left
 
     def parse_not(self) -> Predicate:
-        if self.peek() == "not":
-            self.take()
+        tok = self.peek()
+        if tok != "not" and tok != "(":
+            return self.parse_comparison()
+        self.take()
+        self.depth += 1
+        if self.depth > _MAX_DEPTH:
+            raise ValueError(f"the filter nests parentheses and 'not' more than {_MAX_DEPTH} "
+                             "deep")
+        if tok == "not":
             inner = self.parse_not()
+            self.depth -= 1
             return lambda s: not inner(s)
-        if self.peek() == "(":
-            self.take()
-            inner = self.parse_or()
-            self.expect(")")
-            return inner
-        return self.parse_comparison()
+        inner = self.parse_or()
+        self.expect(")")
+        self.depth -= 1
+        return inner
 
     def parse_operand(self) -> Operand:
         tok = self.take("a value")
