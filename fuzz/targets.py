@@ -210,6 +210,7 @@ class Utf8Wire:
     wire: bytes
     prefix: bytes  # payload of the message sent before it (forwarded first), if any
     positions: list[int]  # wire offset of each payload byte
+    fragments: list[int]  # payload offset where each fragment begins
     final_start: int  # payload offset where the final fragment begins
     end: int  # wire offset of the message's last byte
     reads: list[bytes]
@@ -260,7 +261,7 @@ def utf8_wire(payload: bytes, frag_cuts: list[int], read_cuts: list[int], mode: 
     splits = sorted({c % (len(wire) + 1) for c in read_cuts} - {0, len(wire)})
     starts = [0, *splits]
     reads = [bytes(wire[lo:hi]) for lo, hi in itertools.pairwise([*starts, len(wire)])]
-    return Utf8Wire(bytes(wire), prefix, positions, bounds[-2], end, reads, starts)
+    return Utf8Wire(bytes(wire), prefix, positions, bounds[:-1], bounds[-2], end, reads, starts)
 
 
 def _forwarded(output: bytes) -> bytes:
@@ -277,9 +278,10 @@ def _check_failure_point(msg: Utf8Wire, ref: tuple[int, int], fail_read: int | N
                          forwarded: int | None, fast: bool) -> None:
     """A failure not before the read holding the first byte of the bad code point, and no later
     than the read holding the first byte no valid UTF-8 can have there (the message's end when it
-    ends inside a code point). ``forwarded`` (payload bytes let through) lies between the valid
-    prefix and that byte. ``fast``: a truncation is seen at the final frame, whose bytes of the
-    incomplete code point are not forwarded."""
+    ends inside a code point). ``forwarded`` (payload bytes let through) stops before that byte
+    and lets through at least the valid prefix up to the fragment holding the bad code point (a
+    forwarder may hold back that whole fragment). ``fast``: a truncation is seen at the final
+    frame, whose bytes of the incomplete code point are not forwarded."""
     start, bad = ref
     truncated = bad == len(msg.positions)
     deadline = msg.end if truncated else msg.positions[bad]
@@ -288,14 +290,15 @@ def _check_failure_point(msg: Utf8Wire, ref: tuple[int, int], fail_read: int | N
         fail_read, ref, msg.read_starts)
     if forwarded is not None:
         limit = (max(start, msg.final_start) if fast else bad) if truncated else bad
-        assert start <= forwarded <= limit, (forwarded, ref, msg.final_start)
+        lower = max(offset for offset in msg.fragments if offset <= start)
+        assert lower <= forwarded <= limit, (forwarded, ref, msg.fragments)
 
 
 def utf8_differential(payload: bytes, frag_cuts: list[int], read_cuts: list[int],
                       mode: int) -> None:
     """One message through each kernel's ``Forwarder(masked=True)`` and a server-role
     ``WebSocketConnection``: 1007 exactly when Python's strict decoder refuses the text payload,
-    at the right read, having forwarded the valid bytes and nothing from the first byte that
+    at the right read, having forwarded the valid fragments and nothing from the first byte that
     cannot be UTF-8; the kernels agree byte for byte; binary, compressed and unvalidated
     messages pass untouched."""
     from hyco_proto.websocket import BinaryMessage, Role, TextMessage, WebSocketConnection

@@ -160,9 +160,9 @@ UTF8_PAYLOAD = st.one_of(
 def test_utf8_validation_matches_python(payload: bytes, frag_cuts: list[int],
                                         read_cuts: list[int], mode: int) -> None:
     """1007 exactly when ``payload.decode("utf-8")`` fails, no later than the read holding the
-    first byte no valid UTF-8 can have there, having forwarded the valid bytes before it and
-    nothing from it on; the two kernels agree byte for byte (``fuzz.targets.utf8_differential``,
-    also the ``utf8:differential`` atheris harness)."""
+    first byte no valid UTF-8 can have there, having forwarded nothing from it on (and the valid
+    text of the fragments before the bad one); the two kernels agree byte for byte
+    (``fuzz.targets.utf8_differential``, also the ``utf8:differential`` atheris harness)."""
     targets.utf8_differential(payload, frag_cuts, read_cuts, mode)
 
 
