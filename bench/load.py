@@ -166,10 +166,18 @@ class Emulator:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
-    def dump_tracemalloc(self) -> None:
+    def dump_tracemalloc(self, path: Path, timeout: float = 120.0) -> None:
+        """Ask for a dump (``SIGUSR1``) and wait until it is written to ``path`` (bounded)."""
         import signal
 
+        before = path.stat().st_size if path.exists() else 0
         os.kill(self.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while (path.stat().st_size if path.exists() else 0) == before:
+            if time.monotonic() > deadline:
+                raise LoadError(f"no tracemalloc dump in {path} after {timeout}s")
+            time.sleep(0.2)
+        time.sleep(0.5)  # the rest of the dump
 
     def log_problems(self) -> list[str]:
         """Lines of the emulator's log that look like a crash or an error."""
@@ -916,8 +924,7 @@ def phase_pairs(pairs: int | str, *, tracemalloc: bool = False, backlog: int | N
             call_all(workers, "close_pairs")
         _settle()
         if trace is not None:  # the baseline the next dump is compared with
-            emu.dump_tracemalloc()
-            _settle(5)
+            emu.dump_tracemalloc(trace)
         fds0, rss0 = emu.fds(), emu.rss()
         count = (limit - fds0 - FD_MARGIN) // 2 if pairs == "max" else int(pairs)
         shares = [count // nproc + (1 if i < count % nproc else 0) for i in range(nproc)]
@@ -927,8 +934,7 @@ def phase_pairs(pairs: int | str, *, tracemalloc: bool = False, backlog: int | N
         _settle()
         fds1, rss1 = emu.fds(), emu.rss()
         if trace is not None:
-            emu.dump_tracemalloc()
-            _settle(5)
+            emu.dump_tracemalloc(trace)
         t0 = time.perf_counter()
         verified = call_all(workers, "verify")
         verify_seconds = time.perf_counter() - t0
@@ -950,8 +956,7 @@ def phase_pairs(pairs: int | str, *, tracemalloc: bool = False, backlog: int | N
             "emulator_log_problems": emu.log_problems(),
         }
         if trace is not None:
-            emu.dump_tracemalloc()
-            _settle(5)
+            emu.dump_tracemalloc(trace)
             result["tracemalloc"] = str(trace)
         return result
 
