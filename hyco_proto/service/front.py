@@ -38,7 +38,9 @@ def reason_phrase(status: int, text: str | None = None) -> str:
         return "Unknown"
 
 
-#: Largest request head the door reads (request line and headers), like the handshake's bound.
+#: Largest request head the door accepts (request line and headers), like the handshake's
+#: bound: 431 beyond. h11 enforces it only on a head still incomplete in its buffer, so a head
+#: that arrives whole in one read is measured once parsed (``_head_size``).
 MAX_HEAD = 32768 + 4096
 
 
@@ -94,8 +96,17 @@ class Route(Protocol):
 
 
 #: Most header fields a request may have (Kestrel's default, the stack Azure Relay runs on);
-#: the head's size is bounded separately (16 KiB).
+#: the head's size is bounded separately (``MAX_HEAD``).
 MAX_HEADER_FIELDS = 100
+
+
+def _head_size(raw: h11.Request) -> int:
+    """The size of ``raw``'s head on the wire, at least: request line and header lines, each
+    with its CRLF (optional whitespace h11 stripped is not counted)."""
+    size = len(raw.method) + len(raw.target) + len(b" HTTP/1.1\r\n") + 1 + 2
+    for name, value in raw.headers.raw_items():
+        size += len(name) + len(value) + 4  # ": " and CRLF
+    return size
 
 
 def _decode(raw: h11.Request) -> RequestHead:
@@ -168,7 +179,13 @@ class FrontDoor(Handler):
             if isinstance(event, h11.Request):
                 if len(event.headers) > MAX_HEADER_FIELDS:
                     self._bad_request(now, h11.RemoteProtocolError(
-                        "too many header fields", error_status_hint=431))
+                        f"more than {MAX_HEADER_FIELDS} header fields", error_status_hint=431))
+                    return
+                size = _head_size(event)
+                if size > MAX_HEAD:  # checked before any route sees it (even before auth)
+                    self._bad_request(now, h11.RemoteProtocolError(
+                        f"request head of {size} bytes exceeds {MAX_HEAD}",
+                        error_status_hint=431))
                     return
                 self.head = _decode(event)
                 self._request_done = False
