@@ -59,9 +59,9 @@ bench: setup .stamp-bench
 		--benchmark-min-time=0.002 --benchmark-warmup=on --benchmark-warmup-iterations=2000
 	$(PY) -m bench.report .benchmarks/latest.json
 
-# Load on ONE emulator process (issue 12; bench/load.py): PAIRS idle relayed pairs (max: as many
-# as its open-file limit allows, 2 sockets each), CLIENTS idle Web PubSub clients, bursts of 1,000
-# rendezvous and 1,000 relayed HTTP requests, a SOAK_SECONDS soak; prints the results table.
+# Load on ONE emulator process (issue 12; bench/load.py): PAIRS idle relayed pairs (max: 10,000,
+# or as many as its open-file limit allows: 2 sockets each), CLIENTS idle Web PubSub clients,
+# bursts of 1,000 rendezvous and 1,000 relayed HTTP requests, a SOAK_SECONDS soak; prints a table.
 # `make bench` runs small versions (bench/test_load.py).
 SOAK_SECONDS ?= 600
 PAIRS ?= max
