@@ -34,6 +34,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
@@ -786,7 +787,7 @@ def _add_netcat_options(parser: argparse.ArgumentParser) -> None:
                         help="do not read stdin (receive only)")
     parser.add_argument("--verbose", "-v", action="store_true",
                         help="report connections and listener errors on stderr")
-    parser.add_argument("--log-level", default="WARNING", help=argparse.SUPPRESS)
+    _add_log_level(parser, "WARNING", argparse.SUPPRESS)
 
 
 # -------------------------------------------------------------------------------------------
@@ -1021,11 +1022,16 @@ _EVENT_FIELDS = ("event", "client", "tracking", "what", "why", "status")
 
 
 class _JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, and the event's fields."""
+    """One JSON object per line: time (UTC, ISO 8601 with milliseconds and ``Z``), level,
+    logger, message, and the event's fields."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        stamp = datetime.fromtimestamp(record.created, timezone.utc)
+        return f"{stamp:%Y-%m-%dT%H:%M:%S}.{int(record.msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, object] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "time": self.formatTime(record),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -1038,14 +1044,33 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(doc, ensure_ascii=False, default=str)
 
 
+#: The levels of ``--log-level`` (case-insensitive), least to most severe.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(text: str) -> str:
+    """``--log-level``'s type: the name upper-cased, then checked against ``choices``."""
+    return text.strip().upper()
+
+
+def _add_log_level(parser: argparse.ArgumentParser, default: str, text: str) -> None:
+    parser.add_argument("--log-level", type=_log_level, choices=LOG_LEVELS, default=default,
+                        metavar="{" + ",".join(LOG_LEVELS) + "}", help=text)
+
+
 def _setup_logging(level: str, fmt: str = "text") -> None:
+    """Log to stderr: ``level`` applies to the ``hyco_proto`` loggers; other libraries' (the
+    root logger's) stay at WARNING or above, so DEBUG does not add asyncio's own lines."""
+    if level not in LOG_LEVELS:  # argparse checked it; this is for other callers
+        raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=getattr(logging, str(level).upper(), logging.INFO),
-                        handlers=[handler])
+    value = logging.getLevelName(level)
+    logging.basicConfig(level=max(value, logging.WARNING), handlers=[handler])
+    logging.getLogger("hyco_proto").setLevel(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1115,11 +1140,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "user events) to this upstream URL, e.g. "
                           "chat=http://127.0.0.1:3000/eventhandler (repeatable; {event}, "
                           "{hub} and {category} in the URL are replaced)")
-    emu.add_argument("--log-level", default="INFO",
-                     help="DEBUG (adds each sender's wait for its listener), INFO (default: "
-                          "accepted listeners, relayed pairs and HTTP requests, refusals, "
-                          "rejects, handshake failures and protocol closes, one line each "
-                          "with the client's address and a tracking id), WARNING")
+    _add_log_level(emu, "INFO",
+                   "DEBUG (adds each sender's wait for its listener), INFO (default: "
+                   "accepted listeners, relayed pairs and HTTP requests, refusals, "
+                   "rejects, handshake failures and protocol closes, one line each "
+                   "with the client's address and a tracking id), WARNING (problems of "
+                   "the emulator itself), ERROR (its errors only); case-insensitive")
     emu.add_argument("--log-format", choices=("text", "json"), default="text",
                      help="text (default) or json: one JSON object per line")
     emu.set_defaults(func=cmd_emulator)
@@ -1188,8 +1214,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ASGI lifespan startup/shutdown: auto (if the application supports "
                           "it, the default), on (required), off")
     _add_endpoint_options(htp)
-    htp.add_argument("--log-level", default="INFO",
-                     help="DEBUG, INFO (default), WARNING, ERROR")
+    _add_log_level(htp, "INFO", "DEBUG, INFO (default), WARNING or ERROR (case-insensitive)")
     htp.set_defaults(func=cmd_http)
 
     sta = commands.add_parser("status", help="print the emulator's /$status document")

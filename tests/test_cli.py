@@ -492,3 +492,92 @@ def test_emulator_help_and_docs_list_the_server_flags(capsys: pytest.CaptureFixt
                  "--accept-timeout"):
         assert flag in text
         assert f"`{flag}" in docs, f"docs/emulator.md lists {flag}"
+
+
+# -------------------------------------------------------------------------------------------
+# --log-level and the log's format (issue 12 new-user trial)
+
+LEVEL_CHOICES = "(choose from 'DEBUG', 'INFO', 'WARNING', 'ERROR')"
+
+
+@pytest.mark.parametrize("command", [["emulator"], ["listen"], ["send"],
+                                     ["http", "--asgi", "m:app"]])
+@pytest.mark.parametrize("value", ["TRACE", "", "10", "verbose"])
+def test_log_level_is_a_choice_on_every_command_that_has_it(
+        command: list[str], value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.build_parser().parse_args([*command, f"--log-level={value}"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --log-level: invalid choice" in err and LEVEL_CHOICES in err, err
+
+
+@pytest.mark.parametrize(("value", "level"), [("debug", "DEBUG"), ("Info", "INFO"),
+                                              ("WARNING", "WARNING"), ("error", "ERROR")])
+def test_log_level_choices_are_case_insensitive(value: str, level: str) -> None:
+    for command in (["emulator"], ["send"], ["http", "--asgi", "m:app"]):
+        args = cli.build_parser().parse_args([*command, "--log-level", value])
+        assert args.log_level == level
+
+
+def test_log_level_help_and_docs_name_every_level(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["emulator", "--help"])
+    assert "{DEBUG,INFO,WARNING,ERROR}" in capsys.readouterr().out
+    docs = (ROOT / "docs" / "emulator.md").read_text()
+    row = next(line for line in docs.splitlines() if line.startswith("| `--log-level"))
+    for level in cli.LOG_LEVELS:
+        assert f"`{level}`" in row, row
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    import logging
+
+    root, ours = logging.getLogger(), logging.getLogger("hyco_proto")
+    saved = (root.level, list(root.handlers), ours.level)
+    root.handlers = []
+    try:
+        yield
+    finally:
+        root.setLevel(saved[0])
+        root.handlers = saved[1]
+        ours.setLevel(saved[2])
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_debug_level_is_set_on_our_loggers_not_the_root_logger() -> None:
+    import logging
+
+    cli._setup_logging("DEBUG")
+    assert logging.getLogger("hyco_proto.service").isEnabledFor(logging.DEBUG)
+    # asyncio's "Using selector: EpollSelector" and other libraries' debug lines stay out.
+    assert not logging.getLogger("asyncio").isEnabledFor(logging.DEBUG)
+    assert not logging.getLogger("asyncio").isEnabledFor(logging.INFO)
+    cli._setup_logging("ERROR")
+    assert not logging.getLogger("hyco_proto.service").isEnabledFor(logging.WARNING)
+    assert logging.getLogger("hyco_proto.service").isEnabledFor(logging.ERROR)
+
+
+def test_emulator_at_debug_does_not_print_asyncio_lines(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c",
+         "import asyncio, logging, sys\n"
+         "from hyco_proto import cli\n"
+         "cli._setup_logging('DEBUG')\n"
+         "asyncio.run(asyncio.sleep(0))\n"
+         "logging.getLogger('hyco_proto.service').debug('ours')\n"],
+        capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT,
+        env={**os.environ, "PYTHONASYNCIODEBUG": ""})
+    assert "Using selector" not in proc.stderr, proc.stderr
+    assert "hyco_proto.service: ours" in proc.stderr, proc.stderr
+
+
+def test_json_log_time_is_utc_iso_8601_with_milliseconds() -> None:
+    import logging
+
+    record = logging.LogRecord("hyco_proto.service", logging.INFO, __file__, 1, "x", None, None)
+    record.created, record.msecs = 1796072530.1234, 123.4  # 2026-11-30T21:02:10.123Z
+    doc = json.loads(cli._JsonFormatter().format(record))
+    assert doc["time"] == "2026-11-30T21:02:10.123Z"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", doc["time"])
