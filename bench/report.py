@@ -77,8 +77,27 @@ def load(path: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
     return groups, data.get("machine_info", {})
 
 
+#: Sections written by hand from other runs (``make load``): kept as they are in the file.
+KEPT_SECTIONS = ("## Load on one emulator process",)
+
+
+def kept_sections(path: Path) -> list[str]:
+    """The lines of ``KEPT_SECTIONS`` in the current ``path``, each up to the next ``## ``."""
+    if not path.exists():
+        return []
+    kept: list[str] = []
+    keep = False
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            keep = line.startswith(KEPT_SECTIONS)
+        if keep:
+            kept.append(line)
+    return kept
+
+
 def write_markdown(groups: dict[str, list[dict[str, Any]]], machine: dict[str, Any],
                    out: Path, echo_absent: dict[str, str] | None = None) -> None:
+    kept = kept_sections(out)
     lines = [
         "# Benchmark results",
         "",
@@ -94,6 +113,7 @@ def write_markdown(groups: dict[str, list[dict[str, Any]]], machine: dict[str, A
     lines += echo_summary(groups, echo_absent or {})
     lines += http_summary(groups)
     lines += wps_summary(groups)
+    lines += kept
     for group in sorted(groups):
         rows = sorted(groups[group], key=lambda r: r["median"])
         ours = _ours(rows)
