@@ -1018,7 +1018,7 @@ _CONTROL_MESSAGE = _ranged(_size, MIN_CONTROL_MESSAGE, MAX_CONTROL_MESSAGE, "a s
 
 
 #: Fields of the service's structured log lines (``hyco_proto.service.events.log_event``).
-_EVENT_FIELDS = ("event", "client", "tracking", "what", "why", "status")
+_EVENT_FIELDS = ("event", "client", "tracking", "what", "why", "status", "code", "count")
 
 
 class _JsonFormatter(logging.Formatter):

@@ -220,3 +220,75 @@ def test_metrics_in_the_prometheus_text_format() -> None:
     assert samples[("hyco_relayed_pairs_total", ())] == 1
     assert samples[("hyco_bytes_relayed_total", ())] >= 5
     assert http_get(net.service, "/metrics", method="POST")[0] != 200  # GET only
+
+
+# -- the refusal throttle's summary line (issue 12 new-user trial) ------------------------
+
+T0 = 1796072530.0  # 2026-11-30T21:02:10Z
+
+
+def summaries(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if getattr(r, "event", None) == "refusals-not-logged"]
+
+
+def test_refusal_summary_names_status_or_tls_and_counts_in_words(
+        caplog: pytest.LogCaptureFixture) -> None:
+    log = RefusalLog(burst=1, window=10.0)
+    with caplog.at_level(logging.INFO, logger="hyco_proto.service"):
+        for i in range(28):  # TLS failures have no HTTP status
+            log.refused(T0 + i * 0.25, 0, "TLS", "TLS handshake failed: X",
+                        remote=("127.0.0.1", 1000 + i), event="handshake-failed")
+        for _ in range(2):
+            log.refused(T0 + 1, 401, "/$hc/a", "bad. TrackingId:t", remote=("127.0.0.1", 9))
+        log.handle_timer(T0 + 11)
+    texts = sorted(r.getMessage() for r in summaries(caplog))
+    assert texts == [
+        "1 more refusal with 401 for /$hc/a from 127.0.0.1 at 21:02:11 UTC was not logged",
+        "27 more refusals for TLS from 127.0.0.1 between 21:02:10 and 21:02:16 UTC were not "
+        "logged",
+    ], texts
+    assert "with 0" not in caplog.text and "in the last" not in caplog.text
+
+
+def test_refusal_summary_comes_on_the_timer_without_another_refusal(
+        caplog: pytest.LogCaptureFixture) -> None:
+    service = RelayService(ServiceConfig())
+    log = service.refusal_log
+    log.burst = 2
+    assert service.next_deadline() is None
+    with caplog.at_level(logging.INFO, logger="hyco_proto.service"):
+        for i in range(5):
+            service.tls_failed(T0 + i, ("10.0.0.9", 5000 + i), "TLS handshake failed: X")
+        assert not summaries(caplog)
+        assert service.next_deadline() == T0 + log.window  # the summary is due then
+        service.handle_timer(T0 + log.window - 0.001)
+        assert not summaries(caplog)
+        service.handle_timer(T0 + log.window)
+    [summary] = summaries(caplog)
+    assert summary.getMessage() == ("3 more refusals for TLS from 10.0.0.9 between 21:02:12 "
+                                    "and 21:02:14 UTC were not logged")
+    assert service.next_deadline() is None, "nothing left to report"
+    with caplog.at_level(logging.INFO, logger="hyco_proto.service"):
+        service.tls_failed(T0 + 30, ("10.0.0.9", 6000), "TLS handshake failed: X")
+    assert len(summaries(caplog)) == 1, "a count is reported once"
+
+
+def test_refusal_summary_in_json_is_an_event_object(caplog: pytest.LogCaptureFixture) -> None:
+    from hyco_proto.cli import _JsonFormatter
+
+    log = RefusalLog(burst=1, window=10.0, address_burst=3)
+    with caplog.at_level(logging.INFO, logger="hyco_proto.service"):
+        for _ in range(3):
+            log.refused(T0, 404, "/$hc/x", "nope. TrackingId:t", remote=("10.0.0.8", 1))
+        for i in range(4):  # over the per-address budget: counted for the address
+            log.refused(T0 + 1, 404, f"/$hc/y{i}", "nope. TrackingId:t", remote=("10.0.0.8", 1))
+        log.handle_timer(T0 + 20)
+    docs = sorted((json.loads(_JsonFormatter().format(r)) for r in summaries(caplog)),
+                  key=lambda d: d["what"])
+    assert [(d["event"], d["client"], d["tracking"], d["what"], d["count"]) for d in docs] == [
+        ("refusals-not-logged", "10.0.0.8", "-", "*", 2),
+        ("refusals-not-logged", "10.0.0.8", "-", "/$hc/x 404", 2),
+    ]
+    assert docs[1]["status"] == 404 and "status" not in docs[0]
+    assert docs[0]["why"] == docs[0]["message"] == (
+        "2 more refusals from 10.0.0.8 at 21:02:11 UTC were not logged")

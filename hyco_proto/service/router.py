@@ -189,6 +189,9 @@ class RelayService:
         # Only connections that ever had a deadline are looked at (not every relayed pair on
         # every read); the ones whose deadline has gone are dropped on the way.
         best = self.broker.next_deadline()
+        log_due = self.refusal_log.next_deadline()  # a summary of refusals not logged
+        if log_due is not None and (best is None or log_due < best):
+            best = log_due
         if self.webpubsub is not None:
             hubs = self.webpubsub.next_deadline()
             if hubs is not None and (best is None or hubs < best):
@@ -210,6 +213,7 @@ class RelayService:
                 continue
             handler.handle_timer(now)
         self.broker.handle_timer(now)
+        self.refusal_log.handle_timer(now)
         if self.webpubsub is not None:
             self.webpubsub.handle_timer(now)
         self._run_broker(now)

@@ -182,11 +182,21 @@ def metrics_response_body(
 _TRACKING = re.compile(r"TrackingId:([^,\s]+)")
 
 
+_Key = tuple[str, int, str]  # (client address, status, lower-cased path); (address, 0, "")
+
+
 @dataclass(slots=True)
 class _Window:
     start: float
+    path: str = ""
     logged: int = 0
     suppressed: int = 0
+    first: float = 0.0  # when the first and last suppressed refusal came
+    last: float = 0.0
+
+
+def _clock(when: float) -> str:
+    return datetime.fromtimestamp(when, timezone.utc).strftime("%H:%M:%S")
 
 
 @dataclass(slots=True)
@@ -195,30 +205,81 @@ class RefusalLog:
     (client address, status, path) key and per client address.
 
     At most ``burst`` lines per key and ``address_burst`` per client address per ``window``
-    seconds; the rest are counted and reported in one line when the next window opens. So one
-    noisy client (or one trying thousands of names) cannot silence the refusals of another.
-    Time comes from the caller (sans-IO).
+    seconds; the rest are counted and reported in one ``refusals-not-logged`` line when the
+    window ends: at :meth:`next_deadline` (the service's timer calls :meth:`handle_timer`), or
+    at the next refusal of that key, whichever comes first. So one noisy client (or one trying
+    thousands of names) cannot silence the refusals of another, and no count is lost when no
+    further refusal comes. Time comes from the caller (sans-IO; wall-clock seconds, as the
+    summary names the UTC times of the first and last refusal it counts).
     """
 
     burst: int = 5
     window: float = 10.0
     level: int = logging.INFO
     address_burst: int = 20
-    _windows: dict[tuple[str, int, str], _Window] = field(default_factory=dict)
+    _windows: dict[_Key, _Window] = field(default_factory=dict)
+    #: Keys whose window holds suppressed refusals, with when that window ends.
+    _pending: dict[_Key, float] = field(default_factory=dict)
 
-    def _window(self, now: float, key: tuple[str, int, str], what: str) -> _Window:
+    def next_deadline(self) -> float | None:
+        """When a window with suppressed refusals ends (its summary line is due), or None."""
+        return min(self._pending.values()) if self._pending else None
+
+    def handle_timer(self, now: float) -> None:
+        """Write the summary of every window that has ended."""
+        for key, due in list(self._pending.items()):
+            if now >= due:
+                win = self._windows.pop(key, None)
+                if win is not None:
+                    self._summary(key, win)
+                self._pending.pop(key, None)
+
+    def _summary(self, key: _Key, win: _Window) -> None:
+        """The ``refusals-not-logged`` line of a window (if it suppressed any)."""
+        self._pending.pop(key, None)
+        count = win.suppressed
+        if not count:
+            return
+        address, status, _ = key
+        if not win.path:  # the per-address window: refusals of any kind
+            what, scope = "*", f"from {address}"
+        elif status:
+            what, scope = f"{win.path} {status}", f"with {status} for {win.path} from {address}"
+        else:  # status 0: no HTTP status, the TLS handshake failed
+            what, scope = win.path, f"for {win.path} from {address}"
+        first, last = _clock(win.first), _clock(win.last)
+        if count == 1:
+            why = f"1 more refusal {scope} at {first} UTC was not logged"
+        else:
+            span = f"at {first} UTC" if first == last else f"between {first} and {last} UTC"
+            why = f"{count} more refusals {scope} {span} were not logged"
+        logger.log(self.level, "%s", why,
+                   extra={"event": "refusals-not-logged", "client": address, "tracking": "-",
+                          "what": what, "why": why, "count": count,
+                          **({"status": status} if status else {})})
+
+    def _window(self, now: float, key: _Key, path: str) -> _Window:
         win = self._windows.get(key)
         if win is None or not 0 <= now - win.start < self.window:  # clocks may step back
-            if win is not None and win.suppressed:
-                logger.log(
-                    self.level,
-                    "%d more refusals %s in the last %.0f s were not logged",
-                    win.suppressed, what, self.window,
-                )
+            if win is not None:
+                self._summary(key, win)
             if len(self._windows) > 4096:
-                self._windows.clear()  # bounded memory whatever the clients try
-            win = self._windows[key] = _Window(now)
+                # Bounded memory whatever the clients try: report what was counted, forget.
+                for old in list(self._pending):
+                    found = self._windows.get(old)
+                    if found is not None:
+                        self._summary(old, found)
+                self._windows.clear()
+                self._pending.clear()
+            win = self._windows[key] = _Window(now, path)
         return win
+
+    def _suppress(self, now: float, key: _Key, win: _Window) -> None:
+        if not win.suppressed:
+            win.first = now
+        win.suppressed += 1
+        win.last = now
+        self._pending[key] = win.start + self.window
 
     def refused(self, now: float, status: int, target: str, description: str, *,
                 remote: tuple[str, int] | None = None, tracking: str | None = None,
@@ -234,11 +295,11 @@ class RefusalLog:
             tracking = found.group(1) if found else "-"
         # The path, the description and a tracking id may quote the client: escaped.
         path, description, tracking = printable(path), printable(description), printable(tracking)
-        per_address = self._window(now, (address, 0, ""), f"from {address}")
-        win = self._window(now, (address, status, path.lower()),
-                           f"with {status} for {path} from {address}")
+        address_key, key = (address, 0, ""), (address, status, path.lower())
+        per_address = self._window(now, address_key, "")
+        win = self._window(now, key, path)
         if per_address.logged >= self.address_burst:
-            per_address.suppressed += 1
+            self._suppress(now, address_key, per_address)
         elif win.logged < self.burst:
             win.logged += 1
             per_address.logged += 1
@@ -250,4 +311,4 @@ class RefusalLog:
                               "what": f"{path} {status}" if status else path,
                               "why": description, **({"status": status} if status else {})})
         else:
-            win.suppressed += 1
+            self._suppress(now, key, win)
