@@ -286,6 +286,12 @@ class _EarlyInput(asyncio.Protocol):
             self.target.connection_lost(exc)
 
 
+#: Accept queue of each listening socket. asyncio's default (100) overflows when a thousand
+#: clients connect at once: the kernel drops SYNs, and those clients only get in after a SYN
+#: retransmission (1 s, then 3 s), measured in bench/load.py's bursts.
+DEFAULT_BACKLOG = 1024
+
+
 class RelayServiceServer:
     """Serve a :class:`RelayService` on ``host``:``port`` (``port=0``: any free port).
 
@@ -297,6 +303,7 @@ class RelayServiceServer:
     ``async with RelayServiceServer(...) as server:`` or ``await start()`` / ``await close()``;
     ``server.url`` is the base address clients use (``ws://127.0.0.1:9090``) and
     ``server.webpubsub_endpoint`` the Web PubSub endpoint (``http://127.0.0.1:8080``).
+    ``backlog`` is each listening socket's accept queue (the kernel caps it at ``somaxconn``).
     """
 
     def __init__(
@@ -310,11 +317,15 @@ class RelayServiceServer:
         write_high_water: int = DEFAULT_WRITE_HIGH_WATER,
         routes: str = "relay",
         webpubsub_port: int | None = None,
+        backlog: int = DEFAULT_BACKLOG,
     ) -> None:
         if service is not None and config is not None:
             raise ValueError("pass either a RelayService or a ServiceConfig, not both")
         if write_high_water < 4:
             raise ValueError("write_high_water must be at least 4 bytes")
+        if backlog < 1:
+            raise ValueError("backlog must be at least 1")
+        self.backlog = backlog
         self.service = service if service is not None else RelayService(config)
         self.host = host
         self._requested_port = port
@@ -376,7 +387,8 @@ class RelayServiceServer:
             factory: Callable[[], asyncio.BaseProtocol] = (
                 (lambda: _ServiceProtocol(self, routes)) if self.ssl is None
                 else (lambda: _TlsHandshake(self, routes)))
-            return await loop.create_server(factory, self.host, port, reuse_address=True)
+            return await loop.create_server(factory, self.host, port, reuse_address=True,
+                                            backlog=self.backlog)
         except OSError as exc:
             raise BindError(exc.errno, exc.strerror or str(exc), self.host, port,
                             routes) from exc
