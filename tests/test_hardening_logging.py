@@ -328,3 +328,81 @@ def test_a_sender_that_is_never_joined_gets_its_one_info_line(
     [record] = lines(caplog, event)
     check(record)
     assert f"with {status}" in record.getMessage()
+
+
+# -- every refusal is logged, with its own reason (issue 12 new-user trial) ----------------
+
+UPGRADE = (b"Host: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n")
+
+
+def test_plain_get_to_a_relay_address_is_logged_426(caplog: pytest.LogCaptureFixture) -> None:
+    net = make_net()
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        conn = RawSender(net)
+        conn.write(b"GET /$hc/zzz?sb-hc-action=connect HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert conn.raw().startswith(b"HTTP/1.1 426"), conn.raw()[:60]
+    assert net.service.stats.handshake_errors == 1
+    [record] = lines(caplog, "handshake-failed")
+    check(record, f"conn-{conn.conn_id}")
+    text = record.getMessage()
+    assert text.startswith("handshake-failed /$hc/zzz with 426:"), text
+    assert "not a WebSocket upgrade" in text and "sb-hc-action" not in text, text
+
+
+def test_wrong_method_on_the_status_endpoint_is_logged_405(
+        caplog: pytest.LogCaptureFixture) -> None:
+    net = make_net()
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        conn = RawSender(net)
+        conn.write(b"DELETE /$status HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert conn.raw().startswith(b"HTTP/1.1 405"), conn.raw()[:60]
+    assert net.service.stats.handshake_errors == 1
+    [record] = lines(caplog, "refused")
+    check(record, f"conn-{conn.conn_id}")
+    assert record.getMessage().startswith("refused /$status with 405:")
+    assert "answers GET and HEAD only. (not DELETE)" in record.getMessage()
+
+
+@pytest.mark.parametrize(("request_head", "status", "reason"), [
+    (b"POST /$hc/myhc?sb-hc-action=listen HTTP/1.1\r\n" + UPGRADE +
+     b"Sec-WebSocket-Version: 13\r\nContent-Length: 0\r\n\r\n", 405,
+     "a WebSocket upgrade uses GET, not POST"),
+    (b"GET /$hc/myhc?sb-hc-action=listen HTTP/1.1\r\n" + UPGRADE +
+     b"Sec-WebSocket-Version: 8\x7f\r\n\r\n", 426,
+     "unsupported Sec-WebSocket-Version '8\\x7f'; this server speaks 13"),
+    (b"GET /$hc/myhc?sb-hc-action=listen HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n"
+     b"Connection: Upgrade\r\nSec-WebSocket-Key: short\r\nSec-WebSocket-Version: 13\r\n\r\n",
+     400, "Sec-WebSocket-Key missing, repeated, or not the base64 form of 16 bytes"),
+    (b"GET /$hc/myhc?sb-hc-action=listen HTTP/1.1\r\n" + UPGRADE +
+     b"Sec-WebSocket-Version: 13\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431,
+     "request headers too large"),
+])
+def test_invalid_upgrades_are_logged_with_their_own_reason(
+        caplog: pytest.LogCaptureFixture, request_head: bytes, status: int,
+        reason: str) -> None:
+    net = make_net()
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        conn = RawSender(net)
+        conn.write(request_head)
+    assert conn.raw().startswith(f"HTTP/1.1 {status}".encode()), conn.raw()[:60]
+    [record] = lines(caplog, "handshake-failed")
+    check(record, f"conn-{conn.conn_id}")
+    text = record.getMessage()
+    assert f"with {status}:" in text and reason in text, text
+    assert "invalid WebSocket upgrade request" not in text
+    assert "\x7f" not in text and "\x7f" not in str(getattr(record, "why", ""))
+
+
+def test_bad_action_refusal_is_tracked_by_its_connection(
+        caplog: pytest.LogCaptureFixture) -> None:
+    net = make_net()
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        conn = RawSender(net)
+        conn.write(b"GET /$hc/myhc?sb-hc-action=dance%1b%5b2J HTTP/1.1\r\n" + UPGRADE +
+                   b"Sec-WebSocket-Version: 13\r\n\r\n")
+    assert conn.raw().startswith(b"HTTP/1.1 400"), conn.raw()[:60]
+    [record] = lines(caplog, "refused")
+    check(record, f"conn-{conn.conn_id}")
+    assert "Unsupported sb-hc-action 'dance\\x1b[2j'" in record.getMessage()
+    assert "\x1b" not in caplog.text

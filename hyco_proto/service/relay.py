@@ -85,7 +85,11 @@ def refuse_upgrade(svc: ServiceCore, door: FrontDoor, handshake: ServerHandshake
     # escaped once here, for the log line and the status line alike.
     description = reason_phrase(status, description)
     target = printable(target)
-    svc.refusal_log.refused(opened, status, target, description, remote=door.conn.remote)
+    # A refusal the broker tracked names its TrackingId; the others (a bad sb-hc-action, a
+    # sender gone before the rendezvous) are tracked by the connection, as documented.
+    tracking = None if "TrackingId:" in description else f"conn-{door.id}"
+    svc.refusal_log.refused(opened, status, target, description, remote=door.conn.remote,
+                            tracking=tracking)
     door.send_raw(handshake.reject(status, description, BY_RELAY))
 
 
@@ -111,12 +115,21 @@ class HybridConnectionsRoute:
                 name = relay_path(head.path) or "{hybrid connection}"
                 text = (f"/$hc/ addresses are for WebSocket connections (expected Upgrade: "
                         f"websocket). Relayed HTTP requests go to /{name} without $hc.")
+                svc.refusal_log.refused(now, 426, head.path,
+                                        "not a WebSocket upgrade (expected Upgrade: websocket; "
+                                        f"relayed HTTP requests go to /{name} without $hc)",
+                                        remote=door.conn.remote, tracking=f"conn-{door.id}",
+                                        event="handshake-failed")
                 door.respond(now, 426, text, close=True,
                              headers=[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")])
                 return
             assert handshake.rejection is not None
             status = handshake.rejection_status or 400
-            svc.refusal_log.refused(now, status, head.path, "invalid WebSocket upgrade request.",
+            # The handshake's own reason (405 method, 426 version, 400 key, 431 size); it may
+            # quote the client (a version, a method): refused() escapes it.
+            why = str(handshake.error) if handshake.error is not None else ""
+            svc.refusal_log.refused(now, status, head.path,
+                                    why[:200] or "invalid WebSocket upgrade request.",
                                     remote=door.conn.remote, tracking=f"conn-{door.id}",
                                     event="handshake-failed")
             door.send_raw(handshake.rejection)

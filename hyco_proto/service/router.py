@@ -59,8 +59,11 @@ class ServiceEndpointsRoute:
     def handle(self, door: FrontDoor, head: RequestHead, now: float) -> None:
         if head.method not in ("GET", "HEAD"):
             self.service.stats.handshake_errors += 1
-            door.respond(now, 405, f"{head.path} answers GET and HEAD only.",
-                         headers=[("Allow", "GET, HEAD")], close=True)
+            why = f"{head.path} answers GET and HEAD only."
+            self.service.refusal_log.refused(
+                now, 405, head.path, f"{why[:200]} (not {head.method[:20]})",
+                remote=door.conn.remote, tracking=f"conn-{door.id}")
+            door.respond(now, 405, why, headers=[("Allow", "GET, HEAD")], close=True)
             return
         endpoint = service_endpoint("GET", head.target)
         assert endpoint is not None
@@ -242,6 +245,14 @@ class RelayService:
         self.stats.handshake_errors += 1
         self.refusal_log.refused(now, 0, "TLS", why, remote=remote, tracking="-",
                                  event="handshake-failed")
+
+    def overloaded(self, now: float, remote: tuple[str, int] | None, why: str) -> None:
+        """The driver turned a new connection away before it reached the service (it holds as
+        many as it may): counted as a handshake error, logged with the client's address and
+        throttled like every refusal."""
+        self.stats.handshake_errors += 1
+        self.refusal_log.refused(now, 503, "connection", why, remote=remote, tracking="-",
+                                 event="refused")
 
     def peer_of(self, conn_id: int) -> int | None:
         """The connection this one's input is written to (the other leg of a relayed pair, a
