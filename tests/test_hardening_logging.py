@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -118,6 +119,7 @@ def test_protocol_close_of_a_relayed_leg_1002(caplog: pytest.LogCaptureFixture) 
     [record] = lines(caplog, "protocol-close")
     check(record)
     assert "1002" in record.getMessage()
+    assert record.__dict__.get("code") == 1002  # a field of its own in JSON
 
 
 def test_protocol_close_of_a_control_channel_1007(caplog: pytest.LogCaptureFixture) -> None:
@@ -134,6 +136,7 @@ def test_protocol_close_of_a_control_channel_1007(caplog: pytest.LogCaptureFixtu
     [record] = lines(caplog, "protocol-close")
     check(record, listener_id)
     assert "1007" in record.getMessage()
+    assert record.__dict__.get("code") == 1007  # a field of its own in JSON
 
 
 def test_protocol_close_1008_when_a_listener_token_expires(
@@ -149,6 +152,7 @@ def test_protocol_close_1008_when_a_listener_token_expires(
     assert records
     check(records[0], listener_id)
     assert "1008" in records[0].getMessage()
+    assert records[0].__dict__.get("code") == 1008
 
 
 def test_refusals_name_client_and_tracking_id(caplog: pytest.LogCaptureFixture) -> None:
@@ -406,3 +410,31 @@ def test_bad_action_refusal_is_tracked_by_its_connection(
     check(record, f"conn-{conn.conn_id}")
     assert "Unsupported sb-hc-action 'dance\\x1b[2j'" in record.getMessage()
     assert "\x1b" not in caplog.text
+
+
+def test_json_fields_of_each_event_are_the_documented_ones(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import json
+
+    from hyco_proto.cli import _JsonFormatter
+
+    net = make_net()
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        start_echo_listener(net)
+        sender = raw_sender(net)
+        sender.write(b"\x81\x01a")  # unmasked client frame: 1002
+        RawSender(net).write(b"NOT HTTP AT ALL\r\n\r\n")
+    docs = {}
+    for record in caplog.records:
+        doc = json.loads(_JsonFormatter().format(record))
+        docs.setdefault(doc.get("event"), doc)
+    base = {"time", "level", "logger", "message", "event", "client", "tracking", "what", "why"}
+    assert set(docs["listener-accepted"]) == base
+    assert set(docs["pair-relayed"]) == base
+    assert set(docs["handshake-failed"]) == base | {"status"}
+    assert set(docs["protocol-close"]) == base | {"code"}
+    assert docs["protocol-close"]["code"] == 1002
+    assert docs["protocol-close"]["what"] == "relayed leg 1002"
+    text = (Path(__file__).resolve().parent.parent / "docs" / "emulator.md").read_text()
+    for name in ("`code`", "`status`", "`count`", "`why`"):
+        assert name in text

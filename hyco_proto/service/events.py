@@ -23,10 +23,11 @@ def client_text(remote: tuple[str, int] | None) -> str:
 
 
 def log_event(level: int, event: str, what: str, *, remote: tuple[str, int] | None,
-              tracking: str, why: str = "") -> None:
+              tracking: str, why: str = "", code: int | None = None) -> None:
     """One structured line for a service event: ``{event} {what}: client=… tracking=… {why}``.
-    The fields are also on the record (``event``, ``client``, ``tracking``, ``what``, ``why``)
-    for ``hyco emulator --log-format json``. Never pass a token or a piece of one. ``what``,
+    The fields are also on the record (``event``, ``client``, ``tracking``, ``what``, ``why``,
+    and ``code``, the WebSocket close code of a ``protocol-close``, when given) for
+    ``hyco emulator --log-format json``. Never pass a token or a piece of one. ``what``,
     ``tracking`` (a listener's ``sb-hc-id``) and ``why`` may hold client text: control
     characters are escaped so no client can write a line of its own."""
     client = client_text(remote)
@@ -34,4 +35,4 @@ def log_event(level: int, event: str, what: str, *, remote: tuple[str, int] | No
     logger.log(level, "%s %s: client=%s tracking=%s%s", event, what, client, tracking,
                f" {why}" if why else "",
                extra={"event": event, "client": client, "tracking": tracking, "what": what,
-                      "why": why})
+                      "why": why, **({"code": code} if code is not None else {})})

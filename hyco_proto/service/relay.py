@@ -279,7 +279,7 @@ class ControlChannel(WebSocketHandler):
                 if event.error is not None:
                     log_event(logging.INFO, "protocol-close", f"listener {event.code}",
                               remote=self.conn.remote, tracking=self.listener_id,
-                              why=str(event.error)[:200])
+                              why=str(event.error)[:200], code=event.code)
                 self._unregister(now)
         self.flush()
 
@@ -474,7 +474,8 @@ class RelayLeg(Handler):
         """This leg broke the protocol: fail it with ``code`` (RFC 6455 §7.1.7); its peer hears
         1001 and gets a short time to answer the close."""
         log_event(logging.INFO, "protocol-close", f"relayed leg {code}",
-                  remote=self.conn.remote, tracking=self.tracking, why=reason[:200])
+                  remote=self.conn.remote, tracking=self.tracking, why=reason[:200],
+                  code=code)
         peer = self._other()
         if self.can_inject(peer):
             self.svc.send(self.id, close_frame(code, reason))

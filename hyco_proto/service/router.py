@@ -364,7 +364,8 @@ class RelayService:
                 target = self.lookup(f"listener:{action.listener_id}")
                 log_event(logging.INFO, "protocol-close", f"listener {action.code}",
                           remote=target.conn.remote if target is not None else None,
-                          tracking=action.listener_id, why=action.reason[:200])
+                          tracking=action.listener_id, why=action.reason[:200],
+                          code=action.code)
                 if isinstance(target, ControlChannel):
                     target.close_channel(now, action.code, action.reason)
             elif isinstance(action, FailSender):
