@@ -1,5 +1,7 @@
-"""RelayServiceServer's accept queue holds a burst (bench/load.py found asyncio's default of 100
-dropping SYNs when 1,000 clients connect at once, so those clients waited for a retransmission).
+"""RelayServiceServer's accept queue holds a burst, and it holds no more connections than
+the process can (``max_connections``). The accept queue: bench/load.py found asyncio's default
+of 100 dropping SYNs when 1,000 clients connect at once (those clients waited for a
+retransmission).
 
 While the event loop is busy (here: this test's own synchronous code), the kernel completes
 handshakes only for as many connections as the listening socket's backlog allows; the rest wait
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import select
 import socket
 import time
@@ -18,7 +21,11 @@ import time
 import pytest
 
 from hyco_proto.adapters.asyncio import RelayServiceServer
-from hyco_proto.adapters.asyncio.service import DEFAULT_BACKLOG
+from hyco_proto.adapters.asyncio.service import (
+    DEFAULT_BACKLOG,
+    FD_RESERVE,
+    default_max_connections,
+)
 
 from .asyncio_util import async_test
 
@@ -67,3 +74,44 @@ async def test_a_burst_fits_the_accept_queue(backlog: int | None, least: int,
 def test_backlog_must_be_positive() -> None:
     with pytest.raises(ValueError, match="backlog"):
         RelayServiceServer(port=0, backlog=0)
+
+
+@async_test
+async def test_beyond_max_connections_a_client_gets_503_and_the_rest_are_served(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Connections beyond ``max_connections`` are answered 503 and closed at once (so the
+    process never runs out of file descriptors, where asyncio's accept loop would log errors
+    in a storm); once one closes, the next is served again."""
+    caplog.set_level(logging.INFO, logger="hyco_proto")
+    async with RelayServiceServer(port=0, max_connections=3) as server:
+        held = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(3)]
+        await asyncio.sleep(0.05)  # all three accepted
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answer
+        assert b"Retry-After: 1" in answer
+        writer.close()
+        assert server.service.stats.handshake_errors == 1
+        assert any("503" in r.getMessage() and "max_connections" in r.getMessage()
+                   and "client=127.0.0.1:" in r.getMessage() for r in caplog.records)
+        held_writer = held.pop()[1]
+        held_writer.close()
+        await held_writer.wait_closed()
+        await asyncio.sleep(0.05)
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /$status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
+        writer.close()
+        for _, w in held:
+            w.close()
+
+
+def test_default_max_connections_leaves_a_reserve() -> None:
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert default_max_connections() == max(1, soft - FD_RESERVE)
+    assert RelayServiceServer(port=0).max_connections == default_max_connections()
+    with pytest.raises(ValueError, match="max_connections"):
+        RelayServiceServer(port=0, max_connections=0)

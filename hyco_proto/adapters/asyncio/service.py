@@ -24,6 +24,7 @@ for which other relayed connection, so it needs no private core state.
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl as _ssl
 import threading
 import time
@@ -263,6 +264,35 @@ class _TlsHandshake(asyncio.Protocol):
             early.target = protocol  # a connection_lost already scheduled for `early`
 
 
+class _Refused(asyncio.Protocol):
+    """A connection accepted while the server holds ``max_connections``: a plain-HTTP client
+    gets 503 and the connection is closed, so the process keeps file descriptors in reserve
+    instead of running out (asyncio then logs accept() errors in a tight loop)."""
+
+    def __init__(self, server: RelayServiceServer) -> None:
+        self._server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        server = self._server
+        peer = transport.get_extra_info("peername")
+        remote = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
+        why = (f"the service holds {server.max_connections} connections, its limit "
+               f"(max_connections; raise the open-file limit, ulimit -n, to allow more)")
+        server.service.overloaded(time.time(), remote, why)
+        if server.ssl is None:
+            body = b"The service holds as many connections as it may; try again later.\n"
+            transport.write(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+                            b"Content-Type: text/plain\r\nRetry-After: 1\r\n"
+                            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            transport.close()
+        else:
+            transport.abort()
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+
 class _EarlyInput(asyncio.Protocol):
     """Holds what a TLS connection delivers before its task has taken it over; afterwards
     (``target`` set) passes on a ``connection_lost`` that was scheduled for it meanwhile."""
@@ -286,6 +316,28 @@ class _EarlyInput(asyncio.Protocol):
             self.target.connection_lost(exc)
 
 
+#: File descriptors kept free beyond the connections the server holds (listening sockets, the
+#: event loop, outbound event-handler calls, logs): see ``default_max_connections``.
+FD_RESERVE = 64
+
+
+def default_max_connections() -> int:
+    """The process's soft open-file limit less ``FD_RESERVE`` (at least 1), or 1,000,000 where
+    there is no such limit. Holding more connections than that would end in EMFILE, which
+    asyncio's accept loop reports in a storm of errors instead of waiting."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 1_000_000
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1_000_000
+    return max(1, int(soft) - FD_RESERVE)
+
+
+#: Connections asyncio accepts per wake-up of a listening socket (its ``backlog`` argument).
+ACCEPT_BATCH = 16
+
 #: Accept queue of each listening socket. asyncio's default (100) overflows when a thousand
 #: clients connect at once: the kernel drops SYNs, and those clients only get in after a SYN
 #: retransmission (1 s, then 3 s), measured in bench/load.py's bursts.
@@ -304,6 +356,8 @@ class RelayServiceServer:
     ``server.url`` is the base address clients use (``ws://127.0.0.1:9090``) and
     ``server.webpubsub_endpoint`` the Web PubSub endpoint (``http://127.0.0.1:8080``).
     ``backlog`` is each listening socket's accept queue (the kernel caps it at ``somaxconn``).
+    ``max_connections`` bounds the connections held at once (default: the process's open-file
+    limit less ``FD_RESERVE``); beyond it a new connection gets 503 and is closed.
     """
 
     def __init__(
@@ -318,6 +372,7 @@ class RelayServiceServer:
         routes: str = "relay",
         webpubsub_port: int | None = None,
         backlog: int = DEFAULT_BACKLOG,
+        max_connections: int | None = None,
     ) -> None:
         if service is not None and config is not None:
             raise ValueError("pass either a RelayService or a ServiceConfig, not both")
@@ -326,6 +381,10 @@ class RelayServiceServer:
         if backlog < 1:
             raise ValueError("backlog must be at least 1")
         self.backlog = backlog
+        if max_connections is not None and max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
+        self.max_connections = (max_connections if max_connections is not None
+                                else default_max_connections())
         self.service = service if service is not None else RelayService(config)
         self.host = host
         self._requested_port = port
@@ -384,11 +443,24 @@ class RelayServiceServer:
         try:
             # With TLS, each connection's handshake is ours (_TlsHandshake): asyncio's TLS
             # server drops a failed handshake silently, and only after 60 s.
-            factory: Callable[[], asyncio.BaseProtocol] = (
-                (lambda: _ServiceProtocol(self, routes)) if self.ssl is None
-                else (lambda: _TlsHandshake(self, routes)))
-            return await loop.create_server(factory, self.host, port, reuse_address=True,
-                                            backlog=self.backlog)
+            def factory() -> asyncio.BaseProtocol:
+                if len(self._protocols) + len(self._handshakes) >= self.max_connections:
+                    return _Refused(self)
+                if self.ssl is None:
+                    return _ServiceProtocol(self, routes)
+                return _TlsHandshake(self, routes)
+
+            # asyncio accepts up to `backlog` connections per wake-up before any protocol is
+            # made, so that count is kept small (max_connections can then hold: at most
+            # ACCEPT_BATCH over it, well inside FD_RESERVE) and the kernel's queue is set
+            # to `backlog` afterwards on the same listening socket.
+            server = await loop.create_server(factory, self.host, port, reuse_address=True,
+                                              backlog=min(ACCEPT_BATCH, self.backlog))
+            for listening in server.sockets:
+                with socket.fromfd(listening.fileno(), listening.family,
+                                   listening.type) as same:
+                    same.listen(self.backlog)
+            return server
         except OSError as exc:
             raise BindError(exc.errno, exc.strerror or str(exc), self.host, port,
                             routes) from exc
