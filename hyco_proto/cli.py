@@ -1107,7 +1107,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where the development certificate is kept (default "
                           "~/.hyco_proto, or $HYCO_PROTO_STATE_DIR)")
     emu.add_argument("--token-grace", type=_TOKEN_GRACE, metavar="SECONDS",
-                     help="keep a listener this long after its token expired (default 60)")
+                     help="keep a listener this long after its token expired before closing "
+                          f"it with 1008 (default 60, 0 to {_shown(MAX_TOKEN_GRACE)}, a year)")
     emu.add_argument("--max-listeners", type=_MAX_LISTENERS, metavar="N",
                      help=f"listeners per hybrid connection (default 25, 1 to "
                           f"{MAX_LISTENERS_LIMIT})")

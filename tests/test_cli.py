@@ -581,3 +581,31 @@ def test_json_log_time_is_utc_iso_8601_with_milliseconds() -> None:
     doc = json.loads(cli._JsonFormatter().format(record))
     assert doc["time"] == "2026-11-30T21:02:10.123Z"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", doc["time"])
+
+
+def test_token_grace_help_and_docs_give_its_range(capsys: pytest.CaptureFixture[str]) -> None:
+    from hyco_proto.service.tomlconfig import MAX_TOKEN_GRACE
+
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["emulator", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"0 to {int(MAX_TOKEN_GRACE)}" in help_text, help_text
+    docs = (ROOT / "docs" / "emulator.md").read_text()
+    row = next(line for line in docs.splitlines() if line.startswith("| `--token-grace"))
+    assert f"`--token-grace` 0 to {int(MAX_TOKEN_GRACE)} seconds" in row
+    assert cli.build_parser().parse_args(
+        ["emulator", "--token-grace", str(int(MAX_TOKEN_GRACE))]).token_grace == MAX_TOKEN_GRACE
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["emulator", "--token-grace", str(MAX_TOKEN_GRACE + 1)])
+
+
+def test_tls_docs_name_the_status_commands_trust_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["status", "--help"])
+    help_text = capsys.readouterr().out
+    docs = (ROOT / "docs" / "emulator.md").read_text()
+    tls = docs[docs.index("## TLS"):docs.index("## Relayed HTTP")]
+    for flag in ("--cafile", "--insecure"):
+        assert flag in help_text
+        assert "hyco status --url https://127.0.0.1:9443 --cafile" in tls and flag in tls
+    assert "curl --cacert" in tls

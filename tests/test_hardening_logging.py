@@ -438,3 +438,24 @@ def test_json_fields_of_each_event_are_the_documented_ones(
     text = (Path(__file__).resolve().parent.parent / "docs" / "emulator.md").read_text()
     for name in ("`code`", "`status`", "`count`", "`why`"):
         assert name in text
+
+
+def test_protocol_notes_state_the_head_limits_the_service_has() -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "protocol-notes.md").read_text()
+    section = text[text.index("### 4.3"):text.index("### 4.4")]
+    assert f"{MAX_HEAD:,} bytes" in section and "`MAX_HEAD`" in section
+    assert "Request head over 16 KiB" not in section
+    assert "| Path not under `/$hc/` | 404 |" not in section
+    # What the notes say: the front door's bound for every request, 16 KiB for an upgrade.
+    net = make_net()
+    big = b"X-Big: " + b"a" * 20000 + b"\r\n"
+    status = RawSender(net)
+    status.write(b"GET /$status HTTP/1.1\r\nHost: h\r\n" + big + b"\r\n")
+    assert status.raw().startswith(b"HTTP/1.1 200"), status.raw()[:60]
+    upgrade = RawSender(net)
+    upgrade.write(b"GET /$hc/myhc?sb-hc-action=listen HTTP/1.1\r\n" + UPGRADE +
+                  b"Sec-WebSocket-Version: 13\r\n" + big + b"\r\n")
+    assert upgrade.raw().startswith(b"HTTP/1.1 431"), upgrade.raw()[:60]
+    plain = RawSender(net)
+    plain.write(b"GET /$hc/myhc HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert plain.raw().startswith(b"HTTP/1.1 426"), plain.raw()[:60]
