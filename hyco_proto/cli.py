@@ -248,6 +248,12 @@ def _banner(config: EmulatorConfig, server: RelayServiceServer, cert: Path | Non
     rule = default_rule(service)
     names = sorted(hc.name for hc in service.hybrid_connections.values())
     example = names[0] if names else "myhc"
+    # The development certificate is self-signed: the commands to paste must trust it (a
+    # certificate of the user's own may chain to a CA the system trusts already).
+    dev_cert = cert if cert is not None and config.tls is not None and config.tls.self_signed \
+        else None
+    cafile = f" --cafile {shlex.quote(str(dev_cert))}" if dev_cert is not None else ""
+    cacert = f"--cacert {shlex.quote(str(dev_cert))} " if dev_cert is not None else ""
     lines = [
         f"hyco_proto relay emulator {__version__} (Azure Relay Hybrid Connections"
         f"{' and Web PubSub' if server.service.webpubsub is not None else ''}, for local "
@@ -272,8 +278,10 @@ def _banner(config: EmulatorConfig, server: RelayServiceServer, cert: Path | Non
             f"  {connection_string}",
             "",
             "try it, in two more terminals:",
-            f"  {PROG} listen --connection-string {quoted} --scheme {scheme} --no-stdin",
-            f"  echo hello | {PROG} send --connection-string {quoted} --scheme {scheme} -N",
+            f"  {PROG} listen --connection-string {quoted} --scheme {scheme}{cafile} "
+            "--no-stdin",
+            f"  echo hello | {PROG} send --connection-string {quoted} --scheme {scheme}{cafile} "
+            "-N",
             "",
             "hyco-ws (Node): build the URL by hand (its helpers force wss://…:443):",
             f"  const uri = '{url}/$hc/{example}?sb-hc-action=listen';",
@@ -285,8 +293,8 @@ def _banner(config: EmulatorConfig, server: RelayServiceServer, cert: Path | Non
             "",
             "relayed HTTP (hyco-https listeners, or any listener that answers requests): any "
             "HTTP client sends, e.g.",
-            f"  curl -H \"ServiceBusAuthorization: $({_token_hint(http_url, rule.name, rule.key)})"
-            f"\" {http_url}/",
+            f"  curl {cacert}-H \"ServiceBusAuthorization: "
+            f"$({_token_hint(http_url, rule.name, rule.key)})\" {http_url}/",
         ]
         if is_development_key([rule]):
             lines.append(f"(the key is the documented development key of {DEFAULT_RULE_NAME}; "
@@ -672,7 +680,14 @@ def _failure(what: str, address: str, error: BaseException, ep: _Endpoint) -> Cl
         message = text
     else:
         message = f"{what} {address}: {text}"
-    return CliError(message + _scheme_hint(ep, error))
+    hint = _scheme_hint(ep, error)
+    # The library's own advice, "(is it serving wss://? then use wss://)", becomes the flag to
+    # pass rather than a second hint after it.
+    found = re.search(r"then use (wss?)://\)", message)
+    if found is not None and hint.startswith(" (try --scheme "):
+        return CliError(f"{message[:found.start()]}try --scheme {found.group(1)})"
+                        f"{message[found.end():]}")
+    return CliError(message + hint)
 
 
 def _parse_headers(values: Sequence[str] | None) -> list[tuple[str, str]]:

@@ -609,3 +609,49 @@ def test_tls_docs_name_the_status_commands_trust_flags(capsys: pytest.CaptureFix
         assert flag in help_text
         assert "hyco status --url https://127.0.0.1:9443 --cafile" in tls and flag in tls
     assert "curl --cacert" in tls
+
+
+def test_self_signed_banner_commands_work_as_pasted(tmp_path: Path) -> None:
+    import shlex
+    import shutil
+
+    proc = Proc(["emulator", "--port", "0", "--tls-self-signed", "--state-dir", str(tmp_path),
+                 "--no-webpubsub"])
+    try:
+        proc.wait_line(r"press Ctrl-C to stop")
+        cert = tmp_path / "devcert" / "cert.pem"
+        banner = proc.stdout.decode().splitlines()
+        listen = next(line.strip() for line in banner if line.strip().startswith("hyco listen"))
+        send = next(line.strip() for line in banner if line.strip().startswith("echo hello |"))
+        curl = next(line.strip() for line in banner if line.strip().startswith("curl "))
+        assert f"--cafile {cert}" in listen and f"--cafile {cert}" in send
+        assert curl.startswith(f"curl --cacert {cert} ")
+        listener = Proc(shlex.split(listen)[1:])
+        try:
+            listener.wait_line(r"listening on wss://", stream="stderr")
+            sender = Proc(shlex.split(send.split("|", 1)[1])[1:], stdin=b"hello\n")
+            assert sender.wait() == 0, sender.stderr_text
+            assert listener.wait() == 0, listener.stderr_text
+            assert listener.stdout == b"hello\n"
+        finally:
+            listener.kill()
+        # ws:// to the wss:// port: one hint, naming the flag.
+        port = re.search(r"listening on wss://\S+:(\d+)", proc.stdout.decode()).group(1)
+        plain = Proc(["send", "-n", f"127.0.0.1:{port}", "--path", "myhc", "--scheme", "ws",
+                      "--no-stdin"])
+        assert plain.wait() == 1
+        error = "\n".join(plain.stderr_text)
+        assert error.count("wss") == 2 and error.count("(") == 1, error
+        assert "(is it serving wss://? try --scheme wss)" in error, error
+        hyco_bin = Path(sys.executable).parent / "hyco"
+        if shutil.which("curl") and hyco_bin.exists():
+            # As pasted into a shell: TLS verification passes (no listener: the relay's 404).
+            run = subprocess.run(["bash", "-c", curl.replace("curl ", "curl -s -o /dev/null "
+                                  "-w '%{http_code}' ", 1)],
+                                 capture_output=True, text=True, timeout=TIMEOUT,
+                                 env={**os.environ, "PATH": f"{hyco_bin.parent}:"
+                                                           f"{os.environ.get('PATH', '')}"})
+            assert run.returncode == 0 and run.stdout in ("404", "502"), (run.stdout,
+                                                                           run.stderr)
+    finally:
+        proc.kill()
