@@ -1036,13 +1036,18 @@ _CONTROL_MESSAGE = _ranged(_size, MIN_CONTROL_MESSAGE, MAX_CONTROL_MESSAGE, "a s
 _EVENT_FIELDS = ("event", "client", "tracking", "what", "why", "status", "code", "count")
 
 
-class _JsonFormatter(logging.Formatter):
-    """One JSON object per line: time (UTC, ISO 8601 with milliseconds and ``Z``), level,
-    logger, message, and the event's fields."""
+class _UtcFormatter(logging.Formatter):
+    """Times in UTC, ISO 8601 with milliseconds and ``Z`` (``2026-11-30T21:02:10.123Z``), as
+    the service's other times (the status page, the refusal summaries) are."""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         stamp = datetime.fromtimestamp(record.created, timezone.utc)
         return f"{stamp:%Y-%m-%dT%H:%M:%S}.{int(record.msecs):03d}Z"
+
+
+class _JsonFormatter(_UtcFormatter):
+    """One JSON object per line: time (UTC, ISO 8601 with milliseconds and ``Z``), level,
+    logger, message, and the event's fields."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, object] = {
@@ -1073,18 +1078,23 @@ def _add_log_level(parser: argparse.ArgumentParser, default: str, text: str) -> 
                         metavar="{" + ",".join(LOG_LEVELS) + "}", help=text)
 
 
+def _log_handler(fmt: str = "text") -> logging.Handler:
+    """The stderr handler of ``--log-format`` ``text`` or ``json``."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(_UtcFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    return handler
+
+
 def _setup_logging(level: str, fmt: str = "text") -> None:
     """Log to stderr: ``level`` applies to the ``hyco_proto`` loggers; other libraries' (the
     root logger's) stay at WARNING or above, so DEBUG does not add asyncio's own lines."""
     if level not in LOG_LEVELS:  # argparse checked it; this is for other callers
         raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
-    handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     value = logging.getLevelName(level)
-    logging.basicConfig(level=max(value, logging.WARNING), handlers=[handler])
+    logging.basicConfig(level=max(value, logging.WARNING), handlers=[_log_handler(fmt)])
     logging.getLogger("hyco_proto").setLevel(value)
 
 

@@ -655,3 +655,15 @@ def test_self_signed_banner_commands_work_as_pasted(tmp_path: Path) -> None:
                                                                            run.stderr)
     finally:
         proc.kill()
+
+
+def test_text_log_lines_start_with_the_utc_time() -> None:
+    import logging
+
+    handler = cli._log_handler("text")
+    assert handler.formatter is not None
+    record = logging.LogRecord("hyco_proto.service", logging.INFO, __file__, 1, "hello", None,
+                               None)
+    record.created, record.msecs = 1796072530.5, 500.0
+    assert handler.formatter.format(record) == (
+        "2026-11-30T21:02:10.500Z INFO hyco_proto.service: hello")
