@@ -740,7 +740,8 @@ cdef class Forwarder:
                              Py_ssize_t* written) except -1:
         """Re-frame p[0:n] into dst; return bytes consumed, add bytes written to *written."""
         cdef Py_ssize_t pos = 0, w = 0, take, head, hlen
-        cdef unsigned long long length
+        cdef Py_ssize_t header_w = -1  # where a data frame header emitted by this call starts
+        cdef unsigned long long length, payload_before = 0
         cdef uint8_t b0, b1
         cdef int opcode
         cdef str problem
@@ -753,9 +754,17 @@ cdef class Forwarder:
                 if self._text:
                     take = self._forward_text(p + pos, take, dst + w)
                     if self.error_code:  # take: the valid bytes before the bad one
-                        w += take
-                        self._remaining -= take
-                        self.payload_bytes += take
+                        if header_w >= 0:
+                            # This frame's header has not left yet: hold the frame back, so
+                            # the other leg stays between frames and can hear 1001 cleanly.
+                            w = header_w
+                            self.frames -= 1
+                            self.payload_bytes = payload_before
+                            self._remaining = 0
+                        else:
+                            w += take
+                            self._remaining -= take
+                            self.payload_bytes += take
                         break
                 elif self._masked:
                     _mask(dst + w, p + pos, take, self._key, self._phase)
@@ -826,6 +835,8 @@ cdef class Forwarder:
                 break
             self._fin = fin
             # The header goes out as it came (FIN, RSV, opcode, length bytes), unmasked.
+            header_w = w
+            payload_before = self.payload_bytes
             memcpy(dst + w, p + pos, hlen)
             dst[w + 1] = b1 & 0x7F
             w += hlen

@@ -508,6 +508,8 @@ class Forwarder:
         n = len(buf)
         pos = 0
         out: list[bytes] = []
+        header_at = -1  # index in ``out`` of a data frame header emitted by this call
+        payload_before = 0  # ``payload_bytes`` when that header was emitted
         while pos < n:
             if self._remaining:
                 take = min(self._remaining, n - pos)
@@ -522,10 +524,18 @@ class Forwarder:
                     tail = self._remaining - take if self._fin else -1
                     self._utf8, bad = _utf8_check(self._utf8, chunk, tail)
                     if bad >= 0:
-                        out.append(chunk[:bad])
-                        self._remaining -= bad
-                        self.payload_bytes += bad
                         self._fail(1007, UTF8_INVALID)
+                        if header_at >= 0:
+                            # This frame's header has not left yet: hold the frame back, so
+                            # the other leg stays between frames and can hear 1001 cleanly.
+                            del out[header_at:]
+                            self.frames -= 1
+                            self.payload_bytes = payload_before
+                            self._remaining = 0
+                        else:
+                            out.append(chunk[:bad])
+                            self._remaining -= bad
+                            self.payload_bytes += bad
                         break
                 out.append(chunk)
                 self._remaining -= take
@@ -585,6 +595,7 @@ class Forwarder:
                 break
             self._fin = fin
             # The header goes out as it came (same FIN, RSV, opcode and length bytes), unmasked.
+            header_at, payload_before = len(out), self.payload_bytes
             out.append(bytes((b0, b1 & 0x7F)) + bytes(buf[pos + 2 : pos + hlen]))
             self.frames += 1
             self._key = key

@@ -5,7 +5,9 @@ bytes as they stream: a code point may be split across reads and across the fram
 It fails fast at the first byte that no valid message can continue: an invalid byte, or a lead
 byte whose sequence cannot end before the final frame does (a final frame too short for a code
 point begun before it fails at its header, before anything of it is forwarded). The bytes before
-the failure are forwarded, ``error_code`` is 1007. The oracle below is independent of both
+the failure are forwarded, ``error_code`` is 1007, unless the failing frame's header arrived in
+the same read: then nothing of that frame is forwarded, so the other leg is still between frames
+and the relay can tell it 1001 cleanly. The oracle below is independent of both
 kernels: Python's strict UTF-8 decoder on brute-forced completions.
 """
 
@@ -42,26 +44,36 @@ def can_continue(prefix: bytes, room: int) -> bool:
     return False
 
 
-def expected(parts: list[bytes], opcode: int = 1) -> tuple[bytes, bool]:
-    """What a validating Forwarder sends for a message in frames ``parts``: (bytes, failed)."""
+def expected(parts: list[bytes], cuts: tuple[int, ...] = (), opcode: int = 1
+             ) -> tuple[bytes, bool]:
+    """What a validating Forwarder sends for a message in frames ``parts`` whose wire bytes
+    (``wire(parts)``) arrive in reads ending at ``cuts``: (bytes, failed). A frame that fails
+    in the same read that completed its header is held back whole (nothing of it is sent)."""
     payload = b"".join(parts)
     total = len(payload)
     final_start = total - len(parts[-1])
     out = b""
     offset = 0
+    at_wire = 0  # where the current frame starts in the wire bytes
     for k, part in enumerate(parts):
         final = k == len(parts) - 1
         if final and not can_continue(payload[:offset], total - offset):
             return out, True  # the final frame's header is not forwarded
         head = plain_frame(opcode if k == 0 else 0, part, fin=final)
-        out += head[: len(head) - len(part)]
+        head = head[: len(head) - len(part)]
+        header_end = at_wire + len(head) + 4  # the masking key ends the header
+        before = out
+        out += head
         for i, byte in enumerate(part):
             at = offset + i
             room = total - at - 1 if at >= final_start else 3
             if not can_continue(payload[: at + 1], room):
-                return out, True
+                bad = header_end + i  # the wire index of the failing byte
+                same_read = not any(header_end <= cut <= bad for cut in cuts)
+                return (before if same_read else out), True
             out += bytes((byte,))
         offset += len(part)
+        at_wire = header_end + len(part)
     return out, False
 
 
@@ -103,9 +115,9 @@ def check_all_splits(fmod: ModuleType, payload: bytes) -> None:
     """Every split into a text frame and a continuation, each fed in two reads at every point."""
     for s in range(len(payload) + 1):
         parts = [payload[:s], payload[s:]]
-        want, failed = expected(parts)
         stream = wire(parts)
         for cut in range(len(stream) + 1):
+            want, failed = expected(parts, (cut,))
             fwd = fmod.Forwarder()
             assert forward(fwd, stream, (cut,)) == want, (s, cut)
             assert fwd.error_code == (1007 if failed else 0), (s, cut)
@@ -141,12 +153,24 @@ def test_invalid_text_split_everywhere(fmod: ModuleType, payload: bytes) -> None
 def test_fails_fast_at_the_first_invalid_byte(
     fmod: ModuleType, payload: bytes, forwarded: int
 ) -> None:
+    # The header (2 bytes + the masking key) in one read, the payload in the next.
+    frame = masked_frame(1, payload)
     fwd = fmod.Forwarder()
-    out = fwd.feed(masked_frame(1, payload))
+    out = fwd.feed(frame[:6]) + fwd.feed(frame[6:])
     assert out == plain_frame(1, payload)[: 2 + forwarded]
     assert fwd.payload_bytes == forwarded
     assert fwd.error_code == (1007 if forwarded < len(payload) else 0)
     assert fwd.mid_frame == (forwarded < len(payload))
+    # In one read, a failing frame is held back whole: the other leg stays between frames,
+    # so the relay can still tell it 1001 (issue 12), not just drop its TCP connection.
+    fwd = fmod.Forwarder()
+    out = fwd.feed(masked_frame(1, b"ok") + frame)
+    failed = forwarded < len(payload)
+    assert out == plain_frame(1, b"ok") + (b"" if failed else plain_frame(1, payload))
+    assert fwd.frames == (1 if failed else 2)
+    assert fwd.payload_bytes == 2 + (0 if failed else len(payload))
+    assert fwd.error_code == (1007 if failed else 0)
+    assert not fwd.mid_frame
 
 
 def test_code_point_straddles_frames_and_a_ping(fmod: ModuleType) -> None:
@@ -214,8 +238,12 @@ def test_compressed_text_is_not_checked(fmod: ModuleType) -> None:
 
 def test_unmasked_source_is_checked_too(fmod: ModuleType) -> None:
     fwd = fmod.Forwarder(masked=False)
-    assert fwd.feed(plain_frame(1, b"ok\xed\xa0\x80")) == plain_frame(1, b"ok\xed\xa0\x80")[:5]
-    assert fwd.error_code == 1007
+    frame = plain_frame(1, b"ok\xed\xa0\x80")
+    assert fwd.feed(frame[:2]) + fwd.feed(frame[2:]) == frame[:5]
+    assert fwd.error_code == 1007 and fwd.mid_frame
+    fwd = fmod.Forwarder(masked=False)
+    assert fwd.feed(frame) == b""
+    assert fwd.error_code == 1007 and not fwd.mid_frame
 
 
 @pytest.mark.parametrize("step", [None, 65536, 100_003])
@@ -230,7 +258,10 @@ def test_big_text_message(fmod: ModuleType, step: int | None) -> None:
         cuts = tuple(range(step, len(stream), step)) if step else ()
         fwd = fmod.Forwarder()
         out = forward(fwd, stream, cuts)
-        if failed:
+        if failed and step is None:  # failed in the read that held its header: held back
+            assert fwd.error_code == 1007 and fwd.payload_bytes == 0 and out == b""
+            assert not fwd.mid_frame
+        elif failed:
             assert fwd.error_code == 1007 and fwd.payload_bytes == bad_at + 1
             assert out == plain_frame(1, data)[: len(out)] and len(out) == 10 + bad_at + 1
         else:
@@ -254,10 +285,10 @@ def test_kernels_agree_with_the_oracle(payload: bytes, splits: list[int], step: 
     bounds = sorted({min(s, len(payload)) for s in splits})
     edges = [0, *bounds, len(payload)]
     parts = [payload[a:b] for a, b in itertools.pairwise(edges)]
-    want, failed = expected(parts)
     stream = wire(parts)
     for mod in FRAME_MODULES:
         for cuts in ((), tuple(range(step, len(stream), step))):
+            want, failed = expected(parts, cuts)
             fwd = mod.Forwarder()
             assert forward(fwd, stream, cuts) == want
             assert fwd.error_code == (1007 if failed else 0)

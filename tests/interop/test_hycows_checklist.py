@@ -314,6 +314,10 @@ def _first(buf: bytearray, start: int) -> int:
 def _alternatives(case: Case) -> list[list[Item]]:
     """Every output the checklist grades as passing for ``case`` through a relay."""
     outs = [case.expect] + ([case.whole] if case.whole is not None else [])
+    if case.id == "7.1.6":
+        # Informational: the echoes may or may not precede the close reply; any of them may
+        # still be on its way back through the relay when the listener answers the close.
+        outs += [[*case.expect[:k], *case.expect[-2:]] for k in range(len(case.expect) - 2)]
     if not case.failed and not case.after:
         # A close reply to the sender's own close: the same code or 1000 (7.3.1, 7.7.x).
         outs += [[*out[:-2], closed(1000), *out[-1:]] for out in outs
@@ -381,13 +385,12 @@ def test_row(emulator: ThreadedEmulator, behind: Any, case: Case, mode: str) -> 
         got = _run_row(sender, case, mode)
     finally:
         sender.close()
+    code = behind.leg_code()  # taken first: the next row must not see this row's leg
     deviation = DEVIATIONS.get((behind.name, case.id))
     if deviation is not None:
-        assert got == deviation
-        behind.leg_code()  # the leg ended (with the listener's own 1002)
+        assert got == deviation  # the leg ended with the listener's own 1002
         return
     assert got in _alternatives(case), f"{case.id} ({mode}) through {behind.name}: {got!r:.400}"
-    code = behind.leg_code()
     assert code in _leg_codes(case), f"{case.id}: the listener's leg ended with {code}"
 
 
@@ -433,9 +436,9 @@ def _echo_once(emulator: ThreadedEmulator, behind: Any, writes: Sequence[bytes],
         got = sender.output()
     finally:
         sender.close()
+    assert behind.leg_code() == 1000
     assert got[0][0] == want[0] and got[0] == want, f"{want[0]} of {len(want[1])} B differs"  # type: ignore[arg-type]
     assert got[1:] == [closed(1000), EOF]
-    assert behind.leg_code() == 1000
 
 
 KiB, MiB = 1024, 1024 * 1024
@@ -485,10 +488,10 @@ def test_9_7_9_8_round_trips(emulator: ThreadedEmulator, behind: Any, kind: str,
         got = sender.output()
     finally:
         sender.close()
+    assert behind.leg_code() == 1000
     want = [text(str(i % 10) * size) if kind == "text" else binary(bytes((i % 256,)) * size)
             for i in range(1000)]
     assert got == [*want, closed(1000), EOF]
-    assert behind.leg_code() == 1000
 
 
 # -- The listener-facing legs: the same rows, written by a listener --------------------------
