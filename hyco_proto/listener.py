@@ -671,7 +671,13 @@ class Listener:
         pending = self._answerable(now, request, "reject")
         command = pending.command
         pending.answer = "rejected"
-        url = build_reject_uri(command.address, status, description)
+        try:
+            url = build_reject_uri(command.address, status, description)
+        except ValueError as exc:
+            # The relay's address is not a URI: end as an accept to it ends (the driver cannot
+            # open it either), RendezvousFailed for this request, rather than raise.
+            self.rendezvous_result(now, command.id, None, f"unusable rendezvous address: {exc}")
+            return
         self._actions.append(ConnectRendezvous(url, (), None, pending.request, reject=True))
 
     def rendezvous_result(self, now: float, request: ConnectionRequested | AcceptCommand | str,

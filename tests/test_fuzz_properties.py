@@ -264,3 +264,26 @@ def test_a_listener_response_header_beyond_ascii_is_a_502(name: str, value: str,
         client.send_binary(b"body")
     session.flush(listener)
     assert bytes(session.raw[sender]).startswith(b"HTTP/1.1 502 "), session.raw[sender][:80]
+
+
+@pytest.mark.parametrize("address", ["wss:\ufffd/ns/$hc/hc?sb-hc-action=accept", "", "nonsense"])
+def test_rejecting_a_request_with_an_unusable_address_is_a_rendezvous_failure(
+        address: str) -> None:
+    """Found by session:listener_control: an accept command whose address is not a URI, answered
+    with a reject, raised ValueError (build_reject_uri) out of ListenerDriver.answer; now it ends
+    like an accept to such an address: RendezvousFailed for that request, the listener goes on."""
+    from hyco_proto import _frames_py
+    from hyco_proto.listener import Listener, RendezvousFailed
+    from hyco_proto.memory import MemoryNetwork
+
+    net = MemoryNetwork(targets.RelayService(targets.ServiceConfig()), now=targets.NOW)
+    uri = f"{targets.RELAY_BASE}/$hc/myhc"
+    runner = net.listen(Listener(uri, targets._relay_token(uri)), on_request=lambda _: (403, "no"))
+    assert runner.control is not None
+    accept = json.dumps({"accept": {"address": address, "id": "x1", "connectHeaders": {}}})
+    runner.control._from_relay(_frames_py.encode_frame(_frames_py.OP_TEXT, accept.encode()))
+    net.pump()
+    failed = [e for e in runner.events if isinstance(e, RendezvousFailed)]
+    assert [e.request_id for e in failed] == ["x1"], runner.events
+    assert runner.driver.is_listening
+    targets.listener_control(b"\x01" + accept.encode())  # the harness's own shape of it
