@@ -10,6 +10,8 @@ anything else, for any split, and close the connection.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from hyco_proto.service.front import MAX_HEAD, MAX_HEADER_FIELDS
@@ -71,3 +73,15 @@ def test_too_many_header_fields_is_431(target: str, split: int | None) -> None:
     assert answer(request(target, fields), split).startswith(b"HTTP/1.1 431 ")
     ok = answer(request(target, fields[:-1]), None, closes=False)
     assert not ok.startswith(b"HTTP/1.1 431")
+
+
+@pytest.mark.parametrize(("extra", "reason"), [
+    ([(f"X-F{i}", "v") for i in range(MAX_HEADER_FIELDS)], "more than 100 header fields"),
+    ([("X-Big", "b" * 100_000)], f"more than {MAX_HEAD}"),
+])
+def test_the_431_is_logged_with_its_reason(caplog: pytest.LogCaptureFixture,
+                                          extra: list[tuple[str, str]], reason: str) -> None:
+    with caplog.at_level(logging.INFO, logger="hyco_proto"):
+        assert answer(request("/apphc/x", extra), None).startswith(b"HTTP/1.1 431 ")
+    [line] = [r.getMessage() for r in caplog.records if "431" in r.getMessage()]
+    assert "request head too large: " in line and reason in line, line

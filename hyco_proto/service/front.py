@@ -184,7 +184,7 @@ class FrontDoor(Handler):
                 size = _head_size(event)
                 if size > MAX_HEAD:  # checked before any route sees it (even before auth)
                     self._bad_request(now, h11.RemoteProtocolError(
-                        f"request head of {size} bytes exceeds {MAX_HEAD}",
+                        f"{size} bytes, more than {MAX_HEAD}",
                         error_status_hint=431))
                     return
                 self.head = _decode(event)
@@ -219,7 +219,7 @@ class FrontDoor(Handler):
         if self.h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             # h11's text may quote the offending bytes: keep only what it found wrong.
             what = str(exc).split(":", 1)[0][:100]
-            why = ("request headers too large" if status == 431
+            why = (f"request head too large: {what}" if status == 431
                    else f"malformed HTTP request: {what}")
             self.svc.refusal_log.refused(
                 now, status, self.head.path if self.head is not None else "-", why,
