@@ -394,11 +394,30 @@ async def _serve_emulator(config: EmulatorConfig, context: ssl.SSLContext | None
         await server.close()
 
 
+def raise_open_file_limit() -> tuple[int, int] | None:
+    """Raise this process's soft open-file limit to its hard limit, so the emulator can hold as
+    many connections as the system lets it (a common soft default of 1,024 is about 500
+    relayed pairs). Returns (old soft, new soft), or None where there is no such limit."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, hard
+    return soft, soft
+
+
 def cmd_emulator(args: argparse.Namespace) -> int:
     config = _emulator_config(args)
     out = sys.stdout
     context, cert = _tls_context(config, out)
     _setup_logging(args.log_level, getattr(args, "log_format", "text"))
+    raise_open_file_limit()  # RelayServiceServer's max_connections follows the soft limit
     try:
         asyncio.run(_serve_emulator(config, context, cert, out))
     except KeyboardInterrupt:  # platforms without loop signal handlers

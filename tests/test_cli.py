@@ -12,6 +12,7 @@ import queue
 import re
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import urllib.request
@@ -667,3 +668,19 @@ def test_text_log_lines_start_with_the_utc_time() -> None:
     record.created, record.msecs = 1796072530.5, 500.0
     assert handler.formatter.format(record) == (
         "2026-11-30T21:02:10.500Z INFO hyco_proto.service: hello")
+
+
+def test_emulator_raises_its_open_file_limit() -> None:
+    """A soft limit below the hard one is raised (the emulator's max_connections follows it)."""
+    code = textwrap.dedent("""
+        import resource
+        from hyco_proto.cli import raise_open_file_limit
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+        print(raise_open_file_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard,
+              hard)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30, check=True).stdout.split()
+    hard = int(out[-1])
+    assert out[:3] == ["(256,", f"{hard})", "True"], out
