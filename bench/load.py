@@ -1261,7 +1261,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="trace the emulator's allocations in the pairs phase "
                              "(.benchmarks/load/tracemalloc-pairs.txt; slows it down, skews RSS)")
     parser.add_argument("--backlog", type=int,
-                        help="experiment: the emulator's listen backlog (default: asyncio's 100)")
+                        help="experiment: the emulator's listen backlog (default: 1024)")
     parser.add_argument("--out", help="write the results table (markdown) here")
     parser.add_argument("--json", help="write all results (JSON) here")
     args = parser.parse_args(argv)

@@ -1,15 +1,15 @@
 """``hyco emulator`` as ``bench/load.py`` runs it: the real CLI, with a few things around it.
 
-- ``RLIMIT_NOFILE``: the soft limit is raised to the hard one first. The emulator itself does not
-  do this (``hyco_proto/cli.py`` leaves the limit as it finds it), and a relayed pair costs it
-  two sockets, so thousands of idle pairs need it.
+- ``RLIMIT_NOFILE``: the soft limit is raised to the hard one first (``hyco emulator`` does so
+  too, ``hyco_proto.cli.raise_open_file_limit``; the load processes use this as well): a relayed
+  pair costs the emulator two sockets, so thousands of idle pairs need it.
 - A watchdog: the parent holds our stdin open; EOF means it is gone, and we exit, so no emulator
   outlives a load run (``bench/relays/_common.py`` does the same for the relay benchmarks).
 - With ``HYCO_LOAD_TRACEMALLOC=<file>``: ``tracemalloc`` runs from the start, and each
   ``SIGUSR1`` writes the top allocation sites, and what grew since the previous dump, to
   ``<file>``: how ``bench/load.py --tracemalloc`` finds where the memory of an idle pair goes.
-- With ``HYCO_LOAD_BACKLOG=<n>``: every listening socket gets a listen backlog of ``n`` instead of
-  asyncio's default 100 (an experiment: ``bench/load.py --backlog``; the emulator has no flag).
+- With ``HYCO_LOAD_BACKLOG=<n>``: ``RelayServiceServer`` gets ``backlog=n`` instead of its default
+  1,024 (an experiment: ``bench/load.py --backlog``; the emulator has no flag).
 
 ``python -m bench.load_emulator [hyco emulator flags]``; the banner goes to stdout, as with
 ``hyco emulator``.
@@ -27,9 +27,9 @@ from typing import Any
 
 
 def raise_nofile() -> tuple[int, int]:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    from hyco_proto.cli import raise_open_file_limit
+
+    raise_open_file_limit()
     return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
@@ -76,17 +76,16 @@ def _tracemalloc(path: str) -> None:
 
 
 def _backlog(backlog: int) -> None:
-    """``loop.create_server(..., backlog=backlog)`` unless the caller passes one."""
-    from asyncio import base_events
+    """``RelayServiceServer(..., backlog=backlog)`` unless the caller passes one."""
+    from hyco_proto.adapters.asyncio import service
 
-    original = base_events.BaseEventLoop.create_server
+    original = service.RelayServiceServer.__init__
 
-    async def create_server(self: base_events.BaseEventLoop, *args: Any,
-                            **kwargs: Any) -> Any:
+    def init(self: service.RelayServiceServer, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("backlog", backlog)
-        return await original(self, *args, **kwargs)
+        original(self, *args, **kwargs)
 
-    base_events.BaseEventLoop.create_server = create_server  # type: ignore[method-assign]
+    service.RelayServiceServer.__init__ = init  # type: ignore[method-assign]
 
 
 def main() -> int:
