@@ -403,12 +403,14 @@ def raise_open_file_limit() -> tuple[int, int] | None:
     except ImportError:  # Windows
         return None
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and soft < hard:
+    # No hard limit (macOS by default): the kernel still caps a process, at OPEN_MAX there.
+    target = 10240 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
         try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         except (ValueError, OSError):
             return soft, soft
-        return soft, hard
+        return soft, target
     return soft, soft
 
 

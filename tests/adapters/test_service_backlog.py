@@ -115,3 +115,24 @@ def test_default_max_connections_leaves_a_reserve() -> None:
     assert RelayServiceServer(port=0).max_connections == default_max_connections()
     with pytest.raises(ValueError, match="max_connections"):
         RelayServiceServer(port=0, max_connections=0)
+
+
+@async_test
+async def test_the_cap_holds_in_a_burst() -> None:
+    """asyncio makes a batch of protocols before the first is connected: those count too, so a
+    burst does not overshoot ``max_connections`` (it did by a whole accept batch)."""
+    async with RelayServiceServer(port=0, max_connections=5) as server:
+        opened = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", server.port)
+                                        for _ in range(40)))
+        await asyncio.sleep(0.2)
+        refused = 0
+        for reader, _ in opened:
+            try:
+                data = await asyncio.wait_for(reader.read(12), 0.2)
+            except asyncio.TimeoutError:
+                continue  # held: the service waits for its request head
+            refused += data.startswith(b"HTTP/1.1 503")
+        assert refused == 35
+        assert len(server._protocols) == 5 and server._admitting == 0
+        for _, writer in opened:
+            writer.close()

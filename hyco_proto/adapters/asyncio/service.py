@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl as _ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -102,6 +103,8 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
         self.blocked_by: set[int] = set()
         self.over_high_water = False
         self.reading_paused = False
+        #: Made by _TlsHandshake for a connection already counted (not by the server's factory).
+        self._taken_over = False
 
     # -- asyncio callbacks -----------------------------------------------------------------
 
@@ -109,6 +112,8 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         server = self._server
+        if not self._taken_over:
+            server._admitting -= 1
         high = server.write_high_water
         transport.set_write_buffer_limits(high=high, low=high // 4)
         peer = transport.get_extra_info("peername")
@@ -212,10 +217,21 @@ class _TlsHandshake(asyncio.Protocol):
         # here is not enough on Python 3.10, whose transport starts reading after
         # connection_made whether paused or not; a pause scheduled now runs before any read
         # (and before start_tls, which is scheduled after it).
+        server._admitting -= 1
+        if server._closing:  # accepted just before close(): nothing will serve it
+            transport.abort()
+            return
         server._loop.call_soon(transport.pause_reading)
         task = server._loop.create_task(self._handshake(transport, remote))
         server._handshakes.add(task)
         task.add_done_callback(server._handshakes.discard)
+
+        def aborted_if_cancelled(done: asyncio.Task[None]) -> None:
+            # A task cancelled before its first step never runs its own cleanup.
+            if done.cancelled():
+                transport.abort()
+
+        task.add_done_callback(aborted_if_cancelled)
 
     async def _handshake(self, transport: asyncio.Transport,
                          remote: tuple[str, int] | None) -> None:
@@ -251,6 +267,7 @@ class _TlsHandshake(asyncio.Protocol):
         # What arrived between the end of the handshake and now went to `early`: hand the
         # transport to the service's protocol and replay it, in order.
         protocol = _ServiceProtocol(server, self._routes)
+        protocol._taken_over = True
         tls.set_protocol(protocol)
         protocol.connection_made(tls)
         if early.data:
@@ -280,6 +297,7 @@ class _Refused(asyncio.Protocol):
         why = (f"the service holds {server.max_connections} connections, its limit "
                f"(max_connections; raise the open-file limit, ulimit -n, to allow more)")
         server.service.overloaded(time.time(), remote, why)
+        server._after_input(None)  # the refusal log's summary deadline goes on the timer
         if server.ssl is None:
             body = b"The service holds as many connections as it may; try again later.\n"
             transport.write(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
@@ -414,6 +432,8 @@ class RelayServiceServer:
         self._read_view = memoryview(bytearray(READ_BUFFER_SIZE))
         self._calls: set[asyncio.Task[None]] = set()
         self._handshakes: set[asyncio.Task[None]] = set()  # TLS handshakes in progress
+        self._admitting = 0  # protocols made for new connections, not yet connected
+        self._closing = False  # close() has begun
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -424,6 +444,7 @@ class RelayServiceServer:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._closed.clear()
+        self._closing = False
         server = await self._bind(self.routes, self._requested_port)
         self._port = _bound_port(server, self._requested_port)
         if self._requested_webpubsub_port is not None:
@@ -444,22 +465,31 @@ class RelayServiceServer:
             # With TLS, each connection's handshake is ours (_TlsHandshake): asyncio's TLS
             # server drops a failed handshake silently, and only after 60 s.
             def factory() -> asyncio.BaseProtocol:
-                if len(self._protocols) + len(self._handshakes) >= self.max_connections:
+                # Protocols made but not yet connected count too: asyncio makes a batch of
+                # them before the first one's connection_made runs.
+                held = len(self._protocols) + len(self._handshakes) + self._admitting
+                if held >= self.max_connections:
                     return _Refused(self)
+                self._admitting += 1  # until its connection_made
                 if self.ssl is None:
                     return _ServiceProtocol(self, routes)
                 return _TlsHandshake(self, routes)
 
-            # asyncio accepts up to `backlog` connections per wake-up before any protocol is
-            # made, so that count is kept small (max_connections can then hold: at most
-            # ACCEPT_BATCH over it, well inside FD_RESERVE) and the kernel's queue is set
-            # to `backlog` afterwards on the same listening socket.
+            # A selector loop accepts up to `backlog` connections per wake-up and logs an
+            # error for each one it cannot accept (EMFILE), so that count is kept small and
+            # the kernel's queue is set to `backlog` afterwards on the same listening socket
+            # (listen() again changes it on Linux and the BSDs, not on Windows).
+            batch = self.backlog if sys.platform == "win32" else min(ACCEPT_BATCH, self.backlog)
             server = await loop.create_server(factory, self.host, port, reuse_address=True,
-                                              backlog=min(ACCEPT_BATCH, self.backlog))
-            for listening in server.sockets:
-                with socket.fromfd(listening.fileno(), listening.family,
-                                   listening.type) as same:
-                    same.listen(self.backlog)
+                                              backlog=batch)
+            try:
+                for listening in server.sockets if batch < self.backlog else ():
+                    with socket.fromfd(listening.fileno(), listening.family,
+                                       listening.type) as same:
+                        same.listen(self.backlog)
+            except OSError:
+                server.close()
+                raise
             return server
         except OSError as exc:
             raise BindError(exc.errno, exc.strerror or str(exc), self.host, port,
@@ -470,6 +500,7 @@ class RelayServiceServer:
         server = self._server
         if server is None:
             return
+        self._closing = True
         server.close()
         cancelled = [*self._calls, *self._handshakes]
         for task in cancelled:
