@@ -2,7 +2,10 @@
 documented error type may come out. Anything else propagates — that is a finding.
 
 Used by the hypothesis property tests (``tests/test_fuzz_properties.py``, in ``make test``) and
-by the atheris harness (``fuzz/run.py``, ``make fuzz``).
+by the atheris harness (``fuzz/run.py``, ``make fuzz``). Besides the single parsers: a differential
+UTF-8 harness (``utf8_differential``: both kernels' Forwarder and the WebSocket connection against
+Python's strict decoder) and whole-service sessions behind a valid token (``SESSION_TARGETS``:
+control channel, relayed HTTP, Web PubSub clients, our listener). Results: ``fuzz/RESULTS.md``.
 """
 
 from __future__ import annotations
