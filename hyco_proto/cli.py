@@ -948,6 +948,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     url = args.url.rstrip("/")
     if "://" not in url:
         url = "http://" + url
+    # The emulator prints its WebSocket address (ws:// or wss://): the same port serves HTTP.
+    scheme, sep, rest = url.partition("://")
+    url = {"ws": "http", "wss": "https"}.get(scheme.lower(), scheme) + sep + rest
     target = url if url.endswith(("/$status", "/health")) else url + "/$status"
     context = None
     if target.startswith("https:"):
@@ -1266,7 +1269,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sta = commands.add_parser("status", help="print the emulator's /$status document")
     sta.add_argument("--url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
-                     help=f"emulator address (default http://{DEFAULT_HOST}:{DEFAULT_PORT})")
+                     help=f"emulator address, http(s):// or the ws(s):// one it prints "
+                          f"(default http://{DEFAULT_HOST}:{DEFAULT_PORT})")
     sta.add_argument("--cafile", help="trust this certificate for https://")
     sta.add_argument("--insecure", action="store_true", help="do not verify TLS")
     sta.add_argument("--timeout", type=_seconds, default=10.0, help=argparse.SUPPRESS)

@@ -249,6 +249,39 @@ def test_emulator_answers_status_and_stops_cleanly(emulator: Emulator) -> None:
     assert "stopping" in emulator.proc.stdout.decode()
 
 
+def test_status_accepts_the_ws_address_the_emulator_prints(
+        emulator: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    for url in (emulator.url, emulator.url + "/", emulator.url.upper().replace("WS://", "Ws://")):
+        status, out, err = hyco(["status", "--url", url], capsys)
+        assert status == 0, err
+        assert json.loads(out)["status"] == "ok"
+
+
+def test_status_maps_wss_to_https(monkeypatch: pytest.MonkeyPatch,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
+    opened: list[tuple[str, object]] = []
+
+    class Answer:
+        def __enter__(self) -> Answer:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            pass
+
+        def read(self) -> bytes:
+            return b'{"status": "ok"}'
+
+    def urlopen(target: str, timeout: float, context: object) -> Answer:
+        opened.append((target, context))
+        return Answer()
+
+    monkeypatch.setattr(cli.urllib.request, "urlopen", urlopen)
+    status, _, err = hyco(["status", "--url", "wss://127.0.0.1:9443", "--insecure"], capsys)
+    assert status == 0, err
+    assert opened[0][0] == "https://127.0.0.1:9443/$status"
+    assert opened[0][1] is not None  # a TLS context, with --insecure's settings
+
+
 def test_emulator_config_file_and_flags(tmp_path: Path) -> None:
     config = tmp_path / "emu.toml"
     config.write_text('[server]\nstrict = true\n\n[[rules]]\nname = "app"\nkey = "app-key"\n'
