@@ -549,8 +549,13 @@ def cmd_token(args: argparse.Namespace) -> int:
                                "SharedAccessKey to sign with")
             rule, key = args.rule or cs.shared_access_key_name, args.key or cs.shared_access_key
         else:
+            if args.append and not (args.path or cs.entity_path):
+                raise CliError("--append needs a hybrid connection to append to: EntityPath "
+                               "in the connection string, --path NAME, or a URI")
             try:
-                print(cs.create_token(args.path, ttl))
+                token = cs.create_token(args.path, ttl)
+                # --append without a URI: the hybrid connection's send URI, token appended.
+                print(cs.send_uri(args.path, token=token) if args.append else token)
             except ValueError as exc:
                 raise CliError(str(exc)) from None
             return 0
@@ -1215,7 +1220,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "--path, or the whole namespace)")
     tok.add_argument("--path", "-p", help="with --connection-string: the entity to sign for")
     tok.add_argument("--append", action="store_true",
-                     help="print URI with ?sb-hc-token=… appended instead of the token")
+                     help="print URI with ?sb-hc-token=… appended instead of the token "
+                          "(with --connection-string and no URI: the hybrid connection's "
+                          "send URI, ws(s)://NAMESPACE/$hc/HC?sb-hc-action=connect&"
+                          "sb-hc-token=…)")
     tok.set_defaults(func=cmd_token)
 
     lst = commands.add_parser(

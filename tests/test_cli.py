@@ -208,6 +208,31 @@ def test_token_append(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.startswith("ws://127.0.0.1:9090/$hc/myhc?sb-hc-token=SharedAccessSignature")
 
 
+def test_token_append_with_a_connection_string(capsys: pytest.CaptureFixture[str]) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    cs = "Endpoint=sb://ns.example/;SharedAccessKeyName=rule;SharedAccessKey=k;EntityPath=hc"
+    for argv, expected in ((["-c", cs], "wss://ns.example/$hc/hc"),
+                           (["-c", cs, "--path", "other"], "wss://ns.example/$hc/other"),
+                           (["-c", cs.replace("ns.example/", "127.0.0.1:9090/")],
+                            "ws://127.0.0.1:9090/$hc/hc")):
+        status, out, err = hyco(["token", *argv, "--append"], capsys)
+        assert status == 0, err
+        uri = out.strip()
+        assert uri.startswith(expected + "?"), uri
+        query = parse_qs(urlsplit(uri).query)
+        assert query["sb-hc-action"] == ["connect"]
+        verify_token(query["sb-hc-token"][0], keys={"rule": "k"},
+                     target_path="/" + expected.rsplit("/", 1)[1], now=time.time())
+    # With a URI, --append appends to that URI, signed with the connection string's rule.
+    status, out, _ = hyco(["token", "-c", cs, "--append", "ws://127.0.0.1:9090/$hc/x"], capsys)
+    assert status == 0 and out.startswith("ws://127.0.0.1:9090/$hc/x?sb-hc-token=")
+    # Namespace-wide, with no entity to name: the error says so.
+    status, _, err = hyco(["token", "-c", cs.replace(";EntityPath=hc", ""), "--append"],
+                          capsys)
+    assert status == 1 and "EntityPath" in err and "--path" in err
+
+
 def test_token_errors(capsys: pytest.CaptureFixture[str]) -> None:
     status, _, err = hyco(["token"], capsys)
     assert status == 1 and "hyco token: error: give the URI" in err
