@@ -462,6 +462,11 @@ def _split_host_port(namespace: str) -> tuple[str, int | None]:
     return namespace, None
 
 
+def _host_port(host: str, port: int) -> str:
+    """``host:port`` as people write it (``[::1]:443`` for IPv6)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _endpoint(args: argparse.Namespace) -> _Endpoint:
     cs: ConnectionString | None = None
     if args.connection_string:
@@ -764,7 +769,7 @@ async def _listen(args: argparse.Namespace) -> int:
         async for ws in server:
             if args.verbose:
                 peer = ws.remote_endpoint
-                where = f"{peer.address}:{peer.port}" if peer is not None else "?"
+                where = _host_port(peer.address, peer.port) if peer is not None else "?"
                 print(f"{PROG}: connection from {where} to {ws.request_url}",
                       file=sys.stderr, flush=True)
             status = await _session(ws, stdin, args, out)

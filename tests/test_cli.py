@@ -394,6 +394,25 @@ def test_listen_send_text_both_directions(emulator: Emulator) -> None:
     assert counters["relayed_pairs"] == 2
 
 
+def test_verbose_prints_addresses_as_host_port(emulator: Emulator) -> None:
+    listener = Proc(["listen", *_client_args(emulator, "verbose"), "-v", "--text",
+                     "--no-stdin"])
+    try:
+        listener.wait_line(r"listening on ws://", stream="stderr")
+        sender = Proc(["send", *_client_args(emulator, "verbose"), "-v", "--text", "-N"],
+                      stdin=b"hi\n")
+        assert sender.wait() == 0, sender.stderr_text
+        assert listener.wait() == 0, listener.stderr_text
+    finally:
+        listener.kill()
+    text = "\n".join(listener.stderr_text + sender.stderr_text)
+    assert re.search(r"^hyco: connection from 127\.0\.0\.1:\d+ to ", text, re.M), text
+    assert f"hyco: connected to ws://127.0.0.1:{emulator.port}/$hc/verbose" in text, text
+    assert "Endpoint(" not in text and "address=" not in text, text
+    assert cli._host_port("::1", 5000) == "[::1]:5000"
+    assert cli._host_port("10.0.0.1", 5000) == "10.0.0.1:5000"
+
+
 def test_listen_send_binary_is_byte_exact(emulator: Emulator) -> None:
     payload = os.urandom(300_000) + b"\x00\r\n\xff"
     listener = Proc(["listen", *_client_args(emulator, "bin"), "--no-stdin"])
