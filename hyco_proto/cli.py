@@ -805,11 +805,39 @@ async def _send(args: argparse.Namespace) -> int:
     return await _session(ws, stdin, args, sys.stdout.buffer)
 
 
+async def _until_sigterm(coro: Coroutine[object, object, int]) -> int:
+    """Run ``coro``; SIGTERM cancels it, which closes its listener or connection cleanly (the
+    ``finally`` blocks), and makes the exit status 0: a requested stop is not a failure."""
+    task = asyncio.ensure_future(coro)
+    loop = asyncio.get_running_loop()
+    terminated = False
+
+    def on_sigterm() -> None:
+        nonlocal terminated
+        terminated = True
+        task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    except (NotImplementedError, RuntimeError, ValueError):  # Windows, or not the main thread
+        return await task
+    try:
+        status = await task
+    except asyncio.CancelledError:
+        if terminated:
+            return 0
+        raise
+    else:
+        return 0 if terminated else status
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def _run_client(coro_fn: Callable[[argparse.Namespace], Coroutine[object, object, int]],
                 args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
     try:
-        return asyncio.run(coro_fn(args))
+        return asyncio.run(_until_sigterm(coro_fn(args)))
     except KeyboardInterrupt:
         return 130
 

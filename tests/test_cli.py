@@ -413,6 +413,41 @@ def test_verbose_prints_addresses_as_host_port(emulator: Emulator) -> None:
     assert cli._host_port("10.0.0.1", 5000) == "10.0.0.1:5000"
 
 
+def _wait_for(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_sigterm_ends_listen_with_exit_0_after_closing(emulator: Emulator) -> None:
+    # Idle: listening, no connection.
+    listener = Proc(["listen", *_client_args(emulator, "term"), "--no-stdin"])
+    try:
+        listener.wait_line(r"listening on ws://", stream="stderr")
+        _wait_for(lambda: emulator.status()["counters"]["listeners"] == 1)
+        listener.popen.terminate()
+        assert listener.wait(5) == 0, listener.stderr_text
+        _wait_for(lambda: emulator.status()["counters"]["listeners"] == 0)
+    finally:
+        listener.kill()
+    # With a relayed connection open: the sender sees a normal close and ends too.
+    listener = Proc(["listen", *_client_args(emulator, "term"), "-v", "--no-stdin"])
+    sender = None
+    try:
+        listener.wait_line(r"listening on ws://", stream="stderr")
+        sender = Proc(["send", *_client_args(emulator, "term"), "--no-stdin"])
+        listener.wait_line(r"connection from ", stream="stderr")
+        listener.popen.terminate()
+        assert listener.wait(5) == 0, listener.stderr_text
+        assert sender.wait(5) == 0, sender.stderr_text
+        _wait_for(lambda: emulator.status()["counters"]["listeners"] == 0)
+    finally:
+        listener.kill()
+        if sender is not None:
+            sender.kill()
+
+
 def test_listen_send_binary_is_byte_exact(emulator: Emulator) -> None:
     payload = os.urandom(300_000) + b"\x00\r\n\xff"
     listener = Proc(["listen", *_client_args(emulator, "bin"), "--no-stdin"])
