@@ -758,7 +758,8 @@ async def _listen(args: argparse.Namespace) -> int:
     stdin = _Stdin(None if args.no_stdin else sys.stdin.buffer, text=args.text)
     out = sys.stdout.buffer
     status = 0
-    server = RelayedServer(uri, token, error=on_error, ssl=context)
+    server = RelayedServer(uri, token, error=on_error, ssl=context,
+                           open_timeout=args.timeout)
     try:
         await server.start()
     except (RelayError, ProtocolError, OSError) as exc:
@@ -1092,6 +1093,7 @@ _ACCEPT_TIMEOUT = _ranged(_number, 0, MAX_ACCEPT_TIMEOUT, "a number of seconds",
 _AUTO_EXPIRY = _ranged(_number, 0, MAX_AUTO_EXPIRY, "a number of seconds", low_open=True)
 _TOKEN_GRACE = _ranged(_number, 0, MAX_TOKEN_GRACE, "a number of seconds")
 _CONTROL_MESSAGE = _ranged(_size, MIN_CONTROL_MESSAGE, MAX_CONTROL_MESSAGE, "a size in bytes")
+_OPEN_TIMEOUT = _ranged(_number, 0, 86400, "a number of seconds", low_open=True)
 
 
 #: Fields of the service's structured log lines (``hyco_proto.service.events.log_event``).
@@ -1267,6 +1269,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_endpoint_options(lst)
     lst.add_argument("--keep-open", "-K", action="store_true",
                      help="accept further connections after one closes")
+    lst.add_argument("--timeout", type=_OPEN_TIMEOUT, default=10.0, metavar="SECONDS",
+                     help="give up when the relay has not accepted the listener after this "
+                          "long (default 10)")
     _add_netcat_options(lst)
     lst.set_defaults(func=cmd_listen)
 

@@ -6,6 +6,7 @@ loopback, with bounded timeouts; every process is killed on teardown.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -471,9 +472,40 @@ def test_send_with_wrong_key_fails_with_401(emulator: Emulator) -> None:
 
 
 def test_listen_with_wrong_key_fails(emulator: Emulator) -> None:
+    started = time.monotonic()
     listener = Proc(["listen", *_client_args(emulator), "--key", "wrong", "--no-stdin"])
-    assert listener.wait() == 1
-    assert "401" in "\n".join(listener.stderr_text)
+    assert listener.wait(8) == 1  # at once, not after the open timeout (10 s)
+    assert time.monotonic() - started < 8
+    text = "\n".join(listener.stderr_text)
+    assert f"hyco listen: error: cannot listen at ws://127.0.0.1:{emulator.port}/$hc/myhc: " \
+           "relay answered 401" in text, text
+    assert "--scheme" not in text, text
+
+
+def test_listen_to_a_relay_that_never_answers_gives_up_within_its_timeout() -> None:
+    import socket
+    held: list[socket.socket] = []
+    with socket.socket() as server:  # accepts, never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        server.settimeout(0.2)
+        port = server.getsockname()[1]
+        started = time.monotonic()
+        listener = Proc(["listen", "-n", f"127.0.0.1:{port}", "--path", "myhc", "--no-stdin",
+                         "--timeout", "1"])
+        try:
+            while listener.popen.poll() is None and time.monotonic() - started < 10:
+                with contextlib.suppress(TimeoutError):
+                    held.append(server.accept()[0])
+            assert listener.wait(5) == 1
+        finally:
+            listener.kill()
+            for sock in held:
+                sock.close()
+    assert time.monotonic() - started < 8
+    text = "\n".join(listener.stderr_text)
+    assert f"hyco listen: error: cannot listen at ws://127.0.0.1:{port}/$hc/myhc: " in text, text
+    assert "within 1 s" in text and "--scheme" not in text, text
 
 
 def test_listen_and_send_without_a_relay_say_so_once_and_give_no_scheme_hint() -> None:
