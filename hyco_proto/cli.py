@@ -690,8 +690,27 @@ async def _session(ws: RelayedWebSocket, stdin: _Stdin, args: argparse.Namespace
     return status
 
 
+#: How ``errors.describe_connect_error`` begins: the relay was not reached.
+_UNREACHED = ("nothing is listening at ", "cannot resolve host ", "the relay is not speaking TLS",
+              "no answer from ", "cannot connect to ")
+
+
+def _listener_error_text(error: BaseException) -> str:
+    """A listener's error as its cause. A reconnect that could not reach the relay comes as a
+    1006 close whose reason is the connect failure: that is "cannot reconnect: nothing is
+    listening at …", not "relay closed the connection with 1006: …"."""
+    if isinstance(error, RelayError) and error.close_code == 1006 and error.description \
+            and error.description.startswith(_UNREACHED):
+        return f"cannot reconnect: {error.description}"
+    return str(error)
+
+
 def _scheme_hint(ep: _Endpoint, error: BaseException) -> str:
-    """``--scheme`` advice, only when the failure looks like a ws/wss mismatch."""
+    """``--scheme`` advice, only when the failure looks like a ws/wss mismatch: never for an
+    HTTP status (401, 404 ...) or a close code, which the relay answered in the right scheme."""
+    if isinstance(error, RelayError) and (error.status is not None
+                                          or error.close_code is not None):
+        return ""
     text = str(error)
     if "use ws://" in text or "use wss://" in text:
         return " (try --scheme " + ("ws)" if "use ws://" in text else "wss)")
@@ -714,7 +733,7 @@ def _failure(what: str, address: str, error: BaseException, ep: _Endpoint) -> Cl
     hint = _scheme_hint(ep, error)
     # The library's own advice, "(is it serving wss://? then use wss://)", becomes the flag to
     # pass rather than a second hint after it.
-    found = re.search(r"then use (wss?)://\)", message)
+    found = re.search(r"(?:then )?use (wss?)://\)", message)
     if found is not None and hint.startswith(" (try --scheme "):
         return CliError(f"{message[:found.start()]}try --scheme {found.group(1)})"
                         f"{message[found.end():]}")
@@ -753,7 +772,7 @@ async def _listen(args: argparse.Namespace) -> int:
 
     def on_error(error: Exception) -> None:
         if args.verbose:
-            print(f"{PROG}: listener: {error}", file=sys.stderr)
+            print(f"{PROG}: listener: {_listener_error_text(error)}", file=sys.stderr)
 
     stdin = _Stdin(None if args.no_stdin else sys.stdin.buffer, text=args.text)
     out = sys.stdout.buffer
@@ -972,7 +991,7 @@ def cmd_http(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level)
 
     def on_error(error: Exception) -> None:
-        print(f"{PROG}: listener: {error}", file=sys.stderr, flush=True)
+        print(f"{PROG}: listener: {_listener_error_text(error)}", file=sys.stderr, flush=True)
 
     if args.asgi:
         return asyncio.run(_serve_asgi(app, uri, token, args, ep, on_error))

@@ -522,6 +522,56 @@ def test_listen_and_send_without_a_relay_say_so_once_and_give_no_scheme_hint() -
         assert text.count(f"ws://127.0.0.1:{port}/$hc/myhc") == 1, text
 
 
+def test_listener_that_loses_its_relay_says_it_cannot_reconnect() -> None:
+    relay = Proc(["emulator", "--port", "0", "--no-webpubsub"])
+    listener = None
+    try:
+        port = relay.wait_line(r"listening on ws://127\.0\.0\.1:(\d+)").group(1)
+        relay.wait_line(r"press Ctrl-C to stop")
+        listener = Proc(["listen", "--port", port, "--path", "myhc", "--no-stdin", "-v"])
+        listener.wait_line(r"listening on ws://", stream="stderr")
+        assert relay.stop() == 0
+        listener.wait_line(rf"^hyco: listener: cannot reconnect: nothing is listening at "
+                           rf"127\.0\.0\.1:{port} \(connection refused\)$", stream="stderr")
+        listener.popen.terminate()
+        assert listener.wait(5) == 0
+        text = "\n".join(listener.stderr_text)
+        assert "closed the connection with 1006" not in text, text
+    finally:
+        relay.kill()
+        if listener is not None:
+            listener.kill()
+
+
+def test_error_hints_match_the_cause() -> None:
+    from hyco_proto.errors import RelayError, relay_error_for_close
+
+    ws = cli._Endpoint("127.0.0.1:9090", "myhc", "ws", "r", "k", None)
+    wss = cli._Endpoint("127.0.0.1:9090", "myhc", "wss", "r", "k", None)
+    address = "ws://127.0.0.1:9090/$hc/myhc"
+    # A status or close code is an answer in the right scheme: no --scheme advice, whatever
+    # the relay's description says.
+    for ep in (ws, wss):
+        for error in (RelayError("relay answered 401: TLS required, closed without answering",
+                                 status=401),
+                      RelayError("relay answered 404: Endpoint does not exist (TLS)",
+                                 status=404),
+                      relay_error_for_close(1008, "token expired")):
+            message = str(cli._failure("cannot listen at", address, error, ep))
+            assert "--scheme" not in message and "ws://)" not in message, message
+    # A ws/wss mismatch: one piece of advice, the flag to pass.
+    not_tls = ConnectionError("the relay is not speaking TLS on 9090 (use ws://)")
+    message = str(cli._failure("cannot connect to", address, not_tls, wss))
+    assert message.endswith("the relay is not speaking TLS on 9090 (try --scheme ws)"), message
+    # Connection refused is reported as such, not as a close by the relay.
+    lost = relay_error_for_close(1006, "nothing is listening at 127.0.0.1:9090 "
+                                       "(connection refused)")
+    assert cli._listener_error_text(lost) == ("cannot reconnect: nothing is listening at "
+                                              "127.0.0.1:9090 (connection refused)")
+    assert cli._listener_error_text(relay_error_for_close(1001, "shutting down")) == \
+        "relay closed the connection with 1001: shutting down"
+
+
 # -------------------------------------------------------------------------------------------
 # TLS with the development certificate
 
