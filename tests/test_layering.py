@@ -1,7 +1,8 @@
 """The sans-IO rule (docs/architecture.md): core modules do no I/O and read no clock.
 
-Every module under hyco_proto/ except adapters/, cli.py, __main__.py, demo.py and the one clock
-default (_wallclock.py) is parsed, and its imports are checked, including imports inside functions.
+Every module under hyco_proto/ except adapters/, cli.py, __main__.py, demo.py, testing.py (the
+pytest plugin) and the one clock default (_wallclock.py) is parsed, and its imports are checked,
+including imports inside functions.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ FORBIDDEN = {
     "anyio",
     "subprocess",
 }
-EDGE = {"cli.py", "__main__.py", "demo.py", "_wallclock.py"}
+# testing.py (the pytest plugin) runs the emulator on a thread, like demo.py.
+EDGE = {"cli.py", "__main__.py", "demo.py", "testing.py", "_wallclock.py"}
 # State machines must take `now` from their driver, never from the wall clock default.
 NO_WALLCLOCK = {"listener.py", "sender.py", "websocket.py", "handshake.py", "control.py",
                 "connection.py", "stream.py", "decisions.py", "relayed.py"}

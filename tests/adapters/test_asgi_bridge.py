@@ -24,10 +24,11 @@ from hyco_proto.adapters.asgi import (
     LifespanError,
     _Lifespan,
 )
-from hyco_proto.adapters.asyncio import RelayServiceThread, relayed_connect
+from hyco_proto.adapters.asyncio import relayed_connect
 from hyco_proto.drivers.http import RequestCancelled, Response, split_target
 from hyco_proto.errors import ListenerRejectedError
 from hyco_proto.headers import Headers
+from hyco_proto.testing import Relay
 from tests.adapters import http_apps
 from tests.adapters.app_client import WAIT, LoopThread, call, listen_uri, send_headers, token
 from tests.adapters.asyncio_util import async_test, bounded
@@ -368,14 +369,11 @@ async def test_lifespan_unsupported_is_ignored_in_auto_and_an_error_when_on() ->
 HC = "asgi"
 
 
-@pytest.fixture(scope="module")
-def relay() -> Iterator[RelayServiceThread]:
-    with RelayServiceThread(port=0) as relay:
-        yield relay
+# `relay`: the emulator fixture of hyco_proto.testing (our pytest plugin), one per test.
 
 
 @pytest.fixture
-def served(relay: RelayServiceThread) -> Iterator[tuple[LoopThread, AsgiServer]]:
+def served(relay: Relay) -> Iterator[tuple[LoopThread, AsgiServer]]:
     http_apps.reset()
     uri = listen_uri(relay.port, HC)
     with LoopThread() as loop:
@@ -389,11 +387,11 @@ def served(relay: RelayServiceThread) -> Iterator[tuple[LoopThread, AsgiServer]]
             loop.run(server.close(), timeout=3 * WAIT)
 
 
-def send_uri(relay: RelayServiceThread, path: str = "") -> str:
+def send_uri(relay: Relay, path: str = "") -> str:
     return f"ws://127.0.0.1:{relay.port}/$hc/{HC}{path}"
 
 
-def test_websocket_echo_with_subprotocol(relay: RelayServiceThread,
+def test_websocket_echo_with_subprotocol(relay: Relay,
                                          served: tuple[LoopThread, AsgiServer]) -> None:
     loop, _ = served
     gates = http_apps.gates
@@ -414,7 +412,7 @@ def test_websocket_echo_with_subprotocol(relay: RelayServiceThread,
     assert gates.ws_closed == [1000]
 
 
-def test_websocket_closed_before_accept_is_403(relay: RelayServiceThread,
+def test_websocket_closed_before_accept_is_403(relay: Relay,
                                                served: tuple[LoopThread, AsgiServer]) -> None:
     loop, _ = served
 
@@ -427,7 +425,7 @@ def test_websocket_closed_before_accept_is_403(relay: RelayServiceThread,
     assert info.value.status == 403
 
 
-def test_unknown_websocket_route_is_refused(relay: RelayServiceThread,
+def test_unknown_websocket_route_is_refused(relay: Relay,
                                             served: tuple[LoopThread, AsgiServer]) -> None:
     loop, _ = served
 
@@ -441,7 +439,7 @@ def test_unknown_websocket_route_is_refused(relay: RelayServiceThread,
 
 
 def test_sender_leaving_mid_upload_is_http_disconnect(
-        relay: RelayServiceThread, served: tuple[LoopThread, AsgiServer]) -> None:
+        relay: Relay, served: tuple[LoopThread, AsgiServer]) -> None:
     gates = http_apps.gates
     head = (f"POST /{HC}/upload HTTP/1.1\r\nHost: 127.0.0.1:{relay.port}\r\n"
             f"ServiceBusAuthorization: {send_headers(relay.port, HC)['ServiceBusAuthorization']}"
@@ -455,7 +453,7 @@ def test_sender_leaving_mid_upload_is_http_disconnect(
 
 
 def test_big_whole_response_leaves_no_task_behind(
-        relay: RelayServiceThread, served: tuple[LoopThread, AsgiServer]) -> None:
+        relay: Relay, served: tuple[LoopThread, AsgiServer]) -> None:
     """A whole response too big for the control channel goes on a rendezvous the listener
     opens; once it is out, nothing of the request is left running (the listener used to wait
     for that rendezvous forever)."""
@@ -473,7 +471,7 @@ def test_big_whole_response_leaves_no_task_behind(
         time.sleep(0.02)
 
 
-def test_lifespan_runs_around_listening(relay: RelayServiceThread) -> None:
+def test_lifespan_runs_around_listening(relay: Relay) -> None:
     gates = http_apps.reset()
     uri = listen_uri(relay.port, HC)
     with LoopThread() as loop:
@@ -488,7 +486,7 @@ def test_lifespan_runs_around_listening(relay: RelayServiceThread) -> None:
         assert gates.lifespan == ["startup", "shutdown"]
 
 
-def test_serve_runs_until_cancelled(relay: RelayServiceThread) -> None:
+def test_serve_runs_until_cancelled(relay: Relay) -> None:
     gates = http_apps.reset()
     uri = listen_uri(relay.port, HC)
     with LoopThread() as loop:

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 import pytest
 
 from hyco_proto.adapters.asgi import AsgiServer
-from hyco_proto.adapters.asyncio import RelayServiceThread, relayed_connect
+from hyco_proto.adapters.asyncio import relayed_connect
 from hyco_proto.adapters.wsgi import create_server
 from hyco_proto.errors import ListenerRejectedError
+from hyco_proto.testing import Relay
 from tests.adapters import http_apps
 from tests.adapters.app_client import (
     WAIT,
@@ -41,10 +42,10 @@ HC = "apps"
 MiB = 1024 * 1024
 
 
-@pytest.fixture(scope="module")
-def relay() -> Iterator[RelayServiceThread]:
-    with RelayServiceThread(port=0) as relay:
-        yield relay
+@pytest.fixture
+def relay(relay_session: Relay) -> Relay:
+    """The session's emulator (hyco_proto.testing, our pytest plugin)."""
+    return relay_session
 
 
 @dataclass
@@ -59,7 +60,7 @@ class Served:
 
 
 @pytest.fixture(params=["asgi", "wsgi"])
-def served(request: pytest.FixtureRequest, relay: RelayServiceThread) -> Iterator[Served]:
+def served(request: pytest.FixtureRequest, relay: Relay) -> Iterator[Served]:
     gates = http_apps.reset()
     uri = listen_uri(relay.port, HC)
     if request.param == "asgi":
