@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from ._version import __version__
-from .errors import ProtocolError, RelayError
+from .errors import ProtocolError, RelayError, host_port
 from .sas import create_relay_token
 from .service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY, HybridConnectionConfig
 from .service.devcert import DevCertError, ensure_dev_cert, node_hint
@@ -462,11 +462,6 @@ def _split_host_port(namespace: str) -> tuple[str, int | None]:
     return namespace, None
 
 
-def _host_port(host: str, port: int) -> str:
-    """``host:port`` as people write it (``[::1]:443`` for IPv6)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _endpoint(args: argparse.Namespace) -> _Endpoint:
     cs: ConnectionString | None = None
     if args.connection_string:
@@ -789,7 +784,7 @@ async def _listen(args: argparse.Namespace) -> int:
         async for ws in server:
             if args.verbose:
                 peer = ws.remote_endpoint
-                where = _host_port(peer.address, peer.port) if peer is not None else "?"
+                where = host_port(peer.address, peer.port) if peer is not None else "?"
                 print(f"{PROG}: connection from {where} to {ws.request_url}",
                       file=sys.stderr, flush=True)
             status = await _session(ws, stdin, args, out)

@@ -410,8 +410,8 @@ def test_verbose_prints_addresses_as_host_port(emulator: Emulator) -> None:
     assert re.search(r"^hyco: connection from 127\.0\.0\.1:\d+ to ", text, re.M), text
     assert f"hyco: connected to ws://127.0.0.1:{emulator.port}/$hc/verbose" in text, text
     assert "Endpoint(" not in text and "address=" not in text, text
-    assert cli._host_port("::1", 5000) == "[::1]:5000"
-    assert cli._host_port("10.0.0.1", 5000) == "10.0.0.1:5000"
+    assert cli.host_port("::1", 5000) == "[::1]:5000"  # what -v uses for the peer
+    assert cli.host_port("10.0.0.1", 5000) == "10.0.0.1:5000"
 
 
 def _wait_for(predicate: Any, timeout: float = 5.0) -> None:
