@@ -16,7 +16,7 @@ Behind the relay, one of two echoing listeners (module-scoped, every row is a ne
 - ``ours``: ``RelayedServer`` (asyncio) echoing every message, on its own thread and loop.
 
 What the sender must see is the row's expected output, with the alternatives the checklist
-grades as passing (``../shared`` is not read: the rules are restated here):
+grades as passing (restated from docs/websocket-conformance.md):
 
 - a row with a one-write alternative (Autobahn NON-STRICT, ``Case.whole``) may end either way
   in any mode over TCP: whether the relay fails the leg before the listener's echo comes back
