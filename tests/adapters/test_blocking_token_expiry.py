@@ -17,7 +17,6 @@ Every wait is bounded; nothing sleeps to order events (the polls wait for a cond
 
 from __future__ import annotations
 
-import importlib
 import threading
 import time
 from collections.abc import Iterator
@@ -29,28 +28,21 @@ import pytest
 from hyco_proto.errors import AuthorizationError, RelayError
 from hyco_proto.sas import token_expiry
 from hyco_proto.service.config import ServiceConfig
+from tests.adapters import test_blocking_adapters as blocking_adapters
 from tests.adapters.asyncio_util import token
-from tests.adapters.test_blocking_adapters import live_greenlets, poll
+from tests.adapters.test_blocking_adapters import poll
 from tests.interop import ThreadedEmulator
 
 WAIT = 10.0
-ADAPTERS = ["threads", "gevent"]
 #: The relay waits this long after a listener token's expiry before closing with 1008.
 GRACE = 0.2
 #: Lifetime of the token that is allowed to expire (seconds; ``se`` is whole seconds).
 SHORT_TTL = 2
 
 
-@pytest.fixture(params=ADAPTERS)
-def adapter(request: pytest.FixtureRequest) -> Iterator[ModuleType]:
-    """The adapter module; fails the test if a thread or greenlet it started survives."""
-    module = importlib.import_module(f"hyco_proto.adapters.{request.param}")
-    threads = set(threading.enumerate())
-    greenlets = {id(g) for g in live_greenlets()}
-    yield module
-    left = [t.name for t in threading.enumerate() if t not in threads and t.is_alive()]
-    left += [repr(g) for g in live_greenlets() if id(g) not in greenlets]
-    assert not left, f"still running after the test: {left}"
+#: The blocking adapters' fixture (threads and gevent; fails a test that leaves a thread or
+#: greenlet running), shared with test_blocking_adapters.
+adapter = blocking_adapters.adapter
 
 
 @pytest.fixture
