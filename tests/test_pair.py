@@ -350,7 +350,14 @@ def test_accept_address_is_single_use_and_expires() -> None:
     "status,description,seen_status,seen_reason",
     [
         (400, "a\r\nb: injected", 400, "a\\x0d\\x0ab: injected"),  # escaped, still readable
-        (150, "informational", 500, "informational"),
+        (150, "informational", 500,
+         "informational (the listener rejected with status '150', which is not 400-599)"),
+        (200, "fine", 500, "fine (the listener rejected with status '200', which is not 400-599)"),
+        (301, "moved", 500,
+         "moved (the listener rejected with status '301', which is not 400-599)"),
+        (999, "x", 500, "x (the listener rejected with status '999', which is not 400-599)"),
+        (400, "", 400, "Rejected by listener"),
+        (599, "last", 599, "last"),
         (503, "100%25 busy", 503, "100%25 busy"),
     ],
 )

@@ -582,10 +582,15 @@ class RelayBroker:
             code = int(status)
         except ValueError:
             code = 0
-        if not 200 <= code <= 599:
-            # Only a final status can answer the sender's upgrade request.
+        phrase = _reason_phrase(description or "")
+        if not 400 <= code <= 599:
+            # A reject is a refusal: a 1xx cannot end an upgrade request, and a 2xx or 3xx
+            # (no Location can be given) would read as a broken handshake, not a refusal. Our
+            # listener only rejects with 400-599 (RendezvousFailed); other clients pass anything.
+            phrase = printable(f"{phrase} (the listener rejected with status {status!r}, "
+                               "which is not 400-599)", 512, latin1=True)
             code = 500
-        return RendezvousRejected(pending, code, _reason_phrase(description or ""))
+        return RendezvousRejected(pending, code, phrase)
 
     # -- relayed HTTP requests (hybrid-connections-wire §3.2, §3.3, §8 "HTTP") ---------------
 
