@@ -40,6 +40,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from ._version import __version__
 from .errors import ProtocolError, RelayError, host_port
+from .frames import describe as describe_frames
 from .sas import create_relay_token
 from .service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY, HybridConnectionConfig
 from .service.devcert import DevCertError, ensure_dev_cert, node_hint
@@ -260,6 +261,7 @@ def _banner(config: EmulatorConfig, server: RelayServiceServer, cert: Path | Non
         "development only)",
         f"listening on {url}",
         f"status: {'https' if scheme == 'wss' else 'http'}://{authority}/$status",
+        f"frames: {describe_frames()}",
     ]
     if names:
         lines.append(f"hybrid connections: {', '.join(names)}"
@@ -1181,7 +1183,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Azure Relay Hybrid Connections and Web PubSub tools: a local emulator of "
                     "both, SAS tokens, and netcat over a hybrid connection.")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"%(prog)s {__version__}, frames: {describe_frames()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 

@@ -2,7 +2,8 @@
 
 ``HYCO_PROTO_NO_EXTENSIONS=1`` forces the pure-Python twin; ``HYCO_PROTO_REQUIRE_EXTENSION=1``
 turns a missing extension into an ImportError (CI uses it so a failed build cannot pass silently).
-``IMPLEMENTATION`` is ``"cython"`` or ``"python"``.
+``IMPLEMENTATION`` is ``"cython"`` or ``"python"``; ``describe()`` says it in words, and why
+(``hyco --version`` and the emulator's banner print it).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "apply_mask_inplace",
     "check_close_payload",
     "decode_header",
+    "describe",
     "encode_frame",
     "encode_header",
 ]
@@ -69,4 +71,14 @@ if TYPE_CHECKING:
     IMPLEMENTATION = "python"
 else:
     _impl, IMPLEMENTATION = _load()
-    globals().update({name: getattr(_impl, name) for name in __all__ if name != "IMPLEMENTATION"})
+    globals().update({name: getattr(_impl, name) for name in __all__
+                      if name not in ("IMPLEMENTATION", "describe")})
+
+
+def describe() -> str:
+    """The kernel in use, for people (short: ``hyco --version`` prints it on one line)."""
+    if IMPLEMENTATION == "cython":
+        return "cython (compiled extension)"
+    if _NO_EXT:
+        return "python (HYCO_PROTO_NO_EXTENSIONS is set)"
+    return "python (pure-Python fallback; slower)"
