@@ -255,7 +255,7 @@ async def resets_mid_handshake(port: int, ctx: ssl.SSLContext) -> int:
 
 HOSTILE = [
     # (client, words its log line must contain besides the client address)
-    (plaintext_http, ("TLS",)),
+    (plaintext_http, ("TLS", "plain HTTP sent to a TLS port")),
     (truncated_hello_then_silence, ("TLS",)),
     (random_bytes, ("TLS",)),
     (tls_then_garbage, ("with 400",)),

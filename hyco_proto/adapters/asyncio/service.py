@@ -247,6 +247,8 @@ class _TlsHandshake(asyncio.Protocol):
             raise
         except _ssl.SSLError as exc:  # what OpenSSL found wrong, never the client's bytes
             why = f"TLS handshake failed: {exc.reason or type(exc).__name__}"
+            if exc.reason == "HTTP_REQUEST":  # OpenSSL saw "GET " where a ClientHello goes
+                why += " (plain HTTP sent to a TLS port: the client should use https:// or wss://)"
             tls = None
         except ConnectionAbortedError:  # asyncio's handshake timeout
             why = "the TLS handshake did not complete in time"
