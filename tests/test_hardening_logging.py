@@ -314,6 +314,7 @@ def test_a_sender_that_is_never_joined_gets_its_one_info_line(
     with caplog.at_level(logging.INFO, logger=LOGGER):
         sender = RawSender(net, ClientHandshake.from_url(
             SEND, headers=[("ServiceBusAuthorization", token_for(net, SEND))]))
+        sender_port = net._next_port  # MemoryNetwork numbers each new connection's port
         net.pump()
         if how == "timeout":
             net.advance(net.service.broker.config.accept_timeout + 1)
@@ -332,6 +333,8 @@ def test_a_sender_that_is_never_joined_gets_its_one_info_line(
     [record] = lines(caplog, event)
     check(record)
     assert f"with {status}" in record.getMessage()
+    # The line names the sender it answers, not the listener's rendezvous socket.
+    assert f"client={HOST}:{sender_port} " in record.getMessage(), record.getMessage()
 
 
 # -- every refusal is logged, with its own reason (issue 12 new-user trial) ----------------
