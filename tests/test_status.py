@@ -6,6 +6,7 @@ import json
 import logging
 import random
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -292,3 +293,43 @@ def test_refusal_summary_in_json_is_an_event_object(caplog: pytest.LogCaptureFix
     assert docs[1]["status"] == 404 and "status" not in docs[0]
     assert docs[0]["why"] == docs[0]["message"] == (
         "2 more refusals from 10.0.0.8 at 21:02:11 UTC were not logged")
+
+
+def test_refusals_are_counted_by_status_in_status_and_metrics() -> None:
+    """Every refusal is counted by its status, including those whose log line was throttled
+    (404 unknown hybrid connection, 502 no listener for an HTTP request, 504 no accept)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    config = ServiceConfig(strict=True)
+    config.hybrid_connections["myhc"] = HybridConnectionConfig("myhc")
+    net = MemoryNetwork(RelayService(broker=RelayBroker(config, rng=random.Random(1))), now=NOW)
+
+    def token(uri: str) -> str:
+        return create_relay_token(uri, DEFAULT_RULE_NAME, DEVELOPMENT_KEY, 3600, now=net.now)
+
+    for _ in range(12):  # more than the log's burst: the count is not throttled
+        missing = f"{BASE}/$hc/nothere?sb-hc-action=connect"
+        ws = net.connect(missing, headers=[("ServiceBusAuthorization", token(missing))])
+        net.pump()
+        assert ws.rejected is not None and ws.rejected.status == 404
+    assert http_get(net.service, "/myhc/api")[0] == 401  # no token
+    status, _, _ = http_get(net.service,
+                            f"/myhc/api?sb-hc-token={quote(token(BASE + '/myhc/api'), safe='')}")
+    assert status == 502  # no listener
+    send_uri = f"{BASE}/$hc/myhc?sb-hc-action=connect"
+    listen_uri = f"{BASE}/$hc/myhc"
+    net.listen(Listener(listen_uri, lambda: token(listen_uri)),
+               on_request=lambda request: False)  # never answers
+    ws = net.connect(send_uri, headers=[("ServiceBusAuthorization", token(send_uri))])
+    net.pump()
+    net.advance(net.service.broker.config.accept_timeout + 1)
+    assert ws.rejected is not None and ws.rejected.status == 504
+
+    expected = {404: 12, 401: 1, 502: 1, 504: 1}
+    assert {int(k): v for k, v in status_doc(net.service)["counters"]["refusals"].items()} \
+        == expected
+    body = http_get(net.service, "/metrics")[2]
+    samples = {s.labels["status"]: s.value
+               for family in text_string_to_metric_families(body.decode())
+               for s in family.samples if s.name == "hyco_refusals_total"}
+    assert samples == {str(k): v for k, v in expected.items()}

@@ -106,7 +106,7 @@ class RelayService:
         self.max_early_bytes = 65536
         self.stats = ServiceStats()
         #: Throttled log of refused requests (with their TrackingId).
-        self.refusal_log = RefusalLog()
+        self.refusal_log = RefusalLog(counts=self.stats.refusals)
         #: The routes, in order; the first that matches a request answers it.
         self.routes: list[Route] = [
             HybridConnectionsRoute(self, self._open_request),

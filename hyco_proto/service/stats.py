@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 __all__ = ["ServiceStats"]
 
@@ -21,3 +21,7 @@ class ServiceStats:
     handshake_errors: int = 0
     http_requests: int = 0  # relayed HTTP requests routed to a listener
     http_bytes_relayed: int = 0  # request and response body bytes of relayed HTTP
+    #: Requests the service answered with an HTTP error status, by status (401, 404, 502,
+    #: 504, ...), every one whether its log line was throttled or not; a listener's reject is
+    #: counted here too, with the listener's status.
+    refusals: dict[int, int] = field(default_factory=dict)

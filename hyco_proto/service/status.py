@@ -176,6 +176,9 @@ def metrics_response_body(
                                               "responses.")):
         metric = "listeners" if name == "listeners_opened" else name
         family(f"hyco_{metric}_total", "counter", text, [("", getattr(stats, name))])
+    family("hyco_refusals_total", "counter",
+           "Requests answered with an HTTP error status (a listener's reject included).",
+           [(f'{{status="{status}"}}', count) for status, count in sorted(stats.refusals.items())])
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
@@ -220,6 +223,9 @@ class RefusalLog:
     _windows: dict[_Key, _Window] = field(default_factory=dict)
     #: Keys whose window holds suppressed refusals, with when that window ends.
     _pending: dict[_Key, float] = field(default_factory=dict)
+    #: Refusals by HTTP status, throttled or not (``ServiceStats.refusals``); TLS handshake
+    #: failures (status 0) are not here, they have no status.
+    counts: dict[int, int] = field(default_factory=dict)
 
     def next_deadline(self) -> float | None:
         """When a window with suppressed refusals ends (its summary line is due), or None."""
@@ -287,6 +293,8 @@ class RefusalLog:
         """Record one refusal of a request for ``target`` with ``status`` and ``description``
         (the relay's status description, which carries the ``TrackingId``) from ``remote``;
         ``event`` is ``refused`` or ``handshake-failed`` (malformed request, timeout)."""
+        if status:
+            self.counts[status] = self.counts.get(status, 0) + 1
         path = split_target(target)[0]
         address = remote[0] if remote is not None else "-"
         client = client_text(remote)
