@@ -733,8 +733,8 @@ class AsgiServer:
 
     Args:
         app: the ASGI 3 application.
-        listen_uri, token: as for :class:`RelayedServer` (``wss://{ns}/$hc/{hc}``; a SAS token
-            or a callable returning fresh ones).
+        listen_uri: as for :class:`RelayedServer` (``wss://{ns}/$hc/{hc}``).
+        token: as for :class:`RelayedServer` (a SAS token or a callable returning fresh ones).
         lifespan: ``"auto"`` (run startup/shutdown if the application supports them),
             ``"on"`` (it must), ``"off"``.
         websocket_accept_timeout: seconds the application has to answer ``websocket.connect``;

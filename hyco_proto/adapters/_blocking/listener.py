@@ -155,10 +155,14 @@ class RelayedServer(ListenerView):
             head is out, its response is aborted. Without it every request gets 501.
         error: receives errors: control channel lost (``Disconnected``), ``Offline``, failed
             rendezvous, token renewal failures. Missing hook: logged.
-        listener_id, keepalive_interval: the ``sb-hc-id`` and the control-channel ping interval.
+        listener_id: the ``sb-hc-id`` of this listener.
+        keepalive_interval: seconds between control-channel pings (None: no pings).
         open_timeout: bounds each connect and the first open: :meth:`start` raises within it.
         ssl: TLS context for ``wss://`` (default: the system's default context).
-        max_queue, max_size, close_timeout: per accepted socket.
+        max_queue: per accepted socket: received messages queued before reading pauses.
+        max_size: per accepted socket: the largest message in bytes (1009 beyond; ``None``:
+            unlimited).
+        close_timeout: per accepted socket: seconds the closing handshake may take.
         backlog: accepted sockets waiting for ``accept()`` (beyond: closed with 1013).
         channel_headers: extra control-channel handshake headers.
         listener_options: further :class:`~hyco_proto.listener.Listener` keyword arguments.

@@ -134,7 +134,11 @@ class RelayedServer(ListenerView):
         open_timeout: bound for opening the control channel (the first time: ``start()``
             raises after it; later: the attempt is retried).
         ssl: TLS context for ``wss://`` (default: the system's default context).
-        max_queue, max_size, write_limit, close_timeout: per accepted socket.
+        max_queue: per accepted socket: received messages queued before reading pauses.
+        max_size: per accepted socket: the largest message in bytes (1009 beyond; ``None``:
+            unlimited).
+        write_limit: per accepted socket: the write buffer's high-water mark in bytes.
+        close_timeout: per accepted socket: seconds the closing handshake may take.
         backlog: accepted sockets waiting for ``async for`` (beyond: closed with 1013).
         channel_headers: extra control-channel handshake headers (e.g. ``Relay-User-Agent``).
         listener_options: further :class:`~hyco_proto.listener.Listener` keyword arguments
