@@ -4,10 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 NODE_DIR := tests/interop/node
 EXT_SO = $(wildcard hyco_proto/_frames*.so)
+WHEELHOUSE := build/wheelhouse
 
-.PHONY: demo test lint typecheck pytest pytest-ext pytest-noext bench clean setup node fuzz load
+.PHONY: demo test lint typecheck pytest pytest-ext pytest-noext bench clean setup node fuzz load dist
 
-setup: .stamp-venv .stamp-ext
+setup: .stamp-venv .stamp-ext $(WHEELHOUSE)/requirements.txt
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +24,21 @@ $(PY):
 	HYCO_PROTO_BUILD_EXTENSION=yes $(PY) setup.py -q build_ext --inplace
 	HYCO_PROTO_REQUIRE_EXTENSION=1 $(PY) -c "import hyco_proto.frames as f; print('frames implementation:', f.IMPLEMENTATION)"
 	touch $@
+
+# The runtime dependencies as wheels (from pyproject.toml): tests/test_packaging.py installs our
+# wheel into a fresh virtualenv from here with --no-index, so the tests need no network.
+$(WHEELHOUSE)/requirements.txt: .stamp-venv pyproject.toml
+	mkdir -p $(WHEELHOUSE)
+	$(PY) -c "import sys; t = __import__('tomllib' if sys.version_info >= (3, 11) else 'tomli'); \
+		print(*t.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
+		> $(WHEELHOUSE)/requirements.in
+	$(PY) -m pip download -q --only-binary=:all: -d $(WHEELHOUSE) -r $(WHEELHOUSE)/requirements.in
+	mv $(WHEELHOUSE)/requirements.in $@
+
+# The sdist and a wheel in dist/ (python -m build: the wheel is built from the sdist, in an
+# isolated environment). Wheels for every platform: cibuildwheel ([tool.cibuildwheel]).
+dist: .stamp-venv
+	$(PY) -m build --outdir dist .
 
 # Microsoft's Node clients (hyco-ws pins a broken `http` dependency; see tests/interop/node/README.md).
 node: .stamp-node
