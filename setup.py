@@ -2,7 +2,8 @@
 
 HYCO_PROTO_BUILD_EXTENSION=yes  the extension must build (a failure is an error)
 HYCO_PROTO_BUILD_EXTENSION=no   skip it; the pure-Python twin is used at run time
-unset                            build it when a compiler is there, else fall back quietly
+unset                            build it when a compiler works, else warn and skip it (the wheel
+                                 then uses the pure-Python twin: `hyco --version` says so)
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ if mode != "no" and platform.python_implementation() == "CPython":
             "hyco_proto._frames",
             sources=["hyco_proto/_frames.pyx"],
             extra_compile_args=["-O3"],
-            optional=mode != "yes",
         )
         ext_modules = cythonize(
             [ext],
@@ -39,5 +39,10 @@ if mode != "no" and platform.python_implementation() == "CPython":
                 "initializedcheck": False,
             },
         )
+        # cythonize() returns new Extension objects without `optional`, so set it afterwards:
+        # an optional extension that fails to compile is skipped with a warning (setuptools'
+        # build_ext), and the wheel falls back to the pure-Python twin.
+        for built in ext_modules:
+            built.optional = mode != "yes"
 
 setup(ext_modules=ext_modules)
