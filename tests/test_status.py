@@ -83,10 +83,11 @@ def test_other_plain_requests_keep_their_refusal(method: str, target: str, expec
     assert service.stats.handshake_errors == 1
 
 
-@pytest.mark.parametrize("target", ["/", "/$statusx", "/nosuchhc/a"])
+@pytest.mark.parametrize("target", ["/$statusx", "/$eventsx", "/nosuchhc/a", "//"])
 def test_other_paths_are_relayed_http_requests(target: str) -> None:
-    """Anything that is not a WebSocket path or an endpoint of the service is relayed HTTP:
-    with no such hybrid connection (strict config) it is a 404 from the relay."""
+    """Anything that is not a WebSocket path or an endpoint of the service (``/`` is the web
+    view's, test_webview.py) is relayed HTTP: with no such hybrid connection (strict config)
+    it is a 404 from the relay."""
     service = RelayService(ServiceConfig(strict=True))
     status, headers, body = http_get(service, target)
     assert status == 404 and b"no hybrid connection matches" in body

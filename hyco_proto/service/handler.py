@@ -32,6 +32,7 @@ class ConnectionKind(enum.Enum):
     HTTP = "http"  # a relayed HTTP request in flight (the sender's connection)
     REQUEST = "request"  # a listener's rendezvous for one HTTP request
     WEBPUBSUB = "webpubsub"  # a Web PubSub client's WebSocket
+    WATCHER = "watcher"  # the web view's event stream (GET /$events)
     CLOSED = "closed"
 
 

@@ -146,6 +146,9 @@ class HttpExchange:
         self.head_sent = False
         self.done = False
         self._body_fragments = 0
+        #: Body bytes relayed so far, sender → listener and back (per read, for the web view).
+        self.request_bytes = 0
+        self.response_bytes = 0
 
     # -- the request -----------------------------------------------------------------------
 
@@ -176,6 +179,7 @@ class HttpExchange:
             return
         self.last_activity = now
         self.svc.stats.http_bytes_relayed += len(data)
+        self.request_bytes += len(data)
         rendezvous = self.rendezvous
         if rendezvous is not None:
             rendezvous.send_fragment(data, False)
@@ -295,6 +299,7 @@ class HttpExchange:
         bodiless = self.head.method == "HEAD" or _no_body_status(self.response_head.status_code)
         if data and not bodiless:
             self.svc.stats.http_bytes_relayed += len(data)
+            self.response_bytes += len(data)
         if data and not bodiless and not self.door.send_body(data):
             self._finish(now)
             return

@@ -218,6 +218,12 @@ class HybridConnectionsRoute:
         listener_leg = RelayLeg(svc, door.conn, waiting.id)
         sender_leg = RelayLeg(svc, waiting.conn, door.id)
         listener_leg.tracking = sender_leg.tracking = result.pending.id
+        # What the web view shows of the pair (set once; the byte path does not touch them).
+        for leg in (listener_leg, sender_leg):
+            leg.hc_name = result.pending.hc.name
+            leg.listener_id = result.pending.listener_id
+            leg.joined = now
+        sender_leg.from_sender = True
         early = {door.id: handshake.trailing_data,
                  waiting.id: waiting.handshake.trailing_data + bytes(waiting.early)}
         for leg, shake in ((listener_leg, handshake), (sender_leg, waiting.handshake)):
@@ -414,6 +420,13 @@ class RelayLeg(Handler):
         self.close_in = False  # this leg's close frame has passed to the peer
         self.eof = False  # this leg's TCP connection has ended
         self.closing_deadline: float | None = None  # tear the pair down by then
+        # For the web view: the pair's hybrid connection, listener, when it was joined, and
+        # whether this is the sender's leg (its forwarder's payload_bytes count sender →
+        # listener; the other leg's, listener → sender).
+        self.hc_name = ""
+        self.listener_id = ""
+        self.joined = conn.opened
+        self.from_sender = False
 
     def _other(self) -> RelayLeg | None:
         other = self.svc.handler(self.peer) if self.peer is not None else None

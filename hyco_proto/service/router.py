@@ -7,7 +7,9 @@ it to the first route that matches, in order:
 1. :class:`~hyco_proto.service.relay.HybridConnectionsRoute` — WebSocket upgrades under
    ``/$hc/`` (listen, connect, accept, and the HTTP relay's request rendezvous);
 2. :class:`ServiceEndpointsRoute` — the service's own ``/$status`` and ``/metrics``;
-3. :class:`~hyco_proto.service.http_relay.HttpRelayRoute` — any other request is relayed HTTP.
+3. :class:`~hyco_proto.service.webview.WebViewRoute` — the live web view, ``/`` and its event
+   stream ``/$events`` (on the Web PubSub port too);
+4. :class:`~hyco_proto.service.http_relay.HttpRelayRoute` — any other request is relayed HTTP.
 
 Routes switch the connection to a handler for its kind (control channel, waiting sender, relayed
 leg, request rendezvous) or answer through the door. Its driver (the asyncio server, or an
@@ -19,6 +21,7 @@ in-memory pair in tests) only moves bytes:
         ...
     for conn, paused in service.reading_changes(): # stop / resume reading that connection
         ...
+    service.writing_paused(conn, paused)           # optional: its write buffer is full / not
     service.handle_timer(now) at service.next_deadline()
 
 Decisions (auth, listener choice, accept/reject, token expiry, which request a response answers)
@@ -28,7 +31,7 @@ are the broker's (hybrid-connections-wire §8).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from ..handshake import HandshakeRequest, ServerHandshake
 from .broker import Action, CloseListener, FailSender, RelayBroker, SendControl
@@ -43,6 +46,7 @@ from .status import RefusalLog, service_endpoint
 from .webpubsub import WebPubSubRoute, WebPubSubService
 from .webpubsub_events import OutboundCall
 from .webpubsub_rest import WebPubSubRestRoute
+from .webview import WebView, WebViewRoute
 
 __all__ = ["ConnectionKind", "RelayService", "ServiceEndpointsRoute", "ServiceStats"]
 
@@ -107,10 +111,14 @@ class RelayService:
         self.stats = ServiceStats()
         #: Throttled log of refused requests (with their TrackingId).
         self.refusal_log = RefusalLog(counts=self.stats.refusals)
+        #: The live web view: ``GET /`` and its event stream ``GET /$events`` (webview.py).
+        self.webview = WebView(self)
+        webview = WebViewRoute(self, self.webview)
         #: The routes, in order; the first that matches a request answers it.
         self.routes: list[Route] = [
             HybridConnectionsRoute(self, self._open_request),
             ServiceEndpointsRoute(self),
+            webview,
             HttpRelayRoute(self),
         ]
         #: The Web PubSub hubs (work in progress), served to connections made with
@@ -120,7 +128,7 @@ class RelayService:
         self.route_sets: dict[str, list[Route]] = {"relay": self.routes}
         if webpubsub is not None:
             self.route_sets["webpubsub"] = [WebPubSubRestRoute(self, webpubsub),
-                                            WebPubSubRoute(self, webpubsub)]
+                                            WebPubSubRoute(self, webpubsub), webview]
         self._handlers: dict[int, Handler] = {}
         self._closed: set[int] = set()  # closed by us, until the driver reports it gone
         #: Connections whose handler has (or had) a deadline; see ``next_deadline``.
@@ -195,6 +203,9 @@ class RelayService:
         log_due = self.refusal_log.next_deadline()  # a summary of refusals not logged
         if log_due is not None and (best is None or log_due < best):
             best = log_due
+        view_due = self.webview.next_deadline()  # the web view's next look, while watched
+        if view_due is not None and (best is None or view_due < best):
+            best = view_due
         if self.webpubsub is not None:
             hubs = self.webpubsub.next_deadline()
             if hubs is not None and (best is None or hubs < best):
@@ -220,6 +231,7 @@ class RelayService:
         if self.webpubsub is not None:
             self.webpubsub.handle_timer(now)
         self._run_broker(now)
+        self.webview.handle_timer(now)  # last: it shows the state the timers left
 
     # -- HTTP calls the service makes (Web PubSub event handlers) ----------------------------
 
@@ -254,6 +266,12 @@ class RelayService:
         self.refusal_log.refused(now, 503, "connection", why, remote=remote, tracking="-",
                                  event="refused")
 
+    def writing_paused(self, conn_id: int, paused: bool) -> None:
+        """The driver's write buffer for a connection went over its high-water mark (True) or
+        drained below the low one (False). Optional: a web view event stream skips updates
+        while paused, so a watcher that does not read cannot grow that buffer without bound."""
+        self.webview.writing_paused(conn_id, paused)
+
     def peer_of(self, conn_id: int) -> int | None:
         """The connection this one's input is written to (the other leg of a relayed pair, a
         relayed request's rendezvous): the driver stops reading it while this one is full."""
@@ -275,6 +293,15 @@ class RelayService:
         if handler is None:
             return None
         return ConnectionKind.CLOSED if conn_id in self._closed else handler.kind
+
+    def live_handlers(self) -> Iterator[Handler]:
+        """The handlers of connections the service has not closed (the web view's source)."""
+        closed = self._closed
+        return (handler for conn_id, handler in self._handlers.items() if conn_id not in closed)
+
+    def exchanges_in_flight(self) -> Iterable[HttpExchange]:
+        """The relayed HTTP requests in flight."""
+        return self._exchanges.values()
 
     def connection_counts(self, exclude: int | None = None) -> dict[str, int]:
         """Live connections by kind (for the status page)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -33,7 +34,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "METRICS_CONTENT_TYPE",
+    "RECENT_REFUSALS",
     "STATUS_PATHS",
+    "RecentRefusal",
     "RefusalLog",
     "is_status_target",
     "metrics_response_body",
@@ -203,6 +206,23 @@ def _clock(when: float) -> str:
     return datetime.fromtimestamp(when, timezone.utc).strftime("%H:%M:%S")
 
 
+#: Refusals :class:`RefusalLog` keeps for the web view (the newest; throttled ones included).
+RECENT_REFUSALS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class RecentRefusal:
+    """One refusal as the web view shows it (client text already escaped)."""
+
+    time: float
+    client: str
+    status: int  # 0: no HTTP status (a failed TLS handshake)
+    what: str  # the path (never the query: it may hold a token)
+    reason: str
+    tracking: str
+    event: str
+
+
 @dataclass(slots=True)
 class RefusalLog:
     """Log refused handshakes with their tracking id and client address, throttled per
@@ -227,6 +247,8 @@ class RefusalLog:
     #: Refusals by HTTP status, throttled or not (``ServiceStats.refusals``); TLS handshake
     #: failures (status 0) are not here, they have no status.
     counts: dict[int, int] = field(default_factory=dict)
+    #: The last :data:`RECENT_REFUSALS` refusals, oldest first, whether logged or throttled.
+    recent: deque[RecentRefusal] = field(default_factory=lambda: deque(maxlen=RECENT_REFUSALS))
 
     def next_deadline(self) -> float | None:
         """When a window with suppressed refusals ends (its summary line is due), or None."""
@@ -304,6 +326,8 @@ class RefusalLog:
             tracking = found.group(1) if found else "-"
         # The path, the description and a tracking id may quote the client: escaped.
         path, description, tracking = printable(path), printable(description), printable(tracking)
+        self.recent.append(RecentRefusal(now, client, status, path[:200], description[:300],
+                                         tracking[:100], event))
         address_key, key = (address, 0, ""), (address, status, path.lower())
         per_address = self._window(now, address_key, "")
         win = self._window(now, key, path)

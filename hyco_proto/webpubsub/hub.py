@@ -531,6 +531,14 @@ class Hub:
         skip = set(excluded)
         return self._close_many([cid for cid in self._connections if cid not in skip], reason)
 
+    def connection_count(self) -> int:
+        """How many logical connections the hub has (those waiting for recovery too)."""
+        return len(self._connections)
+
+    def group_sizes(self) -> dict[str, int]:
+        """Every group with at least one member, with its member count."""
+        return {group: len(members) for group, members in self._groups.items() if members}
+
     def connection_exists(self, connection_id: str) -> bool:
         """Whether the logical connection exists (one waiting for recovery counts)."""
         return connection_id in self._connections

@@ -157,6 +157,8 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
 
     def pause_writing(self) -> None:
         self.over_high_water = True
+        # The service's own streams (the web view's events) skip updates meanwhile.
+        self._server.service.writing_paused(self.conn_id, True)
         for writer_id in self.writers:
             writer = self._server._protocols.get(writer_id)
             if writer is not None:
@@ -164,6 +166,7 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.over_high_water = False
+        self._server.service.writing_paused(self.conn_id, False)
         for writer_id in self.writers:
             writer = self._server._protocols.get(writer_id)
             if writer is not None:

@@ -1,0 +1,361 @@
+"""The emulator's live web view (sans-IO): ``GET /`` and the event stream ``GET /$events``.
+
+``/`` answers one self-contained HTML page (:mod:`~hyco_proto.service.webview_page`: inline CSS
+and script, no external address). The page opens ``/$events``, a Server-Sent Events stream
+(``text/event-stream``, chunked; close-delimited for an HTTP/1.0 client): a ``snapshot`` event
+with the whole state as JSON when it opens, then another on the service's timer every
+:data:`TICK` seconds when the state has changed (ages are whole seconds, so a listener that is
+open changes it every second), and a comment line after :data:`HEARTBEAT` seconds of silence.
+
+The snapshot reads what the service already keeps — the broker's registry, each relayed leg's
+forwarder counters (``payload_bytes``), each relayed HTTP request's body counters, the Web PubSub
+hubs and the refusal log's recent refusals — so watching adds nothing to the byte path. Lists
+are cut at :data:`MAX_ROWS` rows (the totals say how many there are).
+
+At most :data:`MAX_WATCHERS` streams are open at once (503 beyond). A driver that reports its
+write buffer through ``RelayService.writing_paused`` makes a slow watcher skip updates while its
+buffer is over the high-water mark; it gets the latest snapshot once the buffer drains (a
+snapshot replaces the previous one, so nothing is lost by skipping). Like ``/$status`` and
+``/metrics``, the web view needs no credentials: the emulator is a local development tool.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .._text import printable
+from .._version import __version__
+from .events import client_text
+from .front import FrontDoor, RequestHead
+from .handler import Connection, ConnectionKind, Handler, ServiceCore
+from .http_relay import HttpExchange
+from .relay import ControlChannel, RelayLeg
+from .webview_page import PAGE
+
+if TYPE_CHECKING:
+    from .webpubsub import WebPubSubService
+
+__all__ = [
+    "EVENTS_PATH",
+    "HEARTBEAT",
+    "MAX_ROWS",
+    "MAX_WATCHERS",
+    "TICK",
+    "EventStream",
+    "WebView",
+    "WebViewRoute",
+    "WebViewSource",
+    "build_snapshot",
+]
+
+EVENTS_PATH = "/$events"
+#: Event streams open at once; more get 503.
+MAX_WATCHERS = 32
+#: Seconds between two looks at the state (an event goes out only when it changed).
+TICK = 0.5
+#: Seconds of silence after which a stream gets a comment line (proxies, dead peers).
+HEARTBEAT = 15.0
+#: Rows per list in a snapshot (hybrid connections, pairs, requests, hubs, groups per hub).
+MAX_ROWS = 200
+#: What the stream's client waits before reconnecting (the SSE ``retry`` field), ms.
+RETRY_MS = 2000
+_NAME = 200  # characters of a name or path shown
+
+
+def _path(head: RequestHead) -> str:
+    # ``/`` exactly; ``/$events`` as ``/$status``: case-insensitive, a trailing '/' ignored.
+    return "/" if head.path == "/" else head.path.rstrip("/").lower()
+
+
+def _text(value: str, limit: int = _NAME) -> str:
+    return printable(value, limit)
+
+
+def _utc(when: float) -> str:
+    try:
+        return datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return "-"
+
+
+class WebViewSource(ServiceCore, Protocol):
+    """What the snapshot reads of the service (``RelayService`` is one)."""
+
+    webpubsub: WebPubSubService | None
+
+    def live_handlers(self) -> Iterator[Handler]:
+        """The handlers of connections the service has not closed."""
+        ...
+
+    def exchanges_in_flight(self) -> Iterable[HttpExchange]:
+        """The relayed HTTP requests in flight."""
+        ...
+
+    def connection_counts(self, exclude: int | None = None) -> dict[str, int]: ...
+
+
+def _age(now: float, since: float) -> int:
+    return max(0, int(now - since))
+
+
+def build_snapshot(service: WebViewSource, now: float) -> dict[str, Any]:
+    """The state the web view shows, as a JSON-ready dict (without the time: see
+    :meth:`WebView.payload`)."""
+    broker = service.broker
+    listeners: dict[str, list[dict[str, Any]]] = {}
+    for record in broker.registry.all_listeners():
+        if record.closing:  # being closed by the service: no longer a listener
+            continue
+        channel = service.lookup(f"listener:{record.id}")
+        address = client_text(channel.conn.remote) if isinstance(channel, ControlChannel) else "-"
+        listeners.setdefault(record.hc.name.lower(), []).append(
+            {"id": _text(record.id), "address": address, "age": _age(now, record.opened_at)})
+    names = {hc.name.lower(): hc.name for hc in broker.config.hybrid_connections.values()}
+    for record in broker.registry.all_listeners():
+        names.setdefault(record.hc.name.lower(), record.hc.name)
+    hcs = []
+    for key in sorted(names)[:MAX_ROWS]:
+        rows = sorted(listeners.get(key, []), key=lambda row: (-row["age"], row["id"]))
+        hcs.append({"name": _text(names[key]), "listeners": rows[:MAX_ROWS]})
+
+    pairs: list[dict[str, Any]] = []
+    pair_count = 0
+    for handler in service.live_handlers():
+        if not (isinstance(handler, RelayLeg) and handler.from_sender
+                and handler.kind is ConnectionKind.RELAY):
+            continue
+        pair_count += 1
+        if len(pairs) >= MAX_ROWS:
+            continue
+        other = service.handler(handler.peer) if handler.peer is not None else None
+        listener_leg = other if isinstance(other, RelayLeg) else None
+        pairs.append({
+            "id": _text(handler.tracking),
+            "hc": _text(handler.hc_name),
+            "sender": client_text(handler.conn.remote),
+            "listener": client_text(listener_leg.conn.remote) if listener_leg else "-",
+            "listener_id": _text(handler.listener_id),
+            "bytes_up": handler.fwd.payload_bytes,
+            "bytes_down": listener_leg.fwd.payload_bytes if listener_leg else 0,
+            "age": _age(now, handler.joined),
+        })
+    pairs.sort(key=lambda row: (-row["age"], row["id"]))
+
+    requests: list[dict[str, Any]] = []
+    request_count = 0
+    for exchange in service.exchanges_in_flight():
+        request_count += 1
+        if len(requests) >= MAX_ROWS:
+            continue
+        head = exchange.response_head
+        requests.append({
+            "id": _text(exchange.id),
+            "hc": _text(exchange.pending.hc.name),
+            "method": _text(exchange.head.method, 20),
+            "path": _text(exchange.head.path),
+            "client": client_text(exchange.door.conn.remote),
+            "status": head.status_code if head is not None else None,
+            "bytes_in": exchange.request_bytes,
+            "bytes_out": exchange.response_bytes,
+            "age": _age(now, exchange.started),
+        })
+    requests.sort(key=lambda row: (-row["age"], row["id"]))
+
+    hubs = []
+    wps = service.webpubsub
+    if wps is not None:
+        for name in sorted(wps.hubs)[:MAX_ROWS]:
+            hub = wps.hubs[name]
+            sizes = hub.group_sizes()
+            groups = [{"name": _text(group), "members": sizes[group]}
+                      for group in sorted(sizes)[:MAX_ROWS]]
+            hubs.append({"name": _text(name), "connections": hub.connection_count(),
+                         "group_count": len(sizes), "groups": groups})
+
+    refusals = [
+        {"time": _utc(r.time), "client": r.client, "status": r.status, "what": r.what,
+         "reason": r.reason, "tracking": r.tracking, "event": r.event}
+        for r in reversed(service.refusal_log.recent)  # newest first
+    ]
+    connections = {kind: count for kind, count in sorted(service.connection_counts().items())
+                   if kind != ConnectionKind.CLOSED.value}
+    return {
+        "version": __version__,
+        "namespace": _text(broker.config.namespace),
+        "connections": connections,
+        "counters": asdict(service.stats),
+        "hybrid_connections": hcs,
+        "hybrid_connection_count": len(names),
+        "pairs": pairs,
+        "pair_count": pair_count,
+        "requests": requests,
+        "request_count": request_count,
+        "hubs": hubs,
+        "hub_count": len(wps.hubs) if wps is not None else 0,
+        "webpubsub": wps is not None,
+        "refusals": refusals,
+        "max_rows": MAX_ROWS,
+    }
+
+
+def _event(name: str, data: str) -> bytes:
+    # One `data:` line: JSON escapes every CR and LF inside its strings.
+    return f"event: {name}\ndata: {data}\n\n".encode()
+
+
+class EventStream(Handler):
+    """One watcher's ``GET /$events`` connection, after its response head."""
+
+    kind = ConnectionKind.WATCHER
+
+    def __init__(self, svc: ServiceCore, conn: Connection, view: WebView, *,
+                 chunked: bool, now: float) -> None:
+        super().__init__(svc, conn)
+        self.view = view
+        self.chunked = chunked
+        #: The driver's write buffer for it is over its high-water mark: skip updates.
+        self.paused = False
+        #: The snapshot last written (without its time); "" forces the next one out.
+        self.sent = ""
+        self.last_write = now
+
+    def receive_data(self, now: float, data: bytes | memoryview) -> None:
+        """A client has nothing more to say on an event stream: its bytes are dropped."""
+
+    def connection_lost(self, now: float) -> None:
+        self.view.forget(self.id)
+
+    def write(self, now: float, data: bytes) -> None:
+        if self.chunked:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        self.svc.send(self.id, data)
+        self.last_write = now
+
+    def shutdown(self, now: float, code: int, reason: str) -> None:
+        if self.chunked and self.kind is ConnectionKind.WATCHER:
+            self.svc.send(self.id, b"0\r\n\r\n")  # the stream ends cleanly
+        self.close(now)
+
+
+class WebView:
+    """The web view's event streams and their timer (one per service)."""
+
+    def __init__(self, service: WebViewSource, *, max_watchers: int = MAX_WATCHERS,
+                 tick: float = TICK, heartbeat: float = HEARTBEAT) -> None:
+        self.service = service
+        self.max_watchers = max_watchers
+        self.tick = tick
+        self.heartbeat = heartbeat
+        self.watchers: dict[int, EventStream] = {}
+        self._next_tick: float | None = None
+
+    def payload(self, now: float) -> tuple[str, str]:
+        """``(state, event data)``: the snapshot's JSON without and with its time (the state
+        decides whether anything changed)."""
+        state = json.dumps(build_snapshot(self.service, now), separators=(",", ":"),
+                           ensure_ascii=False)
+        return state, f'{{"time":"{_utc(now)}",{state[1:]}'
+
+    def open(self, door: FrontDoor, head: RequestHead, now: float) -> None:
+        """Answer ``GET`` / ``HEAD /$events``."""
+        svc = self.service
+        headers = [("Content-Type", "text/event-stream; charset=utf-8"),
+                   ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff")]
+        if head.method == "HEAD":
+            if door.start_response(now, 200, headers, "OK"):
+                door.end_response(now)
+            return
+        if len(self.watchers) >= self.max_watchers:
+            why = (f"the web view serves {self.max_watchers} event streams at once; "
+                   "close one (another browser tab) and retry")
+            svc.refusal_log.refused(now, 503, head.path, why, remote=door.conn.remote,
+                                    tracking=f"conn-{door.id}")
+            door.respond(now, 503, f"Service Unavailable: {why}.", close=True,
+                         headers=[("Retry-After", "5")])
+            return
+        chunked = head.http_version != "1.0"  # an HTTP/1.0 stream ends with the connection
+        framing = "Transfer-Encoding: chunked" if chunked else "Connection: close"
+        lines = [f"{name}: {value}" for name, value in headers]
+        door.send_raw(("HTTP/1.1 200 OK\r\n" + "\r\n".join([*lines, framing]) + "\r\n\r\n")
+                      .encode("ascii"), close=False)
+        stream = EventStream(svc, door.conn, self, chunked=chunked, now=now)
+        svc.switch(door.id, stream)
+        self.watchers[door.id] = stream
+        state, data = self.payload(now)
+        stream.write(now, f"retry: {RETRY_MS}\n\n".encode() + _event("snapshot", data))
+        stream.sent = state
+        if self._next_tick is None:
+            self._next_tick = now + self.tick
+
+    def forget(self, conn_id: int) -> None:
+        """A watcher's connection is gone."""
+        self.watchers.pop(conn_id, None)
+        if not self.watchers:
+            self._next_tick = None
+
+    def writing_paused(self, conn_id: int, paused: bool) -> None:
+        stream = self.watchers.get(conn_id)
+        if stream is not None:
+            stream.paused = paused
+            if not paused:
+                stream.sent = ""  # the latest state goes out at the next tick
+
+    def next_deadline(self) -> float | None:
+        return self._next_tick
+
+    def handle_timer(self, now: float) -> None:
+        due = self._next_tick
+        if due is None or now < due:
+            return
+        self._next_tick = now + self.tick if self.watchers else None
+        built: tuple[str, str] | None = None
+        for stream in list(self.watchers.values()):
+            if stream.paused or stream.kind is not ConnectionKind.WATCHER:
+                continue
+            if built is None:
+                built = self.payload(now)
+            state, data = built
+            if state != stream.sent:
+                stream.write(now, _event("snapshot", data))
+                stream.sent = state
+            elif now - stream.last_write >= self.heartbeat:
+                stream.write(now, b": keep-alive\n\n")
+
+
+class WebViewRoute:
+    """``/`` (the page) and ``/$events`` (its event stream): GET and HEAD."""
+
+    def __init__(self, svc: ServiceCore, view: WebView) -> None:
+        self.svc = svc
+        self.view = view
+
+    def match(self, head: RequestHead) -> bool:
+        return _path(head) in ("/", EVENTS_PATH) and not head.is_upgrade
+
+    def handle(self, door: FrontDoor, head: RequestHead, now: float) -> None:
+        if head.method not in ("GET", "HEAD"):
+            self.svc.stats.handshake_errors += 1
+            why = f"{head.path[:100]} answers GET and HEAD only."
+            self.svc.refusal_log.refused(
+                now, 405, head.path, f"{why} (not {head.method[:20]})",
+                remote=door.conn.remote, tracking=f"conn-{door.id}")
+            door.respond(now, 405, why, headers=[("Allow", "GET, HEAD")], close=True)
+            return
+        if _path(head) == EVENTS_PATH:
+            self.view.open(door, head, now)
+            return
+        door.respond(now, 200, body=PAGE, headers=[
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("Cache-Control", "no-store"),
+            ("X-Content-Type-Options", "nosniff"),
+            # Nothing from elsewhere: the page and its stream come from this service only.
+            ("Content-Security-Policy",
+             "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+             "connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; "
+             "frame-ancestors 'none'"),
+            ("Referrer-Policy", "no-referrer"),
+        ])

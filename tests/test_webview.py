@@ -1,0 +1,334 @@
+"""The live web view's sans-IO part: ``GET /`` (the page) and ``GET /$events`` (SSE snapshots).
+
+The service runs on a ``MemoryNetwork`` (virtual clock); watchers are raw HTTP connections whose
+bytes are parsed here (head, chunked framing, SSE events), so every byte the stream writes is
+checked. The browser test is ``test_webview_browser.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from hyco_proto.frames import OP_BINARY, encode_frame
+from hyco_proto.handshake import ClientHandshake
+from hyco_proto.memory import MemoryNetwork
+from hyco_proto.service.config import ServiceConfig
+from hyco_proto.service.router import RelayService
+from hyco_proto.service.webpubsub import WebPubSubService
+from hyco_proto.service.webview import HEARTBEAT, MAX_WATCHERS, TICK
+from hyco_proto.service.webview_page import PAGE
+from tests.relayutil import BASE, SEND, RawSender, raw_sender, start_echo_listener, token_for
+
+KEY = "a-web-pubsub-access-key-for-tests-only-0123456789"
+
+
+def network() -> MemoryNetwork:
+    return MemoryNetwork(RelayService(ServiceConfig(), webpubsub=WebPubSubService(KEY)))
+
+
+def request(net: MemoryNetwork, method: str, target: str, *, version: str = "1.1",
+            extra: str = "") -> RawSender:
+    client = RawSender(net)
+    client.write(f"{method} {target} HTTP/{version}\r\nHost: 127.0.0.1:9090\r\n{extra}\r\n"
+                 .encode())
+    return client
+
+
+def split_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    assert sep, f"no complete response head in {raw[:200]!r}"
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip()
+               for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def dechunk(body: bytes) -> tuple[bytes, bool]:
+    """The payload of a chunked body so far, and whether its last chunk came."""
+    out, pos = bytearray(), 0
+    while True:
+        end = body.find(b"\r\n", pos)
+        if end < 0:
+            return bytes(out), False
+        size = int(body[pos:end], 16)
+        if size == 0:
+            return bytes(out), True
+        chunk = body[end + 2 : end + 2 + size]
+        assert len(chunk) == size and body[end + 2 + size : end + 4 + size] == b"\r\n"
+        out += chunk
+        pos = end + 4 + size
+
+
+class Watcher:
+    """A ``GET /$events`` stream read by the test."""
+
+    def __init__(self, net: MemoryNetwork, *, version: str = "1.1") -> None:
+        self.client = request(net, "GET", "/$events", version=version)
+        self.status, self.headers, _ = split_response(self.client.raw())
+
+    def stream(self) -> str:
+        _, _, body = split_response(self.client.raw())
+        if self.headers.get("transfer-encoding") == "chunked":
+            body, _ = dechunk(body)
+        return body.decode("utf-8")
+
+    def events(self) -> list[tuple[str, str]]:
+        """``(event, data)`` of every complete event; comments as ``(":", text)``."""
+        out = []
+        for block in self.stream().split("\n\n")[:-1]:
+            name, data = "message", []
+            for line in block.split("\n"):
+                if line.startswith(":"):
+                    out.append((":", line[1:].strip()))
+                elif line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: "):
+                    data.append(line[6:])
+            if data:
+                out.append((name, "\n".join(data)))
+        return out
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        return [json.loads(data) for name, data in self.events() if name == "snapshot"]
+
+    def last(self) -> dict[str, Any]:
+        snaps = self.snapshots()
+        assert snaps, "no snapshot yet"
+        return snaps[-1]
+
+
+# -- the page ----------------------------------------------------------------------------------
+
+
+def test_root_serves_the_self_contained_page() -> None:
+    net = network()
+    client = request(net, "GET", "/")
+    status, headers, body = split_response(client.raw())
+    assert status == 200
+    assert headers["content-type"] == "text/html; charset=utf-8"
+    assert int(headers["content-length"]) == len(body) and body == PAGE
+    assert "default-src 'none'" in headers["content-security-policy"]
+    text = body.decode()
+    assert 'new EventSource("$events")' in text
+    # No external address, no polling, no HTML built from data.
+    assert not re.search(r"https?:|//[a-z]|\bsrc=|\bhref=|@import", text, re.I)
+    for banned in ("setInterval", "setTimeout", "fetch(", "XMLHttpRequest", "innerHTML",
+                   "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+        assert banned not in text, banned
+
+
+def test_root_on_the_webpubsub_port_and_head_and_other_methods() -> None:
+    net = network()
+    conn = net.service.connection_made(net.now, ("127.0.0.1", 1), service="webpubsub")
+    net.service.receive_data(net.now, conn, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    raw = b"".join(data for cid, data in net.service.data_to_send() if cid == conn)
+    assert split_response(raw)[0] == 200 and raw.endswith(PAGE)
+
+    status, headers, body = split_response(request(net, "HEAD", "/").raw())
+    assert (status, body) == (200, b"") and headers["content-length"] == str(len(PAGE))
+    for method, target in (("POST", "/"), ("DELETE", "/$events"), ("PUT", "/$EVENTS/")):
+        status, headers, _ = split_response(
+            request(net, method, target, extra="Content-Length: 0\r\n").raw())
+        assert status == 405 and headers["allow"] == "GET, HEAD", (method, target)
+    # Those refusals are in the refusal log the web view shows.
+    assert [r.status for r in net.service.refusal_log.recent] == [405, 405, 405]
+
+
+def test_other_paths_are_still_relayed_http() -> None:
+    net = network()
+    # Relayed HTTP as before (no token: the relay's 401); /index.html is a hybrid connection.
+    for target in ("/myhc", "/index.html", "/$eventsx"):
+        status, headers, _ = split_response(request(net, "GET", target).raw())
+        assert status == 401 and headers["x-hyco-rejected-by"] == "relay", target
+
+
+# -- the event stream --------------------------------------------------------------------------
+
+
+def test_stream_opens_with_a_snapshot() -> None:
+    net = network()
+    watcher = Watcher(net)
+    assert watcher.status == 200
+    assert watcher.headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert watcher.headers["transfer-encoding"] == "chunked"
+    assert watcher.headers["cache-control"] == "no-store"
+    assert watcher.stream().startswith("retry: 2000\n\n")
+    snap = watcher.last()
+    assert snap["time"] == "2023-11-14T22:13:20Z"
+    assert snap["hybrid_connections"] == [] and snap["pairs"] == [] and snap["requests"] == []
+    assert snap["hubs"] == [] and snap["refusals"] == [] and snap["webpubsub"] is True
+    assert snap["connections"] == {"watcher": 1}
+    assert snap["counters"]["listeners"] == 0
+    assert net.service.kind(watcher.client.conn_id).value == "watcher"  # type: ignore[union-attr]
+
+
+def test_snapshot_shows_listeners_pairs_requests_hubs_and_refusals() -> None:
+    net = network()
+    watcher = Watcher(net)
+    start_echo_listener(net)
+    sender = raw_sender(net)
+    assert sender.accepted is not None
+    sender.write(encode_frame(OP_BINARY, b"x" * 1000, masked=True))  # echoed: 1000 each way
+    # A relayed HTTP request in flight to a listener (a bare control channel) that never
+    # answers: 5 body bytes.
+    api = f"{BASE}/$hc/api"
+    mute = RawSender(net, ClientHandshake.from_url(
+        f"{api}?sb-hc-action=listen", headers=[("ServiceBusAuthorization", token_for(net, api))]))
+    net.pump()
+    assert mute.accepted is not None
+    http = RawSender(net)
+    auth = token_for(net, "http://127.0.0.1:9090/api")
+    http.write(f"POST /api/items HTTP/1.1\r\nHost: 127.0.0.1:9090\r\n"
+               f"ServiceBusAuthorization: {auth}\r\nContent-Length: 5\r\n\r\nhello".encode())
+    assert http.raw() == b"", "in flight: no answer yet"
+    # A Web PubSub hub with two connections, one in a group.
+    hub = net.service.webpubsub.hub("Chat")  # type: ignore[union-attr]
+    hub.connect(net.now, user_id="alice", groups=["room"])
+    hub.connect(net.now, user_id="bob")
+    # A refusal: a sender with a bad token.
+    bad = RawSender(net, ClientHandshake.from_url(SEND, headers=[
+        ("ServiceBusAuthorization", "SharedAccessSignature sr=x&sig=y&se=1&skn=z")]))
+    net.pump()
+    assert bad.rejected is not None and bad.rejected.status == 401
+    before = len(watcher.snapshots())
+    net.advance(3.0)
+    snaps = watcher.snapshots()
+    assert len(snaps) > before
+    snap = snaps[-1]
+    assert snap["time"] == "2023-11-14T22:13:23Z"
+
+    mute_hc, hc = snap["hybrid_connections"]
+    assert (mute_hc["name"], len(mute_hc["listeners"]), hc["name"]) == ("api", 1, "myhc")
+    (row,) = hc["listeners"]
+    (record,) = net.service.broker.registry.listeners_of("myhc")
+    assert row["id"] == record.id
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", row["address"]) and row["age"] == 3
+
+    (pair,) = snap["pairs"]
+    assert pair["hc"] == "myhc" and pair["id"] not in ("", "-")
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", pair["sender"])
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", pair["listener"])
+    assert (pair["bytes_up"], pair["bytes_down"], pair["age"]) == (1000, 1000, 3)
+    assert pair["sender"] != pair["listener"] and pair["listener_id"] == row["id"]
+    assert snap["pair_count"] == 1
+
+    (req,) = snap["requests"]
+    assert (req["hc"], req["method"], req["path"]) == ("api", "POST", "/api/items")
+    assert (req["bytes_in"], req["bytes_out"], req["status"], req["age"]) == (5, 0, None, 3)
+
+    (chat,) = snap["hubs"]
+    assert chat == {"name": "chat", "connections": 2, "group_count": 1,
+                    "groups": [{"name": "room", "members": 1}]}
+
+    (refusal,) = snap["refusals"]
+    assert refusal["status"] == 401 and refusal["what"] == "/$hc/myhc"
+    assert refusal["time"] == "2023-11-14T22:13:20Z"
+    assert refusal["tracking"] not in ("", "-") and refusal["tracking"] in refusal["reason"]
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", refusal["client"])
+    assert snap["connections"]["relay"] == 2 and snap["connections"]["listener"] == 2
+
+
+def test_names_from_clients_are_escaped_and_bounded() -> None:
+    net = network()
+    watcher = Watcher(net)
+    path = "/$hc/" + "<b>" + "a" * 5000 + "?sb-hc-action=listen"
+    request(net, "GET", path, extra="Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n")
+    net.advance(TICK)
+    (refusal,) = watcher.last()["refusals"]
+    assert refusal["what"].startswith("/$hc/<b>aaa") and len(refusal["what"]) <= 200
+    assert "sb-hc-action" not in refusal["what"]  # never the query (it may hold a token)
+
+
+def test_events_only_when_something_changed_and_heartbeat() -> None:
+    net = network()
+    watcher = Watcher(net)
+    assert net.service.next_deadline() == net.now + TICK
+    net.advance(HEARTBEAT - 1)
+    assert len(watcher.snapshots()) == 1, "nothing changed: no new snapshot"
+    assert (":", "keep-alive") not in watcher.events()
+    net.advance(1.5)
+    assert watcher.events()[-1] == (":", "keep-alive")
+    assert len(watcher.snapshots()) == 1
+    start_echo_listener(net)
+    net.advance(TICK)
+    assert len(watcher.snapshots()) == 2
+    assert watcher.last()["hybrid_connections"][0]["listeners"][0]["age"] == 0
+    net.advance(TICK)  # 1 s: the age changed
+    assert len(watcher.snapshots()) == 3
+    assert watcher.last()["hybrid_connections"][0]["listeners"][0]["age"] == 1
+    net.advance(TICK)  # 1.5 s: still shown as 1 s, nothing to send
+    assert len(watcher.snapshots()) == 3
+
+
+def test_watchers_are_capped() -> None:
+    net = network()
+    watchers = [Watcher(net) for _ in range(MAX_WATCHERS)]
+    assert all(w.status == 200 for w in watchers)
+    refused = request(net, "GET", "/$events")
+    status, headers, body = split_response(refused.raw())
+    assert status == 503 and headers["retry-after"] == "5" and b"32 event streams" in body
+    assert refused.tcp_closed
+    # The page itself is still served; a watcher that leaves makes room.
+    assert split_response(request(net, "GET", "/").raw())[0] == 200
+    watchers[0].client.close_tcp()
+    assert Watcher(net).status == 200
+    assert len(net.service.webview.watchers) == MAX_WATCHERS
+
+
+def test_a_closed_watcher_is_forgotten() -> None:
+    net = network()
+    watcher = Watcher(net)
+    assert net.service.next_deadline() is not None
+    watcher.client.close_tcp()
+    assert net.service.webview.watchers == {}
+    assert net.service.next_deadline() is None, "no timer without watchers"
+    assert net.service.connection_counts() == {}
+
+
+def test_a_paused_watcher_skips_updates_then_gets_the_latest() -> None:
+    net = network()
+    watcher = Watcher(net)
+    conn = watcher.client.conn_id
+    net.service.writing_paused(conn, True)
+    start_echo_listener(net)
+    net.advance(5 * TICK + HEARTBEAT)
+    assert len(watcher.snapshots()) == 1 and (":", "keep-alive") not in watcher.events()
+    net.service.writing_paused(conn, False)
+    net.advance(TICK)
+    snaps = watcher.snapshots()
+    assert len(snaps) == 2 and len(snaps[-1]["hybrid_connections"][0]["listeners"]) == 1
+
+
+def test_http10_stream_is_close_delimited() -> None:
+    net = network()
+    watcher = Watcher(net, version="1.0")
+    assert watcher.status == 200 and watcher.headers["connection"] == "close"
+    assert "transfer-encoding" not in watcher.headers
+    assert watcher.last()["connections"] == {"watcher": 1}
+
+
+def test_head_of_the_stream_and_shutdown() -> None:
+    net = network()
+    status, headers, body = split_response(request(net, "HEAD", "/$events").raw())
+    assert (status, body) == (200, b"")
+    assert headers["content-type"] == "text/event-stream; charset=utf-8"
+    assert net.service.webview.watchers == {}
+    watcher = Watcher(net)
+    net.service.shutdown(net.now)
+    net.pump()
+    _, _, body = split_response(watcher.client.raw())
+    assert dechunk(body)[1], "the chunked stream ends with its last chunk"
+    assert watcher.client.tcp_closed and net.service.webview.watchers == {}
+
+
+def test_status_and_metrics_unchanged_by_a_watcher() -> None:
+    net = network()
+    Watcher(net)
+    status, _, body = split_response(request(net, "GET", "/$status").raw())
+    assert status == 200 and json.loads(body)["connections"] == {"watcher": 1}
+    status, headers, body = split_response(request(net, "GET", "/metrics").raw())
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert b'hyco_connections{kind="watcher"} 1' in body
