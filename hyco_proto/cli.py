@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
+from ._progress import TransferMeter
 from ._version import __version__
 from .errors import ProtocolError, RelayError, host_port
 from .frames import describe as describe_frames
@@ -420,7 +421,7 @@ def cmd_emulator(args: argparse.Namespace) -> int:
     config = _emulator_config(args)
     out = sys.stdout
     context, cert = _tls_context(config, out)
-    _setup_logging(args.log_level, getattr(args, "log_format", "text"))
+    _setup_logging(args.log_level, args.log_format)
     raise_open_file_limit()  # RelayServiceServer's max_connections follows the soft limit
     try:
         asyncio.run(_serve_emulator(config, context, cert, out))
@@ -646,16 +647,54 @@ class _Stdin:
         return item
 
 
-def _write_message(out: IO[bytes], message: str | bytes, *, text: bool) -> None:
+def _write_message(out: IO[bytes], message: str | bytes, *, text: bool) -> int:
+    """Write one received message; the number of bytes it carried."""
     data = message.encode("utf-8") if isinstance(message, str) else message
     out.write(data + b"\n" if text else data)
     out.flush()
+    return len(data)
+
+
+def _note(args: argparse.Namespace, message: str, level: int = logging.INFO) -> None:
+    """One status line on stderr: ``hyco: message``, or under ``--log-format json`` a JSON
+    object like the log lines' (logger ``hyco``), so stderr stays one format."""
+    if getattr(args, "log_format", "text") == "json":
+        record = logging.LogRecord(PROG, level, __file__, 0, message, None, None)
+        line = _JsonFormatter().format(record)
+    else:
+        line = f"{PROG}: {message}"
+    print(line, file=sys.stderr, flush=True)
+
+
+#: How often the progress line may redraw, and after how long a transfer first shows it.
+_PROGRESS_INTERVAL = 0.25
+_PROGRESS_DELAY = 1.0
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    """The in-place progress line: only on a terminal, and not in JSON log mode."""
+    if getattr(args, "log_format", "text") == "json":
+        return False
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+async def _redraw(meter: TransferMeter) -> None:
+    """Redraw ``meter`` on a timer (the byte path only counts, it never renders)."""
+    while True:
+        await asyncio.sleep(_PROGRESS_INTERVAL)
+        meter.tick()
 
 
 async def _session(ws: RelayedWebSocket, stdin: _Stdin, args: argparse.Namespace,
                    out: IO[bytes]) -> int:
     """Pump stdin → ``ws`` and ``ws`` → stdout until the peer closes; the exit status."""
     from .adapters.asyncio import RelayConnectionClosed
+
+    meter = TransferMeter(sys.stderr, time.monotonic, prefix=PROG,
+                          interval=_PROGRESS_INTERVAL, delay=_PROGRESS_DELAY)
 
     async def outgoing() -> None:
         while True:
@@ -665,15 +704,17 @@ async def _session(ws: RelayedWebSocket, stdin: _Stdin, args: argparse.Namespace
                     await ws.close()
                 return
             await ws.send(item)
+            meter.sent(len(item.encode("utf-8")) if isinstance(item, str) else len(item))
 
     sender = asyncio.create_task(outgoing())
+    redraw = asyncio.create_task(_redraw(meter)) if _show_progress(args) else None
     status = 0
+    failure = ""
     try:
         async for message in ws:
-            _write_message(out, message, text=args.text)
+            meter.received(_write_message(out, message, text=args.text))
     except RelayConnectionClosed as exc:
-        print(f"{PROG}: connection closed with {exc.code} {exc.reason}".rstrip(),
-              file=sys.stderr)
+        failure = f"connection closed with {exc.code} {exc.reason}".rstrip()
         status = 1
     finally:
         sender.cancel()
@@ -681,9 +722,16 @@ async def _session(ws: RelayedWebSocket, stdin: _Stdin, args: argparse.Namespace
             await sender
         with contextlib.suppress(RelayError, OSError):
             await ws.close()
+        if redraw is not None:
+            redraw.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await redraw
+            meter.finish()
+    if failure:
+        _note(args, failure, logging.ERROR)
     if args.verbose:
         reason = f" {ws.close_reason}" if ws.close_reason else ""
-        print(f"{PROG}: connection closed ({ws.close_code}{reason})", file=sys.stderr)
+        _note(args, f"connection closed ({ws.close_code}{reason}): {meter.summary()}")
     return status
 
 
@@ -761,38 +809,129 @@ def _listen_target(args: argparse.Namespace
     return ep, uri, token
 
 
+#: Senders ``hyco listen -K`` holds while it serves another; beyond, they are refused (503).
+_MAX_WAITING = 64
+
+
+def _peer(ws: RelayedWebSocket) -> str:
+    """The sender's address as ``host:port``."""
+    peer = ws.remote_endpoint
+    return host_port(peer.address, peer.port) if peer is not None else "?"
+
+
 async def _listen(args: argparse.Namespace) -> int:
+    """Serve relayed connections one at a time. Every sender is accepted at the relay as soon
+    as it arrives (the relay fails a sender with 504 when its listener does not answer within
+    about 30 s, hybrid-connections-wire §3.1): with ``-K`` the ones that arrive while another
+    is served wait, said on stderr, and are served in turn; without ``-K`` a second sender is
+    refused with 503 at once. A lost relay connection is said on stderr; without ``-K`` the
+    listener gives up (exit 1) when it has not reconnected within ``--timeout``."""
     from .adapters.asyncio import RelayedServer
+    from .drivers.decisions import Reject
+    from .listener import ConnectionRequested, ListenerState
 
     ep, uri, token = _listen_target(args)
+    address = uri.split("?", 1)[0]
     context = client_ssl_context(args.cafile, args.insecure)
+    loop = asyncio.get_running_loop()
+    waiting: asyncio.Queue[RelayedWebSocket] = asyncio.Queue()
+    tasks: set[asyncio.Future[Any]] = set()
+    gave_up: asyncio.Future[CliError] = loop.create_future()
+    serving = taken = listening = False
+    last_error = ""
+    lost_at: float | None = None
+
+    def spawn(coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    async def watch_reconnect() -> None:
+        nonlocal lost_at
+        while lost_at is not None and not server.is_listening:
+            if (not args.keep_open and not serving and not gave_up.done()
+                    and loop.time() - lost_at >= args.timeout):
+                gave_up.set_result(CliError(
+                    f"lost the relay at {address} and could not reconnect within "
+                    f"{_shown(args.timeout)} s: {last_error}"))
+                return
+            await asyncio.sleep(0.2)
+        if lost_at is not None:
+            lost_at = None
+            _note(args, f"reconnected: listening on {address}")
 
     def on_error(error: Exception) -> None:
+        nonlocal last_error, lost_at
+        last_error = _listener_error_text(error)
         if args.verbose:
-            print(f"{PROG}: listener: {_listener_error_text(error)}", file=sys.stderr)
+            _note(args, f"listener: {last_error}", logging.WARNING)
+        if listening and lost_at is None and server.state in (ListenerState.RECONNECT_WAIT,
+                                                              ListenerState.CONNECTING):
+            lost_at = loop.time()
+            _note(args, f"relay connection lost ({last_error}); reconnecting…",
+                  logging.WARNING)
+            spawn(watch_reconnect())
+
+    def decide(request: ConnectionRequested) -> Reject | None:
+        if taken and not args.keep_open:
+            return Reject(503, "listener busy: it serves one connection (hyco listen "
+                               "without --keep-open)")
+        if waiting.qsize() >= _MAX_WAITING:
+            return Reject(503, f"listener busy: {_MAX_WAITING} senders are waiting")
+        return None  # accept
+
+    def on_connection(ws: RelayedWebSocket) -> None:
+        nonlocal taken
+        if taken and not args.keep_open:  # two senders raced past decide()
+            spawn(ws.close(1013, "listener busy: it serves one connection"))
+            return
+        taken = True
+        if serving or not waiting.empty():
+            _note(args, f"connection from {_peer(ws)} queued: serving one connection at a "
+                        f"time; {waiting.qsize() + 1} waiting")
+        waiting.put_nowait(ws)
 
     stdin = _Stdin(None if args.no_stdin else sys.stdin.buffer, text=args.text)
     out = sys.stdout.buffer
     status = 0
-    server = RelayedServer(uri, token, error=on_error, ssl=context,
-                           open_timeout=args.timeout)
+    server = RelayedServer(uri, token, headers=decide, connection=on_connection,
+                           error=on_error, ssl=context, open_timeout=args.timeout)
     try:
         await server.start()
     except (RelayError, ProtocolError, OSError) as exc:
         await server.close()
-        raise _failure("cannot listen at", uri.split("?", 1)[0], exc, ep) from None
+        raise _failure("cannot listen at", address, exc, ep) from None
+    listening = True
+    closed = asyncio.ensure_future(server.wait_closed())  # done: offline (404, token expired)
     try:
-        print(f"{PROG}: listening on {uri.split('?', 1)[0]}", file=sys.stderr, flush=True)
-        async for ws in server:
+        _note(args, f"listening on {address}")
+        while True:
+            get = asyncio.ensure_future(waiting.get())
+            try:
+                ends: set[asyncio.Future[Any]] = {get, gave_up, closed}
+                await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                get.cancel()
+            if get.done() and not get.cancelled():
+                ws = get.result()
+            elif gave_up.done():
+                raise gave_up.result()
+            else:
+                raise CliError(f"the listener at {address} went offline: {last_error}")
             if args.verbose:
-                peer = ws.remote_endpoint
-                where = host_port(peer.address, peer.port) if peer is not None else "?"
-                print(f"{PROG}: connection from {where} to {ws.request_url}",
-                      file=sys.stderr, flush=True)
-            status = await _session(ws, stdin, args, out)
+                _note(args, f"connection from {_peer(ws)} to {ws.request_url}")
+            serving = True
+            try:
+                status = await _session(ws, stdin, args, out)
+            finally:
+                serving = False
             if not args.keep_open:
                 break
     finally:
+        listening = False
+        closed.cancel()
+        for task in list(tasks):
+            task.cancel()
         await server.close()
     return status
 
@@ -815,9 +954,8 @@ async def _send(args: argparse.Namespace) -> int:
     except (RelayError, ProtocolError, OSError, TimeoutError) as exc:
         raise _failure("cannot connect to", uri.split("?", 1)[0], exc, ep) from None
     if args.verbose:
-        print(f"{PROG}: connected to {uri.split('?', 1)[0]}"
-              + (f" (subprotocol {ws.subprotocol})" if ws.subprotocol else ""),
-              file=sys.stderr, flush=True)
+        _note(args, f"connected to {uri.split('?', 1)[0]}"
+              + (f" (subprotocol {ws.subprotocol})" if ws.subprotocol else ""))
     stdin = _Stdin(None if args.no_stdin else sys.stdin.buffer, text=args.text)
     return await _session(ws, stdin, args, sys.stdout.buffer)
 
@@ -852,7 +990,7 @@ async def _until_sigterm(coro: Coroutine[object, object, int]) -> int:
 
 def _run_client(coro_fn: Callable[[argparse.Namespace], Coroutine[object, object, int]],
                 args: argparse.Namespace) -> int:
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, args.log_format)
     try:
         return asyncio.run(_until_sigterm(coro_fn(args)))
     except KeyboardInterrupt:
@@ -877,8 +1015,12 @@ def _add_netcat_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-stdin", action="store_true",
                         help="do not read stdin (receive only)")
     parser.add_argument("--verbose", "-v", action="store_true",
-                        help="report connections and listener errors on stderr")
-    _add_log_level(parser, "WARNING", argparse.SUPPRESS)
+                        help="report connections, listener errors and a summary per "
+                             "connection (bytes each way, time, rate) on stderr")
+    _add_log_level(parser, "WARNING",
+                   "DEBUG, INFO, WARNING (default: the library's warnings) or ERROR, "
+                   "case-insensitive; with --log-format json the status lines (listening, "
+                   "-v, errors) are JSON objects too")
 
 
 # -------------------------------------------------------------------------------------------
@@ -985,7 +1127,7 @@ def cmd_http(args: argparse.Namespace) -> int:
     if kind is not None and kind != wanted:
         raise CliError(f"{spec} looks like a{'n' if kind == 'asgi' else ''} {kind.upper()} "
                        f"application; serve it with --{kind} instead of --{wanted}")
-    _setup_logging(args.log_level)
+    _setup_logging(args.log_level, args.log_format)
 
     def on_error(error: Exception) -> None:
         print(f"{PROG}: listener: {_listener_error_text(error)}", file=sys.stderr, flush=True)
@@ -1154,8 +1296,11 @@ def _log_level(text: str) -> str:
 
 
 def _add_log_level(parser: argparse.ArgumentParser, default: str, text: str) -> None:
+    """``--log-level`` and ``--log-format``: every command that logs has both."""
     parser.add_argument("--log-level", type=_log_level, choices=LOG_LEVELS, default=default,
                         metavar="{" + ",".join(LOG_LEVELS) + "}", help=text)
+    parser.add_argument("--log-format", choices=("text", "json"), default="text",
+                        help="text (default) or json: one JSON object per line on stderr")
 
 
 def _log_handler(fmt: str = "text") -> logging.Handler:
@@ -1253,8 +1398,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "rejects, handshake failures and protocol closes, one line each "
                    "with the client's address and a tracking id), WARNING (problems of "
                    "the emulator itself), ERROR (its errors only); case-insensitive")
-    emu.add_argument("--log-format", choices=("text", "json"), default="text",
-                     help="text (default) or json: one JSON object per line")
     emu.set_defaults(func=cmd_emulator)
 
     tok = commands.add_parser(
@@ -1280,21 +1423,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     lst = commands.add_parser(
         "listen", help="listen on a hybrid connection: messages → stdout, stdin → messages",
-        description="Accept relayed connections (one at a time): received messages go to "
+        description="Accept relayed connections, one at a time: received messages go to "
                     "stdout, stdin goes to the connection. Exits after the first connection "
-                    "unless --keep-open.")
+                    "unless --keep-open. On a terminal, stderr shows the progress of a long "
+                    "transfer; -v adds a summary line per connection. A lost relay "
+                    "connection is said on stderr and retried.")
     _add_endpoint_options(lst)
     lst.add_argument("--keep-open", "-K", action="store_true",
-                     help="accept further connections after one closes")
+                     help="accept further connections after one closes. Senders that arrive "
+                          "while one is served are accepted at once and wait their turn "
+                          f"(stderr says so; up to {_MAX_WAITING}, more get 503); without -K a "
+                          "second sender gets 503 at once. With -K a lost relay is retried "
+                          "until it is back")
     lst.add_argument("--timeout", type=_OPEN_TIMEOUT, default=10.0, metavar="SECONDS",
-                     help="give up when the relay has not accepted the listener after this "
-                          "long (default 10)")
+                     help="give up (exit 1) when the relay has not accepted the listener after "
+                          "this long, at the start or, without -K, after the relay connection "
+                          "was lost (default 10)")
     _add_netcat_options(lst)
     lst.set_defaults(func=cmd_listen)
 
     snd = commands.add_parser(
         "send", help="connect to a hybrid connection: stdin → messages, messages → stdout",
-        description="Connect as a sender: stdin goes to the listener, its messages to stdout.")
+        description="Connect as a sender: stdin goes to the listener, its messages to stdout. "
+                    "On a terminal, stderr shows the progress of a long transfer; -v adds a "
+                    "summary line at the end.")
     _add_endpoint_options(snd)
     snd.add_argument("--subprotocol", action="append", metavar="NAME",
                      help="offer this WebSocket subprotocol (repeatable)")
@@ -1348,5 +1500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except (CliError, ConfigError) as exc:
-        print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
+        if getattr(args, "log_format", "text") == "json":
+            _note(args, f"{args.command}: error: {exc}", logging.ERROR)
+        else:
+            print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
         return 1

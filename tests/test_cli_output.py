@@ -1,0 +1,376 @@
+"""``hyco listen`` / ``hyco send`` output that tells the truth: progress on a terminal, the ``-v``
+summary, JSON status lines, ``-K`` serving one sender at a time (the others wait, and say so),
+and a lost relay said without ``-v`` (issue 13).
+
+The emulator, listeners and senders are real subprocesses on loopback; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from hyco_proto import cli
+from hyco_proto._progress import TransferMeter, format_bytes, format_duration
+from tests.test_cli import ROOT, Emulator, Proc, _client_args
+
+# -------------------------------------------------------------------------------------------
+# the meter, on a fake clock and a fake stream
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_format_bytes_and_duration() -> None:
+    assert format_bytes(0) == "0 B"
+    assert format_bytes(1023) == "1023 B"
+    assert format_bytes(1536) == "1.5 KiB"
+    assert format_bytes(3 << 20) == "3.0 MiB"
+    assert format_bytes(5 << 40) == "5.0 TiB"
+    assert format_bytes(5 << 50) == "5120.0 TiB"
+    assert format_duration(0.4199) == "0.42 s"
+    assert format_duration(12.34) == "12.3 s"
+    assert format_duration(61) == "1:01"
+    assert format_duration(3723) == "1:02:03"
+
+
+def test_meter_draws_in_place_after_the_delay_at_most_every_interval() -> None:
+    clock, stream = FakeClock(), io.StringIO()
+    meter = TransferMeter(stream, clock, interval=0.25, delay=1.0)
+    meter.received(1000)
+    clock.now += 0.9
+    assert not meter.tick() and stream.getvalue() == ""  # a quick exchange prints nothing
+    clock.now += 0.1
+    meter.received(1 << 20)
+    assert meter.tick()
+    first = stream.getvalue()
+    assert first.startswith("\rhyco: 1.0 MiB received, 0 B sent, ") and "\n" not in first
+    assert first.endswith(", 1.00 s")
+    clock.now += 0.1
+    assert not meter.tick() and stream.getvalue() == first  # rate-limited
+    clock.now += 0.15
+    meter.sent(10)
+    assert meter.tick()
+    assert stream.getvalue()[len(first):].startswith("\rhyco: 1.0 MiB received, 10 B sent")
+    meter.finish()
+    assert stream.getvalue().endswith("\n") and stream.getvalue().count("\n") == 1
+
+
+def test_meter_pads_over_a_longer_previous_line() -> None:
+    clock, stream = FakeClock(), io.StringIO()
+    meter = TransferMeter(stream, clock, interval=0.25, delay=0.0)
+    meter.received(500 << 20)
+    clock.now += 1.0
+    meter.tick()
+    long_line = stream.getvalue().split("\r")[-1]
+    meter.bytes_in = 0  # not a real transfer: forces a shorter line
+    clock.now += 1.0
+    meter.tick()
+    short = stream.getvalue().split("\r")[-1]
+    assert len(short) == len(long_line) and short.endswith(" ") and "0 B received" in short
+
+
+def test_meter_finish_without_a_drawn_line_writes_nothing() -> None:
+    clock, stream = FakeClock(), io.StringIO()
+    meter = TransferMeter(stream, clock)
+    meter.received(10)
+    clock.now += 0.5
+    meter.tick()
+    meter.finish()
+    assert stream.getvalue() == ""
+
+
+def test_meter_summary_and_rate() -> None:
+    clock = FakeClock()
+    meter = TransferMeter(io.StringIO(), clock)
+    meter.received(2 << 20)
+    meter.sent(2048)
+    clock.now += 2.0
+    assert meter.rate() == ((2 << 20) + 2048) / 2.0
+    assert meter.summary() == "2.0 MiB received, 2.0 KiB sent in 2.00 s (1.0 MiB/s)"
+
+
+# -------------------------------------------------------------------------------------------
+# the CLI, end to end
+
+
+def _relay(*extra: str) -> tuple[Proc, str]:
+    relay = Proc(["emulator", "--port", "0", "--no-webpubsub", *extra])
+    port = relay.wait_line(r"listening on ws://127\.0\.0\.1:(\d+)").group(1)
+    relay.wait_line(r"press Ctrl-C to stop")
+    return relay, port
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    relay, port = _relay()
+    try:
+        yield Emulator(relay, f"ws://127.0.0.1:{port}")
+    finally:
+        relay.kill()
+
+
+
+def _feed_slowly(pipe: subprocess.Popen[bytes], chunks: int, size: int, pause: float) -> None:
+    assert pipe.stdin is not None
+    for _ in range(chunks):
+        pipe.stdin.write(os.urandom(size))
+        pipe.stdin.flush()
+        time.sleep(pause)
+    pipe.stdin.close()
+
+
+def test_progress_on_a_terminal_updates_in_place_and_ends_with_a_newline(
+        emulator: Emulator) -> None:
+    listener = Proc(["listen", *_client_args(emulator, "tty"), "--no-stdin"])
+    master, slave = os.openpty()
+    sender = None
+    try:
+        listener.wait_line(r"listening on ws://", stream="stderr")
+        sender = subprocess.Popen(
+            [sys.executable, "-m", "hyco_proto", "send", *_client_args(emulator, "tty"), "-N"],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=slave)
+        os.close(slave)
+        _feed_slowly(sender, chunks=20, size=64 * 1024, pause=0.1)  # about 2 s
+        assert sender.wait(20) == 0
+        assert listener.wait() == 0, listener.stderr_text
+        output = b""
+        while select.select([master], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        os.close(master)
+        listener.kill()
+        if sender is not None and sender.poll() is None:
+            sender.kill()
+            sender.wait(5)
+    text = output.decode("utf-8", "replace")
+    draws = re.findall(r"\rhyco: [\d.]+ [KMG]?i?B received, [\d.]+ [KMG]?i?B sent, "
+                       r"[\d.]+ [KMG]?i?B/s, \d+\.\d+ s", text)
+    assert len(draws) >= 2, repr(text)  # redrawn in place, more than once
+    assert len(draws) <= 4 * 4, repr(text)  # at most ~4 per second over about 2-3 s
+    assert text.rstrip(" ").endswith("\r\n"), repr(text)  # the tty maps \n to \r\n
+    assert f"{format_bytes(20 * 64 * 1024)} sent" in draws[-1], repr(text)  # the final counts
+    assert len(listener.stdout) == 20 * 64 * 1024
+
+
+def test_no_progress_when_stderr_is_not_a_terminal(emulator: Emulator) -> None:
+    listener = Proc(["listen", *_client_args(emulator, "pipe"), "--no-stdin"])
+    try:
+        listener.wait_line(r"listening on ws://", stream="stderr")
+        sender = subprocess.Popen(
+            [sys.executable, "-m", "hyco_proto", "send", *_client_args(emulator, "pipe"), "-N"],
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _feed_slowly(sender, chunks=15, size=32 * 1024, pause=0.1)
+        assert sender.wait(20) == 0
+        assert sender.stderr is not None
+        err = sender.stderr.read()
+        assert listener.wait() == 0, listener.stderr_text
+    finally:
+        listener.kill()
+    assert err == b""  # scripts and pipes stay clean
+    assert listener.stderr_text == [f"hyco: listening on ws://127.0.0.1:{emulator.port}"
+                                    "/$hc/pipe"]
+
+
+def test_verbose_prints_a_summary_per_connection(emulator: Emulator) -> None:
+    payload = os.urandom(200_000)
+    listener = Proc(["listen", *_client_args(emulator, "sum"), "-v", "--no-stdin"])
+    try:
+        listener.wait_line(r"listening on ws://", stream="stderr")
+        sender = Proc(["send", *_client_args(emulator, "sum"), "-v", "-N"], stdin=payload)
+        assert sender.wait() == 0, sender.stderr_text
+        assert listener.wait() == 0, listener.stderr_text
+    finally:
+        listener.kill()
+    pattern = (r"^hyco: connection closed \(1000\): {got} received, {sent} sent in "
+               r"\d+\.\d+ s \([\d.]+ [KMG]?i?B/s\)$")
+    size = re.escape(format_bytes(len(payload)))
+    assert any(re.match(pattern.format(got=size, sent="0 B"), line)
+               for line in listener.stderr_text), listener.stderr_text
+    assert any(re.match(pattern.format(got="0 B", sent=size), line)
+               for line in sender.stderr_text), sender.stderr_text
+
+
+def test_log_format_json_makes_every_stderr_line_json(emulator: Emulator) -> None:
+    listener = Proc(["listen", *_client_args(emulator, "json"), "-v", "--no-stdin",
+                     "--log-format", "json", "--log-level", "debug"])
+    try:
+        listener.wait_line(r'"message": "listening on ws://', stream="stderr")
+        sender = Proc(["send", *_client_args(emulator, "json"), "-v", "-N",
+                       "--log-format", "json"], stdin=b"hi")
+        assert sender.wait() == 0, sender.stderr_text
+        assert listener.wait() == 0, listener.stderr_text
+    finally:
+        listener.kill()
+    for proc in (listener, sender):
+        docs = [json.loads(line) for line in proc.stderr_text]  # every line parses
+        assert all({"time", "level", "logger", "message"} <= doc.keys() for doc in docs), docs
+        assert any(doc["message"].startswith("connection closed (1000): ") for doc in docs)
+    # An error, too: exit 1 with the cause as a JSON object.
+    failing = Proc(["send", *_client_args(emulator, "json"), "--key", "wrong", "--no-stdin",
+                    "--log-format", "json"])
+    assert failing.wait() == 1
+    (doc,) = [json.loads(line) for line in failing.stderr_text]
+    assert doc["level"] == "ERROR" and "401" in doc["message"], doc
+
+
+@pytest.mark.parametrize("command", [["listen"], ["send"], ["http", "--asgi", "m:app"],
+                                     ["emulator"]])
+def test_every_command_that_logs_has_log_level_and_log_format(
+        command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    args = cli.build_parser().parse_args([*command, "--log-format", "json", "--log-level",
+                                          "info"])
+    assert (args.log_level, args.log_format) == ("INFO", "json")
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args([*command, "--help"])
+    out = capsys.readouterr().out
+    assert "--log-level" in out and "--log-format" in out, out
+
+
+def test_keep_open_serves_one_sender_at_a_time_and_says_the_others_wait() -> None:
+    # The relay fails a sender with 504 when no listener accepts it within --accept-timeout
+    # (2 s here); the first connection lasts longer, so the second must be accepted at once.
+    relay, port = _relay("--accept-timeout", "2")
+    where = ["--port", port, "--path", "queue", "--text"]
+    listener = Proc(["listen", *where, "-K", "--no-stdin"])
+    first = second = None
+    try:
+        listener.wait_line(r"listening on ws://", stream="stderr")
+        first = subprocess.Popen([sys.executable, "-m", "hyco_proto", "send", *where, "-N"],
+                                 cwd=ROOT, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert first.stdin is not None
+        first.stdin.write(b"one\n")
+        first.stdin.flush()
+        listener.wait_line(r"^one$")
+        second = Proc(["send", *where, "-N"], stdin=b"two\n")
+        listener.wait_line(r"^hyco: connection from 127\.0\.0\.1:\d+ queued: serving one "
+                           r"connection at a time; 1 waiting$", stream="stderr")
+        time.sleep(3)  # longer than the relay's accept timeout
+        assert second.popen.poll() in (None, 0), second.stderr_text  # not failed (504)
+        first.stdin.write(b"one again\n")
+        first.stdin.close()
+        assert first.wait(10) == 0
+        assert second.wait() == 0, second.stderr_text
+        listener.wait_line(r"^two$")
+    finally:
+        listener.kill()
+        relay.kill()
+        if first is not None and first.poll() is None:
+            first.kill()
+            first.wait(5)
+        if second is not None:
+            second.kill()
+    assert bytes(listener.stdout) == b"one\none again\ntwo\n"
+    assert "504" not in "\n".join(second.stderr_text)
+
+
+def test_without_keep_open_a_second_sender_is_refused_with_503_at_once(
+        emulator: Emulator) -> None:
+    listener = Proc(["listen", *_client_args(emulator, "one"), "--no-stdin", "--text"])
+    first = None
+    try:
+        listener.wait_line(r"listening on ws://", stream="stderr")
+        first = Proc(["send", *_client_args(emulator, "one"), "--text"], stdin=b"one\n")
+        listener.wait_line(r"^one$")
+        started = time.monotonic()
+        second = Proc(["send", *_client_args(emulator, "one"), "--text", "-N"],
+                      stdin=b"two\n")
+        assert second.wait(10) == 1
+        assert time.monotonic() - started < 8
+        text = "\n".join(second.stderr_text)
+        assert "503" in text and "serves one connection" in text and "--keep-open" in text, text
+        first.popen.terminate()
+        assert first.wait(10) == 0
+        assert listener.wait() == 0, listener.stderr_text
+    finally:
+        listener.kill()
+        if first is not None:
+            first.kill()
+    assert bytes(listener.stdout) == b"one\n"
+
+
+def test_a_lost_relay_is_said_without_verbose_and_ends_listen_after_its_timeout() -> None:
+    relay, port = _relay()
+    listener = None
+    try:
+        listener = Proc(["listen", "--port", port, "--path", "lost", "--no-stdin",
+                         "--timeout", "2"])
+        listener.wait_line(r"listening on ws://", stream="stderr")
+        relay.popen.kill()  # gone without a goodbye
+        relay.wait(5)
+        lost = listener.wait_line(r"^hyco: relay connection lost \((.+)\); reconnecting…$",
+                                  stream="stderr")
+        assert "1006" in lost.group(1) or "nothing is listening" in lost.group(1), lost.group(0)
+        started = time.monotonic()
+        assert listener.wait(10) == 1
+        assert time.monotonic() - started < 6  # its --timeout (2 s), not forever
+        assert listener.stderr_text[-1] == (
+            f"hyco listen: error: lost the relay at ws://127.0.0.1:{port}/$hc/lost and could "
+            f"not reconnect within 2 s: cannot reconnect: nothing is listening at "
+            f"127.0.0.1:{port} (connection refused)"), listener.stderr_text
+    finally:
+        relay.kill()
+        if listener is not None:
+            listener.kill()
+
+
+def test_keep_open_reconnects_to_a_restarted_relay_and_says_so() -> None:
+    relay, port = _relay()
+    listener = None
+    try:
+        listener = Proc(["listen", "--port", port, "--path", "back", "--no-stdin", "-K",
+                         "--timeout", "1"])
+        listener.wait_line(r"listening on ws://", stream="stderr")
+        assert relay.stop() == 0
+        listener.wait_line(r"^hyco: relay connection lost \(relay closed the connection with "
+                           r"1001.*\); reconnecting…$", stream="stderr")
+        time.sleep(1.5)  # longer than --timeout: with -K it keeps trying
+        assert listener.popen.poll() is None, listener.stderr_text
+        relay, _ = _relay("--port", port)
+        # The listener's back-off between attempts grows (0, 1, 2, 5 s ...).
+        listener.wait_line(rf"^hyco: reconnected: listening on ws://127\.0\.0\.1:{port}"
+                           r"/\$hc/back$", stream="stderr", timeout=15)
+        sender = Proc(["send", "--port", port, "--path", "back", "-N"], stdin=b"after")
+        assert sender.wait() == 0, sender.stderr_text
+        _wait_stdout(listener, b"after")
+        listener.popen.terminate()
+        assert listener.wait(5) == 0
+    finally:
+        relay.kill()
+        if listener is not None:
+            listener.kill()
+
+
+def _wait_stdout(proc: Proc, data: bytes, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while bytes(proc.stdout) != data:
+        assert time.monotonic() < deadline, bytes(proc.stdout)
+        time.sleep(0.05)
+
+
+def test_listen_help_says_it_serves_one_at_a_time(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["listen", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "one at a time" in out and "wait their turn" in out, out
+    assert "second sender gets 503" in out and "retried until it is back" in out, out
