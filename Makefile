@@ -6,7 +6,7 @@ NODE_DIR := tests/interop/node
 EXT_SO = $(wildcard hyco_proto/_frames*.so)
 WHEELHOUSE := build/wheelhouse
 
-.PHONY: demo test lint typecheck pytest pytest-ext pytest-noext bench clean setup node fuzz load dist
+.PHONY: demo test lint typecheck pytest pytest-ext pytest-noext bench clean setup node fuzz load docs dist
 
 setup: .stamp-venv .stamp-ext $(WHEELHOUSE)/requirements.txt
 
@@ -58,10 +58,20 @@ pytest-ext: setup node
 pytest-noext: setup node
 	HYCO_PROTO_NO_EXTENSIONS=1 $(PY) -m pytest -q -p no:cacheprovider tests
 
-test: lint typecheck pytest-ext pytest-noext
+test: lint typecheck docs pytest-ext pytest-noext
 
 demo: setup
 	$(PY) -m hyco_proto.demo
+
+# The documentation site (mkdocs.yml, pages in docs/) into site/: `mkdocs build --strict`, so a
+# warning (a broken link, a docstring the API reference cannot parse) fails the build.
+# NO_MKDOCS_2_WARNING silences the Material theme's end-of-life notice, which is not a warning.
+.stamp-docs: .stamp-venv pyproject.toml
+	HYCO_PROTO_BUILD_EXTENSION=no $(PY) -m pip install -q -e '.[test,docs]'
+	touch $@
+
+docs: .stamp-docs
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
 .stamp-bench: .stamp-venv pyproject.toml
 	HYCO_PROTO_BUILD_EXTENSION=no $(PY) -m pip install -q -e '.[test,bench]'
@@ -97,4 +107,4 @@ fuzz: setup .stamp-fuzz
 	$(PY) -m fuzz.run --all $(FUZZ_SECONDS)
 
 clean:
-	rm -rf $(VENV) build .stamp-* hyco_proto/_frames*.so hyco_proto/_frames.c $(NODE_DIR)/node_modules
+	rm -rf $(VENV) build site .stamp-* hyco_proto/_frames*.so hyco_proto/_frames.c $(NODE_DIR)/node_modules
