@@ -6,7 +6,7 @@ NODE_DIR := tests/interop/node
 EXT_SO = $(wildcard hyco_proto/_frames*.so)
 WHEELHOUSE := build/wheelhouse
 
-.PHONY: demo test lint typecheck pytest pytest-ext pytest-noext bench clean setup node fuzz load docs dist
+.PHONY: demo test lint typecheck pytest pytest-ext pytest-noext bench clean setup node chromium fuzz load docs dist
 
 setup: .stamp-venv .stamp-ext $(WHEELHOUSE)/requirements.txt
 
@@ -52,10 +52,25 @@ lint: .stamp-venv
 typecheck: .stamp-venv
 	$(VENV)/bin/mypy --strict hyco_proto
 
-pytest-ext: setup node
+# Headless Chromium for the web view's browser test (tests/test_webview_browser.py): Debian's
+# package, installed when missing (as root, else through `sudo -n`). The test fails without it.
+APT := env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+chromium: .stamp-chromium
+.stamp-chromium:
+	@if [ -n "$$HYCO_CHROMIUM" ] || command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		$(APT) || { apt-get update -q && $(APT); }; \
+	else \
+		sudo -n $(APT) || { sudo -n apt-get update -q && sudo -n $(APT); }; \
+	fi
+	@[ -n "$$HYCO_CHROMIUM" ] || command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+		|| { echo "could not install chromium (apt-get install chromium, or set HYCO_CHROMIUM)"; exit 1; }
+	touch $@
+
+pytest-ext: setup node chromium
 	HYCO_PROTO_REQUIRE_EXTENSION=1 $(PY) -m pytest -q -p no:cacheprovider tests
 
-pytest-noext: setup node
+pytest-noext: setup node chromium
 	HYCO_PROTO_NO_EXTENSIONS=1 $(PY) -m pytest -q -p no:cacheprovider tests
 
 test: lint typecheck docs pytest-ext pytest-noext
