@@ -262,6 +262,7 @@ def _banner(config: EmulatorConfig, server: RelayServiceServer, cert: Path | Non
         "development only)",
         f"listening on {url}",
         f"status: {'https' if scheme == 'wss' else 'http'}://{authority}/$status",
+        f"web view: {'https' if scheme == 'wss' else 'http'}://{authority}/ (live, in a browser)",
         f"frames: {describe_frames()}",
     ]
     if names:
@@ -1130,7 +1131,7 @@ def cmd_http(args: argparse.Namespace) -> int:
     _setup_logging(args.log_level, args.log_format)
 
     def on_error(error: Exception) -> None:
-        print(f"{PROG}: listener: {_listener_error_text(error)}", file=sys.stderr, flush=True)
+        _note(args, f"listener: {_listener_error_text(error)}", logging.WARNING)
 
     if args.asgi:
         return asyncio.run(_serve_asgi(app, uri, token, args, ep, on_error))

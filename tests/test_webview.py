@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.request
 from typing import Any
 
 from hyco_proto.frames import OP_BINARY, encode_frame
@@ -20,6 +21,7 @@ from hyco_proto.service.webpubsub import WebPubSubService
 from hyco_proto.service.webview import HEARTBEAT, MAX_WATCHERS, TICK
 from hyco_proto.service.webview_page import PAGE
 from tests.relayutil import BASE, SEND, RawSender, raw_sender, start_echo_listener, token_for
+from tests.test_cli import Proc
 
 KEY = "a-web-pubsub-access-key-for-tests-only-0123456789"
 
@@ -332,3 +334,14 @@ def test_status_and_metrics_unchanged_by_a_watcher() -> None:
     status, headers, body = split_response(request(net, "GET", "/metrics").raw())
     assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
     assert b'hyco_connections{kind="watcher"} 1' in body
+
+
+def test_emulator_banner_names_the_web_view() -> None:
+    proc = Proc(["emulator", "--port", "0"])
+    try:
+        url = proc.wait_line(r"web view: (http://127\.0\.0\.1:\d+/) ").group(1)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
+        with opener.open(url, timeout=10) as response:
+            assert response.status == 200 and response.read() == PAGE
+    finally:
+        proc.kill()
