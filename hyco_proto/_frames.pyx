@@ -35,12 +35,16 @@ cdef extern from *:
     """
     /* XOR kernel: dst[i] = src[i] ^ key[(phase + i) % 4]; dst may equal src.
        GCC/Clang vector extensions give 32-byte blocks (two SSE2 ops on baseline x86-64); on
-       x86 with GNU C, target_clones adds an AVX2 build picked at load time (ifunc). */
+       x86 with GNU C and glibc, target_clones adds an AVX2 build picked at load time (ifunc;
+       musl has no ifunc, and GCC refuses target_clones there: musllinux wheels). */
     #include <stdint.h>
     #include <string.h>
-    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(__clang__)
+    #if defined(__GNUC__) && !defined(__clang__) && defined(__GLIBC__)
+    #if defined(__x86_64__) || defined(__i386__)
     #define HYCO_CLONES __attribute__((target_clones("avx2", "default")))
-    #else
+    #endif
+    #endif
+    #ifndef HYCO_CLONES
     #define HYCO_CLONES
     #endif
     /* The key rotated to the phase, as 4 bytes and as one 32-bit word. */
