@@ -104,6 +104,16 @@ class TransferMeter:
         self._drawn_at = now
         return True
 
+    def break_line(self) -> None:
+        """End a drawn status line so another message can take its own line; the next
+        ``tick`` draws the status line again below it."""
+        if self._drawn_at is None:
+            return
+        self.stream.write("\n")
+        self.stream.flush()
+        self._drawn_at = None
+        self._width = 0
+
     def finish(self) -> None:
         """Draw the final counts and end the line, if a status line was drawn."""
         if self._drawn_at is None:

@@ -656,9 +656,15 @@ def _write_message(out: IO[bytes], message: str | bytes, *, text: bool) -> int:
     return len(data)
 
 
+#: The meters of the connections being served (``_note`` ends their drawn lines first).
+_drawn_meters: set[TransferMeter] = set()
+
+
 def _note(args: argparse.Namespace, message: str, level: int = logging.INFO) -> None:
     """One status line on stderr: ``hyco: message``, or under ``--log-format json`` a JSON
     object like the log lines' (logger ``hyco``), so stderr stays one format."""
+    for meter in _drawn_meters:
+        meter.break_line()  # a status line drawn in place would run into this one
     if getattr(args, "log_format", "text") == "json":
         record = logging.LogRecord(PROG, level, __file__, 0, message, None, None)
         line = _JsonFormatter().format(record)
@@ -709,6 +715,8 @@ async def _session(ws: RelayedWebSocket, stdin: _Stdin, args: argparse.Namespace
 
     sender = asyncio.create_task(outgoing())
     redraw = asyncio.create_task(_redraw(meter)) if _show_progress(args) else None
+    if redraw is not None:
+        _drawn_meters.add(meter)
     status = 0
     failure = ""
     try:
@@ -727,6 +735,7 @@ async def _session(ws: RelayedWebSocket, stdin: _Stdin, args: argparse.Namespace
             redraw.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await redraw
+            _drawn_meters.discard(meter)
             meter.finish()
     if failure:
         _note(args, failure, logging.ERROR)

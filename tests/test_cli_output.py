@@ -84,6 +84,22 @@ def test_meter_pads_over_a_longer_previous_line() -> None:
     assert len(short) == len(long_line) and short.endswith(" ") and "0 B received" in short
 
 
+def test_meter_break_line_ends_a_drawn_line_and_the_next_tick_redraws() -> None:
+    clock, stream = FakeClock(), io.StringIO()
+    meter = TransferMeter(stream, clock, interval=0.25, delay=1.0)
+    meter.break_line()
+    assert stream.getvalue() == ""  # nothing drawn: nothing to end
+    clock.now += 1.0
+    assert meter.tick()
+    meter.break_line()
+    assert stream.getvalue().endswith("\n") and stream.getvalue().count("\n") == 1
+    stream.write("hyco: another line\n")
+    clock.now += 0.01
+    assert meter.tick()  # at once, under the other line, not rate-limited
+    assert stream.getvalue().endswith(" s") and "\nhyco: another line\n\rhyco: " in \
+        stream.getvalue()
+
+
 def test_meter_finish_without_a_drawn_line_writes_nothing() -> None:
     clock, stream = FakeClock(), io.StringIO()
     meter = TransferMeter(stream, clock)
