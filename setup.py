@@ -27,7 +27,8 @@ if mode != "no" and platform.python_implementation() == "CPython":
         ext = Extension(
             "hyco_proto._frames",
             sources=["hyco_proto/_frames.pyx"],
-            extra_compile_args=["-O3"],
+            # MSVC (Windows wheels) optimises with /Ox already and does not know -O3.
+            extra_compile_args=[] if os.name == "nt" else ["-O3"],
         )
         ext_modules = cythonize(
             [ext],
