@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -390,3 +391,22 @@ def test_listen_help_says_it_serves_one_at_a_time(capsys: pytest.CaptureFixture[
     out = " ".join(capsys.readouterr().out.split())
     assert "one at a time" in out and "wait their turn" in out, out
     assert "second sender gets 503" in out and "retried until it is back" in out, out
+
+
+def test_http_log_format_json_reports_its_failure_as_json(tmp_path: Path) -> None:
+    import socket
+
+    (tmp_path / "plainapp.py").write_text(
+        "async def app(scope, receive, send):\n    raise RuntimeError('never called')\n")
+    with socket.socket() as probe:  # a port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "hyco_proto", "http", "--asgi", "plainapp:app", "--app-dir",
+         str(tmp_path), "--port", str(port), "--path", "x", "--log-format", "json",
+         "--lifespan", "off"], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert done.returncode == 1, done.stderr
+    docs = [json.loads(line) for line in done.stderr.splitlines()]
+    assert docs[-1]["level"] == "ERROR" and docs[-1]["logger"] == "hyco", docs
+    assert docs[-1]["message"].startswith(f"http: error: cannot listen at ws://127.0.0.1:{port}"
+                                          "/$hc/x: nothing is listening"), docs
