@@ -5,7 +5,7 @@
 * ``reference/cli.md`` is generated from the ``hyco`` argument parser, so the CLI reference is
   the ``--help`` text of the code being documented.
 * Sphinx roles in docstrings (``:class:`Listener```), which Markdown shows as literal text,
-  become plain code spans in the API reference.
+  become plain code spans in the API reference, and a paragraph's closing ``::`` one colon.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "bench" / "results.png"
 
 # A role rendered by Markdown: ``:class:`~a.b.C``` becomes ``:class:<code>~a.b.C</code>``.
-ROLE = re.compile(r":(?:py:)?(?:mod|class|func|meth|attr|data|exc|obj|const):<code>(~?)([^<]*)</code>")
+ROLE = re.compile(
+    r":(?:py:)?(?:mod|class|func|meth|attr|data|exc|obj|const):<code>(~?)([^<]*)</code>")
 
 
 def _role(match: re.Match[str]) -> str:
@@ -74,4 +75,7 @@ def on_files(files: Files, config: Any) -> Files:
 
 
 def on_page_content(html: str, page: Any, config: Any, files: Files) -> str:
-    return ROLE.sub(_role, html)
+    if not page.file.src_uri.startswith("reference/"):
+        return html
+    # reST's "text::" before a literal block reads "text:" (Markdown already made the block code).
+    return ROLE.sub(_role, html).replace("::</p>", ":</p>")
