@@ -79,14 +79,15 @@ demo: setup
 	$(PY) -m hyco_proto.demo
 
 # The documentation site (mkdocs.yml, pages in docs/) into site/: `mkdocs build --strict`, so a
-# warning (a broken link, a docstring the API reference cannot parse) fails the build.
+# warning (a broken link, a docstring the API reference cannot parse) fails the build (not with
+# --quiet: it hides the warnings from the strict count too).
 # NO_MKDOCS_2_WARNING silences the Material theme's end-of-life notice, which is not a warning.
 .stamp-docs: .stamp-venv pyproject.toml
 	HYCO_PROTO_BUILD_EXTENSION=no $(PY) -m pip install -q -e '.[test,docs]'
 	touch $@
 
 docs: .stamp-docs
-	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 .stamp-bench: .stamp-venv pyproject.toml
 	HYCO_PROTO_BUILD_EXTENSION=no $(PY) -m pip install -q -e '.[test,bench]'
