@@ -1509,6 +1509,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:
+        # The reader of our stdout went away (`hyco status | head`): like cat, stop quietly.
+        # stdout now points at nothing, so the interpreter's final flush cannot fail again.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command its pipe ended
     except (CliError, ConfigError) as exc:
         if getattr(args, "log_format", "text") == "json":
             _note(args, f"{args.command}: error: {exc}", logging.ERROR)

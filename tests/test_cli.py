@@ -878,3 +878,18 @@ def test_emulator_raises_its_open_file_limit() -> None:
                          timeout=30, check=True).stdout.split()
     hard = int(out[-1])
     assert out[:3] == ["(256,", f"{hard})", "True"], out
+
+
+def test_a_closed_stdout_pipe_ends_quietly_like_cat() -> None:
+    """`hyco status | head`: when the reader of stdout is gone, hyco stops with 141 (128 +
+    SIGPIPE, what a shell shows for such a command) and no traceback on stderr."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read: the first write fails with EPIPE
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "hyco_proto", "token", "http://127.0.0.1:9090/myhc"],
+            stdout=write_end, stderr=subprocess.PIPE, timeout=60, check=False)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr.decode()
+    assert done.stderr == b""
