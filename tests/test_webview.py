@@ -7,11 +7,13 @@ checked. The browser test is ``test_webview_browser.py``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import urllib.request
 from typing import Any
 
+from hyco_proto.adapters.asyncio import RelayServiceServer
 from hyco_proto.frames import OP_BINARY, encode_frame
 from hyco_proto.handshake import ClientHandshake
 from hyco_proto.memory import MemoryNetwork
@@ -345,3 +347,29 @@ def test_emulator_banner_names_the_web_view() -> None:
             assert response.status == 200 and response.read() == PAGE
     finally:
         proc.kill()
+
+
+def test_asyncio_server_reports_a_full_write_buffer() -> None:
+    """The asyncio adapter tells the service when a watcher's write buffer passes its
+    high-water mark (``pause_writing``) and when it drains (``resume_writing``)."""
+    async def scenario() -> None:
+        async with RelayServiceServer(port=0) as server:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"GET /$events HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+            (conn, stream), = server.service.webview.watchers.items()
+            protocol = server._protocols[conn]
+            protocol.pause_writing()  # what asyncio calls over the high-water mark
+            assert stream.paused
+            protocol.resume_writing()
+            assert not stream.paused and stream.sent == "", "the latest state goes out next"
+            writer.close()
+            await writer.wait_closed()
+            for _ in range(100):  # the service forgets the watcher once the socket is gone
+                if not server.service.webview.watchers:
+                    break
+                await asyncio.sleep(0.05)
+            assert server.service.webview.watchers == {}
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
