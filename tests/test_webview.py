@@ -339,7 +339,7 @@ def test_status_and_metrics_unchanged_by_a_watcher() -> None:
 
 
 def test_emulator_banner_names_the_web_view() -> None:
-    proc = Proc(["emulator", "--port", "0"])
+    proc = Proc(["emulator", "--port", "0", "--webpubsub-port", "0"])  # free ports only
     try:
         url = proc.wait_line(r"web view: (http://127\.0\.0\.1:\d+/) ").group(1)
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback only
