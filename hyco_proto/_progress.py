@@ -56,6 +56,7 @@ class TransferMeter:
         self.bytes_out = 0
         self.started = clock()
         self._drawn_at: float | None = None
+        self._drawn_counts: tuple[int, int] | None = None
         self._width = 0
 
     def received(self, count: int) -> None:
@@ -89,11 +90,14 @@ class TransferMeter:
         return self._drawn_at is not None
 
     def tick(self) -> bool:
-        """Redraw the status line if it is due; whether it was drawn."""
+        """Redraw the status line if it is due and the counts changed since it was drawn (an
+        idle connection does not redraw); whether it was drawn."""
         now = self.clock()
         if now - self.started < self.delay:
             return False
-        if self._drawn_at is not None and now - self._drawn_at < self.interval:
+        counts = (self.bytes_in, self.bytes_out)
+        if self._drawn_at is not None and (now - self._drawn_at < self.interval
+                                           or counts == self._drawn_counts):
             return False
         line = self.status_line()
         # Pad over the remains of a longer previous line (the line only ever redraws itself).
@@ -102,6 +106,7 @@ class TransferMeter:
         self.stream.flush()
         self._width = len(line)
         self._drawn_at = now
+        self._drawn_counts = counts
         return True
 
     def break_line(self) -> None:
@@ -118,7 +123,7 @@ class TransferMeter:
         """Draw the final counts and end the line, if a status line was drawn."""
         if self._drawn_at is None:
             return
-        self._drawn_at = None  # the last redraw is not rate-limited
+        self._drawn_at = None  # the last redraw is not rate-limited, and always drawn
         self.tick()
         self.stream.write("\n")
         self.stream.flush()

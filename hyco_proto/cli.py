@@ -678,14 +678,19 @@ _PROGRESS_INTERVAL = 0.25
 _PROGRESS_DELAY = 1.0
 
 
-def _show_progress(args: argparse.Namespace) -> bool:
-    """The in-place progress line: only on a terminal, and not in JSON log mode."""
-    if getattr(args, "log_format", "text") == "json":
-        return False
+def _isatty(stream: IO[Any] | None) -> bool:
     try:
-        return sys.stderr.isatty()
+        return stream is not None and stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def _show_progress(args: argparse.Namespace) -> bool:
+    """The in-place progress line: on a terminal, not in JSON log mode, and not in a typed
+    conversation (stdin and stdout both a terminal), where it would draw over what is typed."""
+    if getattr(args, "log_format", "text") == "json" or not _isatty(sys.stderr):
+        return False
+    return not (_isatty(sys.stdin) and _isatty(sys.stdout))
 
 
 async def _redraw(meter: TransferMeter) -> None:
@@ -717,10 +722,14 @@ async def _session(ws: RelayedWebSocket, stdin: _Stdin, args: argparse.Namespace
     redraw = asyncio.create_task(_redraw(meter)) if _show_progress(args) else None
     if redraw is not None:
         _drawn_meters.add(meter)
+    # Messages printed to the terminal the line is drawn on take their own lines.
+    shared_terminal = redraw is not None and _isatty(out)
     status = 0
     failure = ""
     try:
         async for message in ws:
+            if shared_terminal:
+                meter.break_line()
             meter.received(_write_message(out, message, text=args.text))
     except RelayConnectionClosed as exc:
         failure = f"connection closed with {exc.code} {exc.reason}".rstrip()

@@ -410,3 +410,108 @@ def test_http_log_format_json_reports_its_failure_as_json(tmp_path: Path) -> Non
     assert docs[-1]["level"] == "ERROR" and docs[-1]["logger"] == "hyco", docs
     assert docs[-1]["message"].startswith(f"http: error: cannot listen at ws://127.0.0.1:{port}"
                                           "/$hc/x: nothing is listening"), docs
+
+
+def test_meter_does_not_redraw_an_idle_connection() -> None:
+    clock, stream = FakeClock(), io.StringIO()
+    meter = TransferMeter(stream, clock, interval=0.25, delay=1.0)
+    meter.received(10)
+    clock.now += 1.0
+    assert meter.tick()
+    for _ in range(8):  # nothing moved: the line stays as drawn (it would draw over typing)
+        clock.now += 0.5
+        assert not meter.tick()
+    meter.sent(1)
+    clock.now += 0.5
+    assert meter.tick()
+    assert stream.getvalue().count("\r") == 2
+
+
+def _read_terminal(master: int, until: float) -> bytes:
+    """What a terminal showed until ``until`` (monotonic) or its other side closed."""
+    output = b""
+    while time.monotonic() < until:
+        if not select.select([master], [], [], 0.1)[0]:
+            continue
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's other side is closed
+            break
+        if not chunk:
+            break
+        output += chunk
+    return output
+
+
+def test_no_progress_in_a_typed_conversation(emulator: Emulator) -> None:
+    """`hyco send --text` on a terminal (stdin, stdout and stderr): what the user types is not
+    drawn over by a progress line (review of issue 13's progress)."""
+    listener = Proc(["listen", *_client_args(emulator, "chat"), "--text"])
+    master, slave = os.openpty()
+    sender = None
+    try:
+        listener.wait_line(r"listening on ws://", stream="stderr")
+        sender = subprocess.Popen(
+            [sys.executable, "-m", "hyco_proto", "send", *_client_args(emulator, "chat"),
+             "--text", "-N"], cwd=ROOT, stdin=slave, stdout=slave, stderr=slave)
+        os.close(slave)
+        for line in (b"hi\n", b"there\n"):
+            listener_seen = len(listener.stdout)
+            os.write(master, line)
+            deadline = time.monotonic() + 20
+            while len(listener.stdout) == listener_seen and time.monotonic() < deadline:
+                time.sleep(0.05)
+        shown = _read_terminal(master, time.monotonic() + 2.0)  # past the 1 s delay
+        os.write(master, b"\x04")  # Ctrl-D: end of input, -N closes
+        assert sender.wait(20) == 0
+    finally:
+        os.close(master)
+        listener.kill()
+        if sender is not None and sender.poll() is None:
+            sender.kill()
+            sender.wait(5)
+    assert listener.stdout == b"hi\nthere\n"
+    assert b"received" not in shown, shown
+
+
+def test_received_lines_on_the_progress_terminal_take_their_own_lines(
+        emulator: Emulator) -> None:
+    """A listener printing to the terminal its progress line is on: each message starts a line
+    of its own, and the progress line is drawn again below it."""
+    master, slave = os.openpty()
+    listener = subprocess.Popen(
+        [sys.executable, "-m", "hyco_proto", "listen", *_client_args(emulator, "lines"),
+         "--text", "--no-stdin"], cwd=ROOT, stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    sender = None
+    try:
+        seen = b""
+        deadline = time.monotonic() + 20
+        while b"listening on ws://" not in seen and time.monotonic() < deadline:
+            seen += _read_terminal(master, time.monotonic() + 0.2)
+        assert b"listening on ws://" in seen, seen
+        sender = subprocess.Popen(
+            [sys.executable, "-m", "hyco_proto", "send", *_client_args(emulator, "lines"),
+             "--text", "-N"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
+        assert sender.stdin is not None
+        for i in range(12):  # about 2.4 s: the progress line shows after 1 s
+            sender.stdin.write(f"message-{i}\n".encode())
+            sender.stdin.flush()
+            time.sleep(0.2)
+        sender.stdin.close()
+        assert sender.wait(20) == 0
+        assert listener.wait(20) == 0
+        seen += _read_terminal(master, time.monotonic() + 1.0)
+    finally:
+        os.close(master)
+        for proc in (listener, sender):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(5)
+    text = seen.decode("utf-8", "replace")
+    assert re.search(r"\rhyco: [\d.]+ [KMG]?i?B received", text), repr(text)  # progress drawn
+    for i in range(12):
+        # Each message at the start of a line (the tty maps \n to \r\n), never after a
+        # progress line's "… 1.25 s".
+        assert re.search(rf"(^|\n)message-{i}\r\n", text), repr(text)
