@@ -6,12 +6,14 @@ import importlib
 import os
 import ssl
 import time
+from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
 
 from hyco_proto import cli
 from hyco_proto.service import devcert
+from tests.procutil import Emulator, running_emulator
 
 
 def _frame_modules() -> list[ModuleType]:
@@ -44,3 +46,10 @@ def tls_contexts(tmp_path_factory: pytest.TempPathFactory
     client = cli.client_ssl_context(str(made.cert), insecure=False)
     assert client is not None
     return cli.server_ssl_context(made.cert, made.key), client
+
+
+@pytest.fixture
+def emulator() -> Iterator[Emulator]:
+    """``hyco emulator`` as a subprocess on free loopback ports (relay and Web PubSub)."""
+    with running_emulator() as running:
+        yield running

@@ -16,7 +16,7 @@ from azure.messaging.webpubsubclient import WebPubSubClient, WebPubSubClientCred
 from azure.messaging.webpubsubclient.models import CallbackType, WebPubSubDataType
 from azure.messaging.webpubsubservice import WebPubSubServiceClient
 
-from tests.test_cli import Proc
+from tests.procutil import Proc
 
 WAIT = 15.0
 CS = r"(Endpoint=http://127\.0\.0\.1:(\d+);AccessKey=(\S+);Version=1\.0;)"

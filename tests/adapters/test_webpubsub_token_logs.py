@@ -285,7 +285,7 @@ def test_web_pubsub_tokens_and_reconnection_tokens_never_reach_the_logs(
 
 def test_emulator_json_log_carries_no_token(caplog: pytest.LogCaptureFixture) -> None:
     """The emulator's stderr (JSON lines) and this process's own log (the adapters' lines)."""
-    from tests.test_cli import Proc
+    from tests.procutil import Proc
 
     caplog.set_level(logging.DEBUG)
 
