@@ -1,7 +1,8 @@
 """The ``hyco`` command line: token, emulator, listen/send, status.
 
 The emulator, listener and sender run as real subprocesses (``python -m hyco_proto``) on
-loopback, with bounded timeouts; every process is killed on teardown.
+loopback, with bounded timeouts (``tests/procutil.py``; the ``emulator`` fixture is in
+``tests/conftest.py``); every process is killed on teardown.
 """
 
 from __future__ import annotations
@@ -9,17 +10,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import re
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 
@@ -27,134 +26,7 @@ from hyco_proto import cli, parse_connection_string
 from hyco_proto.sas import parse_token, verify_token
 from hyco_proto.service import devcert
 from hyco_proto.service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY
-
-ROOT = Path(__file__).resolve().parent.parent
-TIMEOUT = 20.0
-
-
-# -------------------------------------------------------------------------------------------
-# subprocess helpers
-
-
-class Proc:
-    """A ``python -m hyco_proto`` subprocess whose output lines are collected by threads."""
-
-    def __init__(self, args: Sequence[str], *, stdin: bytes | None = None,
-                 env: dict[str, str] | None = None) -> None:
-        full_env = dict(os.environ)
-        full_env.update(env or {})
-        full_env["PYTHONUNBUFFERED"] = "1"
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "hyco_proto", *args], cwd=ROOT,
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env)
-        self.stdout = bytearray()
-        self.stderr_lines: queue.Queue[str] = queue.Queue()
-        self.stderr_text: list[str] = []
-        self.stdout_lines: queue.Queue[str] = queue.Queue()
-        assert self.popen.stdout is not None and self.popen.stderr is not None
-        threading.Thread(target=self._pump_out, args=(self.popen.stdout,), daemon=True).start()
-        threading.Thread(target=self._pump_err, args=(self.popen.stderr,), daemon=True).start()
-        if stdin is not None:
-            assert self.popen.stdin is not None
-            threading.Thread(target=self._feed, args=(self.popen.stdin, stdin),
-                             daemon=True).start()
-
-    @staticmethod
-    def _feed(pipe: IO[bytes], data: bytes) -> None:
-        try:
-            pipe.write(data)
-            pipe.close()
-        except OSError:
-            pass
-
-    def _pump_out(self, pipe: IO[bytes]) -> None:
-        buffer = b""
-        while True:
-            chunk = pipe.read1(65536)  # type: ignore[attr-defined]
-            if not chunk:
-                break
-            self.stdout += chunk
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                self.stdout_lines.put(line.decode("utf-8", "replace"))
-
-    def _pump_err(self, pipe: IO[bytes]) -> None:
-        for raw in pipe:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            self.stderr_text.append(line)
-            self.stderr_lines.put(line)
-
-    def wait_line(self, pattern: str, *, stream: str = "stdout",
-                  timeout: float = TIMEOUT) -> re.Match[str]:
-        lines = self.stdout_lines if stream == "stdout" else self.stderr_lines
-        deadline = time.monotonic() + timeout
-        seen = []
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no line matching {pattern!r} within {timeout} s; "
-                                     f"{stream}: {seen!r}; stderr: {self.stderr_text!r}")
-            try:
-                line = lines.get(timeout=min(left, 0.2))
-            except queue.Empty:
-                if self.popen.poll() is not None and lines.empty():
-                    raise AssertionError(
-                        f"process exited ({self.popen.returncode}) before printing "
-                        f"{pattern!r}; {stream}: {seen!r}; stderr: {self.stderr_text!r}"
-                    ) from None
-                continue
-            seen.append(line)
-            match = re.search(pattern, line)
-            if match:
-                return match
-
-    def wait(self, timeout: float = TIMEOUT) -> int:
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"process did not exit within {timeout} s; "
-                                 f"stderr: {self.stderr_text!r}") from None
-
-    def stop(self) -> int:
-        """SIGTERM (a clean stop), then kill after a bound."""
-        if self.popen.poll() is None:
-            self.popen.terminate()
-        return self.wait(10)
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(5)
-
-
-class Emulator:
-    def __init__(self, proc: Proc, url: str) -> None:
-        self.proc = proc
-        self.url = url
-        self.port = int(url.rsplit(":", 1)[1])
-
-    def status(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/$status",
-                                    timeout=5) as response:
-            assert response.status == 200
-            assert response.headers["Content-Type"] == "application/json"
-            doc = json.loads(response.read())
-            assert isinstance(doc, dict)
-            return doc
-
-
-@pytest.fixture
-def emulator() -> Iterator[Emulator]:
-    proc = Proc(["emulator", "--port", "0"])
-    try:
-        match = proc.wait_line(r"listening on (ws://\S+)")
-        proc.wait_line(r"press Ctrl-C to stop")
-        yield Emulator(proc, match.group(1))
-    finally:
-        proc.kill()
+from tests.procutil import ROOT, TIMEOUT, Emulator, Proc, emulator_args, free_port
 
 
 def hyco(args: Sequence[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -312,8 +184,7 @@ def test_emulator_config_file_and_flags(tmp_path: Path) -> None:
     config = tmp_path / "emu.toml"
     config.write_text('[server]\nstrict = true\n\n[[rules]]\nname = "app"\nkey = "app-key"\n'
                       '\n[hybrid_connections.orders]\n')
-    proc = Proc(["emulator", "--port", "0", "--config", str(config), "--key", "root-key",
-                 "--hc", "extra"])
+    proc = Proc(emulator_args("--config", str(config), "--key", "root-key", "--hc", "extra"))
     try:
         url = proc.wait_line(r"listening on (ws://\S+)").group(1)
         proc.wait_line(r"press Ctrl-C to stop")
@@ -347,14 +218,14 @@ def test_emulator_server_flags_reach_the_running_service(tmp_path: Path) -> None
 def test_emulator_reports_config_errors(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text("[server]\nprot = 1\n")
-    proc = Proc(["emulator", "--port", "0", "--config", str(config)])
+    proc = Proc(emulator_args("--config", str(config)))
     assert proc.wait() == 1
     assert any(f"{config}:2: server.prot: unknown key; did you mean 'port'?" in line
                for line in proc.stderr_text), proc.stderr_text
 
 
 def test_emulator_port_in_use(emulator: Emulator) -> None:
-    proc = Proc(["emulator", "--port", str(emulator.port)])
+    proc = Proc(emulator_args("--port", str(emulator.port)))
     assert proc.wait() == 1
     assert any("cannot listen on 127.0.0.1:" in line for line in proc.stderr_text)
 
@@ -363,16 +234,12 @@ def test_emulator_port_in_use(emulator: Emulator) -> None:
 # hyco listen / hyco send
 
 
-def _client_args(emulator: Emulator, path: str = "myhc") -> list[str]:
-    return ["--port", str(emulator.port), "--path", path]
-
-
 def test_listen_send_text_both_directions(emulator: Emulator) -> None:
     # Sender -> listener: the sender closes after its stdin (-N); the listener prints and exits.
-    listener = Proc(["listen", *_client_args(emulator), "--text", "--no-stdin"])
+    listener = Proc(["listen", *emulator.client_args(), "--text", "--no-stdin"])
     try:
         listener.wait_line(r"listening on ws://", stream="stderr")
-        sender = Proc(["send", *_client_args(emulator), "--text", "-N"],
+        sender = Proc(["send", *emulator.client_args(), "--text", "-N"],
                       stdin=b"first line\nsecond \xc3\xa9\n")
         assert sender.wait() == 0, sender.stderr_text
         assert listener.wait() == 0, listener.stderr_text
@@ -396,11 +263,11 @@ def test_listen_send_text_both_directions(emulator: Emulator) -> None:
 
 
 def test_verbose_prints_addresses_as_host_port(emulator: Emulator) -> None:
-    listener = Proc(["listen", *_client_args(emulator, "verbose"), "-v", "--text",
+    listener = Proc(["listen", *emulator.client_args("verbose"), "-v", "--text",
                      "--no-stdin"])
     try:
         listener.wait_line(r"listening on ws://", stream="stderr")
-        sender = Proc(["send", *_client_args(emulator, "verbose"), "-v", "--text", "-N"],
+        sender = Proc(["send", *emulator.client_args("verbose"), "-v", "--text", "-N"],
                       stdin=b"hi\n")
         assert sender.wait() == 0, sender.stderr_text
         assert listener.wait() == 0, listener.stderr_text
@@ -423,7 +290,7 @@ def _wait_for(predicate: Any, timeout: float = 5.0) -> None:
 
 def test_sigterm_ends_listen_with_exit_0_after_closing(emulator: Emulator) -> None:
     # Idle: listening, no connection.
-    listener = Proc(["listen", *_client_args(emulator, "term"), "--no-stdin"])
+    listener = Proc(["listen", *emulator.client_args("term"), "--no-stdin"])
     try:
         listener.wait_line(r"listening on ws://", stream="stderr")
         _wait_for(lambda: emulator.status()["counters"]["listeners"] == 1)
@@ -433,11 +300,11 @@ def test_sigterm_ends_listen_with_exit_0_after_closing(emulator: Emulator) -> No
     finally:
         listener.kill()
     # With a relayed connection open: the sender sees a normal close and ends too.
-    listener = Proc(["listen", *_client_args(emulator, "term"), "-v", "--no-stdin"])
+    listener = Proc(["listen", *emulator.client_args("term"), "-v", "--no-stdin"])
     sender = None
     try:
         listener.wait_line(r"listening on ws://", stream="stderr")
-        sender = Proc(["send", *_client_args(emulator, "term"), "--no-stdin"])
+        sender = Proc(["send", *emulator.client_args("term"), "--no-stdin"])
         listener.wait_line(r"connection from ", stream="stderr")
         listener.popen.terminate()
         assert listener.wait(5) == 0, listener.stderr_text
@@ -451,10 +318,10 @@ def test_sigterm_ends_listen_with_exit_0_after_closing(emulator: Emulator) -> No
 
 def test_listen_send_binary_is_byte_exact(emulator: Emulator) -> None:
     payload = os.urandom(300_000) + b"\x00\r\n\xff"
-    listener = Proc(["listen", *_client_args(emulator, "bin"), "--no-stdin"])
+    listener = Proc(["listen", *emulator.client_args("bin"), "--no-stdin"])
     try:
         listener.wait_line(r"listening on ws://", stream="stderr")
-        sender = Proc(["send", *_client_args(emulator, "bin"), "-N"], stdin=payload)
+        sender = Proc(["send", *emulator.client_args("bin"), "-N"], stdin=payload)
         assert sender.wait() == 0, sender.stderr_text
         assert listener.wait() == 0, listener.stderr_text
         assert bytes(listener.stdout) == payload
@@ -464,7 +331,7 @@ def test_listen_send_binary_is_byte_exact(emulator: Emulator) -> None:
 
 
 def test_send_with_wrong_key_fails_with_401(emulator: Emulator) -> None:
-    sender = Proc(["send", *_client_args(emulator), "--key", "wrong", "--no-stdin"])
+    sender = Proc(["send", *emulator.client_args(), "--key", "wrong", "--no-stdin"])
     assert sender.wait() == 1
     text = "\n".join(sender.stderr_text)
     assert "hyco send: error: cannot connect" in text and "401" in text
@@ -473,7 +340,7 @@ def test_send_with_wrong_key_fails_with_401(emulator: Emulator) -> None:
 
 def test_listen_with_wrong_key_fails(emulator: Emulator) -> None:
     started = time.monotonic()
-    listener = Proc(["listen", *_client_args(emulator), "--key", "wrong", "--no-stdin"])
+    listener = Proc(["listen", *emulator.client_args(), "--key", "wrong", "--no-stdin"])
     assert listener.wait(8) == 1  # at once, not after the open timeout (10 s)
     assert time.monotonic() - started < 8
     text = "\n".join(listener.stderr_text)
@@ -509,10 +376,7 @@ def test_listen_to_a_relay_that_never_answers_gives_up_within_its_timeout() -> N
 
 
 def test_listen_and_send_without_a_relay_say_so_once_and_give_no_scheme_hint() -> None:
-    import socket
-    with socket.socket() as probe:  # a port with nothing listening
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens there
     for command in (["listen", "--no-stdin"], ["send", "--no-stdin"]):
         proc = Proc([*command, "-n", f"127.0.0.1:{port}", "--path", "myhc"])
         assert proc.wait() == 1
@@ -577,7 +441,7 @@ def test_error_hints_match_the_cause() -> None:
 
 
 def test_self_signed_tls_round_trip(tmp_path: Path) -> None:
-    proc = Proc(["emulator", "--port", "0", "--tls-self-signed", "--state-dir", str(tmp_path)])
+    proc = Proc(emulator_args("--tls-self-signed", "--state-dir", str(tmp_path)))
     try:
         url = proc.wait_line(r"listening on (wss://\S+)").group(1)
         proc.wait_line(r"press Ctrl-C to stop")
