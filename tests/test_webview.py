@@ -22,8 +22,8 @@ from hyco_proto.service.router import RelayService
 from hyco_proto.service.webpubsub import WebPubSubService
 from hyco_proto.service.webview import HEARTBEAT, MAX_WATCHERS, TICK
 from hyco_proto.service.webview_page import PAGE
-from tests.relayutil import BASE, SEND, RawSender, raw_sender, start_echo_listener, token_for
 from tests.procutil import Proc
+from tests.relayutil import BASE, SEND, RawSender, raw_sender, start_echo_listener, token_for
 
 KEY = "a-web-pubsub-access-key-for-tests-only-0123456789"
 
