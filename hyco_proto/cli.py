@@ -40,7 +40,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from ._progress import TransferMeter
 from ._version import __version__
-from .errors import ProtocolError, RelayError, host_port
+from .errors import ConnectionLostError, ProtocolError, RelayError, host_port
 from .frames import describe as describe_frames
 from .sas import create_relay_token
 from .service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY, HybridConnectionConfig
@@ -855,9 +855,9 @@ async def _listen(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     waiting: asyncio.Queue[RelayedWebSocket] = asyncio.Queue()
     tasks: set[asyncio.Future[Any]] = set()
-    gave_up: asyncio.Future[CliError] = loop.create_future()
     serving = taken = listening = False
     last_error = ""
+    offline: Exception | None = None
     lost_at: float | None = None
 
     def spawn(coro: Coroutine[Any, Any, Any]) -> None:
@@ -866,21 +866,18 @@ async def _listen(args: argparse.Namespace) -> int:
         task.add_done_callback(tasks.discard)
 
     async def watch_reconnect() -> None:
+        # Only to say so: giving up is the listener's own offline_timeout.
         nonlocal lost_at
-        while lost_at is not None and not server.is_listening:
-            if (not args.keep_open and not serving and not gave_up.done()
-                    and loop.time() - lost_at >= args.timeout):
-                gave_up.set_result(CliError(
-                    f"lost the relay at {address} and could not reconnect within "
-                    f"{_shown(args.timeout)} s: {last_error}"))
-                return
+        while lost_at is not None and not server.is_listening and not closed.done():
             await asyncio.sleep(0.2)
-        if lost_at is not None:
+        if lost_at is not None and server.is_listening:
             lost_at = None
             _note(args, f"reconnected: listening on {address}")
 
     def on_error(error: Exception) -> None:
-        nonlocal last_error, lost_at
+        nonlocal last_error, lost_at, offline
+        if server.state is ListenerState.OFFLINE:
+            offline = error
         last_error = _listener_error_text(error)
         if args.verbose:
             _note(args, f"listener: {last_error}", logging.WARNING)
@@ -913,8 +910,10 @@ async def _listen(args: argparse.Namespace) -> int:
     stdin = _Stdin(None if args.no_stdin else sys.stdin.buffer, text=args.text)
     out = sys.stdout.buffer
     status = 0
+    # Without -K a lost relay ends the command once it has been gone --timeout seconds.
     server = RelayedServer(uri, token, headers=decide, connection=on_connection,
-                           error=on_error, ssl=context, open_timeout=args.timeout)
+                           error=on_error, ssl=context, open_timeout=args.timeout,
+                           offline_timeout=None if args.keep_open else args.timeout)
     try:
         await server.start()
     except (RelayError, ProtocolError, OSError) as exc:
@@ -927,14 +926,15 @@ async def _listen(args: argparse.Namespace) -> int:
         while True:
             get = asyncio.ensure_future(waiting.get())
             try:
-                ends: set[asyncio.Future[Any]] = {get, gave_up, closed}
-                await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({get, closed}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 get.cancel()
             if get.done() and not get.cancelled():
                 ws = get.result()
-            elif gave_up.done():
-                raise gave_up.result()
+            elif isinstance(offline, ConnectionLostError) and offline.__cause__ is not None:
+                raise CliError(f"lost the relay at {address} and could not reconnect within "
+                               f"{_shown(args.timeout)} s: "
+                               f"{_listener_error_text(offline.__cause__)}")
             else:
                 raise CliError(f"the listener at {address} went offline: {last_error}")
             if args.verbose:

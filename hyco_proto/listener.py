@@ -274,8 +274,10 @@ class Offline:
     """Terminal: the listener will not reconnect.
 
     ``error`` is :class:`~hyco_proto.errors.EndpointNotFoundError` when the hybrid connection
-    does not exist (404), or :class:`~hyco_proto.errors.AuthorizationError` when a fixed
-    (non-renewable) token has expired.
+    does not exist (404), :class:`~hyco_proto.errors.AuthorizationError` when a fixed
+    (non-renewable) token has expired, or :class:`~hyco_proto.errors.ConnectionLostError` when
+    the control channel stayed down for the listener's ``offline_timeout`` (its ``__cause__``
+    is the last failure).
     """
 
     error: RelayError
@@ -334,6 +336,7 @@ class _Input(enum.Enum):
     FAILED = "failed"  # rejected (not 404), lost, keepalive or open timeout
     NOT_FOUND = "not-found"
     TOKEN_EXPIRED = "token-expired"  # a fixed token has expired: nothing to retry with
+    GAVE_UP = "gave-up"  # down for offline_timeout seconds
     RETRY = "retry"
     CLOSE = "close"
     CLOSE_DONE = "close-done"
@@ -343,10 +346,11 @@ _S, _I = ListenerState, _Input
 _TRANSITIONS: dict[ListenerState, dict[_Input, ListenerState]] = {
     _S.IDLE: {_I.START: _S.CONNECTING, _I.CLOSE: _S.CLOSED},
     _S.CONNECTING: {_I.OPENED: _S.LISTENING, _I.FAILED: _S.RECONNECT_WAIT,
-                    _I.NOT_FOUND: _S.OFFLINE, _I.TOKEN_EXPIRED: _S.OFFLINE, _I.CLOSE: _S.CLOSED},
+                    _I.NOT_FOUND: _S.OFFLINE, _I.TOKEN_EXPIRED: _S.OFFLINE, _I.GAVE_UP: _S.OFFLINE,
+                    _I.CLOSE: _S.CLOSED},
     _S.LISTENING: {_I.FAILED: _S.RECONNECT_WAIT, _I.TOKEN_EXPIRED: _S.OFFLINE,
                    _I.CLOSE: _S.CLOSING},
-    _S.RECONNECT_WAIT: {_I.RETRY: _S.CONNECTING, _I.CLOSE: _S.CLOSED},
+    _S.RECONNECT_WAIT: {_I.RETRY: _S.CONNECTING, _I.GAVE_UP: _S.OFFLINE, _I.CLOSE: _S.CLOSED},
     _S.CLOSING: {_I.CLOSE_DONE: _S.CLOSED, _I.CLOSE: _S.CLOSING},
     _S.CLOSED: {_I.CLOSE: _S.CLOSED},
     _S.OFFLINE: {_I.CLOSE: _S.OFFLINE},
@@ -401,7 +405,10 @@ class Listener:
     (or anything with its ``get`` / ``next_renewal`` / ``renew``); a str or callable is wrapped
     in one. ``headers`` are extra control-channel handshake headers (e.g. ``Relay-User-Agent``).
     ``keepalive_interval=None`` disables pings; ``open_timeout`` / ``close_timeout`` bound the
-    control channel's handshakes.
+    control channel's handshakes. ``offline_timeout`` (None: retry forever, like hyco-ws) makes
+    the listener give up, :class:`Offline` with a :class:`~hyco_proto.errors.ConnectionLostError`,
+    once its control channel has been down that many seconds (since :meth:`start`, or since the
+    channel was lost) without opening again.
     """
 
     def __init__(self, address: str, token: TokenSourceLike | str | Callable[[], str], *,
@@ -412,13 +419,15 @@ class Listener:
                  accept_timeout: float = DEFAULT_ACCEPT_TIMEOUT,
                  open_timeout: float | None = 60.0,
                  close_timeout: float = 10.0,
+                 offline_timeout: float | None = None,
                  headers: Iterable[tuple[str, str]] = ()) -> None:
         if not reconnect_delays or any(d < 0 for d in reconnect_delays):
             raise ValueError("reconnect_delays must be a non-empty sequence of delays >= 0")
         for name, value in (("keepalive_interval", keepalive_interval),
                             ("keepalive_timeout", keepalive_timeout),
                             ("accept_timeout", accept_timeout),
-                            ("open_timeout", open_timeout), ("close_timeout", close_timeout)):
+                            ("open_timeout", open_timeout), ("close_timeout", close_timeout),
+                            ("offline_timeout", offline_timeout)):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
         self.listener_id = listener_id
@@ -438,6 +447,10 @@ class Listener:
         self._accept_timeout = accept_timeout
         self._open_timeout = open_timeout
         self._close_timeout = close_timeout
+        self._offline_timeout = offline_timeout
+        #: Since when the control channel has been down (None: open, or not started).
+        self._down_since: float | None = None
+        self._last_error: RelayError | None = None
 
         self._state = ListenerState.IDLE
         self._actions: list[Action] = []
@@ -480,9 +493,9 @@ class Listener:
         state = self._state
         candidates: list[float | None]
         if state is _S.CONNECTING:
-            candidates = [self._open_deadline]
+            candidates = [self._open_deadline, self._offline_at()]
         elif state is _S.RECONNECT_WAIT:
-            candidates = [self._reconnect_at]
+            candidates = [self._reconnect_at, self._offline_at()]
         elif state is _S.LISTENING:
             # While a pong is outstanding the next ping waits, so its deadline is not reported.
             ping = self._ping_at if self._pong_deadline is None else None
@@ -501,6 +514,7 @@ class Listener:
         if self._state is not _S.IDLE:
             raise LocalProtocolError(f"start() was already called (state {self._state.value})")
         self._transition(_I.START)
+        self._down_since = now
         self._open(now)
 
     def channel_opened(self, now: float) -> None:
@@ -509,6 +523,7 @@ class Listener:
             return
         self._transition(_I.OPENED)
         self._retry_index = 0
+        self._down_since = None
         self._open_deadline = None
         self._body_expected_for = None
         self._ping_at = (now + self._keepalive_interval
@@ -601,10 +616,15 @@ class Listener:
         if state is _S.CONNECTING:
             if self._open_deadline is not None and now >= self._open_deadline:
                 self._actions.append(CloseControlChannel(1001, "open timeout", abort=True))
+                # _lost goes offline itself when offline_timeout is due too, naming this cause
                 self._lost(now, RelayError(
                     f"control channel did not open within {self._open_timeout:g} s"))
+            else:
+                self._gave_up(now)
         elif state is _S.RECONNECT_WAIT:
-            if self._reconnect_at is not None and now >= self._reconnect_at:
+            if self._gave_up(now):
+                pass
+            elif self._reconnect_at is not None and now >= self._reconnect_at:
                 self._retry(now)
         elif state is _S.LISTENING:
             self._listening_timers(now)
@@ -782,12 +802,49 @@ class Listener:
         self._events.append(Offline(error))
         return True
 
+    def _offline_at(self) -> float | None:
+        if self._offline_timeout is None or self._down_since is None:
+            return None
+        return self._down_since + self._offline_timeout
+
+    def _gave_up(self, now: float, error: RelayError | None = None) -> bool:
+        """If the channel has been down ``offline_timeout`` seconds at ``now``, go terminal
+        (an attempt in progress is aborted) and say why; True when the listener went
+        ``OFFLINE``."""
+        due = self._offline_at()
+        if due is None or now < due:
+            return False
+        cause = error or self._last_error
+        if self._state is _S.CONNECTING:
+            self._actions.append(CloseControlChannel(1001, "offline timeout", abort=True))
+        self._transition(_I.GAVE_UP)
+        self._clear_timers()
+        self._body_expected_for = None
+        self._pending.clear()
+        down = now - (self._down_since or now)
+        offline = ConnectionLostError(
+            f"the control channel has been down for {down:.3g} s, beyond offline_timeout "
+            f"({self._offline_timeout:g} s)" + (f"; last error: {cause}" if cause else ""),
+            status=cause.status if cause is not None else None,
+            close_code=cause.close_code if cause is not None else None,
+            description=cause.description if cause is not None else None,
+            transient=False)
+        offline.__cause__ = cause
+        self._events.append(Offline(offline))
+        return True
+
     def _lost(self, now: float, error: RelayError, *, min_delay: float = 0.0) -> None:
-        """The channel (or the attempt to open it) failed: report and schedule a reconnect."""
+        """The channel (or the attempt to open it) failed: report and schedule a reconnect
+        (or, past ``offline_timeout``, go offline)."""
         self._transition(_I.FAILED)
         self._clear_timers()
         self._body_expected_for = None
         self._events.append(Disconnected(error))
+        self._last_error = error
+        if self._down_since is None:
+            self._down_since = now
+        if self._gave_up(now, error):
+            return
         index = min(self._retry_index, len(self._reconnect_delays) - 1)
         delay = max(self._reconnect_delays[index], min_delay)
         self._retry_index += 1

@@ -882,6 +882,76 @@ class TestReconnectSchedule:
         assert lis.next_deadline() == T0 + 6
 
 
+class TestOfflineTimeout:
+    """``offline_timeout``: give up once the control channel has been down that long."""
+
+    def test_default_retries_forever(self) -> None:
+        lis = listening()
+        now = T0
+        for _ in range(50):  # hours of failures
+            lis.channel_rejected(now, 503) if lis.state is ListenerState.CONNECTING \
+                else lis.channel_closed(now, 1011)
+            now = lis.next_deadline() or now
+            lis.handle_timer(now)
+        assert lis.state is not ListenerState.OFFLINE
+        assert not [e for e in lis.events_received() if isinstance(e, Offline)]
+
+    def test_gives_up_while_waiting_to_reconnect(self) -> None:
+        lis = listening(offline_timeout=4)
+        lis.channel_closed(T0 + 100, 1011, "server going away")  # down since T0 + 100
+        lis.channel_rejected(T0 + 100, 503, "busy")  # 0 s retry failed: waiting 1 s
+        lis.handle_timer(T0 + 101)
+        lis.channel_rejected(T0 + 101, 503, "busy")  # waiting 2 s: due T0 + 103
+        lis.handle_timer(T0 + 103)
+        lis.channel_rejected(T0 + 103, 503, "still busy")  # next retry would be T0 + 108
+        lis.events_received()
+        lis.actions_to_take()  # the retries' opens
+        assert lis.next_deadline() == T0 + 104  # the offline deadline comes first
+        lis.handle_timer(T0 + 103.9)
+        assert lis.state is ListenerState.RECONNECT_WAIT
+        lis.handle_timer(T0 + 104)
+        [offline] = lis.events_received()
+        assert isinstance(offline, Offline)
+        assert isinstance(offline.error, ConnectionLostError)
+        assert not offline.error.transient
+        assert "offline_timeout (4 s)" in str(offline.error)
+        assert "still busy" in str(offline.error)  # the last failure, also its __cause__
+        assert offline.error.__cause__ is not None and offline.error.status == 503
+        assert lis.state is ListenerState.OFFLINE
+        assert lis.actions_to_take() == [] and lis.next_deadline() is None
+
+    def test_aborts_an_attempt_in_progress(self) -> None:
+        lis = listening(offline_timeout=5, open_timeout=60)
+        lis.channel_closed(T0 + 10, 1006, "reset")  # down since T0 + 10; retried at once
+        assert isinstance(lis.actions_to_take()[-1], OpenControlChannel)
+        assert lis.state is ListenerState.CONNECTING
+        assert lis.next_deadline() == T0 + 15  # before the 60 s open timeout
+        lis.handle_timer(T0 + 15)
+        assert lis.actions_to_take() == [CloseControlChannel(1001, "offline timeout", abort=True)]
+        assert isinstance(lis.events_received()[-1], Offline)
+        assert lis.state is ListenerState.OFFLINE
+
+    def test_gives_up_on_a_failure_past_the_deadline(self) -> None:
+        lis = new(offline_timeout=3, reconnect_delays=(10,))
+        lis.start(T0)  # never opened: down since the start
+        lis.channel_rejected(T0 + 3.5, 500)
+        events = lis.events_received()
+        assert [type(e) for e in events] == [Disconnected, Offline]
+
+    def test_a_reopened_channel_resets_the_clock(self) -> None:
+        lis = listening(offline_timeout=5)
+        lis.channel_closed(T0 + 10, 1011)  # down since T0 + 10
+        lis.channel_opened(T0 + 12)  # up again
+        lis.channel_closed(T0 + 40, 1011)  # down since T0 + 40, not T0 + 10
+        lis.events_received()
+        assert lis.state is ListenerState.CONNECTING
+        assert lis.next_deadline() == T0 + 45
+
+    def test_must_be_positive(self) -> None:
+        with pytest.raises(ValueError, match="offline_timeout"):
+            new(offline_timeout=0)
+
+
 # ---- close --------------------------------------------------------------------------------
 
 
