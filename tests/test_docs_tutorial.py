@@ -8,6 +8,7 @@ the real argument parser.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import re
@@ -22,9 +23,10 @@ from pathlib import Path
 import pytest
 
 from hyco_proto.cli import build_parser
+from hyco_proto.service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY
 from hyco_proto.testing import Relay, WebPubSub
+from tests.procutil import ROOT, Proc, emulator_args
 
-ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = ["tutorial-relay.md", "tutorial-webpubsub.md", "howto-azure.md", "howto-tls.md"]
 TIMEOUT = 30
@@ -50,50 +52,15 @@ def environment(**extra: str) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1", **extra}
 
 
-class Background:
-    """A subprocess whose output lines (stdout and stderr) are read by a thread, so waits on
-    them have a timeout."""
-
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
-        self.popen = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, text=True, cwd=cwd, env=env)
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            self.lines.put(line)
-
-    def wait_line(self, pattern: str) -> re.Match[str]:
-        seen = []
-        while True:
-            try:
-                line = self.lines.get(timeout=TIMEOUT)
-            except queue.Empty:
-                raise AssertionError(f"no line matching {pattern!r} in {TIMEOUT} s; saw {seen}"
-                                     ) from None
-            seen.append(line)
-            match = re.search(pattern, line)
-            if match:
-                return match
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGINT)  # Ctrl-C, as the pages tell the reader
-            try:
-                self.popen.wait(timeout=TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=TIMEOUT)
-
-
 @pytest.fixture
-def background() -> Iterator[list[Background]]:
-    started: list[Background] = []
+def background() -> Iterator[list[Proc]]:
+    """Processes a test leaves running; stopped with Ctrl-C (SIGINT, as the pages tell the
+    reader), killed if that does not end them."""
+    started: list[Proc] = []
     yield started
     for proc in started:
-        proc.stop()
+        with contextlib.suppress(AssertionError):  # killed by stop(): teardown only cleans up
+            proc.stop(signal.SIGINT, TIMEOUT)
 
 
 def test_pages_have_their_examples() -> None:
@@ -129,13 +96,14 @@ def test_every_hyco_command_line_parses() -> None:
 
 
 def test_first_relay_tutorial(relay: Relay, tmp_path: Path,
-                              background: list[Background]) -> None:
+                              background: list[Proc]) -> None:
     listener_py, sender_py = blocks("tutorial-relay.md", "python")
     env = {"HYCO_CONNECTION_STRING": relay.connection_string("myhc")}
     (tmp_path / "listener.py").write_text(listener_py)
-    listener = Background([sys.executable, "listener.py"], environment(**env), tmp_path)
+    listener = Proc(["listener.py"], program=[sys.executable], environ=environment(**env),
+                    cwd=tmp_path)
     background.append(listener)
-    listener.wait_line(r"^listening$")
+    listener.wait_line(r"^listening$", timeout=TIMEOUT)
     out = run_script(sender_py, tmp_path, "sender.py", env)
     assert out == "HELLO RELAY\n"
     # `hyco send --text` against listener.py: a line goes out, its capitals come back.
@@ -161,18 +129,18 @@ def test_first_relay_tutorial_shell_part(relay: Relay, tmp_path: Path) -> None:
     """Step 2 without a keyboard: the listener prints what the sender sends and exits when it
     closes (the page's `hyco listen --text` / `hyco send --text`, with -N for the end of input)."""
     env = environment(HYCO_CONNECTION_STRING=relay.connection_string("myhc"))
-    listener = Background([sys.executable, "-m", "hyco_proto", "listen", "--text", "--no-stdin"],
-                          env, tmp_path)
+    listener = Proc(["listen", "--text", "--no-stdin"], environ=env, cwd=tmp_path)
     try:
-        listener.wait_line(r"^hyco: listening on ws://127\.0\.0\.1:\d+/\$hc/myhc$")
+        listener.wait_line(r"^hyco: listening on ws://127\.0\.0\.1:\d+/\$hc/myhc$",
+                           stream="stderr", timeout=TIMEOUT)
         done = subprocess.run([sys.executable, "-m", "hyco_proto", "send", "--text", "-N"],
                               input="hello\n", capture_output=True, text=True, env=env,
                               timeout=TIMEOUT)
         assert done.returncode == 0, done.stderr
-        listener.wait_line(r"^hello$")
-        assert listener.popen.wait(timeout=TIMEOUT) == 0
+        listener.wait_line(r"^hello$", timeout=TIMEOUT)
+        assert listener.wait(TIMEOUT) == 0
     finally:
-        listener.stop()
+        listener.kill()
 
 
 def test_first_webpubsub_group_tutorial(webpubsub: WebPubSub, tmp_path: Path) -> None:
@@ -209,20 +177,19 @@ def test_azure_howto_addresses_are_what_the_comments_say(tmp_path: Path) -> None
     assert printed.startswith(prefix + "&sig=") and printed.endswith(suffix), printed
 
 
-def test_tls_howto(tmp_path: Path, background: list[Background]) -> None:
+def test_tls_howto(tmp_path: Path, background: list[Proc]) -> None:
     """howto-tls.md: `hyco emulator --tls-self-signed` writes ~/.hyco_proto/devcert/cert.pem and
     the page's Python trusts it (HOME is a temporary directory here; a free port, so the block's
     explicit scheme="wss" matters)."""
     (code,) = blocks("howto-tls.md", "python")
-    emulator = Background([sys.executable, "-m", "hyco_proto", "emulator", "--tls-self-signed",
-                           "--port", "0", "--no-webpubsub"], environment(HOME=str(tmp_path)),
-                          tmp_path)
+    emulator = Proc(emulator_args("--tls-self-signed", "--no-webpubsub"),
+                    environ=environment(HOME=str(tmp_path)), cwd=tmp_path)
     background.append(emulator)
-    port = emulator.wait_line(r"listening on wss://127\.0\.0\.1:(\d+)").group(1)
-    emulator.wait_line(r"press Ctrl-C to stop")
+    port = emulator.wait_line(r"listening on wss://127\.0\.0\.1:(\d+)", timeout=TIMEOUT).group(1)
+    emulator.wait_line(r"press Ctrl-C to stop", timeout=TIMEOUT)
     assert (tmp_path / ".hyco_proto" / "devcert" / "cert.pem").is_file()
-    cs = (f"Endpoint=sb://127.0.0.1:{port}/;SharedAccessKeyName=RootManageSharedAccessKey;"
-          "SharedAccessKey=hyco-proto-development-key-do-not-use-in-production=;EntityPath=myhc")
+    cs = (f"Endpoint=sb://127.0.0.1:{port}/;SharedAccessKeyName={DEFAULT_RULE_NAME};"
+          f"SharedAccessKey={DEVELOPMENT_KEY};EntityPath=myhc")
     out = run_script(code, tmp_path, "tls.py", {"HOME": str(tmp_path),
                                                 "HYCO_CONNECTION_STRING": cs})
     assert out == "hello over TLS\n"
