@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import select
 import shlex
 import signal
 import ssl
@@ -1512,13 +1513,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports POLLERR on its write end);
+    True when that cannot be told (no poll on Windows pipes)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hyco`` command (and ``python -m hyco_proto``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except BrokenPipeError:
+    except BrokenPipeError as exc:
+        if not _stdout_reader_gone():
+            print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)  # a socket's EPIPE
+            return 1
         # The reader of our stdout went away (`hyco status | head`): like cat, stop quietly.
         # stdout now points at nothing, so the interpreter's final flush cannot fail again.
         with contextlib.suppress(OSError, ValueError):

@@ -757,3 +757,14 @@ def test_a_closed_stdout_pipe_ends_quietly_like_cat() -> None:
         os.close(write_end)
     assert done.returncode == 141, done.stderr.decode()
     assert done.stderr == b""
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_an_error(monkeypatch: pytest.MonkeyPatch,
+                                                      capfd: pytest.CaptureFixture[str]) -> None:
+    """EPIPE from a socket (stdout still has its reader) is reported, not swallowed as 141."""
+    def broken(args: object) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_token", broken)
+    assert cli.main(["token", "http://127.0.0.1:9090/myhc"]) == 1
+    assert capfd.readouterr().err == "hyco token: error: [Errno 32] Broken pipe\n"
