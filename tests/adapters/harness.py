@@ -30,7 +30,6 @@ import gc
 import importlib
 import inspect
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -41,6 +40,7 @@ from hyco_proto.adapters.asyncio import RelayServiceServer
 from hyco_proto.sas import create_relay_token
 from hyco_proto.service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY, ServiceConfig
 from tests.interop import TIMEOUT, ThreadedEmulator
+from tests.procutil import free_port as free_port  # re-exported for the adapter tests
 
 T = TypeVar("T")
 
@@ -51,13 +51,6 @@ WAIT = 10.0
 
 def token(uri: str, ttl: int = 3600, *, key: str = DEVELOPMENT_KEY) -> str:
     return create_relay_token(uri, DEFAULT_RULE_NAME, key, ttl)
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound once by us, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(check: Callable[[], object], timeout: float = WAIT, what: str = "") -> None:
