@@ -2,10 +2,13 @@
 virtualenvs and run from there.
 
 Builds use this environment's setuptools and Cython (``--no-isolation``) and the wheel is built
-from the sdist, as ``python -m build`` does; the fresh virtualenvs get the runtime dependencies
-from ``build/wheelhouse`` (``make setup`` fills it), so nothing here uses the network. The
-installed package runs tests/smoke_installed.py: ``hyco emulator``, ``hyco listen`` and ``hyco
-send`` from the virtualenv's own entry point, in a directory outside the source tree.
+from the sdist, as ``python -m build`` does; they run in a copy of the checkout's tracked files
+(as they are in the working tree), so setup.py's products (``hyco_proto.egg-info/``,
+``hyco_proto/_frames.c``) never land in the checkout. The fresh virtualenvs get the runtime
+dependencies from ``build/wheelhouse`` (``make setup`` fills it), so nothing here uses the
+network. The installed package runs tests/smoke_installed.py: ``hyco emulator``, ``hyco
+listen`` and ``hyco send`` from the virtualenv's own entry point, in a directory outside the
+source tree.
 """
 
 from __future__ import annotations
@@ -52,8 +55,40 @@ def _ok(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[s
     return done
 
 
+def _tracked_files() -> list[str] | None:
+    """The checkout's tracked files (``git ls-files``), or None without git or a repository."""
+    try:
+        listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                                timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [name for name in listed.decode("utf-8", "surrogateescape").split("\0") if name]
+
+
+# Without git: what a plain copy of the checkout leaves out (environments, build products).
+_UNTRACKED = shutil.ignore_patterns(".git", ".venv", "build", "dist", "site", "node_modules",
+                                   "__pycache__", "*.so", "*.pyd", "*.egg-info")
+
+
+def _copy_checkout(dest: Path) -> Path:
+    """``dest`` filled with the checkout's tracked files as they are in the working tree
+    (uncommitted edits included, unlike ``git archive HEAD``)."""
+    names = _tracked_files()
+    if names is None:
+        shutil.copytree(ROOT, dest, ignore=_UNTRACKED, dirs_exist_ok=True)
+        return dest
+    for name in names:
+        source = ROOT / name
+        if not source.is_file():  # deleted in the working tree, not yet committed
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, dest / name)
+    return dest
+
+
 @dataclass
 class Dists:
+    checkout: Path  # the tracked files the sdist was built from
     sdist: Path
     wheel: Path  # built from the sdist with HYCO_PROTO_BUILD_EXTENSION=yes
     source: Path  # the sdist, unpacked
@@ -61,9 +96,10 @@ class Dists:
 
 @pytest.fixture(scope="session")
 def dists(tmp_path_factory: pytest.TempPathFactory) -> Dists:
+    checkout = _copy_checkout(tmp_path_factory.mktemp("checkout"))
     out = tmp_path_factory.mktemp("dist")
-    _ok(_run([sys.executable, "-m", "build", "--no-isolation", "--outdir", out, ROOT],
-             env=_env(HYCO_PROTO_BUILD_EXTENSION="yes"), timeout=BUILD_TIMEOUT))
+    _ok(_run([sys.executable, "-m", "build", "--no-isolation", "--outdir", out, checkout],
+             cwd=checkout, env=_env(HYCO_PROTO_BUILD_EXTENSION="yes"), timeout=BUILD_TIMEOUT))
     (sdist,) = out.glob("hyco_proto-*.tar.gz")
     (wheel,) = out.glob("hyco_proto-*.whl")
     unpacked = tmp_path_factory.mktemp("sdist")
@@ -73,7 +109,7 @@ def dists(tmp_path_factory: pytest.TempPathFactory) -> Dists:
         else:  # pragma: no cover
             tar.extractall(unpacked)
     (source,) = unpacked.iterdir()
-    return Dists(sdist, wheel, source)
+    return Dists(checkout, sdist, wheel, source)
 
 
 def _build_wheel(dists: Dists, workdir: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -124,6 +160,15 @@ def _hyco_version(python: Path, cwd: Path, **env: str) -> str:
     return _ok(_run([hyco, "--version"], cwd=cwd, env=_env(**env), timeout=RUN_TIMEOUT)).stdout
 
 
+def _package_files(dists: Dists) -> set[str]:
+    """The package's files in the checkout the dists were built from (``hyco_proto/...``)."""
+    files = {p.relative_to(dists.checkout).as_posix()
+             for p in (dists.checkout / "hyco_proto").rglob("*")
+             if p.suffix in (".py", ".pyi", ".pyx", ".typed") and "__pycache__" not in p.parts}
+    assert "hyco_proto/service/webview_page.py" in files  # a subpackage's module is among them
+    return files
+
+
 def test_sdist_has_the_sources_and_no_build_products(dists: Dists) -> None:
     with tarfile.open(dists.sdist) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
@@ -135,11 +180,8 @@ def test_sdist_has_the_sources_and_no_build_products(dists: Dists) -> None:
     junk = [n for n in names if n.endswith((".so", ".pyd", ".c", ".o", ".pyc"))]
     assert junk == []
     assert [n for n in names if n.startswith("tests/")] == ["tests/smoke_installed.py"]
-    # Every file the package ships (modules, stubs, pages) is in the sdist.
-    tree = {p.relative_to(ROOT).as_posix() for p in (ROOT / "hyco_proto").rglob("*")
-            if p.suffix in (".py", ".pyi", ".pyx", ".html", ".typed")
-            and "__pycache__" not in p.parts}
-    assert tree - names == set()
+    # Every file of the package (modules, stubs, the Cython source, py.typed) is in the sdist.
+    assert _package_files(dists) - names == set()
 
 
 def test_wheel_has_the_extension_typing_files_and_metadata(dists: Dists) -> None:
@@ -154,8 +196,7 @@ def test_wheel_has_the_extension_typing_files_and_metadata(dists: Dists) -> None
                    "hyco_proto/frames.py", "hyco_proto/cli.py", "hyco_proto/testing.py"):
         assert needed in names, needed
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
-    pages = {p.relative_to(ROOT).as_posix() for p in (ROOT / "hyco_proto").rglob("*.html")}
-    assert pages - names == set()
+    assert _package_files(dists) - names == set()  # every module and stub, subpackages too
     assert not [n for n in names if n.startswith("tests/") or n.endswith(".c")]
 
     assert metadata["Name"] == "hyco_proto"

@@ -166,7 +166,6 @@ def refused_with_bad_token(port: int, hc: str) -> bytes:
 
 def test_web_view_updates_live_in_chromium(browser: DevTools, relay: Relay,
                                            webpubsub: WebPubSub, tmp_path: Path) -> None:
-    started = time.monotonic()
     browser.call("Page.enable")
     browser.call("Page.navigate", {"url": f"http://127.0.0.1:{relay.port}/"})
     state = 'document.getElementById("state").textContent'
@@ -219,4 +218,3 @@ def test_web_view_updates_live_in_chromium(browser: DevTools, relay: Relay,
     browser.wait_for(rows("pairs"), lambda v: v == [["no relayed pairs"]],
                      "the pair gone once closed")
     assert browser.evaluate(state) == "connected"
-    assert time.monotonic() - started < 20, "the browser test takes at most about 20 s"
