@@ -17,10 +17,11 @@ from hyco_proto.adapters.asyncio import RelayServiceServer
 from hyco_proto.frames import OP_BINARY, encode_frame
 from hyco_proto.handshake import ClientHandshake
 from hyco_proto.memory import MemoryNetwork
+from hyco_proto.service import webview
 from hyco_proto.service.config import ServiceConfig
 from hyco_proto.service.router import RelayService
 from hyco_proto.service.webpubsub import WebPubSubService
-from hyco_proto.service.webview import HEARTBEAT, MAX_WATCHERS, TICK
+from hyco_proto.service.webview import HEARTBEAT, MAX_NESTED, MAX_ROWS, MAX_WATCHERS, TICK
 from hyco_proto.service.webview_page import PAGE
 from tests.procutil import Proc
 from tests.relayutil import BASE, SEND, RawSender, raw_sender, start_echo_listener, token_for
@@ -118,9 +119,14 @@ def test_root_serves_the_self_contained_page() -> None:
     assert 'new EventSource("$events")' in text
     # No external address, no polling, no HTML built from data.
     assert not re.search(r"https?:|//[a-z]|\bsrc=|\bhref=|@import", text, re.I)
-    for banned in ("setInterval", "setTimeout", "fetch(", "XMLHttpRequest", "innerHTML",
-                   "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
+    for banned in ("fetch(", "XMLHttpRequest", "WebSocket", "sendBeacon", "import(",
+                   "innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert banned not in text, banned
+    # Its timers fetch nothing: one redraws the ages, one counts down to re-opening the stream
+    # once the browser gave it up; the stream is its only request.
+    assert re.findall(r"setInterval\([^)]*\)", text) == ["setInterval(showAges, 1000)"]
+    assert re.findall(r"setTimeout\([^)]*\)", text) == ["setTimeout(countDown, 1000)"]
+    assert text.count("new EventSource(") == 1
 
 
 def test_root_on_the_webpubsub_port_and_head_and_other_methods() -> None:
@@ -160,7 +166,7 @@ def test_stream_opens_with_a_snapshot() -> None:
     assert watcher.headers["cache-control"] == "no-store"
     assert watcher.stream().startswith("retry: 2000\n\n")
     snap = watcher.last()
-    assert snap["time"] == "2023-11-14T22:13:20Z"
+    assert snap["time"] == net.now == 1_700_000_000  # seconds since the epoch
     assert snap["hybrid_connections"] == [] and snap["pairs"] == [] and snap["requests"] == []
     assert snap["hubs"] == [] and snap["refusals"] == [] and snap["webpubsub"] is True
     assert snap["connections"] == {"watcher": 1}
@@ -171,6 +177,7 @@ def test_stream_opens_with_a_snapshot() -> None:
 def test_snapshot_shows_listeners_pairs_requests_hubs_and_refusals() -> None:
     net = network()
     watcher = Watcher(net)
+    start = net.now
     start_echo_listener(net)
     sender = raw_sender(net)
     assert sender.accepted is not None
@@ -199,28 +206,31 @@ def test_snapshot_shows_listeners_pairs_requests_hubs_and_refusals() -> None:
     before = len(watcher.snapshots())
     net.advance(3.0)
     snaps = watcher.snapshots()
-    assert len(snaps) > before
+    # One more: the state changed before the first tick, then only time went by.
+    assert len(snaps) == before + 1
     snap = snaps[-1]
-    assert snap["time"] == "2023-11-14T22:13:23Z"
+    assert snap["time"] == start + TICK
 
     mute_hc, hc = snap["hybrid_connections"]
     assert (mute_hc["name"], len(mute_hc["listeners"]), hc["name"]) == ("api", 1, "myhc")
+    assert (mute_hc["listener_count"], hc["listener_count"]) == (1, 1)
     (row,) = hc["listeners"]
     (record,) = net.service.broker.registry.listeners_of("myhc")
     assert row["id"] == record.id
-    assert re.fullmatch(r"127\.0\.0\.1:\d+", row["address"]) and row["age"] == 3
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", row["address"]) and row["opened"] == start
 
     (pair,) = snap["pairs"]
     assert pair["hc"] == "myhc" and pair["id"] not in ("", "-")
     assert re.fullmatch(r"127\.0\.0\.1:\d+", pair["sender"])
     assert re.fullmatch(r"127\.0\.0\.1:\d+", pair["listener"])
-    assert (pair["bytes_up"], pair["bytes_down"], pair["age"]) == (1000, 1000, 3)
+    assert (pair["bytes_up"], pair["bytes_down"], pair["joined"]) == (1000, 1000, start)
     assert pair["sender"] != pair["listener"] and pair["listener_id"] == row["id"]
     assert snap["pair_count"] == 1
 
     (req,) = snap["requests"]
     assert (req["hc"], req["method"], req["path"]) == ("api", "POST", "/api/items")
-    assert (req["bytes_in"], req["bytes_out"], req["status"], req["age"]) == (5, 0, None, 3)
+    assert (req["bytes_in"], req["bytes_out"], req["status"], req["started"]) == \
+        (5, 0, None, start)
 
     (chat,) = snap["hubs"]
     assert chat == {"name": "chat", "connections": 2, "group_count": 1,
@@ -246,6 +256,64 @@ def test_names_from_clients_are_escaped_and_bounded() -> None:
     assert "sb-hc-action" not in refusal["what"]  # never the query (it may hold a token)
 
 
+def test_snapshot_size_is_bounded_with_counts_of_what_is_left_out() -> None:
+    """Nested rows count against their section's budget: 200 hubs of 200 groups (the review's
+    3.8 MB snapshot) give at most MAX_ROWS rows, MAX_NESTED groups per hub."""
+    net = network()
+    wps = net.service.webpubsub
+    assert wps is not None
+    for h in range(200):
+        hub = wps.hub(f"hub-{h:03}")
+        for g in range(200):
+            hub.connect(net.now, user_id=f"u{g}", groups=[f"group-{g:03}-" + "x" * 40])
+    api = f"{BASE}/$hc/api"
+    listeners = [RawSender(net, ClientHandshake.from_url(
+        f"{api}?sb-hc-action=listen", headers=[("ServiceBusAuthorization", token_for(net, api))]))
+        for _ in range(MAX_NESTED + 5)]
+    net.pump()
+    assert all(listener.accepted is not None for listener in listeners)
+    watcher = Watcher(net)
+    raw = watcher.stream()
+    assert len(raw) < 100_000, len(raw)
+    snap = watcher.last()
+    assert snap["max_rows"] == MAX_ROWS and snap["max_nested"] == MAX_NESTED
+    assert snap["hub_count"] == 200
+    hubs = snap["hubs"]
+    assert sum(1 + len(hub["groups"]) for hub in hubs) == MAX_ROWS
+    assert len(hubs) == MAX_ROWS // (1 + MAX_NESTED) + 1  # the last one gets what is left
+    assert all(hub["group_count"] == 200 and hub["connections"] == 200 for hub in hubs)
+    assert [len(hub["groups"]) for hub in hubs[:-1]] == [MAX_NESTED] * (len(hubs) - 1)
+    assert hubs[0]["groups"][0]["name"] == "group-000-" + "x" * 40
+    (hc,) = snap["hybrid_connections"]
+    assert (hc["listener_count"], len(hc["listeners"])) == (MAX_NESTED + 5, MAX_NESTED)
+
+
+def test_streams_opening_within_a_tick_share_one_snapshot(monkeypatch: Any) -> None:
+    built = []
+    real = webview.build_snapshot
+
+    def counting(service: Any, now: float) -> dict[str, Any]:
+        built.append(now)
+        return real(service, now)
+
+    monkeypatch.setattr(webview, "build_snapshot", counting)
+    net = network()
+    first = Watcher(net)
+    start_echo_listener(net)  # after the first stream's snapshot
+    others = [Watcher(net) for _ in range(5)]
+    assert len(built) == 1, "one snapshot for six streams opened within a tick"
+    assert all(w.last() == first.last() for w in others)
+    net.advance(TICK)  # the timer's look is a fresh one: the listener shows
+    assert len(built) == 2
+    assert all(len(w.last()["hybrid_connections"]) == 1 for w in [first, *others])
+    net.advance(TICK)
+    assert len(built) == 3  # every tick with a watcher looks (nothing sent: unchanged)
+    assert len(first.snapshots()) == 2
+    net.advance(TICK / 2)
+    Watcher(net)  # within a tick of the last look: reused
+    assert len(built) == 3
+
+
 def test_events_only_when_something_changed_and_heartbeat() -> None:
     net = network()
     watcher = Watcher(net)
@@ -256,15 +324,19 @@ def test_events_only_when_something_changed_and_heartbeat() -> None:
     net.advance(1.5)
     assert watcher.events()[-1] == (":", "keep-alive")
     assert len(watcher.snapshots()) == 1
+    opened = net.now
     start_echo_listener(net)
     net.advance(TICK)
     assert len(watcher.snapshots()) == 2
-    assert watcher.last()["hybrid_connections"][0]["listeners"][0]["age"] == 0
-    net.advance(TICK)  # 1 s: the age changed
-    assert len(watcher.snapshots()) == 3
-    assert watcher.last()["hybrid_connections"][0]["listeners"][0]["age"] == 1
-    net.advance(TICK)  # 1.5 s: still shown as 1 s, nothing to send
-    assert len(watcher.snapshots()) == 3
+    assert watcher.last()["hybrid_connections"][0]["listeners"][0]["opened"] == opened
+    net.advance(10 * TICK)  # the listener gets older: the page works that out, nothing is sent
+    assert len(watcher.snapshots()) == 2
+    sender = raw_sender(net)
+    net.advance(TICK)
+    assert len(watcher.snapshots()) == 3 and watcher.last()["pair_count"] == 1
+    sender.write(encode_frame(OP_BINARY, b"x", masked=True))  # a byte relayed: a change
+    net.advance(TICK)
+    assert len(watcher.snapshots()) == 4 and watcher.last()["pairs"][0]["bytes_up"] == 1
 
 
 def test_watchers_are_capped() -> None:

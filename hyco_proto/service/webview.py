@@ -4,13 +4,15 @@
 and script, no external address). The page opens ``/$events``, a Server-Sent Events stream
 (``text/event-stream``, chunked; close-delimited for an HTTP/1.0 client): a ``snapshot`` event
 with the whole state as JSON when it opens, then another on the service's timer every
-:data:`TICK` seconds when the state has changed (ages are whole seconds, so a listener that is
-open changes it every second), and a comment line after :data:`HEARTBEAT` seconds of silence.
+:data:`TICK` seconds when the state has changed, and a comment line after :data:`HEARTBEAT`
+seconds of silence. A snapshot carries timestamps (seconds since the epoch), not ages: the page
+works out the ages, so time passing alone changes nothing and sends nothing.
 
 The snapshot reads what the service already keeps — the broker's registry, each relayed leg's
 forwarder counters (``payload_bytes``), each relayed HTTP request's body counters, the Web PubSub
-hubs and the refusal log's recent refusals — so watching adds nothing to the byte path. Lists
-are cut at :data:`MAX_ROWS` rows (the totals say how many there are).
+hubs and the refusal log's recent refusals — so watching adds nothing to the byte path; a tick
+walks the connections once. Each section is cut at :data:`MAX_ROWS` rows, nested rows included,
+and :data:`MAX_NESTED` per parent (the counts say how many there are in all).
 
 At most :data:`MAX_WATCHERS` streams are open at once (503 beyond). A driver that reports its
 write buffer through ``RelayService.writing_paused`` makes a slow watcher skip updates while its
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EVENTS_PATH",
     "HEARTBEAT",
+    "MAX_NESTED",
     "MAX_ROWS",
     "MAX_WATCHERS",
     "TICK",
@@ -59,8 +62,11 @@ MAX_WATCHERS = 32
 TICK = 0.5
 #: Seconds of silence after which a stream gets a comment line (proxies, dead peers).
 HEARTBEAT = 15.0
-#: Rows per list in a snapshot (hybrid connections, pairs, requests, hubs, groups per hub).
+#: Rows per section of a snapshot (hybrid connections and their listeners, pairs, requests,
+#: hubs and their groups), nested rows included.
 MAX_ROWS = 200
+#: Nested rows per parent (listeners of a hybrid connection, groups of a hub).
+MAX_NESTED = 20
 #: What the stream's client waits before reconnecting (the SSE ``retry`` field), ms.
 RETRY_MS = 2000
 _NAME = 200  # characters of a name or path shown
@@ -95,38 +101,65 @@ class WebViewSource(ServiceCore, Protocol):
         """The relayed HTTP requests in flight."""
         ...
 
-    def connection_counts(self, exclude: int | None = None) -> dict[str, int]: ...
 
 
-def _age(now: float, since: float) -> int:
-    return max(0, int(now - since))
+def _stamp(when: float) -> float:
+    # Seconds since the epoch (ms precision): the page works out ages from the snapshot's time,
+    # so a snapshot does not change just because a second went by.
+    return round(when, 3)
+
+
+class _Budget:
+    """Rows a section of the snapshot may still take (a parent and each nested row count)."""
+
+    def __init__(self, rows: int) -> None:
+        self.left = rows
+
+    def nested(self, total: int) -> int:
+        """How many of a parent's ``total`` nested rows fit, once the parent itself is taken."""
+        self.left -= 1
+        shown = max(0, min(total, MAX_NESTED, self.left))
+        self.left -= shown
+        return shown
 
 
 def build_snapshot(service: WebViewSource, now: float) -> dict[str, Any]:
     """The state the web view shows, as a JSON-ready dict (without the time: see
-    :meth:`WebView.payload`)."""
+    :meth:`WebView.payload`). Each section holds at most :data:`MAX_ROWS` rows in all (a
+    hybrid connection and each of its listeners is a row, so is a hub and each of its groups),
+    at most :data:`MAX_NESTED` nested rows per parent; counts say how many there are in all."""
     broker = service.broker
-    listeners: dict[str, list[dict[str, Any]]] = {}
-    for record in broker.registry.all_listeners():
-        if record.closing:  # being closed by the service: no longer a listener
-            continue
-        channel = service.lookup(f"listener:{record.id}")
-        address = client_text(channel.conn.remote) if isinstance(channel, ControlChannel) else "-"
-        listeners.setdefault(record.hc.name.lower(), []).append(
-            {"id": _text(record.id), "address": address, "age": _age(now, record.opened_at)})
+    records: dict[str, list[Any]] = {}
     names = {hc.name.lower(): hc.name for hc in broker.config.hybrid_connections.values()}
     for record in broker.registry.all_listeners():
         names.setdefault(record.hc.name.lower(), record.hc.name)
+        if not record.closing:  # being closed by the service: no longer a listener
+            records.setdefault(record.hc.name.lower(), []).append(record)
     hcs = []
-    for key in sorted(names)[:MAX_ROWS]:
-        rows = sorted(listeners.get(key, []), key=lambda row: (-row["age"], row["id"]))
-        hcs.append({"name": _text(names[key]), "listeners": rows[:MAX_ROWS]})
+    budget = _Budget(MAX_ROWS)
+    for key in sorted(names):
+        if budget.left <= 0:
+            break
+        mine = sorted(records.get(key, []), key=lambda r: (r.opened_at, r.id))
+        listeners = []
+        for record in mine[:budget.nested(len(mine))]:
+            channel = service.lookup(f"listener:{record.id}")
+            address = (client_text(channel.conn.remote) if isinstance(channel, ControlChannel)
+                       else "-")
+            listeners.append({"id": _text(record.id), "address": address,
+                              "opened": _stamp(record.opened_at)})
+        hcs.append({"name": _text(names[key]), "listener_count": len(mine),
+                    "listeners": listeners})
 
+    # One walk over the connections: their count by kind, and the relayed pairs.
+    kinds: dict[str, int] = {}
     pairs: list[dict[str, Any]] = []
     pair_count = 0
     for handler in service.live_handlers():
-        if not (isinstance(handler, RelayLeg) and handler.from_sender
-                and handler.kind is ConnectionKind.RELAY):
+        kind = handler.kind
+        kinds[kind.value] = kinds.get(kind.value, 0) + 1
+        if not (kind is ConnectionKind.RELAY and isinstance(handler, RelayLeg)
+                and handler.from_sender):
             continue
         pair_count += 1
         if len(pairs) >= MAX_ROWS:
@@ -141,9 +174,10 @@ def build_snapshot(service: WebViewSource, now: float) -> dict[str, Any]:
             "listener_id": _text(handler.listener_id),
             "bytes_up": handler.fwd.payload_bytes,
             "bytes_down": listener_leg.fwd.payload_bytes if listener_leg else 0,
-            "age": _age(now, handler.joined),
+            "joined": _stamp(handler.joined),
         })
-    pairs.sort(key=lambda row: (-row["age"], row["id"]))
+    pairs.sort(key=lambda row: (row["joined"], row["id"]))
+    kinds.pop(ConnectionKind.CLOSED.value, None)
 
     requests: list[dict[str, Any]] = []
     request_count = 0
@@ -161,18 +195,21 @@ def build_snapshot(service: WebViewSource, now: float) -> dict[str, Any]:
             "status": head.status_code if head is not None else None,
             "bytes_in": exchange.request_bytes,
             "bytes_out": exchange.response_bytes,
-            "age": _age(now, exchange.started),
+            "started": _stamp(exchange.started),
         })
-    requests.sort(key=lambda row: (-row["age"], row["id"]))
+    requests.sort(key=lambda row: (row["started"], row["id"]))
 
     hubs = []
     wps = service.webpubsub
     if wps is not None:
-        for name in sorted(wps.hubs)[:MAX_ROWS]:
+        budget = _Budget(MAX_ROWS)
+        for name in sorted(wps.hubs):
+            if budget.left <= 0:
+                break
             hub = wps.hubs[name]
             sizes = hub.group_sizes()
             groups = [{"name": _text(group), "members": sizes[group]}
-                      for group in sorted(sizes)[:MAX_ROWS]]
+                      for group in sorted(sizes)[:budget.nested(len(sizes))]]
             hubs.append({"name": _text(name), "connections": hub.connection_count(),
                          "group_count": len(sizes), "groups": groups})
 
@@ -181,12 +218,10 @@ def build_snapshot(service: WebViewSource, now: float) -> dict[str, Any]:
          "reason": r.reason, "tracking": r.tracking, "event": r.event}
         for r in reversed(service.refusal_log.recent)  # newest first
     ]
-    connections = {kind: count for kind, count in sorted(service.connection_counts().items())
-                   if kind != ConnectionKind.CLOSED.value}
     return {
         "version": __version__,
         "namespace": _text(broker.config.namespace),
-        "connections": connections,
+        "connections": dict(sorted(kinds.items())),
         "counters": asdict(service.stats),
         "hybrid_connections": hcs,
         "hybrid_connection_count": len(names),
@@ -199,6 +234,7 @@ def build_snapshot(service: WebViewSource, now: float) -> dict[str, Any]:
         "webpubsub": wps is not None,
         "refusals": refusals,
         "max_rows": MAX_ROWS,
+        "max_nested": MAX_NESTED,
     }
 
 
@@ -252,13 +288,20 @@ class WebView:
         self.heartbeat = heartbeat
         self.watchers: dict[int, EventStream] = {}
         self._next_tick: float | None = None
+        self._built: tuple[float, str, str] | None = None  # (when, state, data)
 
-    def payload(self, now: float) -> tuple[str, str]:
+    def payload(self, now: float, *, fresh: bool = False) -> tuple[str, str]:
         """``(state, event data)``: the snapshot's JSON without and with its time (the state
-        decides whether anything changed)."""
+        decides whether anything changed). Unless ``fresh`` (the timer's look), a snapshot built
+        less than a tick ago is reused: a burst of streams opening builds one."""
+        built = self._built
+        if not fresh and built is not None and 0 <= now - built[0] < self.tick:
+            return built[1], built[2]
         state = json.dumps(build_snapshot(self.service, now), separators=(",", ":"),
                            ensure_ascii=False)
-        return state, f'{{"time":"{_utc(now)}",{state[1:]}'
+        data = f'{{"time":{_stamp(now)},{state[1:]}'
+        self._built = (now, state, data)
+        return state, data
 
     def open(self, door: FrontDoor, head: RequestHead, now: float) -> None:
         """Answer ``GET`` / ``HEAD /$events``."""
@@ -317,7 +360,7 @@ class WebView:
             if stream.paused or stream.kind is not ConnectionKind.WATCHER:
                 continue
             if built is None:
-                built = self.payload(now)
+                built = self.payload(now, fresh=True)
             state, data = built
             if state != stream.sent:
                 stream.write(now, _event("snapshot", data))

@@ -2,8 +2,11 @@
 
 Nothing is loaded from elsewhere (no CDN, no build step). The script opens ``/$events``
 (:mod:`~hyco_proto.service.webview`) with ``EventSource`` and redraws the tables from each
-``snapshot`` event; it never polls. Every value comes from clients (names, paths, reasons), so
-it is only ever set as ``textContent``, never parsed as HTML.
+``snapshot`` event; it never polls. Its two timers fetch nothing: one redraws the age cells
+once a second from the snapshot's timestamps, the other re-opens the stream after the browser
+gave it up (an HTTP error such as the 503 beyond the watcher cap), 5 s then up to 30 s later.
+Every value comes from clients (names, paths, reasons), so it is only ever set as
+``textContent``, never parsed as HTML.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ th { font-weight: 600; white-space: nowrap; }
 td { overflow-wrap: anywhere; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.mono, #summary { font-family: ui-monospace, monospace; font-size: 13px; }
-tr.empty td { color: var(--muted); font-style: italic; }
+tr.empty td, tr.more td { color: var(--muted); font-style: italic; }
 </style>
 </head>
 <body>
@@ -74,16 +77,38 @@ tr.empty td { color: var(--muted); font-style: italic; }
 // Everything shown comes from clients: set as textContent only, never as HTML.
 const byId = (id) => document.getElementById(id);
 
+// The service's clock minus the browser's, seconds (each snapshot carries its time).
+let skew = 0;
+const serverNow = () => Date.now() / 1000 + skew;
+
 function row(cells, className) {
   const tr = document.createElement("tr");
   if (className) tr.className = className;
   for (const [text, cls] of cells) {
     const td = document.createElement("td");
-    td.textContent = String(text);
-    if (cls) td.className = cls;
+    if (cls === "age") {  // a timestamp: its age is drawn by showAges()
+      td.className = "num";
+      td.dataset.since = String(text);
+    } else {
+      td.textContent = String(text);
+      if (cls) td.className = cls;
+    }
     tr.appendChild(td);
   }
   return tr;
+}
+
+function showAges() {
+  const now = serverNow();
+  for (const td of document.querySelectorAll("td[data-since]")) {
+    td.textContent = age(Math.max(0, Math.floor(now - Number(td.dataset.since))));
+  }
+}
+
+function more(count, columns) {  // what a nested list left out
+  const cells = Array.from({length: columns}, () => [""]);
+  cells[2] = [`… and ${count} more`];
+  return row(cells, "more");
 }
 
 function fill(table, rows, columns, emptyText) {
@@ -114,7 +139,9 @@ function age(s) {
 function render(snap) {
   byId("namespace").textContent = snap.namespace;
   byId("version").textContent = `hyco_proto ${snap.version}`;
-  byId("updated").textContent = snap.time.replace("T", " ").replace("Z", " UTC");
+  skew = snap.time - Date.now() / 1000;
+  byId("updated").textContent =
+    new Date(snap.time * 1000).toISOString().slice(0, 19).replace("T", " ") + " UTC";
   const c = snap.counters;
   const conns = Object.entries(snap.connections).map(([k, v]) => `${k} ${v}`).join(", ");
   byId("summary").textContent =
@@ -124,33 +151,42 @@ function render(snap) {
 
   const hcRows = [];
   for (const hc of snap.hybrid_connections) {
-    if (!hc.listeners.length) {
+    if (!hc.listener_count) {
       hcRows.push(row([[hc.name], [0, "num"], ["-"], ["-"], ["-"]]));
       continue;
     }
+    if (!hc.listeners.length) {  // the section's rows ran out
+      hcRows.push(row([[hc.name], [hc.listener_count, "num"], ["…"], ["…"], ["-"]]));
+      continue;
+    }
     hc.listeners.forEach((l, i) => hcRows.push(row([
-      [i ? "" : hc.name], [i ? "" : hc.listeners.length, "num"], [l.id, "mono"],
-      [l.address, "mono"], [age(l.age), "num"]])));
+      [i ? "" : hc.name], [i ? "" : hc.listener_count, "num"], [l.id, "mono"],
+      [l.address, "mono"], [l.opened, "age"]])));
+    if (hc.listener_count > hc.listeners.length) {
+      hcRows.push(more(hc.listener_count - hc.listeners.length, 5));
+    }
   }
   fill("hc", hcRows, 5, "no hybrid connections yet");
   count("hc-count", snap.hybrid_connections.length, snap.hybrid_connection_count);
 
   fill("pairs", snap.pairs.map((p) => row([
     [p.hc], [p.sender, "mono"], [p.listener, "mono"], [size(p.bytes_up), "num"],
-    [size(p.bytes_down), "num"], [age(p.age), "num"], [p.id, "mono"]])), 7,
+    [size(p.bytes_down), "num"], [p.joined, "age"], [p.id, "mono"]])), 7,
     "no relayed pairs");
   count("pairs-count", snap.pairs.length, snap.pair_count);
 
   fill("requests", snap.requests.map((r) => row([
     [r.hc], [r.method], [r.path, "mono"], [r.client, "mono"],
     [r.status === null ? "waiting" : r.status, "num"], [size(r.bytes_in), "num"],
-    [size(r.bytes_out), "num"], [age(r.age), "num"]])), 8, "no HTTP requests in flight");
+    [size(r.bytes_out), "num"], [r.started, "age"]])), 8, "no HTTP requests in flight");
   count("requests-count", snap.requests.length, snap.request_count);
 
   fill("hubs", snap.hubs.map((h) => row([
     [h.name], [h.connections, "num"],
     [h.groups.map((g) => `${g.name} (${g.members})`).join(", ") +
-     (h.group_count > h.groups.length ? `, ... ${h.group_count} in all` : "")]])), 3,
+     (h.group_count > h.groups.length ?
+       `${h.groups.length ? ", " : ""}… and ${h.group_count - h.groups.length} more` : "")
+    ]])), 3,
     snap.webpubsub ? "no hubs yet" : "Web PubSub is off");
   count("hubs-count", snap.hubs.length, snap.hub_count);
 
@@ -159,20 +195,48 @@ function render(snap) {
     [r.status || "TLS", "num"], [r.what, "mono"], [r.reason], [r.tracking, "mono"]])), 6,
     "no refusals");
   count("refusals-count", snap.refusals.length, snap.refusals.length);
+  showAges();
 }
 
-function state(connected) {
+function state(connected, text) {
   const badge = byId("state");
-  badge.textContent = connected ? "connected" : "disconnected";
+  badge.textContent = text || (connected ? "connected" : "disconnected");
   badge.className = connected ? "connected" : "disconnected";
 }
 
 // The service pushes a snapshot when the stream opens and whenever the state changes;
-// EventSource reconnects by itself (after the stream's `retry` delay).
-const events = new EventSource("$events");
-events.addEventListener("open", () => state(true));
-events.addEventListener("error", () => state(false));
-events.addEventListener("snapshot", (event) => { state(true); render(JSON.parse(event.data)); });
+// EventSource reconnects by itself (after the stream's `retry` delay) when a stream breaks.
+// After an HTTP error (503: too many watchers) it gives up (readyState CLOSED, whatever
+// Retry-After says): the stream is opened again 5 s later, then 10, 20, at most 30 s.
+let retryDelay = 5;
+
+function connect() {
+  const source = new EventSource("$events");
+  source.addEventListener("open", () => { retryDelay = 5; state(true); });
+  source.addEventListener("error", () => {
+    if (source.readyState === EventSource.CLOSED) retryLater(source); else state(false);
+  });
+  source.addEventListener("snapshot", (event) => {
+    state(true);
+    render(JSON.parse(event.data));
+  });
+}
+
+function retryLater(source) {
+  source.close();
+  let left = retryDelay;
+  retryDelay = Math.min(retryDelay * 2, 30);
+  const countDown = () => {
+    if (left <= 0) { connect(); return; }
+    state(false, `disconnected — retrying in ${left} s`);
+    left -= 1;
+    setTimeout(countDown, 1000);
+  };
+  countDown();
+}
+
+connect();
+setInterval(showAges, 1000);  // ages only: nothing is fetched
 </script>
 </body>
 </html>
