@@ -109,7 +109,7 @@ class Proc:
         (``re.search``), within ``timeout`` seconds."""
         lines = self.stdout_lines if stream == "stdout" else self.stderr_lines
         deadline = time.monotonic() + timeout
-        seen = []
+        seen: list[str] = []
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
