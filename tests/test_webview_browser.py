@@ -6,7 +6,9 @@ only. The page loads, shows its stream connected and the empty state; then a lis
 sender open a pair and exchange bytes, a Web PubSub client joins a group, and a sender with a bad
 token (on a hybrid connection whose name is HTML) is refused: the page shows each of them
 without being reloaded, the hostile name as text. A screenshot is saved as ``webview.png`` in
-the test's temporary folder; once the pair closes, the page shows that too.
+the test's temporary folder; once the pair closes, the page shows that too. Ages are drawn by
+the page from the snapshot's timestamps and count up by themselves. A page refused beyond the
+watcher cap (503) says it retries, and connects once a watcher has left.
 
 The browser is looked for as ``$HYCO_CHROMIUM``, ``chromium`` or ``chromium-browser``; a missing
 one fails the test (it is not skipped).
@@ -18,6 +20,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import struct
@@ -32,6 +35,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from hyco_proto import __version__
 from hyco_proto.adapters.threads import RelayedServer, WebPubSubClient, relayed_connect
+from hyco_proto.service.webview import MAX_WATCHERS
 from hyco_proto.testing import Relay, WebPubSub
 
 TIMEOUT = 10.0  # every wait of this test
@@ -189,6 +193,10 @@ def test_web_view_updates_live_in_chromium(browser: DevTools, relay: Relay,
                 rows("pairs"), lambda v: len(v) == 1 and v[0][0] == "webview-demo"
                 and v[0][3:5] == ["2.0 KiB", "1.0 KiB"], "the pair with its bytes")
             assert pair[0][1].startswith("127.0.0.1:") and pair[0][2].startswith("127.0.0.1:")
+            # Ages come from timestamps; the page redraws them itself, once a second.
+            assert re.fullmatch(r"\d+ s", pair[0][5]), pair[0][5]
+            browser.wait_for(f"{rows('pairs')}[0][5]", lambda v: v != pair[0][5],
+                             "the pair's age counting up")
 
             with WebPubSubClient(webpubsub.client_url("chat", user_id="alice",
                                                       roles=ROLES)) as client:
@@ -218,3 +226,27 @@ def test_web_view_updates_live_in_chromium(browser: DevTools, relay: Relay,
     browser.wait_for(rows("pairs"), lambda v: v == [["no relayed pairs"]],
                      "the pair gone once closed")
     assert browser.evaluate(state) == "connected"
+
+
+def test_a_refused_page_retries_until_a_stream_is_free(browser: DevTools, relay: Relay) -> None:
+    """Beyond the watcher cap the stream is refused (503) and EventSource gives up; the page
+    says so, counts down and opens it again once a watcher has left."""
+    watchers = []
+    try:
+        for _ in range(MAX_WATCHERS):
+            sock = socket.create_connection(("127.0.0.1", relay.port), timeout=TIMEOUT)
+            watchers.append(sock)
+            sock.sendall(b"GET /$events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert sock.recv(4096).startswith(b"HTTP/1.1 200 OK\r\n")
+        browser.call("Page.enable")
+        browser.call("Page.navigate", {"url": f"http://127.0.0.1:{relay.port}/"})
+        state = 'document.getElementById("state").textContent'
+        shown = browser.wait_for(state, lambda v: v.startswith("disconnected — retrying in"),
+                                 "that it retries")
+        assert re.fullmatch(r"disconnected — retrying in [1-5] s", shown), shown
+        watchers.pop().close()
+        browser.wait_for(state, lambda v: v == "connected", "its stream connected on retry")
+        browser.wait_for(rows("pairs"), lambda v: v == [["no relayed pairs"]], "a snapshot")
+    finally:
+        for sock in watchers:
+            sock.close()
