@@ -902,6 +902,9 @@ async def _listen(args: argparse.Namespace) -> int:
         if taken and not args.keep_open:  # two senders raced past decide()
             spawn(ws.close(1013, "listener busy: it serves one connection"))
             return
+        if waiting.qsize() >= _MAX_WAITING:  # accepted together, before any had arrived
+            spawn(ws.close(1013, f"listener busy: {_MAX_WAITING} senders are waiting"))
+            return
         taken = True
         if serving or not waiting.empty():
             _note(args, f"connection from {_peer(ws)} queued: serving one connection at a "

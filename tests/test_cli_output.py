@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -504,3 +505,49 @@ def test_received_lines_on_the_progress_terminal_take_their_own_lines(
         # Each message at the start of a line (the tty maps \n to \r\n), never after a
         # progress line's "… 1.25 s".
         assert re.search(rf"(^|\n)message-{i}\r\n", text), repr(text)
+
+
+def test_keep_open_caps_the_waiting_senders_when_they_arrive_together() -> None:
+    """70 senders at the same moment: each is accepted before any is queued, so the cap of
+    64 waiting must hold when they arrive (1013), not only when they are decided (503)."""
+    import asyncio
+
+    from hyco_proto.adapters.asyncio import RelayConnectionClosed, relayed_connect
+    from hyco_proto.sas import create_relay_token
+    from hyco_proto.service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY
+    from hyco_proto.uris import create_relay_send_uri
+
+    relay, port = _relay()
+    listener = Proc(["listen", "--port", port, "--path", "crowd", "-K", "--no-stdin"])
+    uri = create_relay_send_uri("127.0.0.1", "crowd", scheme="ws", port=int(port))
+    token = create_relay_token(uri, DEFAULT_RULE_NAME, DEVELOPMENT_KEY, 600)
+
+    async def crowd() -> tuple[int, list[int | None], int]:
+        served = await asyncio.wait_for(relayed_connect(uri, token), 20)  # held open
+        outcomes = await asyncio.gather(
+            *(asyncio.wait_for(relayed_connect(uri, token), 30) for _ in range(70)),
+            return_exceptions=True)
+        refused = sum(1 for o in outcomes if isinstance(o, Exception))
+        connected = [o for o in outcomes if not isinstance(o, BaseException)]
+
+        async def closed_by_listener(ws: Any) -> int | None:
+            try:  # those closed by the listener hear it at once; the waiting hear nothing
+                await asyncio.wait_for(ws.recv(), 2.0)
+            except RelayConnectionClosed:
+                return int(ws.close_code)
+            except TimeoutError:
+                pass
+            return None
+
+        codes = await asyncio.gather(*(closed_by_listener(ws) for ws in connected))
+        await asyncio.wait_for(asyncio.gather(*(ws.close() for ws in [*connected, served])), 20)
+        return refused, [code for code in codes if code is not None], len(connected)
+
+    try:
+        listener.wait_line(r"listening on ws://", stream="stderr")
+        refused, closed, connected = asyncio.run(crowd())
+    finally:
+        listener.kill()
+        relay.kill()
+    assert refused + len(closed) == 70 - 64, (refused, closed, connected)
+    assert all(code == 1013 for code in closed), closed
