@@ -747,11 +747,11 @@ async def _session(ws: RelayedWebSocket, stdin: _Stdin, args: argparse.Namespace
                 await redraw
             _drawn_meters.discard(meter)
             meter.finish()
-    if failure:
-        _note(args, failure, logging.ERROR)
-    if args.verbose:
-        reason = f" {ws.close_reason}" if ws.close_reason else ""
-        _note(args, f"connection closed ({ws.close_code}{reason}): {meter.summary()}")
+        if failure:
+            _note(args, failure, logging.ERROR)
+        if args.verbose:  # also when SIGTERM or Ctrl-C ends the connection
+            reason = f" {ws.close_reason}" if ws.close_reason else ""
+            _note(args, f"connection closed ({ws.close_code}{reason}): {meter.summary()}")
     return status
 
 

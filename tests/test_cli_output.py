@@ -551,3 +551,26 @@ def test_keep_open_caps_the_waiting_senders_when_they_arrive_together() -> None:
         relay.kill()
     assert refused + len(closed) == 70 - 64, (refused, closed, connected)
     assert all(code == 1013 for code in closed), closed
+
+
+def test_verbose_summary_also_when_sigterm_ends_the_connection(emulator: Emulator) -> None:
+    import signal
+
+    listener = Proc(["listen", *emulator.client_args("term"), "--no-stdin"])
+    sender = None
+    try:
+        listener.wait_line(r"listening on ws://", stream="stderr")
+        sender = Proc(["send", *emulator.client_args("term"), "-v"], stdin=b"hello\n")
+        sender.wait_line(r"^hyco: connected to ", stream="stderr")
+        deadline = time.monotonic() + 20
+        while listener.stdout != b"hello\n" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert listener.stdout == b"hello\n"
+        sender.popen.send_signal(signal.SIGTERM)
+        assert sender.wait() == 0, sender.stderr_text
+    finally:
+        listener.kill()
+        if sender is not None:
+            sender.kill()
+    assert any(re.match(r"^hyco: connection closed \(1000\): 0 B received, 6 B sent in ", line)
+               for line in sender.stderr_text), sender.stderr_text
