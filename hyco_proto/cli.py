@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
@@ -41,7 +42,13 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from ._progress import TransferMeter
 from ._version import __version__
-from .errors import ConnectionLostError, ProtocolError, RelayError, host_port
+from .errors import (
+    ConnectionLostError,
+    ProtocolError,
+    RelayError,
+    describe_connect_error,
+    host_port,
+)
 from .frames import describe as describe_frames
 from .sas import create_relay_token
 from .service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY, HybridConnectionConfig
@@ -786,6 +793,21 @@ def _scheme_hint(ep: _Endpoint, error: BaseException) -> str:
     return ""
 
 
+def _token_advice(ep: _Endpoint, error: BaseException) -> str:
+    """What to check when the relay refused our token (401): the key or the rule name."""
+    if not isinstance(error, RelayError) or error.status != 401:
+        return ""
+    text = str(error).lower()
+    if ep.token is not None:
+        return " (check the SAS token given with --token or in the connection string)"
+    if "bad signature" in text:
+        return (f" (the key does not match rule {ep.rule}: check --key or the connection "
+                "string's SharedAccessKey)")
+    if "unknown key name" in text:
+        return f" (the relay has no rule named {ep.rule}: check --rule or SharedAccessKeyName)"
+    return ""
+
+
 def _failure(what: str, address: str, error: BaseException, ep: _Endpoint) -> CliError:
     """``what ADDRESS: cause`` once (errors that already name the address are not wrapped)."""
     text = str(error) or type(error).__name__
@@ -795,7 +817,7 @@ def _failure(what: str, address: str, error: BaseException, ep: _Endpoint) -> Cl
         message = text
     else:
         message = f"{what} {address}: {text}"
-    hint = _scheme_hint(ep, error)
+    hint = _scheme_hint(ep, error) or _token_advice(ep, error)
     # The library's own advice, "(is it serving wss://? then use wss://)", becomes the flag to
     # pass rather than a second hint after it.
     found = re.search(r"(?:then )?use (wss?)://\)", message)
@@ -1178,8 +1200,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         with urllib.request.urlopen(target, timeout=args.timeout, context=context) as response:
             document = json.loads(response.read().decode("utf-8"))
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise CliError(f"cannot read {target}: {exc}") from None
+    except urllib.error.HTTPError as exc:
+        raise CliError(f"cannot read {target}: {exc.code} {exc.reason} (is this a hyco "
+                       "emulator's address? it prints it when it starts)") from None
+    except (urllib.error.URLError, OSError) as exc:
+        cause = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        parts = urllib.parse.urlsplit(target)
+        secure = parts.scheme == "https"
+        why = (describe_connect_error(cause, host=parts.hostname or "", secure=secure,
+                                      port=parts.port or (443 if secure else 80),
+                                      timeout=args.timeout, plain_scheme="http")
+               if isinstance(cause, BaseException) else str(cause))
+        hint = (" (is `hyco emulator` running there? pass its address with --url)"
+                if isinstance(cause, (ConnectionRefusedError, TimeoutError)) else "")
+        raise CliError(f"cannot read {target}: {why}{hint}") from None
+    except ValueError as exc:
+        raise CliError(f"cannot read {target}: not a status document ({exc})") from None
     print(json.dumps(document, indent=2))
     return 0
 

@@ -768,3 +768,28 @@ def test_a_broken_pipe_that_is_not_stdout_is_an_error(monkeypatch: pytest.Monkey
     monkeypatch.setattr(cli, "cmd_token", broken)
     assert cli.main(["token", "http://127.0.0.1:9090/myhc"]) == 1
     assert capfd.readouterr().err == "hyco token: error: [Errno 32] Broken pipe\n"
+
+
+def test_status_of_a_dead_address_says_why_and_what_to_do(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()  # nothing listens there
+    assert cli.main(["status", "--url", f"ws://127.0.0.1:{port}"]) == 1
+    assert capsys.readouterr().err == (
+        f"hyco status: error: cannot read http://127.0.0.1:{port}/$status: nothing is "
+        f"listening at 127.0.0.1:{port} (connection refused) (is `hyco emulator` running "
+        "there? pass its address with --url)\n")
+
+
+@pytest.mark.parametrize("flags,advice", [
+    (["--key", "wrong"], "(the key does not match rule RootManageSharedAccessKey: check --key "
+                         "or the connection string's SharedAccessKey)"),
+    (["--rule", "nobody"], "(the relay has no rule named nobody: check --rule or "
+                           "SharedAccessKeyName)"),
+])
+def test_a_refused_token_says_what_to_check(emulator: Emulator, flags: list[str],
+                                            advice: str) -> None:
+    for command in (["send", "--no-stdin"], ["listen", "--no-stdin"]):
+        proc = Proc([*command, *emulator.client_args("keys"), *flags])
+        assert proc.wait() == 1
+        [line] = proc.stderr_text
+        assert "relay answered 401" in line and line.endswith(advice), line
