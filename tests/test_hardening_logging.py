@@ -462,3 +462,17 @@ def test_protocol_notes_state_the_head_limits_the_service_has() -> None:
     plain = RawSender(net)
     plain.write(b"GET /$hc/myhc HTTP/1.1\r\nHost: h\r\n\r\n")
     assert plain.raw().startswith(b"HTTP/1.1 426"), plain.raw()[:60]
+
+
+def test_a_connection_that_sends_nothing_is_no_refusal(caplog: pytest.LogCaptureFixture) -> None:
+    """Browsers open spare connections they may never use (the web view's page makes some):
+    still answered 408 and closed in time, but neither counted nor logged as a refusal."""
+    net = make_net()
+    with caplog.at_level(logging.DEBUG, logger=LOGGER):
+        conn = RawSender(net)
+        net.advance(net.service.handshake_timeout + 1)
+    assert conn.raw().startswith(b"HTTP/1.1 408") and conn.tcp_closed
+    [record] = lines(caplog, "handshake-failed")
+    assert record.levelno == logging.DEBUG and "unused connection" in record.getMessage()
+    assert net.service.stats.refusals == {} and net.service.stats.handshake_errors == 0
+    assert not net.service.refusal_log.recent

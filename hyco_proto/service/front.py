@@ -11,6 +11,7 @@ connection to another handler for good; a plain-HTTP route answers through the d
 from __future__ import annotations
 
 import http
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,6 +21,7 @@ import h11
 from .._syntax import split_target
 from .._text import printable
 from ..handshake import ServerHandshake
+from .events import log_event
 from .handler import Connection, ConnectionKind, Handler, ServiceCore
 
 __all__ = ["Exchange", "FrontDoor", "RequestHead", "Route", "reason_phrase"]
@@ -397,6 +399,15 @@ class FrontDoor(Handler):
         # A client that never finishes its request must not hold a connection forever.
         if self.head is None and self._served and not self.h11.trailing_data[0]:
             self.close(now)  # an idle keep-alive connection
+            return
+        if self.head is None and not self.h11.trailing_data[0]:
+            # Not a byte arrived: browsers open spare connections they may never use (the web
+            # view's page makes some). Answered like any timeout, but no refusal: DEBUG only.
+            log_event(logging.DEBUG, "handshake-failed", "- with 408", remote=self.conn.remote,
+                      tracking=f"conn-{self.id}",
+                      why="no request arrived in time (an unused connection).")
+            self.respond(now, 408, "Request Timeout: the request did not arrive in time.",
+                         close=True)
             return
         self.svc.stats.handshake_errors += 1
         self.svc.refusal_log.refused(
