@@ -288,7 +288,9 @@ def test_snapshot_size_is_bounded_with_counts_of_what_is_left_out() -> None:
     assert (hc["listener_count"], len(hc["listeners"])) == (MAX_NESTED + 5, MAX_NESTED)
 
 
-def test_streams_opening_within_a_tick_share_one_snapshot(monkeypatch: Any) -> None:
+def test_a_snapshot_is_built_once_per_change(monkeypatch: Any) -> None:
+    """Streams opening within a tick share one snapshot; the timer builds one only when the
+    service's activity changed (or after HEARTBEAT seconds, the safety net)."""
     built = []
     real = webview.build_snapshot
 
@@ -303,15 +305,24 @@ def test_streams_opening_within_a_tick_share_one_snapshot(monkeypatch: Any) -> N
     others = [Watcher(net) for _ in range(5)]
     assert len(built) == 1, "one snapshot for six streams opened within a tick"
     assert all(w.last() == first.last() for w in others)
-    net.advance(TICK)  # the timer's look is a fresh one: the listener shows
+    net.advance(TICK)  # something happened since: the timer builds, the listener shows
     assert len(built) == 2
     assert all(len(w.last()["hybrid_connections"]) == 1 for w in [first, *others])
+    net.advance(10 * TICK)  # nothing happened: nothing built, nothing sent
+    assert len(built) == 2 and len(first.snapshots()) == 2
+    sender = raw_sender(net)
     net.advance(TICK)
-    assert len(built) == 3  # every tick with a watcher looks (nothing sent: unchanged)
-    assert len(first.snapshots()) == 2
+    assert len(built) == 3 and first.last()["pair_count"] == 1
+    sender.write(encode_frame(OP_BINARY, b"x", masked=True))
+    net.advance(TICK)
+    assert len(built) == 4 and first.last()["pairs"][0]["bytes_up"] == 1
+    net.advance(HEARTBEAT - TICK)
+    assert len(built) == 4
+    net.advance(TICK)  # the safety net: one look after HEARTBEAT seconds without activity
+    assert len(built) == 5 and len(first.snapshots()) == 4, "the same state: not sent"
     net.advance(TICK / 2)
-    Watcher(net)  # within a tick of the last look: reused
-    assert len(built) == 3
+    latest = Watcher(net)  # its request is activity, but a snapshot less than a tick old is
+    assert len(built) == 5 and latest.last()["time"] == net.now  # reused, with the time now
 
 
 def test_events_only_when_something_changed_and_heartbeat() -> None:

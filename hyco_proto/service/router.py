@@ -129,6 +129,10 @@ class RelayService:
         if webpubsub is not None:
             self.route_sets["webpubsub"] = [WebPubSubRestRoute(self, webpubsub),
                                             WebPubSubRoute(self, webpubsub), webview]
+        #: Bumped by every driver call that may change the state (bytes read, a connection made
+        #: or lost, a timer of the service due...): the web view does not look again while it
+        #: stays the same.
+        self.activity = 0
         self._handlers: dict[int, Handler] = {}
         self._closed: set[int] = set()  # closed by us, until the driver reports it gone
         #: Connections whose handler has (or had) a deadline; see ``next_deadline``.
@@ -154,6 +158,7 @@ class RelayService:
                              f"{', '.join(self.route_sets)})")
         conn = Connection(self._next_id, remote, scheme, now)
         self._next_id += 1
+        self.activity += 1
         self._handlers[conn.id] = FrontDoor(self, conn, routes)
         return conn.id
 
@@ -162,6 +167,7 @@ class RelayService:
         handler = self._handlers.get(conn_id)
         if handler is None or conn_id in self._closed:
             return
+        self.activity += 1
         handler.receive_data(now, data)
         self._run_broker(now)
 
@@ -170,6 +176,7 @@ class RelayService:
         handler = self._handlers.get(conn_id)
         if handler is None:
             return
+        self.activity += 1
         if conn_id not in self._closed:
             handler.receive_eof(now)
         self._run_broker(now)
@@ -179,6 +186,7 @@ class RelayService:
         handler = self._handlers.pop(conn_id, None)
         if handler is None:
             return
+        self.activity += 1
         handler.connection_lost(now)
         handler.kind = ConnectionKind.CLOSED
         self._closed.discard(conn_id)
@@ -220,11 +228,16 @@ class RelayService:
         return best
 
     def handle_timer(self, now: float) -> None:
+        due = [self.broker.next_deadline(), self.refusal_log.next_deadline(),
+               self.webpubsub.next_deadline() if self.webpubsub is not None else None]
+        if any(deadline is not None and deadline <= now for deadline in due):
+            self.activity += 1  # the web view's own tick alone changes nothing
         for conn_id in list(self._timed):
             handler = self._handlers.get(conn_id)
             deadline = handler.deadline() if handler is not None else None
             if handler is None or deadline is None or now < deadline:
                 continue
+            self.activity += 1
             handler.handle_timer(now)
         self.broker.handle_timer(now)
         self.refusal_log.handle_timer(now)
@@ -242,11 +255,13 @@ class RelayService:
 
     def outbound_answered(self, now: float, call_id: int, status: int,
                           headers: Sequence[tuple[str, str]], body: bytes) -> None:
+        self.activity += 1
         if self.webpubsub is not None:
             self.webpubsub.events.answered(now, call_id, status, headers, body)
 
     def outbound_failed(self, now: float, call_id: int, reason: str) -> None:
         """The call could not be made or got no answer (``reason`` names address and cause)."""
+        self.activity += 1
         if self.webpubsub is not None:
             self.webpubsub.events.failed(now, call_id, reason)
 
@@ -254,6 +269,7 @@ class RelayService:
         """A client's TLS handshake failed, timed out or was abandoned (the driver does TLS;
         such a connection never reaches the service): a handshake error, logged with the
         client's address and throttled like the others. ``why`` must not quote client bytes."""
+        self.activity += 1
         self.stats.handshake_errors += 1
         self.refusal_log.refused(now, 0, "TLS", why, remote=remote, tracking="-",
                                  event="handshake-failed")
@@ -262,6 +278,7 @@ class RelayService:
         """The driver turned a new connection away before it reached the service (it holds as
         many as it may): counted as a handshake error, logged with the client's address and
         throttled like every refusal."""
+        self.activity += 1
         self.stats.handshake_errors += 1
         self.refusal_log.refused(now, 503, "connection", why, remote=remote, tracking="-",
                                  event="refused")
@@ -283,6 +300,7 @@ class RelayService:
     ) -> None:
         """Close everything cleanly: listeners and relayed legs hear ``code`` (1001: going
         away, hybrid-connections-wire §4.4), waiting senders get 503, half-read requests end."""
+        self.activity += 1
         for conn_id, handler in list(self._handlers.items()):
             if conn_id not in self._closed:
                 handler.shutdown(now, code, reason)

@@ -92,6 +92,8 @@ class WebViewSource(ServiceCore, Protocol):
     """What the snapshot reads of the service (``RelayService`` is one)."""
 
     webpubsub: WebPubSubService | None
+    #: Changes whenever something that may change the state happened.
+    activity: int
 
     def live_handlers(self) -> Iterator[Handler]:
         """The handlers of connections the service has not closed."""
@@ -152,14 +154,14 @@ def build_snapshot(service: WebViewSource, now: float) -> dict[str, Any]:
                     "listeners": listeners})
 
     # One walk over the connections: their count by kind, and the relayed pairs.
-    kinds: dict[str, int] = {}
+    kinds: dict[ConnectionKind, int] = {}
     pairs: list[dict[str, Any]] = []
     pair_count = 0
+    relay = ConnectionKind.RELAY
     for handler in service.live_handlers():
         kind = handler.kind
-        kinds[kind.value] = kinds.get(kind.value, 0) + 1
-        if not (kind is ConnectionKind.RELAY and isinstance(handler, RelayLeg)
-                and handler.from_sender):
+        kinds[kind] = kinds.get(kind, 0) + 1
+        if kind is not relay or not (isinstance(handler, RelayLeg) and handler.from_sender):
             continue
         pair_count += 1
         if len(pairs) >= MAX_ROWS:
@@ -177,7 +179,7 @@ def build_snapshot(service: WebViewSource, now: float) -> dict[str, Any]:
             "joined": _stamp(handler.joined),
         })
     pairs.sort(key=lambda row: (row["joined"], row["id"]))
-    kinds.pop(ConnectionKind.CLOSED.value, None)
+    kinds.pop(ConnectionKind.CLOSED, None)
 
     requests: list[dict[str, Any]] = []
     request_count = 0
@@ -221,7 +223,7 @@ def build_snapshot(service: WebViewSource, now: float) -> dict[str, Any]:
     return {
         "version": __version__,
         "namespace": _text(broker.config.namespace),
-        "connections": dict(sorted(kinds.items())),
+        "connections": dict(sorted((kind.value, n) for kind, n in kinds.items())),
         "counters": asdict(service.stats),
         "hybrid_connections": hcs,
         "hybrid_connection_count": len(names),
@@ -288,20 +290,29 @@ class WebView:
         self.heartbeat = heartbeat
         self.watchers: dict[int, EventStream] = {}
         self._next_tick: float | None = None
-        self._built: tuple[float, str, str] | None = None  # (when, state, data)
+        #: The last snapshot built: (when, the service's activity then, its JSON).
+        self._built: tuple[float, int, str] | None = None
 
-    def payload(self, now: float, *, fresh: bool = False) -> tuple[str, str]:
-        """``(state, event data)``: the snapshot's JSON without and with its time (the state
-        decides whether anything changed). Unless ``fresh`` (the timer's look), a snapshot built
-        less than a tick ago is reused: a burst of streams opening builds one."""
+    def payload(self, now: float, *, opening: bool = False) -> tuple[str, str]:
+        """``(state, event data)``: the snapshot's JSON without and with the time ``now`` (the
+        state decides whether anything changed).
+
+        The last snapshot is reused while the service's ``activity`` has not changed since it
+        was built, for at most :data:`HEARTBEAT` seconds (a safety net for a change the counter
+        missed): its timestamps stay true, only ages would have changed. A stream ``opening``
+        also reuses one built less than a tick ago (a burst of streams opening builds one)."""
         built = self._built
-        if not fresh and built is not None and 0 <= now - built[0] < self.tick:
-            return built[1], built[2]
-        state = json.dumps(build_snapshot(self.service, now), separators=(",", ":"),
-                           ensure_ascii=False)
-        data = f'{{"time":{_stamp(now)},{state[1:]}'
-        self._built = (now, state, data)
-        return state, data
+        age = now - built[0] if built is not None else -1.0
+        if built is not None and age >= 0 and (
+                (age < self.heartbeat and built[1] == self.service.activity)
+                or (opening and age < self.tick)):
+            state = built[2]
+        else:
+            activity = self.service.activity
+            state = json.dumps(build_snapshot(self.service, now), separators=(",", ":"),
+                               ensure_ascii=False)
+            self._built = (now, activity, state)
+        return state, f'{{"time":{_stamp(now)},{state[1:]}'
 
     def open(self, door: FrontDoor, head: RequestHead, now: float) -> None:
         """Answer ``GET`` / ``HEAD /$events``."""
@@ -328,7 +339,7 @@ class WebView:
         stream = EventStream(svc, door.conn, self, chunked=chunked, now=now)
         svc.switch(door.id, stream)
         self.watchers[door.id] = stream
-        state, data = self.payload(now)
+        state, data = self.payload(now, opening=True)
         stream.write(now, f"retry: {RETRY_MS}\n\n".encode() + _event("snapshot", data))
         stream.sent = state
         if self._next_tick is None:
@@ -360,7 +371,7 @@ class WebView:
             if stream.paused or stream.kind is not ConnectionKind.WATCHER:
                 continue
             if built is None:
-                built = self.payload(now, fresh=True)
+                built = self.payload(now)
             state, data = built
             if state != stream.sent:
                 stream.write(now, _event("snapshot", data))
