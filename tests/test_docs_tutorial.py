@@ -123,6 +123,9 @@ def test_first_relay_tutorial(relay: Relay, tmp_path: Path,
         assert sender.wait(timeout=TIMEOUT) == 130
     counters = relay.status()["counters"]
     assert counters["relayed_pairs"] == 2 and counters["listeners_opened"] == 1, counters
+    # "Stop the listener with Ctrl-C": it ends quietly, without a traceback.
+    assert listener.stop(signal.SIGINT, TIMEOUT) == 0, listener.stderr_text
+    assert listener.stderr_text == []
 
 
 def test_first_relay_tutorial_shell_part(relay: Relay, tmp_path: Path) -> None:
