@@ -264,6 +264,11 @@ def _banner(config: EmulatorConfig, server: RelayServiceServer, cert: Path | Non
         else None
     cafile = f" --cafile {shlex.quote(str(dev_cert))}" if dev_cert is not None else ""
     cacert = f"--cacert {shlex.quote(str(dev_cert))} " if dev_cert is not None else ""
+    # --scheme only where the CLI would guess otherwise (_endpoint: wss with --cafile, else
+    # uris.default_scheme: ws for a loopback host on a plain port).
+    host, _, port_text = authority.rpartition(":")
+    guessed = "wss" if cafile else default_scheme(host.strip("[]"), int(port_text))
+    scheme_flag = f" --scheme {scheme}" if scheme != guessed else ""
     lines = [
         f"hyco_proto relay emulator {__version__} (Azure Relay Hybrid Connections"
         f"{' and Web PubSub' if server.service.webpubsub is not None else ''}, for local "
@@ -290,10 +295,8 @@ def _banner(config: EmulatorConfig, server: RelayServiceServer, cert: Path | Non
             f"  {connection_string}",
             "",
             "try it, in two more terminals:",
-            f"  {PROG} listen --connection-string {quoted} --scheme {scheme}{cafile} "
-            "--no-stdin",
-            f"  echo hello | {PROG} send --connection-string {quoted} --scheme {scheme}{cafile} "
-            "-N",
+            f"  {PROG} listen --connection-string {quoted}{scheme_flag}{cafile} --no-stdin",
+            f"  echo hello | {PROG} send --connection-string {quoted}{scheme_flag}{cafile} -N",
             "",
             "hyco-ws (Node): build the URL by hand (its helpers force wss://…:443):",
             f"  const uri = '{url}/$hc/{example}?sb-hc-action=listen';",

@@ -141,7 +141,8 @@ def test_emulator_answers_status_and_stops_cleanly(emulator: Emulator) -> None:
     assert cs.shared_access_key_name == DEFAULT_RULE_NAME
     assert cs.shared_access_key == DEVELOPMENT_KEY
     assert cs.entity_path == "myhc"
-    assert "hyco listen --connection-string" in out and "--scheme ws" in out
+    # No --scheme: for a loopback address on a plain port the CLI picks ws:// by itself.
+    assert "hyco listen --connection-string" in out and "--scheme" not in out
     assert f"ws://127.0.0.1:{emulator.port}/$hc/myhc?sb-hc-action=listen" in out
     assert emulator.proc.stop() == 0
     assert "stopping" in emulator.proc.stdout.decode()
@@ -793,3 +794,25 @@ def test_a_refused_token_says_what_to_check(emulator: Emulator, flags: list[str]
         assert proc.wait() == 1
         [line] = proc.stderr_text
         assert "relay answered 401" in line and line.endswith(advice), line
+
+
+def test_the_banners_try_it_commands_work_as_pasted(emulator: Emulator, tmp_path: Path) -> None:
+    """The two commands under "try it" in the banner, run by a shell exactly as printed (with
+    `hyco` on PATH as after `pip install`): the listener prints what the sender sent, and both
+    end by themselves."""
+    out = emulator.proc.stdout.decode()
+    listen = re.search(r"^  (hyco listen .+)$", out, re.M)
+    send = re.search(r"^  (echo hello \| hyco send .+)$", out, re.M)
+    assert listen and send, out
+    (tmp_path / "hyco").write_text(f"#!/bin/sh\nexec {sys.executable} -m hyco_proto \"$@\"\n")
+    (tmp_path / "hyco").chmod(0o755)
+    env = {"PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+    listener = Proc([listen.group(1)], program=["bash", "-c"], env=env)
+    try:
+        listener.wait_line(r"listening on ws://127\.0\.0\.1:\d+/\$hc/myhc", stream="stderr")
+        sender = Proc([send.group(1)], program=["bash", "-c"], env=env)
+        assert sender.wait() == 0, sender.stderr_text
+        assert listener.wait() == 0, listener.stderr_text
+    finally:
+        listener.kill()
+    assert listener.stdout == b"hello\n"
