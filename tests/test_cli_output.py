@@ -133,6 +133,22 @@ def _relay(*extra: str) -> tuple[Proc, str]:
     return relay.proc, str(relay.port)
 
 
+def _read_terminal(master: int, until: float) -> bytes:
+    """What a terminal showed until ``until`` (monotonic) or its other side closed."""
+    output = b""
+    while time.monotonic() < until:
+        if not select.select([master], [], [], 0.1)[0]:
+            continue
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's other side is closed
+            break
+        if not chunk:
+            break
+        output += chunk
+    return output
+
+
 def _feed_slowly(pipe: subprocess.Popen[bytes], chunks: int, size: int, pause: float) -> None:
     assert pipe.stdin is not None
     for _ in range(chunks):
@@ -158,15 +174,7 @@ def test_progress_on_a_terminal_updates_in_place_and_ends_with_a_newline(
         assert sender.wait(20) == 0
         elapsed = time.monotonic() - started
         assert listener.wait() == 0, listener.stderr_text
-        output = b""
-        while select.select([master], [], [], 0.5)[0]:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: the terminal's other side is closed
-                break
-            if not chunk:
-                break
-            output += chunk
+        output = _read_terminal(master, time.monotonic() + 5.0)
     finally:
         os.close(master)
         listener.kill()
@@ -415,22 +423,6 @@ def test_meter_does_not_redraw_an_idle_connection() -> None:
     clock.now += 0.5
     assert meter.tick()
     assert stream.getvalue().count("\r") == 2
-
-
-def _read_terminal(master: int, until: float) -> bytes:
-    """What a terminal showed until ``until`` (monotonic) or its other side closed."""
-    output = b""
-    while time.monotonic() < until:
-        if not select.select([master], [], [], 0.1)[0]:
-            continue
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:  # EIO: the terminal's other side is closed
-            break
-        if not chunk:
-            break
-        output += chunk
-    return output
 
 
 def test_no_progress_in_a_typed_conversation(emulator: Emulator) -> None:
