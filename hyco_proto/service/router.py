@@ -46,7 +46,7 @@ from .status import RefusalLog, service_endpoint
 from .webpubsub import WebPubSubRoute, WebPubSubService
 from .webpubsub_events import OutboundCall
 from .webpubsub_rest import WebPubSubRestRoute
-from .webview import WebView, WebViewRoute, refuse_rebound_host
+from .webview import WebView, WebViewRoute
 
 __all__ = ["ConnectionKind", "RelayService", "ServiceEndpointsRoute", "ServiceStats"]
 
@@ -61,8 +61,6 @@ class ServiceEndpointsRoute:
         return service_endpoint("GET", head.target) is not None
 
     def handle(self, door: FrontDoor, head: RequestHead, now: float) -> None:
-        if refuse_rebound_host(self.service, door, head, now):
-            return
         if head.method not in ("GET", "HEAD"):
             self.service.stats.handshake_errors += 1
             why = f"{head.path} answers GET and HEAD only."

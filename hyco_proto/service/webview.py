@@ -23,7 +23,6 @@ snapshot replaces the previous one, so nothing is lost by skipping). Like ``/$st
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
@@ -54,7 +53,6 @@ __all__ = [
     "WebViewRoute",
     "WebViewSource",
     "build_snapshot",
-    "refuse_rebound_host",
 ]
 
 EVENTS_PATH = "/$events"
@@ -88,54 +86,6 @@ def _utc(when: float) -> str:
         return datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     except (OverflowError, OSError, ValueError):
         return "-"
-
-
-AZURE_SUFFIX = ".servicebus.windows.net"
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _host_name(value: str) -> str | None:
-    """The name in a ``Host`` header, lower case, without its port; None for an IP literal."""
-    host = value.strip().lower()
-    if host.startswith("["):  # [v6]:port
-        return None
-    name = host.rpartition(":")[0] if host.count(":") == 1 else host
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return name.rstrip(".")
-    return None
-
-
-def refuse_rebound_host(svc: ServiceCore, door: FrontDoor, head: RequestHead,
-                        now: float) -> bool:
-    """Answer ``403`` and return True when a client on this machine (a loopback address) asks
-    for the service's own pages by a ``Host`` name other than ``localhost`` (or a name under
-    it) or the namespace's (as given, or as Azure names it: ``myns.servicebus.windows.net`` for
-    ``myns``): a page elsewhere whose name was made to resolve to 127.0.0.1 (DNS
-    rebinding) cannot read them then. IP literals are fine (rebinding needs a name); so is a
-    request without ``Host`` (HTTP/1.0: not a browser's)."""
-    value = head.header("host")
-    if value is None or not _loopback(door.conn.remote[0]):
-        return False
-    name = _host_name(value)
-    namespace = svc.broker.config.namespace.lower().rstrip(".")
-    if name is None or name in ("localhost", namespace, f"{namespace}{AZURE_SUFFIX}") or \
-            name.endswith(".localhost"):
-        return False
-    why = (f"{head.path[:100]} answers a client on this machine only by localhost, an IP "
-           "address or the namespace's name (not another name: DNS rebinding)")
-    svc.stats.handshake_errors += 1
-    svc.refusal_log.refused(now, 403, head.path, why, remote=door.conn.remote,
-                            tracking=f"conn-{door.id}")
-    door.respond(now, 403, f"Forbidden: {why}.", close=True)
-    return True
 
 
 class WebViewSource(ServiceCore, Protocol):
@@ -441,8 +391,6 @@ class WebViewRoute:
         return _path(head) in ("/", EVENTS_PATH) and not head.is_upgrade
 
     def handle(self, door: FrontDoor, head: RequestHead, now: float) -> None:
-        if refuse_rebound_host(self.svc, door, head, now):
-            return
         if head.method not in ("GET", "HEAD"):
             self.svc.stats.handshake_errors += 1
             why = f"{head.path[:100]} answers GET and HEAD only."
