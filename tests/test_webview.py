@@ -117,7 +117,12 @@ def test_root_serves_the_self_contained_page() -> None:
     assert "default-src 'none'" in headers["content-security-policy"]
     text = body.decode()
     assert 'new EventSource("$events")' in text
-    # No external address, no polling, no HTML built from data.
+    # Its icon is an empty data: URL, so a browser asks for no /favicon.ico (which would be a
+    # relayed HTTP request, refused); beyond it: no external address, no polling, no HTML
+    # built from data.
+    icon = '<link rel="icon" href="data:,">'
+    assert text.count(icon) == 1
+    text = text.replace(icon, "")
     assert not re.search(r"https?:|//[a-z]|\bsrc=|\bhref=|@import", text, re.I)
     for banned in ("fetch(", "XMLHttpRequest", "WebSocket", "sendBeacon", "import(",
                    "innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):

@@ -19,6 +19,7 @@ _HTML = r"""<!DOCTYPE html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>hyco emulator</title>
+<link rel="icon" href="data:,">
 <style>
 :root { color-scheme: light dark; --line: #8884; --muted: #888; --ok: #1a7f37; --bad: #cf222e; }
 body { font: 14px/1.4 system-ui, sans-serif; margin: 0 1.5rem 2rem; }
@@ -30,6 +31,7 @@ h2 small, .muted { color: var(--muted); font-weight: normal; }
 #state { font-weight: 600; padding: .05rem .5rem; border-radius: 1rem; color: #fff; }
 #state.connected { background: var(--ok); }
 #state.disconnected { background: var(--bad); }
+#state.connecting { background: var(--muted); }
 table { border-collapse: collapse; width: 100%; }
 th, td { text-align: left; padding: .2rem .6rem .2rem 0; border-bottom: 1px solid var(--line);
          vertical-align: top; }
@@ -45,7 +47,7 @@ tr.empty td, tr.more td { color: var(--muted); font-style: italic; }
   <h1>hyco emulator</h1>
   <span id="namespace" class="muted"></span>
   <span id="version" class="muted"></span>
-  <span id="state" class="disconnected">disconnected</span>
+  <span id="state" class="connecting">connecting…</span>
   <span class="muted">updated <span id="updated">never</span></span>
 </header>
 <p id="summary"></p>
