@@ -267,6 +267,18 @@ class FrontDoor(Handler):
             self._closing = True
             self.svc.close(self.id)
 
+    def refuse_method(self, now: float, head: RequestHead, allowed: str = "GET, HEAD") -> bool:
+        """Answer 405 (with ``Allow``, logged and counted as a refusal) unless ``head``'s method
+        is one of ``allowed``; whether it was refused. For the service's own endpoints."""
+        if head.method in (m.strip() for m in allowed.split(",")):
+            return False
+        self.svc.stats.handshake_errors += 1
+        why = f"{head.path[:100]} answers {allowed.replace(', ', ' and ')} only."
+        self.svc.refusal_log.refused(now, 405, head.path, f"{why} (not {head.method[:20]})",
+                                     remote=self.conn.remote, tracking=f"conn-{self.id}")
+        self.respond(now, 405, why, headers=[("Allow", allowed)], close=True)
+        return True
+
     def respond(self, now: float, status: int, text: str = "", *,
                 headers: Sequence[tuple[str, str]] = (), body: bytes | None = None,
                 close: bool = False, reason: str | None = None) -> None:

@@ -61,13 +61,7 @@ class ServiceEndpointsRoute:
         return service_endpoint("GET", head.target) is not None
 
     def handle(self, door: FrontDoor, head: RequestHead, now: float) -> None:
-        if head.method not in ("GET", "HEAD"):
-            self.service.stats.handshake_errors += 1
-            why = f"{head.path} answers GET and HEAD only."
-            self.service.refusal_log.refused(
-                now, 405, head.path, f"{why[:200]} (not {head.method[:20]})",
-                remote=door.conn.remote, tracking=f"conn-{door.id}")
-            door.respond(now, 405, why, headers=[("Allow", "GET, HEAD")], close=True)
+        if door.refuse_method(now, head):
             return
         endpoint = service_endpoint("GET", head.target)
         assert endpoint is not None

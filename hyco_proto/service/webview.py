@@ -391,13 +391,7 @@ class WebViewRoute:
         return _path(head) in ("/", EVENTS_PATH) and not head.is_upgrade
 
     def handle(self, door: FrontDoor, head: RequestHead, now: float) -> None:
-        if head.method not in ("GET", "HEAD"):
-            self.svc.stats.handshake_errors += 1
-            why = f"{head.path[:100]} answers GET and HEAD only."
-            self.svc.refusal_log.refused(
-                now, 405, head.path, f"{why} (not {head.method[:20]})",
-                remote=door.conn.remote, tracking=f"conn-{door.id}")
-            door.respond(now, 405, why, headers=[("Allow", "GET, HEAD")], close=True)
+        if door.refuse_method(now, head):
             return
         if _path(head) == EVENTS_PATH:
             self.view.open(door, head, now)
