@@ -46,12 +46,16 @@ class TransferMeter:
     """
 
     def __init__(self, stream: IO[str], clock: Callable[[], float], *, prefix: str = "hyco",
-                 interval: float = 0.25, delay: float = 1.0) -> None:
+                 interval: float = 0.25, delay: float = 1.0,
+                 columns: Callable[[], int] | None = None) -> None:
         self.stream = stream
         self.clock = clock
         self.prefix = prefix
         self.interval = interval
         self.delay = delay
+        #: The terminal's width, asked at each redraw: a longer line would wrap, and ``\r``
+        #: then redraws only its last row.
+        self.columns = columns
         self.bytes_in = 0
         self.bytes_out = 0
         self.started = clock()
@@ -100,8 +104,12 @@ class TransferMeter:
                                            or counts == self._drawn_counts):
             return False
         line = self.status_line()
+        width = self._width
+        if self.columns is not None:
+            limit = max(self.columns() - 1, 10)
+            line, width = line[:limit], min(width, limit)
         # Pad over the remains of a longer previous line (the line only ever redraws itself).
-        padding = " " * max(self._width - len(line), 0)
+        padding = " " * max(width - len(line), 0)
         self.stream.write(f"\r{line}{padding}")
         self.stream.flush()
         self._width = len(line)
@@ -115,6 +123,16 @@ class TransferMeter:
         if self._drawn_at is None:
             return
         self.stream.write("\n")
+        self.stream.flush()
+        self._drawn_at = None
+        self._width = 0
+
+    def clear(self) -> None:
+        """Blank a drawn status line and put the cursor at its start, so the next output takes
+        the line; the next ``tick`` draws the status line again (below that output)."""
+        if self._drawn_at is None:
+            return
+        self.stream.write("\r" + " " * self._width + "\r")
         self.stream.flush()
         self._drawn_at = None
         self._width = 0

@@ -25,6 +25,7 @@ import os
 import re
 import select
 import shlex
+import shutil
 import signal
 import ssl
 import subprocess
@@ -697,11 +698,12 @@ def _isatty(stream: IO[Any] | None) -> bool:
 
 
 def _show_progress(args: argparse.Namespace) -> bool:
-    """The in-place progress line: on a terminal, not in JSON log mode, and not in a typed
-    conversation (stdin and stdout both a terminal), where it would draw over what is typed."""
+    """The in-place progress line: on a terminal, not in JSON log mode, and not while a
+    terminal is read for typed input (stdin a terminal, without --no-stdin), where it would
+    draw over what is typed."""
     if getattr(args, "log_format", "text") == "json" or not _isatty(sys.stderr):
         return False
-    return not (_isatty(sys.stdin) and _isatty(sys.stdout))
+    return bool(getattr(args, "no_stdin", False)) or not _isatty(sys.stdin)
 
 
 async def _redraw(meter: TransferMeter) -> None:
@@ -717,7 +719,8 @@ async def _session(ws: RelayedWebSocket, stdin: _Stdin, args: argparse.Namespace
     from .adapters.asyncio import RelayConnectionClosed
 
     meter = TransferMeter(sys.stderr, time.monotonic, prefix=PROG,
-                          interval=_PROGRESS_INTERVAL, delay=_PROGRESS_DELAY)
+                          interval=_PROGRESS_INTERVAL, delay=_PROGRESS_DELAY,
+                          columns=lambda: shutil.get_terminal_size().columns)
 
     async def outgoing() -> None:
         while True:
@@ -740,7 +743,7 @@ async def _session(ws: RelayedWebSocket, stdin: _Stdin, args: argparse.Namespace
     try:
         async for message in ws:
             if shared_terminal:
-                meter.break_line()
+                meter.clear()  # the message takes the line; the progress is drawn below it
             meter.received(_write_message(out, message, text=args.text))
     except RelayConnectionClosed as exc:
         failure = f"connection closed with {exc.code} {exc.reason}".rstrip()

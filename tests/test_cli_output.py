@@ -425,17 +425,20 @@ def test_meter_does_not_redraw_an_idle_connection() -> None:
     assert stream.getvalue().count("\r") == 2
 
 
-def test_no_progress_in_a_typed_conversation(emulator: Emulator) -> None:
-    """`hyco send --text` on a terminal (stdin, stdout and stderr): what the user types is not
-    drawn over by a progress line (review of issue 13's progress)."""
+@pytest.mark.parametrize("stdout", ["terminal", "file"])
+def test_no_progress_while_the_terminal_is_typed_into(emulator: Emulator, stdout: str,
+                                                      tmp_path: Path) -> None:
+    """`hyco send --text` reading a terminal (stderr there too; stdout there or in a file):
+    what the user types is not drawn over by a progress line (review and trials of issue 13)."""
     listener = Proc(["listen", *emulator.client_args("chat"), "--text"])
     master, slave = os.openpty()
     sender = None
+    out = open(tmp_path / "out", "wb") if stdout == "file" else None  # noqa: SIM115
     try:
         listener.wait_line(r"listening on ws://", stream="stderr")
         sender = subprocess.Popen(
             [sys.executable, "-m", "hyco_proto", "send", *emulator.client_args("chat"),
-             "--text", "-N"], cwd=ROOT, stdin=slave, stdout=slave, stderr=slave)
+             "--text", "-N"], cwd=ROOT, stdin=slave, stdout=out or slave, stderr=slave)
         os.close(slave)
         for line in (b"hi\n", b"there\n"):
             listener_seen = len(listener.stdout)
@@ -448,6 +451,8 @@ def test_no_progress_in_a_typed_conversation(emulator: Emulator) -> None:
         assert sender.wait(20) == 0
     finally:
         os.close(master)
+        if out is not None:
+            out.close()
         listener.kill()
         if sender is not None and sender.poll() is None:
             sender.kill()
@@ -493,10 +498,13 @@ def test_received_lines_on_the_progress_terminal_take_their_own_lines(
                 proc.wait(5)
     text = seen.decode("utf-8", "replace")
     assert re.search(r"\rhyco: [\d.]+ [KMG]?i?B received", text), repr(text)  # progress drawn
-    for i in range(12):
-        # Each message at the start of a line (the tty maps \n to \r\n), never after a
-        # progress line's "… 1.25 s".
-        assert re.search(rf"(^|\n)message-{i}\r\n", text), repr(text)
+    # What the terminal shows: each row is what its last carriage return left (the progress
+    # line is blanked with spaces before a message takes its row).
+    rows = [row.rsplit("\r", 1)[-1].rstrip() for row in text.split("\r\n")]
+    messages = [row for row in rows if row.startswith("message-")]
+    assert messages == [f"message-{i}" for i in range(12)], rows
+    progress = [row for row in rows if "received" in row]
+    assert len(progress) <= 1, rows  # the final one at most: none left between the messages
 
 
 def test_keep_open_caps_the_waiting_senders_when_they_arrive_together() -> None:
@@ -566,3 +574,18 @@ def test_verbose_summary_also_when_sigterm_ends_the_connection(emulator: Emulato
             sender.kill()
     assert any(re.match(r"^hyco: connection closed \(1000\): 0 B received, 6 B sent in ", line)
                for line in sender.stderr_text), sender.stderr_text
+
+
+def test_meter_fits_a_narrow_terminal_and_clear_blanks_its_line() -> None:
+    clock, stream = FakeClock(), io.StringIO()
+    meter = TransferMeter(stream, clock, interval=0.25, delay=1.0, columns=lambda: 30)
+    meter.received(5 << 20)
+    clock.now += 1.0
+    assert meter.tick()
+    drawn = stream.getvalue()
+    assert drawn.startswith("\r") and len(drawn) == 1 + 29  # one row: it would wrap at 30
+    meter.clear()
+    assert stream.getvalue()[len(drawn):] == "\r" + " " * 29 + "\r"
+    assert not meter.drawn
+    clock.now += 0.1
+    assert meter.tick()  # drawn again below what took the line, even with no new bytes
