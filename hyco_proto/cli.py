@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from ._progress import TransferMeter
+from ._syntax import is_token
 from ._version import __version__
 from .errors import (
     ConnectionLostError,
@@ -1230,6 +1231,15 @@ def cmd_status(args: argparse.Namespace) -> int:
 # plumbing
 
 
+def _subprotocol(text: str) -> str:
+    """A WebSocket subprotocol name: an HTTP token (RFC 6455 §4.1), like ``chat`` or ``v1.json``."""
+    if not is_token(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a valid subprotocol name (letters, digits and !#$%&'*+-.^_`|~, "
+            "no spaces)")
+    return text
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -1513,7 +1523,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "On a terminal, stderr shows the progress of a long transfer; -v adds a "
                     "summary line at the end.")
     _add_endpoint_options(snd)
-    snd.add_argument("--subprotocol", action="append", metavar="NAME",
+    snd.add_argument("--subprotocol", action="append", metavar="NAME", type=_subprotocol,
                      help="offer this WebSocket subprotocol (repeatable)")
     snd.add_argument("--header", "-H", action="append", metavar="'NAME: VALUE'",
                      help="extra connect header, visible to the listener (repeatable)")

@@ -816,3 +816,13 @@ def test_the_banners_try_it_commands_work_as_pasted(emulator: Emulator, tmp_path
     finally:
         listener.kill()
     assert listener.stdout == b"hello\n"
+
+
+@pytest.mark.parametrize("name", ["a b", "", "x,y"])
+def test_a_bad_subprotocol_is_a_usage_error_not_a_traceback(
+        name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["send", "--path", "x", "--subprotocol", name])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --subprotocol: {name!r} is not a valid subprotocol name" in err, err
