@@ -825,6 +825,9 @@ def _failure(what: str, address: str, error: BaseException, ep: _Endpoint) -> Cl
     else:
         message = f"{what} {address}: {text}"
     hint = _scheme_hint(ep, error) or _token_advice(ep, error)
+    if not hint and "nothing is listening at " in text:
+        hint = (" (is `hyco emulator` running there? give its address with -n HOST:PORT, "
+                "--port or -c)")
     # The library's own advice, "(is it serving wss://? then use wss://)", becomes the flag to
     # pass rather than a second hint after it.
     found = re.search(r"(?:then )?use (wss?)://\)", message)

@@ -382,7 +382,9 @@ def test_listen_and_send_without_a_relay_say_so_once_and_give_no_scheme_hint() -
         proc = Proc([*command, "-n", f"127.0.0.1:{port}", "--path", "myhc"])
         assert proc.wait() == 1
         text = "\n".join(proc.stderr_text)
-        assert f"nothing is listening at 127.0.0.1:{port} (connection refused)" in text, text
+        assert text.endswith(f"nothing is listening at 127.0.0.1:{port} (connection refused) "
+                             "(is `hyco emulator` running there? give its address with -n "
+                             "HOST:PORT, --port or -c)"), text
         assert "--scheme" not in text, text
         assert text.count(f"ws://127.0.0.1:{port}/$hc/myhc") == 1, text
 
