@@ -863,6 +863,8 @@ def _listen_target(args: argparse.Namespace
 
 #: Senders ``hyco listen -K`` holds while it serves another; beyond, they are refused (503).
 _MAX_WAITING = 64
+#: How often ``hyco listen`` may say it turned senders away (more are counted in the next line).
+_TURNED_AWAY_EVERY = 5.0
 
 
 def _peer(ws: RelayedWebSocket) -> str:
@@ -921,20 +923,40 @@ async def _listen(args: argparse.Namespace) -> int:
                   logging.WARNING)
             spawn(watch_reconnect())
 
+    turned_away = 0  # senders turned away since the last line that said so
+    said_at = -_TURNED_AWAY_EVERY
+
+    def turn_away(who: str, why: str) -> None:
+        # Said on stderr, at most once per _TURNED_AWAY_EVERY seconds (a crowd is one line).
+        nonlocal turned_away, said_at
+        turned_away += 1
+        if loop.time() - said_at < _TURNED_AWAY_EVERY:
+            return
+        more = f" (and {turned_away - 1} more since the last such line)" if turned_away > 1 \
+            else ""
+        _note(args, f"turned away the sender from {who}: {why}{more}", logging.WARNING)
+        turned_away, said_at = 0, loop.time()
+
     def decide(request: ConnectionRequested) -> Reject | None:
+        who = (host_port(request.remote_endpoint.address, request.remote_endpoint.port)
+               if request.remote_endpoint is not None else "?")
         if taken and not args.keep_open:
+            turn_away(who, "serving one connection (503; -K queues them)")
             return Reject(503, "listener busy: it serves one connection (hyco listen "
                                "without --keep-open)")
         if waiting.qsize() >= _MAX_WAITING:
+            turn_away(who, f"{_MAX_WAITING} senders are waiting (503)")
             return Reject(503, f"listener busy: {_MAX_WAITING} senders are waiting")
         return None  # accept
 
     def on_connection(ws: RelayedWebSocket) -> None:
         nonlocal taken
         if taken and not args.keep_open:  # two senders raced past decide()
+            turn_away(_peer(ws), "serving one connection (1013; -K queues them)")
             spawn(ws.close(1013, "listener busy: it serves one connection"))
             return
         if waiting.qsize() >= _MAX_WAITING:  # accepted together, before any had arrived
+            turn_away(_peer(ws), f"{_MAX_WAITING} senders are waiting (1013)")
             spawn(ws.close(1013, f"listener busy: {_MAX_WAITING} senders are waiting"))
             return
         taken = True
@@ -1510,7 +1532,7 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--keep-open", "-K", action="store_true",
                      help="accept further connections after one closes. Senders that arrive "
                           "while one is served are accepted at once and wait their turn "
-                          f"(stderr says so; up to {_MAX_WAITING}, more get 503); without -K a "
+                          f"(stderr says so; up to {_MAX_WAITING}, more are turned away: 503, or 1013 when they arrive together); without -K a "
                           "second sender gets 503 at once. With -K a lost relay is retried "
                           "until it is back")
     lst.add_argument("--timeout", type=_OPEN_TIMEOUT, default=10.0, metavar="SECONDS",

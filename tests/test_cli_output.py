@@ -326,6 +326,9 @@ def test_without_keep_open_a_second_sender_is_refused_with_503_at_once(
         if first is not None:
             first.kill()
     assert bytes(listener.stdout) == b"one\n"
+    assert any(re.fullmatch(r"hyco: turned away the sender from 127\.0\.0\.1:\d+: serving one "
+                            r"connection \(503; -K queues them\)", line)
+               for line in listener.stderr_text), listener.stderr_text
 
 
 def test_a_lost_relay_is_said_without_verbose_and_ends_listen_after_its_timeout() -> None:
@@ -551,6 +554,11 @@ def test_keep_open_caps_the_waiting_senders_when_they_arrive_together() -> None:
         relay.kill()
     assert refused + len(closed) == 70 - 64, (refused, closed, connected)
     assert all(code == 1013 for code in closed), closed
+    # Said once for the crowd (at most one such line per 5 s), counting the others.
+    said = [line for line in listener.stderr_text if "turned away" in line]
+    assert len(said) == 1, listener.stderr_text
+    assert re.fullmatch(r"hyco: turned away the sender from 127\.0\.0\.1:\d+: 64 senders are "
+                        r"waiting \((503|1013)\)", said[0]), said
 
 
 def test_verbose_summary_also_when_sigterm_ends_the_connection(emulator: Emulator) -> None:
