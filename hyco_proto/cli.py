@@ -1532,7 +1532,8 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--keep-open", "-K", action="store_true",
                      help="accept further connections after one closes. Senders that arrive "
                           "while one is served are accepted at once and wait their turn "
-                          f"(stderr says so; up to {_MAX_WAITING}, more are turned away: 503, or 1013 when they arrive together); without -K a "
+                          f"(stderr says so; up to {_MAX_WAITING}, more are turned away: 503, "
+                          "or 1013 when they arrive together); without -K a "
                           "second sender gets 503 at once. With -K a lost relay is retried "
                           "until it is back")
     lst.add_argument("--timeout", type=_OPEN_TIMEOUT, default=10.0, metavar="SECONDS",
