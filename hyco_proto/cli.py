@@ -308,8 +308,9 @@ def _banner(config: EmulatorConfig, server: RelayServiceServer, cert: Path | Non
         http_url = f"{'https' if scheme == 'wss' else 'http'}://{authority}/{example}"
         lines += [
             "",
-            "relayed HTTP (hyco-https listeners, or any listener that answers requests): any "
-            "HTTP client sends, e.g.",
+            "relayed HTTP (answered by `hyco http --asgi|--wsgi MODULE:APP`, hyco-https or any "
+            "listener that answers requests; `hyco listen` serves WebSockets only): any HTTP "
+            "client sends, e.g.",
             f"  curl {cacert}-H \"ServiceBusAuthorization: "
             f"$({_token_hint(http_url, rule.name, rule.key)})\" {http_url}/",
         ]
@@ -1583,11 +1584,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_log_level(htp, "INFO", "DEBUG, INFO (default), WARNING or ERROR (case-insensitive)")
     htp.set_defaults(func=cmd_http)
 
-    sta = commands.add_parser("status", help="print the emulator's /$status document")
+    sta = commands.add_parser(
+        "status", help="print the emulator's /$status document",
+        description="Print a running emulator's /$status document (its settings, connections "
+                    "by kind, counters and hybrid connections) as JSON. Exit 1, saying why, "
+                    "when it cannot be read.")
     sta.add_argument("--url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
                      help=f"emulator address, http(s):// or the ws(s):// one it prints "
                           f"(default http://{DEFAULT_HOST}:{DEFAULT_PORT})")
-    sta.add_argument("--cafile", help="trust this certificate for https://")
+    sta.add_argument("--cafile", metavar="PEM", help="trust this certificate for https://")
     sta.add_argument("--insecure", action="store_true", help="do not verify TLS")
     sta.add_argument("--timeout", type=_seconds, default=10.0, help=argparse.SUPPRESS)
     sta.set_defaults(func=cmd_status)
