@@ -68,6 +68,10 @@ _ALLOWED = "microsoft-relay-allowedlisteners"
 RENDEZVOUS_SECRET = "sb-hc-rendezvous"
 #: Bytes of CSPRNG output in that secret (128 bits).
 _SECRET_BYTES = 16
+#: Verified tokens the broker remembers (``RelayBroker._authorize``), and the longest it keeps:
+#: a SAS token is about 200 characters, so the cache stays under 10 MiB however it is fed.
+VERIFIED_TOKENS = 4096
+_VERIFIED_TOKEN_CHARS = 2048
 _DISALLOWED = "microsoft-relay-disallowedlisteners"
 
 
@@ -203,6 +207,10 @@ class RelayBroker:
         #: Hybrid connections this broker created on first use (lower-case name -> when last
         #: used); forgotten after ``config.auto_expiry`` idle seconds.
         self._auto: dict[str, float] = {}
+        #: Tokens that verified, by (token, target path): (rule name, that rule's key, expiry).
+        #: A hit skips parsing and the HMAC until the token expires; a changed key is a miss.
+        #: Only valid tokens get in, at most VERIFIED_TOKENS of them (oldest out first).
+        self._verified: dict[tuple[str, str], tuple[str, str, int]] = {}
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -231,17 +239,29 @@ class RelayBroker:
                 hc.name,
             )
         rules = self.config.rules_for(hc)
-        try:
-            parsed = verify_token(
-                token,
-                keys=lambda name: rules[name].key if name in rules else None,
-                target_path=target_path,
-                now=now,
-            )
-        except TokenError as exc:
-            return self._refuse(now, exc.status, f"InvalidToken: {_token_reason(exc)}.",
-                                hc.name)
-        rule = rules[parsed.key_name]
+        cache_key = (token, target_path)
+        known = self._verified.get(cache_key)
+        rule_or_none = rules.get(known[0]) if known is not None else None
+        if (known is not None and rule_or_none is not None and rule_or_none.key == known[1]
+                and now < known[2]):
+            rule, expiry = rule_or_none, known[2]
+        else:
+            try:
+                parsed = verify_token(
+                    token,
+                    keys=lambda name: rules[name].key if name in rules else None,
+                    target_path=target_path,
+                    now=now,
+                )
+            except TokenError as exc:
+                self._verified.pop(cache_key, None)
+                return self._refuse(now, exc.status, f"InvalidToken: {_token_reason(exc)}.",
+                                    hc.name)
+            rule, expiry = rules[parsed.key_name], parsed.expiry
+            if len(token) + len(target_path) <= _VERIFIED_TOKEN_CHARS:
+                if len(self._verified) >= VERIFIED_TOKENS:
+                    del self._verified[next(iter(self._verified))]
+                self._verified[cache_key] = (rule.name, rule.key, expiry)
         if not rule.grants(right):
             return self._refuse(
                 now,
@@ -249,7 +269,7 @@ class RelayBroker:
                 f"Unauthorized: rule '{rule.name}' does not grant '{right.value}' on '{hc.name}'.",
                 hc.name,
             )
-        return float(parsed.expiry)
+        return float(expiry)
 
     def _resolve(self, now: float, path: str) -> HybridConnectionConfig | Refused:
         # Not kept yet: an unknown hybrid connection is kept only once a request for it passed
