@@ -19,15 +19,10 @@ from hyco_proto import create_relay_token
 from hyco_proto.adapters.asyncio import RelayServiceThread
 from hyco_proto.drivers.stream import ConnectionClosedError
 from hyco_proto.service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY
+from tests.procutil import free_port
 
 WAIT = 10.0
 FAST = {"reconnect_delays": (0.0, 0.2, 0.5)}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def token(uri: str) -> str:

@@ -34,6 +34,7 @@ from hyco_proto.errors import (
 from hyco_proto.listener import ConnectionRequested
 from tests.adapters.asyncio_util import token
 from tests.interop import ThreadedEmulator
+from tests.procutil import free_port
 
 #: Upper bound for every wait in these tests (seconds).
 WAIT = 10.0
@@ -74,13 +75,6 @@ def hc_uri(relay_: ThreadedEmulator, hc: str = "myhc") -> str:
 def echo(ws: Any) -> None:
     for message in ws:
         ws.send(message)
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def poll(adapter: ModuleType, condition: Callable[[], bool], timeout: float = WAIT) -> bool:

@@ -25,16 +25,11 @@ from hyco_proto.service.webpubsub import WebPubSubService, apply_hub_actions
 from hyco_proto.webpubsub.hub import CloseTransport
 from hyco_proto.webpubsub.messages import TextData
 from hyco_proto.webpubsub.tokens import create_client_access
+from tests.procutil import free_port
 
 KEY = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH"
 HUB = "chat"
 ROLES = ("webpubsub.joinLeaveGroup", "webpubsub.sendToGroup")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

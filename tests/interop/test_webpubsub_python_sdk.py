@@ -9,7 +9,6 @@ receives nothing it should not. Both packages are in the ``test`` extra.
 from __future__ import annotations
 
 import queue
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,16 +25,11 @@ from hyco_proto.adapters.asyncio import RelayServiceThread
 from hyco_proto.service.config import ServiceConfig
 from hyco_proto.service.router import RelayService
 from hyco_proto.service.webpubsub import WebPubSubService
+from tests.procutil import free_port
 
 KEY = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH"  # the official emulator's documented key
 WAIT = 15.0
 ROLES = ["webpubsub.joinLeaveGroup", "webpubsub.sendToGroup"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture()

@@ -13,7 +13,6 @@ import base64
 import json
 import queue
 import shutil
-import socket
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -37,6 +36,7 @@ from hyco_proto.adapters.asyncio import RelayServiceThread
 from hyco_proto.service.config import ServiceConfig
 from hyco_proto.service.router import RelayService
 from hyco_proto.service.webpubsub import WebPubSubService
+from tests.procutil import free_port
 
 KEY = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH"
 WAIT = 15.0
@@ -49,12 +49,6 @@ RETRIES = 1
 # a local service) is only noticed when the timeout ends. Short timeouts bound that stall; the
 # outcome is still checked (is_connected, the ack's error) after the wait.
 SDK_TIMEOUT = 3.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture()
