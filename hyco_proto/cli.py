@@ -88,6 +88,7 @@ from .webpubsub.events import SYSTEM_EVENTS, EventHandler
 
 if TYPE_CHECKING:
     from .adapters.asyncio import RelayedWebSocket, RelayServiceServer
+    from .control import RemoteEndpoint
 
 __all__ = ["build_parser", "main"]
 
@@ -868,9 +869,8 @@ _MAX_WAITING = 64
 _TURNED_AWAY_EVERY = 5.0
 
 
-def _peer(ws: RelayedWebSocket) -> str:
-    """The sender's address as ``host:port``."""
-    peer = ws.remote_endpoint
+def _peer(peer: RemoteEndpoint | None) -> str:
+    """A sender's address (``remote_endpoint``) as ``host:port``."""
     return host_port(peer.address, peer.port) if peer is not None else "?"
 
 
@@ -939,8 +939,7 @@ async def _listen(args: argparse.Namespace) -> int:
         turned_away, said_at = 0, loop.time()
 
     def decide(request: ConnectionRequested) -> Reject | None:
-        who = (host_port(request.remote_endpoint.address, request.remote_endpoint.port)
-               if request.remote_endpoint is not None else "?")
+        who = _peer(request.remote_endpoint)
         if taken and not args.keep_open:
             turn_away(who, "serving one connection (503; -K queues them)")
             return Reject(503, "listener busy: it serves one connection (hyco listen "
@@ -953,17 +952,17 @@ async def _listen(args: argparse.Namespace) -> int:
     def on_connection(ws: RelayedWebSocket) -> None:
         nonlocal taken
         if taken and not args.keep_open:  # two senders raced past decide()
-            turn_away(_peer(ws), "serving one connection (1013; -K queues them)")
+            turn_away(_peer(ws.remote_endpoint), "serving one connection (1013; -K queues them)")
             spawn(ws.close(1013, "listener busy: it serves one connection"))
             return
         if waiting.qsize() >= _MAX_WAITING:  # accepted together, before any had arrived
-            turn_away(_peer(ws), f"{_MAX_WAITING} senders are waiting (1013)")
+            turn_away(_peer(ws.remote_endpoint), f"{_MAX_WAITING} senders are waiting (1013)")
             spawn(ws.close(1013, f"listener busy: {_MAX_WAITING} senders are waiting"))
             return
         taken = True
         if serving or not waiting.empty():
-            _note(args, f"connection from {_peer(ws)} queued: serving one connection at a "
-                        f"time; {waiting.qsize() + 1} waiting")
+            _note(args, f"connection from {_peer(ws.remote_endpoint)} queued: serving one "
+                        f"connection at a time; {waiting.qsize() + 1} waiting")
         waiting.put_nowait(ws)
 
     stdin = _Stdin(None if args.no_stdin else sys.stdin.buffer, text=args.text)
@@ -997,7 +996,7 @@ async def _listen(args: argparse.Namespace) -> int:
             else:
                 raise CliError(f"the listener at {address} went offline: {last_error}")
             if args.verbose:
-                _note(args, f"connection from {_peer(ws)} to {ws.request_url}")
+                _note(args, f"connection from {_peer(ws.remote_endpoint)} to {ws.request_url}")
             serving = True
             try:
                 status = await _session(ws, stdin, args, out)
@@ -1617,18 +1616,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except BrokenPipeError as exc:
-        if not _stdout_reader_gone():
-            print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)  # a socket's EPIPE
-            return 1
-        # The reader of our stdout went away (`hyco status | head`): like cat, stop quietly.
-        # stdout now points at nothing, so the interpreter's final flush cannot fail again.
-        with contextlib.suppress(OSError, ValueError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        return 141  # 128 + SIGPIPE, what a shell reports for a command its pipe ended
+        if _stdout_reader_gone():
+            # The reader of our stdout went away (`hyco status | head`): like cat, stop
+            # quietly. stdout now points at nothing, so the final flush cannot fail again.
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            return 141  # 128 + SIGPIPE, what a shell reports for a command its pipe ended
+        error: Exception = exc  # a socket's EPIPE: an error like any other
     except (CliError, ConfigError) as exc:
-        if getattr(args, "log_format", "text") == "json":
-            _note(args, f"{args.command}: error: {exc}", logging.ERROR)
-        else:
-            print(f"{PROG} {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        error = exc
+    if getattr(args, "log_format", "text") == "json":
+        _note(args, f"{args.command}: error: {error}", logging.ERROR)
+    else:
+        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
+    return 1

@@ -43,6 +43,7 @@ __all__ = [
     "service_endpoint",
     "status_document",
     "status_response_body",
+    "utc_text",
 ]
 
 logger = logging.getLogger("hyco_proto.service")
@@ -107,7 +108,7 @@ def status_document(
         "status": "ok",
         "service": "hyco_proto relay emulator",
         "version": __version__,
-        "time": datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "time": utc_text(now),
         "namespace": config.namespace,
         "strict": config.strict,
         "max_listeners": config.max_listeners,
@@ -200,6 +201,14 @@ class _Window:
     suppressed: int = 0
     first: float = 0.0  # when the first and last suppressed refusal came
     last: float = 0.0
+
+
+def utc_text(when: float) -> str:
+    """``2026-11-30T23:19:42Z`` (``-`` for a time no calendar holds)."""
+    try:
+        return datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return "-"
 
 
 def _clock(when: float) -> str:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._text import printable
@@ -36,6 +35,7 @@ from .front import FrontDoor, RequestHead
 from .handler import Connection, ConnectionKind, Handler, ServiceCore
 from .http_relay import HttpExchange
 from .relay import ControlChannel, RelayLeg
+from .status import utc_text
 from .webview_page import PAGE
 
 if TYPE_CHECKING:
@@ -79,13 +79,6 @@ def _path(head: RequestHead) -> str:
 
 def _text(value: str, limit: int = _NAME) -> str:
     return printable(value, limit)
-
-
-def _utc(when: float) -> str:
-    try:
-        return datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    except (OverflowError, OSError, ValueError):
-        return "-"
 
 
 class WebViewSource(ServiceCore, Protocol):
@@ -216,7 +209,7 @@ def build_snapshot(service: WebViewSource, now: float) -> dict[str, Any]:
                          "group_count": len(sizes), "groups": groups})
 
     refusals = [
-        {"time": _utc(r.time), "client": r.client, "status": r.status, "what": r.what,
+        {"time": utc_text(r.time), "client": r.client, "status": r.status, "what": r.what,
          "reason": r.reason, "tracking": r.tracking, "event": r.event}
         for r in reversed(service.refusal_log.recent)  # newest first
     ]
