@@ -541,10 +541,7 @@ class Listener:
             return
         if status == 404:
             # .NET/Java: EndpointNotFound takes the listener permanently offline (§4.2).
-            self._transition(_I.NOT_FOUND)
-            self._clear_timers()
-            self._pending.clear()
-            self._events.append(Offline(error))
+            self._go_offline(_I.NOT_FOUND, error)
             return
         self._lost(now, error)
 
@@ -795,11 +792,7 @@ class Listener:
             transient=False)
         if cause is not None:
             error.__cause__ = cause
-        self._transition(_I.TOKEN_EXPIRED)
-        self._clear_timers()
-        self._body_expected_for = None
-        self._pending.clear()
-        self._events.append(Offline(error))
+        self._go_offline(_I.TOKEN_EXPIRED, error)
         return True
 
     def _offline_at(self) -> float | None:
@@ -817,10 +810,6 @@ class Listener:
         cause = error or self._last_error
         if self._state is _S.CONNECTING:
             self._actions.append(CloseControlChannel(1001, "offline timeout", abort=True))
-        self._transition(_I.GAVE_UP)
-        self._clear_timers()
-        self._body_expected_for = None
-        self._pending.clear()
         down = now - (self._down_since or now)
         offline = ConnectionLostError(
             f"the control channel has been down for {down:.3g} s, beyond offline_timeout "
@@ -830,8 +819,16 @@ class Listener:
             description=cause.description if cause is not None else None,
             transient=False)
         offline.__cause__ = cause
-        self._events.append(Offline(offline))
+        self._go_offline(_I.GAVE_UP, offline)
         return True
+
+    def _go_offline(self, why: _Input, error: RelayError) -> None:
+        """Terminal: no timer, no unanswered request, no reconnect; ``Offline(error)``."""
+        self._transition(why)
+        self._clear_timers()
+        self._body_expected_for = None
+        self._pending.clear()
+        self._events.append(Offline(error))
 
     def _lost(self, now: float, error: RelayError, *, min_delay: float = 0.0) -> None:
         """The channel (or the attempt to open it) failed: report and schedule a reconnect
