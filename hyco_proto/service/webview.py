@@ -34,7 +34,8 @@ from .events import client_text
 from .front import FrontDoor, RequestHead
 from .handler import Connection, ConnectionKind, Handler, ServiceCore
 from .http_relay import HttpExchange
-from .relay import ControlChannel, RelayLeg
+from .legs import RelayLeg
+from .relay import ControlChannel
 from .status import utc_text
 from .webview_page import PAGE
 
