@@ -58,6 +58,10 @@ _SERVER_OWNED = frozenset((
 ))
 _BODY_HEADERS = frozenset(("content-length", "transfer-encoding"))
 
+#: The start of every 101 ``ServerHandshake.accept`` writes, up to the accept token.
+_ACCEPT_HEAD = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: ")
+
 #: Rejection bodies kept by ``ClientHandshake`` are cut at this size.
 MAX_REJECTION_BODY = 65536
 
@@ -570,33 +574,56 @@ class ServerHandshake:
         self.trailing_data = bytes(trailing_data)
         return self._validate(request)
 
+    def validate_head(self, method: str, target: str, http_version: str,
+                      headers: list[tuple[str, str]],
+                      trailing_data: bytes = b"") -> HandshakeRequest | None:
+        """:meth:`validate` for a head already decoded (latin-1, header names as sent, values
+        without surrounding whitespace) by a parser as strict as h11: the service's front
+        door reads plain upgrade requests without h11. Same checks, same outcome."""
+        if self.request is not None or self._answered:
+            raise LocalProtocolError("validate() checks one request, before it is answered")
+        size = len(method) + len(target) + 12 + sum(len(k) + len(v) + 4 for k, v in headers)
+        if size > self._max_header_size:
+            self._refuse(431, "request headers too large")
+            return None
+        self.trailing_data = bytes(trailing_data)
+        return self._check(method, target, http_version, headers)
+
     def _validate(self, request: h11.Request) -> HandshakeRequest | None:
-        headers = _decode_headers(request.headers.raw_items())
-        method = request.method.decode("ascii")
+        return self._check(request.method.decode("ascii"), request.target.decode("latin-1"),
+                           request.http_version.decode("ascii"),
+                           _decode_headers(request.headers.raw_items()))
+
+    def _check(self, method: str, target: str, http_version: str,
+               headers: list[tuple[str, str]]) -> HandshakeRequest | None:
         # Kept for ``refused_request`` should any check below refuse the upgrade.
-        self._candidate = RefusedRequest(method, request.target.decode("latin-1"), headers)
+        self._candidate = RefusedRequest(method, target, headers)
         if method != "GET":
             self._refuse(405, f"a WebSocket upgrade uses GET, not {method}", [("Allow", "GET")])
             return None
-        if request.http_version != b"1.1":
+        if http_version != "1.1":
             self._refuse(400, "a WebSocket upgrade needs HTTP/1.1")
             return None
-        upgrade = [t.lower() for t in _tokens(_get_all(headers, "upgrade"))]
-        connection = [t.lower() for t in _tokens(_get_all(headers, "connection"))]
+        # One pass over the headers (names compare case-insensitively), not one per name.
+        fields: dict[str, list[str]] = {}
+        for name, value in headers:
+            fields.setdefault(name.lower(), []).append(value)
+        upgrade = [t.lower() for t in _tokens(fields.get("upgrade", ()))]
+        connection = [t.lower() for t in _tokens(fields.get("connection", ()))]
         if "websocket" not in upgrade or "upgrade" not in connection:
             self._refuse(426, "expected a WebSocket upgrade (Upgrade: websocket, "
                          "Connection: Upgrade)",
                          [("Upgrade", "websocket"), ("Connection", "Upgrade"),
                           ("Sec-WebSocket-Version", "13")])
             return None
-        versions = _get_all(headers, "sec-websocket-version")
+        versions = fields.get("sec-websocket-version", [])
         version = versions[0].strip() if len(versions) == 1 else ", ".join(versions)
         if version != "13":
             # §4.2.2: answer an unsupported version with 426 and the versions we speak.
             self._refuse(426, f"unsupported Sec-WebSocket-Version {version!r}; this server "
                          "speaks 13", [("Sec-WebSocket-Version", "13")])
             return None
-        keys = _get_all(headers, "sec-websocket-key")
+        keys = fields.get("sec-websocket-key", [])
         key = keys[0].strip() if len(keys) == 1 else ""
         if not _key_is_valid(key):
             self._refuse(400, "Sec-WebSocket-Key missing, repeated, or not the base64 form of "
@@ -604,9 +631,9 @@ class ServerHandshake:
             return None
         self.request = HandshakeRequest(
             method=method,
-            target=request.target.decode("latin-1"),
+            target=target,
             headers=headers,
-            subprotocols=_tokens(_get_all(headers, "sec-websocket-protocol")),
+            subprotocols=_tokens(fields.get("sec-websocket-protocol", ())),
             key=key,
             version=version,
         )
@@ -644,6 +671,14 @@ class ServerHandshake:
                 f"subprotocol {subprotocol!r} was not offered by the client "
                 f"({self.request.subprotocols!r}); pick one of those or None"
             )
+        if not headers:
+            # The common answer, written directly: the bytes _format_response would write.
+            self._answered = True
+            head = _ACCEPT_HEAD + accept_token(self.request.key).encode("ascii")
+            if subprotocol is not None:
+                head += (b"\r\nSec-WebSocket-Protocol: "
+                         + subprotocol.encode("latin-1", "replace"))
+            return head + b"\r\n\r\n"
         extra = _header_items(headers)
         out = [("Upgrade", "websocket"), ("Connection", "Upgrade"),
                ("Sec-WebSocket-Accept", accept_token(self.request.key))]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -56,7 +57,8 @@ class RequestHead:
     query: str
     headers: list[tuple[str, str]]
     http_version: str
-    raw: h11.Request
+    #: h11's request; None when the fast path (``_fast_head``) read the head.
+    raw: h11.Request | None
 
     def header(self, name: str) -> str | None:
         lname = name.lower()
@@ -119,6 +121,67 @@ def _decode(raw: h11.Request) -> RequestHead:
                        headers, raw.http_version.decode("ascii"), raw)
 
 
+# The fast path's grammar is h11's (h11/_abnf.py: request-line, header-field, both over bytes),
+# so every head it takes, h11 takes to the same request: a request target is [\x21-\x7e]+; a
+# field is token ":" OWS value OWS, where the value holds no NUL and no \s but SP and HTAB
+# (bytes' \s: SP HT LF VT FF CR) — whatever lies between the colon and the line's end once no
+# such byte is left, with SP and HT stripped at both ends.
+_TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+#: Headers that send a request the general (h11) way: a body, 100-continue.
+_SLOW_HEADERS = frozenset(("content-length", "transfer-encoding", "expect"))
+#: (The class's ``h11`` property hides the module in its annotations.)
+_H11Error = h11.RemoteProtocolError
+#: The fast path's bound on a head: the opening handshake's (``ServerHandshake``).
+_FAST_MAX_HEAD = 16384
+
+
+def _fast_head(data: bytes) -> tuple[RequestHead, bytes] | None:
+    """A plain WebSocket upgrade (GET, HTTP/1.1, an ``Upgrade`` header, no body, one Host)
+    that arrived whole, read in one pass: the head and the bytes after it. None for anything
+    else, which h11 reads instead (so every refusal and error stays h11's): bare CR or LF, obs-
+    fold, characters RFC 9112 does not allow, more than ``MAX_HEADER_FIELDS`` fields."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0 or end > _FAST_MAX_HEAD or not data.startswith(b"GET "):
+        return None
+    text = data[:end].decode("latin-1")
+    lines = text.split("\r\n")
+    if len(lines) - 1 > MAX_HEADER_FIELDS:
+        return None
+    for bad in ("\r", "\n", "\x00", "\x0b", "\x0c"):  # CR and LF only as CRLF, between lines
+        if bad in text and (bad not in "\r\n" or text.count(bad) != len(lines) - 1):
+            return None
+    request_line = lines[0]
+    target = request_line[4:-9]
+    if (not request_line.endswith(" HTTP/1.1") or not target or not target.isascii()
+            or not target.isprintable() or " " in target):
+        return None
+    headers: list[tuple[str, str]] = []
+    hosts = 0
+    upgrade = False
+    token = _TOKEN.fullmatch
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if not colon or token(name) is None:
+            return None  # obs-fold, whitespace before the colon, not a field: h11 decides
+        lname = name.lower()
+        if lname in _SLOW_HEADERS:
+            return None
+        if lname == "host":
+            hosts += 1
+        elif lname == "upgrade":
+            upgrade = True
+        headers.append((name, value.strip(" \t")))
+    if hosts != 1 or not upgrade:  # h11: HTTP/1.1 needs exactly one Host (RFC 9112 §3.2)
+        return None
+    if target.startswith("/"):  # origin form (split_target's first case, without the call)
+        path, _, query = target.partition("#")[0].partition("?")
+        path = path or "/"
+    else:
+        path, query = split_target(target)
+    return (RequestHead("GET", target, path, query, headers, "1.1", None),
+            bytes(data[end + 4:]))
+
+
 class FrontDoor(Handler):
     """A connection reading HTTP requests and routing them (see the module docstring)."""
 
@@ -127,7 +190,11 @@ class FrontDoor(Handler):
     def __init__(self, svc: ServiceCore, conn: Connection, routes: Sequence[Route]) -> None:
         super().__init__(svc, conn)
         self.routes = routes
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        #: Made when first needed (``h11``): a plain upgrade request never needs it.
+        self._h11: h11.Connection | None = None
+        #: The bytes the fast path read (head and what followed), until h11 reads them again.
+        self._fast: bytes | None = None
+        self._fast_trailing = b""
         self.head: RequestHead | None = None
         self.exchange: Exchange | None = None
         self._request_done = False
@@ -137,12 +204,37 @@ class FrontDoor(Handler):
         self._served = 0  # requests answered on this connection
         svc.watch(conn.id)
 
+    @property
+    def h11(self) -> h11.Connection:
+        """The connection's h11 state. Made on first use; when the fast path read the head,
+        h11 reads those bytes again and stands where it would have stood, the request read."""
+        conn = self._h11
+        if conn is None:
+            conn = self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+            fast, self._fast = self._fast, None
+            if fast is not None:
+                conn.receive_data(fast)
+                event = conn.next_event()
+                assert isinstance(event, h11.Request), event  # h11's grammar is the fast path's
+        return conn
+
     # -- input -----------------------------------------------------------------------------
 
     def receive_data(self, now: float, data: bytes | memoryview) -> None:
         if self._closing:
             return
-        self.h11.receive_data(bytes(data))
+        data = bytes(data)
+        if self._h11 is None and self.head is None:
+            # The first bytes of a connection: a plain upgrade request skips h11.
+            fast = _fast_head(data)
+            if fast is not None:
+                self._fast = data
+                self.head, self._fast_trailing = fast
+                self._start_request(now, self.head)
+                if self.svc.handler(self.id) is self and not self._closing:
+                    self._advance(now)  # not switched: h11 goes on from the request
+                return
+        self.h11.receive_data(data)
         self._advance(now)
 
     def receive_eof(self, now: float) -> None:
@@ -190,10 +282,7 @@ class FrontDoor(Handler):
                         error_status_hint=431))
                     return
                 self.head = _decode(event)
-                self._request_done = False
-                self._response_done = False
-                self.kind = ConnectionKind.HANDSHAKE
-                self._route(now, self.head)
+                self._start_request(now, self.head)
                 if self.svc.handler(self.id) is not self:
                     return  # switched to another handler (a WebSocket upgrade)
             elif isinstance(event, h11.Data):
@@ -211,7 +300,13 @@ class FrontDoor(Handler):
                     self.close(now)
                 return
 
-    def _bad_request(self, now: float, exc: h11.RemoteProtocolError) -> None:
+    def _start_request(self, now: float, head: RequestHead) -> None:
+        self._request_done = False
+        self._response_done = False
+        self.kind = ConnectionKind.HANDSHAKE
+        self._route(now, head)
+
+    def _bad_request(self, now: float, exc: _H11Error) -> None:
         status = exc.error_status_hint
         self.svc.stats.handshake_errors += 1
         if self.exchange is not None:
@@ -242,10 +337,15 @@ class FrontDoor(Handler):
     def upgrade(self) -> tuple[ServerHandshake, bytes]:
         """The current request as a WebSocket handshake to validate (the route switches the
         connection on success), with the bytes that came after the head."""
-        assert self.head is not None
+        head = self.head
+        assert head is not None
         handshake = ServerHandshake()  # upgrades keep the 16 KiB head bound
+        if head.raw is None:  # read by the fast path
+            handshake.validate_head(head.method, head.target, head.http_version, head.headers,
+                                    self._fast_trailing)
+            return handshake, self._fast_trailing
         trailing, _ = self.h11.trailing_data
-        handshake.validate(self.head.raw, bytes(trailing))
+        handshake.validate(head.raw, bytes(trailing))
         return handshake, bytes(trailing)
 
     def continue_request(self) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from urllib.parse import parse_qsl
 
 from .._text import close_reason, printable
 from ..control import ResponseCommand
@@ -26,8 +25,14 @@ from ..websocket import (
     TextMessage,
     WebSocketConnection,
 )
-from .broker import BadResponse, Refused, RendezvousAccepted, RendezvousRejected
-from .events import client_text, log_event
+from .broker import (
+    BadResponse,
+    Refused,
+    RendezvousAccepted,
+    RendezvousRejected,
+    query_params,
+)
+from .events import client_text, log_enabled, log_event
 from .front import FrontDoor, RequestHead, reason_phrase
 from .handler import Connection, ConnectionKind, Handler, ServiceCore, WebSocketHandler
 from .legs import RelayLeg
@@ -61,10 +66,8 @@ def relay_path(path: str) -> str | None:
 
 
 def _action(query: str) -> str:
-    for key, value in parse_qsl(query, keep_blank_values=True):
-        if key.lower() == "sb-hc-action":
-            return value.lower()
-    return "connect"  # a missing action means connect (hybrid-connections-wire §1.2)
+    # A missing action means connect (hybrid-connections-wire §1.2).
+    return query_params(query).get("sb-hc-action", "connect").lower()
 
 
 def can_send(ws: WebSocketConnection) -> bool:
@@ -177,8 +180,10 @@ class HybridConnectionsRoute:
             return
         # DEBUG: the sender's outcome is its INFO line (pair-relayed, or refused / rejected by
         # WaitingSender.refuse), so a busy run logs one line per pair, not two.
-        log_event(logging.DEBUG, "sender-accepted", f"/$hc/{path}", remote=door.conn.remote,
-                  tracking=result.id, why=f"waiting for listener {result.listener_id}")
+        if log_enabled(logging.DEBUG):
+            log_event(logging.DEBUG, "sender-accepted", f"/$hc/{path}",
+                      remote=door.conn.remote, tracking=result.id,
+                      why=f"waiting for listener {result.listener_id}")
         svc.switch(door.id, WaitingSender(svc, door.conn, handshake, result.id))
 
     def _accept(self, door: FrontDoor, handshake: ServerHandshake, request: HandshakeRequest,
@@ -211,9 +216,11 @@ class HybridConnectionsRoute:
         if chosen is not None and chosen not in result.pending.subprotocols:
             chosen = None
         svc.stats.relayed_pairs += 1
-        log_event(logging.INFO, "pair-relayed", f"/$hc/{result.pending.hc.name}",
-                  remote=waiting.conn.remote, tracking=result.pending.id,
-                  why=f"listener {result.pending.listener_id} at {client_text(door.conn.remote)}")
+        if log_enabled(logging.INFO):
+            log_event(logging.INFO, "pair-relayed", f"/$hc/{result.pending.hc.name}",
+                      remote=waiting.conn.remote, tracking=result.pending.id,
+                      why=f"listener {result.pending.listener_id} at "
+                          f"{client_text(door.conn.remote)}")
         listener_leg = RelayLeg(svc, door.conn, waiting.id)
         sender_leg = RelayLeg(svc, waiting.conn, door.id)
         listener_leg.tracking = sender_leg.tracking = result.pending.id

@@ -1,0 +1,167 @@
+"""Rendezvous A/B and profiles of the relay process (issue 14), without pytest.
+
+``python bench/rdv_ab.py compare --tree A=/path/a --tree B=/path/b`` starts one relay process per
+source tree (``hyco_proto`` imported from that tree) and drives ``Session.rendezvous`` through
+each in interleaved rounds (A, B, A, B, ... sequential, then 16 in flight), printing per round
+and as medians: rendezvous per second and the relay process's CPU µs per rendezvous (user +
+system from ``/proc``, the figure that does not depend on how busy the machine is).
+
+``--profile DIR`` runs the relays under cProfile and writes ``DIR/<label>.prof`` (and the top
+entries by own time, ``DIR/<label>.txt``) when they stop. ``--uvloop`` runs them on uvloop.
+
+``python bench/rdv_ab.py relay --root TREE [--profile FILE] [--uvloop]`` is the relay process
+itself: ``RelayServiceServer`` on 127.0.0.1, ``PORT <n>`` on stdout, stops when stdin closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TIMEOUT = 15.0
+
+
+def _relay(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(Path(args.root).resolve()))
+    import asyncio
+    import threading
+
+    from hyco_proto.adapters.asyncio import RelayServiceServer
+
+    if args.uvloop:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+
+        def watch() -> None:  # the parent holds our stdin open: EOF means stop
+            sys.stdin.buffer.read()
+            loop.call_soon_threadsafe(done.set)
+
+        threading.Thread(target=watch, daemon=True).start()
+        async with RelayServiceServer(host="127.0.0.1", port=0) as server:
+            print(f"PORT {server.port}", flush=True)
+            await done.wait()
+
+    if not args.profile:
+        asyncio.run(serve())
+        return 0
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    asyncio.run(serve())
+    prof.disable()
+    prof.dump_stats(args.profile)
+    with open(Path(args.profile).with_suffix(".txt"), "w") as out:
+        stats = pstats.Stats(prof, stream=out)
+        stats.sort_stats("tottime").print_stats(40)
+        stats.sort_stats("cumulative").print_stats(60)
+    return 0
+
+
+class _Relay:
+    def __init__(self, label: str, root: str, profile: str | None, uvloop: bool) -> None:
+        cmd = [sys.executable, str(HERE / "rdv_ab.py"), "relay", "--root", root]
+        if profile:
+            cmd += ["--profile", profile]
+        if uvloop:
+            cmd.append("--uvloop")
+        self.label = label
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     cwd="/")
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode().split()  # bounded by the relay's start
+        if len(line) != 2 or line[0] != "PORT":
+            self.stop()
+            raise RuntimeError(f"{label}: relay said {line!r}")
+        self.port = int(line[1])
+
+    def cpu(self) -> float:
+        stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(TIMEOUT)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(HERE.parent))
+    from bench.loadgen import Session, raise_fd_limit
+
+    raise_fd_limit()
+    trees = [t.split("=", 1) for t in args.tree]
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
+    relays = [_Relay(label, root,
+                     str(Path(args.profile, f"{label}.prof")) if args.profile else None,
+                     args.uvloop) for label, root in trees]
+    results: dict[tuple[str, int], list[tuple[float, float]]] = {}
+    try:
+        sessions = [Session(r.port) for r in relays]
+        for conc in args.concurrency:
+            for sess in sessions:
+                sess.rendezvous(sess.prepare(100), conc)  # warm-up
+            for rnd in range(args.rounds):
+                order = list(zip(relays, sessions, strict=True))
+                if rnd % 2:
+                    order.reverse()  # neither tree always goes first
+                for relay, sess in order:
+                    prepared = sess.prepare(args.count)
+                    c0, t0 = relay.cpu(), time.perf_counter()
+                    done = sess.rendezvous(prepared, conc)
+                    wall = time.perf_counter() - t0
+                    cpu_us = (relay.cpu() - c0) / done * 1e6
+                    results.setdefault((relay.label, conc), []).append((done / wall, cpu_us))
+                    print(f"round {rnd} x{conc:<2} {relay.label:8} {done / wall:8.0f}/s "
+                          f"relay {cpu_us:7.1f} µs CPU/rendezvous", flush=True)
+        for sess in sessions:
+            sess.close()
+    finally:
+        for relay in relays:
+            relay.stop()
+    print(f"\nmedians of {args.rounds} interleaved rounds of {args.count} rendezvous:")
+    for (label, conc), rows in results.items():
+        rate = statistics.median(r for r, _ in rows)
+        cpu = statistics.median(c for _, c in rows)
+        print(f"x{conc:<2} {label:8} {rate:8.0f} rendezvous/s  relay {cpu:7.1f} µs CPU each")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    relay = sub.add_parser("relay")
+    relay.add_argument("--root", default=str(HERE.parent))
+    relay.add_argument("--profile")
+    relay.add_argument("--uvloop", action="store_true")
+    compare = sub.add_parser("compare")
+    compare.add_argument("--tree", action="append", required=True, help="LABEL=PATH")
+    compare.add_argument("--rounds", type=int, default=5)
+    compare.add_argument("--count", type=int, default=400)
+    compare.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    compare.add_argument("--profile")
+    compare.add_argument("--uvloop", action="store_true")
+    args = parser.parse_args()
+    return _relay(args) if args.cmd == "relay" else _compare(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""CPU per rendezvous of the sans-IO relay core alone (no sockets, no event loop), A/B.
+
+One ``RelayService`` in memory, one listener; each rendezvous is what the asyncio adapter feeds the
+core for one relayed connection (``bench/loadgen.py``'s ``Session.rendezvous``): the sender's
+upgrade request (``sb-hc-action=connect`` with a SAS token), the ``accept`` message read from the
+control channel's output, the listener's rendezvous upgrade, both 101s, both connections ending
+(EOF, then lost) — with ``next_deadline()`` after every call, as the adapter re-arms its timer.
+Only the time inside the core's calls is counted (``time.perf_counter``).
+
+``python bench/rdv_core.py --tree before=/path/a --tree after=/path/b`` runs each tree's core in
+its own process, interleaved (A, B, B, A, ...), and prints the medians in µs per rendezvous;
+``--profile`` prints the cProfile top entries of one run of each tree instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _run(root: str, count: int, profile: bool) -> float:
+    sys.path.insert(0, str(Path(root).resolve()))
+    import time
+
+    from hyco_proto._frames import FrameDecoder
+    from hyco_proto.handshake import ClientHandshake
+    from hyco_proto.sas import create_relay_token
+    from hyco_proto.service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY
+    from hyco_proto.service.router import RelayService
+
+    host = "127.0.0.1:9999"
+    token = create_relay_token(f"ws://{host}/$hc/bench", DEFAULT_RULE_NAME, DEVELOPMENT_KEY)
+    auth = [("ServiceBusAuthorization", token)]
+
+    def request(target: str, headers: list[tuple[str, str]]) -> bytes:
+        return ClientHandshake(host, target, headers=headers).data_to_send()
+
+    svc = RelayService()
+    clock = time.time()
+    control = svc.connection_made(clock, ("127.0.0.1", 1))
+    svc.receive_data(clock, control, request("/$hc/bench?sb-hc-action=listen&sb-hc-id=l1", auth))
+    svc.data_to_send()
+    decoder = FrameDecoder(masked=False)
+    senders = [request(f"/$hc/bench?sb-hc-action=connect&sb-hc-id=s{i}", auth)
+               for i in range(count)]
+    # The listener's request differs only in its target: built once, the target swapped in.
+    accept_template = request("/$hc/bench?XXX", [])
+    perf = time.perf_counter
+    spent = 0.0
+    if profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+    for i, sender_request in enumerate(senders):
+        now = clock + i * 1e-4
+        t0 = perf()
+        s = svc.connection_made(now, ("127.0.0.1", 2000 + i % 60000))
+        svc.next_deadline()
+        svc.receive_data(now, s, sender_request)
+        out = svc.data_to_send()
+        svc.next_deadline()
+        spent += perf() - t0
+        address = ""
+        for conn, data in out:
+            if conn == control:
+                for _, payload, _ in decoder.feed(data):
+                    address = json.loads(bytes(payload))["accept"]["address"]
+        target = address[address.index("/$hc/"):]
+        accept_request = accept_template.replace(b"/$hc/bench?XXX", target.encode())
+        t0 = perf()
+        a = svc.connection_made(now, ("127.0.0.1", 3000 + i % 60000))
+        svc.next_deadline()
+        svc.receive_data(now, a, accept_request)
+        out = svc.data_to_send()
+        svc.next_deadline()
+        for conn in (s, a):
+            svc.receive_eof(now, conn)
+            svc.data_to_send()
+            svc.next_deadline()
+        for conn in (s, a):
+            svc.connection_lost(now, conn)
+            svc.data_to_send()
+            svc.next_deadline()
+        spent += perf() - t0
+        if sum(data.startswith(b"HTTP/1.1 101 ") for _, data in out) != 2:
+            raise RuntimeError(f"rendezvous {i}: no two 101s: {out!r}")
+    if profile:
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    return spent / count * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--tree", action="append", help="LABEL=PATH (default: this tree)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--count", type=int, default=3000)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(_run(args.child, args.count, args.profile)))
+        return 0
+    trees = [t.split("=", 1) for t in (args.tree or [f"this={HERE.parent}"])]
+    results: dict[str, list[float]] = {label: [] for label, _ in trees}
+    for rnd in range(1 if args.profile else args.rounds):
+        order = trees if rnd % 2 == 0 else trees[::-1]
+        for label, root in order:
+            out = subprocess.run(
+                [sys.executable, str(HERE / "rdv_core.py"), "--child", root,
+                 "--count", str(args.count), *(["--profile"] if args.profile else [])],
+                check=True, capture_output=True, text=True, timeout=600).stdout
+            if args.profile:
+                print(f"== {label}\n{out}")
+            us = float(out.strip().splitlines()[-1])
+            results[label].append(us)
+            print(f"round {rnd} {label:8} {us:7.1f} µs per rendezvous", flush=True)
+    for label, values in results.items():
+        print(f"{label:8} median {statistics.median(values):7.1f} µs per rendezvous "
+              f"(core only, {len(values)} rounds of {args.count})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
