@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from .._text import close_reason, printable
+from ..frames import OP_BINARY, OP_TEXT, encode_frame
 from ..handshake import HandshakeRequest, ServerHandshake
 from ..webpubsub.endpoints import parse_client_url
 from ..webpubsub.events import ConnectAnswer, EventHandler
@@ -39,7 +40,7 @@ from .front import FrontDoor, RequestHead, reason_phrase
 from .handler import Connection, ConnectionKind, Handler, ServiceCore, WebSocketHandler
 from .webpubsub_events import CALL_TIMEOUT, EventDispatcher
 
-__all__ = ["UpstreamConnect", "WebPubSubRoute", "WebPubSubService", "WebPubSubSocket",
+__all__ = ["Outbox", "UpstreamConnect", "WebPubSubRoute", "WebPubSubService", "WebPubSubSocket",
            "apply_hub_actions", "report_departures"]
 
 logger = logging.getLogger("hyco_proto.service")
@@ -48,12 +49,19 @@ logger = logging.getLogger("hyco_proto.service")
 class WebPubSubService:
     """The hubs of the local Web PubSub service, created on first use (names lower-cased, like
     the official emulator), the access key client tokens are signed with, and each hub's
-    upstream event handlers (``event_handlers``: hub name → handlers, in order)."""
+    upstream event handlers (``event_handlers``: hub name → handlers, in order).
+
+    ``batch_writes`` (default on): within one driver call, each recipient gets all its frames
+    joined in one send; off, every frame is its own send (the same code otherwise; the
+    benchmarks compare both)."""
 
     def __init__(self, access_key: str, *,
                  event_handlers: Mapping[str, Sequence[EventHandler]] | None = None,
-                 event_timeout: float = CALL_TIMEOUT) -> None:
+                 event_timeout: float = CALL_TIMEOUT, batch_writes: bool = True) -> None:
         self.access_key = access_key
+        #: Whether each driver call (bytes from one client, one REST call, one timer) writes
+        #: every recipient's frames as one send (True), or each frame as its own send.
+        self.batch_writes = batch_writes
         self.hubs: dict[str, Hub] = {}
         self.events = EventDispatcher(event_handlers or {}, [access_key], timeout=event_timeout)
 
@@ -214,7 +222,8 @@ class WebPubSubRoute:
               hub: Hub, connection_id: str, subprotocol: str | None) -> WebPubSubSocket:
         self.svc.send(door.id, handshake.accept(subprotocol))
         socket = WebPubSubSocket(self.svc, door.conn, hub, connection_id,
-                                 handshake.trailing_data, self.wps.events)
+                                 handshake.trailing_data, self.wps.events,
+                                 batch_writes=self.wps.batch_writes)
         self.svc.switch(door.id, socket)
         return socket
 
@@ -300,20 +309,101 @@ class UpstreamConnect(Handler):
 
 
 def apply_hub_actions(svc: ServiceCore, hub: Hub, now: float, actions: list[HubAction],
-                      events: EventDispatcher | None = None) -> None:
+                      events: EventDispatcher | None = None, *, batch: bool = True) -> None:
     """Carry out ``actions`` of ``hub`` (from a client frame, a REST call or a timer): frames and
     closes go to the sockets of the connections they name (unattached ones are skipped); a
     service-initiated close ends the connection for the event handlers too; user events go to
-    ``events`` (the handler's answer comes back to the sender as a server message)."""
-    for action in actions:
-        if isinstance(action, (Deliver, CloseTransport)):
-            target = svc.lookup(WebPubSubSocket.name_of(hub, action.connection_id))
-            if isinstance(target, WebPubSubSocket):
-                target.deliver(now, action)
-        elif isinstance(action, UpstreamEvent) and events is not None:
-            _user_event(svc, hub, events, now, action)
+    ``events`` (the handler's answer comes back to the sender as a server message).
+    ``batch``: each socket's frames go out joined in one send (see :class:`Outbox`)."""
+    out = Outbox(svc, hub, batch)
+    out.apply(now, actions, events)
+    out.flush()
     if events is not None:
         report_departures(hub, events, now)
+
+
+def _wire(frame: str | bytes) -> bytes:
+    """The server's WebSocket frame carrying a hub frame: text for ``str``, binary for ``bytes``."""
+    if isinstance(frame, str):
+        try:
+            payload = frame.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate (JSON clients may send one as an escape, "\\ud800"): in a hub
+            # message's JSON it can only sit in a string, where backslashreplace writes that
+            # same escape back, so the frame stays valid UTF-8 (RFC 6455 §8.1).
+            payload = frame.encode("utf-8", "backslashreplace")
+        return encode_frame(OP_TEXT, payload)
+    return encode_frame(OP_BINARY, frame)
+
+
+class Outbox:
+    """What one driver call (bytes from a client, a REST call, a timer) writes to a hub's sockets.
+
+    A frame shared by many recipients (the same ``Deliver.frame`` object: a fan-out) is encoded
+    into one WebSocket frame, once. With ``batch`` each socket's frames wait here and leave
+    joined, one ``send`` per socket, at :meth:`flush`; a close for a socket writes what waits
+    for it first. Without ``batch`` each frame is its own ``send``, at once.
+    """
+
+    __slots__ = ("_src", "_wire", "batch", "hub", "pending", "prefix", "svc")
+
+    def __init__(self, svc: ServiceCore, hub: Hub, batch: bool = True) -> None:
+        self.svc = svc
+        self.hub = hub
+        self.prefix = f"wps:{hub.name}:"  # WebPubSubSocket.name_of(hub, "")
+        self.batch = batch
+        #: connection id -> [its socket, frame, frame, ...] (batched only)
+        self.pending: dict[str, list[Any]] = {}
+        self._src: str | bytes | None = None  # the last hub frame encoded ...
+        self._wire = b""  # ... and its WebSocket frame
+
+    def apply(self, now: float, actions: list[HubAction],
+              events: EventDispatcher | None = None) -> None:
+        """Carry out ``actions`` (frames wait for :meth:`flush` when batched)."""
+        svc, prefix, pending, batch = self.svc, self.prefix, self.pending, self.batch
+        lookup = svc.lookup
+        opened = State.OPEN
+        for action in actions:
+            if isinstance(action, Deliver):
+                frame = action.frame
+                if frame is not self._src:
+                    self._src, self._wire = frame, _wire(frame)
+                cid = action.connection_id
+                entry = pending.get(cid)
+                if entry is not None:
+                    entry.append(self._wire)
+                    continue
+                target = lookup(prefix + cid)
+                if not isinstance(target, WebPubSubSocket) or target.ws.state is not opened:
+                    continue
+                if batch:
+                    pending[cid] = [target, self._wire]
+                else:
+                    svc.send(target.id, self._wire)
+            elif isinstance(action, CloseTransport):
+                self._flush_one(action.connection_id)
+                target = lookup(prefix + action.connection_id)
+                if isinstance(target, WebPubSubSocket):
+                    target.close_transport(now, action)
+            elif isinstance(action, UpstreamEvent) and events is not None:
+                _user_event(svc, self.hub, events, now, action, batch)
+
+    def _flush_one(self, connection_id: str) -> None:
+        entry = self.pending.pop(connection_id, None)
+        if entry is not None:
+            self._send(entry)
+
+    def _send(self, entry: list[Any]) -> None:
+        target = entry[0]
+        if target.ws.state is State.OPEN:
+            self.svc.send(target.id, entry[1] if len(entry) == 2 else b"".join(entry[1:]))
+
+    def flush(self) -> None:
+        """Write what waits: one send per socket, in the order the sockets were first named."""
+        pending, self.pending = self.pending, {}
+        send = self._send
+        for entry in pending.values():
+            send(entry)
 
 
 def report_departures(hub: Hub, events: EventDispatcher, now: float) -> None:
@@ -323,11 +413,12 @@ def report_departures(hub: Hub, events: EventDispatcher, now: float) -> None:
 
 
 def _user_event(svc: ServiceCore, hub: Hub, events: EventDispatcher, now: float,
-                event: UpstreamEvent) -> None:
+                event: UpstreamEvent, batch: bool) -> None:
     connection_id = event.connection_id
 
     def reply(now: float, data: Data) -> None:
-        apply_hub_actions(svc, hub, now, hub.send_to_connection(connection_id, data), events)
+        apply_hub_actions(svc, hub, now, hub.send_to_connection(connection_id, data), events,
+                          batch=batch)
 
     events.user_event(now, hub=hub.name, connection_id=connection_id, event=event.event,
                       data=event.data, reply=reply)
@@ -343,10 +434,12 @@ class WebPubSubSocket(WebSocketHandler):
         return f"wps:{hub.name}:{connection_id}"
 
     def __init__(self, svc: ServiceCore, conn: Connection, hub: Hub, connection_id: str,
-                 trailing: bytes, events: EventDispatcher | None = None) -> None:
+                 trailing: bytes, events: EventDispatcher | None = None, *,
+                 batch_writes: bool = True) -> None:
         super().__init__(svc, conn)
         self.hub = hub
         self.events = events
+        self.batch_writes = batch_writes
         self.connection_id = connection_id
         # Frames over the hub's limit fail the connection with 1009 before being buffered.
         self.ws = WebSocketConnection(Role.SERVER, max_message_size=hub.max_frame_size)
@@ -376,34 +469,40 @@ class WebPubSubSocket(WebSocketHandler):
         if self._trailing:
             data, self._trailing = self._trailing, b""
             self.ws.receive_data(data)
+        # One outbox for everything these bytes carried: with batching, each recipient gets
+        # one send of all its frames when the events are done.
+        out = Outbox(self.svc, self.hub, self.batch_writes)
+        hub, events = self.hub, self.events
         for event in self.ws.events_received():
             if not self._attached:
                 break
             if isinstance(event, TextMessage):
-                self.apply(now, self.hub.client_text(now, self.connection_id, event.data))
+                out.apply(now, hub.client_text(now, self.connection_id, event.data), events)
             elif isinstance(event, BinaryMessage):
-                self.apply(now, self.hub.client_binary(now, self.connection_id, event.data))
+                out.apply(now, hub.client_binary(now, self.connection_id, event.data), events)
             elif isinstance(event, ConnectionClosed):
                 # 1006: no closing handshake — an unexpected drop the session survives.
                 self._detach(now, None if event.code == 1006 else event.code)
+                continue
+            else:
+                continue  # pings and pongs: the WebSocket layer answers them
+            if events is not None:
+                report_departures(hub, events, now)
+        out.flush()
         self.flush()
 
     def apply(self, now: float, actions: list[HubAction]) -> None:
         """Carry out what the hub answered (frames and closes for any of its connections)."""
-        apply_hub_actions(self.svc, self.hub, now, actions, self.events)
+        apply_hub_actions(self.svc, self.hub, now, actions, self.events,
+                          batch=self.batch_writes)
 
-    def deliver(self, now: float, action: Deliver | CloseTransport) -> None:
+    def close_transport(self, now: float, action: CloseTransport) -> None:
+        """A close the hub started (frames go through :class:`Outbox`, never through ``ws``)."""
         ws = self.ws
         if ws.state is not State.OPEN:
             return
-        if isinstance(action, Deliver):
-            if isinstance(action.frame, str):
-                ws.send_text(action.frame)
-            else:
-                ws.send_binary(action.frame)
-        else:
-            ws.send_close(action.code, action.reason[:120])
-            self._detach(now, action.code)
+        ws.send_close(action.code, action.reason[:120])
+        self._detach(now, action.code)
         self.flush()
 
     def shutdown(self, now: float, code: int, reason: str) -> None:

@@ -47,7 +47,8 @@ class WebPubSubRestRoute:
                               head.header("authorization"), head.header("content-type"), body)
         result = self.api.handle(request, now)
         if result.hub is not None and result.actions:
-            apply_hub_actions(self.svc, result.hub, now, result.actions, self.wps.events)
+            apply_hub_actions(self.svc, result.hub, now, result.actions, self.wps.events,
+                              batch=self.wps.batch_writes)
         response = result.response
         if response.status == 401:
             self.svc.stats.auth_failures += 1

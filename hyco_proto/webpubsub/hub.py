@@ -235,6 +235,11 @@ class Hub:
         self.max_unacked_bytes = max_unacked_bytes
         self._connections: dict[str, _Connection] = {}
         self._groups: dict[str, set[str]] = {}
+        #: Each group's members sorted, cached for fan-outs (dropped when the group changes).
+        self._sorted: dict[str, list[str]] = {}
+        #: Reliable connections waiting for recovery (the only ones with a deadline), so the
+        #: timer questions the driver asks after every read do not walk every connection.
+        self._detached: dict[str, _Connection] = {}
         self._users: dict[str, set[str]] = {}
         #: Connections removed for good, with why, until :meth:`departures` takes them (only
         #: when ``report_departures``: the service sends ``disconnected`` events from them).
@@ -330,6 +335,7 @@ class Hub:
             self._drop(conn, _NOT_RECOVERED)
             return RecoverResult(False, [], CLOSE_POLICY_VIOLATION, _NOT_RECOVERABLE)
         conn.lost_at = None
+        self._detached.pop(connection_id, None)
         return RecoverResult(True, [Deliver(connection_id, frame) for _, frame, _ in conn.unacked])
 
     def transport_lost(self, now: float, connection_id: str, code: int | None = None) -> None:
@@ -346,19 +352,20 @@ class Hub:
             return
         if conn.reliable and code != CLOSE_NORMAL:
             conn.lost_at = now
+            self._detached[connection_id] = conn
         else:
             self._drop(conn, "The client closed the connection." if code is not None
                        else "The connection was lost.")
 
     def next_deadline(self) -> float | None:
         """When :meth:`handle_timer` has work next (a recovery window ends), or ``None``."""
-        deadlines = [c.lost_at + self.recovery_window for c in self._connections.values()
+        deadlines = [c.lost_at + self.recovery_window for c in self._detached.values()
                      if c.lost_at is not None]
         return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> list[str]:
         """Drop the connections whose recovery window has passed; return their ids."""
-        expired = [c for c in self._connections.values()
+        expired = [c for c in self._detached.values()
                    if c.lost_at is not None and now >= c.lost_at + self.recovery_window]
         for conn in expired:
             self._drop(conn, _NOT_RECOVERED)
@@ -615,10 +622,12 @@ class Hub:
     def _join(self, conn: _Connection, group: str) -> None:
         conn.groups.add(group)
         self._groups.setdefault(group, set()).add(conn.connection_id)
+        self._sorted.pop(group, None)
 
     def _leave(self, conn: _Connection, group: str) -> None:
         conn.groups.discard(group)
         members = self._groups.get(group)
+        self._sorted.pop(group, None)
         if members is not None:
             members.discard(conn.connection_id)
             if not members:
@@ -630,6 +639,7 @@ class Hub:
         for group in list(conn.groups):
             self._leave(conn, group)
         self._connections.pop(conn.connection_id, None)
+        self._detached.pop(conn.connection_id, None)
         if conn.user_id is not None:
             ids = self._users.get(conn.user_id)
             if ids is not None:
@@ -682,31 +692,51 @@ class Hub:
             keep += 1
         del conn.unacked[:keep]
 
+    def _members(self, group: str) -> list[str]:
+        """The group's connection ids, sorted (kept until the group changes: a fan-out reads it
+        once per message)."""
+        members = self._sorted.get(group)
+        if members is None:
+            members = self._sorted[group] = sorted(self._groups.get(group, ()))
+        return members
+
     def _to_group(self, group: str, data: Data, from_user_id: str | None,
                   excluded: set[str]) -> list[HubAction]:
         def build(seq: int | None) -> str:
             return serialize(GroupDataMessage(group, data, from_user_id, seq))
 
-        actions: list[HubAction] = []
-        for cid in sorted(self._groups.get(group, set()) - excluded):
-            conn = self._connections.get(cid)
-            if conn is None:
-                continue
-            if conn.raw:
-                actions.append(Deliver(cid, _raw_frame(data)))
-            else:
-                actions.extend(self._deliver_message(conn, build))
-        return actions
+        members = self._members(group)
+        if excluded:
+            members = [cid for cid in members if cid not in excluded]
+        get = self._connections.get
+        return self._fan_out([conn for cid in members if (conn := get(cid)) is not None],
+                             data, build)
 
     def _to_connections(self, conns: Iterable[_Connection], data: Data) -> list[HubAction]:
+        return self._fan_out(conns, data, lambda seq: serialize(ServerDataMessage(data, seq)))
+
+    def _fan_out(self, conns: Iterable[_Connection], data: Data,
+                 build: Callable[[int | None], str]) -> list[HubAction]:
+        """One message to many connections. Every raw client gets the same frame object, and
+        so does every plain JSON client (built once, on first need): callers may encode it once
+        (``Deliver.frame`` identity). Reliable clients each get their own (a sequence id)."""
         actions: list[HubAction] = []
+        append = actions.append
+        raw: str | bytes | None = None
+        plain: str | None = None
         for conn in conns:
-            if conn.raw:
+            subprotocol = conn.subprotocol
+            if subprotocol is None:  # raw: nothing is buffered for a detached one
                 if conn.lost_at is None:
-                    actions.append(Deliver(conn.connection_id, _raw_frame(data)))
-                continue
-            actions.extend(self._deliver_message(
-                conn, lambda seq: serialize(ServerDataMessage(data, seq))))
+                    if raw is None:
+                        raw = _raw_frame(data)
+                    append(Deliver(conn.connection_id, raw))
+            elif subprotocol == JSON_RELIABLE_SUBPROTOCOL:
+                actions.extend(self._deliver_message(conn, build))
+            else:
+                if plain is None:
+                    plain = build(None)
+                append(Deliver(conn.connection_id, plain))
         return actions
 
     def _deliver_message(self, conn: _Connection,
