@@ -7,7 +7,9 @@ and as medians: rendezvous per second and the relay process's CPU µs per rendez
 system from ``/proc``, the figure that does not depend on how busy the machine is).
 
 ``--profile DIR`` runs the relays under cProfile and writes ``DIR/<label>.prof`` (and the top
-entries by own time, ``DIR/<label>.txt``) when they stop. ``--uvloop`` runs them on uvloop.
+entries by own time, ``DIR/<label>.txt``) when they stop. ``--uvloop`` runs them on uvloop, and
+so does a label ending in ``+uvloop`` (``--tree after+uvloop=/path/b``). A peer relay of
+``bench/relays`` runs as ``--tree picows=module:bench.relays.picows_relay``.
 
 ``python bench/rdv_ab.py relay --root TREE [--profile FILE] [--uvloop]`` is the relay process
 itself: ``RelayServiceServer`` on 127.0.0.1, ``PORT <n>`` on stdout, stops when stdin closes.
@@ -73,13 +75,19 @@ def _relay(args: argparse.Namespace) -> int:
 class _Relay:
     def __init__(self, label: str, root: str, profile: str | None, uvloop: bool) -> None:
         cmd = [sys.executable, str(HERE / "rdv_ab.py"), "relay", "--root", root]
+        if root.startswith("module:"):  # a peer relay of bench/relays (picows, websockets)
+            cmd = [sys.executable, "-m", root[7:], "--port", "0"]
+            profile, uvloop = None, False
         if profile:
             cmd += ["--profile", profile]
         if uvloop:
+            # -O: the adapter asserts its transports are asyncio.Transport, which uvloop's
+            # are not (they behave as one).
+            cmd[1:1] = ["-O"]
             cmd.append("--uvloop")
         self.label = label
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     cwd="/")
+                                     cwd=HERE.parent)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode().split()  # bounded by the relay's start
         if len(line) != 2 or line[0] != "PORT":
@@ -87,10 +95,12 @@ class _Relay:
             raise RuntimeError(f"{label}: relay said {line!r}")
         self.port = int(line[1])
 
-    def cpu(self) -> float:
+    def cpu(self) -> tuple[float, float]:
+        """User and system CPU seconds so far."""
         stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
         fields = stat[stat.rindex(")") + 2:].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
 
     def stop(self) -> None:
         if self.proc.stdin is not None:
@@ -112,8 +122,8 @@ def _compare(args: argparse.Namespace) -> int:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
     relays = [_Relay(label, root,
                      str(Path(args.profile, f"{label}.prof")) if args.profile else None,
-                     args.uvloop) for label, root in trees]
-    results: dict[tuple[str, int], list[tuple[float, float]]] = {}
+                     args.uvloop or label.endswith("+uvloop")) for label, root in trees]
+    results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     try:
         sessions = [Session(r.port) for r in relays]
         for conc in args.concurrency:
@@ -125,13 +135,16 @@ def _compare(args: argparse.Namespace) -> int:
                     order.reverse()  # neither tree always goes first
                 for relay, sess in order:
                     prepared = sess.prepare(args.count)
-                    c0, t0 = relay.cpu(), time.perf_counter()
+                    (u0, s0), t0 = relay.cpu(), time.perf_counter()
                     done = sess.rendezvous(prepared, conc)
                     wall = time.perf_counter() - t0
-                    cpu_us = (relay.cpu() - c0) / done * 1e6
-                    results.setdefault((relay.label, conc), []).append((done / wall, cpu_us))
-                    print(f"round {rnd} x{conc:<2} {relay.label:8} {done / wall:8.0f}/s "
-                          f"relay {cpu_us:7.1f} µs CPU/rendezvous", flush=True)
+                    u1, s1 = relay.cpu()
+                    user, system = (u1 - u0) / done * 1e6, (s1 - s0) / done * 1e6
+                    results.setdefault((relay.label, conc), []).append(
+                        (done / wall, user + system, user))
+                    print(f"round {rnd} x{conc:<2} {relay.label:14} {done / wall:8.0f}/s "
+                          f"relay {user + system:7.1f} µs CPU/rendezvous ({user:.0f} user)",
+                          flush=True)
         for sess in sessions:
             sess.close()
     finally:
@@ -139,9 +152,11 @@ def _compare(args: argparse.Namespace) -> int:
             relay.stop()
     print(f"\nmedians of {args.rounds} interleaved rounds of {args.count} rendezvous:")
     for (label, conc), rows in results.items():
-        rate = statistics.median(r for r, _ in rows)
-        cpu = statistics.median(c for _, c in rows)
-        print(f"x{conc:<2} {label:8} {rate:8.0f} rendezvous/s  relay {cpu:7.1f} µs CPU each")
+        rate = statistics.median(r for r, _, _ in rows)
+        cpu = statistics.median(c for _, c, _ in rows)
+        user = statistics.median(u for _, _, u in rows)
+        print(f"x{conc:<2} {label:14} {rate:8.0f} rendezvous/s  relay {cpu:7.1f} µs CPU each "
+              f"({user:.0f} user)")
     return 0
 
 
