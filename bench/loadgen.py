@@ -8,7 +8,8 @@ It must never be the bottleneck, so it does as little per message as possible:
   1 MiB frame) per ``sendall``;
 - a receiver thread ``recv_into``s a 1 MiB buffer and counts whole frames in bulk with the Cython
   ``Forwarder`` (a C header walker with ``frames`` / ``payload_bytes`` counters; ``masked=False``
-  for relayed, unmasked server frames) — it checks every header, never per-frame Python code.
+  for relayed, unmasked server frames), in place (``feed_into``: no copy, no allocation) — it
+  checks every header, never per-frame Python code.
 
 ``loopback_pair()`` wires the same sender and receiver back to back over loopback TCP (no relay):
 that rate is the generator's own ceiling, reported next to the relays.
@@ -38,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hyco_proto._frames import (
+    FORWARD_HEADROOM,
     OP_BINARY,
     OP_CLOSE,
     OP_PING,
@@ -102,12 +104,12 @@ class ServerProcess:
 
     The process prints ``PORT <n>`` once it listens and exits when its stdin closes."""
 
-    def __init__(self, label: str, module: str, *args: str) -> None:
+    def __init__(self, label: str, module: str, *args: str, root: Path = ROOT) -> None:
         self.label = label
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
+        self.proc = subprocess.Popen(  # ``-m`` puts ``root`` first on sys.path: its hyco_proto
             [sys.executable, "-m", module, *args, "--port", "0"],
-            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
         self.pid = self.proc.pid
         try:
@@ -159,8 +161,8 @@ class ServerProcess:
 class RelayProcess(ServerProcess):
     """``python -m bench.relays.<module>`` for a label of ``RELAYS``."""
 
-    def __init__(self, label: str) -> None:
-        super().__init__(label, f"bench.relays.{RELAYS[label]}")
+    def __init__(self, label: str, root: Path = ROOT) -> None:
+        super().__init__(label, f"bench.relays.{RELAYS[label]}", root=root)
 
 
 class EchoServerProcess(ServerProcess):
@@ -366,10 +368,11 @@ class Counter(threading.Thread):
             self.reached.set()
 
     def run(self) -> None:
-        buffer = bytearray(RECV_BUFFER)
-        view = memoryview(buffer)
+        # Counted in place (``feed_into``): no copy, no allocation per read.
+        buffer = bytearray(FORWARD_HEADROOM + RECV_BUFFER)
+        view = memoryview(buffer)[FORWARD_HEADROOM:]
         recv_into = self.sock.recv_into
-        feed = self.fwd.feed
+        feed_into = self.fwd.feed_into
         fwd = self.fwd
         try:
             while not self._stopping:
@@ -380,7 +383,7 @@ class Counter(threading.Thread):
                 if not n:
                     self.failure = "the relay closed the connection"
                     break
-                feed(view[:n])
+                feed_into(buffer, FORWARD_HEADROOM, FORWARD_HEADROOM + n)
                 if fwd.frames >= self.target:
                     self.reached.set()
                 if fwd.error_code or fwd.close_code >= 0:

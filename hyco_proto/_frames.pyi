@@ -13,6 +13,8 @@ OP_BINARY: Final[int]
 OP_CLOSE: Final[int]
 OP_PING: Final[int]
 OP_PONG: Final[int]
+#: Scratch bytes ``Forwarder.feed_into`` needs before ``start`` (256).
+FORWARD_HEADROOM: Final[int]
 
 def apply_mask(data: Buffer, key: bytes, offset: int = 0) -> bytes:
     """XOR ``data`` with the 4-byte ``key`` from phase ``offset`` (mod 4); return new bytes."""
@@ -111,6 +113,16 @@ class Forwarder:
         at."""
 
     def feed(self, data: Buffer) -> bytes: ...
+    def feed_into(self, buffer: Buffer, start: int, end: int = -1) -> tuple[int, int]:
+        """``feed`` without a copy: re-frame the new bytes ``buffer[start:end]`` of a writable
+        buffer in place and return ``(begin, stop)``, the output's place in it.
+
+        ``buffer[:start]`` is scratch space (``start >= FORWARD_HEADROOM``): bytes held over from
+        the previous call (a partial header or control frame) are put right before ``start``.
+        Payloads are unmasked where they lie and moved down by the 4 bytes each header loses, so
+        ``begin <= start`` and ``stop <= end``; the bytes after ``stop`` are not meaningful.
+        Same results, counters and failures as ``feed`` on the same bytes; calls of both kinds
+        may be mixed."""
     @property
     def mid_frame(self) -> bool:
         """The output is inside a data frame: nothing may be injected into it now."""

@@ -16,7 +16,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from cpython.object cimport PyObject
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memmove
 
 import os
 
@@ -155,6 +155,8 @@ cdef extern from *:
     """
     void _xor_into "hyco_xor" (uint8_t* dst, const uint8_t* src, Py_ssize_t n,
                                const uint8_t* key, Py_ssize_t phase) noexcept nogil
+    void _xor_small "hyco_xor_small" (uint8_t* dst, const uint8_t* src, Py_ssize_t n,
+                                      const uint8_t* key, Py_ssize_t phase) noexcept nogil
     void _init_stream_min "hyco_init_stream_min" () noexcept
 
 
@@ -672,7 +674,7 @@ cdef Py_ssize_t _text_blocks(uint8_t* dst, const uint8_t* src, Py_ssize_t n, con
             _xor_into(dst + done, src + done, block, key, phase[0])
             phase[0] = (phase[0] + block) & 3
         else:
-            memcpy(dst + done, src + done, block)
+            memmove(dst + done, src + done, block)  # dst may overlap src (feed_into)
         ok = _utf8_check(dst + done, block, state,
                          tail + (n - done - block) if tail >= 0 else -1)
         done += ok
@@ -683,6 +685,12 @@ cdef Py_ssize_t _text_blocks(uint8_t* dst, const uint8_t* src, Py_ssize_t n, con
 
 UTF8_INVALID = "text message is not valid UTF-8"
 UTF8_TRUNCATED = "text message ends inside a UTF-8 sequence"
+
+
+#: Scratch bytes ``Forwarder.feed_into`` needs before ``start``: room for the bytes a forwarder
+#: holds over between reads (at most a partial masked control frame, 2 + 4 + 124 bytes).
+FORWARD_HEADROOM = 256
+cdef Py_ssize_t _HEADROOM = FORWARD_HEADROOM
 
 
 cdef class Forwarder:
@@ -742,7 +750,11 @@ cdef class Forwarder:
 
     cdef Py_ssize_t _forward(self, const uint8_t* p, Py_ssize_t n, uint8_t* dst,
                              Py_ssize_t* written) except -1:
-        """Re-frame p[0:n] into dst; return bytes consumed, add bytes written to *written."""
+        """Re-frame p[0:n] into dst; return bytes consumed, add bytes written to *written.
+
+        dst may be p itself (feed_into): output never gets ahead of input (headers only
+        shrink), every copy is a memmove, the XOR kernel runs forward reading each block before
+        writing it, and a frame's mask key is read before anything is written over it."""
         cdef Py_ssize_t pos = 0, w = 0, take, head, hlen
         cdef Py_ssize_t header_w = -1  # where a data frame header emitted by this call starts
         cdef unsigned long long length, payload_before = 0
@@ -773,8 +785,8 @@ cdef class Forwarder:
                 elif self._masked:
                     _mask(dst + w, p + pos, take, self._key, self._phase)
                     self._phase = (self._phase + take) & 3
-                else:
-                    memcpy(dst + w, p + pos, take)
+                elif dst + w != p + pos:
+                    memmove(dst + w, p + pos, take)
                 w += take
                 pos += take
                 self._remaining -= take
@@ -784,6 +796,35 @@ cdef class Forwarder:
                 break
             b0 = p[pos]
             b1 = p[pos + 1]
+            # Fast path: a whole small frame ending a binary message (or a text one when text
+            # is not validated): FIN, no RSV, 7-bit length, no message in progress. These are
+            # exactly the frames the general path below passes without comment; it does the
+            # same, minus the bookkeeping such a frame leaves unchanged.
+            if (b0 == 0x82 or (b0 == 0x81 and not self._validate)) and not self._in_message:
+                length = b1 & 0x7F
+                if self._masked:
+                    if (0x80 <= b1 < 0x80 + 126 and n - pos >= 6 + <Py_ssize_t>length
+                            and (not self._max_frame or length <= <unsigned long long>self._max_frame)):
+                        dst[w] = b0
+                        dst[w + 1] = <uint8_t>length
+                        # The key (p + pos + 2) is read before anything is written over it.
+                        _xor_small(dst + w + 2, p + pos + 6, <Py_ssize_t>length, p + pos + 2, 0)
+                        w += 2 + <Py_ssize_t>length
+                        pos += 6 + <Py_ssize_t>length
+                        self.frames += 1
+                        self.payload_bytes += length
+                        self._text = False
+                        continue
+                elif (b1 < 126 and n - pos >= 2 + <Py_ssize_t>length
+                        and (not self._max_frame or length <= <unsigned long long>self._max_frame)):
+                    if dst + w != p + pos:  # in place and nothing moved yet: no copy at all
+                        memmove(dst + w, p + pos, 2 + <Py_ssize_t>length)
+                    w += 2 + <Py_ssize_t>length
+                    pos += 2 + <Py_ssize_t>length
+                    self.frames += 1
+                    self.payload_bytes += length
+                    self._text = False
+                    continue
             fin = (b0 & 0x80) != 0
             opcode = b0 & 0x0F
             problem = _header_problem(b0, b1, self._masked, self._allowed_rsv, self._in_message)
@@ -810,7 +851,7 @@ cdef class Forwarder:
                 if self._masked:
                     _xor_into(dst + w + 2, p + pos + head, <Py_ssize_t>length, p + pos + hlen, 0)
                 else:
-                    memcpy(dst + w + 2, p + pos + head, <Py_ssize_t>length)
+                    memmove(dst + w + 2, p + pos + head, <Py_ssize_t>length)
                 if opcode == 8:
                     code, reason, err, why = check_close_payload(
                         PyBytes_FromStringAndSize(<char*>dst + w + 2, <Py_ssize_t>length))
@@ -841,7 +882,7 @@ cdef class Forwarder:
             # The header goes out as it came (FIN, RSV, opcode, length bytes), unmasked.
             header_w = w
             payload_before = self.payload_bytes
-            memcpy(dst + w, p + pos, hlen)
+            memmove(dst + w, p + pos, hlen)
             dst[w + 1] = b1 & 0x7F
             w += hlen
             if self._masked:
@@ -872,6 +913,38 @@ cdef class Forwarder:
         if done < n:
             self._fail(1007, UTF8_INVALID)
         return done
+
+    def feed_into(self, buffer, Py_ssize_t start, Py_ssize_t end=-1):
+        """Re-frame ``buffer[start:end]`` in place; return ``(begin, stop)``: ``buffer[begin:stop]``
+        is what to write to the other leg (see ``_frames.pyi``)."""
+        cdef Py_buffer view
+        cdef Py_ssize_t held, begin, used, written = 0
+        cdef uint8_t* p
+        if start < _HEADROOM:
+            raise ValueError(f"feed_into needs start >= FORWARD_HEADROOM ({_HEADROOM}), got {start}")
+        PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE)
+        try:
+            if end < 0:
+                end = view.len
+            if end > view.len or start > end:
+                raise ValueError(f"feed_into: start {start} and end {end} do not fit a buffer "
+                                 f"of {view.len} bytes")
+            if self.error_code or self.close_code >= 0:
+                return start, start
+            p = <uint8_t*>view.buf
+            held = PyByteArray_GET_SIZE(self._buf)
+            if held > start:  # cannot happen: what is held over is shorter than the headroom
+                raise ValueError(f"feed_into: {held} bytes held over exceed start {start}")
+            begin = start - held
+            if held:
+                memcpy(p + begin, PyByteArray_AS_STRING(self._buf), held)
+                del self._buf[:]
+            used = self._forward(p + begin, end - begin, p + begin, &written)
+            if used < end - begin and not self.error_code and self.close_code < 0:
+                self._buf += (<const char*>p)[begin + used:end]
+            return begin, begin + written
+        finally:
+            PyBuffer_Release(&view)
 
     def feed(self, data):
         """Bytes from the source leg in; bytes for the other leg out (``b""`` when none)."""

@@ -12,6 +12,7 @@ import struct
 from typing import Any
 
 __all__ = [
+    "FORWARD_HEADROOM",
     "OP_BINARY",
     "OP_CLOSE",
     "OP_CONTINUATION",
@@ -27,6 +28,10 @@ __all__ = [
     "encode_frame",
     "encode_header",
 ]
+
+#: Scratch bytes ``Forwarder.feed_into`` needs before ``start``: room for the bytes a forwarder
+#: holds over between reads (at most a partial masked control frame, 2 + 4 + 124 bytes).
+FORWARD_HEADROOM = 256
 
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
@@ -498,6 +503,27 @@ class Forwarder:
         self.error_code = code
         self.error_reason = reason
         self._buf = bytearray()
+
+    def feed_into(self, buffer: Any, start: int, end: int = -1) -> tuple[int, int]:
+        """Re-frame ``buffer[start:end]`` in place; return ``(begin, stop)``: ``buffer[begin:stop]``
+        is what to write to the other leg (see ``_frames.pyi``)."""
+        if start < FORWARD_HEADROOM:
+            raise ValueError(f"feed_into needs start >= FORWARD_HEADROOM ({FORWARD_HEADROOM}), "
+                             f"got {start}")
+        view = memoryview(buffer).cast("B")
+        if view.readonly:
+            raise BufferError("Object is not writable.")
+        if end < 0:
+            end = len(view)
+        if end > len(view) or start > end:
+            raise ValueError(f"feed_into: start {start} and end {end} do not fit a buffer of "
+                             f"{len(view)} bytes")
+        if self.error_code or self.close_code >= 0:
+            return start, start
+        begin = start - len(self._buf)  # feed() puts the held-over bytes first
+        out = self.feed(view[start:end])
+        view[begin : begin + len(out)] = out  # never longer than what it came from
+        return begin, begin + len(out)
 
     def feed(self, data: Any) -> bytes:
         """Bytes from the source leg in; bytes for the other leg out (``b""`` when none)."""

@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 __all__ = [
+    "FORWARD_HEADROOM",
     "IMPLEMENTATION",
     "OP_BINARY",
     "OP_CLOSE",
@@ -52,6 +53,7 @@ def _load() -> tuple[ModuleType, str]:
 if TYPE_CHECKING:
     # Both kernels have this API (``_frames.pyi``); type checkers read the Python twin.
     from ._frames_py import (
+        FORWARD_HEADROOM,
         OP_BINARY,
         OP_CLOSE,
         OP_CONTINUATION,

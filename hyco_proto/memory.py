@@ -24,6 +24,7 @@ from .drivers.listener import (
     Write,
 )
 from .errors import RemoteProtocolError
+from .frames import FORWARD_HEADROOM
 from .handshake import ClientHandshake, HandshakeAccepted, HandshakeRejected
 from .listener import ConnectionRequested, Listener
 from .listener import Event as ListenerEvent
@@ -74,7 +75,11 @@ class MemoryNetwork:
     def _to_service(self, conn_id: int, data: bytes) -> None:
         self.bytes_moved += len(data)
         if data:
-            self.service.receive_data(self.now, conn_id, data)
+            # Lent like a socket driver's read buffer (scratch space first), so relayed legs
+            # re-frame in place here too; its views are copied out in pump().
+            buffer = bytearray(FORWARD_HEADROOM) + data
+            self.service.receive_into(self.now, conn_id, memoryview(buffer), FORWARD_HEADROOM,
+                                      len(buffer))
         else:
             self.service.receive_eof(self.now, conn_id)
             self.service.connection_lost(self.now, conn_id)
@@ -90,7 +95,7 @@ class MemoryNetwork:
                 self.bytes_moved += len(data)
                 if data:
                     if endpoint is not None:
-                        endpoint._from_relay(data)
+                        endpoint._from_relay(bytes(data))
                 else:
                     # The service closed TCP: the endpoint sees EOF; the service forgets it.
                     if endpoint is not None:

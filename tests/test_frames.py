@@ -5,6 +5,7 @@ RFC 6455 §5.2 (framing), §5.3 (masking), §5.4 (fragmentation), §5.5 (control
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import subprocess
@@ -469,6 +470,83 @@ class TestForwarder:
                 assert (
                     fwd.feed(stream[:i]) + fwd.feed(stream[i:j]) + fwd.feed(stream[j:]) == expected
                 )
+
+
+class TestForwarderInPlace:
+    """``feed_into``: the same re-framing as ``feed``, written over the bytes it read."""
+
+    HEAD = 256
+
+    @staticmethod
+    def into(fwd: object, data: bytes, head: int = 256, tail: int = 0) -> bytes:
+        buffer = bytearray(b"\xee" * head + data + b"\xdd" * tail)
+        begin, stop = fwd.feed_into(buffer, head, head + len(data))  # type: ignore[attr-defined]
+        assert head - 131 <= begin <= head and stop <= head + len(data)
+        return bytes(buffer[begin:stop])
+
+    def test_headroom_is_required(self, fmod: ModuleType) -> None:
+        assert fmod.FORWARD_HEADROOM == 256
+        with pytest.raises(ValueError, match="FORWARD_HEADROOM"):
+            fmod.Forwarder().feed_into(bytearray(300), 255)
+        with pytest.raises(ValueError, match="do not fit"):
+            fmod.Forwarder().feed_into(bytearray(300), 256, 301)
+
+    def test_read_only_buffer_is_refused(self, fmod: ModuleType) -> None:
+        with pytest.raises(BufferError):
+            fmod.Forwarder().feed_into(bytes(300), 256)
+
+    def test_unmasks_in_place_and_moves_down(self, fmod: ModuleType) -> None:
+        stream = masked_frame(2, b"x" * 70_000) + masked_frame(1, b"hi") + masked_frame(9, b"p")
+        expected = plain_frame(2, b"x" * 70_000) + plain_frame(1, b"hi") + plain_frame(9, b"p")
+        buffer = bytearray(self.HEAD) + bytearray(stream) + bytearray(10)
+        begin, stop = fmod.Forwarder().feed_into(memoryview(buffer), self.HEAD,
+                                                 self.HEAD + len(stream))
+        assert (begin, stop) == (self.HEAD, self.HEAD + len(expected))
+        assert buffer[begin:stop] == expected
+
+    def test_held_over_header_goes_before_start(self, fmod: ModuleType) -> None:
+        stream = masked_frame(2, b"abc") + masked_frame(8, b"\x03\xe8bye")
+        fwd = fmod.Forwarder()
+        assert self.into(fwd, stream[:4]) == b""  # 4 of the 6 header bytes: held over
+        buffer = bytearray(self.HEAD) + bytearray(stream[4:])
+        begin, stop = fwd.feed_into(buffer, self.HEAD)
+        assert begin == self.HEAD - 4
+        assert buffer[begin:stop] == plain_frame(2, b"abc") + plain_frame(8, b"\x03\xe8bye")
+        assert fwd.close_code == 1000 and fwd.close_reason == "bye"
+        assert fwd.feed_into(bytearray(300), self.HEAD) == (self.HEAD, self.HEAD)  # closed
+
+    def test_violation_keeps_what_came_before(self, fmod: ModuleType) -> None:
+        good, bad = masked_frame(2, b"ok"), b"\x83\x80abcd"  # reserved opcode 3
+        fwd = fmod.Forwarder()
+        assert self.into(fwd, good + bad) == plain_frame(2, b"ok")
+        assert fwd.error_code == 1002 and "opcode" in fwd.error_reason
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        st.lists(st.tuples(st.sampled_from([0, 1, 2, 8, 9, 10]), st.booleans(),
+                           st.binary(max_size=300)), max_size=6),
+        st.lists(st.integers(0, 2000), max_size=8),
+        st.lists(st.booleans(), min_size=10, max_size=10),
+        st.binary(max_size=8),
+    )
+    def test_same_as_feed(self, frames: list[tuple[int, bool, bytes]], cuts: list[int],
+                          inplace: list[bool], junk: bytes) -> None:
+        """Any frames (fragments, bad sequences, invalid UTF-8 and closes included) and trailing
+        junk, cut anywhere, fed by ``feed`` alone or by a mix of ``feed_into`` and ``feed``: the
+        same bytes out, counters, failures and close, in both kernels."""
+        stream = b"".join(masked_frame(op, d[:125] if op >= 8 else d, fin=fin or op >= 8)
+                          for op, fin, d in frames) + junk
+        points = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
+        pieces = [stream[a:b] for a, b in itertools.pairwise(points)]
+        for mod in FRAME_MODULES:
+            ref, fwd = mod.Forwarder(), mod.Forwarder()
+            want = b"".join(ref.feed(piece) for piece in pieces)
+            got = b"".join(self.into(fwd, piece, tail=7) if inplace[i % 10] else fwd.feed(piece)
+                           for i, piece in enumerate(pieces))
+            assert got == want
+            for name in ("frames", "payload_bytes", "error_code", "error_reason", "close_code",
+                         "close_reason", "mid_frame", "buffered"):
+                assert getattr(fwd, name) == getattr(ref, name), name
 
 
 @pytest.mark.parametrize(

@@ -59,8 +59,9 @@ class ServiceCore(Protocol):
     handshake_timeout: float
     http_timeout: float
 
-    def send(self, conn_id: int, data: bytes) -> None:
-        """Queue ``data`` for connection ``conn_id`` (in order with everything else)."""
+    def send(self, conn_id: int, data: bytes | memoryview) -> None:
+        """Queue ``data`` for connection ``conn_id`` (in order with everything else). A view
+        may only be of the buffer lent to ``receive_into`` in the same call."""
         ...
 
     def close(self, conn_id: int) -> None:
@@ -128,6 +129,11 @@ class Handler:
 
     def receive_data(self, now: float, data: bytes | memoryview) -> None:
         """Bytes read from the connection; a lent view must not be kept after the call."""
+
+    def receive_into(self, now: float, buffer: memoryview, start: int, end: int) -> None:
+        """Bytes read into ``buffer[start:end]`` of a writable buffer lent for this call
+        (``RelayService.receive_into``); handlers that do not rewrite in place just read them."""
+        self.receive_data(now, buffer[start:end])
 
     def receive_eof(self, now: float) -> None:
         """The peer half-closed (or the connection died; treated alike)."""

@@ -55,6 +55,23 @@ class RelayLeg(Handler):
         peer = self._other()
         if out and peer is not None:
             self.svc.send(peer.id, out)
+        self._forwarded(now, peer, bytes_before, frames_before)
+
+    def receive_into(self, now: float, buffer: memoryview, start: int, end: int) -> None:
+        # The frames are re-framed where they were read and the peer gets a view of them: no
+        # copy of the payload in the relay (the driver copies only what a socket refuses).
+        fwd = self.fwd
+        bytes_before, frames_before = fwd.payload_bytes, fwd.frames
+        begin, stop = fwd.feed_into(buffer, start, end)
+        peer = self._other()
+        if stop > begin and peer is not None:
+            self.svc.send(peer.id, buffer[begin:stop])
+        self._forwarded(now, peer, bytes_before, frames_before)
+
+    def _forwarded(self, now: float, peer: RelayLeg | None, bytes_before: int,
+                   frames_before: int) -> None:
+        """After a read: count what passed, and act on a violation or a close that passed."""
+        fwd = self.fwd
         stats = self.svc.stats
         stats.bytes_relayed += fwd.payload_bytes - bytes_before
         stats.messages_relayed += fwd.frames - frames_before

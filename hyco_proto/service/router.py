@@ -134,7 +134,7 @@ class RelayService:
         self._names: dict[str, int] = {}
         self._exchanges: dict[str, HttpExchange] = {}
         self._next_id = 1
-        self._out: list[tuple[int, bytes]] = []
+        self._out: list[tuple[int, bytes | memoryview]] = []
         self._reading: dict[int, bool] = {}
 
     # -- driver API ------------------------------------------------------------------------
@@ -165,6 +165,22 @@ class RelayService:
         handler.receive_data(now, data)
         self._run_broker(now)
 
+    def receive_into(self, now: float, conn_id: int, buffer: memoryview, start: int,
+                     end: int) -> None:
+        """Bytes read into ``buffer[start:end]`` of a writable buffer the driver lends for this
+        call, with ``buffer[:start]`` (at least ``FORWARD_HEADROOM`` bytes) as scratch space.
+
+        A relayed leg rewrites its frames in place there (unmasked, headers 4 bytes shorter) and
+        queues views of the buffer for its peer instead of copies, so ``data_to_send()`` may then
+        hold ``memoryview`` items: the driver writes each (or copies what it could not write)
+        before it reuses the buffer. Everything else is as ``receive_data``."""
+        handler = self._handlers.get(conn_id)
+        if handler is None or conn_id in self._closed:
+            return
+        self.activity += 1
+        handler.receive_into(now, buffer, start, end)
+        self._run_broker(now)
+
     def receive_eof(self, now: float, conn_id: int) -> None:
         """The peer half-closed or the connection died; treated alike."""
         handler = self._handlers.get(conn_id)
@@ -188,7 +204,7 @@ class RelayService:
         self._reading.pop(conn_id, None)
         self._run_broker(now)
 
-    def data_to_send(self) -> list[tuple[int, bytes]]:
+    def data_to_send(self) -> list[tuple[int, bytes | memoryview]]:
         out, self._out = self._out, []
         return out
 
@@ -327,7 +343,7 @@ class RelayService:
 
     # -- what handlers ask of the service (ServiceCore) ------------------------------------
 
-    def send(self, conn_id: int, data: bytes) -> None:
+    def send(self, conn_id: int, data: bytes | memoryview) -> None:
         if data and conn_id not in self._closed:
             self._out.append((conn_id, data))
 

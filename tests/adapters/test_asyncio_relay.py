@@ -488,6 +488,81 @@ async def test_slow_reader_blocks_writer_then_resumes() -> None:
 
 
 @async_test
+async def test_in_place_relaying_keeps_every_byte_under_backpressure() -> None:
+    """The relay unmasks into its one shared read buffer and writes views of it; a socket that
+    takes only part of one must get the rest intact although the buffer is read into again
+    (here by the other pair's sender) before that rest goes out."""
+    def message(pair: int, i: int) -> bytes:
+        return (b"%d:%d:" % (pair, i)) * (256 * 1024 // 8) + bytes([i % 251])
+
+    async with relay(write_high_water=128 * 1024) as r, \
+            echo_listener(r, connection=None, max_queue=2) as server:
+        senders = [await connect(r), await connect(r)]
+        legs = [await bounded(server.accept()), await bounded(server.accept())]
+
+        async def send_all(pair: int) -> None:
+            for i in range(24):
+                await bounded(senders[pair].send(message(pair, i)))
+
+        async def read_slowly(pair: int) -> list[bytes]:
+            got = []
+            for _ in range(24):
+                await asyncio.sleep(0.01)
+                got.append(await bounded(legs[pair].recv()))
+            return got
+
+        results = await bounded(asyncio.gather(send_all(0), send_all(1), read_slowly(0),
+                                               read_slowly(1)))
+        # Which leg the relay joined to which sender is its choice: match by content.
+        received = sorted(results[2] + results[3])
+        assert received == sorted(message(p, i) for p in (0, 1) for i in range(24))
+        for ws in senders:
+            await bounded(ws.close())
+
+
+class _RecordingTransport:
+    """What ``write_lent`` hands the transport: it must never be a view of the read buffer."""
+
+    def __init__(self) -> None:
+        self.written: list[object] = []
+
+    def get_write_buffer_size(self) -> int:
+        return sum(len(w) for w in self.written)  # type: ignore[arg-type]
+
+    def write(self, data: object) -> None:
+        self.written.append(data)
+
+
+def test_write_lent_copies_only_what_the_socket_refuses() -> None:
+    import socket
+
+    from hyco_proto.adapters.asyncio.service import _ServiceProtocol
+
+    proto = _ServiceProtocol.__new__(_ServiceProtocol)
+    fake = _RecordingTransport()
+    proto.transport = fake  # type: ignore[assignment]
+    payload = bytes(range(256)) * (32 * 1024)  # 8 MiB: more than a socket buffer takes
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        proto.fd = a.fileno()
+        buffer = bytearray(payload)
+        proto.write_lent(memoryview(buffer))
+        assert len(fake.written) == 1 and type(fake.written[0]) is bytes
+        rest = fake.written[0]
+        assert 0 < len(rest) < len(payload)  # part went straight to the socket, no copy
+        buffer[:] = bytes(len(buffer))  # the next read reuses the buffer
+        assert rest == payload[-len(rest):]
+        # Queued bytes ahead: the whole view is copied (order), the socket is not touched.
+        proto.write_lent(memoryview(bytearray(b"next")))
+        assert fake.written[1] == b"next" and type(fake.written[1]) is bytes
+    proto.fd = -1  # TLS: always through the transport, as a copy
+    proto.transport = fake = _RecordingTransport()  # type: ignore[assignment]
+    proto.write_lent(memoryview(bytearray(b"tls")))
+    assert fake.written == [b"tls"] and type(fake.written[0]) is bytes
+
+
+@async_test
 async def test_sender_recv_queue_is_bounded() -> None:
     async with relay() as r, echo_listener(r, connection=None) as server:
         sender = await connect(r, max_queue=2)

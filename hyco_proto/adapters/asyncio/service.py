@@ -7,12 +7,14 @@ timer follows ``service.next_deadline()``; it is re-armed after every input (rel
 close passing through a leg sets that pair's closing deadline). The core works in epoch seconds
 (token expiry), so the clock is ``time.time()``, not ``loop.time()``.
 
-Reads: every connection reads into one buffer owned by the server (``READ_BUFFER_SIZE``): the loop
-handles one socket at a time and ``buffer_updated`` consumes the bytes before the next read, so an
-idle connection holds no read buffer and the hot path allocates nothing per read. Bytes of a
-relayed leg go to the core as a view of that buffer (the leg's forwarder copies what it keeps);
-every other connection's bytes are copied first, since handshakes and control channels may keep
-them.
+Reads: every connection reads into one buffer owned by the server (``READ_BUFFER_SIZE``, after
+``FORWARD_HEADROOM`` bytes of scratch space): the loop handles one socket at a time and
+``buffer_updated`` consumes the bytes before the next read, so an idle connection holds no read
+buffer and the hot path allocates nothing per read. The buffer is lent to the core
+(``RelayService.receive_into``): a relayed leg unmasks its frames in place there and queues views
+of it for the other leg. Those views are written before the next read, straight to the socket
+(``os.write``) when nothing is queued ahead of them; only what the socket does not take is copied,
+into the transport (which may keep what it is given). Everything else the core copies as before.
 
 Backpressure: the core forwards one leg's frames to the other leg. When a connection's
 write buffer goes over the high-water mark, the connections whose input produced that output
@@ -24,6 +26,7 @@ for which other relayed connection, so it needs no private core state.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import ssl as _ssl
 import sys
@@ -33,6 +36,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
+from ...frames import FORWARD_HEADROOM
 from ...service.config import ServiceConfig
 from ...service.router import ConnectionKind, RelayService
 from ...service.webpubsub_events import OutboundCall
@@ -105,6 +109,8 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
         self.reading_paused = False
         #: Made by _TlsHandshake for a connection already counted (not by the server's factory).
         self._taken_over = False
+        #: The socket's descriptor for direct writes of lent views (-1: TLS or not POSIX).
+        self.fd = -1
 
     # -- asyncio callbacks -----------------------------------------------------------------
 
@@ -116,6 +122,10 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
             server._admitting -= 1
         high = server.write_high_water
         transport.set_write_buffer_limits(high=high, low=high // 4)
+        if os.name == "posix" and transport.get_extra_info("ssl_object") is None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                self.fd = sock.fileno()
         peer = transport.get_extra_info("peername")
         remote = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("127.0.0.1", 0)
         self.conn_id = server.service.connection_made(
@@ -128,8 +138,9 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         server = self._server
-        # The shared read buffer is lent to the core, which copies whatever it keeps.
-        server.service.receive_data(time.time(), self.conn_id, server._read_view[:nbytes])
+        # The shared read buffer is lent to the core; _after_input writes or copies its views.
+        server.service.receive_into(time.time(), self.conn_id, server._read_buffer,
+                                    FORWARD_HEADROOM, FORWARD_HEADROOM + nbytes)
         server._after_input(self.conn_id)
 
     def eof_received(self) -> bool | None:
@@ -171,6 +182,22 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
             writer = self._server._protocols.get(writer_id)
             if writer is not None:
                 writer._unblock(self.conn_id)
+
+    def write_lent(self, data: memoryview) -> None:
+        """Write a view of the shared read buffer before the next read reuses it: straight to
+        the socket when nothing is queued ahead of it (no copy); the transport gets a copy of
+        whatever the socket does not take now (it may keep what it is given: Python 3.12+)."""
+        transport = self.transport
+        assert transport is not None
+        if self.fd >= 0 and not transport.get_write_buffer_size():
+            try:
+                sent = os.write(self.fd, data)
+            except OSError:  # EAGAIN, or an error the transport meets below and reports
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(bytes(data))
 
     # -- flow control ----------------------------------------------------------------------
 
@@ -434,7 +461,8 @@ class RelayServiceServer:
         self._closed = asyncio.Event()
         self._all_lost = asyncio.Event()
         self._port: int | None = None
-        self._read_view = memoryview(bytearray(READ_BUFFER_SIZE))
+        self._read_buffer = memoryview(bytearray(FORWARD_HEADROOM + READ_BUFFER_SIZE))
+        self._read_view = self._read_buffer[FORWARD_HEADROOM:]
         self._calls: set[asyncio.Task[None]] = set()
         self._handshakes: set[asyncio.Task[None]] = set()  # TLS handshakes in progress
         self._admitting = 0  # protocols made for new connections, not yet connected
@@ -615,7 +643,11 @@ class RelayServiceServer:
             if data:
                 if source is not None and service.peer_of(conn_id) == source:
                     proto.add_writer(source)  # stop reading `source` while `conn_id` is full
-                if not transport.is_closing():
+                if transport.is_closing():
+                    pass
+                elif type(data) is memoryview:  # a view of the read buffer (receive_into)
+                    proto.write_lent(data)
+                else:
                     transport.write(data)
             else:
                 # The core closes TCP (server closes first, RFC 6455 §7.1.1): close() flushes

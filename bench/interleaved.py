@@ -1,0 +1,229 @@
+"""Interleaved rounds: relays and the machine's own limits measured in turn, round after round.
+
+This machine is shared and noisy: two figures measured a minute apart can differ by a third. So
+every contender is set up first (its process started, one relayed pair opened), then each round
+runs every contender once, in turn, and the figure is the median of the rounds per contender.
+
+Contenders, sender→listener with the raw-socket load generator (``bench/loadgen.py``):
+
+- the relays of ``loadgen.RELAYS`` (``hyco_proto``, ``picows``, ``websockets``): one relayed pair;
+- ``socat``: Debian's ``socat -b SIZE TCP-LISTEN:… TCP:…`` between the sender's and the
+  counter's TCP connections. It reads and writes bytes and does nothing else (no WebSocket
+  work; the counter unmasks the sender's frames itself), so it is the physical limit for a relay
+  process on this machine. ``SOCAT_BUFFER`` is the read size that moved 1 MiB messages fastest
+  here (``python -m bench.interleaved --socat-buffers`` measures it again);
+- ``loadgen ceiling``: sender and counter joined directly over loopback TCP, no relay at all.
+
+``python -m bench.interleaved [--size 1MiB|64B] [--rounds N]`` prints the table;
+``bench/test_bench_relay.py`` runs it for ``make bench`` and ``bench/report.py`` shows it.
+``--before DIR`` adds our relay as built in another checkout (``git worktree add DIR REV`` and
+build its extension): the before/after of a change, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import socket
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import loadgen
+from bench.loadgen import BIG, CLK_TCK, HOST, SMALL, TIMEOUT, LoadgenError, Pair, Stream
+
+#: socat's read/write size (its ``-b``; the default is 8192). Chosen by measurement, see above.
+SOCAT_BUFFER = 1 << 18
+SOCAT = "socat"
+CEILING = "loadgen ceiling"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class SocatSplice:
+    """``socat -b SIZE TCP-LISTEN:p TCP:127.0.0.1:q``; ``pair()`` joins through it."""
+
+    def __init__(self, buffer: int = SOCAT_BUFFER) -> None:
+        exe = shutil.which("socat")
+        if exe is None:
+            raise LoadgenError("socat is not installed (make bench installs Debian's socat)")
+        self._target = socket.create_server((HOST, 0))
+        self.port = _free_port()
+        target = self._target.getsockname()[1]
+        self.proc = subprocess.Popen(
+            [exe, "-b", str(buffer), f"TCP-LISTEN:{self.port},bind={HOST},reuseaddr,nodelay",
+             f"TCP:{HOST}:{target},nodelay"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.pid = self.proc.pid
+
+    def pair(self) -> Pair:
+        """The sender connected to socat, and the connection socat opened to us."""
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            try:
+                sender = loadgen._connect(self.port)
+                break
+            except ConnectionRefusedError as exc:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                    raise LoadgenError(f"socat did not listen on {HOST}:{self.port}: {err}"
+                                       ) from exc
+                time.sleep(0.02)
+        self._target.settimeout(TIMEOUT)
+        listener, _ = self._target.accept()
+        listener.settimeout(TIMEOUT)
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return Pair(sender, listener)
+
+    def cpu(self) -> float:
+        """User + system CPU seconds socat used so far."""
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def stop(self) -> None:
+        self._target.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+@dataclass
+class Contender:
+    """One thing measured in every round: its stream and the rates it reached."""
+
+    label: str
+    stream: Stream
+    batches: int = 0
+    rates: list[float] = field(default_factory=list)  # messages/s per round
+
+    def median(self) -> float:
+        return statistics.median(self.rates)
+
+
+@contextlib.contextmanager
+def contenders(size: int, labels: list[str]) -> Iterator[list[Contender]]:
+    """Start every contender (relay processes, socat, the direct pair); stop them all after."""
+    stack = contextlib.ExitStack()
+    found: list[Contender] = []
+    with stack:
+        for label in labels:
+            if label == CEILING:
+                stream = Stream(loadgen.loopback_pair(), size, masked_receiver=True)
+            elif label == SOCAT:
+                splice = SocatSplice()
+                stack.callback(splice.stop)
+                stream = Stream(splice.pair(), size, masked_receiver=True, relay_cpu=splice.cpu)
+            else:
+                name, _, root = label.partition("@")
+                relay = loadgen.RelayProcess(name, Path(root) if root else loadgen.ROOT)
+                stack.callback(relay.stop)
+                session = loadgen.Session(relay.port)
+                stack.callback(session.close)
+                (pair,) = session.open_pairs(1)
+                stream = Stream(pair, size, relay_cpu=relay.cpu)
+            stack.callback(stream.close)
+            found.append(Contender(label, stream))
+        yield found
+
+
+def run_rounds(found: list[Contender], rounds: int, seconds: float = 0.4) -> None:
+    """Calibrate each contender to about ``seconds`` a run, then ``rounds`` rounds in turn."""
+    for contender in found:
+        contender.batches = loadgen.calibrated(contender.stream.run, warmup=1, start=2,
+                                               limit=1 << 16, seconds=seconds)
+        contender.stream.stats = loadgen.RunStats()
+    for _ in range(rounds):
+        for contender in found:
+            t0 = time.perf_counter()
+            moved = contender.stream.run(contender.batches)
+            elapsed = time.perf_counter() - t0
+            if moved != contender.batches * contender.stream.per_batch:
+                raise LoadgenError(f"{contender.label}: {moved} messages counted")
+            contender.rates.append(moved / elapsed)
+
+
+def summary(found: list[Contender], size: int) -> dict[str, dict[str, object]]:
+    """Per contender: median rate (messages/s and MB/s), every round, median CPU use."""
+    out: dict[str, dict[str, object]] = {}
+    for contender in found:
+        cpu = contender.stream.stats.summary()
+        out[contender.label] = {
+            "median_msgs": round(contender.median(), 1),
+            "median_mbs": round(contender.median() * size / 1e6, 1),
+            "rounds_msgs": [round(rate, 1) for rate in contender.rates],
+            "relay_cpu": cpu["relay_cpu"], "loadgen_cpu": cpu["loadgen_cpu"],
+        }
+    return out
+
+
+def measure(size: int, labels: list[str], rounds: int) -> dict[str, dict[str, object]]:
+    with contenders(size, labels) as found:
+        run_rounds(found, rounds)
+        return summary(found, size)
+
+
+def _socat_buffers(rounds: int) -> None:
+    """1 MiB messages through socat at several read sizes, interleaved."""
+    global SOCAT_BUFFER
+    sizes = [8192, 65536, 1 << 18, 1 << 20]
+    stack = contextlib.ExitStack()
+    with stack:
+        found = []
+        for buffer in sizes:
+            splice = SocatSplice(buffer)
+            stack.callback(splice.stop)
+            stream = Stream(splice.pair(), BIG, masked_receiver=True, relay_cpu=splice.cpu)
+            stack.callback(stream.close)
+            found.append(Contender(f"socat -b {buffer}", stream))
+        run_rounds(found, rounds)
+        for contender in found:
+            print(f"{contender.label:>20}: {contender.median() * BIG / 1e6:8,.0f} MB/s  "
+                  f"rounds {[round(r * BIG / 1e6) for r in contender.rates]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--size", choices=["64B", "1MiB"], default="1MiB")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--contenders", default=f"hyco_proto,picows,{SOCAT},{CEILING}")
+    parser.add_argument("--socat-buffers", action="store_true",
+                        help="compare socat's read sizes instead")
+    parser.add_argument("--before", metavar="DIR",
+                        help="also run hyco_proto's relay from this checkout "
+                             "(label hyco_proto@DIR)")
+    args = parser.parse_args(argv)
+    loadgen.raise_fd_limit()
+    if args.socat_buffers:
+        _socat_buffers(args.rounds)
+        return 0
+    size = BIG if args.size == "1MiB" else SMALL
+    labels = args.contenders.split(",")
+    if args.before:
+        labels.insert(1, f"hyco_proto@{Path(args.before).resolve()}")
+    result = measure(size, labels, args.rounds)
+    show: Callable[[float], str] = ((lambda r: f"{r * size / 1e6:8,.0f} MB/s") if size == BIG
+                                    else (lambda r: f"{r:14,.0f} msg/s"))
+    for label, row in result.items():
+        rounds_text = ", ".join(show(float(r)).strip() for r in row["rounds_msgs"])  # type: ignore[attr-defined]
+        print(f"{label:>16}: {show(float(row['median_msgs'])).strip():>16}  "  # type: ignore[arg-type]
+              f"cpu relay {row['relay_cpu']} loadgen {row['loadgen_cpu']}  [{rounds_text}]")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""Our relay's flow-control settings measured against each other, in interleaved rounds.
+
+``python -m bench.relay_settings [--size 1MiB|64B] [--rounds N]`` starts one relay process per
+setting (``write_high_water`` × read size, through ``bench/relays/hyco_relay.py``'s
+``HYCO_BENCH_*`` variables), opens one relayed pair on each and streams through them in turn
+(``bench/interleaved.py``); it prints the median MB/s and the relay's CPU per MB for each. The
+defaults in ``hyco_proto/adapters/asyncio/service.py`` were chosen from this.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+
+from bench import interleaved, loadgen
+from bench.loadgen import BIG, SMALL, Stream
+
+HIGH_WATERS = [64 << 10, 256 << 10, 1 << 20, 4 << 20]
+READ_SIZES = [256 << 10, 1 << 20]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--size", choices=["64B", "1MiB"], default="1MiB")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    size = BIG if args.size == "1MiB" else SMALL
+    loadgen.raise_fd_limit()
+    found = []
+    with contextlib.ExitStack() as stack:
+        for high in HIGH_WATERS:
+            for read in READ_SIZES:
+                env = {"HYCO_BENCH_HIGH_WATER": str(high), "HYCO_BENCH_READ_BUFFER": str(read)}
+                saved = {k: os.environ.get(k) for k in env}
+                os.environ.update(env)
+                try:
+                    relay = loadgen.RelayProcess("hyco_proto")
+                finally:
+                    for key, value in saved.items():
+                        if value is None:
+                            os.environ.pop(key, None)
+                        else:
+                            os.environ[key] = value
+                stack.callback(relay.stop)
+                session = loadgen.Session(relay.port)
+                stack.callback(session.close)
+                (pair,) = session.open_pairs(1)
+                stream = Stream(pair, size, relay_cpu=relay.cpu)
+                stack.callback(stream.close)
+                found.append(interleaved.Contender(
+                    f"high water {high >> 10:>5} KiB, read {read >> 10:>5} KiB", stream))
+        interleaved.run_rounds(found, args.rounds)
+        for contender in found:
+            cpu = contender.stream.stats.summary()["relay_cpu"]
+            mbs = contender.median() * size / 1e6
+            print(f"{contender.label}: {mbs:8,.0f} MB/s  relay {cpu:.2f} cores, "
+                  f"{cpu / mbs * 1e6:6.1f} µs CPU per MB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
