@@ -1,7 +1,7 @@
 """Our relay's flow-control settings measured against each other, in interleaved rounds.
 
 ``python -m bench.relay_settings [--size 1MiB|64B] [--rounds N]`` starts one relay process per
-setting (``write_high_water`` × read size, through ``bench/relays/hyco_relay.py``'s
+setting (each ``write_high_water`` with each read size, through ``bench/relays/hyco_relay.py``'s
 ``HYCO_BENCH_*`` variables), opens one relayed pair on each and streams through them in turn
 (``bench/interleaved.py``); it prints the median MB/s and the relay's CPU per MB for each. The
 defaults in ``hyco_proto/adapters/asyncio/service.py`` were chosen from this.

@@ -98,6 +98,9 @@ class Forwarder:
     error_code: int
     error_reason: str
     frames: int
+    #: Data messages whose final frame's header has been forwarded (``frames`` counts every
+    #: frame: fragments, pings, pongs and the close too).
+    messages: int
     payload_bytes: int
 
     def __init__(

@@ -713,6 +713,7 @@ cdef class Forwarder:
     cdef public int error_code
     cdef public str error_reason
     cdef public unsigned long long frames
+    cdef public unsigned long long messages
     cdef public unsigned long long payload_bytes
 
     def __init__(self, *, bint masked=True, long long max_frame_size=0, int allowed_rsv=0,
@@ -733,6 +734,7 @@ cdef class Forwarder:
         self.error_code = 0
         self.error_reason = ""
         self.frames = 0
+        self.messages = 0
         self.payload_bytes = 0
 
     @property
@@ -775,6 +777,7 @@ cdef class Forwarder:
                             # the other leg stays between frames and can hear 1001 cleanly.
                             w = header_w
                             self.frames -= 1
+                            self.messages -= self._fin
                             self.payload_bytes = payload_before
                             self._remaining = 0
                         else:
@@ -812,6 +815,7 @@ cdef class Forwarder:
                         w += 2 + <Py_ssize_t>length
                         pos += 6 + <Py_ssize_t>length
                         self.frames += 1
+                        self.messages += 1
                         self.payload_bytes += length
                         self._text = False
                         continue
@@ -822,6 +826,7 @@ cdef class Forwarder:
                     w += 2 + <Py_ssize_t>length
                     pos += 2 + <Py_ssize_t>length
                     self.frames += 1
+                    self.messages += 1
                     self.payload_bytes += length
                     self._text = False
                     continue
@@ -890,6 +895,7 @@ cdef class Forwarder:
             self._phase = 0
             self._remaining = length
             self.frames += 1
+            self.messages += fin
             pos += head
         written[0] += w
         return pos

@@ -458,6 +458,7 @@ class Forwarder:
         "error_code",
         "error_reason",
         "frames",
+        "messages",
         "payload_bytes",
     )
 
@@ -486,8 +487,10 @@ class Forwarder:
         self.close_reason = ""
         self.error_code = 0
         self.error_reason = ""
-        #: Frames whose header has been forwarded, and payload bytes forwarded.
+        #: Frames whose header has been forwarded (control frames and fragments included), data
+        #: messages whose final frame's header has, and payload bytes forwarded.
         self.frames = 0
+        self.messages = 0
         self.payload_bytes = 0
 
     @property
@@ -556,6 +559,7 @@ class Forwarder:
                             # the other leg stays between frames and can hear 1001 cleanly.
                             del out[header_at:]
                             self.frames -= 1
+                            self.messages -= self._fin
                             self.payload_bytes = payload_before
                             self._remaining = 0
                         else:
@@ -624,6 +628,7 @@ class Forwarder:
             header_at, payload_before = len(out), self.payload_bytes
             out.append(bytes((b0, b1 & 0x7F)) + bytes(buf[pos + 2 : pos + hlen]))
             self.frames += 1
+            self.messages += fin
             self._key = key
             self._phase = 0
             self._remaining = length

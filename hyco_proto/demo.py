@@ -146,7 +146,8 @@ async def run_sockets(*, round_trips: int = 2000, small: int = 20000, big: int =
         stats = relay.service.stats
         print(
             f"relay stats: {stats.relayed_pairs} relayed pair(s), {stats.messages_relayed:,} "
-            f"frames, {stats.bytes_relayed:,} payload bytes relayed; {stats.http_requests} "
+            f"messages in {stats.frames_relayed:,} frames, {stats.bytes_relayed:,} payload "
+            f"bytes relayed; {stats.http_requests} "
             f"HTTP request(s), {stats.http_bytes_relayed:,} body bytes"
         )
     return 0

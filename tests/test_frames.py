@@ -515,6 +515,18 @@ class TestForwarderInPlace:
         assert fwd.close_code == 1000 and fwd.close_reason == "bye"
         assert fwd.feed_into(bytearray(300), self.HEAD) == (self.HEAD, self.HEAD)  # closed
 
+    def test_counts_frames_and_whole_messages(self, fmod: ModuleType) -> None:
+        fwd = fmod.Forwarder()
+        stream = (masked_frame(1, b"ab", fin=False) + masked_frame(9, b"p")
+                  + masked_frame(0, b"cd") + masked_frame(2, b"x" * 200) + masked_frame(2, b"y"))
+        for piece in (stream[:3], stream[3:20], stream[20:]):
+            self.into(fwd, piece)
+        assert (fwd.frames, fwd.messages, fwd.payload_bytes) == (5, 3, 2 + 1 + 2 + 200 + 1)
+        # A final text frame held back for invalid UTF-8 counts as neither.
+        bad = fmod.Forwarder()
+        bad.feed(masked_frame(1, b"ok") + masked_frame(1, b"\xff"))
+        assert (bad.error_code, bad.frames, bad.messages) == (1007, 1, 1)
+
     def test_violation_keeps_what_came_before(self, fmod: ModuleType) -> None:
         good, bad = masked_frame(2, b"ok"), b"\x83\x80abcd"  # reserved opcode 3
         fwd = fmod.Forwarder()
@@ -544,8 +556,8 @@ class TestForwarderInPlace:
             got = b"".join(self.into(fwd, piece, tail=7) if inplace[i % 10] else fwd.feed(piece)
                            for i, piece in enumerate(pieces))
             assert got == want
-            for name in ("frames", "payload_bytes", "error_code", "error_reason", "close_code",
-                         "close_reason", "mid_frame", "buffered"):
+            for name in ("frames", "messages", "payload_bytes", "error_code", "error_reason",
+                         "close_code", "close_reason", "mid_frame", "buffered"):
                 assert getattr(fwd, name) == getattr(ref, name), name
 
 

@@ -148,6 +148,8 @@ def test_counters_with_a_listener_a_pair_and_refusals() -> None:
     net.pump()
     assert ws.accepted is not None
     ws.send(b"12345")
+    ws.ping(b"p")  # a frame, not a message
+    ws.send("text")
     net.pump()
     bad = net.connect(send_uri, headers=[("ServiceBusAuthorization", token(send_uri, "nope"))])
     net.pump()
@@ -156,7 +158,9 @@ def test_counters_with_a_listener_a_pair_and_refusals() -> None:
     doc = status_doc(net.service)
     assert doc["counters"]["listeners"] == 1
     assert doc["counters"]["relayed_pairs"] == 1
-    assert doc["counters"]["bytes_relayed"] >= 5
+    assert doc["counters"]["bytes_relayed"] == 5 + 1 + 4 + 1  # the listener's pong came back
+    assert doc["counters"]["messages_relayed"] == 2
+    assert doc["counters"]["frames_relayed"] == 4  # two messages, the ping and its pong
     assert doc["counters"]["auth_failures"] == 1
     assert doc["live_relayed_pairs"] == 1
     assert doc["connections"] == {"listener": 1, "relay": 2}
@@ -220,7 +224,9 @@ def test_metrics_in_the_prometheus_text_format() -> None:
     assert samples[("hyco_connections", (("kind", "relay"),))] == 2
     assert samples[("hyco_relayed_pairs_live", ())] == 1
     assert samples[("hyco_relayed_pairs_total", ())] == 1
-    assert samples[("hyco_bytes_relayed_total", ())] >= 5
+    assert samples[("hyco_bytes_relayed_total", ())] == 5
+    assert samples[("hyco_messages_relayed_total", ())] == 1
+    assert samples[("hyco_frames_relayed_total", ())] == 1
     assert http_get(net.service, "/metrics", method="POST")[0] != 200  # GET only
 
 

@@ -50,31 +50,32 @@ class RelayLeg(Handler):
 
     def receive_data(self, now: float, data: bytes | memoryview) -> None:
         fwd = self.fwd
-        bytes_before, frames_before = fwd.payload_bytes, fwd.frames
+        before = fwd.payload_bytes, fwd.frames, fwd.messages
         out = fwd.feed(data)
         peer = self._other()
         if out and peer is not None:
             self.svc.send(peer.id, out)
-        self._forwarded(now, peer, bytes_before, frames_before)
+        self._forwarded(now, peer, before)
 
     def receive_into(self, now: float, buffer: memoryview, start: int, end: int) -> None:
         # The frames are re-framed where they were read and the peer gets a view of them: no
         # copy of the payload in the relay (the driver copies only what a socket refuses).
         fwd = self.fwd
-        bytes_before, frames_before = fwd.payload_bytes, fwd.frames
+        before = fwd.payload_bytes, fwd.frames, fwd.messages
         begin, stop = fwd.feed_into(buffer, start, end)
         peer = self._other()
         if stop > begin and peer is not None:
             self.svc.send(peer.id, buffer[begin:stop])
-        self._forwarded(now, peer, bytes_before, frames_before)
+        self._forwarded(now, peer, before)
 
-    def _forwarded(self, now: float, peer: RelayLeg | None, bytes_before: int,
-                   frames_before: int) -> None:
-        """After a read: count what passed, and act on a violation or a close that passed."""
+    def _forwarded(self, now: float, peer: RelayLeg | None, before: tuple[int, int, int]) -> None:
+        """After a read: count what passed (``before``: the forwarder's payload bytes, frames
+        and messages until then), and act on a violation or a close that passed."""
         fwd = self.fwd
         stats = self.svc.stats
-        stats.bytes_relayed += fwd.payload_bytes - bytes_before
-        stats.messages_relayed += fwd.frames - frames_before
+        stats.bytes_relayed += fwd.payload_bytes - before[0]
+        stats.frames_relayed += fwd.frames - before[1]
+        stats.messages_relayed += fwd.messages - before[2]
         if fwd.error_code:
             self._failed(now, fwd.error_code, fwd.error_reason)
         elif fwd.close_code >= 0 and not self.close_in:

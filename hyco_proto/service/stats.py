@@ -14,7 +14,8 @@ class ServiceStats:
     listeners: int = 0  # connected now
     listeners_opened: int = 0  # control channels opened since start
     relayed_pairs: int = 0
-    messages_relayed: int = 0  # WebSocket frames relayed, control frames and fragments included
+    messages_relayed: int = 0  # whole WebSocket data messages relayed (counted at their end)
+    frames_relayed: int = 0  # WebSocket frames relayed, control frames and fragments included
     bytes_relayed: int = 0
     rejects: int = 0
     auth_failures: int = 0

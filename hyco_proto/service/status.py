@@ -170,8 +170,9 @@ def metrics_response_body(
            [("", live.get("relay", 0) // 2)])
     for name, text in (("listeners_opened", "Listener control channels opened."),
                        ("relayed_pairs", "WebSocket pairs joined."),
-                       ("messages_relayed", "WebSocket frames relayed (each fragment and each "
-                                            "ping, pong and close frame counts)."),
+                       ("messages_relayed", "WebSocket data messages relayed whole."),
+                       ("frames_relayed", "WebSocket frames relayed (each fragment and each "
+                                          "ping, pong and close frame counts)."),
                        ("bytes_relayed", "Payload bytes relayed."),
                        ("rejects", "Senders rejected by a listener."),
                        ("auth_failures", "Requests refused for their token."),
