@@ -476,7 +476,8 @@ class ServerHandshake:
     """
 
     def __init__(self, *, max_header_size: int = 16384) -> None:
-        self._h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_size)
+        # Made when bytes come (receive_data): validate() / validate_head() never need it.
+        self._parser: h11.Connection | None = None
         self._max_header_size = max_header_size
         self.request: HandshakeRequest | None = None
         #: Response bytes when the handshake refused the request by itself.
@@ -507,6 +508,14 @@ class ServerHandshake:
         if not data:
             self._eof = True
         self._h11.receive_data(data)
+
+    @property
+    def _h11(self) -> h11.Connection:
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = h11.Connection(
+                h11.SERVER, max_incomplete_event_size=self._max_header_size)
+        return parser
 
     def next_event(self) -> HandshakeRequest | None:
         """The request once it is complete and valid; ``None`` otherwise (see ``rejection``)."""

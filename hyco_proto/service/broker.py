@@ -175,6 +175,8 @@ def _query_value(query: str, *names: str) -> str | None:
 
 
 _G_SUFFIXES = re.compile(r"(?:_G\d+)+$")
+#: What ``quote(text, safe="")`` leaves unchanged (its always-safe set).
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.\-~]+", re.ASCII)
 
 
 def _token_reason(exc: TokenError) -> str:
@@ -518,9 +520,13 @@ class RelayBroker:
         sep = "&" if app_query else ""
         # The id may be the sender's choice (it stays, for tracking): the secret authorises.
         secret = secrets.token_urlsafe(_SECRET_BYTES)
+        suffix = self._suffix(hc, path)
+        # quote() leaves an id of unreserved characters as it is (RFC 3986 §2.3): skip it.
+        quoted_id = (connect_id if _UNRESERVED.fullmatch(connect_id)
+                     else quote(connect_id, safe=""))
         address = (
-            f"{listener.base_url}/$hc/{hc.name}{quote(self._suffix(hc, path), safe='/%')}?"
-            f"{app_query}{sep}sb-hc-action=accept&sb-hc-id={quote(connect_id, safe='')}"
+            f"{listener.base_url}/$hc/{hc.name}{quote(suffix, safe='/%') if suffix else ''}?"
+            f"{app_query}{sep}sb-hc-action=accept&sb-hc-id={quoted_id}"
             f"&{RENDEZVOUS_SECRET}={secret}"
         )
         connect_headers: dict[str, str] = {}
@@ -550,8 +556,13 @@ class RelayBroker:
         candidates = [c for c in self.registry.listeners_of(hc.name) if not c.closing]
         if not candidates:
             return None
-        allowed = _header(headers, _ALLOWED)
-        disallowed = _header(headers, _DISALLOWED)
+        allowed = disallowed = None
+        for key, value in headers:  # one pass for both (the first of each, as _header finds)
+            lower = key.lower()
+            if lower == _ALLOWED:
+                allowed = value if allowed is None else allowed
+            elif lower == _DISALLOWED:
+                disallowed = value if disallowed is None else disallowed
         # Listener pinning (hybrid-connections-wire §4.6): comma-separated listener ids.
         if allowed:
             keep = {_base_id(x.strip()) for x in allowed.split(",") if x.strip()}
