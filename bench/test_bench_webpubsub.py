@@ -1,16 +1,21 @@
-"""Web PubSub benchmarks: our emulator's hub route; a minimal websockets fan-out for context.
+"""Web PubSub benchmarks: our emulator's hub route, with and without batched writes; a minimal
+websockets fan-out for context.
 
 Each server runs alone in a fresh subprocess (``bench/wps_servers.py``), so the load generator
 (``bench/wps_load.py``: raw sockets, pre-masked frames, one epoll loop counting bytes) does not
 share its CPU. Clients speak ``json.webpubsub.azure.v1`` and carry tokens made by
 ``create_client_token``; receivers join the group through the token's ``webpubsub.group`` claim.
 
+- ``hyco_proto`` is the hub route as shipped (``WebPubSubService(batch_writes=True)``: within
+  one driver call, each recipient gets one send of all its frames); ``hyco_proto-unbatched`` is
+  the same code with ``batch_writes=False`` (one send per frame).
 - Fan-out: 1,000 clients in one group; one sender publishes 64 B text messages by
   ``sendToGroup``. Rate = messages x 1,000 / time until every receiver has them all
-  (deliveries/s). Two loads: ``x4``, up to 4 messages in flight (sent, not yet delivered to
-  everyone; 2 per write), which keeps the hub busy; ``x1``, one message at a time. Latency
-  p50/p99 at 4 sampled receivers: write of the message's batch to arrival of its frame; under
-  ``x4`` it includes the queue (up to 4 messages x 1,000 deliveries ahead of a message).
+  (deliveries/s). Three loads: ``x16``, up to 16 messages in flight (8 per write); ``x4``, up
+  to 4 (2 per write), which keeps the hub busy; ``x1``, one message at a time (nothing to
+  batch: each read carries one message). Latency p50/p99 at 4 sampled receivers: write of the
+  message's batch to arrival of its frame; under ``x16`` and ``x4`` it includes the queue (up to
+  16 or 4 messages x 1,000 deliveries ahead of a message).
 - Acks: one client sends ``sendToGroup`` with ``ackId`` to a group with one receiver, 100 in
   flight (``x100``) or one at a time (``x1``); acks/s (a run ends when all are acked and
   delivered).
@@ -38,7 +43,7 @@ RECEIVERS = 1000
 ROUNDS = 5
 FANOUT_SECONDS = 1.0
 ACK_SECONDS = 0.3
-FANOUT_WINDOWS = (4, 1)
+FANOUT_WINDOWS = (16, 4, 1)
 ACK_WINDOWS = (100, 1)
 
 GROUP_FANOUT = "Web PubSub: fan-out of 64 B messages to 1,000 clients in one group, {}"

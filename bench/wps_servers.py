@@ -5,6 +5,9 @@
 
 - ``hyco_proto``: our emulator's hub route — ``RelayServiceServer(RelayService(ServiceConfig(),
   webpubsub=WebPubSubService(KEY)), routes="webpubsub")``, the sans-IO ``Hub`` behind it.
+- ``hyco_proto-unbatched``: the same with ``WebPubSubService(KEY, batch_writes=False)``: every
+  frame its own write, where the default joins each recipient's frames of one driver call (the
+  bytes of one read from the sender) into one.
 - ``websockets``: a minimal group fan-out written with the ``websockets`` library (asyncio), for
   context only: it checks the same access token at connect (our ``verify_client_token``), sends
   the same ``connected`` message, and for a ``sendToGroup`` frame does ``json.loads``, one
@@ -36,19 +39,20 @@ from bench.relays._common import HOST, announce, prepare_process
 #: The official emulator's documented access key (also what the benchmark signs tokens with).
 KEY = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789ABCDEFGH"
 HUB = "bench"
-LABELS = ("hyco_proto", "websockets")
+LABELS = ("hyco_proto", "hyco_proto-unbatched", "websockets")
 #: Not a server under test: the load generator's own limit (``_serve_ceiling``).
 CEILING = "loadgen-ceiling"
 SUBPROTOCOL = "json.webpubsub.azure.v1"
 
 
-async def _serve_hyco(port: int) -> None:
+async def _serve_hyco(port: int, batch_writes: bool = True) -> None:
     from hyco_proto.adapters.asyncio import RelayServiceServer
     from hyco_proto.service.config import ServiceConfig
     from hyco_proto.service.router import RelayService
     from hyco_proto.service.webpubsub import WebPubSubService
 
-    service = RelayService(ServiceConfig(), webpubsub=WebPubSubService(KEY))
+    service = RelayService(ServiceConfig(),
+                           webpubsub=WebPubSubService(KEY, batch_writes=batch_writes))
     async with RelayServiceServer(service, host=HOST, port=port, routes="webpubsub") as server:
         announce(server.port)
         await asyncio.Event().wait()
@@ -211,8 +215,10 @@ def main() -> None:
     if args.label == CEILING:
         _serve_ceiling(args.port)
         return
-    serve = _serve_hyco if args.label == "hyco_proto" else _serve_websockets
-    asyncio.run(serve(args.port))
+    if args.label == "websockets":
+        asyncio.run(_serve_websockets(args.port))
+    else:
+        asyncio.run(_serve_hyco(args.port, batch_writes=args.label == "hyco_proto"))
 
 
 if __name__ == "__main__":
