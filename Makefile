@@ -93,8 +93,21 @@ docs: .stamp-docs
 	HYCO_PROTO_BUILD_EXTENSION=no $(PY) -m pip install -q -e '.[test,bench]'
 	touch $@
 
+# socat (Debian's) for the relay benchmarks' byte-splice baseline (bench/interleaved.py),
+# installed when missing like chromium above.
+SOCAT_APT := env DEBIAN_FRONTEND=noninteractive apt-get install -y -q socat
+.stamp-socat:
+	@if command -v socat >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		$(SOCAT_APT) || { apt-get update -q && $(SOCAT_APT); }; \
+	else \
+		sudo -n $(SOCAT_APT) || { sudo -n apt-get update -q && sudo -n $(SOCAT_APT); }; \
+	fi
+	@command -v socat >/dev/null || { echo "could not install socat (apt-get install socat)"; exit 1; }
+	touch $@
+
 # Benchmarks against the peers in one run; writes bench/RESULTS.md and bench/results.png.
-bench: setup .stamp-bench
+bench: setup .stamp-bench .stamp-socat
 	mkdir -p .benchmarks
 	HYCO_PROTO_REQUIRE_EXTENSION=1 $(PY) -m pytest -q -p no:cacheprovider bench \
 		--benchmark-json=.benchmarks/latest.json --benchmark-columns=median,ops \

@@ -110,11 +110,14 @@ def write_markdown(groups: dict[str, list[dict[str, Any]]], machine: dict[str, A
         "",
     ]
     lines += relay_summary(groups)
+    lines += interleaved_summary(groups)
     lines += echo_summary(groups, echo_absent or {})
     lines += http_summary(groups)
     lines += wps_summary(groups)
     lines += kept
     for group in sorted(groups):
+        if group.startswith(INTERLEAVED_GROUP):
+            continue  # one call holding every round: its table is above
         rows = sorted(groups[group], key=lambda r: r["median"])
         ours = _ours(rows)
         lines += [f"## {group}", "", "| implementation | median per call | per second | "
@@ -160,14 +163,16 @@ def relay_summary(groups: dict[str, list[dict[str, Any]]]) -> list[str]:
         return float(r["info"].get("kib_per_pair", float("nan")))
 
     # (label, rows, value, format, higher is better, target test or None, target text)
+    # Targets: issue 14 (the 1 MiB ones are judged on the interleaved rounds below).
     metrics: list[tuple[str, dict[str, dict[str, Any]], Any, str, bool, Any, str]] = [
         ("64 B messages/s", small, msgs, "{:,.0f}", True,
-         lambda v: v["hyco_proto"] >= 3 * v["websockets"], f"≥ 3{TIMES} websockets"),
-        ("1 MiB messages, MB/s", big, mbs, "{:,.0f}", True,
-         lambda v: v["hyco_proto"] >= 2 * v["websockets"], f"≥ 2{TIMES} websockets"),
+         lambda v: v["hyco_proto"] >= 50 * v["picows"], f"≥ 50{TIMES} picows"),
+        ("1 MiB messages, MB/s", big, mbs, "{:,.0f}", True, None, "see interleaved rounds"),
         ("rendezvous/s, sequential", seq, msgs, "{:,.0f}", True,
-         lambda v: v["hyco_proto"] >= 300, "≥ 300/s"),
-        ("rendezvous/s, 16 in flight", conc, msgs, "{:,.0f}", True, None, ""),
+         lambda v: v["hyco_proto"] >= 1.5 * v["picows"], f"≥ 1.5{TIMES} picows"),
+        ("rendezvous/s, 16 in flight", conc, msgs, "{:,.0f}", True,
+         lambda v: v["hyco_proto"] >= max(1.5 * v["picows"], 2000),
+         f"≥ 1.5{TIMES} picows and ≥ 2,000/s"),
         ("KiB per idle pair (RSS)", idle, kib, "{:.1f}", False,
          lambda v: v["hyco_proto"] <= 64, "≤ 64 KiB"),
     ]
@@ -230,6 +235,57 @@ def relay_summary(groups: dict[str, list[dict[str, Any]]]) -> list[str]:
                           for p in ("websockets", "picows")]
                 lines.append(f"| {label} | " + " | ".join(cells + ratios) + " |")
             lines.append("")
+    return lines
+
+
+INTERLEAVED_GROUP = "relay: interleaved rounds"
+
+
+def interleaved_summary(groups: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Medians of interleaved rounds (``bench/interleaved.py``), with issue 14's targets."""
+    tables = []
+    for size, title in (("1 MiB", "1 MiB messages, MB/s"), ("64 B", "64 B messages/s")):
+        rows = _relay_rows(groups, f"{INTERLEAVED_GROUP}, {size}")
+        if rows:
+            tables.append((size, title, next(iter(rows.values()))["info"]))
+    if not tables:
+        return []
+    lines = ["### Interleaved rounds: our relay, the picows relay, socat and the load generator",
+             "",
+             "Every contender set up first (its process, one relayed pair), then each round runs "
+             "every one in turn for about 0.4 s (`bench/interleaved.py`); medians of the rounds, "
+             "so this shared machine's drift hits all alike. `socat` (Debian's, "
+             f"`-b {tables[0][2].get('socat_buffer', '?')}`) "
+             "only copies the TCP byte stream between the two sockets (the load generator's "
+             "counter unmasks the frames itself): the physical limit for a relay process here. "
+             "`loadgen ceiling`: sender and counter joined directly, no relay. In brackets: "
+             "ours ÷ that contender.", ""]
+    for size, title, info in tables:
+        data = info["interleaved"]
+        big = size == "1 MiB"
+        ours = float(data["hyco_proto"]["median_mbs" if big else "median_msgs"])
+        lines += [f"{title}, median of {info['rounds']} rounds:", "",
+                  "| contender | median | every round | CPU: relay / load generator |",
+                  "|---|---|---|---|"]
+        for name, row in data.items():
+            key = "median_mbs" if big else "median_msgs"
+            value = float(row[key])
+            rounds = [float(r) * (info["message_size"] / 1e6 if big else 1)
+                      for r in row["rounds_msgs"]]
+            ratio = "" if name == "hyco_proto" else f" ({ours / value:.2f}{TIMES})"
+            relay_cpu = f"{row['relay_cpu']:.2f}" if name != "loadgen ceiling" else DASH
+            lines.append(f"| {name} | {value:,.0f}{ratio} | "
+                         f"{', '.join(f'{r:,.0f}' for r in rounds)} | "
+                         f"{relay_cpu} / {row['loadgen_cpu']:.2f} |")
+        if big:
+            checks = [(f"≥ 0.95{TIMES} socat", ours >= 0.95 * float(data["socat"]["median_mbs"])),
+                      (f"≥ 1.2{TIMES} picows", ours >= 1.2 * float(data["picows"]["median_mbs"]))]
+        else:
+            checks = [(f"≥ 50{TIMES} picows", ours >= 50 * float(data["picows"]["median_msgs"])),
+                      ("within 10 % of the load generator's ceiling",
+                       ours >= 0.9 * float(data["loadgen ceiling"]["median_msgs"]))]
+        lines += ["", "Targets: " + "; ".join(f"{text}: {'met' if ok else '**not met**'}"
+                                              for text, ok in checks) + ".", ""]
     return lines
 
 

@@ -7,7 +7,10 @@ large batches, frames counted in bulk by a C header walker. Measured sender→li
 - 64 B messages/s and 1 MiB messages (MB/s) over one relayed connection;
 - rendezvous/s: sender connect → accept → rendezvous → 101 on both legs → close, one at a time
   and 16 in flight;
-- relay RSS per idle relayed pair (500 pairs, each used once).
+- relay RSS per idle relayed pair (500 pairs, each used once);
+- interleaved rounds (``bench/interleaved.py``): 1 MiB and 64 B messages through our relay, the
+  picows relay, ``socat`` (a byte splice: the physical limit for a relay here) and the load
+  generator alone, each round running every contender in turn; medians of ``INTERLEAVED_ROUNDS``.
 
 Run sizes adapt to the relay (a calibration run picks a message count that takes ~0.4 s), so slow
 and fast relays get comparable timing precision; ``extra_info`` records the count, CPU use of the
@@ -23,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from bench import loadgen
+from bench import interleaved, loadgen
 from bench.loadgen import BIG, SMALL, RelayProcess, Session, Stream, calibrated
 
 RELAYS = list(loadgen.RELAYS)
@@ -39,6 +42,9 @@ GROUP_RDV = "relay: rendezvous, sequential"
 GROUP_RDV_CONC = "relay: rendezvous, 16 in flight"
 GROUP_IDLE = "relay: 500 idle pairs (memory)"
 GROUP_CEILING = "loadgen ceiling: no relay, loopback TCP"
+GROUP_INTERLEAVED = "relay: interleaved rounds"
+INTERLEAVED_ROUNDS = 5
+INTERLEAVED = ["hyco_proto", "picows", interleaved.SOCAT, interleaved.CEILING]
 
 loadgen.raise_fd_limit()
 
@@ -141,3 +147,19 @@ def test_relay_idle_memory(benchmark: Any, relay: RelayProcess, session: Session
     benchmark.pedantic(run, rounds=1, iterations=1)
     benchmark.extra_info.update(frames=IDLE_PAIRS, unit="pairs",
                                 **{k: round(v, 2) for k, v in result.items()})
+
+
+@pytest.mark.parametrize("size", [BIG, SMALL], ids=["1MiB", "64B"])
+def test_relay_interleaved(benchmark: Any, size: int) -> None:
+    """Medians of interleaved rounds: every contender set up first, then run in turn per round
+    (``extra_info["interleaved"]``: per contender, median and every round, CPU use)."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        result.update(interleaved.measure(size, INTERLEAVED, INTERLEAVED_ROUNDS))
+
+    benchmark.group = f"{GROUP_INTERLEAVED}, {'1 MiB' if size == BIG else '64 B'}"
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    assert set(result) == set(INTERLEAVED)
+    benchmark.extra_info.update(unit="runs", message_size=size, rounds=INTERLEAVED_ROUNDS,
+                                socat_buffer=interleaved.SOCAT_BUFFER, interleaved=result)
