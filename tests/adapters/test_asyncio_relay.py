@@ -523,8 +523,12 @@ async def test_in_place_relaying_keeps_every_byte_under_backpressure() -> None:
 class _RecordingTransport:
     """What ``write_lent`` hands the transport: it must never be a view of the read buffer."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra: dict[str, object] | None = None) -> None:
         self.written: list[object] = []
+        self.extra = extra or {}
+
+    def get_extra_info(self, name: str) -> object:
+        return self.extra.get(name)
 
     def get_write_buffer_size(self) -> int:
         return sum(len(w) for w in self.written)  # type: ignore[arg-type]
@@ -556,10 +560,14 @@ def test_write_lent_copies_only_what_the_socket_refuses() -> None:
         # Queued bytes ahead: the whole view is copied (order), the socket is not touched.
         proto.write_lent(memoryview(bytearray(b"next")))
         assert fake.written[1] == b"next" and type(fake.written[1]) is bytes
-    proto.fd = -1  # TLS: always through the transport, as a copy
-    proto.transport = fake = _RecordingTransport()  # type: ignore[assignment]
-    proto.write_lent(memoryview(bytearray(b"tls")))
-    assert fake.written == [b"tls"] and type(fake.written[0]) is bytes
+    # TLS: always through the transport, as a copy (the descriptor is looked up once).
+    with socket.socket() as raw:
+        proto.fd = None
+        proto.transport = fake = _RecordingTransport(  # type: ignore[assignment]
+            {"socket": raw, "ssl_object": object()})
+        proto.write_lent(memoryview(bytearray(b"tls")))
+        assert fake.written == [b"tls"] and type(fake.written[0]) is bytes
+        assert proto.fd == -1
 
 
 @async_test

@@ -109,8 +109,9 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
         self.reading_paused = False
         #: Made by _TlsHandshake for a connection already counted (not by the server's factory).
         self._taken_over = False
-        #: The socket's descriptor for direct writes of lent views (-1: TLS or not POSIX).
-        self.fd = -1
+        #: The socket's descriptor for direct writes of lent views: -1 for TLS or off POSIX,
+        #: None until the first such write (most connections never relay).
+        self.fd: int | None = None
 
     # -- asyncio callbacks -----------------------------------------------------------------
 
@@ -122,10 +123,6 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
             server._admitting -= 1
         high = server.write_high_water
         transport.set_write_buffer_limits(high=high, low=high // 4)
-        if os.name == "posix" and transport.get_extra_info("ssl_object") is None:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                self.fd = sock.fileno()
         peer = transport.get_extra_info("peername")
         remote = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("127.0.0.1", 0)
         self.conn_id = server.service.connection_made(
@@ -189,9 +186,15 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
         whatever the socket does not take now (it may keep what it is given: Python 3.12+)."""
         transport = self.transport
         assert transport is not None
-        if self.fd >= 0 and not transport.get_write_buffer_size():
+        fd = self.fd
+        if fd is None:
+            sock = transport.get_extra_info("socket")
+            direct = (os.name == "posix" and sock is not None
+                      and transport.get_extra_info("ssl_object") is None)
+            fd = self.fd = sock.fileno() if direct else -1
+        if fd >= 0 and not transport.get_write_buffer_size():
             try:
-                sent = os.write(self.fd, data)
+                sent = os.write(fd, data)
             except OSError:  # EAGAIN, or an error the transport meets below and reports
                 sent = 0
             if sent == len(data):
