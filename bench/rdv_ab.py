@@ -11,6 +11,9 @@ entries by own time, ``DIR/<label>.txt``) when they stop. ``--uvloop`` runs them
 so does a label ending in ``+uvloop`` (``--tree after+uvloop=/path/b``). A peer relay of
 ``bench/relays`` runs as ``--tree picows=module:bench.relays.picows_relay``.
 
+``--py-spy DIR`` samples them with py-spy instead (``DIR/<label>.txt``, raw stacks; ``python
+bench/rdv_ab.py top FILE`` lists own samples per function).
+
 ``python bench/rdv_ab.py relay --root TREE [--profile FILE] [--uvloop]`` is the relay process
 itself: ``RelayServiceServer`` on 127.0.0.1, ``PORT <n>`` on stdout, stops when stdin closes.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -73,23 +77,33 @@ def _relay(args: argparse.Namespace) -> int:
 
 
 class _Relay:
-    def __init__(self, label: str, root: str, profile: str | None, uvloop: bool) -> None:
+    def __init__(self, label: str, root: str, profile: str | None, uvloop: bool,
+                 spy: str | None = None) -> None:
         cmd = [sys.executable, str(HERE / "rdv_ab.py"), "relay", "--root", root]
         if root.startswith("module:"):  # a peer relay of bench/relays (picows, websockets)
             cmd = [sys.executable, "-m", root[7:], "--port", "0"]
             profile, uvloop = None, False
         if profile:
             cmd += ["--profile", profile]
+        if spy:  # sampled by py-spy, the thread holding the GIL (CPU figures: py-spy's)
+            spy_bin = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+            cmd = [spy_bin, "record", "--format", "raw", "--rate", "500", "--gil", "-o", spy, "--",
+                   *cmd]
         if uvloop:
             # -O: the adapter asserts its transports are asyncio.Transport, which uvloop's
             # are not (they behave as one).
-            cmd[1:1] = ["-O"]
+            cmd.insert(cmd.index(sys.executable) + 1, "-O")
             cmd.append("--uvloop")
         self.label = label
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      cwd=HERE.parent)
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode().split()  # bounded by the relay's start
+        line: list[str] = []
+        for _ in range(20):  # bounded by the relay's start; py-spy says lines of its own
+            raw = self.proc.stdout.readline()
+            line = raw.decode().split()
+            if not raw or line[:1] == ["PORT"]:
+                break
         if len(line) != 2 or line[0] != "PORT":
             self.stop()
             raise RuntimeError(f"{label}: relay said {line!r}")
@@ -120,9 +134,13 @@ def _compare(args: argparse.Namespace) -> int:
     trees = [t.split("=", 1) for t in args.tree]
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
+    if args.py_spy:
+        Path(args.py_spy).mkdir(parents=True, exist_ok=True)
     relays = [_Relay(label, root,
                      str(Path(args.profile, f"{label}.prof")) if args.profile else None,
-                     args.uvloop or label.endswith("+uvloop")) for label, root in trees]
+                     args.uvloop or label.endswith("+uvloop"),
+                     str(Path(args.py_spy, f"{label}.txt")) if args.py_spy else None)
+              for label, root in trees]
     results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     try:
         sessions = [Session(r.port) for r in relays]
@@ -160,6 +178,34 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _top(args: argparse.Namespace) -> int:
+    """Own samples per function (the innermost frame, lines merged) of a py-spy ``--format
+    raw`` file, and per part of the program; start-up (imports) is left out."""
+    own: dict[str, int] = {}
+    parts: dict[str, int] = {}
+    total = 0
+    for line in Path(args.file).read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or "importlib._bootstrap" in stack:
+            continue
+        leaf = stack.rsplit(";", 1)[-1]
+        name, _, where = leaf.partition(" (")
+        where = where.rsplit(":", 1)[0]
+        own[f"{name} ({where})"] = own.get(f"{name} ({where})", 0) + int(count)
+        part = ("adapter" if "hyco_proto/adapters" in where else
+                "core (hyco_proto)" if "hyco_proto" in where else
+                "h11" if "h11/" in where else
+                "asyncio + selectors" if "asyncio" in where or "selectors" in where else
+                "other (stdlib, C calls)")
+        parts[part] = parts.get(part, 0) + int(count)
+        total += int(count)
+    for part, count in sorted(parts.items(), key=lambda item: -item[1]):
+        print(f"{count / total * 100:5.1f}%  [{part}]")
+    for leaf, count in sorted(own.items(), key=lambda item: -item[1])[:args.limit]:
+        print(f"{count / total * 100:5.1f}%  {leaf}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -174,8 +220,13 @@ def main() -> int:
     compare.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     compare.add_argument("--profile")
     compare.add_argument("--uvloop", action="store_true")
+    compare.add_argument("--py-spy", metavar="DIR", help="sample each relay with py-spy")
+    top = sub.add_parser("top", help="own samples per function of a py-spy raw file")
+    top.add_argument("file")
+    top.add_argument("--limit", type=int, default=25)
     args = parser.parse_args()
-    return _relay(args) if args.cmd == "relay" else _compare(args)
+    run = {"relay": _relay, "compare": _compare, "top": _top}[args.cmd]
+    return run(args)
 
 
 if __name__ == "__main__":

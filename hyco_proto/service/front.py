@@ -127,6 +127,10 @@ def _decode(raw: h11.Request) -> RequestHead:
 # (bytes' \s: SP HT LF VT FF CR) — whatever lies between the colon and the line's end once no
 # such byte is left, with SP and HT stripped at both ends.
 _TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+#: Header names already found to be tokens, with their lower case (the same few names come in
+#: every request); at most ``_KNOWN_NAMES_MAX``, so no client can grow it.
+_KNOWN_NAMES: dict[str, str] = {}
+_KNOWN_NAMES_MAX = 256
 #: Headers that send a request the general (h11) way: a body, 100-continue.
 _SLOW_HEADERS = frozenset(("content-length", "transfer-encoding", "expect"))
 #: (The class's ``h11`` property hides the module in its annotations.)
@@ -158,12 +162,18 @@ def _fast_head(data: bytes) -> tuple[RequestHead, bytes] | None:
     headers: list[tuple[str, str]] = []
     hosts = 0
     upgrade = False
-    token = _TOKEN.fullmatch
+    known = _KNOWN_NAMES
     for line in lines[1:]:
         name, colon, value = line.partition(":")
-        if not colon or token(name) is None:
-            return None  # obs-fold, whitespace before the colon, not a field: h11 decides
-        lname = name.lower()
+        lname = known.get(name)
+        if lname is None:
+            if not colon or _TOKEN.fullmatch(name) is None:
+                return None  # obs-fold, whitespace before the colon, no field: h11 decides
+            lname = name.lower()
+            if len(known) < _KNOWN_NAMES_MAX:
+                known[name] = lname
+        elif not colon:
+            return None
         if lname in _SLOW_HEADERS:
             return None
         if lname == "host":
