@@ -443,6 +443,12 @@ class WebSocketConnection:
 
     def send_binary(self, data: bytes) -> None:
         """Queue a binary message: bytes, bytearray or memoryview (copied if mutable)."""
+        if (type(data) is bytes and not self._client and not self._close_sent
+                and self.state is State.OPEN and not self._send_fragmented
+                and len(data) < _PASSTHROUGH):
+            # The common server case, with the checks below in one test.
+            self._out.append(encode_frame(OP_BINARY, data))
+            return
         if type(data) is not bytes:
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise LocalProtocolError(

@@ -453,3 +453,35 @@ def test_both_roles_talk_to_each_other() -> None:
 def test_select_subprotocol_prefers_the_servers_order(offered: list[str], supported: list[str],
                                                       chosen: str | None) -> None:
     assert select_subprotocol(offered, supported) == chosen
+
+
+def test_data_phase_only_once_the_handshake_output_and_events_are_collected() -> None:
+    conn, _ = server_with_request()
+    assert conn.data_phase() is None  # still handshaking
+    conn.receive_data(frame(OP_TEXT, "early"))
+    conn.accept()
+    assert conn.data_phase() is None  # the 101 waits in data_to_send
+    assert conn.data_to_send()[0].startswith(b"HTTP/1.1 101 ")
+    ws = conn.data_phase()
+    assert ws is not None and ws is conn.ws
+    assert conn.events_received() == [TextMessage("early")]
+    ws.receive_data(frame(OP_BINARY, b"direct"))  # feeding it directly is feeding the conn
+    assert conn.events_received() == [BinaryMessage(b"direct")]
+
+
+def test_data_phase_none_while_the_handshake_outcome_is_uncollected() -> None:
+    client = ClientConnection(ClientHandshake("example:80", "/"))
+    client.data_to_send()
+    key = client.handshake.key
+    client.receive_data(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                        b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
+                        + accept_token(key).encode() + b"\r\n\r\n")
+    assert client.data_phase() is None  # Opened not collected yet
+    (event,) = client.events_received()
+    assert isinstance(event, Opened)
+    assert client.data_phase() is client.ws
+    refused = ServerConnection()
+    refused.receive_data(b"GET / HTTP/1.1\r\n\r\n")
+    refused.events_received()
+    refused.data_to_send()
+    assert refused.data_phase() is None  # never opened

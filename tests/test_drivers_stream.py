@@ -225,3 +225,19 @@ def test_pings_are_abandoned_on_close() -> None:
     assert stream.take_abandoned() == []
     stream.feed([Pong(b"2")])  # too late
     assert stream.take_answered() == []
+
+
+def test_notice_is_raised_for_a_pause_a_pong_or_a_close_only() -> None:
+    stream: MessageStream[str] = MessageStream(max_queue=2)
+    stream.feed(texts("a"))
+    assert stream.notice is False  # a message alone: nothing for the three calls
+    stream.feed(texts("b"))
+    assert stream.notice is True and stream.pause_needed()
+    stream.notice = False
+    payload = stream.add_ping("waiter")
+    stream.feed([Pong(payload)])
+    assert stream.notice is True and stream.take_answered() == ["waiter"]
+    stream.notice = False
+    stream.add_ping("left")
+    stream.feed([ConnectionClosed(1006, "", None)])
+    assert stream.notice is True and stream.take_abandoned() == ["left"]

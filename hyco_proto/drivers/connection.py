@@ -184,6 +184,15 @@ class _Connection:
             return []
         return ws.data_to_send()
 
+    def data_phase(self) -> WebSocketConnection | None:
+        """The open ``WebSocketConnection`` once the handshake's own events and output have all
+        been collected (``None`` before): from then on this object only forwards to it, so a
+        hot loop may feed it and collect from it directly."""
+        ws = self.ws
+        if ws is None or self._events or self._out:
+            return None
+        return ws
+
     @property
     def state(self) -> ConnectionState:
         ws = self.ws

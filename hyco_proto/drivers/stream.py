@@ -94,10 +94,14 @@ class MessageStream(Generic[W]):
       down to a quarter (read again);
     * :meth:`take_answered` returns the waiters of pings a pong answered, :meth:`take_abandoned`
       those the close left unanswered (fail them with :meth:`closed_error`).
+
+    ``notice`` turns True whenever :meth:`feed` leaves work for those three (a pause due, a ping
+    answered or abandoned); an adapter may clear it and skip the three calls while it is False.
     """
 
     __slots__ = ("_abandoned", "_answered", "_low", "_pause_due", "_pings", "_resume_due",
-                 "close_received", "closed", "max_queue", "messages", "reading_paused")
+                 "close_received", "closed", "max_queue", "messages", "notice",
+                 "reading_paused")
 
     def __init__(self, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
         self.max_queue = check_max_queue(max_queue)
@@ -111,6 +115,7 @@ class MessageStream(Generic[W]):
         self._pings: list[tuple[bytes, W]] = []
         self._answered: list[W] = []
         self._abandoned: list[W] = []
+        self.notice = False
 
     # -- input -----------------------------------------------------------------------------
 
@@ -125,16 +130,19 @@ class MessageStream(Generic[W]):
                 wake = True
             elif cls is Pong:
                 self._pong(event.payload)  # type: ignore[attr-defined]
+                self.notice = True
             elif cls is CloseReceived:
                 self.close_received = event  # type: ignore[assignment]
             elif cls is ConnectionClosed:
                 self.closed = event  # type: ignore[assignment]
                 self._abandoned.extend(w for _, w in self._pings)
                 self._pings.clear()
+                self.notice = True
                 wake = True
         if len(messages) >= self.max_queue and not self.reading_paused:
             self.reading_paused = True
             self._pause_due = True
+            self.notice = True
         return wake
 
     def _pong(self, payload: bytes) -> None:

@@ -15,8 +15,9 @@ a relayed connection hold. Flow control, end to end (nothing buffers without bou
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ssl as _ssl
-from collections.abc import AsyncIterator, Awaitable, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -43,6 +44,7 @@ from ...drivers.view import SocketView
 from ...errors import ConnectionLostError, RelayError
 from ...listener import ConnectionRequested
 from ...sender import SenderConnect
+from ...websocket import State, WebSocketConnection
 from .link import DEFAULT_WRITE_LIMIT, Link, open_link
 
 __all__ = [
@@ -62,6 +64,104 @@ _HANDSHAKE_EVENTS = (Opened, Refused, HandshakeFailed, RequestReceived)
 
 S = TypeVar("S", bound="WebSocket")
 
+_current_task = asyncio.current_task
+_Callback = Callable[[Any], object]
+
+
+class _Wakeup:
+    """What a waiting ``recv`` awaits: a one-shot future that resumes its task at once.
+
+    An ``asyncio.Future`` runs its task's wake-up with ``call_soon``: one more loop iteration
+    (an ``epoll_wait`` and a handle) between a message's arrival and the handler seeing it.
+    When :meth:`wake` is called outside any task (a protocol callback: ``data_received``), this
+    one runs the wake-up right there, in the task's own context, as the loop would have done one
+    iteration later; inside a task (where another task may not be entered) it falls back to
+    ``call_soon``. Tasks accept any awaitable that yields an object with
+    ``_asyncio_future_blocking``, ``get_loop``, ``add_done_callback`` and ``result`` (the
+    future protocol asyncio's ``Task`` checks for, ``asyncio.isfuture``).
+    """
+
+    __slots__ = ("_asyncio_future_blocking", "_callbacks", "_error", "_loop", "_state")
+
+    _PENDING, _DONE, _CANCELLED = 0, 1, 2
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._asyncio_future_blocking = False
+        self._state = self._PENDING
+        self._error: BaseException | None = None
+        self._callbacks: list[tuple[_Callback, contextvars.Context | None]] = []
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def done(self) -> bool:
+        return self._state != self._PENDING
+
+    def cancelled(self) -> bool:
+        return self._state == self._CANCELLED
+
+    def add_done_callback(self, fn: _Callback, *,
+                          context: contextvars.Context | None = None) -> None:
+        if self._state == self._PENDING:
+            self._callbacks.append((fn, context))
+        else:
+            self._loop.call_soon(fn, self, context=context)
+
+    def remove_done_callback(self, fn: _Callback) -> int:
+        kept = [(f, c) for f, c in self._callbacks if f != fn]
+        removed = len(self._callbacks) - len(kept)
+        self._callbacks = kept
+        return removed
+
+    def result(self) -> None:
+        if self._state == self._CANCELLED:
+            raise asyncio.CancelledError()
+        if self._error is not None:
+            raise self._error
+
+    def exception(self) -> BaseException | None:
+        if self._state == self._CANCELLED:
+            raise asyncio.CancelledError()
+        return self._error
+
+    def cancel(self, msg: object = None) -> bool:
+        if self._state != self._PENDING:
+            return False
+        self._state = self._CANCELLED
+        self._schedule()
+        return True
+
+    def wake(self, error: BaseException | None = None) -> None:
+        """Resolve (with ``error`` raised by the await, if given) and resume the waiting task."""
+        if self._state != self._PENDING:
+            return
+        self._state = self._DONE
+        self._error = error
+        callbacks = self._callbacks
+        if len(callbacks) == 1 and _current_task(self._loop) is None:
+            self._callbacks = []
+            fn, context = callbacks[0]
+            if context is None:
+                fn(self)
+            else:
+                context.run(fn, self)
+        else:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        callbacks, self._callbacks = self._callbacks, []
+        for fn, context in callbacks:
+            self._loop.call_soon(fn, self, context=context)
+
+    def __await__(self) -> Generator[Any, None, None]:
+        if self._state == self._PENDING:
+            self._asyncio_future_blocking = True
+            yield self
+        self.result()
+
+    __iter__ = __await__
+
 
 class WebSocket(SocketView):
     """One WebSocket connection: ``await send(message)``, ``await recv()``,
@@ -80,7 +180,10 @@ class WebSocket(SocketView):
         self._stream: MessageStream[asyncio.Future[float]] = MessageStream(max_queue)
         self.close_timeout = close_timeout
         self.opened: asyncio.Future[object] = self._loop.create_future()
-        self._recv_waiter: asyncio.Future[None] | None = None
+        self._recv_waiter: _Wakeup | None = None
+        # The data phase itself once the handshake is behind us (``data_phase()``): the hot
+        # paths below feed and drain it directly.
+        self._ws: WebSocketConnection | None = None
         link.receiver = self
 
     # -- properties (more in SocketView) -------------------------------------------------
@@ -98,7 +201,17 @@ class WebSocket(SocketView):
     # -- the link's callbacks --------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        self._conn.receive_data(data)
+        (self._ws or self._conn).receive_data(data)
+        self._process()
+
+    def view_received(self, view: memoryview) -> None:
+        """A read in the link's shared buffer: the frame decoder copies what it keeps, so the
+        data phase takes the view as it is; the handshake gets bytes."""
+        ws = self._ws
+        if ws is None:
+            self._conn.receive_data(bytes(view))
+        else:
+            ws.receive_data(view)  # type: ignore[arg-type]
         self._process()
 
     def eof_received(self) -> None:
@@ -114,32 +227,61 @@ class WebSocket(SocketView):
                 "the connection closed during the WebSocket handshake" + why, close_code=1006))
 
     def _process(self, earlier: Sequence[object] = ()) -> None:
-        events = self._conn.events_received()
-        if earlier:
-            events = [*earlier, *events]  # type: ignore[list-item]
+        ws = self._ws
+        if ws is None:
+            self._process_handshake(earlier)
+            return
+        events = ws.events_received()
         if events:
-            if not self.opened.done() and isinstance(events[0], _HANDSHAKE_EVENTS):
-                self.opened.set_result(events[0])
             stream = self._stream
-            if stream.feed(events):
-                waiter = self._recv_waiter
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
-            # Never pause once closing: the peer's close reply must still be read.
-            if stream.pause_needed() and self._conn.is_open:
-                self._link.pause_reading()
-            for ping in stream.take_answered():
-                if not ping.done():
-                    ping.set_result(self._loop.time())
-            for ping in stream.take_abandoned():
-                if not ping.done():
-                    ping.set_exception(stream.closed_error())
-                    ping.exception()  # awaiting it still raises; nobody must, though
+            wake = stream.feed(events)
+            if stream.notice:
+                stream.notice = False
+                # Never pause once closing: the peer's close reply must still be read.
+                if stream.pause_needed() and ws.state is State.OPEN:
+                    self._link.pause_reading()
+                self._settle_pings()
+            self._flush()
+            # Last: the waiting recv may run its handler right here (see _Wakeup).
+            if wake and self._recv_waiter is not None:
+                self._recv_waiter.wake()
+            return
         self._flush()
 
+    def _process_handshake(self, earlier: Sequence[object]) -> None:
+        """``_process`` until the data phase is reached (the handshake's outcome first)."""
+        conn = self._conn
+        events = conn.events_received()
+        if earlier:
+            events = [*earlier, *events]  # type: ignore[list-item]
+        if events and not self.opened.done() and isinstance(events[0], _HANDSHAKE_EVENTS):
+            self.opened.set_result(events[0])
+        stream = self._stream
+        wake = stream.feed(events) if events else False
+        stream.notice = False
+        if stream.pause_needed() and conn.is_open:
+            self._link.pause_reading()
+        self._settle_pings()
+        self._flush()
+        self._ws = conn.data_phase()
+        if wake and self._recv_waiter is not None:
+            self._recv_waiter.wake()
+
+    def _settle_pings(self) -> None:
+        """Resolve the pings a pong answered; fail those the close left unanswered."""
+        stream = self._stream
+        for ping in stream.take_answered():
+            if not ping.done():
+                ping.set_result(self._loop.time())
+        for ping in stream.take_abandoned():
+            if not ping.done():
+                ping.set_exception(stream.closed_error())
+                ping.exception()  # awaiting it still raises; nobody must, though
+
     def _flush(self) -> None:
-        for chunk in self._conn.data_to_send():
-            self._link.write(chunk)
+        out = (self._ws or self._conn).data_to_send()
+        if out:
+            self._link.write_all(out)
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -151,45 +293,69 @@ class WebSocket(SocketView):
         message received before the close has been returned.
         """
         stream = self._stream
-        deadline = None if timeout is None else self._loop.time() + timeout
-        while True:
-            message = stream.get()
-            if message is not None:
-                if stream.resume_needed():
-                    self._link.resume_reading()
-                return message
-            if self._recv_waiter is not None:
-                raise RuntimeError("recv() is already being awaited by another task")
-            waiter: asyncio.Future[None] = self._loop.create_future()
-            self._recv_waiter = waiter
-            try:
-                if deadline is None:
+        timer: asyncio.TimerHandle | None = None
+        try:
+            while True:
+                message = stream.get()
+                if message is not None:
+                    if stream.resume_needed():
+                        self._link.resume_reading()
+                    return message
+                if self._recv_waiter is not None:
+                    raise RuntimeError("recv() is already being awaited by another task")
+                waiter = self._recv_waiter = _Wakeup(self._loop)
+                if timeout is not None and timer is None:
+                    timer = self._loop.call_later(timeout, self._recv_timed_out, timeout)
+                try:
                     await waiter
-                else:
-                    await asyncio.wait_for(waiter, max(deadline - self._loop.time(), 0.0))
-            except asyncio.TimeoutError:
-                raise TimeoutError(f"no message within {timeout:g} s") from None
-            finally:
-                self._recv_waiter = None
+                finally:
+                    self._recv_waiter = None
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _recv_timed_out(self, timeout: float) -> None:
+        waiter = self._recv_waiter
+        if waiter is not None:
+            waiter.wake(TimeoutError(f"no message within {timeout:g} s"))
 
     def __aiter__(self) -> AsyncIterator[Message]:
-        return self._iterate()
+        return self
 
-    async def _iterate(self) -> AsyncIterator[Message]:
-        """Messages until a normal close (1000/1001/1005); other codes raise."""
-        while True:
-            try:
-                yield await self.recv()
-            except ConnectionClosedError as exc:
-                if exc.ok:
-                    return
-                raise
+    async def __anext__(self) -> Message:
+        """The next message; the iteration ends at a normal close (1000/1001/1005), other
+        codes raise. (A method, not an async generator: one coroutine less per message.)"""
+        try:
+            return await self.recv()
+        except ConnectionClosedError as exc:
+            if exc.ok:
+                raise StopAsyncIteration from None
+            raise
 
     # -- sending ---------------------------------------------------------------------------
 
     async def send(self, message: Message | bytearray | memoryview) -> None:
         """Send a text (str) or binary (bytes-like) message; waits while the write buffer is
         above its high-water mark (the message is queued before waiting)."""
+        ws = self._ws
+        if ws is not None and ws.state is State.OPEN and self._stream.closed is None:
+            # The common case, with the checks of the general path below in one test.
+            cls = type(message)
+            if cls is bytes:
+                ws.send_binary(message)  # type: ignore[arg-type]
+            elif cls is str:
+                ws.send_text(message)  # type: ignore[arg-type]
+            else:
+                await self._send(message)
+                return
+            link = self._link
+            link.write_all(ws.data_to_send())
+            if link.write_paused:
+                await self._drain()
+            return
+        await self._send(message)
+
+    async def _send(self, message: Message | bytearray | memoryview) -> None:
         conn = self._conn
         self._stream.check_open(conn.is_open)
         if isinstance(message, str):
