@@ -141,14 +141,15 @@ def test_hycows_handshake_quirks_are_tolerated(emulator: ThreadedEmulator,
     from hyco_proto import handshake
 
     seen: list[tuple[str, list[tuple[str, str]]]] = []
-    original = handshake.ServerHandshake._validate
+    # Every upgrade's checks, whichever parser read its head (the front door's fast path or h11).
+    original = handshake.ServerHandshake._check
 
-    def spy(self: handshake.ServerHandshake, request: Any) -> Any:
-        seen.append((request.target.decode(), [(k.decode(), v.decode())
-                                               for k, v in request.headers.raw_items()]))
-        return original(self, request)
+    def spy(self: handshake.ServerHandshake, method: str, target: str, http_version: str,
+            headers: list[tuple[str, str]]) -> Any:
+        seen.append((target, list(headers)))
+        return original(self, method, target, http_version, headers)
 
-    monkeypatch.setattr(handshake.ServerHandshake, "_validate", spy)
+    monkeypatch.setattr(handshake.ServerHandshake, "_check", spy)
     with pair(emulator, protocols=["p1", "p2"], messages=["x"]) as peer:
         peer.finish()
     assert [e["text"] for e in peer.named("message")] == ["echo:x"]
