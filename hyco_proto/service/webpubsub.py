@@ -345,15 +345,18 @@ class Outbox:
     for it first. Without ``batch`` each frame is its own ``send``, at once.
     """
 
-    __slots__ = ("_src", "_wire", "batch", "hub", "pending", "prefix", "svc")
+    __slots__ = ("_src", "_wire", "batch", "hub", "pending", "prefix", "svc", "targets")
 
     def __init__(self, svc: ServiceCore, hub: Hub, batch: bool = True) -> None:
         self.svc = svc
         self.hub = hub
         self.prefix = f"wps:{hub.name}:"  # WebPubSubSocket.name_of(hub, "")
         self.batch = batch
-        #: connection id -> [its socket, frame, frame, ...] (batched only)
-        self.pending: dict[str, list[Any]] = {}
+        #: Batched only: connection id -> its frame, or its frames once it has several (a list
+        #: only then: most fan-outs give a recipient one frame per call) ...
+        self.pending: dict[str, bytes | list[bytes]] = {}
+        #: ... and its socket.
+        self.targets: dict[str, WebPubSubSocket] = {}
         self._src: str | bytes | None = None  # the last hub frame encoded ...
         self._wire = b""  # ... and its WebSocket frame
 
@@ -369,15 +372,19 @@ class Outbox:
                 if frame is not self._src:
                     self._src, self._wire = frame, _wire(frame)
                 cid = action.connection_id
-                entry = pending.get(cid)
-                if entry is not None:
-                    entry.append(self._wire)
+                waiting = pending.get(cid)
+                if waiting is not None:
+                    if isinstance(waiting, list):
+                        waiting.append(self._wire)
+                    else:
+                        pending[cid] = [waiting, self._wire]
                     continue
                 target = lookup(prefix + cid)
                 if not isinstance(target, WebPubSubSocket) or target.ws.state is not opened:
                     continue
                 if batch:
-                    pending[cid] = [target, self._wire]
+                    pending[cid] = self._wire
+                    self.targets[cid] = target
                 else:
                     svc.send(target.id, self._wire)
             elif isinstance(action, CloseTransport):
@@ -389,21 +396,22 @@ class Outbox:
                 _user_event(svc, self.hub, events, now, action, batch)
 
     def _flush_one(self, connection_id: str) -> None:
-        entry = self.pending.pop(connection_id, None)
-        if entry is not None:
-            self._send(entry)
-
-    def _send(self, entry: list[Any]) -> None:
-        target = entry[0]
-        if target.ws.state is State.OPEN:
-            self.svc.send(target.id, entry[1] if len(entry) == 2 else b"".join(entry[1:]))
+        waiting = self.pending.pop(connection_id, None)
+        target = self.targets.pop(connection_id, None)
+        if waiting is not None and target is not None and target.ws.state is State.OPEN:
+            self.svc.send(target.id, b"".join(waiting) if isinstance(waiting, list) else waiting)
 
     def flush(self) -> None:
         """Write what waits: one send per socket, in the order the sockets were first named."""
-        pending, self.pending = self.pending, {}
-        send = self._send
-        for entry in pending.values():
-            send(entry)
+        pending, targets = self.pending, self.targets
+        if not pending:
+            return
+        self.pending, self.targets = {}, {}
+        send, opened = self.svc.send, State.OPEN
+        for cid, waiting in pending.items():
+            target = targets[cid]
+            if target.ws.state is opened:
+                send(target.id, b"".join(waiting) if isinstance(waiting, list) else waiting)
 
 
 def report_departures(hub: Hub, events: EventDispatcher, now: float) -> None:
