@@ -112,6 +112,7 @@ def write_markdown(groups: dict[str, list[dict[str, Any]]], machine: dict[str, A
     lines += relay_summary(groups)
     lines += interleaved_summary(groups)
     lines += echo_summary(groups, echo_absent or {})
+    lines += relay_echo_summary(groups)
     lines += http_summary(groups)
     lines += wps_summary(groups)
     lines += kept
@@ -351,6 +352,42 @@ def echo_summary(groups: dict[str, list[dict[str, Any]]], absent: dict[str, str]
     if absent:
         lines += ["Not measured (their module has no `serve` yet): "
                   + "; ".join(f"{name} ({why})" for name, why in absent.items()) + ".", ""]
+    return lines
+
+
+RELAY_ECHO_GROUP = "round trip through the relay: {} messages"
+RELAY_ECHO = "hyco-relay+hyco-asyncio"
+RELAY_ECHO_DIRECT = "picows-direct"
+
+
+def relay_echo_summary(groups: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Round trips through our relay to our asyncio listener, against picows's direct echo."""
+    sizes = {size: _relay_rows(groups, RELAY_ECHO_GROUP.format(size)) for size in ECHO_SIZES}
+    sizes = {size: rows for size, rows in sizes.items() if rows}
+    if not sizes:
+        return []
+    lines = [
+        "## Round trip through the relay",
+        "",
+        "One raw-socket sender (`bench/relay_echo.py`: the `EchoClient` loop, connected with a "
+        "SAS token) → our relay → our asyncio `RelayedServer` echoing each message → back, "
+        "relay and listener each in its own process; next to it picows's direct echo (no "
+        "relay, half the hops), measured right after it. CPU per round trip in µs.",
+        "",
+        "| message | through the relay, round trips/s | picows direct | ratio | "
+        "CPU relay + listener | CPU picows server |",
+        "|---|---|---|---|---|---|",
+    ]
+    for size, rows in sizes.items():
+        ours, ref = rows.get(RELAY_ECHO), rows.get(RELAY_ECHO_DIRECT)
+        rate = f"{ours['frames_s']:,.0f}" if ours else DASH
+        direct = f"{ref['frames_s']:,.0f}" if ref else DASH
+        ratio = f"{ours['frames_s'] / ref['frames_s']:.2f}{TIMES}" if ours and ref else DASH
+        cpu = (f"{ours['info'].get('relay_us', 0):,.1f} + "
+               f"{ours['info'].get('listener_us', 0):,.1f}" if ours else DASH)
+        ref_cpu = f"{ref['info'].get('server_us', 0):,.1f}" if ref else DASH
+        lines.append(f"| {size} | {rate} | {direct} | {ratio} | {cpu} | {ref_cpu} |")
+    lines.append("")
     return lines
 
 

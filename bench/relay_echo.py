@@ -1,0 +1,218 @@
+"""Round trips THROUGH our relay, next to picows's direct echo (``bench/test_bench_relay_echo.py``).
+
+Three processes: our relay (``bench/relays/hyco_relay.py``), our asyncio listener (this module,
+``python -m bench.relay_echo --relay PORT``: a ``RelayedServer`` whose connection hook echoes
+each message, written the way a user writes it) and the client process, whose one raw-socket
+sender (:class:`RelayEchoClient`, the ``EchoClient`` loop: one pre-masked binary message, wait
+for its whole echo, repeat) connects through the relay with a SAS token. A round trip crosses
+the relay twice and the listener once, so twice the hops of a direct echo.
+
+``python -m bench.relay_echo`` (no ``--relay``) runs the comparison without pytest: interleaved
+rounds of the relayed echo and picows's direct echo per size, medians, CPU per round trip of
+relay, listener and picows's server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from bench.loadgen import (
+    HC,
+    HOST,
+    RECV_BUFFER,
+    EchoClient,
+    EchoServerProcess,
+    RelayProcess,
+    RunStats,
+    ServerProcess,
+    _connect,
+    _finish,
+)
+from bench.relays._common import announce, prepare_process
+from hyco_proto._frames import OP_BINARY, encode_frame
+from hyco_proto.handshake import ClientHandshake
+from hyco_proto.sas import create_relay_token
+from hyco_proto.service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY
+
+SIZES = {"256B": 256, "8KiB": 8 * 1024, "100KiB": 100 * 1024, "1MiB": 1024 * 1024}
+#: The label of the relayed figure and of the direct reference.
+RELAYED = "hyco-relay+hyco-asyncio"
+DIRECT = "picows-direct"
+
+
+def _uri(relay_port: int) -> str:
+    return f"ws://{HOST}:{relay_port}/$hc/{HC}"
+
+
+# ------------------------------------------------------------------------------ the listener
+
+
+async def listen(relay_port: int) -> None:
+    """Our asyncio listener on the relay, echoing every message; announces once listening."""
+    from hyco_proto.adapters.asyncio import RelayedServer, RelayedWebSocket
+
+    uri = _uri(relay_port)
+
+    async def echo(ws: RelayedWebSocket) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    def token() -> str:
+        return create_relay_token(uri, DEFAULT_RULE_NAME, DEVELOPMENT_KEY)
+
+    async with RelayedServer(uri, token, connection=echo, max_size=None,
+                             keepalive_interval=None):
+        announce(relay_port)
+        await asyncio.Event().wait()
+
+
+class ListenerProcess(ServerProcess):
+    """``python -m bench.relay_echo --relay PORT``; ready (``port`` read) once it listens."""
+
+    def __init__(self, relay_port: int) -> None:
+        super().__init__("hyco-asyncio listener", "bench.relay_echo", "--relay", str(relay_port))
+
+
+# ------------------------------------------------------------------------------ the sender
+
+
+class RelayEchoClient(EchoClient):
+    """``EchoClient`` whose connection is a relayed sender: ``sb-hc-action=connect`` with a SAS
+    token in ``ServiceBusAuthorization`` (built before anything is timed), answered by the
+    listener's 101 through the relay."""
+
+    def __init__(self, relay_port: int, size: int, *,
+                 server_cpu: Callable[[], float] | None = None) -> None:
+        auth = [("ServiceBusAuthorization",
+                 create_relay_token(_uri(relay_port), DEFAULT_RULE_NAME, DEVELOPMENT_KEY))]
+        handshake = ClientHandshake(f"{HOST}:{relay_port}",
+                                    f"/$hc/{HC}?sb-hc-action=connect&sb-hc-id=echo",
+                                    headers=auth)
+        self.sock = _connect(relay_port)
+        self.sock.sendall(handshake.data_to_send())
+        pending = _finish(self.sock, handshake)
+        # The rest as EchoClient sets it up (its loop and close are used as they are).
+        self.websocket = True
+        self.size = size
+        self.frame = encode_frame(OP_BINARY, os.urandom(size), masked=True)
+        self.buffer = bytearray(RECV_BUFFER)
+        self.view = memoryview(self.buffer)
+        self.view[: len(pending)] = pending
+        self.carry = len(pending)
+        self.server_cpu = server_cpu
+        self.stats = RunStats()
+
+
+class RelayedEcho:
+    """Relay + listener processes and one relayed sender; ``stop()`` ends all three."""
+
+    def __init__(self, size: int) -> None:
+        self.relay = RelayProcess("hyco_proto")
+        try:
+            self.listener = ListenerProcess(self.relay.port)
+            try:
+                self.client = RelayEchoClient(self.relay.port, size, server_cpu=self.cpu)
+            except BaseException:
+                self.listener.stop()
+                raise
+        except BaseException:
+            self.relay.stop()
+            raise
+
+    def cpu(self) -> float:
+        """CPU seconds of relay and listener together."""
+        return self.relay.cpu() + self.listener.cpu()
+
+    def stop(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            self.listener.stop()
+            self.relay.stop()
+
+
+class DirectEcho:
+    """picows's echo server (``bench/echo_servers.py``) and one direct ``EchoClient``."""
+
+    def __init__(self, size: int) -> None:
+        self.server = EchoServerProcess("picows")
+        try:
+            self.client = EchoClient(self.server.port, size, server_cpu=self.server.cpu)
+        except BaseException:
+            self.server.stop()
+            raise
+
+    def stop(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            self.server.stop()
+
+
+# ------------------------------------------------------------------------------ standalone
+
+
+def _round(kind: str, size: int, seconds: float) -> dict[str, float]:
+    """One round: fresh processes, a warm-up, then round trips for ``seconds``."""
+    setup: Any = RelayedEcho(size) if kind == RELAYED else DirectEcho(size)
+    try:
+        client = setup.client
+        client.run(50)
+        parts: list[Callable[[], float]] = (
+            [setup.relay.cpu, setup.listener.cpu] if kind == RELAYED else [setup.server.cpu])
+        before = [part() for part in parts]
+        step = 10 if size >= 100 * 1024 else 200
+        count, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            count += client.run(step)
+        wall = time.perf_counter() - t0
+        cpu = [(part() - b) / count * 1e6 for part, b in zip(parts, before, strict=True)]
+        return {"rate": count / wall, "cpu_us": sum(cpu), **{f"cpu{i}": c
+                                                             for i, c in enumerate(cpu)}}
+    finally:
+        setup.stop()
+
+
+def compare(sizes: list[str], rounds: int, seconds: float) -> None:
+    """Interleaved rounds (relayed, direct, relayed, direct ...), medians, one line per size."""
+    for label in sizes:
+        size = SIZES[label]
+        got: dict[str, list[dict[str, float]]] = {RELAYED: [], DIRECT: []}
+        for _ in range(rounds):
+            for kind in (RELAYED, DIRECT):
+                got[kind].append(_round(kind, size, seconds))
+
+        def med(kind: str, key: str, got: dict[str, list[dict[str, float]]] = got) -> float:
+            return statistics.median(r[key] for r in got[kind])
+
+        ratio = med(RELAYED, "rate") / med(DIRECT, "rate")
+        print(f"{label:>7}: through the relay {med(RELAYED, 'rate'):8,.0f} rt/s "
+              f"(relay {med(RELAYED, 'cpu0'):.1f} + listener {med(RELAYED, 'cpu1'):.1f} µs/rt); "
+              f"picows direct {med(DIRECT, 'rate'):8,.0f} rt/s "
+              f"(server {med(DIRECT, 'cpu0'):.1f} µs/rt); ratio {ratio:.2f}x "
+              f"(median of {rounds} interleaved rounds of {seconds:g} s)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
+    parser.add_argument("--relay", type=int, help="run the listener on the relay at this port")
+    parser.add_argument("--port", type=int, default=0, help="unused (ServerProcess passes it)")
+    parser.add_argument("--sizes", default="256B,1MiB", help=f"of {','.join(SIZES)}")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=1.0, help="per round")
+    args = parser.parse_args()
+    if args.relay is not None:
+        prepare_process()
+        asyncio.run(listen(args.relay))
+        return
+    compare(args.sizes.split(","), args.rounds, args.seconds)
+
+
+if __name__ == "__main__":
+    main()
