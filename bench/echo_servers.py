@@ -14,6 +14,8 @@ message size limit, no keepalive pings where the library has an option for it.
   ``picows`` (frame-level echo, its default transport: aiofastnet when installed).
 - ``hyco-asyncio``, ``hyco-threads``, ``hyco-gevent``: ``serve(handler, host, port)`` of our
   adapters. gevent's runs alone in its process; nothing is monkey-patched.
+- ``picows+uvloop``, ``hyco-asyncio+uvloop``: the same two servers run by ``uvloop.run`` (when
+  uvloop is installed: ``UVLOOP_SERVERS``).
 
 ``python -m bench.echo_servers --probe`` prints, as JSON, which of our adapters expose ``serve``
 (``null``) or why not; ``probe()`` runs it in a subprocess so the client process never imports
@@ -27,13 +29,14 @@ import asyncio
 import contextlib
 import functools
 import importlib
+import importlib.util
 import json
 import select
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +54,19 @@ OURS = {
     "hyco-threads": "hyco_proto.adapters.threads",
     "hyco-gevent": "hyco_proto.adapters.gevent",
 }
+#: Servers on uvloop's event loop, measured when uvloop is installed.
+UVLOOP_SERVERS = (("picows+uvloop", "hyco-asyncio+uvloop")
+                  if importlib.util.find_spec("uvloop") is not None else ())
+
+
+def _run(main: Coroutine[Any, Any, None], *, uvloop: bool) -> None:
+    """``asyncio.run(main)``, or ``uvloop.run(main)``: what a user of either loop writes."""
+    if uvloop:
+        import uvloop as uvloop_module
+
+        uvloop_module.run(main)
+    else:
+        asyncio.run(main)
 
 
 # ------------------------------------------------------------------------------ raw TCP
@@ -159,7 +175,7 @@ def aiohttp_server(port: int) -> None:
     asyncio.run(main())
 
 
-def picows_server(port: int) -> None:
+def picows_server(port: int, uvloop: bool = False) -> None:
     from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_create_server
 
     class Echo(WSListener):  # type: ignore[misc]
@@ -177,7 +193,7 @@ def picows_server(port: int) -> None:
         async with server:
             await server.serve_forever()
 
-    asyncio.run(main())
+    _run(main(), uvloop=uvloop)
 
 
 # ------------------------------------------------------------------------------ ours
@@ -194,7 +210,7 @@ def _serve_kwargs(serve: Callable[..., Any]) -> dict[str, Any]:
     return {"max_message_size": None} if "max_message_size" in params else {}
 
 
-def hyco_asyncio(port: int) -> None:
+def hyco_asyncio(port: int, uvloop: bool = False) -> None:
     mod = importlib.import_module(OURS["hyco-asyncio"])
 
     async def echo(ws: Any) -> None:
@@ -207,7 +223,7 @@ def hyco_asyncio(port: int) -> None:
             announce(bound)
             await asyncio.Event().wait()
 
-    asyncio.run(main())
+    _run(main(), uvloop=uvloop)
 
 
 def _hyco_blocking(label: str, port: int) -> None:
@@ -231,6 +247,8 @@ SERVERS: dict[str, Callable[[int], None]] = {
     "hyco-asyncio": hyco_asyncio,
     "hyco-threads": functools.partial(_hyco_blocking, "hyco-threads"),
     "hyco-gevent": functools.partial(_hyco_blocking, "hyco-gevent"),
+    "picows+uvloop": functools.partial(picows_server, uvloop=True),
+    "hyco-asyncio+uvloop": functools.partial(hyco_asyncio, uvloop=True),
 }
 
 

@@ -293,8 +293,8 @@ def interleaved_summary(groups: dict[str, list[dict[str, Any]]]) -> list[str]:
 ECHO_SIZES = ("256 B", "8 KiB", "100 KiB", "1 MiB")
 ECHO_GROUP = "echo, one connection: {} messages"
 ECHO_CEILING = "loadgen ceiling: echo over raw TCP, {} messages"
-ECHO_ORDER = ("hyco-asyncio", "hyco-threads", "hyco-gevent", "picows", "websockets-asyncio",
-              "websockets-sync", "aiohttp")
+ECHO_ORDER = ("hyco-asyncio", "hyco-threads", "hyco-gevent", "hyco-asyncio+uvloop", "picows",
+              "picows+uvloop", "websockets-asyncio", "websockets-sync", "aiohttp")
 ECHO_REFERENCE = "picows"
 
 

@@ -10,7 +10,8 @@ server. Messages of 256 B, 8 KiB, 100 KiB and 1 MiB.
 ``raw-tcp`` is a trivial TCP echo (no WebSocket) driven by the same client: the client's own
 ceiling, reported next to the servers. Our adapters take part when their module exposes
 ``serve`` (probed at collection, in a subprocess); the absent ones are printed at the end of the
-run and listed in RESULTS.md.
+run and listed in RESULTS.md. With uvloop installed, picows and our asyncio ``serve`` also run on
+uvloop's loop (``picows+uvloop``, ``hyco-asyncio+uvloop``).
 
 Like ``test_bench_relay.py``: round trips per pytest-benchmark round are calibrated per server
 (~RUN_SECONDS a round), ROUNDS rounds, median reported; ``extra_info`` carries the count and the
@@ -36,7 +37,9 @@ GROUP_CEILING = "loadgen ceiling: echo over raw TCP, {} messages"
 
 ABSENT = {label: why for label, why in echo_servers.probe().items() if why}
 SERVERS = [echo_servers.CEILING, *echo_servers.PEERS,
-           *(label for label in echo_servers.OURS if label not in ABSENT)]
+           *(label for label in echo_servers.OURS if label not in ABSENT),
+           *(label for label in echo_servers.UVLOOP_SERVERS
+             if label.partition("+")[0] not in ABSENT)]
 CASES = [(size, server) for size in SIZES for server in SERVERS]
 
 

@@ -181,12 +181,14 @@ async def test_write_all_sends_a_big_frame_header_with_the_start_of_its_payload(
     link = Link()
     transport = FakeTransport()
     link.connection_made(transport)
-    payload = os.urandom(100_000)
-    link.write_all([b"\x82\x7f" + bytes(8), payload, b"\x8a\x00", b"\x81\x02hi", b""])
+    header = b"\x82\x7f" + bytes(8)
+    big, medium = os.urandom(1_000_000), os.urandom(100_000)
+    link.write_all([header, big, b"\x8a\x00", b"\x81\x02hi", header, medium, b""])
     writes = transport.writes
-    assert writes[0][:10] == b"\x82\x7f" + bytes(8)
-    assert 10 < len(writes[0]) < 20_000  # the header did not go out alone
-    assert b"".join(writes) == b"\x82\x7f" + bytes(8) + payload + b"\x8a\x00\x81\x02hi"
+    assert writes[0][:10] == header
+    assert 10 < len(writes[0]) < 20_000  # the header did not go out alone, nor all of big
+    assert writes[2] == b"\x8a\x00\x81\x02hi" + header + medium  # up to 256 KiB: one write
+    assert b"".join(writes) == header + big + b"\x8a\x00\x81\x02hi" + header + medium
     assert transport.closed  # b"" closes after everything before it
 
 
@@ -204,3 +206,27 @@ async def test_echo_over_loopback_at_every_size() -> None:
             assert await ws.recv(timeout=WAIT) == message
             await ws.send("é" * size)
             assert await ws.recv(timeout=WAIT) == "é" * size
+
+
+@async_test
+async def test_a_transport_that_only_looks_like_asyncio_transport_is_taken() -> None:
+    class Duck:  # uvloop's transports do not subclass asyncio.Transport
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+            self.limits: tuple[int | None, int | None] = (None, None)
+
+        def set_write_buffer_limits(self, high: int | None = None,
+                                    low: int | None = None) -> None:
+            self.limits = (high, low)
+
+        def is_closing(self) -> bool:
+            return False
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(bytes(data))
+
+    duck = Duck()
+    link = Link(write_limit=4096)
+    link.connection_made(duck)  # type: ignore[arg-type]
+    link.write(b"out")
+    assert duck.writes == [b"out"] and duck.limits == (4096, 1024)

@@ -17,7 +17,7 @@ import asyncio
 import ssl as _ssl
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, cast
 
 from ...errors import ConnectionLostError, connect_failure
 
@@ -27,10 +27,12 @@ __all__ = ["DEFAULT_WRITE_LIMIT", "READ_SIZE", "Link", "Receiver", "open_link", 
 DEFAULT_WRITE_LIMIT = 256 * 1024
 #: Bytes read at most per read (the size of each thread's shared read buffer).
 READ_SIZE = 256 * 1024  # what asyncio reads at most per call, too
-# write_all: chunks under _SMALL bytes are joined with what follows; a big chunk lends its
-# first _COALESCE bytes to the join (a copy that small costs less than a syscall).
+# write_all: chunks under _SMALL bytes are joined with what follows, whole when it is at most
+# _JOIN bytes (one copy costs less than a second send: measured at 100 KiB, 43 -> 37 us per
+# echo), else with its first _HEAD bytes only.
 _SMALL = 1024
-_COALESCE = 16 * 1024
+_JOIN = 256 * 1024
+_HEAD = 16 * 1024
 
 
 class Receiver(Protocol):
@@ -87,9 +89,10 @@ class Link(asyncio.BufferedProtocol):
     # -- asyncio callbacks -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.set_write_buffer_limits(high=self.write_limit, low=self.write_limit // 4)
+        # Duck-typed: other loops' transports (uvloop's) have the asyncio.Transport methods
+        # without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.set_write_buffer_limits(high=self.write_limit, low=self.write_limit // 4)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._buffer
@@ -152,9 +155,9 @@ class Link(asyncio.BufferedProtocol):
                 small += chunk
                 continue
             if small:
-                if size > _COALESCE:
-                    self.write(small + chunk[:_COALESCE])
-                    chunk = memoryview(chunk)[_COALESCE:]  # type: ignore[assignment]
+                if size > _JOIN:
+                    self.write(small + chunk[:_HEAD])
+                    chunk = memoryview(chunk)[_HEAD:]  # type: ignore[assignment]
                 elif size:
                     chunk = small + chunk
                 else:
