@@ -42,6 +42,7 @@ __all__ = [
     "ClientConnection",
     "ConnectionEvent",
     "ConnectionState",
+    "DataPhase",
     "HandshakeFailed",
     "Opened",
     "Refused",
@@ -89,6 +90,8 @@ class RequestReceived:
 
 
 ConnectionEvent: TypeAlias = Opened | Refused | HandshakeFailed | RequestReceived | WsEvent
+#: What :meth:`ClientConnection.data_phase` / :meth:`ServerConnection.data_phase` return.
+DataPhase: TypeAlias = WebSocketConnection
 
 _STATES = {State.OPEN: ConnectionState.OPEN, State.CLOSING: ConnectionState.CLOSING,
            State.CLOSED: ConnectionState.CLOSED}
@@ -184,7 +187,7 @@ class _Connection:
             return []
         return ws.data_to_send()
 
-    def data_phase(self) -> WebSocketConnection | None:
+    def data_phase(self) -> DataPhase | None:
         """The open ``WebSocketConnection`` once the handshake's own events and output have all
         been collected (``None`` before): from then on this object only forwards to it, so a
         hot loop may feed it and collect from it directly."""
