@@ -527,8 +527,8 @@ def wps_summary(groups: dict[str, list[dict[str, Any]]]) -> list[str]:
                     for _, r in ceiling)
         if cores >= 1.6:
             lines[-1] += (" With both processes near one core each, that is this machine's limit "
-                          "for 1,000-socket fan-out over loopback: a hub near it is limited by "
-                          "the machine, not by itself.")
+                          "for 1,000-socket fan-out over loopback with one write per frame: an "
+                          "unbatched hub near it is limited by the machine, not by itself.")
         else:
             lines[-1] += (f" The two processes used at most {cores:.2f} cores together: other "
                           "work shared the machine during this run, so every figure here is "

@@ -20,8 +20,9 @@ share its CPU. Clients speak ``json.webpubsub.azure.v1`` and carry tokens made b
   flight (``x100``) or one at a time (``x1``); acks/s (a run ends when all are acked and
   delivered).
 
-``loadgen-ceiling`` (fan-out only) is a trivial blocking-socket fan-out server: the generator's
-own limit on this machine (``bench/wps_servers.py``).
+``loadgen-ceiling`` (fan-out only) is a trivial blocking-socket fan-out server, one write per
+frame: the generator's own limit on this machine for frames that come alone
+(``bench/wps_servers.py``); batched writes can pass it.
 
 Microsoft's emulator (``awps-emulator``) is a .NET tool published on NuGet only; neither .NET nor
 NuGet is reachable here, so it is not compared (``bench/wps_servers.py``).
@@ -69,7 +70,8 @@ def server(request: pytest.FixtureRequest) -> Iterator[ServerProcess]:
 @pytest.mark.parametrize("window", FANOUT_WINDOWS, ids=[f"x{w}" for w in FANOUT_WINDOWS])
 @pytest.mark.parametrize("label", [*LABELS, CEILING])
 def test_wps_fanout(benchmark: Any, label: str, server: ServerProcess, window: int) -> None:
-    """``loadgen-ceiling`` is a trivial fan-out server: the generator's own limit here."""
+    """``loadgen-ceiling`` is a trivial fan-out server (one write per frame): the generator's
+    own limit here for frames that come alone."""
     load = FanOut(server.port, RECEIVERS, window=window, batch=max(1, window // 2),
                   server_cpu=server.cpu)
     try:

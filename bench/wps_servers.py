@@ -18,8 +18,9 @@
   do per message, not a peer emulator.
 - ``loadgen-ceiling``: not a server under test — a trivial blocking-socket fan-out (no token
   check, upgrade parsed by hand; per ``sendToGroup`` one ``json.loads``, one encoded frame, then a
-  ``sendall`` of it to every member of the group), as cheap per delivery as Python gets: what
-  the load generator can count at most on this machine.
+  ``sendall`` of it to every member of the group), as cheap per delivery as Python gets with
+  one write per frame: what the load generator can count at most when every frame comes alone
+  (batched writes, several frames per read, can pass it).
 
 Microsoft's own emulator (``awps-emulator``) is a .NET tool published on NuGet only: neither .NET
 nor NuGet is reachable from here (npm has no emulator package), so it is not compared.
