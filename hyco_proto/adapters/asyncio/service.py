@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from ...frames import FORWARD_HEADROOM
 from ...service.config import ServiceConfig
@@ -115,9 +115,10 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
 
     # -- asyncio callbacks -----------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # Duck-typed: other loops' transports (uvloop's) have asyncio.Transport's methods
+        # without subclassing it.
+        self.transport = transport = cast(asyncio.Transport, base)
         server = self._server
         if not self._taken_over:
             server._admitting -= 1
@@ -240,8 +241,8 @@ class _TlsHandshake(asyncio.Protocol):
         self._server = server
         self._routes = routes
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)  # duck-typed, as above
         peer = transport.get_extra_info("peername")
         remote = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
         server = self._server
@@ -324,8 +325,8 @@ class _Refused(asyncio.Protocol):
     def __init__(self, server: RelayServiceServer) -> None:
         self._server = server
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, base)  # duck-typed, as above
         server = self._server
         peer = transport.get_extra_info("peername")
         remote = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else None
@@ -714,7 +715,12 @@ class RelayServiceServer:
         if loop is None or self._server is None or not self._server.is_serving():
             return
         deadline = self.service.next_deadline()
-        if deadline == self._timer_at and self._timer is not None:
+        timer_at = self._timer_at
+        if self._timer is not None and timer_at is not None and (
+                deadline is None or timer_at <= deadline):
+            # The armed timer comes first: keep it (no cancel and call_later per connection, as
+            # each new connection's handshake deadline is later than the one armed). Firing
+            # early does no harm: handle_timer finds nothing due and _on_timer re-arms.
             return
         if self._timer is not None:
             self._timer.cancel()
