@@ -1,0 +1,78 @@
+"""Echo servers in interleaved rounds: round trips/s and server CPU per round trip, medians.
+
+``python -m bench.echo_ab [--sizes 256B,1MiB] [--servers hyco-asyncio,picows] [--rounds 7]
+[--seconds 1] [--before DIR] [--pin]`` runs each server of ``bench/echo_servers.py`` in turn
+(A, B, A, B ...), a fresh process per round, driven by ``loadgen.EchoClient``. ``--before DIR``
+adds ``NAME@before`` for each of our servers, run from another checkout (``git worktree add DIR
+REV``, then build its extension there), so a change is measured before and after in the same run.
+``--pin`` puts the servers on CPU 1 and the client on CPU 0 (less scheduler noise on a small
+machine). Nothing is written; one line per size and server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+from bench.echo_servers import OURS
+from bench.loadgen import ROOT, EchoClient, ServerProcess
+
+SIZES = {"256B": 256, "8KiB": 8 * 1024, "100KiB": 100 * 1024, "1MiB": 1024 * 1024}
+
+
+def one_round(server: str, size: int, seconds: float, root: Path,
+              pin: bool) -> tuple[float, float]:
+    """(round trips/s, server CPU µs per round trip) of one fresh server process."""
+    proc = ServerProcess(server, "bench.echo_servers", server, root=root)
+    try:
+        if pin:
+            os.sched_setaffinity(proc.pid, {1})
+        client = EchoClient(proc.port, size, websocket=server != "raw-tcp")
+        try:
+            client.run(50)
+            step = 20 if size >= 100 * 1024 else 200
+            count, cpu0, t0 = 0, proc.cpu(), time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                count += client.run(step)
+            wall = time.perf_counter() - t0
+            return count / wall, (proc.cpu() - cpu0) / count * 1e6
+        finally:
+            client.close()
+    finally:
+        proc.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
+    parser.add_argument("--sizes", default="256B,1MiB", help=f"of {','.join(SIZES)}")
+    parser.add_argument("--servers", default="hyco-asyncio,picows")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--seconds", type=float, default=1.0, help="per round")
+    parser.add_argument("--before", type=Path, help="a checkout with the code before a change")
+    parser.add_argument("--pin", action="store_true", help="servers on CPU 1, client on CPU 0")
+    args = parser.parse_args()
+    runs = [(name, ROOT) for name in args.servers.split(",")]
+    if args.before is not None:
+        runs += [(f"{name}@before", args.before.resolve()) for name, _ in runs
+                 if name.partition("+")[0] in OURS]
+    if args.pin:
+        os.sched_setaffinity(0, {0})  # each server is moved to CPU 1 once it has started
+    for label in args.sizes.split(","):
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in runs}
+        for _ in range(args.rounds):
+            for name, root in runs:
+                server = name.partition("@")[0]
+                results[name].append(one_round(server, SIZES[label], args.seconds, root,
+                                               args.pin))
+        for name, got in results.items():
+            rate = statistics.median(r for r, _ in got)
+            cpu = statistics.median(c for _, c in got)
+            print(f"{label:>7} {name:28} {rate:10,.0f} rt/s   server {cpu:7.1f} µs/rt "
+                  f"(median of {args.rounds})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
