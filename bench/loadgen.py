@@ -319,15 +319,109 @@ class Session:
 
     def rendezvous(self, prepared: list[tuple[str, ClientHandshake, ClientHandshake]],
                    concurrency: int = 1) -> int:
-        """Open and close one relayed connection per prepared entry, ``concurrency`` at a
-        time; returns how many."""
-        for start in range(0, len(prepared), concurrency):
-            for pair in self.open_pairs(0, prepared[start : start + concurrency]):
-                pair.close()
-        return len(prepared)
+        """Open and close one relayed connection per prepared entry, ``concurrency`` in flight
+        (a new one starts as soon as one is done: a window, not batches); returns how many."""
+        if concurrency == 1:
+            for entry in prepared:
+                for pair in self.open_pairs(0, [entry]):
+                    pair.close()
+            return len(prepared)
+        return self._window(prepared, concurrency)
+
+    def _window(self, prepared: list[tuple[str, ClientHandshake, ClientHandshake]],
+                window: int) -> int:
+        """Rendezvous with up to ``window`` in flight, one thread, one selector: senders'
+        answers, the control channel's accepts and the rendezvous' answers as they come."""
+        todo = list(reversed(prepared))
+        flight: dict[str, _InFlight] = {}
+        done = 0
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.control.sock, selectors.EVENT_READ, None)
+
+            def start() -> None:
+                ident, sender, accept = todo.pop()
+                sock, _ = _start(self.port, sender)
+                entry = flight[ident] = _InFlight(ident, accept, _Upgrade(sock, sender))
+                sel.register(sock, selectors.EVENT_READ, (entry, entry.sender))
+
+            while todo and len(flight) < window:
+                start()
+            while flight:
+                events = sel.select(TIMEOUT)
+                if not events:
+                    raise LoadgenError(f"{len(flight)} rendezvous made no progress in {TIMEOUT}s")
+                for key, _ in events:
+                    if key.data is None:  # the control channel: accepts
+                        data = self.control.sock.recv(65536)
+                        if not data:
+                            raise LoadgenError("the relay closed the control channel")
+                        self.control._feed(data)
+                        for ident in [i for i in self.control.accepts if i in flight]:
+                            entry = flight[ident]
+                            url = parse_ws_url(self.control.accepts.pop(ident))
+                            accept = entry.accept
+                            if url.target != accept.target or url.port != self.port:
+                                accept = _handshake(url.port, url.target, [])
+                            sock, _ = _start(url.port, accept)
+                            entry.listener = _Upgrade(sock, accept)
+                            sel.register(sock, selectors.EVENT_READ, (entry, entry.listener))
+                        continue
+                    entry, side = key.data
+                    if side.read():
+                        sel.unregister(side.sock)
+                        if entry.sender.done and entry.listener is not None \
+                                and entry.listener.done:
+                            for upgrade in (entry.sender, entry.listener):
+                                with contextlib.suppress(OSError):
+                                    upgrade.sock.shutdown(socket.SHUT_RDWR)
+                                upgrade.sock.close()
+                            del flight[entry.ident]
+                            done += 1
+                            if todo:
+                                start()
+        return done
 
     def close(self) -> None:
         self.control.close()
+
+
+class _Upgrade:
+    """One upgrade request's answer being read (``_finish``'s checks, without blocking)."""
+
+    def __init__(self, sock: socket.socket, handshake: ClientHandshake) -> None:
+        self.sock = sock
+        self.handshake = handshake
+        self.data = b""
+        self.done = False
+
+    def read(self) -> bool:
+        """Read what is there; True once the whole 101 is in (raises on anything else)."""
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise LoadgenError(f"the relay closed an upgrade without answering: {self.data!r}")
+        self.data += chunk
+        end = self.data.find(b"\r\n\r\n")
+        if end < 0:
+            return False
+        if not (self.data.startswith(b"HTTP/1.1 101 ")
+                and self.handshake.expected_accept.encode() in self.data[:end]):
+            self.handshake.receive_data(self.data)
+            event = self.handshake.next_event()
+            if isinstance(event, HandshakeRejected) or event is None:
+                why = f"{event.status} {event.reason}" if event is not None else "incomplete"
+                raise LoadgenError(f"handshake refused: {why}")
+        self.done = True
+        return True
+
+
+@dataclass
+class _InFlight:
+    """A rendezvous in a window: the sender's upgrade, then the listener's."""
+
+    ident: str
+    accept: ClientHandshake
+    sender: _Upgrade
+    listener: _Upgrade | None = None
 
 
 def loopback_pair() -> Pair:

@@ -6,7 +6,7 @@ large batches, frames counted in bulk by a C header walker. Measured sender→li
 
 - 64 B messages/s and 1 MiB messages (MB/s) over one relayed connection;
 - rendezvous/s: sender connect → accept → rendezvous → 101 on both legs → close, one at a time
-  and 16 in flight;
+  and 16 in flight (a window: the next starts as soon as one is done; ``Session.rendezvous``);
 - relay RSS per idle relayed pair (500 pairs, each used once);
 - interleaved rounds (``bench/interleaved.py``): 1 MiB and 64 B messages through our relay, the
   picows relay, ``socat`` (a byte splice: the physical limit for a relay here) and the load
