@@ -24,13 +24,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--size", choices=["64B", "1MiB"], default="1MiB")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--high-waters", default=",".join(str(h) for h in HIGH_WATERS),
+                        help="write_high_water values, bytes, comma-separated")
+    parser.add_argument("--read-sizes", default=",".join(str(r) for r in READ_SIZES),
+                        help="read sizes, bytes, comma-separated")
     args = parser.parse_args(argv)
     size = BIG if args.size == "1MiB" else SMALL
     loadgen.raise_fd_limit()
     found = []
     with contextlib.ExitStack() as stack:
-        for high in HIGH_WATERS:
-            for read in READ_SIZES:
+        for high in (int(h) for h in args.high_waters.split(",")):
+            for read in (int(r) for r in args.read_sizes.split(",")):
                 env = {"HYCO_BENCH_HIGH_WATER": str(high), "HYCO_BENCH_READ_BUFFER": str(read)}
                 saved = {k: os.environ.get(k) for k in env}
                 os.environ.update(env)
@@ -54,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         for contender in found:
             cpu = contender.stream.stats.summary()["relay_cpu"]
             mbs = contender.median() * size / 1e6
-            print(f"{contender.label}: {mbs:8,.0f} MB/s  relay {cpu:.2f} cores, "
+            rate = f"{mbs:8,.0f} MB/s" if size == BIG else f"{contender.median():14,.0f} msg/s"
+            print(f"{contender.label}: {rate}  relay {cpu:.2f} cores, "
                   f"{cpu / mbs * 1e6:6.1f} µs CPU per MB")
     return 0
 
