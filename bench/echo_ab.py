@@ -3,8 +3,9 @@
 ``python -m bench.echo_ab [--sizes 256B,1MiB] [--servers hyco-asyncio,picows] [--rounds 7]
 [--seconds 1] [--before DIR] [--pin]`` runs each server of ``bench/echo_servers.py`` in turn
 (A, B, A, B ...), a fresh process per round, driven by ``loadgen.EchoClient``. ``--before DIR``
-adds ``NAME@before`` for each of our servers, run from another checkout (``git worktree add DIR
-REV``, then build its extension there), so a change is measured before and after in the same run.
+adds ``NAME@before`` for each of our servers, with ``hyco_proto`` from another checkout (``git
+worktree add DIR REV``, then build its extension there; the bench code is this checkout's), so a
+change is measured before and after in the same run.
 ``--pin`` puts the servers on CPU 1 and the client on CPU 0 (less scheduler noise on a small
 machine). Nothing is written; one line per size and server.
 """

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import loadgen
-from bench.loadgen import BIG, CLK_TCK, HOST, SMALL, TIMEOUT, LoadgenError, Pair, Stream
+from bench.loadgen import BIG, HOST, SMALL, TIMEOUT, LoadgenError, Pair, Stream
 
 #: socat's read/write size (its ``-b``; the default is 8192). Chosen by measurement, see above.
 SOCAT_BUFFER = 1 << 18
@@ -85,9 +85,7 @@ class SocatSplice:
 
     def cpu(self) -> float:
         """User + system CPU seconds socat used so far."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return loadgen.cpu_seconds(self.pid)
 
     def stop(self) -> None:
         self._target.close()

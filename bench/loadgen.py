@@ -99,17 +99,36 @@ def raise_fd_limit() -> None:
 # ------------------------------------------------------------------------------ server processes
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` used so far (``/proc/<pid>/stat``)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+#: Runs module argv[2] (this checkout's bench code) with hyco_proto imported from argv[1].
+_FROM_TREE = (
+    "import runpy, sys; tree, module = sys.argv[1:3]; sys.path.insert(0, tree); "
+    "import hyco_proto; sys.path.remove(tree); sys.argv = [module, *sys.argv[3:]]; "
+    "runpy.run_module(module, run_name='__main__', alter_sys=True)"
+)
+
+
 class ServerProcess:
     """``python -m <module> --port 0`` on 127.0.0.1, any free port; ``stop()`` kills it.
 
-    The process prints ``PORT <n>`` once it listens and exits when its stdin closes."""
+    The process prints ``PORT <n>`` once it listens and exits when its stdin closes. With
+    ``root`` (another checkout) it imports that checkout's ``hyco_proto`` (a before/after)."""
 
     def __init__(self, label: str, module: str, *args: str, root: Path = ROOT) -> None:
         self.label = label
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(  # ``-m`` puts ``root`` first on sys.path: its hyco_proto
-            [sys.executable, "-m", module, *args, "--port", "0"],
-            cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        command = [sys.executable, "-m", module]
+        if root != ROOT:  # a before/after: that checkout's hyco_proto, this one's bench code
+            command = [sys.executable, "-c", _FROM_TREE, str(root), module]
+        self.proc = subprocess.Popen(
+            [*command, *args, "--port", "0"],
+            cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         )
         self.pid = self.proc.pid
         try:
@@ -138,9 +157,7 @@ class ServerProcess:
 
     def cpu(self) -> float:
         """User + system CPU seconds used so far."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+        return cpu_seconds(self.pid)
 
     def stop(self) -> None:
         proc = self.proc

@@ -3,7 +3,8 @@
 ``python -m bench.profile_relay [--relay hyco_proto] [--size 1MiB|64B] [--seconds 5]
 [--tool perf|py-spy] [--root DIR]`` starts the relay (``bench/relays``; from checkout ``DIR``
 with ``--root``, for a before/after), opens one relayed pair, streams messages sender→listener for
-``--seconds`` while the profiler samples the relay process, and prints the profile's top entries:
+``--seconds`` while the profiler samples the relay process, and prints the profile's top entries
+(with ``--root``, ``hyco_proto`` comes from that checkout; the bench code is this one's):
 
 - ``perf``: ``perf record -g`` then ``perf report --no-children``: where the CPU goes, kernel
   (socket copies, syscalls) and user space (the interpreter, the kernels' C) alike;
@@ -30,7 +31,7 @@ def _stream_for(stream: Stream, seconds: float, stop: threading.Event) -> int:
     moved = 0
     end = time.monotonic() + seconds
     while time.monotonic() < end and not stop.is_set():
-        moved += stream.run(max(1, 8 if stream.size == BIG else 64))
+        moved += stream.run(8 if stream.size == BIG else 64)
     return moved
 
 

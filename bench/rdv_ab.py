@@ -90,9 +90,6 @@ class _Relay:
             cmd = [spy_bin, "record", "--format", "raw", "--rate", "500", "--gil", "-o", spy, "--",
                    *cmd]
         if uvloop:
-            # -O: the adapter asserts its transports are asyncio.Transport, which uvloop's
-            # are not (they behave as one).
-            cmd.insert(cmd.index(sys.executable) + 1, "-O")
             cmd.append("--uvloop")
         self.label = label
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

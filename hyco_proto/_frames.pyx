@@ -142,7 +142,9 @@ cdef extern from *:
         head = (Py_ssize_t)((32 - ((uintptr_t)dst & 31)) & 31);
         if (head) hyco_xor_small(dst, src, head, key, phase);
     #ifdef HYCO_STREAM
-        if (n >= hyco_stream_min && dst != src) {
+        /* Not in place, nor overlapping (Forwarder.feed_into writes a little below what it
+           reads): the output is read again soon, so it should stay in cache. */
+        if (n >= hyco_stream_min && (dst + n <= src || src + n <= dst)) {
             hyco_xor_stream(dst + head, src + head, n - head, key, (phase + head) & 3);
             return;
         }

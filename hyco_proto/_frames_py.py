@@ -523,6 +523,8 @@ class Forwarder:
                              f"{len(view)} bytes")
         if self.error_code or self.close_code >= 0:
             return start, start
+        if len(self._buf) > start:  # cannot happen: what is held over is shorter than that
+            raise ValueError(f"feed_into: {len(self._buf)} bytes held over exceed start {start}")
         begin = start - len(self._buf)  # feed() puts the held-over bytes first
         out = self.feed(view[start:end])
         view[begin : begin + len(out)] = out  # never longer than what it came from

@@ -533,6 +533,9 @@ class TestForwarderInPlace:
         assert self.into(fwd, good + bad) == plain_frame(2, b"ok")
         assert fwd.error_code == 1002 and "opcode" in fwd.error_reason
 
+    COUNTERS = ("frames", "messages", "payload_bytes", "error_code", "error_reason",
+                "close_code", "close_reason", "mid_frame", "buffered")
+
     @settings(max_examples=300, deadline=None)
     @given(
         st.lists(st.tuples(st.sampled_from([0, 1, 2, 8, 9, 10]), st.booleans(),
@@ -540,25 +543,31 @@ class TestForwarderInPlace:
         st.lists(st.integers(0, 2000), max_size=8),
         st.lists(st.booleans(), min_size=10, max_size=10),
         st.binary(max_size=8),
+        st.sampled_from([{}, {"validate_utf8": False}, {"max_frame_size": 100},
+                         {"masked": False}, {"masked": False, "validate_utf8": False}]),
     )
     def test_same_as_feed(self, frames: list[tuple[int, bool, bytes]], cuts: list[int],
-                          inplace: list[bool], junk: bytes) -> None:
+                          inplace: list[bool], junk: bytes, options: dict[str, object]) -> None:
         """Any frames (fragments, bad sequences, invalid UTF-8 and closes included) and trailing
-        junk, cut anywhere, fed by ``feed`` alone or by a mix of ``feed_into`` and ``feed``: the
-        same bytes out, counters, failures and close, in both kernels."""
-        stream = b"".join(masked_frame(op, d[:125] if op >= 8 else d, fin=fin or op >= 8)
+        junk, cut anywhere, fed by ``feed`` alone or by a mix of ``feed_into`` and ``feed``, in
+        every kind of forwarder (client or server source, text checked or not, a frame limit):
+        the same bytes out, counters, failures and close, in both kernels."""
+        frame = masked_frame if options.get("masked", True) else plain_frame
+        stream = b"".join(frame(op, d[:125] if op >= 8 else d, fin=fin or op >= 8)
                           for op, fin, d in frames) + junk
         points = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
         pieces = [stream[a:b] for a, b in itertools.pairwise(points)]
+        results = []
         for mod in FRAME_MODULES:
-            ref, fwd = mod.Forwarder(), mod.Forwarder()
+            ref, fwd = mod.Forwarder(**options), mod.Forwarder(**options)
             want = b"".join(ref.feed(piece) for piece in pieces)
             got = b"".join(self.into(fwd, piece, tail=7) if inplace[i % 10] else fwd.feed(piece)
                            for i, piece in enumerate(pieces))
             assert got == want
-            for name in ("frames", "messages", "payload_bytes", "error_code", "error_reason",
-                         "close_code", "close_reason", "mid_frame", "buffered"):
+            for name in self.COUNTERS:
                 assert getattr(fwd, name) == getattr(ref, name), name
+            results.append((got, [getattr(fwd, name) for name in self.COUNTERS]))
+        assert all(result == results[0] for result in results), "the kernels disagree"
 
 
 @pytest.mark.parametrize(

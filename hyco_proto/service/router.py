@@ -16,9 +16,10 @@ leg, request rendezvous) or answer through the door. Its driver (the asyncio ser
 in-memory pair in tests) only moves bytes:
 
     conn = service.connection_made(now, remote=("127.0.0.1", 50000))
-    service.receive_data(now, conn, data)          # bytes read from that TCP connection
-    for conn, data in service.data_to_send():      # b"" means: close that TCP connection
-        ...
+    service.receive_data(now, conn, data)          # bytes read from that TCP connection, or
+    service.receive_into(now, conn, buffer, start, end)  # read into a lent buffer (see there)
+    for conn, data in service.data_to_send():      # b"" means: close that TCP connection;
+        ...                                        # views of a lent buffer: write them now
     for conn, paused in service.reading_changes(): # stop / resume reading that connection
         ...
     service.writing_paused(conn, paused)           # optional: its write buffer is full / not

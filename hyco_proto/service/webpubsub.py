@@ -330,7 +330,8 @@ def _wire(frame: str | bytes) -> bytes:
         except UnicodeEncodeError:
             # A lone surrogate (JSON clients may send one as an escape, "\\ud800"): in a hub
             # message's JSON it can only sit in a string, where backslashreplace writes that
-            # same escape back, so the frame stays valid UTF-8 (RFC 6455 §8.1).
+            # same escape back; a raw client (no subprotocol) gets the six characters "\ud800"
+            # as text. Either way the frame stays valid UTF-8 (RFC 6455 §8.1).
             payload = frame.encode("utf-8", "backslashreplace")
         return encode_frame(OP_TEXT, payload)
     return encode_frame(OP_BINARY, frame)
@@ -345,7 +346,7 @@ class Outbox:
     for it first. Without ``batch`` each frame is its own ``send``, at once.
     """
 
-    __slots__ = ("_src", "_wire", "batch", "hub", "pending", "prefix", "svc", "targets")
+    __slots__ = ("_frame_bytes", "_src", "batch", "hub", "pending", "prefix", "svc", "targets")
 
     def __init__(self, svc: ServiceCore, hub: Hub, batch: bool = True) -> None:
         self.svc = svc
@@ -358,7 +359,7 @@ class Outbox:
         #: ... and its socket.
         self.targets: dict[str, WebPubSubSocket] = {}
         self._src: str | bytes | None = None  # the last hub frame encoded ...
-        self._wire = b""  # ... and its WebSocket frame
+        self._frame_bytes = b""  # ... and its WebSocket frame
 
     def apply(self, now: float, actions: list[HubAction],
               events: EventDispatcher | None = None) -> None:
@@ -370,23 +371,23 @@ class Outbox:
             if isinstance(action, Deliver):
                 frame = action.frame
                 if frame is not self._src:
-                    self._src, self._wire = frame, _wire(frame)
+                    self._src, self._frame_bytes = frame, _wire(frame)
                 cid = action.connection_id
                 waiting = pending.get(cid)
                 if waiting is not None:
                     if isinstance(waiting, list):
-                        waiting.append(self._wire)
+                        waiting.append(self._frame_bytes)
                     else:
-                        pending[cid] = [waiting, self._wire]
+                        pending[cid] = [waiting, self._frame_bytes]
                     continue
                 target = lookup(prefix + cid)
                 if not isinstance(target, WebPubSubSocket) or target.ws.state is not opened:
                     continue
                 if batch:
-                    pending[cid] = self._wire
+                    pending[cid] = self._frame_bytes
                     self.targets[cid] = target
                 else:
-                    svc.send(target.id, self._wire)
+                    svc.send(target.id, self._frame_bytes)
             elif isinstance(action, CloseTransport):
                 self._flush_one(action.connection_id)
                 target = lookup(prefix + action.connection_id)

@@ -104,11 +104,6 @@ class Link(asyncio.BufferedProtocol):
         if self._receiver is not None:
             self._receiver.data_received(bytes(view))
 
-    def data_received(self, data: bytes) -> None:
-        """Bytes from elsewhere than the transport (the receiver gets them as they are)."""
-        if self._receiver is not None:
-            self._receiver.data_received(data)
-
     def eof_received(self) -> bool | None:
         if self.receiver is not None:
             self.receiver.eof_received()

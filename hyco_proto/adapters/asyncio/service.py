@@ -1,10 +1,11 @@
 """The local relay service on asyncio: real TCP (or TLS) sockets around :class:`RelayService`.
 
 One :class:`asyncio.BufferedProtocol` per accepted connection feeds the sans-IO service core
-(``connection_made`` / ``receive_data`` / ``receive_eof`` / ``connection_lost``) and writes what
+(``connection_made`` / ``receive_into`` / ``receive_eof`` / ``connection_lost``) and writes what
 ``data_to_send()`` returns (``b""``: close that connection once its buffer has flushed). A single
-timer follows ``service.next_deadline()``; it is re-armed after every input (relayed data too: a
-close passing through a leg sets that pair's closing deadline). The core works in epoch seconds
+timer follows ``service.next_deadline()``, asked after every input (relayed data too: a close
+passing through a leg sets that pair's closing deadline); an armed timer that fires no later is
+kept, and one that fires early finds nothing due and re-arms. The core works in epoch seconds
 (token expiry), so the clock is ``time.time()``, not ``loop.time()``.
 
 Reads: every connection reads into one buffer owned by the server (``READ_BUFFER_SIZE``, after
@@ -140,10 +141,13 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         server = self._server
-        # The shared read buffer is lent to the core; _after_input writes or copies its views.
-        server.service.receive_into(time.time(), self.conn_id, server._read_buffer,
-                                    FORWARD_HEADROOM, FORWARD_HEADROOM + nbytes)
-        server._after_input(self.conn_id)
+        # The shared read buffer is lent to the core; _after_input writes or copies its views,
+        # also if the core failed half-way (before the next read overwrites them).
+        try:
+            server.service.receive_into(time.time(), self.conn_id, server._read_buffer,
+                                        FORWARD_HEADROOM, FORWARD_HEADROOM + nbytes)
+        finally:
+            server._after_input(self.conn_id)
 
     def eof_received(self) -> bool | None:
         server = self._server
