@@ -128,15 +128,21 @@ def contenders(size: int, labels: list[str]) -> Iterator[list[Contender]]:
                 stream = Stream(splice.pair(), size, masked_receiver=True, relay_cpu=splice.cpu)
             else:
                 name, _, root = label.partition("@")
-                relay = loadgen.RelayProcess(name, Path(root) if root else loadgen.ROOT)
-                stack.callback(relay.stop)
-                session = loadgen.Session(relay.port)
-                stack.callback(session.close)
-                (pair,) = session.open_pairs(1)
-                stream = Stream(pair, size, relay_cpu=relay.cpu)
+                stream = relay_stream(stack, loadgen.RelayProcess(
+                    name, Path(root) if root else loadgen.ROOT), size)
             stack.callback(stream.close)
             found.append(Contender(label, stream))
         yield found
+
+
+def relay_stream(stack: contextlib.ExitStack, relay: loadgen.RelayProcess, size: int) -> Stream:
+    """One relayed pair through a started relay, streaming ``size`` messages; ``stack`` stops
+    the relay and its listener (the caller closes the stream)."""
+    stack.callback(relay.stop)
+    session = loadgen.Session(relay.port)
+    stack.callback(session.close)
+    (pair,) = session.open_pairs(1)
+    return Stream(pair, size, relay_cpu=relay.cpu)
 
 
 def run_rounds(found: list[Contender], rounds: int, seconds: float = 0.4) -> None:

@@ -120,9 +120,10 @@ class ServerProcess:
     The process prints ``PORT <n>`` once it listens and exits when its stdin closes. With
     ``root`` (another checkout) it imports that checkout's ``hyco_proto`` (a before/after)."""
 
-    def __init__(self, label: str, module: str, *args: str, root: Path = ROOT) -> None:
+    def __init__(self, label: str, module: str, *args: str, root: Path = ROOT,
+                 env: dict[str, str] | None = None) -> None:
         self.label = label
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         command = [sys.executable, "-m", module]
         if root != ROOT:  # a before/after: that checkout's hyco_proto, this one's bench code
             command = [sys.executable, "-c", _FROM_TREE, str(root), module]
@@ -178,8 +179,8 @@ class ServerProcess:
 class RelayProcess(ServerProcess):
     """``python -m bench.relays.<module>`` for a label of ``RELAYS``."""
 
-    def __init__(self, label: str, root: Path = ROOT) -> None:
-        super().__init__(label, f"bench.relays.{RELAYS[label]}", root=root)
+    def __init__(self, label: str, root: Path = ROOT, env: dict[str, str] | None = None) -> None:
+        super().__init__(label, f"bench.relays.{RELAYS[label]}", root=root, env=env)
 
 
 class EchoServerProcess(ServerProcess):

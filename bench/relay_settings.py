@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 
 from bench import interleaved, loadgen
-from bench.loadgen import BIG, SMALL, Stream
+from bench.loadgen import BIG, SMALL
 
 HIGH_WATERS = [64 << 10, 256 << 10, 1 << 20, 4 << 20]
-READ_SIZES = [256 << 10, 1 << 20]
+READ_SIZES = [256 << 10, 1 << 20, 2 << 20, 4 << 20]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,21 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         for high in (int(h) for h in args.high_waters.split(",")):
             for read in (int(r) for r in args.read_sizes.split(",")):
                 env = {"HYCO_BENCH_HIGH_WATER": str(high), "HYCO_BENCH_READ_BUFFER": str(read)}
-                saved = {k: os.environ.get(k) for k in env}
-                os.environ.update(env)
-                try:
-                    relay = loadgen.RelayProcess("hyco_proto")
-                finally:
-                    for key, value in saved.items():
-                        if value is None:
-                            os.environ.pop(key, None)
-                        else:
-                            os.environ[key] = value
-                stack.callback(relay.stop)
-                session = loadgen.Session(relay.port)
-                stack.callback(session.close)
-                (pair,) = session.open_pairs(1)
-                stream = Stream(pair, size, relay_cpu=relay.cpu)
+                stream = interleaved.relay_stream(
+                    stack, loadgen.RelayProcess("hyco_proto", env=env), size)
                 stack.callback(stream.close)
                 found.append(interleaved.Contender(
                     f"high water {high >> 10:>5} KiB, read {read >> 10:>5} KiB", stream))
