@@ -587,13 +587,15 @@ class EchoClient:
     costs one header parse and a few ``recv_into`` calls. The echo may come back in any number of
     frames; it is complete at the data frame with FIN. Pings are answered (same payload), a close
     frame is an error. ``websocket=False`` skips the handshake for a raw TCP echo: the masked
-    frames come back as sent, and the same parser reads them (the client's ceiling).
+    frames come back as sent, and the same parser reads them (the client's ceiling). ``target``
+    and ``headers``: the upgrade request's (a relayed sender's, ``bench/relay_echo.py``).
     """
 
-    def __init__(self, port: int, size: int, *, websocket: bool = True,
+    def __init__(self, port: int, size: int, *, websocket: bool = True, target: str = "/",
+                 headers: list[tuple[str, str]] | None = None,
                  server_cpu: Callable[[], float] | None = None) -> None:
         if websocket:
-            self.sock, handshake = _start(port, _handshake(port, "/", []))
+            self.sock, handshake = _start(port, _handshake(port, target, headers or []))
             pending = _finish(self.sock, handshake)
         else:
             self.sock, pending = _connect(port), b""

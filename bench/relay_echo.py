@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -25,18 +24,12 @@ from typing import Any
 from bench.loadgen import (
     HC,
     HOST,
-    RECV_BUFFER,
     EchoClient,
     EchoServerProcess,
     RelayProcess,
-    RunStats,
     ServerProcess,
-    _connect,
-    _finish,
 )
 from bench.relays._common import announce, prepare_process
-from hyco_proto._frames import OP_BINARY, encode_frame
-from hyco_proto.handshake import ClientHandshake
 from hyco_proto.sas import create_relay_token
 from hyco_proto.service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY
 
@@ -91,22 +84,8 @@ class RelayEchoClient(EchoClient):
                  server_cpu: Callable[[], float] | None = None) -> None:
         auth = [("ServiceBusAuthorization",
                  create_relay_token(_uri(relay_port), DEFAULT_RULE_NAME, DEVELOPMENT_KEY))]
-        handshake = ClientHandshake(f"{HOST}:{relay_port}",
-                                    f"/$hc/{HC}?sb-hc-action=connect&sb-hc-id=echo",
-                                    headers=auth)
-        self.sock = _connect(relay_port)
-        self.sock.sendall(handshake.data_to_send())
-        pending = _finish(self.sock, handshake)
-        # The rest as EchoClient sets it up (its loop and close are used as they are).
-        self.websocket = True
-        self.size = size
-        self.frame = encode_frame(OP_BINARY, os.urandom(size), masked=True)
-        self.buffer = bytearray(RECV_BUFFER)
-        self.view = memoryview(self.buffer)
-        self.view[: len(pending)] = pending
-        self.carry = len(pending)
-        self.server_cpu = server_cpu
-        self.stats = RunStats()
+        super().__init__(relay_port, size, target=f"/$hc/{HC}?sb-hc-action=connect&sb-hc-id=echo",
+                         headers=auth, server_cpu=server_cpu)
 
 
 class RelayedEcho:

@@ -293,27 +293,34 @@ class WebSocket(SocketView):
         usable). Raises :class:`ConnectionClosedError` once the connection is closed and every
         message received before the close has been returned.
         """
-        stream = self._stream
         timer: asyncio.TimerHandle | None = None
         try:
             while True:
-                message = stream.get()
-                if message is not None:
-                    if stream.resume_needed():
-                        self._link.resume_reading()
-                    return message
-                if self._recv_waiter is not None:
-                    raise RuntimeError("recv() is already being awaited by another task")
-                waiter = self._recv_waiter = _Wakeup(self._loop)
+                got = self._take()
+                if not isinstance(got, _Wakeup):
+                    return got
                 if timeout is not None and timer is None:
                     timer = self._loop.call_later(timeout, self._recv_timed_out, timeout)
                 try:
-                    await waiter
+                    await got
                 finally:
                     self._recv_waiter = None
         finally:
             if timer is not None:
                 timer.cancel()
+
+    def _take(self) -> Message | _Wakeup:
+        """The next queued message, or the waiter its arrival wakes (one waiting task)."""
+        stream = self._stream
+        message = stream.get()
+        if message is not None:
+            if stream.resume_needed():
+                self._link.resume_reading()
+            return message
+        if self._recv_waiter is not None:
+            raise RuntimeError("recv() is already being awaited by another task")
+        waiter = self._recv_waiter = _Wakeup(self._loop)
+        return waiter
 
     def _recv_timed_out(self, timeout: float) -> None:
         waiter = self._recv_waiter
@@ -325,25 +332,19 @@ class WebSocket(SocketView):
 
     async def __anext__(self) -> Message:
         """The next message; the iteration ends at a normal close (1000/1001/1005), other
-        codes raise. ``recv`` without a timeout, inlined: a method, not an async generator
-        around ``recv``, so one coroutine per message instead of three."""
-        stream = self._stream
+        codes raise. ``recv`` without a timeout, as a method, not an async generator around
+        ``recv``: one coroutine per message instead of three."""
         while True:
             try:
-                message = stream.get()
+                got = self._take()
             except ConnectionClosedError as exc:
                 if exc.ok:
                     raise StopAsyncIteration from None
                 raise
-            if message is not None:
-                if stream.resume_needed():
-                    self._link.resume_reading()
-                return message
-            if self._recv_waiter is not None:
-                raise RuntimeError("recv() is already being awaited by another task")
-            waiter = self._recv_waiter = _Wakeup(self._loop)
+            if not isinstance(got, _Wakeup):
+                return got
             try:
-                await waiter
+                await got
             finally:
                 self._recv_waiter = None
 
