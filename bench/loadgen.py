@@ -108,8 +108,8 @@ def cpu_seconds(pid: int) -> float:
 
 #: Runs module argv[2] (this checkout's bench code) with hyco_proto imported from argv[1].
 _FROM_TREE = (
-    "import runpy, sys; tree, module = sys.argv[1:3]; sys.path.insert(0, tree); "
-    "import hyco_proto; sys.path.remove(tree); sys.argv = [module, *sys.argv[3:]]; "
+    "import runpy, sys; from bench.tree import import_from_tree; "
+    "tree, module = sys.argv[1:3]; import_from_tree(tree); sys.argv = [module, *sys.argv[3:]]; "
     "runpy.run_module(module, run_name='__main__', alter_sys=True)"
 )
 
@@ -145,6 +145,10 @@ class ServerProcess:
             if not sel.select(TIMEOUT):
                 raise LoadgenError(f"{self.label} did not announce its port in {TIMEOUT}s")
         line = self.proc.stdout.readline().decode().split()
+        if not line:
+            code = self.proc.wait(TIMEOUT)
+            raise LoadgenError(f"{self.label} exited (status {code}) before announcing its "
+                               "port; its own message is above")
         if len(line) != 2 or line[0] != "PORT":
             raise LoadgenError(f"{self.label} said {line!r} instead of PORT <n>")
         return int(line[1])

@@ -8,8 +8,8 @@ with ``--root``, for a before/after), opens one relayed pair, streams messages s
 
 - ``perf``: ``perf record -g`` then ``perf report --no-children``: where the CPU goes, kernel
   (socket copies, syscalls) and user space (the interpreter, the kernels' C) alike;
-- ``py-spy``: ``py-spy record --native --format raw``: Python functions (with C frames), as
-  self-time counts.
+- ``py-spy``: ``py-spy record --nonblocking --format raw``: Python functions, as self-time
+  counts (C functions show as the line that called them).
 """
 
 from __future__ import annotations
@@ -53,9 +53,18 @@ def _pyspy(pid: int, seconds: float, top: int) -> str:
     exe = Path(sys.executable).with_name("py-spy")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "raw.txt"
-        subprocess.run([str(exe), "record", "--native", "--nonblocking", "-r", "500", "-d",
-                        str(int(seconds)), "-p", str(pid), "-f", "raw", "-o", str(out)],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if not exe.exists():
+            raise SystemExit(f"py-spy is not installed next to {sys.executable} "
+                             "(pip install py-spy; it is in the bench extra)")
+        # --nonblocking: the relay is not paused to be sampled (py-spy cannot add native
+        # frames then, so C functions show as the Python line that called them).
+        done = subprocess.run([str(exe), "record", "--nonblocking", "-r", "500", "-d",
+                               str(max(1, int(seconds))), "-p", str(pid), "-f", "raw", "-o",
+                               str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              text=True)
+        if done.returncode:
+            raise SystemExit(f"py-spy failed (it needs ptrace rights over the relay process): "
+                             f"{done.stderr.strip()}")
         selfs: collections.Counter[str] = collections.Counter()
         total = 0
         for line in out.read_text().splitlines():

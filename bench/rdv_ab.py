@@ -34,7 +34,10 @@ TIMEOUT = 15.0
 
 
 def _relay(args: argparse.Namespace) -> int:
-    sys.path.insert(0, str(Path(args.root).resolve()))
+    sys.path.insert(0, str(HERE.parent))
+    from bench.tree import import_from_tree
+
+    import_from_tree(args.root)
     import asyncio
     import threading
 
