@@ -18,10 +18,10 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.echo_servers import OURS
-from bench.loadgen import ROOT, EchoClient, ServerProcess
+from bench.echo_servers import OURS, SERVERS
+from bench.loadgen import ECHO_SIZES, ROOT, EchoClient, ServerProcess, listed, positive
 
-SIZES = {"256B": 256, "8KiB": 8 * 1024, "100KiB": 100 * 1024, "1MiB": 1024 * 1024}
+SIZES = ECHO_SIZES
 
 
 def one_round(server: str, size: int, seconds: float, root: Path,
@@ -48,20 +48,22 @@ def one_round(server: str, size: int, seconds: float, root: Path,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
-    parser.add_argument("--sizes", default="256B,1MiB", help=f"of {','.join(SIZES)}")
-    parser.add_argument("--servers", default="hyco-asyncio,picows")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--sizes", default=["256B", "1MiB"], type=listed(SIZES),
+                        help=f"comma-separated, of {','.join(SIZES)}")
+    parser.add_argument("--servers", default=["hyco-asyncio", "picows"],
+                        type=listed(SERVERS), help=f"comma-separated, of {','.join(SERVERS)}")
+    parser.add_argument("--rounds", type=positive, default=7)
     parser.add_argument("--seconds", type=float, default=1.0, help="per round")
     parser.add_argument("--before", type=Path, help="a checkout with the code before a change")
     parser.add_argument("--pin", action="store_true", help="servers on CPU 1, client on CPU 0")
     args = parser.parse_args()
-    runs = [(name, ROOT) for name in args.servers.split(",")]
+    runs = [(name, ROOT) for name in args.servers]
     if args.before is not None:
         runs += [(f"{name}@before", args.before.resolve()) for name, _ in runs
                  if name.partition("+")[0] in OURS]
     if args.pin:
         os.sched_setaffinity(0, {0})  # each server is moved to CPU 1 once it has started
-    for label in args.sizes.split(","):
+    for label in args.sizes:
         results: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in runs}
         for _ in range(args.rounds):
             for name, root in runs:

@@ -203,8 +203,11 @@ def _socat_buffers(rounds: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--size", choices=["64B", "1MiB"], default="1MiB")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--contenders", default=f"hyco_proto,picows,{SOCAT},{CEILING}")
+    known = [*loadgen.RELAYS, SOCAT, CEILING]
+    parser.add_argument("--rounds", type=loadgen.positive, default=5)
+    parser.add_argument("--contenders", type=loadgen.listed(known),
+                        default=["hyco_proto", "picows", SOCAT, CEILING],
+                        help=f"comma-separated, of {', '.join(known)}")
     parser.add_argument("--socat-buffers", action="store_true",
                         help="compare socat's read sizes instead")
     parser.add_argument("--before", metavar="DIR",
@@ -216,12 +219,13 @@ def main(argv: list[str] | None = None) -> int:
         _socat_buffers(args.rounds)
         return 0
     size = BIG if args.size == "1MiB" else SMALL
-    labels = args.contenders.split(",")
+    labels = list(args.contenders)
     if args.before:
         labels.insert(1, f"hyco_proto@{Path(args.before).resolve()}")
     result = measure(size, labels, args.rounds)
     show: Callable[[float], str] = ((lambda r: f"{r * size / 1e6:8,.0f} MB/s") if size == BIG
                                     else (lambda r: f"{r:14,.0f} msg/s"))
+    print(f"{'contender':>16}: median (CPU in cores: relay, load generator) [every round]")
     for label, row in result.items():
         rounds_text = ", ".join(show(float(r)).strip() for r in row["rounds_msgs"])  # type: ignore[attr-defined]
         print(f"{label:>16}: {show(float(row['median_msgs'])).strip():>16}  "  # type: ignore[arg-type]

@@ -80,6 +80,8 @@ TIMEOUT = 15.0
 SMALL = 64
 BIG = 1 << 20
 SMALL_BATCH_BYTES = 256 * 1024
+#: The echo benchmarks' message sizes, by the names the tools take.
+ECHO_SIZES = {"256B": 256, "8KiB": 8 * 1024, "100KiB": 100 * 1024, "1MiB": 1024 * 1024}
 RECV_BUFFER = 1 << 20
 #: recv flag: discard instead of copy (Linux TCP); the echo client skips payloads with it.
 TRUNC = socket.MSG_TRUNC
@@ -863,6 +865,34 @@ class HttpLoad:
 
 
 # ------------------------------------------------------------------------------ CLI
+
+
+def positive(text: str) -> int:
+    """An ``argparse`` type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def listed(allowed: object, *, numbers: bool = False) -> Callable[[str], list[str]]:
+    """An ``argparse`` type: a comma-separated list whose items are in ``allowed`` (or, with
+    ``numbers``, positive whole numbers, e.g. byte counts)."""
+    def parse(text: str) -> list[str]:
+        items = [item for item in text.split(",") if item]
+        for item in items:
+            if numbers:
+                positive(item)
+            elif item not in allowed:  # type: ignore[operator]
+                raise argparse.ArgumentTypeError(
+                    f"{item!r} is not one of {', '.join(allowed)}")  # type: ignore[call-overload]
+        if not items:
+            raise argparse.ArgumentTypeError("give at least one")
+        return items
+    return parse
 
 
 def calibrated(run: Callable[[int], object], *, warmup: int, start: int, limit: int,

@@ -214,8 +214,22 @@ def main() -> int:
     relay.add_argument("--profile")
     relay.add_argument("--uvloop", action="store_true")
     compare = sub.add_parser("compare")
-    compare.add_argument("--tree", action="append", required=True, help="LABEL=PATH")
-    compare.add_argument("--rounds", type=int, default=5)
+    def tree(text: str) -> str:
+        if "=" not in text:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: give LABEL=PATH (a checkout) or LABEL=module:bench.relays.NAME")
+        return text
+
+    compare.add_argument("--tree", action="append", required=True, type=tree,
+                         help="LABEL=PATH (a checkout with its extension built) or "
+                              "LABEL=module:bench.relays.NAME (a peer relay); a LABEL ending "
+                              "in +uvloop runs on uvloop")
+    def rounds(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+        return int(text)
+
+    compare.add_argument("--rounds", type=rounds, default=5)
     compare.add_argument("--count", type=int, default=400)
     compare.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     compare.add_argument("--profile")

@@ -22,18 +22,21 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.loadgen import (
+    ECHO_SIZES,
     HC,
     HOST,
     EchoClient,
     EchoServerProcess,
     RelayProcess,
     ServerProcess,
+    listed,
+    positive,
 )
 from bench.relays._common import announce, prepare_process
 from hyco_proto.sas import create_relay_token
 from hyco_proto.service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY
 
-SIZES = {"256B": 256, "8KiB": 8 * 1024, "100KiB": 100 * 1024, "1MiB": 1024 * 1024}
+SIZES = ECHO_SIZES
 #: The label of the relayed figure and of the direct reference.
 RELAYED = "hyco-relay+hyco-asyncio"
 DIRECT = "picows-direct"
@@ -182,15 +185,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--relay", type=int, help="run the listener on the relay at this port")
     parser.add_argument("--port", type=int, default=0, help="unused (ServerProcess passes it)")
-    parser.add_argument("--sizes", default="256B,1MiB", help=f"of {','.join(SIZES)}")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--sizes", default=["256B", "1MiB"], type=listed(SIZES),
+                        help=f"comma-separated, of {','.join(SIZES)}")
+    parser.add_argument("--rounds", type=positive, default=5)
     parser.add_argument("--seconds", type=float, default=1.0, help="per round")
     args = parser.parse_args()
     if args.relay is not None:
         prepare_process()
         asyncio.run(listen(args.relay))
         return
-    compare(args.sizes.split(","), args.rounds, args.seconds)
+    compare(args.sizes, args.rounds, args.seconds)
 
 
 if __name__ == "__main__":

@@ -22,18 +22,20 @@ READ_SIZES = [256 << 10, 1 << 20, 2 << 20, 4 << 20]
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--size", choices=["64B", "1MiB"], default="1MiB")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--high-waters", default=",".join(str(h) for h in HIGH_WATERS),
+    parser.add_argument("--rounds", type=loadgen.positive, default=5)
+    parser.add_argument("--high-waters", type=loadgen.listed((), numbers=True),
+                        default=[str(h) for h in HIGH_WATERS],
                         help="write_high_water values, bytes, comma-separated")
-    parser.add_argument("--read-sizes", default=",".join(str(r) for r in READ_SIZES),
+    parser.add_argument("--read-sizes", type=loadgen.listed((), numbers=True),
+                        default=[str(r) for r in READ_SIZES],
                         help="read sizes, bytes, comma-separated")
     args = parser.parse_args(argv)
     size = BIG if args.size == "1MiB" else SMALL
     loadgen.raise_fd_limit()
     found = []
     with contextlib.ExitStack() as stack:
-        for high in (int(h) for h in args.high_waters.split(",")):
-            for read in (int(r) for r in args.read_sizes.split(",")):
+        for high in (int(h) for h in args.high_waters):
+            for read in (int(r) for r in args.read_sizes):
                 env = {"HYCO_BENCH_HIGH_WATER": str(high), "HYCO_BENCH_READ_BUFFER": str(read)}
                 stream = interleaved.relay_stream(
                     stack, loadgen.RelayProcess("hyco_proto", env=env), size)
