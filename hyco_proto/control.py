@@ -20,6 +20,7 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 from typing import Any, TypeAlias
 
 from .errors import RemoteProtocolError
@@ -362,7 +363,7 @@ def _command_json(cmd: Command) -> dict[str, Any]:
         return {"accept": {
             "address": cmd.address,
             "id": cmd.id,
-            "connectHeaders": dict(cmd.connect_headers),
+            "connectHeaders": dict(cmd.connect_headers.last_items()),
             "remoteEndpoint": _endpoint_json(cmd.remote_endpoint),
         }}
     if isinstance(cmd, RequestCommand):
@@ -395,6 +396,35 @@ def _command_json(cmd: Command) -> dict[str, Any]:
     raise TypeError(f"cannot serialize {type(cmd).__name__}; expected a control command")
 
 
+#: ``json.dumps(..., separators=(",", ":"), ensure_ascii=False)``, made once (dumps builds an
+#: encoder per call when given options).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def _accept_text(cmd: AcceptCommand) -> str | None:
+    """``accept``'s JSON text written directly, character for character what ``_ENCODER`` writes
+    for ``_command_json(cmd)`` (the relay sends one per sender): every string through
+    ``encode_basestring``, the function that encoder uses with ``ensure_ascii=False``. None
+    when a field is not a plain ``str`` / ``int`` (the general path decides what to write)."""
+    endpoint = cmd.remote_endpoint
+    port = endpoint.port
+    if type(port) is not int:  # a bool or a float would be written differently
+        return None
+    try:
+        headers = ",".join([f"{encode_basestring(k)}:{encode_basestring(v)}"
+                            for k, v in cmd.connect_headers.last_items()])
+        return (f'{{"accept":{{"address":{encode_basestring(cmd.address)},'
+                f'"id":{encode_basestring(cmd.id)},"connectHeaders":{{{headers}}},'
+                f'"remoteEndpoint":{{"address":{encode_basestring(endpoint.address)},'
+                f'"port":{port}}}}}}}')
+    except TypeError:  # not a str
+        return None
+
+
 def serialize_command(cmd: Command) -> str:
     """Return the compact JSON text of ``cmd``, ready to send as one WebSocket text message."""
-    return json.dumps(_command_json(cmd), separators=(",", ":"), ensure_ascii=False)
+    if type(cmd) is AcceptCommand:
+        text = _accept_text(cmd)
+        if text is not None:
+            return text
+    return _ENCODER.encode(_command_json(cmd))

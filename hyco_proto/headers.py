@@ -18,7 +18,10 @@ class Headers(Mapping[str, str]):
 
     def __init__(self, items: Mapping[str, str] | Iterable[tuple[str, str]] | None = None
                  ) -> None:
-        pairs = items.items() if isinstance(items, Mapping) else (items or ())
+        # A dict first: isinstance against the Mapping ABC costs more than the rest (the relay
+        # builds one per sender).
+        pairs = (items.items() if type(items) is dict or isinstance(items, Mapping)
+                 else (items or ()))
         self._raw: tuple[tuple[str, str], ...] = tuple(pairs)
         self._items: dict[str, tuple[str, str]] = {k.lower(): (k, v) for k, v in self._raw}
 
@@ -26,6 +29,11 @@ class Headers(Mapping[str, str]):
         """Every value of ``name`` (any case), in the order received; ``[]`` when absent."""
         lower = name.lower()
         return [v for k, v in self._raw if k.lower() == lower]
+
+    def last_items(self) -> list[tuple[str, str]]:
+        """One (name, value) pair per name, the last given of each: ``dict(headers)``'s items,
+        without a lookup per name."""
+        return list(self._items.values())
 
     def raw_items(self) -> tuple[tuple[str, str], ...]:
         """Every (name, value) pair as given, repeated names included, in order."""

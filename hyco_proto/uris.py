@@ -302,7 +302,9 @@ def _normalise_query_char(match: re.Match[str]) -> str:
 
 def _is_relay_param(segment: str) -> bool:
     key, eq, _ = segment.partition("=")
-    return bool(eq) and unquote(key).lower().startswith(RELAY_PARAM_PREFIX)
+    if "%" in key:
+        key = unquote(key)
+    return bool(eq) and key.lower().startswith(RELAY_PARAM_PREFIX)
 
 
 def strip_relay_query(query: str) -> str:
@@ -322,10 +324,11 @@ def strip_relay_query(query: str) -> str:
     body = query[1:] if lead else query
     if not body:
         return ""
-    kept = "&".join(seg for seg in body.split("&") if not _is_relay_param(seg))
+    kept = "&".join([seg for seg in body.split("&") if not _is_relay_param(seg)])
     if not kept:
         return ""
-    kept = _ESCAPE_OR_ODD_CHAR.sub(_normalise_query_char, kept)
+    if _ESCAPE_OR_ODD_CHAR.search(kept) is not None:
+        kept = _ESCAPE_OR_ODD_CHAR.sub(_normalise_query_char, kept)
     return ("?" + kept) if lead else kept
 
 

@@ -9,6 +9,7 @@ checked against the reference here, on fixed cases and on generated ones.
 
 from __future__ import annotations
 
+import json
 from urllib.parse import parse_qsl
 
 import h11
@@ -16,7 +17,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hyco_proto.control import (
+    AcceptCommand,
+    RemoteEndpoint,
+    _accept_text,
+    _command_json,
+    serialize_command,
+)
 from hyco_proto.handshake import ClientHandshake
+from hyco_proto.headers import Headers
 from hyco_proto.service.broker import query_params
 from hyco_proto.service.front import _fast_head
 from hyco_proto.service.router import RelayService
@@ -171,3 +180,31 @@ def test_the_fast_path_answers_as_the_h11_path_does(target: str) -> None:
 
     assert stable(whole) == stable(split)
     assert whole and whole[0].startswith(b"HTTP/1.1 ")
+
+
+_JSON_TEXT = st.text(st.sampled_from(["a", "Z", " ", '"', "\\", "/", "\x00", "\x1f", "\x7f",
+                                      "\xe9", "\u2028", "\ud800", "\U0001f600", "\n", ","]),
+                     max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(address=_JSON_TEXT, ident=_JSON_TEXT, host=_JSON_TEXT,
+       port=st.integers(-1, 70000),
+       headers=st.lists(st.tuples(_JSON_TEXT, _JSON_TEXT), max_size=4))
+def test_accept_text_is_what_the_json_encoder_writes(address: str, ident: str, host: str,
+                                                     port: int,
+                                                     headers: list[tuple[str, str]]) -> None:
+    # serialize_command writes accept (one per sender) without json.dumps: same text.
+    command = AcceptCommand(address, ident, Headers(headers), RemoteEndpoint(host, port))
+    assert _accept_text(command) is not None  # the fast path wrote it
+    assert serialize_command(command) == json.dumps(_command_json(command), separators=(",", ":"),
+                                                    ensure_ascii=False)
+
+
+def test_accept_fields_of_other_types_take_the_general_path() -> None:
+    # A bool port is written "true" by json, "True" by an f-string: the fast path declines it.
+    for port in (True, 5.0):
+        command = AcceptCommand("ws://a", "i", Headers(), RemoteEndpoint("h", port))  # type: ignore[arg-type]
+        assert _accept_text(command) is None
+        assert serialize_command(command) == json.dumps(
+            _command_json(command), separators=(",", ":"), ensure_ascii=False)

@@ -494,15 +494,32 @@ class RelayBroker:
         hc = self._resolve(now, path)
         if isinstance(hc, Refused):
             return hc
-        if hc.requires_client_authorization:
-            token = _header(headers, "ServiceBusAuthorization") or _query_value(
-                query, "sb-hc-token"
+        # One pass over the headers for everything below (names compare case-insensitively;
+        # the first of each, as _header finds it): the token, the pinning headers, and the
+        # headers the listener sees — all but credentials, repeats joined with ", " (§3.2).
+        token = allowed = disallowed = None
+        connect_headers: dict[str, str] = {}
+        for key, value in headers:
+            lower = key.lower()
+            if lower in _AUTH_HEADERS:
+                if token is None:
+                    token = value
+                continue
+            if lower == _ALLOWED:
+                allowed = value if allowed is None else allowed
+            elif lower == _DISALLOWED:
+                disallowed = value if disallowed is None else disallowed
+            connect_headers[key] = (
+                f"{connect_headers[key]}, {value}" if key in connect_headers else value
             )
+        if hc.requires_client_authorization:
+            if not token:  # an empty header falls back to the query, as `or` did
+                token = _query_value(query, "sb-hc-token")
             auth = self._authorize(now, hc, "/" + path.strip("/"), token, Right.SEND)
             if isinstance(auth, Refused):
                 return auth
         self._adopt(now, hc)
-        listener = self._pick_listener(hc, headers)
+        listener = self._choose_listener(hc, allowed, disallowed)
         if listener is None:
             return self._refuse(
                 now,
@@ -529,14 +546,6 @@ class RelayBroker:
             f"{app_query}{sep}sb-hc-action=accept&sb-hc-id={quoted_id}"
             f"&{RENDEZVOUS_SECRET}={secret}"
         )
-        connect_headers: dict[str, str] = {}
-        for key, value in headers:
-            if key.lower() in _AUTH_HEADERS:
-                continue
-            # Repeated headers are joined with ", " (hybrid-connections-wire §3.2).
-            connect_headers[key] = (
-                f"{connect_headers[key]}, {value}" if key in connect_headers else value
-            )
         accept = AcceptCommand(
             address=address,
             id=connect_id,
@@ -553,9 +562,6 @@ class RelayBroker:
     def _pick_listener(
         self, hc: HybridConnectionConfig, headers: Sequence[tuple[str, str]]
     ) -> ListenerRecord | None:
-        candidates = [c for c in self.registry.listeners_of(hc.name) if not c.closing]
-        if not candidates:
-            return None
         allowed = disallowed = None
         for key, value in headers:  # one pass for both (the first of each, as _header finds)
             lower = key.lower()
@@ -563,6 +569,14 @@ class RelayBroker:
                 allowed = value if allowed is None else allowed
             elif lower == _DISALLOWED:
                 disallowed = value if disallowed is None else disallowed
+        return self._choose_listener(hc, allowed, disallowed)
+
+    def _choose_listener(self, hc: HybridConnectionConfig, allowed: str | None,
+                         disallowed: str | None) -> ListenerRecord | None:
+        """A random live listener of ``hc`` that the sender's pinning headers allow."""
+        candidates = [c for c in self.registry.listeners_of(hc.name) if not c.closing]
+        if not candidates:
+            return None
         # Listener pinning (hybrid-connections-wire §4.6): comma-separated listener ids.
         if allowed:
             keep = {_base_id(x.strip()) for x in allowed.split(",") if x.strip()}
