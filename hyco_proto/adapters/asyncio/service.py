@@ -27,6 +27,7 @@ for which other relayed connection, so it needs no private core state.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import ssl as _ssl
@@ -42,6 +43,7 @@ from ...service.config import ServiceConfig
 from ...service.router import ConnectionKind, RelayService
 from ...service.webpubsub_events import OutboundCall
 from .http import relayed_request as http_request  # a plain HTTP client without a token
+from .sockets import ACCEPT_RETRY_DELAY, SocketListener, bind_sockets
 
 T = TypeVar("T")
 
@@ -84,7 +86,7 @@ class BindError(OSError):
         return f"cannot listen on {self.host}:{self.port} ({what} port): {self.strerror}"
 
 
-def _bound_port(server: asyncio.Server, requested: int) -> int:
+def _bound_port(server: asyncio.Server | SocketListener, requested: int) -> int:
     sockets = server.sockets
     return int(sockets[0].getsockname()[1]) if sockets else requested
 
@@ -100,6 +102,9 @@ def _shown_host(host: str) -> str:
 
 class _ServiceProtocol(asyncio.BufferedProtocol):
     """One TCP connection of the relay service."""
+
+    #: Served by .sockets.SocketTransport (plain TCP on a selector loop), not asyncio's.
+    own_transport = False
 
     def __init__(self, server: RelayServiceServer, routes: str) -> None:
         self._server = server
@@ -124,6 +129,7 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
         # Duck-typed: other loops' transports (uvloop's) have asyncio.Transport's methods
         # without subclassing it.
         self.transport = transport = cast(asyncio.Transport, base)
+        self.own_transport = getattr(base, "copies_writes", False)
         server = self._server
         if not self._taken_over:
             server._admitting -= 1
@@ -195,6 +201,9 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
         whatever the socket does not take now (it may keep what it is given: Python 3.12+)."""
         transport = self.transport
         assert transport is not None
+        if self.own_transport:  # sends what the socket takes, copies only the rest
+            transport.write(data)
+            return
         fd = self.fd
         if fd is None:
             sock = transport.get_extra_info("socket")
@@ -420,6 +429,10 @@ class RelayServiceServer:
     ``backlog`` is each listening socket's accept queue (the kernel caps it at ``somaxconn``).
     ``max_connections`` bounds the connections held at once (default: the process's open-file
     limit less ``FD_RESERVE``); beyond it a new connection gets 503 and is closed.
+    ``own_sockets`` serves plain-TCP connections with the service's own lean transport
+    (:mod:`.sockets`: readiness callbacks, no asyncio transport per connection); the default
+    (``None``) does so on a selector event loop without TLS, and uses asyncio's transports
+    otherwise (TLS, Windows' proactor loop, uvloop).
     """
 
     def __init__(
@@ -435,6 +448,7 @@ class RelayServiceServer:
         webpubsub_port: int | None = None,
         backlog: int = DEFAULT_BACKLOG,
         max_connections: int | None = None,
+        own_sockets: bool | None = None,
     ) -> None:
         if service is not None and config is not None:
             raise ValueError("pass either a RelayService or a ServiceConfig, not both")
@@ -463,9 +477,12 @@ class RelayServiceServer:
             raise ValueError("webpubsub_port needs a service with Web PubSub hubs: "
                              "RelayService(config, webpubsub=WebPubSubService(access_key))")
         self._requested_webpubsub_port = webpubsub_port
-        self._webpubsub_server: asyncio.Server | None = None
+        if own_sockets and ssl is not None:
+            raise ValueError("own_sockets serves plain TCP only: TLS needs asyncio's transports")
+        self.own_sockets = own_sockets
+        self._webpubsub_server: asyncio.Server | SocketListener | None = None
         self._webpubsub_port: int | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | SocketListener | None = None
         self._protocols: dict[int, _ServiceProtocol] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -504,7 +521,22 @@ class RelayServiceServer:
         self._server = server
         self._arm_timer()
 
-    async def _bind(self, routes: str, port: int) -> asyncio.Server:
+    def _uses_own_sockets(self, loop: asyncio.AbstractEventLoop) -> bool:
+        if self.ssl is not None:
+            return False
+        if self.own_sockets is not None:
+            return self.own_sockets
+        return isinstance(loop, asyncio.SelectorEventLoop)
+
+    def _accept_failed(self, exc: OSError) -> None:
+        why = f"accept() failed: {exc.strerror or exc}"
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            why += (f" (out of file descriptors; accepting again in {ACCEPT_RETRY_DELAY:g} s: "
+                    f"raise the open-file limit, ulimit -n, or lower max_connections)")
+        self.service.overloaded(time.time(), None, why)
+        self._after_input(None)
+
+    async def _bind(self, routes: str, port: int) -> asyncio.Server | SocketListener:
         loop = asyncio.get_running_loop()
         try:
             # With TLS, each connection's handshake is ours (_TlsHandshake): asyncio's TLS
@@ -520,6 +552,10 @@ class RelayServiceServer:
                     return _ServiceProtocol(self, routes)
                 return _TlsHandshake(self, routes)
 
+            if self._uses_own_sockets(loop):
+                sockets = bind_sockets(self.host, port, self.backlog)
+                return SocketListener(loop, sockets, factory, min(ACCEPT_BATCH, self.backlog),
+                                      self._accept_failed)
             # A selector loop accepts up to `backlog` connections per wake-up and logs an
             # error for each one it cannot accept (EMFILE), so that count is kept small and
             # the kernel's queue is set to `backlog` afterwards on the same listening socket

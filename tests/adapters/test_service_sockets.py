@@ -1,0 +1,279 @@
+"""The relay service's own plain-TCP transport (``adapters/asyncio/sockets.py``): the
+``asyncio.Transport`` semantics the service relies on, on real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import socket
+from typing import Any
+
+import pytest
+
+from hyco_proto.adapters.asyncio import RelayServiceServer
+from hyco_proto.adapters.asyncio import sockets as own
+from hyco_proto.adapters.asyncio.sockets import SocketListener, SocketTransport, bind_sockets
+
+from .asyncio_util import async_test
+
+WAIT = 5.0
+
+
+class Recorder(asyncio.BufferedProtocol):
+    """Records every callback; ``keep_open`` is what ``eof_received`` answers."""
+
+    def __init__(self, keep_open: bool = True) -> None:
+        self.keep_open = keep_open
+        self.events: list[Any] = []
+        self.data = bytearray()
+        self.buffer = bytearray(4096)
+        self.lost = asyncio.Event()
+        self.got = asyncio.Event()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.events.append("made")
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return memoryview(self.buffer)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data += self.buffer[:nbytes]
+        self.got.set()
+
+    def eof_received(self) -> bool:
+        self.events.append("eof")
+        return self.keep_open
+
+    def pause_writing(self) -> None:
+        self.events.append("pause")
+
+    def resume_writing(self) -> None:
+        self.events.append("resume")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.events.append(("lost", type(exc).__name__ if exc else None))
+        self.lost.set()
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    return a, b
+
+
+def _drain(sock: socket.socket, count: int) -> bytes:
+    sock.settimeout(WAIT)
+    got = bytearray()
+    while len(got) < count:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
+@async_test
+async def test_reads_eof_half_close_and_close_after_flush() -> None:
+    loop = asyncio.get_running_loop()
+    a, b = _pair()
+    with b:
+        proto = Recorder(keep_open=True)
+        transport = SocketTransport(loop, a, proto)
+        assert proto.events == ["made"] and transport.get_extra_info("socket") is a
+        b.sendall(b"hello")
+        await asyncio.wait_for(proto.got.wait(), WAIT)
+        assert proto.data == b"hello"
+        b.shutdown(socket.SHUT_WR)  # EOF; we keep writing (the service's half-close)
+        await asyncio.wait_for(_until(lambda: "eof" in proto.events), WAIT)
+        transport.write(b"still here")
+        transport.close()
+        assert transport.is_closing()
+        transport.write(b"after close")  # dropped, as asyncio's transports do
+        await asyncio.wait_for(proto.lost.wait(), WAIT)
+        assert proto.events == ["made", "eof", ("lost", None)]
+        assert _drain(b, 100) == b"still here"  # then EOF
+
+
+@async_test
+async def test_eof_not_kept_open_closes() -> None:
+    loop = asyncio.get_running_loop()
+    a, b = _pair()
+    with b:
+        proto = Recorder(keep_open=False)
+        SocketTransport(loop, a, proto)
+        b.shutdown(socket.SHUT_WR)
+        await asyncio.wait_for(proto.lost.wait(), WAIT)
+        assert proto.events == ["made", "eof", ("lost", None)]
+        b.settimeout(WAIT)
+        assert b.recv(10) == b""  # our side closed too
+    assert a.fileno() == -1
+
+
+@async_test
+async def test_a_refused_rest_is_copied_kept_in_order_and_flow_controlled() -> None:
+    """A view of a buffer the caller reuses: what the socket refuses is copied at once; later
+    writes queue behind it; pause/resume at the water marks; close flushes everything."""
+    loop = asyncio.get_running_loop()
+    a, b = _pair()
+    with b:
+        proto = Recorder()
+        transport = SocketTransport(loop, a, proto)
+        transport.set_write_buffer_limits(high=64 * 1024)  # low: a quarter
+        payload = bytes(range(256)) * (32 * 1024)  # 8 MiB: more than a socket buffer takes
+        lent = bytearray(payload)
+        transport.write(memoryview(lent))
+        queued = transport.get_write_buffer_size()
+        assert 0 < queued < len(payload)  # part went straight to the socket
+        assert proto.events == ["made", "pause"]
+        lent[:] = bytes(len(lent))  # the caller reuses its buffer: nothing may change
+        transport.write(b"tail")
+        assert transport.get_write_buffer_size() == queued + 4
+        transport.close()
+        got = await asyncio.wait_for(loop.run_in_executor(None, _drain, b, len(payload) + 4),
+                                     WAIT * 4)
+        assert got == payload + b"tail"
+        await asyncio.wait_for(proto.lost.wait(), WAIT)
+        assert proto.events == ["made", "pause", "resume", ("lost", None)]
+
+
+@async_test
+async def test_abort_drops_the_buffer_and_pause_reading_holds_input() -> None:
+    loop = asyncio.get_running_loop()
+    a, b = _pair()
+    with b:
+        proto = Recorder()
+        transport = SocketTransport(loop, a, proto)
+        transport.pause_reading()
+        assert not transport.is_reading()
+        b.sendall(b"held")
+        await asyncio.sleep(0.05)
+        assert proto.data == b""
+        transport.resume_reading()
+        await asyncio.wait_for(proto.got.wait(), WAIT)
+        assert proto.data == b"held"
+        transport.write(b"x" * (8 << 20))
+        assert transport.get_write_buffer_size() > 0
+        transport.abort()
+        transport.abort()  # once only
+        await asyncio.wait_for(proto.lost.wait(), WAIT)
+        assert transport.get_write_buffer_size() == 0
+        assert proto.events.count(("lost", None)) == 1
+
+
+@async_test
+async def test_a_reset_ends_the_connection_quietly() -> None:
+    loop = asyncio.get_running_loop()
+    handled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: handled.append(context))
+    server = socket.create_server(("127.0.0.1", 0))
+    with server:
+        client = socket.create_connection(server.getsockname())
+        conn, _ = server.accept()
+        conn.setblocking(False)
+        proto = Recorder()
+        transport = SocketTransport(loop, conn, proto)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        client.close()  # RST
+        await asyncio.sleep(0.05)
+        transport.write(b"x" * 100_000)
+        await asyncio.wait_for(proto.lost.wait(), WAIT)
+        assert [e for e in proto.events if e[0] == "lost"] in ([("lost", "ConnectionResetError")],
+                                                            [("lost", "BrokenPipeError")])
+    assert handled == []
+
+
+@async_test
+async def test_a_failing_protocol_is_reported_and_closed() -> None:
+    loop = asyncio.get_running_loop()
+    handled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: handled.append(context))
+
+    class Broken(Recorder):
+        def buffer_updated(self, nbytes: int) -> None:
+            raise ValueError("bug")
+
+    a, b = _pair()
+    with b:
+        proto = Broken()
+        SocketTransport(loop, a, proto)
+        b.sendall(b"boom")
+        await asyncio.wait_for(proto.lost.wait(), WAIT)
+    assert proto.events[-1] == ("lost", "ValueError")
+    assert len(handled) == 1 and isinstance(handled[0]["exception"], ValueError)
+
+
+@async_test
+async def test_out_of_descriptors_rests_the_listening_socket(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(own, "ACCEPT_RETRY_DELAY", 0.05)
+    loop = asyncio.get_running_loop()
+    (listening,) = bind_sockets("127.0.0.1", 0, 8)
+    errors: list[OSError] = []
+    made: list[Recorder] = []
+
+    class Starved:
+        """A listening socket whose first accept() finds no descriptor left."""
+
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock, self.failed = sock, False
+
+        def fileno(self) -> int:
+            return self.sock.fileno()
+
+        def accept(self) -> tuple[socket.socket, Any]:
+            if not self.failed:
+                self.failed = True
+                raise OSError(errno.EMFILE, "Too many open files")
+            return self.sock.accept()
+
+        def close(self) -> None:
+            self.sock.close()
+
+    def factory() -> Recorder:
+        made.append(Recorder())
+        return made[-1]
+
+    listener = SocketListener(loop, [Starved(listening)],  # type: ignore[list-item]
+                              factory, 4, errors.append)
+    client = socket.create_connection(listening.getsockname())
+    with client:
+        await asyncio.wait_for(_until(lambda: bool(made)), WAIT)
+        assert [e.errno for e in errors] == [errno.EMFILE]
+        listener.close()
+        assert not listener.is_serving()
+        await listener.wait_closed()
+
+
+def test_bind_failure_names_the_address() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError) as failed:
+            bind_sockets("127.0.0.1", port, 8)
+    assert failed.value.errno == errno.EADDRINUSE
+    assert f"('127.0.0.1', {port})" in str(failed.value)
+
+
+def test_own_sockets_refuses_tls() -> None:
+    import ssl
+
+    with pytest.raises(ValueError, match="TLS"):
+        RelayServiceServer(port=0, ssl=ssl.create_default_context(), own_sockets=True)
+
+
+@pytest.mark.parametrize("own_sockets", [True, False])
+@async_test
+async def test_the_service_answers_on_either_transport(own_sockets: bool) -> None:
+    async with RelayServiceServer(port=0, own_sockets=own_sockets) as server:
+        assert isinstance(server._server, SocketListener) is own_sockets
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /$status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), WAIT)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
+        writer.close()
+
+
+async def _until(predicate: Any) -> None:
+    while not predicate():
+        await asyncio.sleep(0.005)
