@@ -72,8 +72,15 @@ def accept_token(key: str) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
+#: The canonical base64 form of 16 bytes (the last character before ``==`` carries 2 bits):
+#: every such key is valid, without decoding it; anything else is decoded.
+_CANONICAL_KEY = re.compile(r"[A-Za-z0-9+/]{21}[AQgw]==")
+
+
 def _key_is_valid(key: str) -> bool:
     """A key is the base64 encoding of 16 bytes (§4.1, §4.2.1)."""
+    if _CANONICAL_KEY.fullmatch(key) is not None:
+        return True
     try:
         raw = base64.b64decode(key.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
@@ -102,6 +109,15 @@ def _header_items(headers: Headers) -> list[tuple[str, str]]:
 def _tokens(values: Sequence[str]) -> list[str]:
     """Comma-separated list values of every occurrence of a header, trimmed, empties dropped."""
     return [t.strip() for v in values for t in v.split(",") if t.strip()]
+
+
+def _has_token(values: Sequence[str] | None, token: str) -> bool:
+    """Whether ``token`` (lower case) is one of ``_tokens(values)``, in any case."""
+    if not values:
+        return False
+    if len(values) == 1 and "," not in values[0]:  # one value, one token (the usual)
+        return values[0].strip().lower() == token
+    return any(t.strip().lower() == token for v in values for t in v.split(","))
 
 
 def _get_all(headers: Sequence[tuple[str, str]], name: str) -> list[str]:
@@ -489,7 +505,8 @@ class ServerHandshake:
         #: The complete request behind ``rejection`` when it was parseable HTTP but not a valid
         #: upgrade (None for malformed or oversized requests, and before a request completes).
         self.refused_request: RefusedRequest | None = None
-        self._candidate: RefusedRequest | None = None
+        #: (method, target, headers) of the request being checked, for ``refused_request``.
+        self._candidate: tuple[str, str, list[tuple[str, str]]] | None = None
         #: Bytes received after the request: the first WebSocket frames.
         self.trailing_data = b""
         self._pending: h11.Request | None = None
@@ -584,19 +601,25 @@ class ServerHandshake:
         return self._validate(request)
 
     def validate_head(self, method: str, target: str, http_version: str,
-                      headers: list[tuple[str, str]],
-                      trailing_data: bytes = b"") -> HandshakeRequest | None:
+                      headers: list[tuple[str, str]], trailing_data: bytes = b"", *,
+                      fields: Mapping[str, list[str]] | None = None,
+                      ) -> HandshakeRequest | None:
         """:meth:`validate` for a head already decoded (latin-1, header names as sent, values
         without surrounding whitespace) by a parser as strict as h11: the service's front
-        door reads plain upgrade requests without h11. Same checks, same outcome."""
+        door reads plain upgrade requests without h11. Same checks, same outcome.
+
+        ``fields``: the values of ``headers`` by lower-case name, in order, when the parser
+        already has them — every ``Upgrade``, ``Connection`` and ``Sec-WebSocket-*`` header
+        at least (the only ones looked up)."""
         if self.request is not None or self._answered:
             raise LocalProtocolError("validate() checks one request, before it is answered")
-        size = len(method) + len(target) + 12 + sum(len(k) + len(v) + 4 for k, v in headers)
+        size = (len(method) + len(target) + 12 + 4 * len(headers)
+                + sum([len(k) + len(v) for k, v in headers]))
         if size > self._max_header_size:
             self._refuse(431, "request headers too large")
             return None
         self.trailing_data = bytes(trailing_data)
-        return self._check(method, target, http_version, headers)
+        return self._check(method, target, http_version, headers, fields)
 
     def _validate(self, request: h11.Request) -> HandshakeRequest | None:
         return self._check(request.method.decode("ascii"), request.target.decode("latin-1"),
@@ -604,22 +627,24 @@ class ServerHandshake:
                            _decode_headers(request.headers.raw_items()))
 
     def _check(self, method: str, target: str, http_version: str,
-               headers: list[tuple[str, str]]) -> HandshakeRequest | None:
+               headers: list[tuple[str, str]],
+               fields: Mapping[str, list[str]] | None = None) -> HandshakeRequest | None:
         # Kept for ``refused_request`` should any check below refuse the upgrade.
-        self._candidate = RefusedRequest(method, target, headers)
+        self._candidate = (method, target, headers)
         if method != "GET":
             self._refuse(405, f"a WebSocket upgrade uses GET, not {method}", [("Allow", "GET")])
             return None
         if http_version != "1.1":
             self._refuse(400, "a WebSocket upgrade needs HTTP/1.1")
             return None
-        # One pass over the headers (names compare case-insensitively), not one per name.
-        fields: dict[str, list[str]] = {}
-        for name, value in headers:
-            fields.setdefault(name.lower(), []).append(value)
-        upgrade = [t.lower() for t in _tokens(fields.get("upgrade", ()))]
-        connection = [t.lower() for t in _tokens(fields.get("connection", ()))]
-        if "websocket" not in upgrade or "upgrade" not in connection:
+        if fields is None:
+            # One pass over the headers (names compare case-insensitively), not one per name.
+            found: dict[str, list[str]] = {}
+            for name, value in headers:
+                found.setdefault(name.lower(), []).append(value)
+            fields = found
+        if (not _has_token(fields.get("upgrade"), "websocket")
+                or not _has_token(fields.get("connection"), "upgrade")):
             self._refuse(426, "expected a WebSocket upgrade (Upgrade: websocket, "
                          "Connection: Upgrade)",
                          [("Upgrade", "websocket"), ("Connection", "Upgrade"),
@@ -642,7 +667,8 @@ class ServerHandshake:
             method=method,
             target=target,
             headers=headers,
-            subprotocols=_tokens(fields.get("sec-websocket-protocol", ())),
+            subprotocols=_tokens(offered) if (offered := fields.get("sec-websocket-protocol"))
+            else [],
             key=key,
             version=version,
         )
@@ -651,7 +677,8 @@ class ServerHandshake:
     def _refuse(self, status: int, why: str,
                 headers: Sequence[tuple[str, str]] = ()) -> None:
         self.error = RemoteProtocolError(why, status_hint=status)
-        self.refused_request = self._candidate
+        candidate = self._candidate
+        self.refused_request = RefusedRequest(*candidate) if candidate is not None else None
         self.rejection = self._response(status, _default_reason(status), headers,
                                         why.encode("utf-8") + b"\n",
                                         content_type="text/plain; charset=utf-8")

@@ -9,12 +9,14 @@ checked against the reference here, on fixed cases and on generated ones.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from urllib.parse import parse_qsl
 
 import h11
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hyco_proto.control import (
@@ -24,7 +26,7 @@ from hyco_proto.control import (
     _command_json,
     serialize_command,
 )
-from hyco_proto.handshake import ClientHandshake
+from hyco_proto.handshake import ClientHandshake, ServerHandshake, _key_is_valid
 from hyco_proto.headers import Headers
 from hyco_proto.service.broker import query_params
 from hyco_proto.service.front import _fast_head
@@ -208,3 +210,54 @@ def test_accept_fields_of_other_types_take_the_general_path() -> None:
         assert _accept_text(command) is None
         assert serialize_command(command) == json.dumps(
             _command_json(command), separators=(",", ":"), ensure_ascii=False)
+
+
+_HANDSHAKE_NAMES = st.sampled_from(["Upgrade", "connection", "Sec-WebSocket-Key",
+                                    "SEC-WEBSOCKET-VERSION", "Sec-WebSocket-Protocol", "X-A"])
+_HANDSHAKE_VALUES = st.sampled_from([
+    "websocket", "WebSocket", "h2c, websocket", " , ", "", "Upgrade", "keep-alive, UPGRADE",
+    "upgrade,", "13", "8, 13", "8", KEY, "AAAAAAAAAAAAAAAAAAAAAB==", "AAAAAAAAAAAAAAAAAAAAAA=",
+    "chat, superchat", "x", "websocket\t, y"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(fields=st.lists(st.tuples(_HANDSHAKE_NAMES, _HANDSHAKE_VALUES), max_size=8))
+def test_the_handshake_checks_alike_with_the_fast_paths_fields(
+        fields: list[tuple[str, str]]) -> None:
+    # validate_head with the fields _fast_head collected, and validate with h11's request:
+    # the same request, or the same refusal.
+    data = head("GET /$hc/a?b HTTP/1.1", [("Host", "h"), ("Upgrade", "websocket"), *fields])
+    fast = _fast_head(data)
+    assert fast is not None
+    parsed, _ = fast
+    assert parsed.fields is not None
+    quick = ServerHandshake()
+    quick.validate_head(parsed.method, parsed.target, parsed.http_version, parsed.headers,
+                        fields=parsed.fields)
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(data)
+    request = conn.next_event()
+    assert isinstance(request, h11.Request)
+    reference = ServerHandshake()
+    reference.validate(request)
+    assert quick.request == reference.request
+    assert quick.rejection == reference.rejection
+    assert quick.refused_request == reference.refused_request
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(st.sampled_from(["A", "Q", "g", "w", "B", "z", "0", "+", "/", "=", "-", " "]),
+               min_size=20, max_size=26))
+@example(KEY)
+@example("A" * 22 + "==")
+@example("A" * 21 + "w==")
+@example("A" * 21 + "B==")  # not canonical, still 16 bytes
+@example("A" * 20 + "-A==")
+@example("A" * 21 + "A=")
+@example("A" * 21 + "Q==\n")
+def test_a_key_is_valid_exactly_when_it_decodes_to_16_bytes(key: str) -> None:
+    try:
+        decoded = base64.b64decode(key.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    assert _key_is_valid(key) == (len(decoded) == 16)

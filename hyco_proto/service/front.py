@@ -59,6 +59,9 @@ class RequestHead:
     http_version: str
     #: h11's request; None when the fast path (``_fast_head``) read the head.
     raw: h11.Request | None
+    #: The fast path's: the values of the opening handshake's own headers (``Upgrade``,
+    #: ``Connection``, ``Sec-WebSocket-*``) by lower-case name, for ``validate_head``.
+    fields: dict[str, list[str]] | None = None
 
     def header(self, name: str) -> str | None:
         lname = name.lower()
@@ -133,6 +136,9 @@ _KNOWN_NAMES: dict[str, str] = {}
 _KNOWN_NAMES_MAX = 256
 #: Headers that send a request the general (h11) way: a body, 100-continue.
 _SLOW_HEADERS = frozenset(("content-length", "transfer-encoding", "expect"))
+#: The headers ``ServerHandshake.validate_head`` looks up (its ``fields``).
+_HANDSHAKE_FIELDS = frozenset(("upgrade", "connection", "sec-websocket-key",
+                               "sec-websocket-version", "sec-websocket-protocol"))
 #: (The class's ``h11`` property hides the module in its annotations.)
 _H11Error = h11.RemoteProtocolError
 #: The fast path's bound on a head: the opening handshake's (``ServerHandshake``).
@@ -160,8 +166,8 @@ def _fast_head(data: bytes) -> tuple[RequestHead, bytes] | None:
             or not target.isprintable() or " " in target):
         return None
     headers: list[tuple[str, str]] = []
+    fields: dict[str, list[str]] = {}
     hosts = 0
-    upgrade = False
     known = _KNOWN_NAMES
     for line in lines[1:]:
         name, colon, value = line.partition(":")
@@ -174,21 +180,26 @@ def _fast_head(data: bytes) -> tuple[RequestHead, bytes] | None:
                 known[name] = lname
         elif not colon:
             return None
-        if lname in _SLOW_HEADERS:
-            return None
-        if lname == "host":
+        value = value.strip(" \t")
+        if lname in _HANDSHAKE_FIELDS:
+            found = fields.get(lname)
+            if found is None:
+                fields[lname] = [value]
+            else:
+                found.append(value)
+        elif lname == "host":
             hosts += 1
-        elif lname == "upgrade":
-            upgrade = True
-        headers.append((name, value.strip(" \t")))
-    if hosts != 1 or not upgrade:  # h11: HTTP/1.1 needs exactly one Host (RFC 9112 §3.2)
+        elif lname in _SLOW_HEADERS:
+            return None
+        headers.append((name, value))
+    if hosts != 1 or "upgrade" not in fields:  # h11: one Host in HTTP/1.1 (RFC 9112 §3.2)
         return None
     if target.startswith("/"):  # origin form (split_target's first case, without the call)
         path, _, query = target.partition("#")[0].partition("?")
         path = path or "/"
     else:
         path, query = split_target(target)
-    return (RequestHead("GET", target, path, query, headers, "1.1", None),
+    return (RequestHead("GET", target, path, query, headers, "1.1", None, fields),
             bytes(data[end + 4:]))
 
 
@@ -352,7 +363,7 @@ class FrontDoor(Handler):
         handshake = ServerHandshake()  # upgrades keep the 16 KiB head bound
         if head.raw is None:  # read by the fast path
             handshake.validate_head(head.method, head.target, head.http_version, head.headers,
-                                    self._fast_trailing)
+                                    self._fast_trailing, fields=head.fields)
             return handshake, self._fast_trailing
         trailing, _ = self.h11.trailing_data
         handshake.validate(head.raw, bytes(trailing))
