@@ -218,29 +218,39 @@ async def test_out_of_descriptors_rests_the_listening_socket(
 
         def __init__(self, sock: socket.socket) -> None:
             self.sock, self.failed = sock, False
+            self.family, self.type = sock.family, sock.type
 
         def fileno(self) -> int:
             return self.sock.fileno()
 
-        def accept(self) -> tuple[socket.socket, Any]:
+        def _accept(self) -> tuple[int, Any]:
             if not self.failed:
                 self.failed = True
                 raise OSError(errno.EMFILE, "Too many open files")
-            return self.sock.accept()
+            return self.sock._accept()  # type: ignore[attr-defined,no-any-return]
 
         def close(self) -> None:
             self.sock.close()
 
+    failed_at: list[float] = []
+
+    def failed(exc: OSError) -> None:
+        errors.append(exc)
+        failed_at.append(loop.time())
+
     def factory() -> Recorder:
         made.append(Recorder())
+        made[-1].events.append(loop.time())
         return made[-1]
 
     listener = SocketListener(loop, [Starved(listening)],  # type: ignore[list-item]
-                              factory, 4, errors.append)
+                              factory, 4, failed)
     client = socket.create_connection(listening.getsockname())
     with client:
         await asyncio.wait_for(_until(lambda: bool(made)), WAIT)
         assert [e.errno for e in errors] == [errno.EMFILE]
+        # Not woken again for the same pending connection until the rest is over.
+        assert made[0].events[0] - failed_at[0] >= 0.04
         listener.close()
         assert not listener.is_serving()
         await listener.wait_closed()

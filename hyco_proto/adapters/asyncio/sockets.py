@@ -16,11 +16,13 @@ other loops (uvloop's transports are already in C) keep asyncio's transports.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import errno
 import socket
+import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 __all__ = ["ACCEPT_RETRY_DELAY", "SocketListener", "SocketTransport", "bind_sockets"]
 
@@ -29,6 +31,9 @@ __all__ = ["ACCEPT_RETRY_DELAY", "SocketListener", "SocketTransport", "bind_sock
 ACCEPT_RETRY_DELAY = 1.0
 _OUT_OF_RESOURCES = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _NOT_NOW = (BlockingIOError, InterruptedError)
+# Linux copies TCP_NODELAY from the listening socket to the sockets it accepts (tcp(7)
+# options are cloned with the socket); elsewhere each accepted socket gets it.
+_NODELAY_INHERITED = sys.platform == "linux"
 
 
 class SocketTransport:
@@ -44,7 +49,7 @@ class SocketTransport:
     #: once is copied here (one copy), never kept as the view.
     copies_writes = True
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: _socket.socket,
                  protocol: asyncio.BaseProtocol, peername: Any = None) -> None:
         self._loop = loop
         self._sock = sock
@@ -292,6 +297,8 @@ def bind_sockets(host: str | None, port: int, backlog: int) -> list[socket.socke
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family in (socket.AF_INET, socket.AF_INET6):  # as asyncio does: no Nagle
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if family == socket.AF_INET6 and hasattr(socket, "IPV6_V6ONLY"):
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
@@ -349,9 +356,12 @@ class SocketListener:
 
     def _on_acceptable(self, sock: socket.socket) -> None:
         loop = self._loop
+        # The C-level accept and socket type: socket.socket's Python layer (its __init__,
+        # close and reference counting of makefile() streams) is not needed here.
+        accept, family, kind = cast(Any, sock)._accept, sock.family, sock.type
         for _ in range(self._batch):  # a few per wake-up: other sockets get their turn too
             try:
-                conn, peer = sock.accept()
+                fd, peer = accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:
@@ -363,11 +373,13 @@ class SocketListener:
                     self._resting[fd] = loop.call_later(ACCEPT_RETRY_DELAY, self._wake, sock)
                 self._on_error(exc)
                 return
+            conn = _socket.socket(family, kind, 0, fd)
             conn.setblocking(False)
-            try:  # noqa: SIM105 (cheaper than suppress, per connection); as asyncio: no Nagle
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+            if not _NODELAY_INHERITED and family != socket.AF_UNIX:
+                try:  # noqa: SIM105 (cheaper than suppress, per connection)
+                    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass
             SocketTransport(loop, conn, self._factory(), peer)
 
     def _wake(self, sock: socket.socket) -> None:
