@@ -68,8 +68,13 @@ MAX_REJECTION_BODY = 65536
 
 def accept_token(key: str) -> str:
     """``Sec-WebSocket-Accept`` for a ``Sec-WebSocket-Key``: base64(SHA-1(key + GUID)) (§4.2.2)."""
+    return _accept_bytes(key).decode("ascii")
+
+
+def _accept_bytes(key: str) -> bytes:
+    """:func:`accept_token` as bytes (what the 101 carries)."""
     digest = hashlib.sha1((key + WEBSOCKET_GUID).encode("ascii")).digest()
-    return base64.b64encode(digest).decode("ascii")
+    return binascii.b2a_base64(digest, newline=False)
 
 
 #: The canonical base64 form of 16 bytes (the last character before ``==`` carries 2 bits):
@@ -710,7 +715,7 @@ class ServerHandshake:
         if not headers:
             # The common answer, written directly: the bytes _format_response would write.
             self._answered = True
-            head = _ACCEPT_HEAD + accept_token(self.request.key).encode("ascii")
+            head = _ACCEPT_HEAD + _accept_bytes(self.request.key)
             if subprotocol is not None:
                 head += (b"\r\nSec-WebSocket-Protocol: "
                          + subprotocol.encode("latin-1", "replace"))

@@ -3,6 +3,7 @@ brokers act as one relay (the shape a relay cluster will take)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from hyco_proto.control import AcceptCommand, parse_command
@@ -59,3 +60,39 @@ def test_local_registry_keeps_listeners_per_hybrid_connection() -> None:
     assert {r.id for r in registry.listeners_of("HC")} == {"same", "same_G1"}
     assert registry.remove_listener("same") is first and registry.remove_listener("x") is None
     assert registry.listeners_of("hc") == [second]
+
+
+def test_the_brokers_deadline_follows_every_change() -> None:
+    # next_deadline keeps its last answer while the registry's version, the broker's record of
+    # auto-created hybrid connections and the timeouts stay the same: after every step the
+    # kept answer must be the one a fresh look finds.
+    broker = RelayBroker(ServiceConfig(auto_expiry=50.0, token_grace=5.0))
+
+    def step(now: float, action: Callable[[], object]) -> None:
+        broker.next_deadline()  # keep an answer, then change something
+        action()
+        kept = broker.next_deadline()
+        broker._deadline_key = None  # look again
+        assert kept == broker.next_deadline(), now
+
+    record = broker.open_listener(NOW, "hc", headers=auth("hc"), base_url=BASE)
+    assert isinstance(record, ListenerRecord)
+    pendings = []
+    step(NOW, lambda: pendings.append(broker.connect(NOW + 1, "hc", headers=auth("hc"))))
+    step(NOW, lambda: pendings.append(broker.connect(NOW + 2, "hc", headers=auth("hc"))))
+    accept = parse_command(broker.actions_to_take()[0].text)  # type: ignore[union-attr]
+    assert isinstance(accept, AcceptCommand)
+    step(NOW, lambda: broker.rendezvous(NOW + 3, urlsplit(accept.address).query))
+    step(NOW, lambda: broker.config.__setattr__("accept_timeout", 7.0))
+    step(NOW, lambda: broker.config.__setattr__("token_grace", 1.0))
+    renewed = create_relay_token(f"{BASE}/$hc/hc", DEFAULT_RULE_NAME, DEVELOPMENT_KEY,
+                                 now=NOW + 3000)
+    step(NOW, lambda: broker.listener_message(NOW + 4, record.id,
+                                              f'{{"renewToken":{{"token":"{renewed}"}}}}'))
+    assert record.token_expiry is not None and record.token_expiry > NOW + 3000
+    step(NOW, lambda: broker.handle_timer(NOW + 20))  # the second sender's accept times out
+    step(NOW, lambda: broker.listener_closing(NOW + 21, record.id))
+    step(NOW, lambda: broker.close_listener(NOW + 22, record.id))
+    step(NOW, lambda: broker.config.__setattr__("auto_expiry", 10.0))
+    step(NOW, lambda: broker.handle_timer(NOW + 100))  # the idle hybrid connection goes
+    assert broker.next_deadline() is None

@@ -165,10 +165,11 @@ def query_params(query: str) -> Mapping[str, str]:
 
 
 def _query_value(query: str, *names: str) -> str | None:
-    """Value of the first of ``names`` present in ``query`` (case-insensitive keys, decoded)."""
+    """Value of the first of ``names`` (lower case) present in ``query`` (case-insensitive keys,
+    decoded)."""
     found = query_params(query)
     for name in names:
-        value = found.get(name.lower())
+        value = found.get(name)
         if value is not None:
             return value
     return None
@@ -226,6 +227,11 @@ class RelayBroker:
         #: Hybrid connections this broker created on first use (lower-case name -> when last
         #: used); forgotten after ``config.auto_expiry`` idle seconds.
         self._auto: dict[str, float] = {}
+        #: Bumped by every change to ``_auto``; with the registry's version and the timeouts it
+        #: keys the deadline last found (``next_deadline``, asked after every driver call).
+        self._auto_version = 0
+        self._deadline_key: tuple[int, int, float, float, float] | None = None
+        self._deadline: float | None = None
         #: Tokens that verified, by (token, target path): (rule name, that rule's key, expiry).
         #: A hit skips parsing and the HMAC until the token expires; a changed key is a miss.
         #: Only valid tokens get in, at most VERIFIED_TOKENS of them (oldest out first).
@@ -308,10 +314,12 @@ class RelayBroker:
         key = hc.name.lower()
         if self.config.adopt(hc) or key in self._auto:
             self._auto[key] = now
+            self._auto_version += 1
 
     def _touch(self, now: float, hc: HybridConnectionConfig | None) -> None:
         if hc is not None and hc.name.lower() in self._auto:
             self._auto[hc.name.lower()] = now
+            self._auto_version += 1
 
     def _in_use(self, key: str) -> bool:
         registry = self.registry
@@ -636,10 +644,10 @@ class RelayBroker:
             self.registry.take_pending(pending.id)
         if pending is None or now - pending.created > self.config.accept_timeout:
             return self._refuse(now, 403, "The rendezvous address is invalid or has expired.")
-        status = _query_value(query, "sb-hc-statusCode", "statusCode")
+        status = _query_value(query, "sb-hc-statuscode", "statuscode")
         if status is None:
             return RendezvousAccepted(pending)
-        description = _query_value(query, "sb-hc-statusDescription", "statusDescription")
+        description = _query_value(query, "sb-hc-statusdescription", "statusdescription")
         try:
             code = int(status)
         except ValueError:
@@ -804,9 +812,19 @@ class RelayBroker:
     # -- time ------------------------------------------------------------------------------
 
     def next_deadline(self) -> float | None:
-        # Asked after every input the service reads (the driver re-arms its timer): a plain
-        # loop over each collection, no list of deadlines (half the time of min() over one).
+        # Asked after every input the service reads (the driver re-arms its timer): with the
+        # in-process registry, the last answer while nothing it depends on changed (the
+        # registry's version counts changes to listeners and pending senders, which the broker
+        # makes through it: Registry's contract); else a plain loop over each collection, no
+        # list of deadlines (half the time of min() over one).
         config = self.config
+        registry = self.registry
+        key = None
+        if type(registry) is LocalRegistry:
+            key = (registry.version, self._auto_version, config.accept_timeout,
+                   config.token_grace, config.auto_expiry)
+            if key == self._deadline_key:
+                return self._deadline
         best: float | None = None
         for pending in self.registry.all_pending():
             if best is None or pending.created < best:
@@ -823,6 +841,7 @@ class RelayBroker:
             idle = min(self._auto.values()) + config.auto_expiry
             if best is None or idle < best:
                 best = idle
+        self._deadline_key, self._deadline = key, best
         return best
 
     def handle_timer(self, now: float) -> None:
@@ -855,6 +874,7 @@ class RelayBroker:
         for key, used in list(self._auto.items()):
             if now - used < self.config.auto_expiry:
                 continue
+            self._auto_version += 1
             if self._in_use(key):
                 self._auto[key] = now  # looked at again one expiry later
             else:

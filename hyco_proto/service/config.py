@@ -99,6 +99,10 @@ class ServiceConfig:
         (names may contain '/', hybrid-connections-wire §8), else the first segment when not
         strict (created on first use; with ``create=False`` it is returned but not kept, so
         that :meth:`adopt` can keep it once the request is authorized)."""
+        if path and "/" not in path:  # one segment (the usual): the loop's first look only
+            found = self.hybrid_connections.get(path.lower())
+            if found is not None:
+                return found
         segments = [s for s in path.strip("/").split("/") if s]
         if not segments:
             return None

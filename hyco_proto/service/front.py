@@ -207,22 +207,24 @@ class FrontDoor(Handler):
     """A connection reading HTTP requests and routing them (see the module docstring)."""
 
     kind = ConnectionKind.HANDSHAKE
+    # Starting values, on the class: a door that reads one upgrade request sets few of them
+    # (one door per connection; issue 14, rendezvous per second).
+    #: Made when first needed (``h11``): a plain upgrade request never needs it.
+    _h11: h11.Connection | None = None
+    #: The bytes the fast path read (head and what followed), until h11 reads them again.
+    _fast: bytes | None = None
+    _fast_trailing = b""
+    head: RequestHead | None = None
+    exchange: Exchange | None = None
+    _request_done = False
+    _response_done = False
+    _closing = False
+    _served = 0  # requests answered on this connection
 
     def __init__(self, svc: ServiceCore, conn: Connection, routes: Sequence[Route]) -> None:
         super().__init__(svc, conn)
         self.routes = routes
-        #: Made when first needed (``h11``): a plain upgrade request never needs it.
-        self._h11: h11.Connection | None = None
-        #: The bytes the fast path read (head and what followed), until h11 reads them again.
-        self._fast: bytes | None = None
-        self._fast_trailing = b""
-        self.head: RequestHead | None = None
-        self.exchange: Exchange | None = None
-        self._request_done = False
-        self._response_done = False
-        self._closing = False
         self._idle_since = conn.opened  # the handshake timeout counts from here
-        self._served = 0  # requests answered on this connection
         svc.watch(conn.id)
 
     @property

@@ -120,14 +120,20 @@ class LocalRegistry:
         self._by_hc: dict[str, dict[str, ListenerRecord]] = {}
         self._pending: dict[str, PendingConnect] = {}
         self._requests: dict[str, PendingRequest] = {}
+        #: Bumped by every change to the listeners or the pending senders (added, removed,
+        #: updated): the broker's deadline, which depends on nothing else here, is only
+        #: looked for again when it moved.
+        self.version = 0
 
     def add_listener(self, record: ListenerRecord) -> None:
+        self.version += 1
         self._listeners[record.id] = record
         self._by_hc.setdefault(record.hc.name.lower(), {})[record.id] = record
 
     def remove_listener(self, listener_id: str) -> ListenerRecord | None:
         record = self._listeners.pop(listener_id, None)
         if record is not None:
+            self.version += 1
             group = self._by_hc.get(record.hc.name.lower(), {})
             group.pop(listener_id, None)
             if not group:
@@ -148,10 +154,14 @@ class LocalRegistry:
         return list(self._listeners.values())
 
     def add_pending(self, pending: PendingConnect) -> None:
+        self.version += 1
         self._pending[pending.id] = pending
 
     def take_pending(self, connect_id: str) -> PendingConnect | None:
-        return self._pending.pop(connect_id, None)
+        pending = self._pending.pop(connect_id, None)
+        if pending is not None:
+            self.version += 1
+        return pending
 
     def has_pending(self, connect_id: str) -> bool:
         return connect_id in self._pending
