@@ -42,7 +42,7 @@ class SocketTransport:
     Duck-types the part of :class:`asyncio.Transport` the service uses. ``protocol`` is a
     :class:`asyncio.BufferedProtocol` (reads land in its ``get_buffer``) or a plain
     :class:`asyncio.Protocol` (``data_received`` with ``bytes``); ``connection_made`` is called
-    before this returns.
+    before this returns (and with ``read_now``, what the socket already holds is read too).
     """
 
     #: The service may hand ``write`` a view of a buffer it reuses: whatever is not sent at
@@ -50,7 +50,8 @@ class SocketTransport:
     copies_writes = True
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: _socket.socket,
-                 protocol: asyncio.BaseProtocol, peername: Any = None) -> None:
+                 protocol: asyncio.BaseProtocol, peername: Any = None,
+                 read_now: bool = False) -> None:
         self._loop = loop
         self._sock = sock
         self._fd = sock.fileno()
@@ -70,6 +71,10 @@ class SocketTransport:
         if not self._closing and not self._reading_paused:
             self._reading = True
             loop.add_reader(self._fd, self._on_readable)
+            if read_now:
+                # A client speaks first and at once (its request head usually arrives with
+                # the handshake's last ACK): read it now rather than after one more loop turn.
+                self._on_readable()
 
     # -- the asyncio.Transport subset ------------------------------------------------------
 
@@ -380,7 +385,7 @@ class SocketListener:
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 except OSError:
                     pass
-            SocketTransport(loop, conn, self._factory(), peer)
+            SocketTransport(loop, conn, self._factory(), peer, read_now=True)
 
     def _wake(self, sock: socket.socket) -> None:
         self._resting.pop(sock.fileno(), None)
