@@ -324,7 +324,11 @@ def strip_relay_query(query: str) -> str:
     body = query[1:] if lead else query
     if not body:
         return ""
-    kept = "&".join([seg for seg in body.split("&") if not _is_relay_param(seg)])
+    # "sb-hc-" holds no "=", so a segment that starts with it and has one is a relay parameter
+    # (_is_relay_param's answer, without the call).
+    kept = "&".join([seg for seg in body.split("&")
+                     if not (seg.startswith(RELAY_PARAM_PREFIX) and "=" in seg)
+                     and not _is_relay_param(seg)])
     if not kept:
         return ""
     if _ESCAPE_OR_ODD_CHAR.search(kept) is not None:

@@ -39,7 +39,7 @@ from ..errors import RemoteProtocolError, TokenError
 from ..headers import Headers
 from ..sas import verify_token
 from ..uris import strip_relay_query
-from .config import HybridConnectionConfig, Right, ServiceConfig
+from .config import HybridConnectionConfig, Right, SasRule, ServiceConfig
 from .registry import ListenerRecord, LocalRegistry, PendingConnect, PendingRequest, Registry
 
 __all__ = [
@@ -232,6 +232,9 @@ class RelayBroker:
         self._auto_version = 0
         self._deadline_key: tuple[int, int, float, float, float] | None = None
         self._deadline: float | None = None
+        #: The rules found for the last hybrid connection asked about (``_rules_for``).
+        self._rules: tuple[tuple[SasRule, ...], tuple[SasRule, ...],
+                           Mapping[str, SasRule]] | None = None
         #: Tokens that verified, by (token, target path): (rule name, that rule's key, expiry).
         #: A hit skips parsing and the HMAC until the token expires; a changed key is a miss.
         #: Only valid tokens get in, at most VERIFIED_TOKENS of them (oldest out first).
@@ -263,7 +266,7 @@ class RelayBroker:
                 "(ServiceBusAuthorization header or sb-hc-token query).",
                 hc.name,
             )
-        rules = self.config.rules_for(hc)
+        rules = self._rules_for(hc)
         cache_key = (token, target_path)
         known = self._verified.get(cache_key)
         rule_or_none = rules.get(known[0]) if known is not None else None
@@ -295,6 +298,17 @@ class RelayBroker:
                 hc.name,
             )
         return float(expiry)
+
+    def _rules_for(self, hc: HybridConnectionConfig) -> Mapping[str, SasRule]:
+        """``config.rules_for(hc)``, kept while the namespace's and ``hc``'s rules are the same
+        tuples (both are immutable)."""
+        config_rules, hc_rules = self.config.rules, hc.rules
+        kept = self._rules
+        if kept is not None and kept[0] is config_rules and kept[1] is hc_rules:
+            return kept[2]
+        rules = self.config.rules_for(hc)
+        self._rules = (config_rules, hc_rules, rules)
+        return rules
 
     def _resolve(self, now: float, path: str) -> HybridConnectionConfig | Refused:
         # Not kept yet: an unknown hybrid connection is kept only once a request for it passed
@@ -585,6 +599,8 @@ class RelayBroker:
         candidates = [c for c in self.registry.listeners_of(hc.name) if not c.closing]
         if not candidates:
             return None
+        if allowed is None and disallowed is None and len(candidates) == 1:
+            return candidates[0]  # nothing to choose from (no random draw)
         # Listener pinning (hybrid-connections-wire §4.6): comma-separated listener ids.
         if allowed:
             keep = {_base_id(x.strip()) for x in allowed.split(",") if x.strip()}

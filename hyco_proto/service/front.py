@@ -157,9 +157,11 @@ def _fast_head(data: bytes) -> tuple[RequestHead, bytes] | None:
     lines = text.split("\r\n")
     if len(lines) - 1 > MAX_HEADER_FIELDS:
         return None
-    for bad in ("\r", "\n", "\x00", "\x0b", "\x0c"):  # CR and LF only as CRLF, between lines
-        if bad in text and (bad not in "\r\n" or text.count(bad) != len(lines) - 1):
-            return None
+    # CR and LF only as CRLF, between lines; no NUL, VT or FF.
+    breaks = len(lines) - 1
+    if (text.count("\r") != breaks or text.count("\n") != breaks or "\x00" in text
+            or "\x0b" in text or "\x0c" in text):
+        return None
     request_line = lines[0]
     target = request_line[4:-9]
     if (not request_line.endswith(" HTTP/1.1") or not target or not target.isascii()

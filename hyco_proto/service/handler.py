@@ -119,13 +119,11 @@ class Handler:
     def __init__(self, svc: ServiceCore, conn: Connection) -> None:
         self.svc = svc
         self.conn = conn
+        #: ``conn.id``, an attribute (not a property: handlers ask for it often).
+        self.id = conn.id
         #: The connection this one's input is written to (flow control: while that one's write
         #: buffer is full, the driver stops reading this one).
         self.peer: int | None = None
-
-    @property
-    def id(self) -> int:
-        return self.conn.id
 
     def receive_data(self, now: float, data: bytes | memoryview) -> None:
         """Bytes read from the connection; a lent view must not be kept after the call."""

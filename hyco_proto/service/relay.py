@@ -58,6 +58,8 @@ RequestOpener = Callable[[FrontDoor, ServerHandshake, HandshakeRequest, str, flo
 
 def relay_path(path: str) -> str | None:
     """``/$hc/hc/suffix`` → ``hc/suffix``; None when not a Hybrid Connections WebSocket path."""
+    if path.startswith(HC_PREFIX):  # as written (the usual), without lowering the path
+        return path[len(HC_PREFIX):]
     lower = path.lower()
     for prefix in (HC_PREFIX, _LEGACY_PREFIX):
         if lower.startswith(prefix):
@@ -194,8 +196,9 @@ class HybridConnectionsRoute:
             refuse_upgrade(svc, door, handshake, result.status, result.description,
                            door.conn.opened)
             return
-        sender = svc.lookup(f"connect:{result.pending.id}")
-        svc.unbind(f"connect:{result.pending.id}")
+        name = f"connect:{result.pending.id}"
+        sender = svc.lookup(name)
+        svc.unbind(name)
         waiting = sender if isinstance(sender, WaitingSender) else None
         if isinstance(result, RendezvousRejected):
             svc.stats.rejects += 1
