@@ -12,11 +12,26 @@ import pytest
 
 from hyco_proto.adapters.asyncio import RelayServiceServer
 from hyco_proto.adapters.asyncio import sockets as own
-from hyco_proto.adapters.asyncio.sockets import SocketListener, SocketTransport, bind_sockets
+from hyco_proto.adapters.asyncio.sockets import (
+    READ,
+    WRITE,
+    EpollPoller,
+    LoopPoller,
+    Poller,
+    SocketListener,
+    SocketTransport,
+    bind_sockets,
+)
 
 from .asyncio_util import async_test
 
 WAIT = 5.0
+POLLERS = ["loop", "epoll"] if hasattr(__import__("select"), "epoll") else ["loop"]
+
+
+def _poller(kind: str) -> Poller:
+    loop = asyncio.get_running_loop()
+    return EpollPoller(loop) if kind == "epoll" else LoopPoller(loop)
 
 
 class Recorder(asyncio.BufferedProtocol):
@@ -74,13 +89,15 @@ def _drain(sock: socket.socket, count: int) -> bytes:
     return bytes(got)
 
 
+@pytest.mark.parametrize("kind", POLLERS)
 @async_test
-async def test_reads_eof_half_close_and_close_after_flush() -> None:
+async def test_reads_eof_half_close_and_close_after_flush(kind: str) -> None:
+    poller = _poller(kind)
     loop = asyncio.get_running_loop()
     a, b = _pair()
     with b:
         proto = Recorder(keep_open=True)
-        transport = SocketTransport(loop, a, proto)
+        transport = SocketTransport(loop, a, proto, poller=poller)
         assert proto.events == ["made"] and transport.get_extra_info("socket") is a
         b.sendall(b"hello")
         await asyncio.wait_for(proto.got.wait(), WAIT)
@@ -96,13 +113,15 @@ async def test_reads_eof_half_close_and_close_after_flush() -> None:
         assert _drain(b, 100) == b"still here"  # then EOF
 
 
+@pytest.mark.parametrize("kind", POLLERS)
 @async_test
-async def test_eof_not_kept_open_closes() -> None:
+async def test_eof_not_kept_open_closes(kind: str) -> None:
+    poller = _poller(kind)
     loop = asyncio.get_running_loop()
     a, b = _pair()
     with b:
         proto = Recorder(keep_open=False)
-        SocketTransport(loop, a, proto)
+        SocketTransport(loop, a, proto, poller=poller)
         b.shutdown(socket.SHUT_WR)
         await asyncio.wait_for(proto.lost.wait(), WAIT)
         assert proto.events == ["made", "eof", ("lost", None)]
@@ -111,15 +130,17 @@ async def test_eof_not_kept_open_closes() -> None:
     assert a.fileno() == -1
 
 
+@pytest.mark.parametrize("kind", POLLERS)
 @async_test
-async def test_a_refused_rest_is_copied_kept_in_order_and_flow_controlled() -> None:
+async def test_a_refused_rest_is_copied_kept_in_order_and_flow_controlled(kind: str) -> None:
+    poller = _poller(kind)
     """A view of a buffer the caller reuses: what the socket refuses is copied at once; later
     writes queue behind it; pause/resume at the water marks; close flushes everything."""
     loop = asyncio.get_running_loop()
     a, b = _pair()
     with b:
         proto = Recorder()
-        transport = SocketTransport(loop, a, proto)
+        transport = SocketTransport(loop, a, proto, poller=poller)
         transport.set_write_buffer_limits(high=64 * 1024)  # low: a quarter
         payload = bytes(range(256)) * (32 * 1024)  # 8 MiB: more than a socket buffer takes
         lent = bytearray(payload)
@@ -138,13 +159,15 @@ async def test_a_refused_rest_is_copied_kept_in_order_and_flow_controlled() -> N
         assert proto.events == ["made", "pause", "resume", ("lost", None)]
 
 
+@pytest.mark.parametrize("kind", POLLERS)
 @async_test
-async def test_abort_drops_the_buffer_and_pause_reading_holds_input() -> None:
+async def test_abort_drops_the_buffer_and_pause_reading_holds_input(kind: str) -> None:
+    poller = _poller(kind)
     loop = asyncio.get_running_loop()
     a, b = _pair()
     with b:
         proto = Recorder()
-        transport = SocketTransport(loop, a, proto)
+        transport = SocketTransport(loop, a, proto, poller=poller)
         transport.pause_reading()
         assert not transport.is_reading()
         b.sendall(b"held")
@@ -162,8 +185,10 @@ async def test_abort_drops_the_buffer_and_pause_reading_holds_input() -> None:
         assert proto.events.count(("lost", None)) == 1
 
 
+@pytest.mark.parametrize("kind", POLLERS)
 @async_test
-async def test_a_reset_ends_the_connection_quietly() -> None:
+async def test_a_reset_ends_the_connection_quietly(kind: str) -> None:
+    poller = _poller(kind)
     loop = asyncio.get_running_loop()
     handled: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _loop, context: handled.append(context))
@@ -173,7 +198,7 @@ async def test_a_reset_ends_the_connection_quietly() -> None:
         conn, _ = server.accept()
         conn.setblocking(False)
         proto = Recorder()
-        transport = SocketTransport(loop, conn, proto)
+        transport = SocketTransport(loop, conn, proto, poller=poller)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         client.close()  # RST
         await asyncio.sleep(0.05)
@@ -184,8 +209,10 @@ async def test_a_reset_ends_the_connection_quietly() -> None:
     assert handled == []
 
 
+@pytest.mark.parametrize("kind", POLLERS)
 @async_test
-async def test_a_failing_protocol_is_reported_and_closed() -> None:
+async def test_a_failing_protocol_is_reported_and_closed(kind: str) -> None:
+    poller = _poller(kind)
     loop = asyncio.get_running_loop()
     handled: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _loop, context: handled.append(context))
@@ -197,7 +224,7 @@ async def test_a_failing_protocol_is_reported_and_closed() -> None:
     a, b = _pair()
     with b:
         proto = Broken()
-        SocketTransport(loop, a, proto)
+        SocketTransport(loop, a, proto, poller=poller)
         b.sendall(b"boom")
         await asyncio.wait_for(proto.lost.wait(), WAIT)
     assert proto.events[-1] == ("lost", "ValueError")
@@ -287,3 +314,51 @@ async def test_the_service_answers_on_either_transport(own_sockets: bool) -> Non
 async def _until(predicate: Any) -> None:
     while not predicate():
         await asyncio.sleep(0.005)
+
+
+@pytest.mark.skipif("epoll" not in POLLERS, reason="epoll is Linux's")
+@async_test
+async def test_epoll_poller_runs_every_ready_socket_even_after_a_failing_one() -> None:
+    loop = asyncio.get_running_loop()
+    handled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: handled.append(context))
+    poller = EpollPoller(loop)
+    calls: list[str] = []
+
+    class Fake:
+        def __init__(self, name: str, sock: socket.socket, fails: bool) -> None:
+            self.name, self.sock, self.fails = name, sock, fails
+
+        def _on_readable(self) -> None:
+            calls.append(self.name)
+            self.sock.recv(100)
+            if self.fails:
+                raise RuntimeError("bug")
+
+        def _on_writable(self) -> None:
+            calls.append(self.name + " writable")
+            poller.update(self.sock.fileno(), self, READ)  # type: ignore[arg-type]
+
+    pairs = [_pair() for _ in range(2)]
+    try:
+        fakes = [Fake("bad", pairs[0][0], True), Fake("good", pairs[1][0], False)]
+        for fake in fakes:
+            poller.update(fake.sock.fileno(), fake, READ)  # type: ignore[arg-type]
+        for _, other in pairs:
+            other.sendall(b"x")
+        await asyncio.wait_for(_until(lambda: len(calls) >= 2), WAIT)
+        assert sorted(calls) == ["bad", "good"]
+        assert len(handled) == 1 and isinstance(handled[0]["exception"], RuntimeError)
+        # WRITE as well, then back to READ only; 0 stops watching.
+        poller.update(fakes[1].sock.fileno(), fakes[1], READ | WRITE)  # type: ignore[arg-type]
+        await asyncio.wait_for(_until(lambda: "good writable" in calls), WAIT)
+        poller.update(fakes[0].sock.fileno(), fakes[0], 0)  # type: ignore[arg-type]
+        pairs[0][1].sendall(b"y")
+        await asyncio.sleep(0.05)
+        assert calls.count("bad") == 1
+    finally:
+        poller.close()
+        poller.close()  # once
+        for a, b in pairs:
+            a.close()
+            b.close()

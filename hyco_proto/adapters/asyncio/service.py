@@ -43,7 +43,7 @@ from ...service.config import ServiceConfig
 from ...service.router import ConnectionKind, RelayService
 from ...service.webpubsub_events import OutboundCall
 from .http import relayed_request as http_request  # a plain HTTP client without a token
-from .sockets import ACCEPT_RETRY_DELAY, SocketListener, bind_sockets
+from .sockets import ACCEPT_RETRY_DELAY, Poller, SocketListener, bind_sockets, make_poller
 
 T = TypeVar("T")
 
@@ -483,6 +483,7 @@ class RelayServiceServer:
         self._webpubsub_server: asyncio.Server | SocketListener | None = None
         self._webpubsub_port: int | None = None
         self._server: asyncio.Server | SocketListener | None = None
+        self._poller: Poller | None = None  # the own sockets' readiness (own_sockets)
         self._protocols: dict[int, _ServiceProtocol] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -515,6 +516,9 @@ class RelayServiceServer:
             except BaseException:
                 server.close()
                 await server.wait_closed()
+                if self._poller is not None:
+                    self._poller.close()
+                    self._poller = None
                 raise
             self._webpubsub_server = extra
             self._webpubsub_port = _bound_port(extra, self._requested_webpubsub_port)
@@ -554,8 +558,10 @@ class RelayServiceServer:
 
             if self._uses_own_sockets(loop):
                 sockets = bind_sockets(self.host, port, self.backlog)
+                if self._poller is None:
+                    self._poller = make_poller(loop)
                 return SocketListener(loop, sockets, factory, min(ACCEPT_BATCH, self.backlog),
-                                      self._accept_failed)
+                                      self._accept_failed, self._poller)
             # A selector loop accepts up to `backlog` connections per wake-up and logs an
             # error for each one it cannot accept (EMFILE), so that count is kept small and
             # the kernel's queue is set to `backlog` afterwards on the same listening socket
@@ -615,6 +621,9 @@ class RelayServiceServer:
         await server.wait_closed()
         if extra is not None:
             await extra.wait_closed()
+        if self._poller is not None:
+            self._poller.close()
+            self._poller = None
         self._server = None
         self._closed.set()
 

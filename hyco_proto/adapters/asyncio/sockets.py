@@ -10,6 +10,10 @@ the same semantics: reads go to a (buffered) protocol, writes go straight to the
 it refuses is buffered, with high/low-water ``pause_writing`` / ``resume_writing``; ``close``
 flushes first; ``connection_lost`` is always called, once, from its own loop callback.
 
+Readiness comes from a :class:`Poller`: on Linux the service's sockets sit in an epoll set of
+their own that the loop watches as one reader (:class:`EpollPoller`), elsewhere the loop's
+``add_reader`` / ``add_writer`` (:class:`LoopPoller`).
+
 Used only on a selector event loop (the stdlib's on POSIX); TLS ports, Windows' proactor loop and
 other loops (uvloop's transports are already in C) keep asyncio's transports.
 """
@@ -24,7 +28,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, cast
 
-__all__ = ["ACCEPT_RETRY_DELAY", "SocketListener", "SocketTransport", "bind_sockets"]
+__all__ = ["ACCEPT_RETRY_DELAY", "READ", "WRITE", "EpollPoller", "LoopPoller", "Poller",
+           "SocketListener", "SocketTransport", "bind_sockets", "make_poller"]
 
 #: Seconds a listening socket rests after the process ran out of descriptors (or memory) in
 #: ``accept()`` (asyncio waits the same second), instead of being woken again at once.
@@ -34,6 +39,129 @@ _NOT_NOW = (BlockingIOError, InterruptedError)
 # Linux copies TCP_NODELAY from the listening socket to the sockets it accepts (tcp(7)
 # options are cloned with the socket); elsewhere each accepted socket gets it.
 _NODELAY_INHERITED = sys.platform == "linux"
+
+
+#: Interest flags of :meth:`Poller.update`.
+READ, WRITE = 1, 2
+
+
+class Poller:
+    """Tells the service's transports when their sockets are ready.
+
+    ``update(fd, transport, events)`` sets what ``transport`` waits for on ``fd`` (``READ``,
+    ``WRITE``, both, or 0 for nothing); the poller calls its ``_on_readable`` /
+    ``_on_writable`` when the socket is ready. :func:`make_poller` picks the implementation.
+    """
+
+    def update(self, fd: int, transport: SocketTransport, events: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Stop watching everything."""
+
+
+class LoopPoller(Poller):
+    """The event loop's own ``add_reader`` / ``add_writer``: one callback per ready socket."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._events: dict[int, int] = {}
+
+    def update(self, fd: int, transport: SocketTransport, events: int) -> None:
+        old = self._events.get(fd, 0)
+        if events == old:
+            return
+        loop = self._loop
+        if events & READ and not old & READ:
+            loop.add_reader(fd, transport._on_readable)
+        elif old & READ and not events & READ:
+            loop.remove_reader(fd)
+        if events & WRITE and not old & WRITE:
+            loop.add_writer(fd, transport._on_writable)
+        elif old & WRITE and not events & WRITE:
+            loop.remove_writer(fd)
+        if events:
+            self._events[fd] = events
+        else:
+            del self._events[fd]
+
+
+class EpollPoller(Poller):
+    """The service's sockets in an epoll set of their own, which the event loop watches as
+    one reader (epoll sets nest): registering a socket is one ``epoll_ctl`` and a dict entry,
+    and a ready socket is one method call, where the loop's ``add_reader`` costs a selector
+    key, a ``Handle`` and a lookup that fails first, and each ready callback a loop step."""
+
+    #: Events taken per wake-up (more stay ready: the outer loop wakes us again).
+    MAX_EVENTS = 256
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        import select
+
+        self._loop = loop
+        self._epoll = select.epoll()
+        self._in, self._out = select.EPOLLIN, select.EPOLLOUT
+        # An error or hang-up wakes both directions: the read or write then meets it.
+        self._in_ready = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP
+        self._out_ready = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
+        self._watched: dict[int, tuple[SocketTransport, int]] = {}
+        loop.add_reader(self._epoll.fileno(), self._dispatch)
+
+    def update(self, fd: int, transport: SocketTransport, events: int) -> None:
+        old = self._watched.get(fd)
+        mask = (self._in if events & READ else 0) | (self._out if events & WRITE else 0)
+        try:
+            if not events:
+                if old is not None:
+                    del self._watched[fd]
+                    self._epoll.unregister(fd)
+                return
+            self._watched[fd] = (transport, events)
+            if old is None:
+                self._epoll.register(fd, mask)
+            elif old[1] != events:
+                self._epoll.modify(fd, mask)
+        except ValueError:  # the poller is closed (the server has closed): nothing to watch
+            self._watched.clear()
+
+    def close(self) -> None:
+        if not self._epoll.closed:
+            self._loop.remove_reader(self._epoll.fileno())
+            self._epoll.close()
+            self._watched.clear()
+
+    def _dispatch(self) -> None:
+        watched = self._watched
+        try:
+            ready = self._epoll.poll(0, self.MAX_EVENTS)
+        except OSError:  # closed meanwhile
+            return
+        for fd, flags in ready:
+            entry = watched.get(fd)
+            if entry is None:  # stopped watching since the poll
+                continue
+            transport = entry[0]
+            try:
+                if flags & self._in_ready and entry[1] & READ:
+                    transport._on_readable()
+                    entry = watched.get(fd)  # the read may have changed what it waits for
+                    if entry is None or entry[0] is not transport:
+                        continue
+                if flags & self._out_ready and entry[1] & WRITE:
+                    transport._on_writable()
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:  # a transport's own bug: the others still run
+                self._loop.call_exception_handler({
+                    "message": "relay service socket callback failed", "exception": exc,
+                    "transport": transport})
+
+
+def make_poller(loop: asyncio.AbstractEventLoop) -> Poller:
+    """An :class:`EpollPoller` where there is epoll (Linux), else the loop's callbacks."""
+    import select
+
+    return EpollPoller(loop) if hasattr(select, "epoll") else LoopPoller(loop)
 
 
 class SocketTransport:
@@ -51,8 +179,9 @@ class SocketTransport:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: _socket.socket,
                  protocol: asyncio.BaseProtocol, peername: Any = None,
-                 read_now: bool = False) -> None:
+                 read_now: bool = False, poller: Poller | None = None) -> None:
         self._loop = loop
+        self._poller = poller if poller is not None else LoopPoller(loop)
         self._sock = sock
         self._fd = sock.fileno()
         self._protocol: Any = protocol
@@ -62,7 +191,8 @@ class SocketTransport:
         self._high = 64 * 1024
         self._low = 16 * 1024
         self._writing_paused = False  # the protocol was told pause_writing
-        self._reading = False  # our reader is registered
+        self._reading = False  # we watch for input
+        self._writing = False  # we watch for room to write (the buffer is not empty)
         self._reading_paused = False
         self._eof = False
         self._closing = False
@@ -70,7 +200,7 @@ class SocketTransport:
         protocol.connection_made(self)  # type: ignore[arg-type]
         if not self._closing and not self._reading_paused:
             self._reading = True
-            loop.add_reader(self._fd, self._on_readable)
+            self._poller.update(self._fd, self, READ)
             if read_now:
                 # A client speaks first and at once (its request head usually arrives with
                 # the handshake's last ACK): read it now rather than after one more loop turn.
@@ -123,9 +253,7 @@ class SocketTransport:
         if self._closing or self._reading_paused:
             return
         self._reading_paused = True
-        if self._reading:
-            self._reading = False
-            self._loop.remove_reader(self._fd)
+        self._stop_reading()
 
     def resume_reading(self) -> None:
         if self._closing or not self._reading_paused:
@@ -133,7 +261,7 @@ class SocketTransport:
         self._reading_paused = False
         if not self._eof and not self._reading:
             self._reading = True
-            self._loop.add_reader(self._fd, self._on_readable)
+            self._poller.update(self._fd, self, READ | WRITE if self._writing else READ)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send now what the socket takes; buffer (a copy of) the rest, in order."""
@@ -153,7 +281,8 @@ class SocketTransport:
             if sent == len(data):
                 return
             data = memoryview(data)[sent:]
-            self._loop.add_writer(self._fd, self._on_writable)
+            self._writing = True
+            self._poller.update(self._fd, self, READ | WRITE if self._reading else WRITE)
         buffer += data
         self._maybe_pause_writing()
 
@@ -228,7 +357,8 @@ class SocketTransport:
         del buffer[:sent]  # a bytearray drops its head without moving the rest
         self._maybe_resume_writing()
         if not buffer:
-            self._loop.remove_writer(self._fd)
+            self._writing = False
+            self._poller.update(self._fd, self, READ if self._reading else 0)
             if self._closing:
                 self._schedule_lost(None)
 
@@ -237,7 +367,7 @@ class SocketTransport:
     def _stop_reading(self) -> None:
         if self._reading:
             self._reading = False
-            self._loop.remove_reader(self._fd)
+            self._poller.update(self._fd, self, WRITE if self._writing else 0)
 
     def _maybe_pause_writing(self) -> None:
         if not self._writing_paused and len(self._buffer) > self._high:
@@ -271,11 +401,11 @@ class SocketTransport:
     def _force_close(self, exc: BaseException | None) -> None:
         if self._lost:
             return
-        if self._buffer:
-            self._buffer.clear()
-            self._loop.remove_writer(self._fd)
+        self._buffer.clear()
         self._closing = True
-        self._stop_reading()
+        if self._reading or self._writing:
+            self._reading = self._writing = False
+            self._poller.update(self._fd, self, 0)
         self._schedule_lost(exc)
 
     def _schedule_lost(self, exc: BaseException | None) -> None:
@@ -331,8 +461,9 @@ class SocketListener:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket],
                  factory: Callable[[], asyncio.BaseProtocol], batch: int,
-                 on_error: Callable[[OSError], None]) -> None:
+                 on_error: Callable[[OSError], None], poller: Poller | None = None) -> None:
         self._loop = loop
+        self._poller = poller if poller is not None else LoopPoller(loop)
         self.sockets = sockets
         self._factory = factory
         self._batch = batch
@@ -364,6 +495,7 @@ class SocketListener:
         # The C-level accept and socket type: socket.socket's Python layer (its __init__,
         # close and reference counting of makefile() streams) is not needed here.
         accept, family, kind = cast(Any, sock)._accept, sock.family, sock.type
+        poller = self._poller
         for _ in range(self._batch):  # a few per wake-up: other sockets get their turn too
             try:
                 fd, peer = accept()
@@ -385,7 +517,7 @@ class SocketListener:
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 except OSError:
                     pass
-            SocketTransport(loop, conn, self._factory(), peer, read_now=True)
+            SocketTransport(loop, conn, self._factory(), peer, read_now=True, poller=poller)
 
     def _wake(self, sock: socket.socket) -> None:
         self._resting.pop(sock.fileno(), None)
