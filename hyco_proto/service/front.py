@@ -47,9 +47,11 @@ def reason_phrase(status: int, text: str | None = None) -> str:
 MAX_HEAD = 32768 + 4096
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__, four
+# times the cost (one head per connection; it holds a list, so it was never hashable).
+@dataclass(slots=True)
 class RequestHead:
-    """A request line and its headers, decoded once."""
+    """A request line and its headers, decoded once (not to be changed)."""
 
     method: str
     target: str
@@ -130,15 +132,19 @@ def _decode(raw: h11.Request) -> RequestHead:
 # (bytes' \s: SP HT LF VT FF CR) — whatever lies between the colon and the line's end once no
 # such byte is left, with SP and HT stripped at both ends.
 _TOKEN = re.compile(r"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
-#: Header names already found to be tokens, with their lower case (the same few names come in
-#: every request); at most ``_KNOWN_NAMES_MAX``, so no client can grow it.
-_KNOWN_NAMES: dict[str, str] = {}
+#: What the fast path does with a header, by lower-case name (``_OTHER`` when not here):
+#: collect it for ``ServerHandshake.validate_head`` (its ``fields``), count it (Host), or leave
+#: the request to h11 (a body, 100-continue).
+_OTHER, _HANDSHAKE, _HOST, _SLOW = 0, 1, 2, 3
+_FIELD_KINDS = {
+    "upgrade": _HANDSHAKE, "connection": _HANDSHAKE, "sec-websocket-key": _HANDSHAKE,
+    "sec-websocket-version": _HANDSHAKE, "sec-websocket-protocol": _HANDSHAKE,
+    "host": _HOST, "content-length": _SLOW, "transfer-encoding": _SLOW, "expect": _SLOW,
+}
+#: Header names already found to be tokens, with their lower case and kind (the same few
+#: names come in every request); at most ``_KNOWN_NAMES_MAX``, so no client can grow it.
+_KNOWN_NAMES: dict[str, tuple[str, int]] = {}
 _KNOWN_NAMES_MAX = 256
-#: Headers that send a request the general (h11) way: a body, 100-continue.
-_SLOW_HEADERS = frozenset(("content-length", "transfer-encoding", "expect"))
-#: The headers ``ServerHandshake.validate_head`` looks up (its ``fields``).
-_HANDSHAKE_FIELDS = frozenset(("upgrade", "connection", "sec-websocket-key",
-                               "sec-websocket-version", "sec-websocket-protocol"))
 #: (The class's ``h11`` property hides the module in its annotations.)
 _H11Error = h11.RemoteProtocolError
 #: The fast path's bound on a head: the opening handshake's (``ServerHandshake``).
@@ -173,25 +179,27 @@ def _fast_head(data: bytes) -> tuple[RequestHead, bytes] | None:
     known = _KNOWN_NAMES
     for line in lines[1:]:
         name, colon, value = line.partition(":")
-        lname = known.get(name)
-        if lname is None:
+        entry = known.get(name)
+        if entry is None:
             if not colon or _TOKEN.fullmatch(name) is None:
                 return None  # obs-fold, whitespace before the colon, no field: h11 decides
             lname = name.lower()
+            entry = (lname, _FIELD_KINDS.get(lname, _OTHER))
             if len(known) < _KNOWN_NAMES_MAX:
-                known[name] = lname
+                known[name] = entry
         elif not colon:
             return None
+        lname, kind = entry
         value = value.strip(" \t")
-        if lname in _HANDSHAKE_FIELDS:
+        if kind == _HANDSHAKE:
             found = fields.get(lname)
             if found is None:
                 fields[lname] = [value]
             else:
                 found.append(value)
-        elif lname == "host":
+        elif kind == _HOST:
             hosts += 1
-        elif lname in _SLOW_HEADERS:
+        elif kind == _SLOW:
             return None
         headers.append((name, value))
     if hosts != 1 or "upgrade" not in fields:  # h11: one Host in HTTP/1.1 (RFC 9112 §3.2)
