@@ -9,7 +9,11 @@ Only the CPU time inside the core's calls is counted (``time.process_time``).
 
 ``python bench/rdv_core.py --tree before=/path/a --tree after=/path/b`` runs each tree's core in
 its own process, interleaved (A, B, B, A, ...), and prints the medians in µs per rendezvous;
-``--profile`` prints the cProfile top entries of one run of each tree instead.
+``--profile`` prints the cProfile top entries of one run of each tree instead. ``--phases``
+times each part apart instead (a connection made, the sender's request up to the queued
+``accept``, the listener's rendezvous up to both 101s, an EOF, a connection lost, and all the
+``next_deadline()`` calls), in µs per rendezvous: more clock reads, so its total runs a little
+above the plain run's.
 """
 
 from __future__ import annotations
@@ -20,11 +24,67 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 
 
-def _run(root: str, count: int, profile: bool) -> float:
+#: The parts ``--phases`` times.
+PHASES = ("made", "connect", "accept", "eof", "lost", "deadline")
+
+
+def _phases(svc: Any, control: int, decoder: Any, senders: list[bytes], accept_template: bytes,
+            clock: float) -> dict[str, float]:
+    """The rendezvous of ``_run``, each part timed apart: µs per rendezvous by part."""
+    import time
+
+    perf = time.process_time
+    parts = dict.fromkeys(PHASES, 0.0)
+
+    def deadline() -> None:
+        t0 = perf()
+        svc.next_deadline()
+        parts["deadline"] += perf() - t0
+
+    for i, sender_request in enumerate(senders):
+        now = clock + (len(senders) + i) * 1e-4
+        t0 = perf()
+        s = svc.connection_made(now, ("127.0.0.1", 2000 + i % 60000))
+        parts["made"] += perf() - t0
+        deadline()
+        t0 = perf()
+        svc.receive_data(now, s, sender_request)
+        out = svc.data_to_send()
+        parts["connect"] += perf() - t0
+        deadline()
+        address = ""
+        for conn, data in out:
+            if conn == control:
+                for _, payload, _ in decoder.feed(data):
+                    address = json.loads(bytes(payload))["accept"]["address"]
+        target = address[address.index("/$hc/"):]
+        accept_request = accept_template.replace(b"/$hc/bench?XXX", target.encode())
+        t0 = perf()
+        a = svc.connection_made(now, ("127.0.0.1", 3000 + i % 60000))
+        parts["made"] += perf() - t0
+        deadline()
+        t0 = perf()
+        svc.receive_data(now, a, accept_request)
+        svc.data_to_send()
+        parts["accept"] += perf() - t0
+        deadline()
+        for phase, step in (("eof", svc.receive_eof), ("lost", svc.connection_lost)):
+            for conn in (s, a):
+                t0 = perf()
+                step(now, conn)
+                svc.data_to_send()
+                parts[phase] += perf() - t0
+                deadline()
+    return {phase: spent / len(senders) * 1e6 for phase, spent in parts.items()}
+
+
+def _run(root: str, count: int, profile: bool, phases: bool = False) -> float | dict[str, float]:
+    """µs per rendezvous (core only); with ``phases``, one more run timed by part."""
     sys.path.insert(0, str(Path(root).resolve()))
     import time
 
@@ -92,6 +152,8 @@ def _run(root: str, count: int, profile: bool) -> float:
         spent += perf() - t0
         if sum(data.startswith(b"HTTP/1.1 101 ") for _, data in out) != 2:
             raise RuntimeError(f"rendezvous {i}: no two 101s: {out!r}")
+    if phases:
+        return _phases(svc, control, decoder, senders, accept_template, clock)
     if profile:
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(25)
@@ -104,28 +166,40 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--count", type=int, default=3000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--phases", action="store_true", help="time each part apart")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_run(args.child, args.count, args.profile)))
+        print(json.dumps(_run(args.child, args.count, args.profile, args.phases)))
         return 0
     trees = [t.split("=", 1) for t in (args.tree or [f"this={HERE.parent}"])]
     results: dict[str, list[float]] = {label: [] for label, _ in trees}
+    by_phase: dict[str, dict[str, list[float]]] = {label: {} for label, _ in trees}
     for rnd in range(1 if args.profile else args.rounds):
         order = trees if rnd % 2 == 0 else trees[::-1]
         for label, root in order:
             out = subprocess.run(
                 [sys.executable, str(HERE / "rdv_core.py"), "--child", root,
-                 "--count", str(args.count), *(["--profile"] if args.profile else [])],
+                 "--count", str(args.count), *(["--profile"] if args.profile else []),
+                 *(["--phases"] if args.phases else [])],
                 check=True, capture_output=True, text=True, timeout=600).stdout
             if args.profile:
                 print(f"== {label}\n{out}")
-            us = float(out.strip().splitlines()[-1])
+            value = json.loads(out.strip().splitlines()[-1])
+            if isinstance(value, dict):
+                for phase, us in value.items():
+                    by_phase[label].setdefault(phase, []).append(us)
+                us = sum(value.values())
+            else:
+                us = value
             results[label].append(us)
             print(f"round {rnd} {label:8} {us:7.1f} µs per rendezvous", flush=True)
     for label, values in results.items():
         print(f"{label:8} median {statistics.median(values):7.1f} µs per rendezvous "
               f"(core only, {len(values)} rounds of {args.count})")
+        if by_phase[label]:
+            print(" " * 9 + "  ".join(f"{phase} {statistics.median(v):.1f}"
+                                      for phase, v in by_phase[label].items()))
     return 0
 
 
