@@ -134,6 +134,8 @@ class ConnectionClosed:
 Event: TypeAlias = (
     TextMessage | BinaryMessage | BinaryFragment | Ping | Pong | CloseReceived | ConnectionClosed
 )
+#: A whole data message's payload: str for text, bytes for binary.
+Message: TypeAlias = str | bytes
 
 # Close codes a close frame may carry (RFC 6455 §7.4.1, §7.4.2; 1012-1014 registered with IANA
 # later). 1004 is reserved; 1005, 1006 and 1015 must never appear on the wire; 1016-2999 are
@@ -281,7 +283,35 @@ class WebSocketConnection:
         """Feed bytes from the peer. Never raises for bad input; see ``events_received``."""
         if self._discard or not data:
             return
+        self._receive_chunks(self._decoder.feed(data))
+
+    def receive_message(self, data: bytes) -> Message | None:
+        """``receive_data`` for the common case: when ``data`` completes exactly one data
+        message sent in one frame, nothing else, and no event waits in ``events_received()``,
+        the message (str for text, bytes for binary) is returned instead of queued as an event.
+        Otherwise None, with everything queued as ``receive_data`` would (a text message that
+        is not valid UTF-8 fails the connection there)."""
+        if self._discard or not data:
+            return None
         chunks = self._decoder.feed(data)
+        if (len(chunks) == 1 and not self._msg_opcode and not self._events
+                and not self._decoder.error_code):
+            opcode, payload, fin = chunks[0]
+            if fin:
+                if opcode == OP_BINARY:
+                    if not self._stream_binary:
+                        return payload
+                elif opcode == OP_TEXT and (not self._max_text
+                                            or len(payload) <= self._max_text):
+                    try:
+                        return payload.decode("utf-8")
+                    except UnicodeDecodeError:
+                        pass  # failed below, as receive_data does
+        self._receive_chunks(chunks)
+        return None
+
+    def _receive_chunks(self, chunks: list[tuple[int, bytes, bool]]) -> None:
+        """The decoder's chunks as events (and output: pongs, close replies, failures)."""
         events = self._events
         for opcode, payload, fin in chunks:
             if opcode < 8:
@@ -440,6 +470,31 @@ class WebSocketConnection:
                 "fix the string or send it with send_binary()"
             ) from exc
         self._send_data(OP_TEXT, raw)
+
+    def frame_message(self, data: Message) -> bytes | None:
+        """``send_binary`` / ``send_text`` for the common case: a bytes or str message under
+        16 KiB while nothing waits in ``data_to_send()`` and the connection can send comes back
+        as its frame, for the caller to write at once instead of collecting it from
+        ``data_to_send()``. Otherwise None, and the message is queued (or refused) as
+        ``send_binary`` / ``send_text`` would."""
+        if (not self._out and not self._close_sent and self.state is State.OPEN
+                and not self._send_fragmented):
+            cls = type(data)
+            if cls is bytes:
+                if len(data) < _PASSTHROUGH:
+                    return encode_frame(OP_BINARY, data, masked=self._client)
+            elif cls is str and len(data) < _PASSTHROUGH // 4:  # at most 4 bytes per char
+                try:
+                    raw = data.encode("utf-8")  # type: ignore[union-attr]
+                except UnicodeEncodeError:
+                    pass  # refused below, as send_text does
+                else:
+                    return encode_frame(OP_TEXT, raw, masked=self._client)
+        if isinstance(data, str):
+            self.send_text(data)
+        else:
+            self.send_binary(data)
+        return None
 
     def send_binary(self, data: bytes) -> None:
         """Queue a binary message: bytes, bytearray or memoryview (copied if mutable)."""

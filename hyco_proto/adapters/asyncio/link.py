@@ -14,6 +14,7 @@ one costs glibc an ``mmap`` / ``mremap`` / ``munmap`` and fresh pages).
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl as _ssl
 import threading
 from collections.abc import Callable
@@ -74,6 +75,11 @@ class Link(asyncio.BufferedProtocol):
         #: The transport's write buffer is above its high-water mark (``drain`` waits).
         self.write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
+        # Direct writes (see write): the socket's descriptor for a plain TCP transport, -1
+        # otherwise or once the connection is lost; _fd is it while the transport's write
+        # buffer is known to be empty, else -1 (asked again at the next write).
+        self._sock_fd = -1
+        self._fd = -1
 
     @property
     def receiver(self) -> Receiver | None:
@@ -93,6 +99,10 @@ class Link(asyncio.BufferedProtocol):
         # without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(high=self.write_limit, low=self.write_limit // 4)
+        info = getattr(transport, "get_extra_info", None)  # a transport may lack extras
+        if (os.name == "posix" and info is not None and info("socket") is not None
+                and info("ssl_object") is None):
+            self._sock_fd = info("socket").fileno()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._buffer
@@ -110,6 +120,8 @@ class Link(asyncio.BufferedProtocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # The transport closes the socket after this call: its number may then be reused.
+        self._sock_fd = self._fd = -1
         if not self.lost.done():
             self.lost.set_result(None)
         self._wake(exc or ConnectionLostError("connection lost", close_code=1006))
@@ -126,14 +138,33 @@ class Link(asyncio.BufferedProtocol):
     # -- the owner's side ------------------------------------------------------------------
 
     def write(self, chunk: bytes) -> None:
-        """Write ``chunk``; ``b""`` closes the connection (after what was written)."""
+        """Write ``chunk``; ``b""`` closes the connection (after what was written).
+
+        While the transport's write buffer is empty, ``chunk`` goes straight to the socket
+        (``os.write``: the send the transport would make, without its Python layers); what the
+        socket does not take now, and everything after it until the buffer is empty again,
+        goes through the transport, so the order is kept."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        if chunk:
-            transport.write(chunk)
-        else:
+        if not chunk:
+            self._fd = -1
             transport.close()
+            return
+        fd = self._fd
+        if fd < 0 and self._sock_fd >= 0 and not transport.get_write_buffer_size():
+            fd = self._fd = self._sock_fd
+        if fd >= 0:
+            try:
+                sent = os.write(fd, chunk)
+            except OSError:  # EAGAIN, or an error the transport meets again below and reports
+                sent = 0
+            if sent == len(chunk):
+                return
+            self._fd = -1
+            if sent:
+                chunk = memoryview(chunk)[sent:]  # type: ignore[assignment]
+        transport.write(chunk)
 
     def write_all(self, chunks: list[bytes]) -> None:
         """Write ``chunks`` in order (``b""`` closes). A small chunk (a frame header) goes out
@@ -200,6 +231,7 @@ class Link(asyncio.BufferedProtocol):
                 transport.resume_reading()
 
     def abort(self) -> None:
+        self._fd = -1
         if self.transport is not None:
             self.transport.abort()
 

@@ -82,15 +82,20 @@ class _Wakeup:
     future protocol asyncio's ``Task`` checks for, ``asyncio.isfuture``).
     """
 
-    __slots__ = ("_asyncio_future_blocking", "_callbacks", "_error", "_loop", "_state")
+    __slots__ = ("_asyncio_future_blocking", "_callbacks", "_error", "_loop", "_state", "_then",
+                 "_value")
 
     _PENDING, _DONE, _CANCELLED = 0, 1, 2
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 then: Callable[[], Awaitable[Message]] | None = None) -> None:
         self._loop = loop
+        # Awaited for the result when woken without a value (None: the result is None).
+        self._then = then
         self._asyncio_future_blocking = False
         self._state = self._PENDING
         self._error: BaseException | None = None
+        self._value: Message | None = None
         self._callbacks: list[tuple[_Callback, contextvars.Context | None]] = []
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
@@ -115,11 +120,12 @@ class _Wakeup:
         self._callbacks = kept
         return removed
 
-    def result(self) -> None:
+    def result(self) -> Message | None:
         if self._state == self._CANCELLED:
             raise asyncio.CancelledError()
         if self._error is not None:
             raise self._error
+        return self._value
 
     def exception(self) -> BaseException | None:
         if self._state == self._CANCELLED:
@@ -133,12 +139,14 @@ class _Wakeup:
         self._schedule()
         return True
 
-    def wake(self, error: BaseException | None = None) -> None:
-        """Resolve (with ``error`` raised by the await, if given) and resume the waiting task."""
+    def wake(self, error: BaseException | None = None, value: Message | None = None) -> None:
+        """Resolve (with ``error`` raised by the await, or ``value`` its result) and resume the
+        waiting task."""
         if self._state != self._PENDING:
             return
         self._state = self._DONE
         self._error = error
+        self._value = value
         callbacks = self._callbacks
         if len(callbacks) == 1 and _current_task(self._loop) is None:
             self._callbacks = []
@@ -155,13 +163,28 @@ class _Wakeup:
         for fn, context in callbacks:
             self._loop.call_soon(fn, self, context=context)
 
-    def __await__(self) -> Generator[Any, None, None]:
+    def __await__(self) -> Generator[Any, None, Message | None]:
         if self._state == self._PENDING:
             self._asyncio_future_blocking = True
             yield self
-        self.result()
+        if self._state == self._DONE and self._error is None:
+            value = self._value
+            if value is None and self._then is not None:
+                return (yield from self._then().__await__())
+            return value
+        return self.result()  # raises
 
     __iter__ = __await__
+
+
+class _Ready(tuple[Message]):
+    """An awaitable that is its one item at once (built in C: a tuple, no ``__init__``)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, None, Message]:
+        return self[0]
+        yield  # type: ignore[unreachable]  # a generator that returns at once
 
 
 class WebSocket(SocketView):
@@ -207,12 +230,21 @@ class WebSocket(SocketView):
 
     def view_received(self, view: memoryview) -> None:
         """A read in the link's shared buffer: the frame decoder copies what it keeps, so the
-        data phase takes the view as it is; the handshake gets bytes."""
+        data phase takes the view as it is; the handshake gets bytes. A read that is one whole
+        message while ``recv`` waits (so none is queued) goes to it directly: no event, no
+        queue (``receive_message``)."""
         ws = self._ws
         if ws is None:
             self._conn.receive_data(bytes(view))
         else:
-            ws.receive_data(view)  # type: ignore[arg-type]
+            waiter = self._recv_waiter
+            if waiter is not None and waiter._state == _Wakeup._PENDING:
+                message = ws.receive_message(view)  # type: ignore[arg-type]
+                if message is not None:
+                    waiter.wake(None, message)
+                    return
+            else:
+                ws.receive_data(view)  # type: ignore[arg-type]
         self._process()
 
     def eof_received(self) -> None:
@@ -302,9 +334,11 @@ class WebSocket(SocketView):
                 if timeout is not None and timer is None:
                     timer = self._loop.call_later(timeout, self._recv_timed_out, timeout)
                 try:
-                    await got
+                    message = await got
                 finally:
                     self._recv_waiter = None
+                if message is not None:
+                    return message
         finally:
             if timer is not None:
                 timer.cancel()
@@ -317,7 +351,8 @@ class WebSocket(SocketView):
             if stream.resume_needed():
                 self._link.resume_reading()
             return message
-        if self._recv_waiter is not None:
+        waiter = self._recv_waiter
+        if waiter is not None and waiter._state == _Wakeup._PENDING:
             raise RuntimeError("recv() is already being awaited by another task")
         waiter = self._recv_waiter = _Wakeup(self._loop)
         return waiter
@@ -330,23 +365,27 @@ class WebSocket(SocketView):
     def __aiter__(self) -> AsyncIterator[Message]:
         return self
 
-    async def __anext__(self) -> Message:
+    def __anext__(self) -> Awaitable[Message]:
         """The next message; the iteration ends at a normal close (1000/1001/1005), other
-        codes raise. ``recv`` without a timeout, as a method, not an async generator around
-        ``recv``: one coroutine per message instead of three."""
-        while True:
-            try:
-                got = self._take()
-            except ConnectionClosedError as exc:
-                if exc.ok:
-                    raise StopAsyncIteration from None
-                raise
-            if not isinstance(got, _Wakeup):
-                return got
-            try:
-                await got
-            finally:
-                self._recv_waiter = None
+        codes raise. ``recv`` without a timeout, as a plain method returning what to await:
+        the queued message (``_Ready``) or the waiter its arrival wakes, which then is the
+        message (or, woken by the close, the next ``__anext__``): no coroutine per message."""
+        waiter = self._recv_waiter
+        if waiter is not None and waiter._state == _Wakeup._PENDING:
+            raise RuntimeError("recv() is already being awaited by another task")
+        stream = self._stream
+        try:
+            message = stream.get()
+        except ConnectionClosedError as exc:
+            if exc.ok:
+                raise StopAsyncIteration from None
+            raise
+        if message is not None:
+            if stream.resume_needed():
+                self._link.resume_reading()
+            return _Ready((message,))
+        waiter = self._recv_waiter = _Wakeup(self._loop, self.__anext__)
+        return waiter  # type: ignore[return-value]
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -357,15 +396,15 @@ class WebSocket(SocketView):
         if ws is not None and ws.state is State.OPEN and self._stream.closed is None:
             # The common case, with the checks of the general path below in one test.
             cls = type(message)
-            if cls is bytes:
-                ws.send_binary(message)  # type: ignore[arg-type]
-            elif cls is str:
-                ws.send_text(message)  # type: ignore[arg-type]
-            else:
+            if cls is not bytes and cls is not str:
                 await self._send(message)
                 return
             link = self._link
-            link.write_all(ws.data_to_send())
+            frame = ws.frame_message(message)  # type: ignore[arg-type]
+            if frame is not None:
+                link.write(frame)
+            else:
+                link.write_all(ws.data_to_send())
             if link.write_paused:
                 await self._drain()
             return
