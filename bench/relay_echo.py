@@ -9,7 +9,8 @@ the relay twice and the listener once, so twice the hops of a direct echo.
 
 ``python -m bench.relay_echo`` (no ``--relay``) runs the comparison without pytest: interleaved
 rounds of the relayed echo and picows's direct echo per size, medians, CPU per round trip of
-relay, listener and picows's server.
+relay, listener and picows's server. ``--before DIR`` adds a relayed row whose listener runs
+another checkout's ``hyco_proto`` (the relay is this checkout's in both), in the same rounds.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import asyncio
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bench.loadgen import (
     ECHO_SIZES,
     HC,
     HOST,
+    ROOT,
     EchoClient,
     EchoServerProcess,
     RelayProcess,
@@ -40,6 +43,8 @@ SIZES = ECHO_SIZES
 #: The label of the relayed figure and of the direct reference.
 RELAYED = "hyco-relay+hyco-asyncio"
 DIRECT = "picows-direct"
+#: The relayed figure with ``--before``'s listener.
+BEFORE = RELAYED + "@before"
 
 
 def _uri(relay_port: int) -> str:
@@ -71,8 +76,9 @@ async def listen(relay_port: int) -> None:
 class ListenerProcess(ServerProcess):
     """``python -m bench.relay_echo --relay PORT``; ready (``port`` read) once it listens."""
 
-    def __init__(self, relay_port: int) -> None:
-        super().__init__("hyco-asyncio listener", "bench.relay_echo", "--relay", str(relay_port))
+    def __init__(self, relay_port: int, root: Path = ROOT) -> None:
+        super().__init__("hyco-asyncio listener", "bench.relay_echo", "--relay", str(relay_port),
+                         root=root)
 
 
 # ------------------------------------------------------------------------------ the sender
@@ -94,10 +100,10 @@ class RelayEchoClient(EchoClient):
 class RelayedEcho:
     """Relay + listener processes and one relayed sender; ``stop()`` ends all three."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, root: Path = ROOT) -> None:
         self.relay = RelayProcess("hyco_proto")
         try:
-            self.listener = ListenerProcess(self.relay.port)
+            self.listener = ListenerProcess(self.relay.port, root)
             try:
                 self.client = RelayEchoClient(self.relay.port, size, server_cpu=self.cpu)
             except BaseException:
@@ -140,14 +146,17 @@ class DirectEcho:
 # ------------------------------------------------------------------------------ standalone
 
 
-def _round(kind: str, size: int, seconds: float) -> dict[str, float]:
+def _round(kind: str, size: int, seconds: float, before: Path | None = None
+           ) -> dict[str, float]:
     """One round: fresh processes, a warm-up, then round trips for ``seconds``."""
-    setup: Any = RelayedEcho(size) if kind == RELAYED else DirectEcho(size)
+    relayed = kind != DIRECT
+    setup: Any = (RelayedEcho(size, before if kind == BEFORE and before else ROOT) if relayed
+                  else DirectEcho(size))
     try:
         client = setup.client
         client.run(50)
         parts: list[Callable[[], float]] = (
-            [setup.relay.cpu, setup.listener.cpu] if kind == RELAYED else [setup.server.cpu])
+            [setup.relay.cpu, setup.listener.cpu] if relayed else [setup.server.cpu])
         before = [part() for part in parts]
         step = 10 if size >= 100 * 1024 else 200
         count, t0 = 0, time.perf_counter()
@@ -161,24 +170,29 @@ def _round(kind: str, size: int, seconds: float) -> dict[str, float]:
         setup.stop()
 
 
-def compare(sizes: list[str], rounds: int, seconds: float) -> None:
-    """Interleaved rounds (relayed, direct, relayed, direct ...), medians, one line per size."""
+def compare(sizes: list[str], rounds: int, seconds: float, before: Path | None = None) -> None:
+    """Interleaved rounds (relayed, direct, relayed, direct ...), medians, one line per size;
+    with ``before``, a relayed row whose listener is that checkout's, in the same rounds."""
+    kinds = [RELAYED, DIRECT] + ([BEFORE] if before is not None else [])
     for label in sizes:
         size = SIZES[label]
-        got: dict[str, list[dict[str, float]]] = {RELAYED: [], DIRECT: []}
+        got: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
         for _ in range(rounds):
-            for kind in (RELAYED, DIRECT):
-                got[kind].append(_round(kind, size, seconds))
+            for kind in kinds:
+                got[kind].append(_round(kind, size, seconds, before))
 
         def med(kind: str, key: str, got: dict[str, list[dict[str, float]]] = got) -> float:
             return statistics.median(r[key] for r in got[kind])
 
-        ratio = med(RELAYED, "rate") / med(DIRECT, "rate")
-        print(f"{label:>7}: through the relay {med(RELAYED, 'rate'):8,.0f} rt/s "
-              f"(relay {med(RELAYED, 'cpu0'):.1f} + listener {med(RELAYED, 'cpu1'):.1f} µs/rt); "
-              f"picows direct {med(DIRECT, 'rate'):8,.0f} rt/s "
-              f"(server {med(DIRECT, 'cpu0'):.1f} µs/rt); ratio {ratio:.2f}x "
-              f"(median of {rounds} interleaved rounds of {seconds:g} s)", flush=True)
+        for kind in kinds:
+            if kind == DIRECT:
+                continue
+            ratio = med(kind, "rate") / med(DIRECT, "rate")
+            print(f"{label:>7}: {kind} {med(kind, 'rate'):8,.0f} rt/s "
+                  f"(relay {med(kind, 'cpu0'):.1f} + listener {med(kind, 'cpu1'):.1f} µs/rt); "
+                  f"picows direct {med(DIRECT, 'rate'):8,.0f} rt/s "
+                  f"(server {med(DIRECT, 'cpu0'):.1f} µs/rt); ratio {ratio:.2f}x "
+                  f"(median of {rounds} interleaved rounds of {seconds:g} s)", flush=True)
 
 
 def main() -> None:
@@ -189,12 +203,15 @@ def main() -> None:
                         help=f"comma-separated, of {','.join(SIZES)}")
     parser.add_argument("--rounds", type=positive, default=5)
     parser.add_argument("--seconds", type=float, default=1.0, help="per round")
+    parser.add_argument("--before", type=Path,
+                        help="also a relayed row with this checkout's hyco_proto in the listener")
     args = parser.parse_args()
     if args.relay is not None:
         prepare_process()
         asyncio.run(listen(args.relay))
         return
-    compare(args.sizes, args.rounds, args.seconds)
+    compare(args.sizes, args.rounds, args.seconds,
+            args.before.resolve() if args.before is not None else None)
 
 
 if __name__ == "__main__":
