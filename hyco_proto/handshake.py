@@ -668,15 +668,11 @@ class ServerHandshake:
             self._refuse(400, "Sec-WebSocket-Key missing, repeated, or not the base64 form of "
                          "16 bytes (RFC 6455 §4.2.1)")
             return None
-        self.request = HandshakeRequest(
-            method=method,
-            target=target,
-            headers=headers,
-            subprotocols=_tokens(offered) if (offered := fields.get("sec-websocket-protocol"))
-            else [],
-            key=key,
-            version=version,
-        )
+        offered = fields.get("sec-websocket-protocol")
+        # (method, target, headers, subprotocols, key, version): positional, cheaper than
+        # keywords for a frozen dataclass made per upgrade.
+        self.request = HandshakeRequest(method, target, headers,
+                                        _tokens(offered) if offered else [], key, version)
         return self.request
 
     def _refuse(self, status: int, why: str,
