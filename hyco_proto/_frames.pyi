@@ -61,15 +61,19 @@ class FrameDecoder:
         max_frame_size: int = 0,
         max_message_size: int = 0,
         allowed_rsv: int = 0,
+        whole_binary: int = 0,
     ) -> None:
         """``masked=True`` in the server role (clients must mask), ``False`` in the client role
         (servers must not). Sizes of 0 mean no limit. ``allowed_rsv`` is the RSV bits an
-        extension negotiated (none by default)."""
+        extension negotiated (none by default). A frame with opcode 2 (binary, a message's
+        first frame) of at most ``whole_binary`` bytes comes out as one chunk once complete,
+        unmasked into one bytes object as it arrives (no pieces to join); 0: none."""
 
     def feed(self, data: Buffer) -> list[tuple[int, bytes, bool]]: ...
     @property
     def buffered(self) -> int:
-        """Bytes held back: a partial header or a partial control frame."""
+        """Bytes held back: a partial header or a partial control frame, or the payload so far
+        of a frame that comes out whole (``whole_binary``)."""
 
 def check_close_payload(payload: Buffer) -> tuple[int, str, int, str]:
     """Parse a close frame body: ``(code, reason, error_code, error_reason)``. ``code`` is 1005

@@ -495,11 +495,14 @@ cdef class FrameDecoder:
     cdef Py_ssize_t _phase
     cdef bint _in_message
     cdef unsigned long long _message_size
+    cdef long long _whole_limit
+    cdef object _whole  # bytes: a whole binary frame's payload, filled as it arrives; or None
+    cdef Py_ssize_t _filled
     cdef public int error_code
     cdef public str error_reason
 
     def __init__(self, *, bint masked, long long max_frame_size=0, long long max_message_size=0,
-                 int allowed_rsv=0):
+                 int allowed_rsv=0, long long whole_binary=0):
         self._buf = bytearray()
         self._masked = masked
         self._max_frame = max_frame_size
@@ -511,18 +514,22 @@ cdef class FrameDecoder:
         self._phase = 0
         self._in_message = False
         self._message_size = 0
+        self._whole_limit = whole_binary
+        self._whole = None
+        self._filled = 0
         self.error_code = 0
         self.error_reason = ""
 
     @property
     def buffered(self):
-        return len(self._buf)
+        return len(self._buf) + (self._filled if self._whole is not None else 0)
 
     cdef int _fail(self, int code, str reason) except -1:
         self.error_code = code
         self.error_reason = reason
         self._buf = bytearray()
         self._remaining = 0
+        self._whole = None
         return 0
 
     cdef Py_ssize_t _parse(self, const uint8_t* p, Py_ssize_t n, list out) except -1:
@@ -534,6 +541,7 @@ cdef class FrameDecoder:
         cdef str problem
         cdef bint fin, control
         cdef object chunk
+        cdef uint8_t* dst
         while True:
             if self._remaining:
                 take = n - pos
@@ -541,14 +549,25 @@ cdef class FrameDecoder:
                     take = <Py_ssize_t>self._remaining
                 if take == 0:
                     break
-                chunk = PyBytes_FromStringAndSize(NULL, take)
+                if self._whole is not None:
+                    # Unmasked into the frame's one bytes object, where its next bytes go.
+                    dst = <uint8_t*>PyBytes_AS_STRING(self._whole) + self._filled
+                    self._filled += take
+                else:
+                    chunk = PyBytes_FromStringAndSize(NULL, take)
+                    dst = <uint8_t*>PyBytes_AS_STRING(chunk)
                 if self._masked:
-                    _mask(<uint8_t*>PyBytes_AS_STRING(chunk), p + pos, take, self._key, self._phase)
+                    _mask(dst, p + pos, take, self._key, self._phase)
                     self._phase = (self._phase + take) & 3
                 else:
-                    memcpy(PyBytes_AS_STRING(chunk), p + pos, take)
+                    memcpy(dst, p + pos, take)
                 self._remaining -= take
                 pos += take
+                if self._whole is not None:
+                    if self._remaining:
+                        continue
+                    chunk = self._whole
+                    self._whole = None
                 out.append((self._opcode, chunk, self._fin and self._remaining == 0))
                 continue
             if n - pos < 2:
@@ -604,6 +623,9 @@ cdef class FrameDecoder:
             self._remaining = length
             if length == 0:
                 out.append((opcode, b"", fin))
+            elif opcode == 2 and length <= <unsigned long long>self._whole_limit:
+                self._whole = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>length)
+                self._filled = 0
         return pos
 
     def feed(self, data):

@@ -218,6 +218,8 @@ class FrameDecoder:
         "_opcode",
         "_phase",
         "_remaining",
+        "_whole",
+        "_whole_limit",
         "error_code",
         "error_reason",
     )
@@ -229,6 +231,7 @@ class FrameDecoder:
         max_frame_size: int = 0,
         max_message_size: int = 0,
         allowed_rsv: int = 0,
+        whole_binary: int = 0,
     ) -> None:
         self._masked = masked
         self._max_frame = max_frame_size
@@ -242,18 +245,21 @@ class FrameDecoder:
         self._phase = 0
         self._in_message = False  # a fragmented data message is open (RFC 6455 §5.4)
         self._message_size = 0
+        self._whole_limit = whole_binary
+        self._whole: bytearray | None = None  # a whole binary frame's payload so far
         self.error_code = 0
         self.error_reason = ""
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + (len(self._whole) if self._whole is not None else 0)
 
     def _fail(self, code: int, reason: str) -> None:
         self.error_code = code
         self.error_reason = reason
         self._buf = bytearray()
         self._remaining = 0
+        self._whole = None
 
     def feed(self, data: Any) -> list[tuple[int, bytes, bool]]:
         out: list[tuple[int, bytes, bool]] = []
@@ -274,6 +280,13 @@ class FrameDecoder:
                     self._phase = (self._phase + take) & 3
                 self._remaining -= take
                 pos += take
+                whole = self._whole
+                if whole is not None:  # (the Cython kernel fills one bytes object instead)
+                    whole += chunk
+                    if self._remaining:
+                        continue
+                    chunk = bytes(whole)
+                    self._whole = None
                 out.append((self._opcode, chunk, self._fin and not self._remaining))
                 continue
             if n - pos < 2:
@@ -329,6 +342,8 @@ class FrameDecoder:
             self._remaining = length
             if not length:
                 out.append((opcode, b"", fin))
+            elif opcode == OP_BINARY and length <= self._whole_limit:
+                self._whole = bytearray()
         if pos:
             del buf[:pos]
         return out
