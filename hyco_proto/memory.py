@@ -61,6 +61,8 @@ class MemoryNetwork:
         self._endpoints: dict[int, MemoryTransport] = {}
         self._listeners: list[MemoryListener] = []
         self.bytes_moved = 0
+        #: What RelayService.forward_into handed over directly, in order, for pump().
+        self._fast: list[tuple[int, bytes | memoryview]] = []
 
     # -- connections -----------------------------------------------------------------------
 
@@ -78,8 +80,10 @@ class MemoryNetwork:
             # Lent like a socket driver's read buffer (scratch space first), so relayed legs
             # re-frame in place here too; its views are copied out in pump().
             buffer = bytearray(FORWARD_HEADROOM) + data
-            self.service.receive_into(self.now, conn_id, memoryview(buffer), FORWARD_HEADROOM,
-                                      len(buffer))
+            fast = self.service.forward_into(self.now, conn_id, memoryview(buffer),
+                                             FORWARD_HEADROOM, len(buffer))
+            if fast is not None and fast[1]:  # plain relayed data, nothing else queued
+                self._fast.append(fast)
         else:
             self.service.receive_eof(self.now, conn_id)
             self.service.connection_lost(self.now, conn_id)
@@ -89,7 +93,8 @@ class MemoryNetwork:
         """Move bytes both ways until nothing moves any more."""
         for _ in range(limit):
             moved = False
-            for conn_id, data in self.service.data_to_send():
+            fast, self._fast = self._fast, []  # it came before anything queued since
+            for conn_id, data in fast + self.service.data_to_send():
                 moved = True
                 endpoint = self._endpoints.get(conn_id)
                 self.bytes_moved += len(data)

@@ -68,6 +68,26 @@ class RelayLeg(Handler):
             self.svc.send(peer.id, buffer[begin:stop])
         self._forwarded(now, peer, before)
 
+    def forward_into(self, now: float, buffer: memoryview, start: int,
+                     end: int) -> tuple[int, memoryview] | None:
+        """``receive_into`` for plain relayed data: ``(peer id, view of the re-framed bytes)``
+        when that is all that happened (nothing queued, no close, no violation, so no deadline
+        and no broker step); otherwise ``None`` after the usual handling (output queued)."""
+        fwd = self.fwd
+        payload, frames, messages = before = fwd.payload_bytes, fwd.frames, fwd.messages
+        begin, stop = fwd.feed_into(buffer, start, end)
+        peer = self._other()
+        if peer is None or fwd.error_code or (fwd.close_code >= 0 and not self.close_in):
+            if stop > begin and peer is not None:
+                self.svc.send(peer.id, buffer[begin:stop])
+            self._forwarded(now, peer, before)
+            return None
+        stats = self.svc.stats
+        stats.bytes_relayed += fwd.payload_bytes - payload
+        stats.frames_relayed += fwd.frames - frames
+        stats.messages_relayed += fwd.messages - messages
+        return peer.id, buffer[begin:stop]
+
     def _forwarded(self, now: float, peer: RelayLeg | None, before: tuple[int, int, int]) -> None:
         """After a read: count what passed (``before``: the forwarder's payload bytes, frames
         and messages until then), and act on a violation or a close that passed."""

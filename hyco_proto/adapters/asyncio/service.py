@@ -150,10 +150,24 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
         # The shared read buffer is lent to the core; _after_input writes or copies its views,
         # also if the core failed half-way (before the next read overwrites them).
         try:
-            server.service.receive_into(time.time(), self.conn_id, server._read_buffer,
-                                        FORWARD_HEADROOM, FORWARD_HEADROOM + nbytes)
-        finally:
+            fast = server.service.forward_into(time.time(), self.conn_id, server._read_buffer,
+                                               FORWARD_HEADROOM, FORWARD_HEADROOM + nbytes)
+        except BaseException:
             server._after_input(self.conn_id)
+            raise
+        if fast is None:
+            server._after_input(self.conn_id)
+            return
+        # Plain relayed data: the view goes to the peer and nothing else changed (no other
+        # output, deadline or reading change: RelayService.forward_into).
+        peer_id, view = fast
+        if view:
+            proto = server._protocols.get(peer_id)
+            if proto is not None and proto.transport is not None \
+                    and not proto.transport.is_closing():
+                if self.conn_id not in proto.writers:
+                    proto.add_writer(self.conn_id)  # stop reading us while the peer is full
+                proto.write_lent(view)
 
     def eof_received(self) -> bool | None:
         server = self._server
