@@ -18,6 +18,7 @@ in-memory pair in tests) only moves bytes:
     conn = service.connection_made(now, remote=("127.0.0.1", 50000))
     service.receive_data(now, conn, data)          # bytes read from that TCP connection, or
     service.receive_into(now, conn, buffer, start, end)  # read into a lent buffer (see there)
+    service.forward_into(now, conn, buffer, start, end)  # the same, relayed data's shortcut
     for conn, data in service.data_to_send():      # b"" means: close that TCP connection;
         ...                                        # views of a lent buffer: write them now
     for conn, paused in service.reading_changes(): # stop / resume reading that connection
