@@ -168,6 +168,11 @@ def _truncate_reason(reason: str) -> str:
 # Bytes and str payloads at least this big are queued as a separate buffer after their header
 # (server role only; clients must mask, which copies anyway) so large sends are not copied.
 _PASSTHROUGH = 16384
+# Binary frames up to this size are assembled in place by the decoder (``whole_binary``). Its
+# bytes object is allocated at the frame's header: an allocation this size is backed by pages
+# only as they are written, so a peer that announces a big frame and stops costs no more memory
+# than the bytes it sent.
+_WHOLE = 16 * 1024 * 1024
 
 
 class WebSocketConnection:
@@ -247,6 +252,9 @@ class WebSocketConnection:
             masked=not self._client,
             max_frame_size=max_frame_size or 0,
             max_message_size=max_message_size or 0,
+            # A binary message in one frame is unmasked into one bytes object as it arrives,
+            # not in pieces joined at the end (streamed messages stay in pieces).
+            whole_binary=0 if stream_binary else min(max_message_size or _WHOLE, _WHOLE),
         )
         self._auto_pong = auto_pong
         self._reply_to_close = reply_to_close
