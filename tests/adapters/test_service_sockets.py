@@ -362,3 +362,35 @@ async def test_epoll_poller_runs_every_ready_socket_even_after_a_failing_one() -
         for a, b in pairs:
             a.close()
             b.close()
+
+
+@async_test
+async def test_a_protocol_that_fails_to_start_costs_only_its_connection() -> None:
+    loop = asyncio.get_running_loop()
+    handled: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: handled.append(context))
+    (listening,) = bind_sockets("127.0.0.1", 0, 8)
+    made: list[Recorder] = []
+
+    class Fails(Recorder):
+        def connection_made(self, transport: Any) -> None:
+            raise RuntimeError("bug")
+
+    def factory() -> Recorder:
+        made.append(Fails() if not made else Recorder())
+        return made[-1]
+
+    listener = SocketListener(loop, [listening], factory, 4, lambda exc: None)
+    try:
+        first = socket.create_connection(listening.getsockname())
+        first.settimeout(WAIT)
+        await asyncio.wait_for(_until(lambda: bool(handled)), WAIT)
+        assert isinstance(handled[0]["exception"], RuntimeError)
+        assert await loop.run_in_executor(None, first.recv, 10) == b""  # closed, not leaked
+        first.close()
+        with socket.create_connection(listening.getsockname()) as second:
+            second.sendall(b"next")
+            await asyncio.wait_for(_until(lambda: len(made) == 2 and bool(made[1].data)), WAIT)
+            assert made[1].data == b"next"
+    finally:
+        listener.close()

@@ -517,7 +517,12 @@ class SocketListener:
                     conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 except OSError:
                     pass
-            SocketTransport(loop, conn, self._factory(), peer, read_now=True, poller=poller)
+            try:
+                SocketTransport(loop, conn, self._factory(), peer, read_now=True, poller=poller)
+            except Exception as exc:  # a bug in the protocol's set-up: drop this connection only
+                conn.close()
+                loop.call_exception_handler({
+                    "message": f"serving a connection from {peer} failed", "exception": exc})
 
     def _wake(self, sock: socket.socket) -> None:
         self._resting.pop(sock.fileno(), None)
