@@ -394,3 +394,34 @@ async def test_a_protocol_that_fails_to_start_costs_only_its_connection() -> Non
             assert made[1].data == b"next"
     finally:
         listener.close()
+
+
+@pytest.mark.skipif("epoll" not in POLLERS, reason="epoll is Linux's")
+@async_test
+async def test_a_connection_that_keeps_talking_settles_on_the_loops_callbacks() -> None:
+    loop = asyncio.get_running_loop()
+    poller = EpollPoller(loop)
+    a, b = _pair()
+    try:
+        proto = Recorder()
+        transport = SocketTransport(loop, a, proto, poller=poller)
+        for i in range(own.SETTLE_AFTER + 4):
+            proto.got.clear()
+            b.sendall(b"%d," % i)
+            await asyncio.wait_for(proto.got.wait(), WAIT)
+            settled = transport._poller is not poller
+            assert settled == (i + 1 >= own.SETTLE_AFTER)
+        assert proto.data == b"".join(b"%d," % i for i in range(own.SETTLE_AFTER + 4))
+        assert a.fileno() not in poller._watched  # moved, not watched twice
+        # Writing and closing work the same from there.
+        payload = b"z" * (8 << 20)
+        transport.write(payload)
+        transport.close()
+        got = await asyncio.wait_for(loop.run_in_executor(None, _drain, b, len(payload)),
+                                     WAIT * 4)
+        assert got == payload
+        await asyncio.wait_for(proto.lost.wait(), WAIT)
+        assert not poller._settled._events  # nothing left registered
+    finally:
+        poller.close()
+        b.close()

@@ -43,6 +43,8 @@ _NODELAY_INHERITED = sys.platform == "linux"
 
 #: Interest flags of :meth:`Poller.update`.
 READ, WRITE = 1, 2
+#: Reads after which a connection moves to its poller's ``settle`` place (EpollPoller).
+SETTLE_AFTER = 16
 
 
 class Poller:
@@ -55,6 +57,10 @@ class Poller:
 
     def update(self, fd: int, transport: SocketTransport, events: int) -> None:
         raise NotImplementedError
+
+    def settle(self, fd: int, transport: SocketTransport, events: int) -> Poller:
+        """Where a connection that keeps talking is watched from now on (it moves there)."""
+        return self
 
     def close(self) -> None:
         """Stop watching everything."""
@@ -85,12 +91,27 @@ class LoopPoller(Poller):
         else:
             del self._events[fd]
 
+    def close(self) -> None:
+        loop = self._loop
+        for fd, events in self._events.items():
+            if events & READ:
+                loop.remove_reader(fd)
+            if events & WRITE:
+                loop.remove_writer(fd)
+        self._events.clear()
+
 
 class EpollPoller(Poller):
-    """The service's sockets in an epoll set of their own, which the event loop watches as
+    """New connections in an epoll set of the service's own, which the event loop watches as
     one reader (epoll sets nest): registering a socket is one ``epoll_ctl`` and a dict entry,
     and a ready socket is one method call, where the loop's ``add_reader`` costs a selector
-    key, a ``Handle`` and a lookup that fails first, and each ready callback a loop step."""
+    key, a ``Handle`` and a lookup that fails first, and each ready callback a loop step.
+
+    Each wake-up costs one more ``epoll_wait`` (the nested set's), though, which a connection
+    that keeps talking pays per message: after ``SETTLE_AFTER`` reads a connection moves to
+    the loop's own callbacks (``settle``). Measured: rendezvous (two short connections) 260 ->
+    220 µs relay CPU with the nested set; a 256 B ping-pong through a relayed pair 28.7 µs of
+    relay CPU per round trip in the nested set, 26.0 with the loop's callbacks."""
 
     #: Events taken per wake-up (more stay ready: the outer loop wakes us again).
     MAX_EVENTS = 256
@@ -105,6 +126,7 @@ class EpollPoller(Poller):
         self._in_ready = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP
         self._out_ready = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
         self._watched: dict[int, tuple[SocketTransport, int]] = {}
+        self._settled = LoopPoller(loop)
         loop.add_reader(self._epoll.fileno(), self._dispatch)
 
     def update(self, fd: int, transport: SocketTransport, events: int) -> None:
@@ -124,11 +146,17 @@ class EpollPoller(Poller):
         except ValueError:  # the poller is closed (the server has closed): nothing to watch
             self._watched.clear()
 
+    def settle(self, fd: int, transport: SocketTransport, events: int) -> Poller:
+        self.update(fd, transport, 0)
+        self._settled.update(fd, transport, events)
+        return self._settled
+
     def close(self) -> None:
         if not self._epoll.closed:
             self._loop.remove_reader(self._epoll.fileno())
             self._epoll.close()
             self._watched.clear()
+        self._settled.close()
 
     def _dispatch(self) -> None:
         watched = self._watched
@@ -197,6 +225,7 @@ class SocketTransport:
         self._eof = False
         self._closing = False
         self._lost = False  # connection_lost is scheduled (or done)
+        self._reads = 0  # until SETTLE_AFTER
         protocol.connection_made(self)  # type: ignore[arg-type]
         if not self._closing and not self._reading_paused:
             self._reading = True
@@ -320,6 +349,10 @@ class SocketTransport:
         if not nbytes:
             self._on_eof()
             return
+        reads = self._reads = self._reads + 1
+        if reads == SETTLE_AFTER:  # it keeps talking: watch it where that costs least
+            self._poller = self._poller.settle(
+                self._fd, self, (READ if self._reading else 0) | (WRITE if self._writing else 0))
         try:
             if data is None:
                 protocol.buffer_updated(nbytes)
