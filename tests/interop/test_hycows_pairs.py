@@ -145,9 +145,9 @@ def test_hycows_handshake_quirks_are_tolerated(emulator: ThreadedEmulator,
     original = handshake.ServerHandshake._check
 
     def spy(self: handshake.ServerHandshake, method: str, target: str, http_version: str,
-            headers: list[tuple[str, str]]) -> Any:
+            headers: list[tuple[str, str]], fields: Any = None) -> Any:
         seen.append((target, list(headers)))
-        return original(self, method, target, http_version, headers)
+        return original(self, method, target, http_version, headers, fields)
 
     monkeypatch.setattr(handshake.ServerHandshake, "_check", spy)
     with pair(emulator, protocols=["p1", "p2"], messages=["x"]) as peer:
