@@ -211,10 +211,36 @@ def _handshake(port: int, target: str, headers: list[tuple[str, str]]) -> Client
     return ClientHandshake(f"{HOST}:{port}", target, headers=headers)
 
 
-def _start(port: int, handshake: ClientHandshake) -> tuple[socket.socket, ClientHandshake]:
+def _start(port: int, handshake: ClientHandshake,
+           target: str | None = None) -> tuple[socket.socket, ClientHandshake]:
+    """Connect and send the upgrade request; ``target`` replaces the prepared request's (the
+    relay named another address: ours adds its rendezvous secret), same key and headers, so
+    no new handshake is built while the clock runs."""
     sock = _connect(port)
-    sock.sendall(handshake.data_to_send())
+    data = handshake.data_to_send()
+    if target is not None:
+        method, _old, rest = data.split(b" ", 2)
+        data = b"%s %s %s" % (method, target.encode("ascii"), rest)
+    sock.sendall(data)
     return sock, handshake
+
+
+def _address(url: str) -> tuple[int, str]:
+    """Port and request target of an accept address: split by hand when it is the plain
+    ``ws://127.0.0.1:PORT/...`` every relay here sends (``parse_ws_url`` costs more than the
+    rest of the generator's rendezvous step), by ``parse_ws_url`` otherwise."""
+    prefix = f"ws://{HOST}:"
+    if url.startswith(prefix) and "#" not in url:
+        port, slash, rest = url[len(prefix):].partition("/")
+        if slash and port.isdigit():
+            return int(port), "/" + rest
+    parsed = parse_ws_url(url)
+    return parsed.port, parsed.target
+
+
+def _other(target: str, handshake: ClientHandshake) -> str | None:
+    """``target`` if it is not the one ``handshake`` was prepared for."""
+    return target if target != handshake.target else None
 
 
 def _finish(sock: socket.socket, handshake: ClientHandshake) -> bytes:
@@ -330,10 +356,10 @@ class Session:
         senders = [_start(self.port, sender) for _, sender, _ in prepared]
         rendezvous = []
         for ident, _, accept in prepared:
-            url = parse_ws_url(self.control.wait_accept(ident))
-            if url.target != accept.target or url.port != self.port:
-                accept = _handshake(url.port, url.target, [])
-            rendezvous.append(_start(url.port, accept))
+            port, target = _address(self.control.wait_accept(ident))
+            if port != self.port:
+                accept = _handshake(port, target, [])
+            rendezvous.append(_start(port, accept, _other(target, accept)))
         pairs = []
         for (s_sock, s_hs), (l_sock, l_hs) in zip(senders, rendezvous, strict=True):
             l_pending = _finish(l_sock, l_hs)
@@ -382,11 +408,11 @@ class Session:
                         self.control._feed(data)
                         for ident in [i for i in self.control.accepts if i in flight]:
                             entry = flight[ident]
-                            url = parse_ws_url(self.control.accepts.pop(ident))
+                            port, target = _address(self.control.accepts.pop(ident))
                             accept = entry.accept
-                            if url.target != accept.target or url.port != self.port:
-                                accept = _handshake(url.port, url.target, [])
-                            sock, _ = _start(url.port, accept)
+                            if port != self.port:
+                                accept = _handshake(port, target, [])
+                            sock, _ = _start(port, accept, _other(target, accept))
                             entry.listener = _Upgrade(sock, accept)
                             sel.register(sock, selectors.EVENT_READ, (entry, entry.listener))
                         continue
