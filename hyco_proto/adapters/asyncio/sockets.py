@@ -10,9 +10,10 @@ the same semantics: reads go to a (buffered) protocol, writes go straight to the
 it refuses is buffered, with high/low-water ``pause_writing`` / ``resume_writing``; ``close``
 flushes first; ``connection_lost`` is always called, once, from its own loop callback.
 
-Readiness comes from a :class:`Poller`: on Linux the service's sockets sit in an epoll set of
-their own that the loop watches as one reader (:class:`EpollPoller`), elsewhere the loop's
-``add_reader`` / ``add_writer`` (:class:`LoopPoller`).
+Readiness comes from a :class:`Poller`: on Linux new connections sit in an epoll set of the
+service's own that the loop watches as one reader (:class:`EpollPoller`: cheap to join and
+leave), and a connection that keeps talking moves to the loop's ``add_reader`` /
+``add_writer`` (:class:`LoopPoller`: cheaper per message), which serve everything elsewhere.
 
 Used only on a selector event loop (the stdlib's on POSIX); TLS ports, Windows' proactor loop and
 other loops (uvloop's transports are already in C) keep asyncio's transports.
