@@ -885,8 +885,8 @@ cdef class Forwarder:
                 length = b1 & 0x7F
                 if self._masked:
                     if 0x80 <= b1 < 0x80 + 126:
-                        # The run of such frames from here, in C (hyco_small_run): in place
-                        # safe as the single frame below it was.
+                        # The run of such frames from here, in one C loop (hyco_small_run,
+                        # under the same in-place rules as this loop).
                         run_frames = run_bytes = 0
                         take = _small_run(dst + w, p + pos, n - pos, not self._validate,
                                           125 if not self._max_frame or self._max_frame >= 125
