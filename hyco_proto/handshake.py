@@ -496,27 +496,30 @@ class ServerHandshake:
     upgrade or wrong version, 431 headers too big); ``error`` says why.
     """
 
+    # Starting values, on the class (immutable ones only): one handshake per connection, most
+    # never change half of them (issue 14, rendezvous per second).
+    # Made when bytes come (receive_data): validate() / validate_head() never need it.
+    _parser: h11.Connection | None = None
+    request: HandshakeRequest | None = None
+    #: Response bytes when the handshake refused the request by itself.
+    rejection: bytes | None = None
+    #: HTTP status of ``rejection``.
+    rejection_status: int | None = None
+    #: Why the request was refused, or the client left before finishing it.
+    error: RemoteProtocolError | None = None
+    #: The complete request behind ``rejection`` when it was parseable HTTP but not a valid
+    #: upgrade (None for malformed or oversized requests, and before a request completes).
+    refused_request: RefusedRequest | None = None
+    #: (method, target, headers) of the request being checked, for ``refused_request``.
+    _candidate: tuple[str, str, list[tuple[str, str]]] | None = None
+    #: Bytes received after the request: the first WebSocket frames.
+    trailing_data = b""
+    _pending: h11.Request | None = None
+    _answered = False
+    _eof = False
+
     def __init__(self, *, max_header_size: int = 16384) -> None:
-        # Made when bytes come (receive_data): validate() / validate_head() never need it.
-        self._parser: h11.Connection | None = None
         self._max_header_size = max_header_size
-        self.request: HandshakeRequest | None = None
-        #: Response bytes when the handshake refused the request by itself.
-        self.rejection: bytes | None = None
-        #: HTTP status of ``rejection``.
-        self.rejection_status: int | None = None
-        #: Why the request was refused, or the client left before finishing it.
-        self.error: RemoteProtocolError | None = None
-        #: The complete request behind ``rejection`` when it was parseable HTTP but not a valid
-        #: upgrade (None for malformed or oversized requests, and before a request completes).
-        self.refused_request: RefusedRequest | None = None
-        #: (method, target, headers) of the request being checked, for ``refused_request``.
-        self._candidate: tuple[str, str, list[tuple[str, str]]] | None = None
-        #: Bytes received after the request: the first WebSocket frames.
-        self.trailing_data = b""
-        self._pending: h11.Request | None = None
-        self._answered = False
-        self._eof = False
 
     def receive_data(self, data: bytes) -> None:
         """Feed the client's bytes; ``b""`` means the client closed the connection."""

@@ -36,9 +36,11 @@ class ConnectionKind(enum.Enum):
     CLOSED = "closed"
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__ (one
+# per connection, issue 14); nothing changes or hashes it.
+@dataclass(slots=True)
 class Connection:
-    """A TCP connection as the service sees it."""
+    """A TCP connection as the service sees it (not to be changed)."""
 
     id: int
     remote: tuple[str, int]

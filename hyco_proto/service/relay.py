@@ -224,24 +224,28 @@ class HybridConnectionsRoute:
                       remote=waiting.conn.remote, tracking=result.pending.id,
                       why=f"listener {result.pending.listener_id} at "
                           f"{client_text(door.conn.remote)}")
+        pending = result.pending
         listener_leg = RelayLeg(svc, door.conn, waiting.id)
         sender_leg = RelayLeg(svc, waiting.conn, door.id)
-        listener_leg.tracking = sender_leg.tracking = result.pending.id
+        listener_leg.tracking = sender_leg.tracking = pending.id
         # What the web view shows of the pair (set once; the byte path does not touch them).
-        for leg in (listener_leg, sender_leg):
-            leg.hc_name = result.pending.hc.name
-            leg.listener_id = result.pending.listener_id
-            leg.joined = now
+        listener_leg.hc_name = sender_leg.hc_name = pending.hc.name
+        listener_leg.listener_id = sender_leg.listener_id = pending.listener_id
+        listener_leg.joined = sender_leg.joined = now
         sender_leg.from_sender = True
-        early = {door.id: handshake.trailing_data,
-                 waiting.id: waiting.handshake.trailing_data + bytes(waiting.early)}
-        for leg, shake in ((listener_leg, handshake), (sender_leg, waiting.handshake)):
-            svc.send(leg.id, shake.accept(chosen))
-            svc.switch(leg.id, leg)
-        for leg in (listener_leg, sender_leg):
-            # Frames that came with (or after) the upgrade request go through the forwarder.
-            if early[leg.id]:
-                leg.receive_data(now, early[leg.id])
+        listener_early = handshake.trailing_data
+        sender_early = waiting.handshake.trailing_data
+        if waiting.early:
+            sender_early += bytes(waiting.early)
+        svc.send(door.id, handshake.accept(chosen))
+        svc.switch(door.id, listener_leg)
+        svc.send(waiting.id, waiting.handshake.accept(chosen))
+        svc.switch(waiting.id, sender_leg)
+        # Frames that came with (or after) the upgrade requests go through the forwarders.
+        if listener_early:
+            listener_leg.receive_data(now, listener_early)
+        if sender_early:
+            sender_leg.receive_data(now, sender_early)
 
 
 class ControlChannel(WebSocketHandler):
