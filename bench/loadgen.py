@@ -239,8 +239,15 @@ def _address(url: str) -> tuple[int, str]:
 
 
 def _other(target: str, handshake: ClientHandshake) -> str | None:
-    """``target`` if it is not the one ``handshake`` was prepared for."""
-    return target if target != handshake.target else None
+    """``target`` if it is not the one ``handshake`` was prepared for (a request target that
+    can go on the request line as it is: printable ASCII, no space, starting with "/")."""
+    if target == handshake.target:
+        return None
+    if not (target.startswith("/") and target.isascii() and target.isprintable()
+            and " " not in target):
+        raise LoadgenError(f"the relay named an accept address the generator cannot send as "
+                           f"a request target: {target!r}")
+    return target
 
 
 def _finish(sock: socket.socket, handshake: ClientHandshake) -> bytes:

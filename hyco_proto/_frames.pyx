@@ -157,7 +157,7 @@ cdef extern from *:
     /* The relay's hot run: consecutive whole masked frames that end a binary message (or a
        text one when allow_text), FIN, no RSV, 7-bit length (at most max_len), re-framed
        unmasked from src into dst, which may be src itself or behind it (in place: each
-       frame's key and every 8-byte block is read before anything is written over it, and
+       frame's key and every 16- or 8-byte block is read before anything is written over it, and
        output never gets ahead of input, headers only shrink). Stops at the first frame that
        is anything else or not whole. Returns the bytes consumed; adds to *written, *frames and
        *payload. */

@@ -484,6 +484,57 @@ class TestForwarderInPlace:
         assert head - 131 <= begin <= head and stop <= head + len(data)
         return bytes(buffer[begin:stop])
 
+    @staticmethod
+    def run(count: int, text_every: int = 0, text: bytes = b"ok") -> tuple[bytes, bytes]:
+        """``count`` whole small frames (lengths 0..125 in turn, each its own key), every
+        ``text_every``-th a text frame carrying ``text``: (masked stream, expected output)."""
+        stream, out = [], []
+        for i in range(count):
+            opcode, payload = 2, bytes((i + j) % 256 for j in range(i % 126))
+            if text_every and i % text_every == 0:
+                opcode, payload = 1, text
+            key = bytes((i * 7 + k) % 256 for k in range(4))
+            stream.append(masked_frame(opcode, payload, key=key))
+            out.append(plain_frame(opcode, payload))
+        return b"".join(stream), b"".join(out)
+
+    def test_a_long_run_of_small_frames_in_one_read(self, fmod: ModuleType) -> None:
+        stream, expected = self.run(400)
+        fwd = fmod.Forwarder()
+        assert self.into(fwd, stream) == expected
+        assert (fwd.frames, fwd.messages) == (400, 400)
+        assert fwd.payload_bytes == sum(i % 126 for i in range(400))
+
+    def test_a_run_after_a_held_over_partial_header(self, fmod: ModuleType) -> None:
+        """The held-over bytes go in front of the new read: the output starts before it and
+        every frame of the run moves further down than its header shrank."""
+        stream, expected = self.run(200)
+        fwd = fmod.Forwarder()
+        got = self.into(fwd, stream[:3]) + self.into(fwd, stream[3:])
+        assert got == expected and fwd.frames == 200
+
+    def test_a_frame_limit_stops_a_run_where_it_is_broken(self, fmod: ModuleType) -> None:
+        good = [masked_frame(2, bytes([i]) * (i % 41), key=bytes([i, 1, 2, 3])) for i in range(60)]
+        stream = b"".join(good) + masked_frame(2, b"y" * 41) + masked_frame(2, b"never")
+        fwd = fmod.Forwarder(max_frame_size=40)
+        got = self.into(fwd, stream)
+        assert got == b"".join(plain_frame(2, bytes([i]) * (i % 41)) for i in range(60))
+        assert fwd.error_code == 1009 and fwd.frames == 60
+
+    @pytest.mark.parametrize("validate", [True, False])
+    def test_text_in_a_run_is_checked_only_when_validated(self, fmod: ModuleType,
+                                                          validate: bool) -> None:
+        stream, expected = self.run(90, text_every=7, text="é".encode())
+        fwd = fmod.Forwarder(validate_utf8=validate)
+        assert self.into(fwd, stream) == expected and fwd.frames == 90
+        bad, _ = self.run(30, text_every=10, text=b"\xff")
+        fwd = fmod.Forwarder(validate_utf8=validate)
+        got = self.into(fwd, bad)
+        if validate:  # the first text frame (the very first frame) is invalid UTF-8
+            assert fwd.error_code == 1007 and got == b""
+        else:
+            assert fwd.error_code == 0 and fwd.frames == 30
+
     def test_headroom_is_required(self, fmod: ModuleType) -> None:
         assert fmod.FORWARD_HEADROOM == 256
         with pytest.raises(ValueError, match="FORWARD_HEADROOM"):

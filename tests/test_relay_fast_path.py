@@ -42,22 +42,25 @@ class Spy:
             self.service.receive_into(now, conn_id, buffer, start, end)
             result = None
         else:
-            assert not self.service._out  # the driver drained everything before this read
+            queued = list(self.service._out)
             deadline = self.service.next_deadline()
             result = self._real(now, conn_id, buffer, start, end)
-            if result is not None:  # nothing else happened
-                assert not self.service._out
+            if result is not None:  # nothing else happened, and nothing was queued before
+                assert not queued and not self.service._out
                 assert not self.service._reading
                 assert self.service.next_deadline() == deadline
         self.answers.append("usual" if result is None else "fast")
         return result
 
 
-def _run(forced_usual: bool, ending: list[bytes]) -> tuple[Pair, Spy]:
+def _run(forced_usual: bool, ending: list[bytes]) -> tuple[Pair, Spy, int]:
+    """The script, then the ending; also how many answers came before the ending."""
     pair = Pair()
     spy = Spy(pair.net.service, forced_usual=forced_usual)
-    pair.write_all(SCRIPT + ending)
-    return pair, spy
+    pair.write_all(SCRIPT)
+    before_ending = len(spy.answers)
+    pair.write_all(ending)
+    return pair, spy, before_ending
 
 
 @pytest.mark.parametrize("ending", [
@@ -66,8 +69,8 @@ def _run(forced_usual: bool, ending: list[bytes]) -> tuple[Pair, Spy]:
     [],
 ], ids=["close", "violation", "data-only"])
 def test_the_shortcut_does_what_receive_into_does(ending: list[bytes]) -> None:
-    fast, spy = _run(False, ending)
-    usual, forced = _run(True, ending)
+    fast, spy, before_ending = _run(False, ending)
+    usual, forced, _ = _run(True, ending)
     assert set(forced.answers) == {"usual"}
     # The same bytes reached the sender (the listener echoes), and the same counts.
     assert decode_output(fast.sender.received, expect_masked=False) == \
@@ -78,9 +81,9 @@ def test_the_shortcut_does_what_receive_into_does(ending: list[bytes]) -> None:
     assert fast.net.service.next_deadline() == usual.net.service.next_deadline()
     # Data took the shortcut both ways (sender -> listener, the echo back) ...
     assert spy.answers.count("fast") >= len(SCRIPT)
-    # ... and what ended the script did not.
+    # ... and the ending (the sender's close or violation) did not.
     if ending:
-        assert spy.answers[-1] == "usual" or fast.sender.tcp_closed
+        assert spy.answers[before_ending] == "usual"
 
 
 def test_a_close_takes_the_usual_way_and_starts_the_closing_deadline() -> None:
@@ -94,3 +97,16 @@ def test_a_close_takes_the_usual_way_and_starts_the_closing_deadline() -> None:
     assert spy.answers[-1] == "usual"
     after = pair.net.service.next_deadline()
     assert after is not None and (before is None or after < before)
+
+
+def test_no_shortcut_once_the_other_leg_is_gone() -> None:
+    """The listener's leg dropped (no close): the sender's next data is not forwarded."""
+    pair = Pair()
+    spy = Spy(pair.net.service)
+    pair.write_all([raw_frame(OP_BINARY, b"before")])
+    assert spy.answers[-2:] == ["fast", "fast"]
+    pair.leg.transport.sever()  # the listener's TCP connection ends without a close frame
+    received = len(pair.sender.received)
+    pair.write_all([raw_frame(OP_BINARY, b"after")])
+    assert "fast" not in spy.answers[spy.answers.index("fast") + 2:]
+    assert all(b"after" not in chunk for chunk in pair.sender.received[received:])

@@ -60,13 +60,9 @@ class RelayLeg(Handler):
     def receive_into(self, now: float, buffer: memoryview, start: int, end: int) -> None:
         # The frames are re-framed where they were read and the peer gets a view of them: no
         # copy of the payload in the relay (the driver copies only what a socket refuses).
-        fwd = self.fwd
-        before = fwd.payload_bytes, fwd.frames, fwd.messages
-        begin, stop = fwd.feed_into(buffer, start, end)
-        peer = self._other()
-        if stop > begin and peer is not None:
-            self.svc.send(peer.id, buffer[begin:stop])
-        self._forwarded(now, peer, before)
+        fast = self.forward_into(now, buffer, start, end)
+        if fast is not None:
+            self.svc.send(*fast)
 
     def forward_into(self, now: float, buffer: memoryview, start: int,
                      end: int) -> tuple[int, memoryview] | None:

@@ -197,9 +197,9 @@ class RelayService:
                 and handler.kind is ConnectionKind.RELAY:
             self.activity += 1
             fast = handler.forward_into(now, buffer, start, end)
-            if fast is not None and fast[0] not in self._closed:
+            if fast is not None:  # (its peer is open: a closed leg is no longer RELAY)
                 return fast
-            self._run_broker(now)  # the usual steps (a view for a closed peer is dropped)
+            self._run_broker(now)  # the usual steps
             return None
         self.receive_into(now, conn_id, buffer, start, end)
         return None

@@ -25,6 +25,7 @@ from hyco_proto.adapters.asyncio import (
     create_relayed_server,
     relayed_connect,
 )
+from hyco_proto.adapters.asyncio.sockets import SocketListener
 from hyco_proto.errors import (
     AuthorizationError,
     EndpointNotFoundError,
@@ -450,11 +451,12 @@ async def test_hooks_are_optional_and_errors_never_crash() -> None:
 # backpressure
 
 
+@pytest.mark.parametrize("own_sockets", [True, False], ids=["own-sockets", "asyncio-transports"])
 @async_test
-async def test_slow_reader_blocks_writer_then_resumes() -> None:
+async def test_slow_reader_blocks_writer_then_resumes(own_sockets: bool) -> None:
     high_water = 64 * 1024
     chunk = b"x" * (64 * 1024)
-    async with relay(write_high_water=high_water) as r, \
+    async with relay(write_high_water=high_water, own_sockets=own_sockets) as r, \
             echo_listener(r, connection=None, max_queue=4) as server:
         sender = await connect(r, write_limit=64 * 1024)
         leg = await bounded(server.accept())
@@ -487,16 +489,18 @@ async def test_slow_reader_blocks_writer_then_resumes() -> None:
         await bounded(sender.close())
 
 
+@pytest.mark.parametrize("own_sockets", [True, False], ids=["own-sockets", "asyncio-transports"])
 @async_test
-async def test_in_place_relaying_keeps_every_byte_under_backpressure() -> None:
+async def test_in_place_relaying_keeps_every_byte_under_backpressure(own_sockets: bool) -> None:
     """The relay unmasks into its one shared read buffer and writes views of it; a socket that
     takes only part of one must get the rest intact although the buffer is read into again
     (here by the other pair's sender) before that rest goes out."""
     def message(pair: int, i: int) -> bytes:
         return (b"%d:%d:" % (pair, i)) * (256 * 1024 // 8) + bytes([i % 251])
 
-    async with relay(write_high_water=128 * 1024) as r, \
+    async with relay(write_high_water=128 * 1024, own_sockets=own_sockets) as r, \
             echo_listener(r, connection=None, max_queue=2) as server:
+        assert isinstance(r._server, SocketListener) is own_sockets
         senders = [await connect(r), await connect(r)]
         legs = [await bounded(server.accept()), await bounded(server.accept())]
 

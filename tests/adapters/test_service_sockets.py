@@ -72,6 +72,11 @@ class Recorder(asyncio.BufferedProtocol):
         self.lost.set()
 
 
+def _bind(host: str, port: int) -> list[socket.socket]:
+    return bind_sockets(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                           flags=socket.AI_PASSIVE), 8)
+
+
 def _pair() -> tuple[socket.socket, socket.socket]:
     a, b = socket.socketpair()
     a.setblocking(False)
@@ -236,7 +241,7 @@ async def test_out_of_descriptors_rests_the_listening_socket(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(own, "ACCEPT_RETRY_DELAY", 0.05)
     loop = asyncio.get_running_loop()
-    (listening,) = bind_sockets("127.0.0.1", 0, 8)
+    (listening,) = _bind("127.0.0.1", 0)
     errors: list[OSError] = []
     made: list[Recorder] = []
 
@@ -287,7 +292,7 @@ def test_bind_failure_names_the_address() -> None:
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         with pytest.raises(OSError) as failed:
-            bind_sockets("127.0.0.1", port, 8)
+            _bind("127.0.0.1", port)
     assert failed.value.errno == errno.EADDRINUSE
     assert f"('127.0.0.1', {port})" in str(failed.value)
 
@@ -339,6 +344,10 @@ async def test_epoll_poller_runs_every_ready_socket_even_after_a_failing_one() -
             calls.append(self.name + " writable")
             poller.update(self.sock.fileno(), self, READ)  # type: ignore[arg-type]
 
+        def abort(self) -> None:  # the poller's close aborts what it still watches
+            calls.append(self.name + " aborted")
+            poller.update(self.sock.fileno(), self, 0)  # type: ignore[arg-type]
+
     pairs = [_pair() for _ in range(2)]
     try:
         fakes = [Fake("bad", pairs[0][0], True), Fake("good", pairs[1][0], False)]
@@ -356,9 +365,11 @@ async def test_epoll_poller_runs_every_ready_socket_even_after_a_failing_one() -
         pairs[0][1].sendall(b"y")
         await asyncio.sleep(0.05)
         assert calls.count("bad") == 1
+        poller.close()
+        assert calls[-1] == "good aborted" and "bad aborted" not in calls
+        poller.close()  # once
     finally:
         poller.close()
-        poller.close()  # once
         for a, b in pairs:
             a.close()
             b.close()
@@ -369,7 +380,7 @@ async def test_a_protocol_that_fails_to_start_costs_only_its_connection() -> Non
     loop = asyncio.get_running_loop()
     handled: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _loop, context: handled.append(context))
-    (listening,) = bind_sockets("127.0.0.1", 0, 8)
+    (listening,) = _bind("127.0.0.1", 0)
     made: list[Recorder] = []
 
     class Fails(Recorder):
@@ -387,6 +398,9 @@ async def test_a_protocol_that_fails_to_start_costs_only_its_connection() -> Non
         await asyncio.wait_for(_until(lambda: bool(handled)), WAIT)
         assert isinstance(handled[0]["exception"], RuntimeError)
         assert await loop.run_in_executor(None, first.recv, 10) == b""  # closed, not leaked
+        # ... and the protocol hears connection_lost, so whatever it set up is undone.
+        await asyncio.wait_for(made[0].lost.wait(), WAIT)
+        assert made[0].events == [("lost", "RuntimeError")]
         first.close()
         with socket.create_connection(listening.getsockname()) as second:
             second.sendall(b"next")
@@ -421,7 +435,85 @@ async def test_a_connection_that_keeps_talking_settles_on_the_loops_callbacks() 
                                      WAIT * 4)
         assert got == payload
         await asyncio.wait_for(proto.lost.wait(), WAIT)
-        assert not poller._settled._events  # nothing left registered
+        assert not poller._settled._watched  # nothing left registered
     finally:
         poller.close()
         b.close()
+
+
+@pytest.mark.parametrize("kind", POLLERS)
+@async_test
+async def test_what_connection_made_writes_beyond_the_socket_is_flushed(kind: str) -> None:
+    poller = _poller(kind)
+    loop = asyncio.get_running_loop()
+    payload = bytes(range(256)) * (32 * 1024)  # 8 MiB
+
+    class Greeter(Recorder):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            transport.write(payload)  # more than the socket takes: WRITE is watched already
+
+    a, b = _pair()
+    with b:
+        proto = Greeter()
+        transport = SocketTransport(loop, a, proto, poller=poller)
+        assert transport.get_write_buffer_size() > 0 and transport.is_reading()
+        got = await asyncio.wait_for(loop.run_in_executor(None, _drain, b, len(payload)),
+                                     WAIT * 4)
+        assert got == payload
+        b.sendall(b"and reads")
+        await asyncio.wait_for(proto.got.wait(), WAIT)
+        assert proto.data == b"and reads"
+        transport.close()
+        await asyncio.wait_for(proto.lost.wait(), WAIT)
+    poller.close()
+
+
+@pytest.mark.skipif("epoll" not in POLLERS, reason="epoll is Linux's")
+@async_test
+async def test_epoll_poller_copes_with_a_socket_closed_while_watched() -> None:
+    """A socket closed without being unwatched leaves its number in the table; the next socket
+    with that number must still be watched (the kernel forgot the old one)."""
+    loop = asyncio.get_running_loop()
+    poller = EpollPoller(loop)
+    try:
+        a, b = _pair()
+        old = Recorder()
+        SocketTransport(loop, a, old, poller=poller)
+        number = a.fileno()
+        a.close()  # behind the poller's back
+        c, d = _pair()
+        assert c.fileno() == number  # the lowest free number is reused
+        with b, d:
+            new = Recorder()
+            transport = SocketTransport(loop, c, new, poller=poller)
+            transport.write(b"x" * (8 << 20))  # READ | WRITE: a modify of the stale entry
+            d.sendall(b"to the new one")
+            await asyncio.wait_for(new.got.wait(), WAIT)
+            assert new.data == b"to the new one" and old.data == b""
+            transport.abort()
+            await asyncio.wait_for(new.lost.wait(), WAIT)
+    finally:
+        poller.close()
+
+
+@async_test
+async def test_a_poller_that_refuses_a_socket_ends_that_connection() -> None:
+    loop = asyncio.get_running_loop()
+
+    class Full(LoopPoller):
+        def update(self, fd: int, transport: Any, events: int) -> None:
+            if events & WRITE:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            super().update(fd, transport, events)
+
+    poller = Full(loop)
+    a, b = _pair()
+    with b:
+        proto = Recorder()
+        transport = SocketTransport(loop, a, proto, poller=poller)
+        transport.write(b"x" * (8 << 20))  # needs WRITE: refused
+        await asyncio.wait_for(proto.lost.wait(), WAIT)
+        assert proto.events[-1] == ("lost", "OSError")
+        assert transport.get_write_buffer_size() == 0 and not poller._watched
+    assert a.fileno() == -1

@@ -1,21 +1,25 @@
 """The local relay service on asyncio: real TCP (or TLS) sockets around :class:`RelayService`.
 
 One :class:`asyncio.BufferedProtocol` per accepted connection feeds the sans-IO service core
-(``connection_made`` / ``receive_into`` / ``receive_eof`` / ``connection_lost``) and writes what
-``data_to_send()`` returns (``b""``: close that connection once its buffer has flushed). A single
-timer follows ``service.next_deadline()``, asked after every input (relayed data too: a close
-passing through a leg sets that pair's closing deadline); an armed timer that fires no later is
-kept, and one that fires early finds nothing due and re-arms. The core works in epoch seconds
-(token expiry), so the clock is ``time.time()``, not ``loop.time()``.
+(``connection_made`` / ``forward_into`` / ``receive_eof`` / ``connection_lost``) and writes what
+``data_to_send()`` returns (``b""``: close that connection once its buffer has flushed). Plain
+TCP runs on the service's own lean transport (:mod:`.sockets`, ``own_sockets``), TLS on
+asyncio's. A single timer follows ``service.next_deadline()``, asked after every input but
+plain relayed data, which ``forward_into`` hands over directly having changed no deadline (a
+close passing through a leg does set that pair's closing deadline: it takes the usual way); an
+armed timer that fires no later is kept, and one that fires early finds nothing due and
+re-arms. The core works in epoch seconds (token expiry), so the clock is ``time.time()``, not
+``loop.time()``.
 
 Reads: every connection reads into one buffer owned by the server (``READ_BUFFER_SIZE``, after
 ``FORWARD_HEADROOM`` bytes of scratch space): the loop handles one socket at a time and
 ``buffer_updated`` consumes the bytes before the next read, so an idle connection holds no read
 buffer and the hot path allocates nothing per read. The buffer is lent to the core
-(``RelayService.receive_into``): a relayed leg unmasks its frames in place there and queues views
-of it for the other leg. Those views are written before the next read, straight to the socket
-(``os.write``) when nothing is queued ahead of them; only what the socket does not take is copied,
-into the transport (which may keep what it is given). Everything else the core copies as before.
+(``RelayService.forward_into``): a relayed leg unmasks its frames in place there and hands over
+(or queues) views of it for the other leg. Those views are written before the next read,
+straight to the socket when nothing is queued ahead of them (the own transport's ``write``;
+``os.write`` under asyncio's transports); only what the socket does not take is copied. Everything
+else the core copies as before.
 
 Backpressure: the core forwards one leg's frames to the other leg. When a connection's
 write buffer goes over the high-water mark, the connections whose input produced that output
@@ -43,7 +47,13 @@ from ...service.config import ServiceConfig
 from ...service.router import ConnectionKind, RelayService
 from ...service.webpubsub_events import OutboundCall
 from .http import relayed_request as http_request  # a plain HTTP client without a token
-from .sockets import ACCEPT_RETRY_DELAY, Poller, SocketListener, bind_sockets, make_poller
+from .sockets import (
+    ACCEPT_RETRY_DELAY,
+    Poller,
+    SocketListener,
+    bind_sockets,
+    make_poller,
+)
 
 T = TypeVar("T")
 
@@ -89,6 +99,19 @@ class BindError(OSError):
 def _bound_port(server: asyncio.Server | SocketListener, requested: int) -> int:
     sockets = server.sockets
     return int(sockets[0].getsockname()[1]) if sockets else requested
+
+
+async def _resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[Any]:
+    """The addresses to listen on, as ``loop.create_server`` finds them: a numeric address or
+    the wildcard (``""``) at once, a name through the loop's resolver (it may block, so it
+    runs in the loop's executor)."""
+    passive = socket.AI_PASSIVE
+    try:
+        return socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                  flags=passive | socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        return await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                      flags=passive)
 
 
 def _shown_host(host: str) -> str:
@@ -163,11 +186,8 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
         peer_id, view = fast
         if view:
             proto = server._protocols.get(peer_id)
-            if proto is not None and proto.transport is not None \
-                    and not proto.transport.is_closing():
-                if self.conn_id not in proto.writers:
-                    proto.add_writer(self.conn_id)  # stop reading us while the peer is full
-                proto.write_lent(view)
+            if proto is not None:
+                proto.send(view, self.conn_id)
 
     def eof_received(self) -> bool | None:
         server = self._server
@@ -208,6 +228,21 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
             writer = self._server._protocols.get(writer_id)
             if writer is not None:
                 writer._unblock(self.conn_id)
+
+    def send(self, data: bytes | memoryview, writer: int | None) -> None:
+        """Write what the core produced for this connection; ``writer``: the relayed
+        connection whose input it is (that one stops being read while this one is full)."""
+        transport = self.transport
+        if transport is None:
+            return
+        if writer is not None and writer not in self.writers:
+            self.add_writer(writer)
+        if transport.is_closing():
+            return
+        if type(data) is memoryview:  # a view of the lent read buffer (receive_into)
+            self.write_lent(data)
+        else:
+            transport.write(data)
 
     def write_lent(self, data: memoryview) -> None:
         """Write a view of the shared read buffer before the next read reuses it: straight to
@@ -542,9 +577,13 @@ class RelayServiceServer:
     def _uses_own_sockets(self, loop: asyncio.AbstractEventLoop) -> bool:
         if self.ssl is not None:
             return False
-        if self.own_sockets is not None:
-            return self.own_sockets
-        return isinstance(loop, asyncio.SelectorEventLoop)
+        if self.own_sockets is None:
+            return isinstance(loop, asyncio.SelectorEventLoop)
+        proactor = getattr(asyncio, "ProactorEventLoop", None)
+        if self.own_sockets and proactor is not None and isinstance(loop, proactor):
+            raise ValueError("own_sockets needs an event loop with add_reader (a selector "
+                             "loop, or uvloop); Windows' proactor loop has none")
+        return self.own_sockets
 
     def _accept_failed(self, exc: OSError) -> None:
         why = f"accept() failed: {exc.strerror or exc}"
@@ -571,11 +610,18 @@ class RelayServiceServer:
                 return _TlsHandshake(self, routes)
 
             if self._uses_own_sockets(loop):
-                sockets = bind_sockets(self.host, port, self.backlog)
-                if self._poller is None:
-                    self._poller = make_poller(loop)
-                return SocketListener(loop, sockets, factory, min(ACCEPT_BATCH, self.backlog),
-                                      self._accept_failed, self._poller)
+                infos = await _resolve(loop, self.host, port)
+                sockets = bind_sockets(infos, self.backlog)
+                try:
+                    if self._poller is None:
+                        self._poller = make_poller(loop)
+                    return SocketListener(loop, sockets, factory,
+                                          min(ACCEPT_BATCH, self.backlog), self._accept_failed,
+                                          self._poller)
+                except BaseException:
+                    for sock in sockets:
+                        sock.close()
+                    raise
             # A selector loop accepts up to `backlog` connections per wake-up and logs an
             # error for each one it cannot accept (EMFILE), so that count is kept small and
             # the kernel's queue is set to `backlog` afterwards on the same listening socket
@@ -710,20 +756,13 @@ class RelayServiceServer:
             proto = self._protocols.get(conn_id)
             if proto is None or proto.transport is None:
                 continue
-            transport = proto.transport
             if data:
-                if source is not None and service.peer_of(conn_id) == source:
-                    proto.add_writer(source)  # stop reading `source` while `conn_id` is full
-                if transport.is_closing():
-                    pass
-                elif type(data) is memoryview:  # a view of the read buffer (receive_into)
-                    proto.write_lent(data)
-                else:
-                    transport.write(data)
+                proto.send(data, source if source is not None
+                           and service.peer_of(conn_id) == source else None)
             else:
                 # The core closes TCP (server closes first, RFC 6455 §7.1.1): close() flushes
                 # the write buffer before the socket goes; connection_lost tells the core.
-                transport.close()
+                proto.transport.close()
         if service.webpubsub is not None:  # only Web PubSub event handlers make calls
             for call in service.outbound_calls():
                 self._start_call(call)

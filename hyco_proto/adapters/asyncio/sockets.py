@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import _socket
 import asyncio
+import contextlib
 import errno
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 __all__ = ["ACCEPT_RETRY_DELAY", "READ", "WRITE", "EpollPoller", "LoopPoller", "Poller",
@@ -53,7 +54,10 @@ class Poller:
 
     ``update(fd, transport, events)`` sets what ``transport`` waits for on ``fd`` (``READ``,
     ``WRITE``, both, or 0 for nothing); the poller calls its ``_on_readable`` /
-    ``_on_writable`` when the socket is ready. :func:`make_poller` picks the implementation.
+    ``_on_writable`` when the socket is ready. ``update`` may raise (``OSError``: the kernel
+    refused; ``ValueError`` / ``RuntimeError``: the poller or loop is closed), except for 0,
+    which never does. ``close`` aborts the transports it still watches.
+    :func:`make_poller` picks the implementation.
     """
 
     def update(self, fd: int, transport: SocketTransport, events: int) -> None:
@@ -72,34 +76,33 @@ class LoopPoller(Poller):
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._events: dict[int, int] = {}
+        self._watched: dict[int, tuple[SocketTransport, int]] = {}
 
     def update(self, fd: int, transport: SocketTransport, events: int) -> None:
-        old = self._events.get(fd, 0)
+        entry = self._watched.get(fd)
+        old = entry[1] if entry is not None else 0
         if events == old:
             return
         loop = self._loop
+        if old & READ and not events & READ:
+            loop.remove_reader(fd)
+        if old & WRITE and not events & WRITE:
+            loop.remove_writer(fd)
+        if not events:
+            del self._watched[fd]
+            return
+        # What is being added may fail: the entry then says what is registered.
+        self._watched[fd] = (transport, old & events)
         if events & READ and not old & READ:
             loop.add_reader(fd, transport._on_readable)
-        elif old & READ and not events & READ:
-            loop.remove_reader(fd)
         if events & WRITE and not old & WRITE:
             loop.add_writer(fd, transport._on_writable)
-        elif old & WRITE and not events & WRITE:
-            loop.remove_writer(fd)
-        if events:
-            self._events[fd] = events
-        else:
-            del self._events[fd]
+        self._watched[fd] = (transport, events)
 
     def close(self) -> None:
-        loop = self._loop
-        for fd, events in self._events.items():
-            if events & READ:
-                loop.remove_reader(fd)
-            if events & WRITE:
-                loop.remove_writer(fd)
-        self._events.clear()
+        for transport, _ in list(self._watched.values()):
+            transport.abort()  # unregisters itself
+        self._watched.clear()
 
 
 class EpollPoller(Poller):
@@ -110,9 +113,10 @@ class EpollPoller(Poller):
 
     Each wake-up costs one more ``epoll_wait`` (the nested set's), though, which a connection
     that keeps talking pays per message: after ``SETTLE_AFTER`` reads a connection moves to
-    the loop's own callbacks (``settle``). Measured: rendezvous (two short connections) 260 ->
-    220 µs relay CPU with the nested set; a 256 B ping-pong through a relayed pair 28.7 µs of
-    relay CPU per round trip in the nested set, 26.0 with the loop's callbacks."""
+    the loop's own callbacks (``settle``). Measured (medians of interleaved rounds): rendezvous
+    (two short connections) 260 -> 220 µs relay CPU with the nested set; a 256 B ping-pong
+    through a relayed pair 28.7 µs of relay CPU per round trip in the nested set, 26.7 with
+    the loop's callbacks."""
 
     #: Events taken per wake-up (more stay ready: the outer loop wakes us again).
     MAX_EVENTS = 256
@@ -131,21 +135,29 @@ class EpollPoller(Poller):
         loop.add_reader(self._epoll.fileno(), self._dispatch)
 
     def update(self, fd: int, transport: SocketTransport, events: int) -> None:
-        old = self._watched.get(fd)
-        mask = (self._in if events & READ else 0) | (self._out if events & WRITE else 0)
-        try:
-            if not events:
-                if old is not None:
-                    del self._watched[fd]
+        watched = self._watched
+        old = watched.get(fd)
+        if not events:
+            if old is not None:
+                del watched[fd]
+                # Gone with its socket already, or the poller is closed: nothing to undo.
+                with contextlib.suppress(OSError, ValueError):
                     self._epoll.unregister(fd)
-                return
-            self._watched[fd] = (transport, events)
-            if old is None:
+            return
+        mask = (self._in if events & READ else 0) | (self._out if events & WRITE else 0)
+        if old is None:
+            try:
                 self._epoll.register(fd, mask)
-            elif old[1] != events:
+            except FileExistsError:  # the number of a socket closed while still registered
                 self._epoll.modify(fd, mask)
-        except ValueError:  # the poller is closed (the server has closed): nothing to watch
-            self._watched.clear()
+        elif old[1] != events:
+            try:
+                self._epoll.modify(fd, mask)
+            except FileNotFoundError:  # its socket was closed and the number reused
+                self._epoll.register(fd, mask)
+        else:
+            return
+        watched[fd] = (transport, events)  # only once the kernel has taken it
 
     def settle(self, fd: int, transport: SocketTransport, events: int) -> Poller:
         self.update(fd, transport, 0)
@@ -153,17 +165,19 @@ class EpollPoller(Poller):
         return self._settled
 
     def close(self) -> None:
+        for transport, _ in list(self._watched.values()):
+            transport.abort()  # unregisters itself
+        self._watched.clear()
         if not self._epoll.closed:
             self._loop.remove_reader(self._epoll.fileno())
             self._epoll.close()
-            self._watched.clear()
         self._settled.close()
 
     def _dispatch(self) -> None:
         watched = self._watched
         try:
             ready = self._epoll.poll(0, self.MAX_EVENTS)
-        except OSError:  # closed meanwhile
+        except (OSError, ValueError):  # closed meanwhile (ValueError: a closed epoll object)
             return
         for fd, flags in ready:
             entry = watched.get(fd)
@@ -227,11 +241,17 @@ class SocketTransport:
         self._closing = False
         self._lost = False  # connection_lost is scheduled (or done)
         self._reads = 0  # until SETTLE_AFTER
-        protocol.connection_made(self)  # type: ignore[arg-type]
+        try:
+            protocol.connection_made(self)  # type: ignore[arg-type]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # a bug in the protocol: this connection ends, it is told
+            self._fatal(exc, "protocol.connection_made() failed")
+            return
         if not self._closing and not self._reading_paused:
             self._reading = True
-            self._poller.update(self._fd, self, READ)
-            if read_now:
+            self._watch()
+            if read_now and self._reading:
                 # A client speaks first and at once (its request head usually arrives with
                 # the handshake's last ACK): read it now rather than after one more loop turn.
                 self._on_readable()
@@ -291,7 +311,7 @@ class SocketTransport:
         self._reading_paused = False
         if not self._eof and not self._reading:
             self._reading = True
-            self._poller.update(self._fd, self, READ | WRITE if self._writing else READ)
+            self._watch()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send now what the socket takes; buffer (a copy of) the rest, in order."""
@@ -312,7 +332,8 @@ class SocketTransport:
                 return
             data = memoryview(data)[sent:]
             self._writing = True
-            self._poller.update(self._fd, self, READ | WRITE if self._reading else WRITE)
+            if not self._watch():  # the poller refused it: the connection is closed
+                return
         buffer += data
         self._maybe_pause_writing()
 
@@ -332,6 +353,8 @@ class SocketTransport:
     # -- loop callbacks --------------------------------------------------------------------
 
     def _on_readable(self) -> None:
+        if self._closing:  # a readiness report that crossed a close
+            return
         protocol = self._protocol
         try:
             if self._buffered:
@@ -350,10 +373,6 @@ class SocketTransport:
         if not nbytes:
             self._on_eof()
             return
-        reads = self._reads = self._reads + 1
-        if reads == SETTLE_AFTER:  # it keeps talking: watch it where that costs least
-            self._poller = self._poller.settle(
-                self._fd, self, (READ if self._reading else 0) | (WRITE if self._writing else 0))
         try:
             if data is None:
                 protocol.buffer_updated(nbytes)
@@ -363,6 +382,14 @@ class SocketTransport:
             raise
         except BaseException as exc:
             self._fatal(exc, "protocol failed on received data")
+            return
+        reads = self._reads = self._reads + 1
+        if reads == SETTLE_AFTER and not self._closing:
+            # It keeps talking: watch it where that costs least per message.
+            try:
+                self._poller = self._poller.settle(self._fd, self, self._interest())
+            except (OSError, ValueError, RuntimeError) as exc:
+                self._force_close(exc)
 
     def _on_eof(self) -> None:
         self._eof = True
@@ -392,16 +419,29 @@ class SocketTransport:
         self._maybe_resume_writing()
         if not buffer:
             self._writing = False
-            self._poller.update(self._fd, self, READ if self._reading else 0)
+            self._watch()
             if self._closing:
                 self._schedule_lost(None)
 
     # -- internals -------------------------------------------------------------------------
 
+    def _interest(self) -> int:
+        return (READ if self._reading else 0) | (WRITE if self._writing else 0)
+
+    def _watch(self) -> bool:
+        """Tell the poller what this connection waits for now; if it cannot, the connection
+        ends (``connection_lost`` with the reason) and this returns False."""
+        try:
+            self._poller.update(self._fd, self, self._interest())
+        except (OSError, ValueError, RuntimeError) as exc:  # refused, or poller / loop closed
+            self._force_close(exc)
+            return False
+        return True
+
     def _stop_reading(self) -> None:
         if self._reading:
             self._reading = False
-            self._poller.update(self._fd, self, WRITE if self._writing else 0)
+            self._watch()
 
     def _maybe_pause_writing(self) -> None:
         if not self._writing_paused and len(self._buffer) > self._high:
@@ -454,12 +494,12 @@ class SocketTransport:
             self._sock.close()
 
 
-def bind_sockets(host: str | None, port: int, backlog: int) -> list[socket.socket]:
-    """Listening, non-blocking sockets for every address ``host`` resolves to (all interfaces
-    for ``""`` or ``None``), as ``loop.create_server`` binds them: ``SO_REUSEADDR``, IPv6
-    sockets IPv6-only. Raises ``OSError`` naming the address that could not be bound."""
-    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                               flags=socket.AI_PASSIVE)
+def bind_sockets(infos: Sequence[tuple[Any, ...]], backlog: int) -> list[socket.socket]:
+    """Listening, non-blocking sockets for every address in ``infos``, the answer of
+    ``getaddrinfo(host or None, port, type=SOCK_STREAM, flags=AI_PASSIVE)`` (``await
+    loop.getaddrinfo(...)`` does not block the loop), bound as ``loop.create_server`` binds
+    them: ``SO_REUSEADDR``, IPv6 sockets IPv6-only. Raises ``OSError`` naming the address
+    that could not be bound."""
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _name, address in dict.fromkeys(infos):
@@ -490,7 +530,8 @@ class SocketListener:
     uses: ``sockets``, ``is_serving``, ``close``, ``wait_closed``.
 
     ``on_error(exc)`` hears an ``accept()`` that failed for want of descriptors or memory; the
-    listening socket then rests ``ACCEPT_RETRY_DELAY`` seconds.
+    listening socket then rests ``ACCEPT_RETRY_DELAY`` seconds. Any other ``accept()`` failure
+    goes to the loop's exception handler, as asyncio's own servers report it.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket],
@@ -538,7 +579,12 @@ class SocketListener:
             except OSError as exc:
                 # Out of descriptors (or memory): rest instead of being woken again at once
                 # for the same pending connection; other errors end this wake-up only.
-                if exc.errno in _OUT_OF_RESOURCES and self._serving:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    loop.call_exception_handler({
+                        "message": f"accept() failed on {sock.getsockname()}", "exception": exc,
+                        "socket": sock})
+                    return
+                if self._serving:
                     fd = sock.fileno()
                     loop.remove_reader(fd)
                     self._resting[fd] = loop.call_later(ACCEPT_RETRY_DELAY, self._wake, sock)
@@ -552,11 +598,14 @@ class SocketListener:
                 except OSError:
                     pass
             try:
-                SocketTransport(loop, conn, self._factory(), peer, read_now=True, poller=poller)
-            except Exception as exc:  # a bug in the protocol's set-up: drop this connection only
+                protocol = self._factory()
+            except Exception as exc:  # a bug making the protocol: drop this connection only
                 conn.close()
                 loop.call_exception_handler({
                     "message": f"serving a connection from {peer} failed", "exception": exc})
+                continue
+            # (A protocol failing in connection_made ends its own connection: SocketTransport.)
+            SocketTransport(loop, conn, protocol, peer, read_now=True, poller=poller)
 
     def _wake(self, sock: socket.socket) -> None:
         self._resting.pop(sock.fileno(), None)
