@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import resource
+import select
 import selectors
 import socket
 import subprocess
@@ -381,7 +382,8 @@ class Session:
         if concurrency == 1:
             for entry in prepared:
                 for pair in self.open_pairs(0, [entry]):
-                    pair.close()
+                    pair.sender.close()  # close() sends the FIN: no shutdown() call needed
+                    pair.listener.close()
             return len(prepared)
         return self._window(prepared, concurrency)
 
@@ -392,50 +394,58 @@ class Session:
         todo = list(reversed(prepared))
         flight: dict[str, _InFlight] = {}
         done = 0
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.control.sock, selectors.EVENT_READ, None)
+        # A bare poll object and a dict by descriptor: the selectors module's bookkeeping per
+        # register / unregister would be the generator's biggest cost after the syscalls.
+        poller = select.poll()
+        control = self.control.sock.fileno()
+        poller.register(control, select.POLLIN)
+        waiting: dict[int, tuple[_InFlight, _Upgrade]] = {}
 
-            def start() -> None:
-                ident, sender, accept = todo.pop()
-                sock, _ = _start(self.port, sender)
-                entry = flight[ident] = _InFlight(ident, accept, _Upgrade(sock, sender))
-                sel.register(sock, selectors.EVENT_READ, (entry, entry.sender))
+        def watch(entry: _InFlight, side: _Upgrade) -> None:
+            fd = side.sock.fileno()
+            waiting[fd] = (entry, side)
+            poller.register(fd, select.POLLIN)
 
-            while todo and len(flight) < window:
-                start()
-            while flight:
-                events = sel.select(TIMEOUT)
-                if not events:
-                    raise LoadgenError(f"{len(flight)} rendezvous made no progress in {TIMEOUT}s")
-                for key, _ in events:
-                    if key.data is None:  # the control channel: accepts
-                        data = self.control.sock.recv(65536)
-                        if not data:
-                            raise LoadgenError("the relay closed the control channel")
-                        self.control._feed(data)
-                        for ident in [i for i in self.control.accepts if i in flight]:
-                            entry = flight[ident]
-                            port, target = _address(self.control.accepts.pop(ident))
-                            accept = entry.accept
-                            if port != self.port:
-                                accept = _handshake(port, target, [])
-                            sock, _ = _start(port, accept, _other(target, accept))
-                            entry.listener = _Upgrade(sock, accept)
-                            sel.register(sock, selectors.EVENT_READ, (entry, entry.listener))
-                        continue
-                    entry, side = key.data
-                    if side.read():
-                        sel.unregister(side.sock)
-                        if entry.sender.done and entry.listener is not None \
-                                and entry.listener.done:
-                            for upgrade in (entry.sender, entry.listener):
-                                with contextlib.suppress(OSError):
-                                    upgrade.sock.shutdown(socket.SHUT_RDWR)
-                                upgrade.sock.close()
-                            del flight[entry.ident]
-                            done += 1
-                            if todo:
-                                start()
+        def start() -> None:
+            ident, sender, accept = todo.pop()
+            sock, _ = _start(self.port, sender)
+            entry = flight[ident] = _InFlight(ident, accept, _Upgrade(sock, sender))
+            watch(entry, entry.sender)
+
+        while todo and len(flight) < window:
+            start()
+        while flight:
+            events = poller.poll(TIMEOUT * 1000)
+            if not events:
+                raise LoadgenError(f"{len(flight)} rendezvous made no progress in {TIMEOUT}s")
+            for fd, _ in events:
+                if fd == control:  # the control channel: accepts
+                    data = self.control.sock.recv(65536)
+                    if not data:
+                        raise LoadgenError("the relay closed the control channel")
+                    self.control._feed(data)
+                    for ident in [i for i in self.control.accepts if i in flight]:
+                        entry = flight[ident]
+                        port, target = _address(self.control.accepts.pop(ident))
+                        accept = entry.accept
+                        if port != self.port:
+                            accept = _handshake(port, target, [])
+                        sock, _ = _start(port, accept, _other(target, accept))
+                        entry.listener = _Upgrade(sock, accept)
+                        watch(entry, entry.listener)
+                    continue
+                entry, side = waiting[fd]
+                if side.read():
+                    poller.unregister(fd)
+                    del waiting[fd]
+                    if entry.sender.done and entry.listener is not None \
+                            and entry.listener.done:
+                        entry.sender.sock.close()  # close() sends the FIN
+                        entry.listener.sock.close()
+                        del flight[entry.ident]
+                        done += 1
+                        if todo:
+                            start()
         return done
 
     def close(self) -> None:
