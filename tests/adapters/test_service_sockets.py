@@ -517,3 +517,20 @@ async def test_a_poller_that_refuses_a_socket_ends_that_connection() -> None:
         assert proto.events[-1] == ("lost", "OSError")
         assert transport.get_write_buffer_size() == 0 and not poller._watched
     assert a.fileno() == -1
+
+
+@pytest.mark.parametrize("own_sockets", [True, False])
+@async_test
+async def test_a_wildcard_host_on_any_port_is_reached_at_its_url(own_sockets: bool) -> None:
+    """``host=""`` binds IPv4 and IPv6; ``url`` (shown as 127.0.0.1) must name the IPv4
+    socket's port (asyncio gives each address its own port; ours share one)."""
+    async with RelayServiceServer(port=0, host="", own_sockets=own_sockets) as server:
+        ports = {sock.getsockname()[1] for sock in server._server.sockets}
+        assert server.port in ports
+        if own_sockets:
+            assert ports == {server.port}
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /$status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), WAIT)
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
+        writer.close()

@@ -498,11 +498,15 @@ def bind_sockets(infos: Sequence[tuple[Any, ...]], backlog: int) -> list[socket.
     """Listening, non-blocking sockets for every address in ``infos``, the answer of
     ``getaddrinfo(host or None, port, type=SOCK_STREAM, flags=AI_PASSIVE)`` (``await
     loop.getaddrinfo(...)`` does not block the loop), bound as ``loop.create_server`` binds
-    them: ``SO_REUSEADDR``, IPv6 sockets IPv6-only. Raises ``OSError`` naming the address
-    that could not be bound."""
+    them: ``SO_REUSEADDR``, IPv6 sockets IPv6-only, except that with port 0 every address gets
+    the port the first one got. Raises ``OSError`` naming the address that could not be
+    bound."""
     sockets: list[socket.socket] = []
     try:
+        chosen = 0  # the port the first socket got, when any port would do (port 0)
         for family, kind, proto, _name, address in dict.fromkeys(infos):
+            if chosen and address[1] == 0:  # every address on that same port, not one each
+                address = (address[0], chosen, *address[2:])
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -517,6 +521,8 @@ def bind_sockets(infos: Sequence[tuple[Any, ...]], backlog: int) -> list[socket.
                               f"{address!r}: {(exc.strerror or str(exc)).lower()}") from None
             sock.listen(backlog)
             sock.setblocking(False)
+            if not chosen and address[1] == 0:
+                chosen = sock.getsockname()[1]
     except BaseException:
         for sock in sockets:
             sock.close()
