@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.tree import positive
 from hyco_proto._frames import (
     FORWARD_HEADROOM,
     OP_BINARY,
@@ -908,17 +909,6 @@ class HttpLoad:
 
 
 # ------------------------------------------------------------------------------ CLI
-
-
-def positive(text: str) -> int:
-    """An ``argparse`` type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
 
 
 def listed(allowed: object, *, numbers: bool = False) -> Callable[[str], list[str]]:

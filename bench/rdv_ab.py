@@ -106,7 +106,10 @@ class _Relay:
                 break
         if len(line) != 2 or line[0] != "PORT":
             self.stop()
-            raise RuntimeError(f"{label}: relay said {line!r}")
+            if not line:
+                raise RuntimeError(f"{label}: the relay exited before announcing its port "
+                                   f"(its own message is above)")
+            raise RuntimeError(f"{label}: relay said {line!r} instead of PORT <n>")
         self.port = int(line[1])
 
     def cpu(self) -> tuple[float, float]:
@@ -168,7 +171,9 @@ def _compare(args: argparse.Namespace) -> int:
     finally:
         for relay in relays:
             relay.stop()
-    print(f"\nmedians of {args.rounds} interleaved rounds of {args.count} rendezvous:")
+    tick = 1e6 / os.sysconf("SC_CLK_TCK") / args.count
+    print(f"\nmedians of {args.rounds} interleaved rounds of {args.count} rendezvous (relay CPU "
+          f"from /proc: steps of {tick:.0f} µs per rendezvous at this count):")
     for (label, conc), rows in results.items():
         rate = statistics.median(r for r, _, _ in rows)
         cpu = statistics.median(c for _, c, _ in rows)
@@ -207,13 +212,16 @@ def _top(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
+    sys.path.insert(0, str(HERE.parent))
+    from bench.tree import positive  # (not from bench.loadgen: no hyco_proto before the tree's)
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
-    relay = sub.add_parser("relay")
+    relay = sub.add_parser("relay", help="the relay process compare starts (PORT n on stdout)")
     relay.add_argument("--root", default=str(HERE.parent))
     relay.add_argument("--profile")
     relay.add_argument("--uvloop", action="store_true")
-    compare = sub.add_parser("compare")
+    compare = sub.add_parser("compare", help="rendezvous per second and relay CPU, A/B")
     def tree(text: str) -> str:
         if "=" not in text:
             raise argparse.ArgumentTypeError(
@@ -224,23 +232,27 @@ def main() -> int:
                          help="LABEL=PATH (a checkout with its extension built) or "
                               "LABEL=module:bench.relays.NAME (a peer relay); a LABEL ending "
                               "in +uvloop runs on uvloop")
-    def rounds(text: str) -> int:
-        if not text.isdigit() or int(text) < 1:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-        return int(text)
-
-    compare.add_argument("--rounds", type=rounds, default=5)
-    compare.add_argument("--count", type=int, default=400)
-    compare.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
-    compare.add_argument("--profile")
-    compare.add_argument("--uvloop", action="store_true")
+    compare.add_argument("--rounds", type=positive, default=5,
+                         help="interleaved rounds (default: 5)")
+    compare.add_argument("--count", type=positive, default=400,
+                         help="rendezvous per round and relay (default: 400; the relay's CPU "
+                              "comes from /proc in 10 ms ticks: count it in thousands)")
+    compare.add_argument("--concurrency", type=positive, nargs="+", default=[1, 16],
+                         help="rendezvous in flight, one pass each (default: 1 16)")
+    compare.add_argument("--profile", metavar="DIR",
+                         help="run the relays under cProfile, DIR/<label>.prof and .txt")
+    compare.add_argument("--uvloop", action="store_true", help="run our relays on uvloop")
     compare.add_argument("--py-spy", metavar="DIR", help="sample each relay with py-spy")
     top = sub.add_parser("top", help="own samples per function of a py-spy raw file")
     top.add_argument("file")
     top.add_argument("--limit", type=int, default=25)
     args = parser.parse_args()
     run = {"relay": _relay, "compare": _compare, "top": _top}[args.cmd]
-    return run(args)
+    try:
+        return run(args)
+    except RuntimeError as exc:  # a relay that did not start, a rendezvous that failed: said
+        print(f"rdv_ab: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

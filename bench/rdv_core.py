@@ -85,7 +85,10 @@ def _phases(svc: Any, control: int, decoder: Any, senders: list[bytes], accept_t
 
 def _run(root: str, count: int, profile: bool, phases: bool = False) -> float | dict[str, float]:
     """µs per rendezvous (core only); with ``phases``, one more run timed by part."""
-    sys.path.insert(0, str(Path(root).resolve()))
+    sys.path.insert(0, str(HERE.parent))
+    from bench.tree import import_from_tree
+
+    import_from_tree(root)  # or exit saying why (not a checkout, its kernel not built)
     import time
 
     from hyco_proto._frames import FrameDecoder
@@ -161,10 +164,16 @@ def _run(root: str, count: int, profile: bool, phases: bool = False) -> float | 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--tree", action="append", help="LABEL=PATH (default: this tree)")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--count", type=int, default=3000)
+    sys.path.insert(0, str(HERE.parent))
+    from bench.tree import positive  # (not from bench.loadgen: no hyco_proto before the tree's)
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--tree", action="append",
+                        help="LABEL=PATH, a checkout with its extension built (default: this "
+                             "tree)")
+    parser.add_argument("--rounds", type=positive, default=7, help="interleaved rounds")
+    parser.add_argument("--count", type=positive, default=3000, help="rendezvous per round")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--phases", action="store_true", help="time each part apart")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -178,11 +187,14 @@ def main() -> int:
     for rnd in range(1 if args.profile else args.rounds):
         order = trees if rnd % 2 == 0 else trees[::-1]
         for label, root in order:
-            out = subprocess.run(
+            done = subprocess.run(
                 [sys.executable, str(HERE / "rdv_core.py"), "--child", root,
                  "--count", str(args.count), *(["--profile"] if args.profile else []),
                  *(["--phases"] if args.phases else [])],
-                check=True, capture_output=True, text=True, timeout=600).stdout
+                capture_output=True, text=True, timeout=600)
+            if done.returncode:
+                sys.exit(f"{label} ({root}): {done.stderr.strip().splitlines()[-1:] or done}")
+            out = done.stdout
             if args.profile:
                 print(f"== {label}\n{out}")
             value = json.loads(out.strip().splitlines()[-1])

@@ -1,12 +1,25 @@
-"""Importing ``hyco_proto`` from another checkout, for the benchmarks' before/after runs.
+"""Importing ``hyco_proto`` from another checkout, for the benchmarks' before/after runs, and
+the ``argparse`` type the tools share.
 
 Imports nothing of ``hyco_proto`` itself (``bench.loadgen`` does), so it can run first.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
+
+
+def positive(text: str) -> int:
+    """An ``argparse`` type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
 
 
 def import_from_tree(tree: str) -> None:
