@@ -489,8 +489,9 @@ class RelayServiceServer:
     ``own_sockets`` picks how plain-TCP connections are served: ``True``, by the service's own
     lean transport (``adapters/asyncio/sockets.py``: the loop's readiness callbacks, no asyncio
     transport, task or future per connection: 73 instead of 117 µs of CPU per connection in a
-    bare accept / request / reply / close test); ``False``, by asyncio's transports (the behaviour of any asyncio server, e.g. to
-    rule the lean path out when investigating a problem). The default, ``None``, means ``True``
+    bare accept / request / reply / close test); ``False``, by asyncio's transports (the
+    behaviour of any asyncio server, e.g. to rule the lean path out when investigating a
+    problem). The default, ``None``, means ``True``
     on a selector event loop (asyncio's default on Linux and macOS) and ``False`` on other loops
     (uvloop's transports are already in C). ``True`` works on any loop with ``add_reader``
     (uvloop too); with ``ssl`` or on Windows' proactor loop it is a ``ValueError``. TLS always
