@@ -29,6 +29,19 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 
 
+def _accept_request(out: list[tuple[int, Any]], control: int, decoder: Any,
+                    accept_template: bytes) -> bytes:
+    """The listener's rendezvous request for the ``accept`` the control channel got in
+    ``out`` (the core's output after the sender's request)."""
+    address = ""
+    for conn, data in out:
+        if conn == control:
+            for _, payload, _ in decoder.feed(data):
+                address = json.loads(bytes(payload))["accept"]["address"]
+    target = address[address.index("/$hc/"):]
+    return accept_template.replace(b"/$hc/bench?XXX", target.encode())
+
+
 #: The parts ``--phases`` times.
 PHASES = ("made", "connect", "accept", "eof", "lost", "deadline")
 
@@ -57,13 +70,7 @@ def _phases(svc: Any, control: int, decoder: Any, senders: list[bytes], accept_t
         out = svc.data_to_send()
         parts["connect"] += perf() - t0
         deadline()
-        address = ""
-        for conn, data in out:
-            if conn == control:
-                for _, payload, _ in decoder.feed(data):
-                    address = json.loads(bytes(payload))["accept"]["address"]
-        target = address[address.index("/$hc/"):]
-        accept_request = accept_template.replace(b"/$hc/bench?XXX", target.encode())
+        accept_request = _accept_request(out, control, decoder, accept_template)
         t0 = perf()
         a = svc.connection_made(now, ("127.0.0.1", 3000 + i % 60000))
         parts["made"] += perf() - t0
@@ -131,13 +138,7 @@ def _run(root: str, count: int, profile: bool, phases: bool = False) -> float | 
         out = svc.data_to_send()
         svc.next_deadline()
         spent += perf() - t0
-        address = ""
-        for conn, data in out:
-            if conn == control:
-                for _, payload, _ in decoder.feed(data):
-                    address = json.loads(bytes(payload))["accept"]["address"]
-        target = address[address.index("/$hc/"):]
-        accept_request = accept_template.replace(b"/$hc/bench?XXX", target.encode())
+        accept_request = _accept_request(out, control, decoder, accept_template)
         t0 = perf()
         a = svc.connection_made(now, ("127.0.0.1", 3000 + i % 60000))
         svc.next_deadline()
