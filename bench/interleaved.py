@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from bench import loadgen
 from bench.loadgen import BIG, HOST, SMALL, TIMEOUT, LoadgenError, Pair, Stream
@@ -40,6 +41,7 @@ from bench.loadgen import BIG, HOST, SMALL, TIMEOUT, LoadgenError, Pair, Stream
 SOCAT_BUFFER = 1 << 18
 SOCAT = "socat"
 CEILING = "loadgen ceiling"
+T = TypeVar("T")
 
 
 def _free_port() -> int:
@@ -49,34 +51,40 @@ def _free_port() -> int:
 
 
 class SocatSplice:
-    """``socat -b SIZE TCP-LISTEN:p TCP:127.0.0.1:q``; ``pair()`` joins through it."""
+    """``socat -b SIZE TCP-LISTEN:p TCP:127.0.0.1:q`` for one connection; ``pair()`` joins
+    through it to a socket of ours, or, with ``target``, socat connects to that port."""
 
-    def __init__(self, buffer: int = SOCAT_BUFFER) -> None:
+    def __init__(self, buffer: int = SOCAT_BUFFER, target: int | None = None) -> None:
         exe = shutil.which("socat")
         if exe is None:
             raise LoadgenError("socat is not installed (make bench installs Debian's socat)")
-        self._target = socket.create_server((HOST, 0))
+        self._target = socket.create_server((HOST, 0)) if target is None else None
         self.port = _free_port()
-        target = self._target.getsockname()[1]
+        if self._target is not None:
+            target = self._target.getsockname()[1]
         self.proc = subprocess.Popen(
             [exe, "-b", str(buffer), f"TCP-LISTEN:{self.port},bind={HOST},reuseaddr,nodelay",
              f"TCP:{HOST}:{target},nodelay"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.pid = self.proc.pid
 
-    def pair(self) -> Pair:
-        """The sender connected to socat, and the connection socat opened to us."""
+    def connect(self, connect: Callable[[int], T]) -> T:
+        """``connect(port)`` once socat listens (retried while refused, bounded)."""
         deadline = time.monotonic() + TIMEOUT
         while True:
             try:
-                sender = loadgen._connect(self.port)
-                break
+                return connect(self.port)
             except ConnectionRefusedError as exc:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     err = self.proc.stderr.read().decode() if self.proc.stderr else ""
                     raise LoadgenError(f"socat did not listen on {HOST}:{self.port}: {err}"
                                        ) from exc
                 time.sleep(0.02)
+
+    def pair(self) -> Pair:
+        """The sender connected to socat, and the connection socat opened to us."""
+        assert self._target is not None, "pair() joins to our own socket: no target= given"
+        sender = self.connect(loadgen._connect)
         self._target.settimeout(TIMEOUT)
         listener, _ = self._target.accept()
         listener.settimeout(TIMEOUT)
@@ -88,7 +96,8 @@ class SocatSplice:
         return loadgen.cpu_seconds(self.pid)
 
     def stop(self) -> None:
-        self._target.close()
+        if self._target is not None:
+            self._target.close()
         if self.proc.poll() is None:
             self.proc.terminate()
             try:

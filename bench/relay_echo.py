@@ -11,6 +11,9 @@ the relay twice and the listener once, so twice the hops of a direct echo.
 rounds of the relayed echo and picows's direct echo per size, medians, CPU per round trip of
 relay, listener and picows's server. ``--before DIR`` adds a relayed row whose listener runs
 another checkout's ``hyco_proto`` (the relay is this checkout's in both), in the same rounds.
+``--splice`` adds picows's echo behind a ``socat`` splice (``bench/interleaved.py``'s
+``SocatSplice``): the same hops as through the relay, with a middle process that only copies
+bytes and a C echo server at the end, so the ratio no relay and listener can pass here.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ RELAYED = "hyco-relay+hyco-asyncio"
 DIRECT = "picows-direct"
 #: The relayed figure with ``--before``'s listener.
 BEFORE = RELAYED + "@before"
+#: picows's echo behind socat (``--splice``).
+SPLICE = "socat+picows"
 
 
 def _uri(relay_port: int) -> str:
@@ -143,20 +148,47 @@ class DirectEcho:
             self.server.stop()
 
 
+class SplicedEcho:
+    """picows's echo server behind a ``socat`` splice, and one ``EchoClient`` through both."""
+
+    def __init__(self, size: int) -> None:
+        from bench.interleaved import SocatSplice
+
+        self.server = EchoServerProcess("picows")
+        try:
+            self.splice = SocatSplice(target=self.server.port)
+            try:
+                self.client = self.splice.connect(lambda port: EchoClient(port, size))
+            except BaseException:
+                self.splice.stop()
+                raise
+        except BaseException:
+            self.server.stop()
+            raise
+
+    def stop(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            self.splice.stop()
+            self.server.stop()
+
+
 # ------------------------------------------------------------------------------ standalone
 
 
 def _round(kind: str, size: int, seconds: float, before: Path | None = None
            ) -> dict[str, float]:
     """One round: fresh processes, a warm-up, then round trips for ``seconds``."""
-    relayed = kind != DIRECT
+    relayed = kind in (RELAYED, BEFORE)
     setup: Any = (RelayedEcho(size, before if kind == BEFORE and before else ROOT) if relayed
-                  else DirectEcho(size))
+                  else SplicedEcho(size) if kind == SPLICE else DirectEcho(size))
     try:
         client = setup.client
         client.run(50)
         parts: list[Callable[[], float]] = (
-            [setup.relay.cpu, setup.listener.cpu] if relayed else [setup.server.cpu])
+            [setup.relay.cpu, setup.listener.cpu] if relayed
+            else [setup.splice.cpu, setup.server.cpu] if kind == SPLICE else [setup.server.cpu])
         before = [part() for part in parts]
         step = 10 if size >= 100 * 1024 else 200
         count, t0 = 0, time.perf_counter()
@@ -170,10 +202,13 @@ def _round(kind: str, size: int, seconds: float, before: Path | None = None
         setup.stop()
 
 
-def compare(sizes: list[str], rounds: int, seconds: float, before: Path | None = None) -> None:
+def compare(sizes: list[str], rounds: int, seconds: float, before: Path | None = None,
+            splice: bool = False) -> None:
     """Interleaved rounds (relayed, direct, relayed, direct ...), medians, one line per size;
-    with ``before``, a relayed row whose listener is that checkout's, in the same rounds."""
-    kinds = [RELAYED, DIRECT] + ([BEFORE] if before is not None else [])
+    with ``before``, a relayed row whose listener is that checkout's, in the same rounds; with
+    ``splice``, picows's echo behind socat."""
+    kinds = ([RELAYED, DIRECT] + ([BEFORE] if before is not None else [])
+             + ([SPLICE] if splice else []))
     for label in sizes:
         size = SIZES[label]
         got: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
@@ -188,6 +223,12 @@ def compare(sizes: list[str], rounds: int, seconds: float, before: Path | None =
             if kind == DIRECT:
                 continue
             ratio = med(kind, "rate") / med(DIRECT, "rate")
+            if kind == SPLICE:
+                print(f"{label:>7}: {kind} {med(kind, 'rate'):8,.0f} rt/s (socat "
+                      f"{med(kind, 'cpu0'):.1f} + picows {med(kind, 'cpu1'):.1f} µs/rt); ratio "
+                      f"to picows direct {ratio:.2f}x: the bound for any relay and listener "
+                      f"(median of {rounds} interleaved rounds of {seconds:g} s)", flush=True)
+                continue
             print(f"{label:>7}: {kind} {med(kind, 'rate'):8,.0f} rt/s "
                   f"(relay {med(kind, 'cpu0'):.1f} + listener {med(kind, 'cpu1'):.1f} µs/rt); "
                   f"picows direct {med(DIRECT, 'rate'):8,.0f} rt/s "
@@ -195,23 +236,38 @@ def compare(sizes: list[str], rounds: int, seconds: float, before: Path | None =
                   f"(median of {rounds} interleaved rounds of {seconds:g} s)", flush=True)
 
 
+def seconds(text: str) -> float:
+    """An ``argparse`` type: a positive number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
-    parser.add_argument("--relay", type=int, help="run the listener on the relay at this port")
-    parser.add_argument("--port", type=int, default=0, help="unused (ServerProcess passes it)")
+    # The listener process's own arguments (ServerProcess passes --port): not for users.
+    parser.add_argument("--relay", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--sizes", default=["256B", "1MiB"], type=listed(SIZES),
                         help=f"comma-separated, of {','.join(SIZES)}")
     parser.add_argument("--rounds", type=positive, default=5)
-    parser.add_argument("--seconds", type=float, default=1.0, help="per round")
+    parser.add_argument("--seconds", type=seconds, default=1.0, help="per round")
     parser.add_argument("--before", type=Path,
                         help="also a relayed row with this checkout's hyco_proto in the listener")
+    parser.add_argument("--splice", action="store_true",
+                        help="also picows's echo behind a socat splice (the hops of the relay "
+                             "path, nothing done in them)")
     args = parser.parse_args()
     if args.relay is not None:
         prepare_process()
         asyncio.run(listen(args.relay))
         return
     compare(args.sizes, args.rounds, args.seconds,
-            args.before.resolve() if args.before is not None else None)
+            args.before.resolve() if args.before is not None else None, args.splice)
 
 
 if __name__ == "__main__":
