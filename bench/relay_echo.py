@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.loadgen import (
     ECHO_SIZES,
@@ -33,6 +34,7 @@ from bench.loadgen import (
     ROOT,
     EchoClient,
     EchoServerProcess,
+    LoadgenError,
     RelayProcess,
     ServerProcess,
     listed,
@@ -43,6 +45,7 @@ from hyco_proto.sas import create_relay_token
 from hyco_proto.service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY
 
 SIZES = ECHO_SIZES
+T = TypeVar("T")
 #: The label of the relayed figure and of the direct reference.
 RELAYED = "hyco-relay+hyco-asyncio"
 DIRECT = "picows-direct"
@@ -102,76 +105,74 @@ class RelayEchoClient(EchoClient):
                          headers=auth, server_cpu=server_cpu)
 
 
-class RelayedEcho:
+class _Setup:
+    """Processes and a client started in order and stopped in reverse, also when a later one
+    fails to start (``started`` / ``stop``)."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+
+    def started(self, thing: T, stop: Callable[[], object]) -> T:
+        self._stack.callback(stop)
+        return thing
+
+    @contextlib.contextmanager
+    def starting(self) -> Iterator[None]:
+        """Stops what was started if the set-up fails."""
+        try:
+            yield
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        self._stack.close()
+
+
+class RelayedEcho(_Setup):
     """Relay + listener processes and one relayed sender; ``stop()`` ends all three."""
 
     def __init__(self, size: int, root: Path = ROOT) -> None:
-        self.relay = RelayProcess("hyco_proto")
-        try:
-            self.listener = ListenerProcess(self.relay.port, root)
-            try:
-                self.client = RelayEchoClient(self.relay.port, size, server_cpu=self.cpu)
-            except BaseException:
-                self.listener.stop()
-                raise
-        except BaseException:
-            self.relay.stop()
-            raise
+        super().__init__()
+        with self.starting():
+            self.relay = relay = RelayProcess("hyco_proto")
+            self.started(relay, relay.stop)
+            self.listener = listener = ListenerProcess(relay.port, root)
+            self.started(listener, listener.stop)
+            self.client = client = RelayEchoClient(relay.port, size, server_cpu=self.cpu)
+            self.started(client, client.close)
 
     def cpu(self) -> float:
         """CPU seconds of relay and listener together."""
         return self.relay.cpu() + self.listener.cpu()
 
-    def stop(self) -> None:
-        try:
-            self.client.close()
-        finally:
-            self.listener.stop()
-            self.relay.stop()
 
-
-class DirectEcho:
+class DirectEcho(_Setup):
     """picows's echo server (``bench/echo_servers.py``) and one direct ``EchoClient``."""
 
     def __init__(self, size: int) -> None:
-        self.server = EchoServerProcess("picows")
-        try:
-            self.client = EchoClient(self.server.port, size, server_cpu=self.server.cpu)
-        except BaseException:
-            self.server.stop()
-            raise
-
-    def stop(self) -> None:
-        try:
-            self.client.close()
-        finally:
-            self.server.stop()
+        super().__init__()
+        with self.starting():
+            self.server = server = EchoServerProcess("picows")
+            self.started(server, server.stop)
+            self.client = client = EchoClient(server.port, size, server_cpu=server.cpu)
+            self.started(client, client.close)
 
 
-class SplicedEcho:
+class SplicedEcho(_Setup):
     """picows's echo server behind a ``socat`` splice, and one ``EchoClient`` through both."""
 
     def __init__(self, size: int) -> None:
         from bench.interleaved import SocatSplice
 
-        self.server = EchoServerProcess("picows")
-        try:
-            self.splice = SocatSplice(target=self.server.port)
-            try:
-                self.client = self.splice.connect(lambda port: EchoClient(port, size))
-            except BaseException:
-                self.splice.stop()
-                raise
-        except BaseException:
-            self.server.stop()
-            raise
-
-    def stop(self) -> None:
-        try:
-            self.client.close()
-        finally:
-            self.splice.stop()
-            self.server.stop()
+        super().__init__()
+        with self.starting():
+            self.server = server = EchoServerProcess("picows")
+            self.started(server, server.stop)
+            self.splice = splice = SocatSplice(target=server.port)
+            self.started(splice, splice.stop)
+            self.client = client = splice.connect(lambda port: EchoClient(port, size))
+            self.started(client, client.close)
 
 
 # ------------------------------------------------------------------------------ standalone
@@ -266,8 +267,11 @@ def main() -> None:
         prepare_process()
         asyncio.run(listen(args.relay))
         return
-    compare(args.sizes, args.rounds, args.seconds,
-            args.before.resolve() if args.before is not None else None, args.splice)
+    try:
+        compare(args.sizes, args.rounds, args.seconds,
+                args.before.resolve() if args.before is not None else None, args.splice)
+    except LoadgenError as exc:  # a process that did not start: its own message is above
+        raise SystemExit(f"relay_echo: error: {exc}") from None
 
 
 if __name__ == "__main__":
