@@ -343,18 +343,20 @@ class WebSocket(SocketView):
             if timer is not None:
                 timer.cancel()
 
-    def _take(self) -> Message | _Wakeup:
-        """The next queued message, or the waiter its arrival wakes (one waiting task)."""
+    def _take(self, then: Callable[[], Awaitable[Message]] | None = None
+              ) -> Message | _Wakeup:
+        """The next queued message, or the waiter its arrival wakes (one waiting task; woken
+        without a message, it awaits ``then()``)."""
+        waiter = self._recv_waiter
+        if waiter is not None and waiter._state == _Wakeup._PENDING:
+            raise RuntimeError("recv() is already being awaited by another task")
         stream = self._stream
         message = stream.get()
         if message is not None:
             if stream.resume_needed():
                 self._link.resume_reading()
             return message
-        waiter = self._recv_waiter
-        if waiter is not None and waiter._state == _Wakeup._PENDING:
-            raise RuntimeError("recv() is already being awaited by another task")
-        waiter = self._recv_waiter = _Wakeup(self._loop)
+        waiter = self._recv_waiter = _Wakeup(self._loop, then)
         return waiter
 
     def _recv_timed_out(self, timeout: float) -> None:
@@ -370,22 +372,13 @@ class WebSocket(SocketView):
         codes raise. ``recv`` without a timeout, as a plain method returning what to await:
         the queued message (``_Ready``) or the waiter its arrival wakes, which then is the
         message (or, woken by the close, the next ``__anext__``): no coroutine per message."""
-        waiter = self._recv_waiter
-        if waiter is not None and waiter._state == _Wakeup._PENDING:
-            raise RuntimeError("recv() is already being awaited by another task")
-        stream = self._stream
         try:
-            message = stream.get()
+            got = self._take(self.__anext__)
         except ConnectionClosedError as exc:
             if exc.ok:
                 raise StopAsyncIteration from None
             raise
-        if message is not None:
-            if stream.resume_needed():
-                self._link.resume_reading()
-            return _Ready((message,))
-        waiter = self._recv_waiter = _Wakeup(self._loop, self.__anext__)
-        return waiter  # type: ignore[return-value]
+        return got if isinstance(got, _Wakeup) else _Ready((got,))  # type: ignore[return-value]
 
     # -- sending ---------------------------------------------------------------------------
 
