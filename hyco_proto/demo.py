@@ -143,7 +143,7 @@ async def run_sockets(*, round_trips: int = 2000, small: int = 20000, big: int =
             elapsed = time.perf_counter() - start
             _say("http", f"POST 8 MiB through the relay: {response.status} {answer!r}, "
                  f"{len(upload) / elapsed / 1e6:,.0f} MB/s")
-        stats = relay.service.stats
+        stats = relay.service.counters()
         print(
             f"relay stats: {stats.relayed_pairs} relayed pair(s), {stats.messages_relayed:,} "
             f"messages in {stats.frames_relayed:,} frames, {stats.bytes_relayed:,} payload "

@@ -28,7 +28,7 @@ from .frames import FORWARD_HEADROOM
 from .handshake import ClientHandshake, HandshakeAccepted, HandshakeRejected
 from .listener import ConnectionRequested, Listener
 from .listener import Event as ListenerEvent
-from .service.router import RelayService
+from .service.router import Lane, RelayService
 from .websocket import (
     BinaryMessage,
     CloseReceived,
@@ -53,8 +53,13 @@ class MemoryNetwork:
         *,
         now: float = 1_700_000_000.0,
         remote_host: str = "127.0.0.1",
+        lanes: bool = True,
     ) -> None:
         self.service = service or RelayService()
+        #: Relayed legs' reads go through ``RelayService.lane`` once it grants one (as the
+        #: asyncio driver's do); False: always ``forward_into``.
+        self.lanes = lanes
+        self._lanes: dict[int, tuple[Lane, int]] = {}
         self.now = now
         self._remote_host = remote_host
         self._next_port = 50000
@@ -80,11 +85,24 @@ class MemoryNetwork:
             # Lent like a socket driver's read buffer (scratch space first), so relayed legs
             # re-frame in place here too; its views are copied out in pump().
             buffer = bytearray(FORWARD_HEADROOM) + data
+            lane = self._lanes.get(conn_id)
+            if lane is not None:
+                view = lane[0](self.now, memoryview(buffer), FORWARD_HEADROOM, len(buffer))
+                if view is None:  # it has left plain relaying: the usual calls from now on
+                    del self._lanes[conn_id]
+                elif view:
+                    self._fast.append((lane[1], view))
+                return
             fast = self.service.forward_into(self.now, conn_id, memoryview(buffer),
                                              FORWARD_HEADROOM, len(buffer))
-            if fast is not None and fast[1]:  # plain relayed data, nothing else queued
-                self._fast.append(fast)
+            if fast is not None:  # plain relayed data, nothing else queued
+                if fast[1]:
+                    self._fast.append(fast)
+                granted = self.service.lane(conn_id) if self.lanes else None
+                if granted is not None:
+                    self._lanes[conn_id] = granted
         else:
+            self._lanes.pop(conn_id, None)
             self.service.receive_eof(self.now, conn_id)
             self.service.connection_lost(self.now, conn_id)
             self._endpoints.pop(conn_id, None)
@@ -107,6 +125,7 @@ class MemoryNetwork:
                         endpoint._from_relay(b"")
                     self.service.connection_lost(self.now, conn_id)
                     self._endpoints.pop(conn_id, None)
+                    self._lanes.pop(conn_id, None)
             for endpoint in list(self._endpoints.values()):
                 moved |= endpoint._flush()
             for listener in self._listeners:

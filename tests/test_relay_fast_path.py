@@ -56,6 +56,7 @@ class Spy:
 def _run(forced_usual: bool, ending: list[bytes]) -> tuple[Pair, Spy, int]:
     """The script, then the ending; also how many answers came before the ending."""
     pair = Pair()
+    pair.net.lanes = False  # forward_into on every read (lanes: tests/test_relay_lane.py)
     spy = Spy(pair.net.service, forced_usual=forced_usual)
     pair.write_all(SCRIPT)
     before_ending = len(spy.answers)
@@ -89,6 +90,7 @@ def test_the_shortcut_does_what_receive_into_does(ending: list[bytes]) -> None:
 def test_a_close_takes_the_usual_way_and_starts_the_closing_deadline() -> None:
     # The listener never answers the close: the pair waits for it until half_close_timeout.
     pair = Pair(RelayService(ServiceConfig(), half_close_timeout=5.0), reply_to_close=False)
+    pair.net.lanes = False
     spy = Spy(pair.net.service)
     pair.write_all([raw_frame(OP_BINARY, b"data")])
     assert spy.answers[-2:] == ["fast", "fast"]  # there and echoed back
@@ -102,6 +104,7 @@ def test_a_close_takes_the_usual_way_and_starts_the_closing_deadline() -> None:
 def test_no_shortcut_once_the_other_leg_is_gone() -> None:
     """The listener's leg dropped (no close): the sender's next data is not forwarded."""
     pair = Pair()
+    pair.net.lanes = False
     spy = Spy(pair.net.service)
     pair.write_all([raw_frame(OP_BINARY, b"before")])
     assert spy.answers[-2:] == ["fast", "fast"]

@@ -42,20 +42,22 @@ class RelayLeg(Handler):
         self.listener_id = ""
         self.joined = conn.opened
         self.from_sender = False
+        # The forwarder's payload bytes, frames and messages already added to the service's
+        # counters (``count``): a driver's lane (RelayService.lane) forwards without counting.
+        self._counted_bytes = self._counted_frames = self._counted_messages = 0
 
-    def _other(self) -> RelayLeg | None:
+    def other(self) -> RelayLeg | None:
+        """The other leg, while it is still relaying."""
         other = self.svc.handler(self.peer) if self.peer is not None else None
         return other if isinstance(other, RelayLeg) and other.kind is ConnectionKind.RELAY \
             else None
 
     def receive_data(self, now: float, data: bytes | memoryview) -> None:
-        fwd = self.fwd
-        before = fwd.payload_bytes, fwd.frames, fwd.messages
-        out = fwd.feed(data)
-        peer = self._other()
+        out = self.fwd.feed(data)
+        peer = self.other()
         if out and peer is not None:
             self.svc.send(peer.id, out)
-        self._forwarded(now, peer, before)
+        self._forwarded(now, peer)
 
     def receive_into(self, now: float, buffer: memoryview, start: int, end: int) -> None:
         # The frames are re-framed where they were read and the peer gets a view of them: no
@@ -70,28 +72,37 @@ class RelayLeg(Handler):
         when that is all that happened (nothing queued, no close, no violation, so no deadline
         and no broker step); otherwise ``None`` after the usual handling (output queued)."""
         fwd = self.fwd
-        payload, frames, messages = before = fwd.payload_bytes, fwd.frames, fwd.messages
         begin, stop = fwd.feed_into(buffer, start, end)
-        peer = self._other()
+        peer = self.other()
         if peer is None or fwd.error_code or (fwd.close_code >= 0 and not self.close_in):
-            if stop > begin and peer is not None:
-                self.svc.send(peer.id, buffer[begin:stop])
-            self._forwarded(now, peer, before)
+            self.fed(now, peer, buffer, begin, stop)
             return None
-        stats = self.svc.stats
-        stats.bytes_relayed += fwd.payload_bytes - payload
-        stats.frames_relayed += fwd.frames - frames
-        stats.messages_relayed += fwd.messages - messages
+        self.count()
         return peer.id, buffer[begin:stop]
 
-    def _forwarded(self, now: float, peer: RelayLeg | None, before: tuple[int, int, int]) -> None:
-        """After a read: count what passed (``before``: the forwarder's payload bytes, frames
-        and messages until then), and act on a violation or a close that passed."""
+    def fed(self, now: float, peer: RelayLeg | None, buffer: memoryview, begin: int,
+            stop: int) -> None:
+        """The usual handling of a read whose frames the forwarder has re-framed into
+        ``buffer[begin:stop]``: queue them for ``peer`` and act on what passed."""
+        if stop > begin and peer is not None:
+            self.svc.send(peer.id, buffer[begin:stop])
+        self._forwarded(now, peer)
+
+    def count(self) -> None:
+        """Add what passed since the last count to the service's counters."""
         fwd = self.fwd
         stats = self.svc.stats
-        stats.bytes_relayed += fwd.payload_bytes - before[0]
-        stats.frames_relayed += fwd.frames - before[1]
-        stats.messages_relayed += fwd.messages - before[2]
+        payload, frames, messages = fwd.payload_bytes, fwd.frames, fwd.messages
+        stats.bytes_relayed += payload - self._counted_bytes
+        stats.frames_relayed += frames - self._counted_frames
+        stats.messages_relayed += messages - self._counted_messages
+        self._counted_bytes, self._counted_frames, self._counted_messages = (
+            payload, frames, messages)
+
+    def _forwarded(self, now: float, peer: RelayLeg | None) -> None:
+        """After a read: count what passed, and act on a violation or a close that passed."""
+        fwd = self.fwd
+        self.count()
         if fwd.error_code:
             self._failed(now, fwd.error_code, fwd.error_reason)
         elif fwd.close_code >= 0 and not self.close_in:
@@ -109,7 +120,7 @@ class RelayLeg(Handler):
         if self.eof:
             return
         self.eof = True
-        peer = self._other()
+        peer = self.other()
         if self.kind is ConnectionKind.RELAY:
             self._close_tcp()
         if peer is None:
@@ -121,6 +132,7 @@ class RelayLeg(Handler):
             peer.gone(now, self, "The other side of the relayed connection went away.")
 
     def connection_lost(self, now: float) -> None:
+        self.count()
         self.receive_eof(now)
 
     def can_inject(self, source: RelayLeg | None) -> bool:
@@ -138,7 +150,7 @@ class RelayLeg(Handler):
         log_event(logging.INFO, "protocol-close", f"relayed leg {code}",
                   remote=self.conn.remote, tracking=self.tracking, why=reason[:200],
                   code=code)
-        peer = self._other()
+        peer = self.other()
         if self.can_inject(peer):
             self.svc.send(self.id, close_frame(code, reason))
         self._close_tcp()
@@ -178,6 +190,6 @@ class RelayLeg(Handler):
     def shutdown(self, now: float, code: int, reason: str) -> None:
         if self.kind is not ConnectionKind.RELAY:
             return
-        if self.can_inject(self._other()):
+        if self.can_inject(self.other()):
             self.svc.send(self.id, close_frame(code, reason))
         self._close_tcp()

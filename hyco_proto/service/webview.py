@@ -40,6 +40,7 @@ from .status import utc_text
 from .webview_page import PAGE
 
 if TYPE_CHECKING:
+    from .stats import ServiceStats
     from .webpubsub import WebPubSubService
 
 __all__ = [
@@ -97,6 +98,9 @@ class WebViewSource(ServiceCore, Protocol):
         """The relayed HTTP requests in flight."""
         ...
 
+    def counters(self) -> ServiceStats:
+        """``stats``, counted up to now."""
+        ...
 
 
 def _stamp(when: float) -> float:
@@ -218,7 +222,7 @@ def build_snapshot(service: WebViewSource, now: float) -> dict[str, Any]:
         "version": __version__,
         "namespace": _text(broker.config.namespace),
         "connections": dict(sorted((kind.value, n) for kind, n in kinds.items())),
-        "counters": asdict(service.stats),
+        "counters": asdict(service.counters()),
         "hybrid_connections": hcs,
         "hybrid_connection_count": len(names),
         "pairs": pairs,

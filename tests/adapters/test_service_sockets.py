@@ -534,3 +534,29 @@ async def test_a_wildcard_host_on_any_port_is_reached_at_its_url(own_sockets: bo
         answer = await asyncio.wait_for(reader.read(), WAIT)
         assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
         writer.close()
+
+
+@pytest.mark.parametrize("own_sockets", [True, False], ids=["own-sockets", "asyncio-transports"])
+@async_test
+async def test_relayed_reads_take_the_lane_and_hand_back_at_the_close(own_sockets: bool) -> None:
+    """After a leg's first plain read the driver forwards through ``RelayService.lane``: every
+    message still arrives whole and in order, the counters see them, and the close passes
+    (the lane hands back and the pair ends as without it)."""
+    from tests.adapters.test_asyncio_relay import connect, echo_listener
+    from tests.test_relay_lane import LaneSpy
+
+    async with RelayServiceServer(port=0, own_sockets=own_sockets) as server:
+        spy = LaneSpy(server.service)
+        async with echo_listener(server):
+            ws = await connect(server)
+            messages = [bytes([i]) * (1 + 997 * i) for i in range(40)]
+            for message in messages:
+                await asyncio.wait_for(ws.send(message), WAIT)
+                assert await asyncio.wait_for(ws.recv(), WAIT) == message
+            assert spy.views >= 2 * (len(messages) - 1)  # both ways, after each first read
+            counted = server.service.counters()
+            assert counted.messages_relayed == 2 * len(messages)
+            assert counted.bytes_relayed == 2 * sum(map(len, messages))
+            await asyncio.wait_for(ws.close(), WAIT)
+            assert ws.close_code == 1000
+            assert spy.handed_back >= 1

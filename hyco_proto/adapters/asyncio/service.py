@@ -44,7 +44,7 @@ from typing import Any, TypeVar, cast
 
 from ...frames import FORWARD_HEADROOM
 from ...service.config import ServiceConfig
-from ...service.router import ConnectionKind, RelayService
+from ...service.router import ConnectionKind, Lane, RelayService
 from ...service.webpubsub_events import OutboundCall
 from .http import relayed_request as http_request  # a plain HTTP client without a token
 from .sockets import (
@@ -150,6 +150,9 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
         self.reading_paused = False
         #: Made by _TlsHandshake for a connection already counted (not by the server's factory).
         self._taken_over = False
+        #: A relayed leg's hot path, once it relays plainly: the core's lane
+        #: (RelayService.lane) and the peer's write.
+        self.lane: tuple[Lane, Callable[[memoryview], None]] | None = None
         #: The socket's descriptor for direct writes of lent views: -1 for TLS or off POSIX,
         #: None until the first such write (most connections never relay).
         self.fd: int | None = None
@@ -178,6 +181,22 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         server = self._server
+        lane = self.lane
+        if lane is not None:  # a relayed leg's hot path (RelayService.lane)
+            try:
+                view = lane[0](time.time(), server._read_buffer, FORWARD_HEADROOM,
+                               FORWARD_HEADROOM + nbytes)
+            except BaseException:
+                self.lane = None
+                server._after_input(self.conn_id)
+                raise
+            if view is not None:
+                if view:
+                    lane[1](view)
+                return
+            self.lane = None  # no longer plain relaying: the usual steps from now on
+            server._after_input(self.conn_id)
+            return
         # The shared read buffer is lent to the core; _after_input writes or copies its views,
         # also if the core failed half-way (before the next read overwrites them).
         try:
@@ -192,10 +211,18 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
         # Plain relayed data: the view goes to the peer and nothing else changed (no other
         # output, deadline or reading change: RelayService.forward_into).
         peer_id, view = fast
+        proto = server._protocols.get(peer_id)
+        if proto is None:
+            return
         if view:
-            proto = server._protocols.get(peer_id)
-            if proto is not None:
-                proto.send(view, self.conn_id)
+            proto.send(view, self.conn_id)
+        if proto.transport is not None and self.conn_id in proto.writers:
+            # Its output is watched for flow control now (send: add_writer), so reads may take
+            # the lane: the core's shortcut, and the peer's write without send's steps.
+            granted = server.service.lane(self.conn_id)
+            if granted is not None and granted[1] == peer_id:
+                self.lane = (granted[0], proto.transport.write if proto.own_transport
+                             else proto.write_lent)
 
     def eof_received(self) -> bool | None:
         server = self._server
