@@ -17,10 +17,11 @@ import asyncio
 import os
 import ssl as _ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
 
 from ...errors import ConnectionLostError, connect_failure
+from . import lean
 
 __all__ = ["DEFAULT_WRITE_LIMIT", "READ_SIZE", "Link", "Receiver", "open_link", "tls_context"]
 
@@ -245,16 +246,20 @@ def tls_context(secure: bool, ssl: _ssl.SSLContext | None) -> _ssl.SSLContext | 
 
 async def open_link(link: Link, host: str, port: int, *, secure: bool,
                     ssl: _ssl.SSLContext | None, timeout: float | None) -> Link:
-    """Connect ``link`` to ``host``:``port``; errors say which address and why.
+    """Connect ``link`` to ``host``:``port``; errors say which address and why. Plain TCP on
+    a selector loop runs on the lean transport (:mod:`.lean`), else on asyncio's.
 
     Raises :func:`~hyco_proto.errors.connect_failure`'s error (``TimeoutError``,
     ``ConnectionRefusedError``, else ``ConnectionError``) naming the address and the cause.
     """
     loop = asyncio.get_running_loop()
+    opening: Awaitable[object]
+    if lean.applies(loop, secure):
+        opening = lean.connect(loop, link, host, port)
+    else:
+        opening = loop.create_connection(lambda: link, host, port, ssl=tls_context(secure, ssl))
     try:
-        await asyncio.wait_for(
-            loop.create_connection(lambda: link, host, port, ssl=tls_context(secure, ssl)),
-            timeout)
+        await asyncio.wait_for(opening, timeout)
     except asyncio.TimeoutError:
         raise connect_failure(TimeoutError(), host=host, port=port, secure=secure,
                               timeout=timeout) from None

@@ -5,6 +5,9 @@ Each connection runs a :class:`~hyco_proto.drivers.ServerConnection`: the openin
 from ``subprotocols`` in the server's order of preference, then ``await handler(ws)``. The socket
 is closed with 1000 when the handler returns (or lets the peer's close escape as
 ``ConnectionClosedError``) and 1011 when it raises anything else (logged).
+
+Plain TCP on a selector loop is accepted and served by the lean transport (:mod:`.lean`); TLS
+and other loops by asyncio's.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from typing import Any
 
 from ...drivers.connection import RequestReceived, ServerConnection, select_subprotocol
 from ...drivers.stream import DEFAULT_MAX_QUEUE, ConnectionClosedError, check_max_queue
+from . import lean
 from .link import DEFAULT_WRITE_LIMIT, Link
+from .sockets import SocketListener
 from .websocket import DEFAULT_CLOSE_TIMEOUT, DEFAULT_MAX_SIZE, WebSocket
 
 __all__ = ["Server", "serve"]
@@ -45,7 +50,9 @@ class Server:
         self._max_queue = max_queue
         self._max_size = max_size
         self._write_limit = write_limit
-        self._server: asyncio.base_events.Server | None = None
+        # asyncio's server, or the lean transport's listener (plain TCP, selector loop).
+        self._server: asyncio.base_events.Server | SocketListener | None = None
+        self._forever: asyncio.Future[None] | None = None  # what serve_forever awaits
         self._sockets: set[WebSocket] = set()
         self._handshaking: set[WebSocket] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -59,8 +66,11 @@ class Server:
 
     async def start(self) -> Server:
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._new_link, self.host, self._port,
-                                                ssl=self._ssl)
+        if lean.applies(loop, self._ssl is not None):
+            self._server = await lean.listen(loop, self.host, self._port, self._new_link)
+        else:
+            self._server = await loop.create_server(self._new_link, self.host, self._port,
+                                                    ssl=self._ssl)
         return self
 
     def _new_link(self) -> Link:
@@ -109,6 +119,8 @@ class Server:
         """Stop accepting; open connections are closed with 1001 (see ``wait_closed``)."""
         if self._server is not None:
             self._server.close()
+        if self._forever is not None and not self._forever.done():
+            self._forever.set_result(None)
         for ws in list(self._handshaking):  # their tasks may be cancelled before they run
             ws.abort()
         for task in list(self._tasks):
@@ -121,8 +133,16 @@ class Server:
             await asyncio.wait(list(self._tasks), timeout=self._close_timeout + 1.0)
 
     async def serve_forever(self) -> None:
+        """Serve until ``close()`` (then return) or until cancelled (then stop accepting, as
+        asyncio's ``serve_forever`` does)."""
         assert self._server is not None, "start the server first"
-        await self._server.serve_forever()
+        if not self._server.is_serving():
+            return
+        self._forever = asyncio.get_running_loop().create_future()
+        try:
+            await self._forever
+        finally:
+            self._server.close()
 
     async def __aenter__(self) -> Server:
         return self

@@ -65,7 +65,12 @@ _HANDSHAKE_EVENTS = (Opened, Refused, HandshakeFailed, RequestReceived)
 
 S = TypeVar("S", bound="WebSocket")
 
-_current_task = asyncio.current_task
+_tasks_by_loop = getattr(asyncio.tasks, "_current_tasks", None)
+# Python 3.11's current_task is a Python function that looks its loop up in this dict: the
+# lookup alone answers the same, one call less (3.12's current_task is in C already).
+_current_task: Callable[[asyncio.AbstractEventLoop], object] = (
+    _tasks_by_loop.get if isinstance(_tasks_by_loop, dict)
+    and hasattr(asyncio.current_task, "__code__") else asyncio.current_task)
 _Callback = Callable[[Any], object]
 
 
@@ -82,8 +87,8 @@ class _Wakeup:
     future protocol asyncio's ``Task`` checks for, ``asyncio.isfuture``).
     """
 
-    __slots__ = ("_asyncio_future_blocking", "_callbacks", "_error", "_loop", "_state", "_then",
-                 "_value")
+    __slots__ = ("_asyncio_future_blocking", "_callbacks", "_error", "_loop", "_reusable",
+                 "_state", "_then", "_value")
 
     _PENDING, _DONE, _CANCELLED = 0, 1, 2
 
@@ -97,6 +102,16 @@ class _Wakeup:
         self._error: BaseException | None = None
         self._value: Message | None = None
         self._callbacks: list[tuple[_Callback, contextvars.Context | None]] = []
+        # Woken in place, so its one waiting task has taken the result: ``reset`` may reuse it.
+        self._reusable = False
+
+    def reset(self, then: Callable[[], Awaitable[Message]] | None) -> None:
+        """Pending again, for the next wait (only once ``_reusable``: nothing refers to the old
+        outcome any more; saves an object per message)."""
+        self._state = self._PENDING
+        self._reusable = False
+        self._then = then
+        self._error = self._value = None
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
         return self._loop
@@ -151,6 +166,9 @@ class _Wakeup:
         if len(callbacks) == 1 and _current_task(self._loop) is None:
             self._callbacks = []
             fn, context = callbacks[0]
+            # The task's wake-up reads the result before it runs the task any further, so the
+            # task may already reuse this waiter (see reset) while we are still in fn.
+            self._reusable = True
             if context is None:
                 fn(self)
             else:
@@ -333,10 +351,7 @@ class WebSocket(SocketView):
                     return got
                 if timeout is not None and timer is None:
                     timer = self._loop.call_later(timeout, self._recv_timed_out, timeout)
-                try:
-                    message = await got
-                finally:
-                    self._recv_waiter = None
+                message = await got
                 if message is not None:
                     return message
         finally:
@@ -356,6 +371,9 @@ class WebSocket(SocketView):
             if stream.resume_needed():
                 self._link.resume_reading()
             return message
+        if waiter is not None and waiter._reusable:
+            waiter.reset(then)
+            return waiter
         waiter = self._recv_waiter = _Wakeup(self._loop, then)
         return waiter
 
