@@ -20,7 +20,7 @@ import pytest
 
 from hyco_proto.adapters.asyncio import WebSocket, connect, lean, serve
 from hyco_proto.adapters.asyncio.link import Link, open_link
-from hyco_proto.adapters.asyncio.sockets import LoopPoller, SocketTransport
+from hyco_proto.adapters.asyncio.sockets import LoopPoller
 
 from .asyncio_util import WAIT, async_test, bounded
 
@@ -103,7 +103,7 @@ async def test_echo_on_both_transports_and_which_one_runs(transport_kind: bool) 
             assert await ws.recv(timeout=WAIT) == message
         assert isinstance(ws.transport, lean.LinkTransport) is transport_kind
         (accepted,) = server._sockets
-        assert isinstance(accepted.transport, SocketTransport) is transport_kind
+        assert isinstance(accepted.transport, lean.LinkTransport) is transport_kind
     assert not lean.applies(asyncio.get_running_loop(), True)  # TLS: asyncio's, always
 
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 _NOT_NOW = (BlockingIOError, InterruptedError)
 
-__all__ = ["ENABLED", "applies", "connect", "listen"]
+__all__ = ["ENABLED", "LinkTransport", "adopt", "applies", "connect", "listen"]
 
 logger = logging.getLogger("hyco_proto.adapters.asyncio")
 
@@ -66,6 +66,15 @@ class LinkTransport(SocketTransport):
             raise
         except BaseException as exc:
             self._fatal(exc, "protocol failed on received data")
+
+
+def adopt(transport: object) -> None:
+    """Make a plain :class:`SocketTransport` serving a link (one ``SocketListener`` accepted)
+    a :class:`LinkTransport`. Called from ``connection_made``, before the transport first
+    watches its socket (so the loop calls the new read callback). ``LinkTransport`` adds no
+    state, only its read callback differs, so the class may be switched in place."""
+    if type(transport) is SocketTransport:
+        transport.__class__ = LinkTransport
 
 
 def applies(loop: asyncio.AbstractEventLoop, secure: bool) -> bool:

@@ -45,7 +45,7 @@ from ...drivers.view import SocketView
 from ...errors import ConnectionLostError, RelayError
 from ...listener import ConnectionRequested
 from ...sender import SenderConnect
-from ...websocket import State
+from ...websocket import _OPEN, State
 from .link import DEFAULT_WRITE_LIMIT, Link, open_link
 
 __all__ = [
@@ -83,8 +83,10 @@ class _Wakeup:
     one runs the wake-up right there, in the task's own context, as the loop would have done one
     iteration later; inside a task (where another task may not be entered) it falls back to
     ``call_soon``. Tasks accept any awaitable that yields an object with
-    ``_asyncio_future_blocking``, ``get_loop``, ``add_done_callback`` and ``result`` (the
-    future protocol asyncio's ``Task`` checks for, ``asyncio.isfuture``).
+    ``_asyncio_future_blocking``, ``add_done_callback`` and ``result`` (the future protocol
+    asyncio's ``Task`` checks for, ``asyncio.isfuture``) and its loop: ``get_loop()``, or
+    without that method the ``_loop`` attribute (``asyncio.futures._get_loop``; one call less
+    per wait, so this class has no ``get_loop``).
     """
 
     __slots__ = ("_asyncio_future_blocking", "_callbacks", "_error", "_loop", "_reusable",
@@ -112,9 +114,6 @@ class _Wakeup:
         self._reusable = False
         self._then = then
         self._error = self._value = None
-
-    def get_loop(self) -> asyncio.AbstractEventLoop:
-        return self._loop
 
     def done(self) -> bool:
         return self._state != self._PENDING
@@ -404,7 +403,7 @@ class WebSocket(SocketView):
         """Send a text (str) or binary (bytes-like) message; waits while the write buffer is
         above its high-water mark (the message is queued before waiting)."""
         ws = self._ws
-        if ws is not None and ws.state is State.OPEN and self._stream.closed is None:
+        if ws is not None and ws.state is _OPEN and self._stream.closed is None:
             # The common case, with the checks of the general path below in one test.
             cls = type(message)
             if cls is not bytes and cls is not str:
