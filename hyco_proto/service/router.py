@@ -227,12 +227,12 @@ class RelayService:
         fwd = leg.fwd
         feed_into = fwd.feed_into
         relay = ConnectionKind.RELAY
-        out = self._out
 
         def forward(now: float, buffer: memoryview, start: int, end: int) -> memoryview | None:
             # Both legs still relaying (a leg the service closes is CLOSED first: _close_tcp;
-            # a lost one too: connection_lost) and nothing queued ahead of these bytes.
-            if leg.kind is relay and peer.kind is relay and not out:
+            # a lost one too: connection_lost) and nothing queued ahead of these bytes (the
+            # current list: data_to_send replaces it).
+            if leg.kind is relay and peer.kind is relay and not self._out:
                 self.activity += 1
                 begin, stop = feed_into(buffer, start, end)
                 if not fwd.error_code and fwd.close_code < 0:

@@ -222,7 +222,7 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
             granted = server.service.lane(self.conn_id)
             if granted is not None and granted[1] == peer_id:
                 self.lane = (granted[0], proto.transport.write if proto.own_transport
-                             else proto.write_lent)
+                             else proto.write_lane)
 
     def eof_received(self) -> bool | None:
         server = self._server
@@ -278,6 +278,13 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
             self.write_lent(data)
         else:
             transport.write(data)
+
+    def write_lane(self, data: memoryview) -> None:
+        """``send`` of a lane's view (its writer is known): nothing once the transport is
+        closing (an aborted one's socket stays open until its connection_lost)."""
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            self.write_lent(data)
 
     def write_lent(self, data: memoryview) -> None:
         """Write a view of the shared read buffer before the next read reuses it: straight to
