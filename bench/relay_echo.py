@@ -203,6 +203,23 @@ def _round(kind: str, size: int, seconds: float, before: Path | None = None
         setup.stop()
 
 
+def measure(size: int, kinds: list[str], rounds: int, seconds: float,
+            before: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Interleaved rounds (every kind in turn, round after round, fresh processes each time):
+    per kind, the median round trips/s and CPU µs per round trip of each part (``cpu0``,
+    ``cpu1``: relay and listener, socat and picows, or picows's server alone), and every
+    round's rate."""
+    got: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
+    for _ in range(rounds):
+        for kind in kinds:
+            got[kind].append(_round(kind, size, seconds, before))
+    return {kind: {"rate": statistics.median(r["rate"] for r in runs),
+                   **{key: statistics.median(r[key] for r in runs)
+                      for key in runs[0] if key.startswith("cpu")},
+                   "rounds": [round(r["rate"]) for r in runs]}
+            for kind, runs in got.items()}
+
+
 def compare(sizes: list[str], rounds: int, seconds: float, before: Path | None = None,
             splice: bool = False) -> None:
     """Interleaved rounds (relayed, direct, relayed, direct ...), medians, one line per size;
@@ -211,29 +228,23 @@ def compare(sizes: list[str], rounds: int, seconds: float, before: Path | None =
     kinds = ([RELAYED, DIRECT] + ([BEFORE] if before is not None else [])
              + ([SPLICE] if splice else []))
     for label in sizes:
-        size = SIZES[label]
-        got: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
-        for _ in range(rounds):
-            for kind in kinds:
-                got[kind].append(_round(kind, size, seconds, before))
-
-        def med(kind: str, key: str, got: dict[str, list[dict[str, float]]] = got) -> float:
-            return statistics.median(r[key] for r in got[kind])
-
+        result = measure(SIZES[label], kinds, rounds, seconds, before)
+        direct = result[DIRECT]
         for kind in kinds:
             if kind == DIRECT:
                 continue
-            ratio = med(kind, "rate") / med(DIRECT, "rate")
+            med = result[kind]
+            ratio = med["rate"] / direct["rate"]
             if kind == SPLICE:
-                print(f"{label:>7}: {kind} {med(kind, 'rate'):8,.0f} rt/s (socat "
-                      f"{med(kind, 'cpu0'):.1f} + picows {med(kind, 'cpu1'):.1f} µs/rt); ratio "
+                print(f"{label:>7}: {kind} {med['rate']:8,.0f} rt/s (socat "
+                      f"{med['cpu0']:.1f} + picows {med['cpu1']:.1f} µs/rt); ratio "
                       f"to picows direct {ratio:.2f}x: the bound for any relay and listener "
                       f"(median of {rounds} interleaved rounds of {seconds:g} s)", flush=True)
                 continue
-            print(f"{label:>7}: {kind} {med(kind, 'rate'):8,.0f} rt/s "
-                  f"(relay {med(kind, 'cpu0'):.1f} + listener {med(kind, 'cpu1'):.1f} µs/rt); "
-                  f"picows direct {med(DIRECT, 'rate'):8,.0f} rt/s "
-                  f"(server {med(DIRECT, 'cpu0'):.1f} µs/rt); ratio {ratio:.2f}x "
+            print(f"{label:>7}: {kind} {med['rate']:8,.0f} rt/s "
+                  f"(relay {med['cpu0']:.1f} + listener {med['cpu1']:.1f} µs/rt); "
+                  f"picows direct {direct['rate']:8,.0f} rt/s "
+                  f"(server {direct['cpu0']:.1f} µs/rt); ratio {ratio:.2f}x "
                   f"(median of {rounds} interleaved rounds of {seconds:g} s)", flush=True)
 
 

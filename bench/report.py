@@ -388,6 +388,50 @@ def relay_echo_summary(groups: dict[str, list[dict[str, Any]]]) -> list[str]:
         ref_cpu = f"{ref['info'].get('server_us', 0):,.1f}" if ref else DASH
         lines.append(f"| {size} | {rate} | {direct} | {ratio} | {cpu} | {ref_cpu} |")
     lines.append("")
+    return lines + relay_echo_interleaved(groups)
+
+
+RELAY_ECHO_INTERLEAVED = "round trip through the relay: interleaved rounds, {}"
+RELAY_ECHO_SPLICE = "socat+picows"
+
+
+def relay_echo_interleaved(groups: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """The relayed echo, picows direct and picows behind socat in interleaved rounds
+    (``test_relay_echo_interleaved``), with issue 14's target at 256 B."""
+    lines: list[str] = []
+    for size in ECHO_SIZES:
+        rows = _relay_rows(groups, RELAY_ECHO_INTERLEAVED.format(size))
+        if not rows:
+            continue
+        info = next(iter(rows.values()))["info"]
+        data = info["interleaved"]
+        direct = float(data[RELAY_ECHO_DIRECT]["rate"])
+        lines += [f"### Interleaved rounds, {size}: through the relay, picows direct, picows "
+                  "behind socat",
+                  "",
+                  f"{info['rounds']} rounds of {info['seconds']:g} s; each round starts fresh "
+                  "processes for every setup in turn, so the machine's drift hits all alike. "
+                  "`socat+picows`: picows's echo behind a `socat` splice, the same hops as "
+                  "through the relay with nothing done in the middle: the ratio no relay and "
+                  "listener can pass here. CPU per round trip in µs (relay or socat + listener "
+                  "or picows; picows's server alone for the direct echo).",
+                  "",
+                  "| setup | median round trips/s | ÷ picows direct | every round | CPU µs |",
+                  "|---|---|---|---|---|"]
+        for name, row in data.items():
+            rate = float(row["rate"])
+            cpu = " + ".join(f"{float(row[key]):.1f}" for key in sorted(row)
+                             if key.startswith("cpu") and key != "cpu_us")
+            lines.append(f"| {name} | {rate:,.0f} | {rate / direct:.2f}{TIMES} | "
+                         f"{', '.join(f'{float(r):,.0f}' for r in row['rounds'])} | {cpu} |")
+        if size == "256 B":
+            ours = float(data[RELAY_ECHO]["rate"])
+            ok = ours >= 0.6 * direct
+            lines += ["", f"Target (issue 14): through the relay ≥ 0.6{TIMES} picows direct at "
+                      f"256 B: {'met' if ok else '**not met**'} "
+                      f"({ours / direct:.2f}{TIMES}; the splice bound: "
+                      f"{float(data[RELAY_ECHO_SPLICE]['rate']) / direct:.2f}{TIMES})."]
+        lines.append("")
     return lines
 
 

@@ -6,6 +6,11 @@
 the size, so each size's two run back to back. Like ``test_bench_echo.py``: round trips per
 round calibrated (~RUN_SECONDS), ROUNDS rounds, median; ``extra_info`` has the CPU per round
 trip of the relay and of the listener (µs) and of the client and servers (fraction of a core).
+
+``test_relay_echo_interleaved``: at 256 B (issue 14's target), the relayed echo, picows direct
+and picows behind a ``socat`` splice (``socat+picows``: the same hops with nothing done in them,
+the bound for any relay and listener) in INTERLEAVED_ROUNDS interleaved rounds with fresh
+processes (``relay_echo.measure``); the ratio is judged on these medians.
 """
 
 from __future__ import annotations
@@ -16,13 +21,17 @@ from typing import Any
 import pytest
 
 from bench.loadgen import RunStats, calibrated
-from bench.relay_echo import DIRECT, RELAYED, SIZES, DirectEcho, RelayedEcho
+from bench.relay_echo import DIRECT, RELAYED, SIZES, SPLICE, DirectEcho, RelayedEcho, measure
 
 SIZE_TEXT = {"256B": "256 B", "8KiB": "8 KiB", "100KiB": "100 KiB", "1MiB": "1 MiB"}
 ROUNDS = 9
 RUN_SECONDS = 0.2
 GROUP = "round trip through the relay: {} messages"
 CASES = [(size, kind) for size in SIZES for kind in (RELAYED, DIRECT)]
+INTERLEAVED_GROUP = "round trip through the relay: interleaved rounds"
+INTERLEAVED_SIZES = ["256B"]
+INTERLEAVED_ROUNDS = 5
+INTERLEAVED_SECONDS = 1.0
 
 
 @pytest.mark.parametrize("size,kind", CASES, ids=[f"{z}-{k}" for z, k in CASES])
@@ -50,3 +59,21 @@ def test_relay_round_trips(benchmark: Any, size: str, kind: str) -> None:
                                     server_cpu=summary["relay_cpu"], measured_at=time.time())
     finally:
         setup.stop()
+
+
+@pytest.mark.parametrize("size", INTERLEAVED_SIZES)
+def test_relay_echo_interleaved(benchmark: Any, size: str) -> None:
+    """Medians of interleaved rounds (``extra_info["interleaved"]``: per kind, the median rate,
+    CPU µs per round trip of each process, every round's rate)."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        result.update(measure(SIZES[size], [RELAYED, DIRECT, SPLICE], INTERLEAVED_ROUNDS,
+                              INTERLEAVED_SECONDS))
+
+    benchmark.group = f"{INTERLEAVED_GROUP}, {SIZE_TEXT[size]}"
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    assert set(result) == {RELAYED, DIRECT, SPLICE}
+    benchmark.extra_info.update(unit="runs", message_size=SIZES[size],
+                                rounds=INTERLEAVED_ROUNDS, seconds=INTERLEAVED_SECONDS,
+                                interleaved=result)
