@@ -104,16 +104,9 @@ class _Wakeup:
         self._error: BaseException | None = None
         self._value: Message | None = None
         self._callbacks: list[tuple[_Callback, contextvars.Context | None]] = []
-        # Woken in place, so its one waiting task has taken the result: ``reset`` may reuse it.
+        # Woken in place, so its one waiting task has taken the result: WebSocket._take may
+        # make it pending again for the next wait.
         self._reusable = False
-
-    def reset(self, then: Callable[[], Awaitable[Message]] | None) -> None:
-        """Pending again, for the next wait (only once ``_reusable``: nothing refers to the old
-        outcome any more; saves an object per message)."""
-        self._state = self._PENDING
-        self._reusable = False
-        self._then = then
-        self._error = self._value = None
 
     def done(self) -> bool:
         return self._state != self._PENDING
@@ -166,7 +159,7 @@ class _Wakeup:
             self._callbacks = []
             fn, context = callbacks[0]
             # The task's wake-up reads the result before it runs the task any further, so the
-            # task may already reuse this waiter (see reset) while we are still in fn.
+            # task may already reuse this waiter (WebSocket._take) while we are still in fn.
             self._reusable = True
             if context is None:
                 fn(self)
@@ -192,6 +185,9 @@ class _Wakeup:
         return self.result()  # raises
 
     __iter__ = __await__
+
+
+_PENDING = _Wakeup._PENDING
 
 
 class _Ready(tuple[Message]):
@@ -255,7 +251,7 @@ class WebSocket(SocketView):
             self._conn.receive_data(bytes(view))
         else:
             waiter = self._recv_waiter
-            if waiter is not None and waiter._state == _Wakeup._PENDING:
+            if waiter is not None and waiter._state == _PENDING:
                 message = ws.receive_message(view)  # type: ignore[arg-type]
                 if message is not None:
                     waiter.wake(None, message)
@@ -362,16 +358,22 @@ class WebSocket(SocketView):
         """The next queued message, or the waiter its arrival wakes (one waiting task; woken
         without a message, it awaits ``then()``)."""
         waiter = self._recv_waiter
-        if waiter is not None and waiter._state == _Wakeup._PENDING:
+        if waiter is not None and waiter._state == _PENDING:
             raise RuntimeError("recv() is already being awaited by another task")
         stream = self._stream
-        message = stream.get()
-        if message is not None:
-            if stream.resume_needed():
-                self._link.resume_reading()
-            return message
+        if stream.messages or stream.closed is not None:  # else get() is None: skip the call
+            message = stream.get()  # raises once closed and every message was taken
+            if message is not None:
+                if stream.resume_needed():
+                    self._link.resume_reading()
+                return message
         if waiter is not None and waiter._reusable:
-            waiter.reset(then)
+            # Woken in place, so its task has taken the outcome: pending again for the next
+            # wait (no object per message).
+            waiter._state = _PENDING
+            waiter._reusable = False
+            waiter._then = then
+            waiter._error = waiter._value = None
             return waiter
         waiter = self._recv_waiter = _Wakeup(self._loop, then)
         return waiter
