@@ -104,6 +104,10 @@ async def test_echo_on_both_transports_and_which_one_runs(transport_kind: bool) 
         assert isinstance(ws.transport, lean.LinkTransport) is transport_kind
         (accepted,) = server._sockets
         assert isinstance(accepted.transport, lean.LinkTransport) is transport_kind
+        # A name (resolved by the loop's resolver; each of its addresses tried in turn).
+        async with connect(f"ws://localhost:{server.port}/") as by_name:
+            await by_name.send("by name")
+            assert await by_name.recv(timeout=WAIT) == "by name"
     assert not lean.applies(asyncio.get_running_loop(), True)  # TLS: asyncio's, always
 
 

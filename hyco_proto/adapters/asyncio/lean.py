@@ -14,7 +14,7 @@ import asyncio
 import logging
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .sockets import ACCEPT_RETRY_DELAY, LoopPoller, SocketListener, SocketTransport, bind_sockets
 
@@ -87,7 +87,7 @@ async def connect(loop: asyncio.AbstractEventLoop, link: Link, host: str,
     """Connect to ``host``:``port`` as ``loop.create_connection`` does (every resolved address in
     turn; the same errors: the one failure, or ``OSError("Multiple exceptions: ...")`` when the
     addresses failed differently) and serve the socket to ``link``."""
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    infos = await _resolve(loop, host, port, 0)
     if not infos:
         raise OSError("getaddrinfo() returned empty list")
     errors: list[OSError] = []
@@ -115,14 +115,8 @@ async def listen(loop: asyncio.AbstractEventLoop, host: str, port: int,
                  factory: Callable[[], asyncio.BaseProtocol]) -> SocketListener:
     """Listen on ``host``:``port`` (bound as ``loop.create_server`` binds) and serve every
     accepted connection to a new ``factory()`` protocol on the lean transport."""
-    flags = socket.AI_PASSIVE
-    try:  # a numeric address at once; a name through the loop's resolver (it may block)
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                   flags=flags | socket.AI_NUMERICHOST)
-    except socket.gaierror:
-        infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                       flags=flags)
-    sockets = bind_sockets(infos, BACKLOG)
+    sockets = bind_sockets(await _resolve(loop, host or None, port, socket.AI_PASSIVE),
+                           BACKLOG)
     try:
         return SocketListener(loop, sockets, factory, ACCEPT_BATCH, _accept_failed,
                               LoopPoller(loop))
@@ -130,6 +124,18 @@ async def listen(loop: asyncio.AbstractEventLoop, host: str, port: int,
         for sock in sockets:
             sock.close()
         raise
+
+
+async def _resolve(loop: asyncio.AbstractEventLoop, host: str | None, port: int,
+                   flags: int) -> list[Any]:
+    """``getaddrinfo`` as asyncio's ``create_connection`` / ``create_server`` call it: a
+    numeric address at once, a name through the loop's resolver (it may block, so it runs in
+    the loop's executor: a thread hop that a numeric address does not need)."""
+    try:
+        return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                  flags=flags | socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        return await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=flags)
 
 
 def _accept_failed(exc: OSError) -> None:
