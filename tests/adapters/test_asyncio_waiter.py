@@ -6,6 +6,7 @@ run, whatever other tasks do in between."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -63,3 +64,43 @@ async def test_messages_timeouts_and_cancellations_in_turn_lose_nothing() -> Non
             else:
                 got.append(await bounded(ws.__anext__()))
         assert got == [f"m{i}" for i in range(30)]
+
+
+@async_test
+async def test_done_callbacks_run_once_in_the_order_added_and_removal_works() -> None:
+    from hyco_proto.adapters.asyncio.websocket import _Wakeup
+
+    loop = asyncio.get_running_loop()
+    calls: list[str] = []
+
+    def named(name: str) -> Callable[[object], None]:
+        return lambda _: calls.append(name)
+
+    a, b, c = named("a"), named("b"), named("c")
+    waiter = _Wakeup(loop)
+    for fn in (a, b, c, b):
+        waiter.add_done_callback(fn)
+    assert waiter.remove_done_callback(b) == 2
+    assert waiter.remove_done_callback(b) == 0
+    waiter.wake(None, "x")  # more than the task's own callback: all scheduled, in order
+    assert calls == []
+    await asyncio.sleep(0)
+    assert calls == ["a", "c"] and waiter.result() == "x"
+    waiter.add_done_callback(named("late"))  # already done: scheduled at once
+    await asyncio.sleep(0)
+    assert calls == ["a", "c", "late"]
+
+    cancelled = _Wakeup(loop)
+    cancelled.add_done_callback(a)
+    cancelled.add_done_callback(c)
+    assert cancelled.cancel() and cancelled.cancelled()
+    await asyncio.sleep(0)
+    assert calls[-2:] == ["a", "c"]
+    with pytest.raises(asyncio.CancelledError):
+        cancelled.result()
+
+    alone = _Wakeup(loop)  # the one callback, woken outside any task: run in place
+    alone.add_done_callback(named("in place"))
+    loop.call_soon(alone.wake, None, "y")
+    await asyncio.sleep(0)
+    assert calls[-1] == "in place"

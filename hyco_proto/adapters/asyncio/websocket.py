@@ -89,8 +89,8 @@ class _Wakeup:
     per wait, so this class has no ``get_loop``).
     """
 
-    __slots__ = ("_asyncio_future_blocking", "_callbacks", "_error", "_loop", "_reusable",
-                 "_state", "_then", "_value")
+    __slots__ = ("_asyncio_future_blocking", "_context", "_error", "_first", "_loop", "_more",
+                 "_reusable", "_state", "_then", "_value")
 
     _PENDING, _DONE, _CANCELLED = 0, 1, 2
 
@@ -103,7 +103,11 @@ class _Wakeup:
         self._state = self._PENDING
         self._error: BaseException | None = None
         self._value: Message | None = None
-        self._callbacks: list[tuple[_Callback, contextvars.Context | None]] = []
+        # The first done callback (the waiting task's wake-up) and its context, held apart
+        # from any others (rare): no list and no tuple per wait.
+        self._first: _Callback | None = None
+        self._context: contextvars.Context | None = None
+        self._more: list[tuple[_Callback, contextvars.Context | None]] = []
         # Woken in place, so its one waiting task has taken the result: WebSocket._take may
         # make it pending again for the next wait.
         self._reusable = False
@@ -116,16 +120,19 @@ class _Wakeup:
 
     def add_done_callback(self, fn: _Callback, *,
                           context: contextvars.Context | None = None) -> None:
-        if self._state == self._PENDING:
-            self._callbacks.append((fn, context))
-        else:
+        if self._state != self._PENDING:
             self._loop.call_soon(fn, self, context=context)
+        elif self._first is None:
+            self._first, self._context = fn, context
+        else:
+            self._more.append((fn, context))
 
     def remove_done_callback(self, fn: _Callback) -> int:
-        kept = [(f, c) for f, c in self._callbacks if f != fn]
-        removed = len(self._callbacks) - len(kept)
-        self._callbacks = kept
-        return removed
+        callbacks = self._take_callbacks()
+        kept = [(f, c) for f, c in callbacks if f != fn]
+        for f, c in kept:
+            self.add_done_callback(f, context=c)
+        return len(callbacks) - len(kept)
 
     def result(self) -> Message | None:
         if self._state == self._CANCELLED:
@@ -154,10 +161,10 @@ class _Wakeup:
         self._state = self._DONE
         self._error = error
         self._value = value
-        callbacks = self._callbacks
-        if len(callbacks) == 1 and _current_task(self._loop) is None:
-            self._callbacks = []
-            fn, context = callbacks[0]
+        fn = self._first
+        if fn is not None and not self._more and _current_task(self._loop) is None:
+            self._first = None
+            context = self._context
             # The task's wake-up reads the result before it runs the task any further, so the
             # task may already reuse this waiter (WebSocket._take) while we are still in fn.
             self._reusable = True
@@ -168,9 +175,16 @@ class _Wakeup:
         else:
             self._schedule()
 
+    def _take_callbacks(self) -> list[tuple[_Callback, contextvars.Context | None]]:
+        """Every done callback, in the order added; none is left."""
+        callbacks, self._more = self._more, []
+        if self._first is not None:
+            callbacks.insert(0, (self._first, self._context))
+            self._first = self._context = None
+        return callbacks
+
     def _schedule(self) -> None:
-        callbacks, self._callbacks = self._callbacks, []
-        for fn, context in callbacks:
+        for fn, context in self._take_callbacks():
             self._loop.call_soon(fn, self, context=context)
 
     def __await__(self) -> Generator[Any, None, Message | None]:
