@@ -21,6 +21,7 @@ import time
 import pytest
 
 from hyco_proto.adapters.asyncio import RelayServiceServer
+from hyco_proto.adapters.asyncio import service as service_module
 from hyco_proto.adapters.asyncio.service import (
     DEFAULT_BACKLOG,
     FD_RESERVE,
@@ -105,6 +106,62 @@ async def test_beyond_max_connections_a_client_gets_503_and_the_rest_are_served(
         writer.close()
         for _, w in held:
             w.close()
+
+
+REQUEST = b"GET /$hc/x HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+
+
+@pytest.mark.parametrize("own_sockets", [True, False], ids=["own-sockets", "asyncio-transports"])
+@async_test
+async def test_a_refused_client_that_already_sent_its_request_reads_503_and_a_clean_end(
+        own_sockets: bool) -> None:
+    """The request is read and dropped before the close (a lingering close): a socket closed
+    with unread bytes resets the connection, and the client got a reset after the 503."""
+    async with RelayServiceServer(port=0, max_connections=1, own_sockets=own_sockets) as server:
+        held = await asyncio.open_connection("127.0.0.1", server.port)
+        await asyncio.sleep(0.05)
+        for _ in range(10):
+            # Connected and sent while the loop does not run: the request is there before the
+            # service accepts the connection.
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
+                client.sendall(REQUEST)
+                await asyncio.sleep(0.05)  # the service accepts and answers
+                answer = b""
+                while chunk := client.recv(65536):  # a reset raises ConnectionResetError
+                    answer += chunk
+            assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answer
+            assert answer.endswith(b"try again later.\n")
+        await asyncio.sleep(0.05)
+        assert not server._lingering  # each closed once its client did
+        held[1].close()
+
+
+@pytest.mark.parametrize("own_sockets", [True, False], ids=["own-sockets", "asyncio-transports"])
+@async_test
+async def test_refused_connections_linger_a_bounded_time_and_number(
+        monkeypatch: pytest.MonkeyPatch, own_sockets: bool) -> None:
+    monkeypatch.setattr(service_module, "MAX_LINGERING", 2)
+    monkeypatch.setattr(service_module, "REFUSED_LINGER", 0.3)
+    async with RelayServiceServer(port=0, max_connections=1, own_sockets=own_sockets) as server:
+        held = await asyncio.open_connection("127.0.0.1", server.port)
+        await asyncio.sleep(0.05)
+        # Clients that read their 503 but never close: two linger, the third is closed at once.
+        clients = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(3)]
+        for reader, _ in clients:
+            answer = await asyncio.wait_for(reader.read(), 5)
+            assert answer.startswith(b"HTTP/1.1 503 "), answer
+        assert len(server._lingering) == 2
+        await asyncio.sleep(0.5)  # REFUSED_LINGER: the service gives up on them
+        assert not server._lingering
+        # Closing the server ends lingering ones too.
+        late = await asyncio.open_connection("127.0.0.1", server.port)
+        assert (await asyncio.wait_for(late[0].read(), 5)).startswith(b"HTTP/1.1 503 ")
+        assert len(server._lingering) == 1
+        await asyncio.wait_for(server.close(), 5)
+        await asyncio.sleep(0)
+        assert not server._lingering
+        for _, writer in [*clients, late, held]:
+            writer.close()
 
 
 def test_default_max_connections_leaves_a_reserve() -> None:

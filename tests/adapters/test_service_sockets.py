@@ -166,6 +166,37 @@ async def test_a_refused_rest_is_copied_kept_in_order_and_flow_controlled(kind: 
 
 @pytest.mark.parametrize("kind", POLLERS)
 @async_test
+async def test_write_eof_shuts_the_write_side_after_the_buffer_and_reading_goes_on(
+        kind: str) -> None:
+    poller = _poller(kind)
+    loop = asyncio.get_running_loop()
+    a, b = _pair()
+    with b:
+        proto = Recorder(keep_open=False)
+        transport = SocketTransport(loop, a, proto, poller=poller)
+        assert transport.can_write_eof()
+        payload = bytes(range(256)) * (32 * 1024)  # 8 MiB: most of it waits in the buffer
+        transport.write(payload)
+        assert transport.get_write_buffer_size() > 0
+        transport.write_eof()
+        transport.write_eof()  # once is enough
+        with pytest.raises(RuntimeError, match="after write_eof"):
+            transport.write(b"more")
+        # The peer reads everything, then EOF (shut after the buffer was sent, not before).
+        got = await asyncio.wait_for(loop.run_in_executor(None, _drain, b, len(payload) + 1),
+                                     WAIT * 4)
+        assert got == payload
+        assert not transport.is_closing()
+        b.sendall(b"still read")  # the read side stays open
+        await asyncio.wait_for(proto.got.wait(), WAIT)
+        assert bytes(proto.data) == b"still read"
+        b.shutdown(socket.SHUT_WR)
+        await asyncio.wait_for(proto.lost.wait(), WAIT)  # its EOF then closes
+        assert proto.events == ["made", "pause", "resume", "eof", ("lost", None)]
+
+
+@pytest.mark.parametrize("kind", POLLERS)
+@async_test
 async def test_abort_drops_the_buffer_and_pause_reading_holds_input(kind: str) -> None:
     poller = _poller(kind)
     loop = asyncio.get_running_loop()

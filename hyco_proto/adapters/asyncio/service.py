@@ -425,13 +425,28 @@ class _TlsHandshake(asyncio.Protocol):
             early.target = protocol  # a connection_lost already scheduled for `early`
 
 
+#: Seconds a refused connection (``_Refused``) is read after its 503, at most.
+REFUSED_LINGER = 2.0
+#: Refused connections read after their 503 at once, at most (the others close at once): they
+#: hold descriptors from ``FD_RESERVE``.
+MAX_LINGERING = 16
+
+
 class _Refused(asyncio.Protocol):
     """A connection accepted while the server holds ``max_connections``: a plain-HTTP client
     gets 503 and the connection is closed, so the process keeps file descriptors in reserve
-    instead of running out (asyncio then logs accept() errors in a tight loop)."""
+    instead of running out (asyncio then logs accept() errors in a tight loop).
+
+    After the 503 the write side is shut (the client reads the answer and EOF) and what the
+    client still sends is read and dropped until it closes, ``REFUSED_LINGER`` seconds at most:
+    closing a socket with unread bytes resets the connection, and a client still sending its
+    request would then lose the answer (a lingering close, RFC 9112 §9.6). At most
+    ``MAX_LINGERING`` at a time; beyond that a refused connection is closed at once."""
 
     def __init__(self, server: RelayServiceServer) -> None:
         self._server = server
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, base)  # duck-typed, as above
@@ -442,17 +457,32 @@ class _Refused(asyncio.Protocol):
                f"(max_connections; raise the open-file limit, ulimit -n, to allow more)")
         server.service.overloaded(time.time(), remote, why)
         server._after_input(None)  # the refusal log's summary deadline goes on the timer
-        if server.ssl is None:
-            body = b"The service holds as many connections as it may; try again later.\n"
-            transport.write(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
-                            b"Content-Type: text/plain\r\nRetry-After: 1\r\n"
-                            b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-            transport.close()
-        else:
+        if server.ssl is not None:
             transport.abort()
+            return
+        body = b"The service holds as many connections as it may; try again later.\n"
+        transport.write(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+                        b"Content-Type: text/plain\r\nRetry-After: 1\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        if len(server._lingering) >= MAX_LINGERING or not transport.can_write_eof():
+            transport.close()
+            return
+        server._lingering.add(transport)
+        self._transport = transport
+        self._timer = asyncio.get_running_loop().call_later(REFUSED_LINGER, transport.abort)
+        transport.write_eof()
 
     def data_received(self, data: bytes) -> None:
-        pass
+        pass  # dropped: the request is answered already
+
+    def eof_received(self) -> bool | None:
+        return False  # the client is done: close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+            self._server._lingering.discard(self._transport)
 
 
 class _EarlyInput(asyncio.Protocol):
@@ -554,6 +584,8 @@ class RelayServiceServer:
         if backlog < 1:
             raise ValueError("backlog must be at least 1")
         self.backlog = backlog
+        #: Refused connections being read after their 503 (_Refused); closing aborts them.
+        self._lingering: set[asyncio.Transport] = set()
         if max_connections is not None and max_connections < 1:
             raise ValueError("max_connections must be at least 1")
         self.max_connections = (max_connections if max_connections is not None
@@ -710,6 +742,8 @@ class RelayServiceServer:
         # Everyone hears 1001 (or 503 while waiting) before their TCP connection closes.
         self.service.shutdown(time.time())
         self._after_input(None)
+        for refused in list(self._lingering):  # answered already: nothing more to say
+            refused.abort()
         for proto in list(self._protocols.values()):
             if proto.transport is not None:
                 proto.transport.close()

@@ -238,6 +238,7 @@ class SocketTransport:
         self._writing = False  # we watch for room to write (the buffer is not empty)
         self._reading_paused = False
         self._eof = False
+        self._eof_written = 0  # 1: write_eof called, 2: the socket's write side is shut
         self._closing = False
         self._lost = False  # connection_lost is scheduled (or done)
         self._reads = 0  # until SETTLE_AFTER
@@ -313,8 +314,22 @@ class SocketTransport:
             self._reading = True
             self._watch()
 
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        """Shut the socket's write side (the peer reads EOF) once the buffered bytes are sent;
+        reading goes on."""
+        if self._closing or self._eof_written:
+            return
+        self._eof_written = 1
+        if not self._buffer:
+            self._shut_write()
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send now what the socket takes; buffer (a copy of) the rest, in order."""
+        if self._eof_written:
+            raise RuntimeError("Cannot call write() after write_eof()")
         if self._lost or not data:
             return
         buffer = self._buffer
@@ -422,8 +437,17 @@ class SocketTransport:
             self._watch()
             if self._closing:
                 self._schedule_lost(None)
+            elif self._eof_written == 1:
+                self._shut_write()
 
     # -- internals -------------------------------------------------------------------------
+
+    def _shut_write(self) -> None:
+        self._eof_written = 2
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:  # the peer is gone already: this connection ends
+            self._fatal(exc, "shutdown failed")
 
     def _interest(self) -> int:
         return (READ if self._reading else 0) | (WRITE if self._writing else 0)
