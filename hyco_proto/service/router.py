@@ -211,7 +211,7 @@ class RelayService:
     def lane(self, conn_id: int) -> tuple[Lane, int] | None:
         """The relay's hot path for a driver that calls it per read: ``(forward, peer)`` for a
         relayed leg, else None. ``forward(now, buffer, start, end)`` is ``forward_into`` for
-        this connection with fewer steps (measured: 5 µs less CPU per message in the relay):
+        this connection with fewer steps (measured: 3.5 µs less CPU per message in the relay):
         it returns the view of re-framed bytes to write to connection ``peer`` when that is all
         that happened, else ``None`` having done what ``receive_into`` does (the driver then
         goes on as after it, and drops the lane: the leg has left plain relaying).
