@@ -281,3 +281,31 @@ async def test_serve_forever_returns_at_close_and_cancelling_it_stops_accepting(
         await connect(f"ws://127.0.0.1:{port}/", open_timeout=WAIT)
     server.close()
     await server.wait_closed()
+
+
+@pytest.mark.parametrize("kind", ["lean", "asyncio"])
+@async_test
+async def test_write_all_sends_chunks_in_one_writev_and_keeps_order_when_it_is_partial(
+        kind: str) -> None:
+    if kind == "lean":
+        link, transport, peer = await lean_pair()
+    else:
+        ours, peer = socket.socketpair()
+        link = Link()
+        made, _ = await asyncio.get_running_loop().connect_accepted_socket(lambda: link,
+                                                                           sock=ours)
+        transport = made  # type: ignore[assignment]
+    head, big = b"\x82\x7f" + (16 << 20).to_bytes(8, "big"), os.urandom(16 << 20)
+    link.write_all([b"a", b"bc"])  # both taken at once: nothing buffered
+    assert transport.get_write_buffer_size() == 0
+    link.write_all([head, big, b"tail"])  # more than the socket takes: the rest is buffered
+    assert 0 < transport.get_write_buffer_size() <= len(head) + len(big) + 4
+    link.write_all([b"after", b"wards"])  # behind the buffered rest
+    link.write_all([b"last", b""])  # then close, after everything
+    got = bytearray()
+    reader = threading.Thread(target=read_all, args=(peer, got))
+    reader.start()
+    await bounded(link.lost)
+    await bounded(asyncio.to_thread(reader.join, WAIT))
+    peer.close()
+    assert bytes(got) == b"abc" + head + big + b"tail" + b"afterwards" + b"last"

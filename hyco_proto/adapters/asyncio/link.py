@@ -35,6 +35,12 @@ READ_SIZE = 256 * 1024  # what asyncio reads at most per call, too
 _SMALL = 1024
 _JOIN = 256 * 1024
 _HEAD = 16 * 1024
+# Several chunks in one system call where there is writev (POSIX), at most IOV_MAX of them.
+_writev = getattr(os, "writev", None)
+try:
+    _IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024)
+except (AttributeError, ValueError, OSError):  # no sysconf, or no such name here
+    _IOV_MAX = 16  # the least POSIX allows
 
 
 class Receiver(Protocol):
@@ -169,13 +175,26 @@ class Link(asyncio.BufferedProtocol):
         transport.write(chunk)
 
     def write_all(self, chunks: list[bytes]) -> None:
-        """Write ``chunks`` in order (``b""`` closes). A small chunk (a frame header) goes out
-        with the start of the big one after it, so a large frame does not begin with a
-        header-sized TCP segment and the reader's extra wake-up; the big chunk's rest is
-        written as a view of it, not copied."""
+        """Write ``chunks`` in order (``b""`` closes). While the transport's buffer is empty
+        they go to the socket in one ``writev`` (a frame header and its payload in one send,
+        neither copied); what the socket does not take goes through the transport, in order.
+        Otherwise a small chunk (a frame header) goes out with the start of the big one after
+        it, so a large frame does not begin with a header-sized TCP segment and the reader's
+        extra wake-up; the big chunk's rest is written as a view of it, not copied."""
         if len(chunks) == 1:
             self.write(chunks[0])
             return
+        if self._fd >= 0 or self._sock_fd >= 0:
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return
+            if _writev is not None and len(chunks) <= _IOV_MAX and all(chunks):
+                fd = self._fd
+                if fd < 0 and not transport.get_write_buffer_size():
+                    fd = self._fd = self._sock_fd
+                if fd >= 0:
+                    self._writev(fd, transport, chunks)
+                    return
         small = b""
         for chunk in chunks:
             size = len(chunk)
@@ -194,6 +213,20 @@ class Link(asyncio.BufferedProtocol):
             self.write(chunk)
         if small:
             self.write(small)
+
+    def _writev(self, fd: int, transport: asyncio.Transport, chunks: list[bytes]) -> None:
+        try:
+            sent = _writev(fd, chunks)  # type: ignore[misc]
+        except OSError:  # EAGAIN, or an error the transport meets again below and reports
+            sent = 0
+        for chunk in chunks:
+            size = len(chunk)
+            if sent >= size:
+                sent -= size
+                continue
+            self._fd = -1  # the rest waits in the transport: later writes go behind it
+            transport.write(memoryview(chunk)[sent:] if sent else chunk)
+            sent = 0
 
     async def drain(self) -> None:
         """Wait while the write buffer is above its high-water mark."""
