@@ -41,6 +41,7 @@ from bench.loadgen import (
     positive,
 )
 from bench.relays._common import announce, prepare_process
+from bench.tree import checkout
 from hyco_proto.sas import create_relay_token
 from hyco_proto.service.config import DEFAULT_RULE_NAME, DEVELOPMENT_KEY
 
@@ -260,15 +261,17 @@ def seconds(text: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     # The listener process's own arguments (ServerProcess passes --port): not for users.
     parser.add_argument("--relay", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--sizes", default=["256B", "1MiB"], type=listed(SIZES),
+    parser.add_argument("--sizes", default="256B,1MiB", type=listed(SIZES),
                         help=f"comma-separated, of {','.join(SIZES)}")
-    parser.add_argument("--rounds", type=positive, default=5)
+    parser.add_argument("--rounds", type=positive, default=5,
+                        help="interleaved rounds (fresh processes each)")
     parser.add_argument("--seconds", type=seconds, default=1.0, help="per round")
-    parser.add_argument("--before", type=Path,
+    parser.add_argument("--before", type=checkout,
                         help="also a relayed row with this checkout's hyco_proto in the listener")
     parser.add_argument("--splice", action="store_true",
                         help="also picows's echo behind a socat splice (the hops of the relay "
@@ -280,7 +283,7 @@ def main() -> None:
         return
     try:
         compare(args.sizes, args.rounds, args.seconds,
-                args.before.resolve() if args.before is not None else None, args.splice)
+                Path(args.before) if args.before is not None else None, args.splice)
     except LoadgenError as exc:  # a process that did not start: its own message is above
         raise SystemExit(f"relay_echo: error: {exc}") from None
 

@@ -22,6 +22,14 @@ def positive(text: str) -> int:
     return value
 
 
+def checkout(text: str) -> str:
+    """An ``argparse`` type: the path of a hyco_proto checkout (its ``hyco_proto`` package)."""
+    if not os.path.isfile(os.path.join(text, "hyco_proto", "__init__.py")):
+        raise argparse.ArgumentTypeError(
+            f"{text} is not a hyco_proto checkout (no hyco_proto/__init__.py there)")
+    return os.path.realpath(text)
+
+
 def import_from_tree(tree: str) -> None:
     """Import ``hyco_proto`` and its frame kernel from checkout ``tree`` (a before/after), or
     exit saying why not: an editable install would otherwise quietly fill in what ``tree``

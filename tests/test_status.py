@@ -228,6 +228,12 @@ def test_metrics_in_the_prometheus_text_format() -> None:
     assert samples[("hyco_messages_relayed_total", ())] == 1
     assert samples[("hyco_frames_relayed_total", ())] == 1
     assert http_get(net.service, "/metrics", method="POST")[0] != 200  # GET only
+    # Large counters in full, not rounded (``%g`` wrote 9,393,932 as 9.39393e+06).
+    for _ in range(3):
+        ws.send(bytes(3_131_310))
+        net.pump()
+    body = http_get(net.service, "/metrics")[2].decode()
+    assert "\nhyco_bytes_relayed_total 9393935\n" in body
 
 
 # -- the refusal throttle's summary line (issue 12 new-user trial) ------------------------

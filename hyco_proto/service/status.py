@@ -141,6 +141,13 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
+def _number(value: float) -> str:
+    """A sample's value in the Prometheus text format: integers in full, others as ``repr``."""
+    if float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
 def metrics_response_body(
     *,
     now: float,
@@ -154,7 +161,8 @@ def metrics_response_body(
     def family(name: str, kind: str, text: str, samples: list[tuple[str, float]]) -> None:
         lines.append(f"# HELP {name} {text}")
         lines.append(f"# TYPE {name} {kind}")
-        lines.extend(f"{name}{labels} {value:g}" for labels, value in samples)
+        # Whole numbers in full (``:g`` would write 9,393,932 as 9.39393e+06).
+        lines.extend(f"{name}{labels} {_number(value)}" for labels, value in samples)
 
     per_hc: dict[str, int] = {}
     for record in broker.registry.all_listeners():

@@ -89,8 +89,10 @@ async def test_beyond_max_connections_a_client_gets_503_and_the_rest_are_served(
         await asyncio.sleep(0.05)  # all three accepted
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         answer = await asyncio.wait_for(reader.read(), 5)
-        assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answer
-        assert b"Retry-After: 1" in answer
+        assert answer.startswith(b"HTTP/1.1 503 The relay holds as many connections as it may "
+                                 b"(max_connections); try again later.\r\n"), answer
+        assert b"\r\nRetry-After: 1\r\n" in answer
+        assert b"\r\nX-Hyco-Rejected-By: relay\r\n" in answer  # not the listener
         writer.close()
         assert server.service.stats.handshake_errors == 1
         assert any("503" in r.getMessage() and "max_connections" in r.getMessage()
@@ -129,7 +131,7 @@ async def test_a_refused_client_that_already_sent_its_request_reads_503_and_a_cl
                 answer = b""
                 while chunk := client.recv(65536):  # a reset raises ConnectionResetError
                     answer += chunk
-            assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answer
+            assert answer.startswith(b"HTTP/1.1 503 The relay holds"), answer
             assert answer.endswith(b"try again later.\n")
         await asyncio.sleep(0.05)
         assert not server._lingering  # each closed once its client did
@@ -162,6 +164,25 @@ async def test_refused_connections_linger_a_bounded_time_and_number(
         assert not server._lingering
         for _, writer in [*clients, late, held]:
             writer.close()
+
+
+@async_test
+async def test_a_sender_refused_by_a_full_relay_is_told_the_relay_refused_it() -> None:
+    from hyco_proto.adapters.asyncio import relayed_connect
+    from hyco_proto.errors import ListenerRejectedError, RelayError
+
+    from .asyncio_util import token
+
+    async with RelayServiceServer(port=0, max_connections=1) as server:
+        held = await asyncio.open_connection("127.0.0.1", server.port)
+        await asyncio.sleep(0.05)
+        uri = f"{server.url}/$hc/myhc"
+        with pytest.raises(RelayError) as info:
+            await asyncio.wait_for(relayed_connect(uri, token(uri)), 5)
+        assert not isinstance(info.value, ListenerRejectedError)
+        assert info.value.status == 503
+        assert "holds as many connections as it may" in str(info.value)
+        held[1].close()
 
 
 def test_default_max_connections_leaves_a_reserve() -> None:

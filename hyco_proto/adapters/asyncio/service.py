@@ -43,6 +43,7 @@ from types import TracebackType
 from typing import Any, TypeVar, cast
 
 from ...frames import FORWARD_HEADROOM
+from ...sender import REJECTED_BY_HEADER
 from ...service.config import ServiceConfig
 from ...service.router import ConnectionKind, Lane, RelayService
 from ...service.webpubsub_events import OutboundCall
@@ -425,6 +426,8 @@ class _TlsHandshake(asyncio.Protocol):
             early.target = protocol  # a connection_lost already scheduled for `early`
 
 
+_FULL = (b"The relay holds as many connections as it may (max_connections); "
+         b"try again later.")
 #: Seconds a refused connection (``_Refused``) is read after its 503, at most.
 REFUSED_LINGER = 2.0
 #: Refused connections read after their 503 at once, at most (the others close at once): they
@@ -460,10 +463,13 @@ class _Refused(asyncio.Protocol):
         if server.ssl is not None:
             transport.abort()
             return
-        body = b"The service holds as many connections as it may; try again later.\n"
-        transport.write(b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
-                        b"Content-Type: text/plain\r\nRetry-After: 1\r\n"
-                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        # The description in the reason phrase too, and who refused (X-Hyco-Rejected-By), as
+        # the service's other refusals: a sender's error then says the relay was full, not
+        # that the listener rejected it.
+        transport.write(b"HTTP/1.1 503 %s\r\nConnection: close\r\n"
+                        b"Content-Type: text/plain\r\nRetry-After: 1\r\n%s: relay\r\n"
+                        b"Content-Length: %d\r\n\r\n%s\n"
+                        % (_FULL, REJECTED_BY_HEADER.encode(), len(_FULL) + 1, _FULL))
         if len(server._lingering) >= MAX_LINGERING or not transport.can_write_eof():
             transport.close()
             return
