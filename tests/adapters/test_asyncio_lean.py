@@ -295,12 +295,17 @@ async def test_write_all_sends_chunks_in_one_writev_and_keeps_order_when_it_is_p
         made, _ = await asyncio.get_running_loop().connect_accepted_socket(lambda: link,
                                                                            sock=ours)
         transport = made  # type: ignore[assignment]
-    head, big = b"\x82\x7f" + (16 << 20).to_bytes(8, "big"), os.urandom(16 << 20)
+    # Small socket buffers: a 200 kB writev is only partly taken.
+    transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    head, big = b"\x82\x7f" + (200_000).to_bytes(8, "big"), os.urandom(200_000)
+    huge = os.urandom(1 << 20)  # over the writev limit: the header goes with its start
     link.write_all([b"a", b"bc"])  # both taken at once: nothing buffered
     assert transport.get_write_buffer_size() == 0
     link.write_all([head, big, b"tail"])  # more than the socket takes: the rest is buffered
-    assert 0 < transport.get_write_buffer_size() <= len(head) + len(big) + 4
+    assert 0 < transport.get_write_buffer_size() < len(head) + len(big) + 4
     link.write_all([b"after", b"wards"])  # behind the buffered rest
+    link.write_all([head, huge])
     link.write_all([b"last", b""])  # then close, after everything
     got = bytearray()
     reader = threading.Thread(target=read_all, args=(peer, got))
@@ -308,4 +313,5 @@ async def test_write_all_sends_chunks_in_one_writev_and_keeps_order_when_it_is_p
     await bounded(link.lost)
     await bounded(asyncio.to_thread(reader.join, WAIT))
     peer.close()
-    assert bytes(got) == b"abc" + head + big + b"tail" + b"afterwards" + b"last"
+    assert bytes(got) == (b"abc" + head + big + b"tail" + b"afterwards" + head + huge
+                          + b"last")
