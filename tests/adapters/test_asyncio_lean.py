@@ -23,6 +23,7 @@ from hyco_proto.adapters.asyncio.link import Link, open_link
 from hyco_proto.adapters.asyncio.sockets import LoopPoller
 
 from .asyncio_util import WAIT, async_test, bounded
+from .test_asyncio_fastpath import read_all
 
 
 @pytest.fixture(params=[True, False], ids=["lean", "asyncio"])
@@ -79,15 +80,6 @@ async def received(recorder: Recorder, size: int) -> None:
     while len(recorder.data) < size:
         recorder.got.clear()
         await bounded(recorder.got.wait())
-
-
-def read_all(sock: socket.socket, into: bytearray) -> None:
-    sock.settimeout(WAIT)
-    while True:
-        data = sock.recv(1 << 20)
-        if not data:
-            return
-        into += data
 
 
 @async_test
@@ -315,3 +307,22 @@ async def test_write_all_sends_chunks_in_one_writev_and_keeps_order_when_it_is_p
     peer.close()
     assert bytes(got) == (b"abc" + head + big + b"tail" + b"afterwards" + head + huge
                           + b"last")
+
+
+@async_test
+async def test_serving_on_a_name_that_does_not_resolve_names_it(transport_kind: bool) -> None:
+    async def nothing(ws: WebSocket) -> None:
+        pass
+
+    async def no_such_name(*args: object, **kwargs: object) -> None:
+        # The resolver's answer for a name that does not exist (no DNS query from a test).
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    loop = asyncio.get_running_loop()
+    loop.getaddrinfo = no_such_name  # type: ignore[method-assign, assignment]
+    try:
+        with pytest.raises(socket.gaierror,
+                           match=r"cannot serve on no-such-host\.invalid:0: Name or service"):
+            await bounded(serve(nothing, "no-such-host.invalid", 0))
+    finally:
+        del loop.getaddrinfo  # type: ignore[method-assign]

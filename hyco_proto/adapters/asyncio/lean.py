@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 _NOT_NOW = (BlockingIOError, InterruptedError)
 
-__all__ = ["ENABLED", "LinkTransport", "adopt", "applies", "connect", "listen"]
+__all__ = ["ENABLED", "LinkTransport", "applies", "connect", "listen"]
 
 logger = logging.getLogger("hyco_proto.adapters.asyncio")
 
@@ -68,15 +68,6 @@ class LinkTransport(SocketTransport):
             self._fatal(exc, "protocol failed on received data")
 
 
-def adopt(transport: object) -> None:
-    """Make a plain :class:`SocketTransport` serving a link (one ``SocketListener`` accepted)
-    a :class:`LinkTransport`. Called from ``connection_made``, before the transport first
-    watches its socket (so the loop calls the new read callback). ``LinkTransport`` adds no
-    state, only its read callback differs, so the class may be switched in place."""
-    if type(transport) is SocketTransport:
-        transport.__class__ = LinkTransport
-
-
 def applies(loop: asyncio.AbstractEventLoop, secure: bool) -> bool:
     """Whether plain TCP on ``loop`` runs on the lean transport: a selector loop, no TLS."""
     return ENABLED and not secure and isinstance(loop, asyncio.SelectorEventLoop)
@@ -112,14 +103,14 @@ async def connect(loop: asyncio.AbstractEventLoop, link: Link, host: str,
 
 
 async def listen(loop: asyncio.AbstractEventLoop, host: str, port: int,
-                 factory: Callable[[], asyncio.BaseProtocol]) -> SocketListener:
+                 factory: Callable[[], Link]) -> SocketListener:
     """Listen on ``host``:``port`` (bound as ``loop.create_server`` binds) and serve every
-    accepted connection to a new ``factory()`` protocol on the lean transport."""
+    accepted connection to a new ``factory()`` link on a :class:`LinkTransport`."""
     sockets = bind_sockets(await _resolve(loop, host or None, port, socket.AI_PASSIVE),
                            BACKLOG)
     try:
         return SocketListener(loop, sockets, factory, ACCEPT_BATCH, _accept_failed,
-                              LoopPoller(loop))
+                              LoopPoller(loop), transport=LinkTransport)
     except BaseException:
         for sock in sockets:
             sock.close()

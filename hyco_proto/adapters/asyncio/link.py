@@ -105,7 +105,6 @@ class Link(asyncio.BufferedProtocol):
         # Duck-typed: other loops' transports (uvloop's) have the asyncio.Transport methods
         # without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
-        lean.adopt(transport)  # reads straight to the receiver (serve's accepted connections)
         self.transport.set_write_buffer_limits(high=self.write_limit, low=self.write_limit // 4)
         info = getattr(transport, "get_extra_info", None)  # a transport may lack extras
         if (os.name == "posix" and info is not None and info("socket") is not None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl as _ssl
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from types import TracebackType
@@ -66,11 +67,15 @@ class Server:
 
     async def start(self) -> Server:
         loop = asyncio.get_running_loop()
-        if lean.applies(loop, self._ssl is not None):
-            self._server = await lean.listen(loop, self.host, self._port, self._new_link)
-        else:
-            self._server = await loop.create_server(self._new_link, self.host, self._port,
-                                                    ssl=self._ssl)
+        try:
+            if lean.applies(loop, self._ssl is not None):
+                self._server = await lean.listen(loop, self.host, self._port, self._new_link)
+            else:
+                self._server = await loop.create_server(self._new_link, self.host, self._port,
+                                                        ssl=self._ssl)
+        except socket.gaierror as exc:  # the resolver's message alone names no host
+            raise socket.gaierror(exc.errno, f"cannot serve on {self.host}:{self._port}: "
+                                  f"{exc.strerror}") from exc
         return self
 
     def _new_link(self) -> Link:

@@ -561,13 +561,16 @@ class SocketListener:
 
     ``on_error(exc)`` hears an ``accept()`` that failed for want of descriptors or memory; the
     listening socket then rests ``ACCEPT_RETRY_DELAY`` seconds. Any other ``accept()`` failure
-    goes to the loop's exception handler, as asyncio's own servers report it.
+    goes to the loop's exception handler, as asyncio's own servers report it. ``transport``:
+    the class serving each connection (a ``SocketTransport`` or a subclass).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sockets: list[socket.socket],
                  factory: Callable[[], asyncio.BaseProtocol], batch: int,
-                 on_error: Callable[[OSError], None], poller: Poller | None = None) -> None:
+                 on_error: Callable[[OSError], None], poller: Poller | None = None,
+                 transport: type[SocketTransport] | None = None) -> None:
         self._loop = loop
+        self._transport = transport or SocketTransport
         self._poller = poller if poller is not None else LoopPoller(loop)
         self.sockets = sockets
         self._factory = factory
@@ -635,7 +638,7 @@ class SocketListener:
                     "message": f"serving a connection from {peer} failed", "exception": exc})
                 continue
             # (A protocol failing in connection_made ends its own connection: SocketTransport.)
-            SocketTransport(loop, conn, protocol, peer, read_now=True, poller=poller)
+            self._transport(loop, conn, protocol, peer, read_now=True, poller=poller)
 
     def _wake(self, sock: socket.socket) -> None:
         self._resting.pop(sock.fileno(), None)
