@@ -10,7 +10,9 @@ large batches, frames counted in bulk by a C header walker. Measured sender→li
 - relay RSS per idle relayed pair (500 pairs, each used once);
 - interleaved rounds (``bench/interleaved.py``): 1 MiB and 64 B messages through our relay, the
   picows relay, ``socat`` (a byte splice: the physical limit for a relay here) and the load
-  generator alone, each round running every contender in turn; medians of ``INTERLEAVED_ROUNDS``.
+  generator alone, each round running every contender in turn; medians of ``INTERLEAVED_ROUNDS``;
+- rendezvous/s of our relay and the picows relay in interleaved rounds (both relays kept running,
+  each round runs each in turn), the figure the rendezvous targets are judged on.
 
 Run sizes adapt to the relay (a calibration run picks a message count that takes ~0.4 s), so slow
 and fast relays get comparable timing precision; ``extra_info`` records the count, CPU use of the
@@ -20,6 +22,8 @@ runs the generator back to back over loopback TCP with no relay: its own limit.
 
 from __future__ import annotations
 
+import contextlib
+import statistics
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -131,6 +135,49 @@ def test_relay_rendezvous(benchmark: Any, relay: RelayProcess, session: Session,
     mid = cpu[len(cpu) // 2]
     benchmark.extra_info.update(loadgen_cpu=round(mid[0], 3), relay_cpu=round(mid[1], 3),
                                 loadgen_cpu_us_per_rendezvous=round(mid[2], 1))
+
+
+GROUP_RDV_INTERLEAVED = "relay: rendezvous, interleaved rounds"
+RDV_INTERLEAVED = ["hyco_proto", "picows"]
+RDV_INTERLEAVED_ROUNDS = 5
+RDV_INTERLEAVED_PER_ROUND = 1000  # about 0.5 s at 2,000/s: long enough to smooth a round
+
+
+def test_relay_rendezvous_interleaved(benchmark: Any) -> None:
+    """Rendezvous per second of our relay and the picows relay in interleaved rounds (both
+    relays started first, then each round runs RDV_INTERLEAVED_PER_ROUND on each in turn, one at a
+    time and 16 in flight), so the machine's drift hits both alike; medians and every round
+    in ``extra_info["interleaved"]``."""
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        with contextlib.ExitStack() as stack:
+            sessions = {}
+            for label in RDV_INTERLEAVED:
+                relay = RelayProcess(label)
+                stack.callback(relay.stop)
+                session = sessions[label] = Session(relay.port)
+                stack.callback(session.close)
+                session.rendezvous(session.prepare(100), 16)  # warm-up
+            rates: dict[str, dict[int, list[float]]] = {
+                label: {1: [], 16: []} for label in RDV_INTERLEAVED}
+            for _ in range(RDV_INTERLEAVED_ROUNDS):
+                for concurrency in (1, 16):
+                    for label, session in sessions.items():
+                        prepared = session.prepare(RDV_INTERLEAVED_PER_ROUND)
+                        t0 = time.perf_counter()
+                        done = session.rendezvous(prepared, concurrency)
+                        rates[label][concurrency].append(done / (time.perf_counter() - t0))
+            for label, by in rates.items():
+                result[label] = {f"x{c}": {"median": statistics.median(r),
+                                           "rounds": [round(x) for x in r]}
+                                 for c, r in by.items()}
+
+    benchmark.group = GROUP_RDV_INTERLEAVED
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    assert set(result) == set(RDV_INTERLEAVED)
+    benchmark.extra_info.update(unit="runs", rounds=RDV_INTERLEAVED_ROUNDS,
+                                per_round=RDV_INTERLEAVED_PER_ROUND, interleaved=result)
 
 
 def test_relay_idle_memory(benchmark: Any, relay: RelayProcess, session: Session) -> None:
