@@ -22,6 +22,15 @@ from .asyncio_util import WAIT, async_test, bounded
 from .test_asyncio_datapath import feed, open_server_socket
 
 
+async def drained(transport: Any) -> None:
+    """Wait (at most WAIT) until ``transport`` has written everything it buffered."""
+    for _ in range(int(WAIT / 0.01)):
+        if not transport.get_write_buffer_size():
+            return
+        await asyncio.sleep(0.01)
+    assert transport.get_write_buffer_size() == 0
+
+
 def read_all(sock: socket.socket, into: bytearray) -> None:
     sock.settimeout(WAIT)
     while True:
@@ -63,11 +72,7 @@ async def test_a_write_behind_a_queued_one_keeps_its_place() -> None:
     assert len(through) == 2  # behind the queued bytes, not around them
     reader = threading.Thread(target=read_all, args=(peer, got))
     reader.start()
-    for _ in range(int(WAIT / 0.01)):  # the transport drains once the peer reads
-        if not transport.get_write_buffer_size():
-            break
-        await asyncio.sleep(0.01)
-    assert transport.get_write_buffer_size() == 0
+    await drained(transport)  # the transport drains once the peer reads
     link.write(b"third")
     assert len(through) == 2  # empty again: straight to the socket
     link.write(b"")  # close after everything written

@@ -23,7 +23,7 @@ from hyco_proto.adapters.asyncio.link import Link, open_link
 from hyco_proto.adapters.asyncio.sockets import LoopPoller
 
 from .asyncio_util import WAIT, async_test, bounded
-from .test_asyncio_fastpath import read_all
+from .test_asyncio_fastpath import drained, read_all
 
 
 @pytest.fixture(params=[True, False], ids=["lean", "asyncio"])
@@ -115,11 +115,7 @@ async def test_writes_keep_their_order_through_a_partial_send_and_close_flushes_
     got = bytearray()
     reader = threading.Thread(target=read_all, args=(peer, got))
     reader.start()
-    for _ in range(int(WAIT / 0.01)):  # the transport drains once the peer reads
-        if not transport.get_write_buffer_size():
-            break
-        await asyncio.sleep(0.01)
-    assert transport.get_write_buffer_size() == 0
+    await drained(transport)  # the transport drains once the peer reads
     link.write(b"third")
     link.write(big[:1 << 20])
     link.write(b"")  # close after everything written, buffered or not
