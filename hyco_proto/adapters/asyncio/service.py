@@ -426,6 +426,7 @@ class _TlsHandshake(asyncio.Protocol):
             early.target = protocol  # a connection_lost already scheduled for `early`
 
 
+#: The 503's description (reason phrase and body) for a connection over ``max_connections``.
 _FULL = (b"The relay holds as many connections as it may (max_connections); "
          b"try again later.")
 #: Seconds a refused connection (``_Refused``) is read after its 503, at most.
