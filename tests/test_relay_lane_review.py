@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -39,9 +40,14 @@ def _relayed(server: Any) -> tuple[Any, Any, RelayLeg]:
     return server._protocols[leg.id], server._protocols[peer_id], leg
 
 
+#: uvloop is installed with the test extras wherever it exists (pyproject.toml).
+LOOPS = ["asyncio"] if sys.platform == "win32" else ["asyncio", "uvloop"]
+
+
 def _run(main: Callable[[], Coroutine[Any, Any, None]], loop: str = "asyncio") -> None:
     if loop == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
+        import uvloop  # a test dependency where it exists (not on Windows): LOOPS
+
         uvloop.run(asyncio.wait_for(main(), 30))
     else:
         asyncio.run(asyncio.wait_for(main(), 30))
@@ -78,7 +84,7 @@ def test_a_lane_hands_back_while_output_waits_as_forward_into_does(drained: bool
 
 @pytest.mark.parametrize("lanes", [True, False], ids=["lane", "usual"])
 @pytest.mark.parametrize("own_sockets", [True, False], ids=["own-sockets", "asyncio-transports"])
-@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+@pytest.mark.parametrize("loop", LOOPS)
 def test_nothing_is_written_to_a_peer_whose_transport_was_aborted(own_sockets: bool,
                                                                  lanes: bool, loop: str) -> None:
     """The listener's transport fails (asyncio aborts it on a fatal error; its
