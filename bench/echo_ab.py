@@ -17,6 +17,7 @@ import os
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.echo_servers import OURS, SERVERS
 from bench.loadgen import ECHO_SIZES, ROOT, EchoClient, ServerProcess, listed, positive
@@ -46,6 +47,21 @@ def one_round(server: str, size: int, seconds: float, root: Path,
         proc.stop()
 
 
+def measure(size: int, runs: list[tuple[str, Path]], rounds: int, seconds: float,
+            pin: bool = False) -> dict[str, dict[str, Any]]:
+    """Interleaved rounds of the servers ``runs`` names (``(label, checkout)``; a label's part
+    before ``@`` is the server): per label, the median round trips/s, the median server CPU µs
+    per round trip and every round's rate."""
+    got: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in runs}
+    for _ in range(rounds):
+        for name, root in runs:
+            got[name].append(one_round(name.partition("@")[0], size, seconds, root, pin))
+    return {name: {"rate": statistics.median(r for r, _ in rows),
+                   "cpu_us": statistics.median(c for _, c in rows),
+                   "rounds": [round(r) for r, _ in rows]}
+            for name, rows in got.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--sizes", default=["256B", "1MiB"], type=listed(SIZES),
@@ -64,17 +80,10 @@ def main() -> None:
     if args.pin:
         os.sched_setaffinity(0, {0})  # each server is moved to CPU 1 once it has started
     for label in args.sizes:
-        results: dict[str, list[tuple[float, float]]] = {name: [] for name, _ in runs}
-        for _ in range(args.rounds):
-            for name, root in runs:
-                server = name.partition("@")[0]
-                results[name].append(one_round(server, SIZES[label], args.seconds, root,
-                                               args.pin))
-        for name, got in results.items():
-            rate = statistics.median(r for r, _ in got)
-            cpu = statistics.median(c for _, c in got)
-            print(f"{label:>7} {name:28} {rate:10,.0f} rt/s   server {cpu:7.1f} µs/rt "
-                  f"(median of {args.rounds})", flush=True)
+        for name, row in measure(SIZES[label], runs, args.rounds, args.seconds,
+                                 args.pin).items():
+            print(f"{label:>7} {name:28} {row['rate']:10,.0f} rt/s   server "
+                  f"{row['cpu_us']:7.1f} µs/rt (median of {args.rounds})", flush=True)
 
 
 if __name__ == "__main__":

@@ -35,9 +35,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.tree import positive
 from hyco_proto._frames import (
@@ -451,6 +452,35 @@ class Session:
 
     def close(self) -> None:
         self.control.close()
+
+
+#: (user, system) CPU seconds of a relay process so far.
+CpuClock = Callable[[], tuple[float, float]]
+
+
+def rendezvous_rounds(sessions: dict[str, Session], rounds: int, count: int,
+                      concurrencies: Sequence[int], cpu: dict[str, CpuClock] | None = None,
+                      ) -> Iterator[tuple[int, int, str, float, float, float]]:
+    """Rendezvous on several relays in interleaved rounds: per concurrency a warm-up, then
+    ``rounds`` rounds of ``count`` rendezvous on each relay in turn (the order reversed every
+    other round, so none always goes first). Yields ``(round, concurrency, label, per second,
+    user µs, system µs)``, the CPU per rendezvous from ``cpu[label]`` (0 without it)."""
+    for conc in concurrencies:
+        for session in sessions.values():
+            session.rendezvous(session.prepare(100), conc)
+        for rnd in range(rounds):
+            order = list(sessions.items())
+            if rnd % 2:
+                order.reverse()
+            for label, session in order:
+                clock = (cpu or {}).get(label, lambda: (0.0, 0.0))
+                prepared = session.prepare(count)
+                (u0, s0), t0 = clock(), time.perf_counter()
+                done = session.rendezvous(prepared, conc)
+                wall = time.perf_counter() - t0
+                u1, s1 = clock()
+                yield (rnd, conc, label, done / wall, (u1 - u0) / done * 1e6,
+                       (s1 - s0) / done * 1e6)
 
 
 class _Upgrade:
@@ -942,6 +972,16 @@ def calibrated(run: Callable[[int], object], *, warmup: int, start: int, limit: 
             break
         count *= 2
     return max(1, round(count * seconds / elapsed))
+
+
+def run_once(benchmark: Any, group: str, measure: Callable[[], dict[str, Any]]
+             ) -> dict[str, Any]:
+    """``measure()`` (interleaved rounds of its own) as ONE pytest-benchmark round in
+    ``group``; returns what it measured, for ``extra_info``."""
+    result: dict[str, Any] = {}
+    benchmark.group = group
+    benchmark.pedantic(lambda: result.update(measure()), rounds=1, iterations=1)
+    return result
 
 
 def _rate(messages: int, seconds: float) -> float:

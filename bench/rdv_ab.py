@@ -26,7 +26,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -131,7 +130,7 @@ class _Relay:
 
 def _compare(args: argparse.Namespace) -> int:
     sys.path.insert(0, str(HERE.parent))
-    from bench.loadgen import Session, raise_fd_limit
+    from bench.loadgen import Session, raise_fd_limit, rendezvous_rounds
 
     raise_fd_limit()
     trees = [t.split("=", 1) for t in args.tree]
@@ -146,27 +145,14 @@ def _compare(args: argparse.Namespace) -> int:
               for label, root in trees]
     results: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     try:
-        sessions = [Session(r.port) for r in relays]
-        for conc in args.concurrency:
-            for sess in sessions:
-                sess.rendezvous(sess.prepare(100), conc)  # warm-up
-            for rnd in range(args.rounds):
-                order = list(zip(relays, sessions, strict=True))
-                if rnd % 2:
-                    order.reverse()  # neither tree always goes first
-                for relay, sess in order:
-                    prepared = sess.prepare(args.count)
-                    (u0, s0), t0 = relay.cpu(), time.perf_counter()
-                    done = sess.rendezvous(prepared, conc)
-                    wall = time.perf_counter() - t0
-                    u1, s1 = relay.cpu()
-                    user, system = (u1 - u0) / done * 1e6, (s1 - s0) / done * 1e6
-                    results.setdefault((relay.label, conc), []).append(
-                        (done / wall, user + system, user))
-                    print(f"round {rnd} x{conc:<2} {relay.label:14} {done / wall:8.0f}/s "
-                          f"relay {user + system:7.1f} µs CPU/rendezvous ({user:.0f} user)",
-                          flush=True)
-        for sess in sessions:
+        sessions = {r.label: Session(r.port) for r in relays}
+        for rnd, conc, label, rate, user, system in rendezvous_rounds(
+                sessions, args.rounds, args.count, args.concurrency,
+                {r.label: r.cpu for r in relays}):
+            results.setdefault((label, conc), []).append((rate, user + system, user))
+            print(f"round {rnd} x{conc:<2} {label:14} {rate:8.0f}/s "
+                  f"relay {user + system:7.1f} µs CPU/rendezvous ({user:.0f} user)", flush=True)
+        for sess in sessions.values():
             sess.close()
     finally:
         for relay in relays:

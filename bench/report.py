@@ -445,7 +445,7 @@ def relay_echo_summary(groups: dict[str, list[dict[str, Any]]]) -> list[str]:
     sizes = {size: _relay_rows(groups, RELAY_ECHO_GROUP.format(size)) for size in ECHO_SIZES}
     sizes = {size: rows for size, rows in sizes.items() if rows}
     if not sizes:
-        return []
+        return relay_echo_interleaved(groups)
     lines = [
         "## Round trip through the relay",
         "",

@@ -24,7 +24,6 @@ target is judged on in RESULTS.md.
 
 from __future__ import annotations
 
-import statistics
 from typing import Any
 
 import pytest
@@ -85,27 +84,13 @@ def test_echo_interleaved(benchmark: Any) -> None:
     a fresh server process per round, each server in turn), the figure the echo target is
     judged on; per size and server, the median round trips/s, the server's CPU per round trip
     and every round in ``extra_info["interleaved"]``."""
-    from bench.echo_ab import one_round
-    from bench.loadgen import ROOT
+    from bench.echo_ab import measure
+    from bench.loadgen import ROOT, run_once
 
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        got: dict[str, dict[str, list[tuple[float, float]]]] = {
-            size: {server: [] for server in INTERLEAVED_SERVERS} for size in SIZES}
-        for _ in range(INTERLEAVED_ROUNDS):
-            for size in SIZES:
-                for server in INTERLEAVED_SERVERS:
-                    got[size][server].append(one_round(server, SIZES[size],
-                                                       INTERLEAVED_SECONDS, ROOT, False))
-        for size, by in got.items():
-            result[size] = {server: {"rate": statistics.median(r for r, _ in runs),
-                                     "cpu_us": statistics.median(c for _, c in runs),
-                                     "rounds": [round(r) for r, _ in runs]}
-                            for server, runs in by.items()}
-
-    benchmark.group = INTERLEAVED_GROUP
-    benchmark.pedantic(run, rounds=1, iterations=1)
+    runs = [(server, ROOT) for server in INTERLEAVED_SERVERS]
+    result = run_once(benchmark, INTERLEAVED_GROUP, lambda: {
+        size: measure(SIZES[size], runs, INTERLEAVED_ROUNDS, INTERLEAVED_SECONDS)
+        for size in SIZES})
     assert set(result) == set(SIZES)
     benchmark.extra_info.update(unit="runs", rounds=INTERLEAVED_ROUNDS,
                                 seconds=INTERLEAVED_SECONDS, interleaved=result)

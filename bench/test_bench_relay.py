@@ -144,13 +144,11 @@ RDV_INTERLEAVED_PER_ROUND = 1000  # about 0.5 s at 2,000/s: long enough to smoot
 
 
 def test_relay_rendezvous_interleaved(benchmark: Any) -> None:
-    """Rendezvous per second of our relay and the picows relay in interleaved rounds (both
-    relays started first, then each round runs RDV_INTERLEAVED_PER_ROUND on each in turn, one at a
-    time and 16 in flight), so the machine's drift hits both alike; medians and every round
-    in ``extra_info["interleaved"]``."""
-    result: dict[str, Any] = {}
-
-    def run() -> None:
+    """Rendezvous per second of our relay and the picows relay in interleaved rounds
+    (``loadgen.rendezvous_rounds``: both relays started first, then, one at a time and then 16
+    in flight, each round runs RDV_INTERLEAVED_PER_ROUND on each in turn), so the machine's
+    drift hits both alike; medians and every round in ``extra_info["interleaved"]``."""
+    def run() -> dict[str, Any]:
         with contextlib.ExitStack() as stack:
             sessions = {}
             for label in RDV_INTERLEAVED:
@@ -158,23 +156,17 @@ def test_relay_rendezvous_interleaved(benchmark: Any) -> None:
                 stack.callback(relay.stop)
                 session = sessions[label] = Session(relay.port)
                 stack.callback(session.close)
-                session.rendezvous(session.prepare(100), 16)  # warm-up
             rates: dict[str, dict[int, list[float]]] = {
                 label: {1: [], 16: []} for label in RDV_INTERLEAVED}
-            for _ in range(RDV_INTERLEAVED_ROUNDS):
-                for concurrency in (1, 16):
-                    for label, session in sessions.items():
-                        prepared = session.prepare(RDV_INTERLEAVED_PER_ROUND)
-                        t0 = time.perf_counter()
-                        done = session.rendezvous(prepared, concurrency)
-                        rates[label][concurrency].append(done / (time.perf_counter() - t0))
-            for label, by in rates.items():
-                result[label] = {f"x{c}": {"median": statistics.median(r),
-                                           "rounds": [round(x) for x in r]}
-                                 for c, r in by.items()}
+            for _, conc, label, rate, _, _ in loadgen.rendezvous_rounds(
+                    sessions, RDV_INTERLEAVED_ROUNDS, RDV_INTERLEAVED_PER_ROUND, (1, 16)):
+                rates[label][conc].append(rate)
+        return {label: {f"x{c}": {"median": statistics.median(r),
+                                  "rounds": [round(x) for x in r]}
+                        for c, r in by.items()}
+                for label, by in rates.items()}
 
-    benchmark.group = GROUP_RDV_INTERLEAVED
-    benchmark.pedantic(run, rounds=1, iterations=1)
+    result = loadgen.run_once(benchmark, GROUP_RDV_INTERLEAVED, run)
     assert set(result) == set(RDV_INTERLEAVED)
     benchmark.extra_info.update(unit="runs", rounds=RDV_INTERLEAVED_ROUNDS,
                                 per_round=RDV_INTERLEAVED_PER_ROUND, interleaved=result)
@@ -200,13 +192,9 @@ def test_relay_idle_memory(benchmark: Any, relay: RelayProcess, session: Session
 def test_relay_interleaved(benchmark: Any, size: int) -> None:
     """Medians of interleaved rounds: every contender set up first, then run in turn per round
     (``extra_info["interleaved"]``: per contender, median and every round, CPU use)."""
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        result.update(interleaved.measure(size, INTERLEAVED, INTERLEAVED_ROUNDS))
-
-    benchmark.group = f"{GROUP_INTERLEAVED}, {'1 MiB' if size == BIG else '64 B'}"
-    benchmark.pedantic(run, rounds=1, iterations=1)
+    result = loadgen.run_once(
+        benchmark, f"{GROUP_INTERLEAVED}, {'1 MiB' if size == BIG else '64 B'}",
+        lambda: interleaved.measure(size, INTERLEAVED, INTERLEAVED_ROUNDS))
     assert set(result) == set(INTERLEAVED)
     benchmark.extra_info.update(unit="runs", message_size=size, rounds=INTERLEAVED_ROUNDS,
                                 socat_buffer=interleaved.SOCAT_BUFFER, interleaved=result)

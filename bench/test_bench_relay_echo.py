@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from bench.loadgen import RunStats, calibrated
+from bench.loadgen import RunStats, calibrated, run_once
 from bench.relay_echo import DIRECT, RELAYED, SIZES, SPLICE, DirectEcho, RelayedEcho, measure
 
 SIZE_TEXT = {"256B": "256 B", "8KiB": "8 KiB", "100KiB": "100 KiB", "1MiB": "1 MiB"}
@@ -65,14 +65,8 @@ def test_relay_round_trips(benchmark: Any, size: str, kind: str) -> None:
 def test_relay_echo_interleaved(benchmark: Any, size: str) -> None:
     """Medians of interleaved rounds (``extra_info["interleaved"]``: per kind, the median rate,
     CPU µs per round trip of each process, every round's rate)."""
-    result: dict[str, Any] = {}
-
-    def run() -> None:
-        result.update(measure(SIZES[size], [RELAYED, DIRECT, SPLICE], INTERLEAVED_ROUNDS,
-                              INTERLEAVED_SECONDS))
-
-    benchmark.group = f"{INTERLEAVED_GROUP}, {SIZE_TEXT[size]}"
-    benchmark.pedantic(run, rounds=1, iterations=1)
+    result = run_once(benchmark, f"{INTERLEAVED_GROUP}, {SIZE_TEXT[size]}", lambda: measure(
+        SIZES[size], [RELAYED, DIRECT, SPLICE], INTERLEAVED_ROUNDS, INTERLEAVED_SECONDS))
     assert set(result) == {RELAYED, DIRECT, SPLICE}
     benchmark.extra_info.update(unit="runs", message_size=SIZES[size],
                                 rounds=INTERLEAVED_ROUNDS, seconds=INTERLEAVED_SECONDS,
