@@ -17,9 +17,10 @@ Like ``test_bench_relay.py``: round trips per pytest-benchmark round are calibra
 (~RUN_SECONDS a round), ROUNDS rounds, median reported; ``extra_info`` carries the count and the
 CPU use of server and client. Ids start with the size, so each size's servers run back to back.
 
-``test_echo_interleaved``: our asyncio ``serve`` and picows in interleaved rounds (a fresh process
-per round, each in turn, every size), so the machine's drift hits both alike: the figure the echo
-target is judged on in RESULTS.md.
+``test_echo_interleaved``: our asyncio ``serve`` and picows, our threads and gevent ``serve`` and
+websockets' sync server in interleaved rounds (a fresh process per round, each in turn, every
+size), so the machine's drift hits all alike: the figures the echo targets are judged on in
+RESULTS.md.
 """
 
 from __future__ import annotations
@@ -74,14 +75,18 @@ def test_echo_round_trips(benchmark: Any, size: str, server: str) -> None:
 
 
 INTERLEAVED_GROUP = "echo, one connection: interleaved rounds"
-INTERLEAVED_SERVERS = ["hyco-asyncio", "picows"]
+#: The servers of the echo targets: asyncio ``serve`` against picows, threads and gevent against
+#: websockets' sync server (those of ours that cannot run here are left out, as above).
+INTERLEAVED_SERVERS = [server for server in ("hyco-asyncio", "picows", "hyco-threads",
+                                             "hyco-gevent", "websockets-sync")
+                       if server not in ABSENT]
 INTERLEAVED_ROUNDS = 5
 INTERLEAVED_SECONDS = 0.6
 
 
 def test_echo_interleaved(benchmark: Any) -> None:
-    """Our asyncio ``serve`` and picows in interleaved rounds at every size (``bench/echo_ab.py``:
-    a fresh server process per round, each server in turn), the figure the echo target is
+    """The echo targets' servers in interleaved rounds at every size (``bench/echo_ab.py``: a
+    fresh server process per round, each server in turn), the figures the echo targets are
     judged on; per size and server, the median round trips/s, the server's CPU per round trip
     and every round in ``extra_info["interleaved"]``."""
     from bench.echo_ab import measure
