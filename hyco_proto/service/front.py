@@ -486,7 +486,9 @@ class FrontDoor(Handler):
             self.svc.send(self.id, out)
         self._response_done = True
         self._served += 1
-        self.exchange = None
+        if self.exchange is not None:
+            self.exchange = None
+            self.svc.watch(self.id)  # its deadline is the door's own again (next_deadline)
         self._maybe_next_cycle(now)
 
     def abort(self, now: float) -> None:

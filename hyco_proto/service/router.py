@@ -32,6 +32,7 @@ are the broker's (hybrid-connections-wire §8).
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -76,6 +77,9 @@ class ServiceEndpointsRoute:
                                         ("Cache-Control", "no-store")], body=body)
 
 
+#: Watched connections from which ``next_deadline`` keeps a heap instead of asking each.
+_HEAP_FROM = 16
+
 #: A relayed leg's hot path (``RelayService.lane``): ``forward(now, buffer, start, end)``.
 Lane = Callable[[float, memoryview, int, int], "memoryview | None"]
 
@@ -96,6 +100,14 @@ class RelayService:
         webpubsub: WebPubSubService | None = None,
     ) -> None:
         self.broker = broker or RelayBroker(config)
+        #: Connections whose handler has (or had) a deadline (``handle_timer`` asks them), and
+        #: the heap behind ``next_deadline`` (see there).
+        self._timed: set[int] = set()
+        self._heap: list[tuple[float, int]] = []
+        self._entry: dict[int, float] = {}
+        self._dirty: set[int] = set()
+        self._heap_mode = False
+        self._handlers: dict[int, Handler] = {}
         #: Seconds a client has to send a complete request head.
         self.handshake_timeout = handshake_timeout
         #: After one leg's close passed, the other leg may keep sending this long (half-close).
@@ -107,6 +119,9 @@ class RelayService:
         #: Seconds a listener has to start answering a relayed HTTP request, and a response may
         #: stay idle (60 s in Azure, not configurable there; hybrid-connections-wire §4.7).
         self.http_timeout = http_timeout
+        #: The two timeouts handler deadlines are counted with when asked, as the heap's
+        #: entries were (``_handlers_due``).
+        self._timeouts = (handshake_timeout, http_timeout)
         #: Bytes a waiting sender may send before its 101 (they are relayed once it is joined).
         self.max_early_bytes = 65536
         self.stats = ServiceStats()
@@ -134,10 +149,7 @@ class RelayService:
         #: or lost, a timer of the service due...): the web view does not look again while it
         #: stays the same.
         self.activity = 0
-        self._handlers: dict[int, Handler] = {}
         self._closed: set[int] = set()  # closed by us, until the driver reports it gone
-        #: Connections whose handler has (or had) a deadline; see ``next_deadline``.
-        self._timed: set[int] = set()
         self._names: dict[str, int] = {}
         self._exchanges: dict[str, HttpExchange] = {}
         self._next_id = 1
@@ -169,6 +181,8 @@ class RelayService:
         if handler is None or conn_id in self._closed:
             return
         self.activity += 1
+        if self._heap_mode and conn_id in self._timed:
+            self._dirty.add(conn_id)  # its own input may move its deadline either way
         handler.receive_data(now, data)
         self._run_broker(now)
 
@@ -185,6 +199,8 @@ class RelayService:
         if handler is None or conn_id in self._closed:
             return
         self.activity += 1
+        if self._heap_mode and conn_id in self._timed:
+            self._dirty.add(conn_id)
         handler.receive_into(now, buffer, start, end)
         self._run_broker(now)
 
@@ -258,6 +274,8 @@ class RelayService:
         if handler is None:
             return
         self.activity += 1
+        if self._heap_mode and conn_id in self._timed:
+            self._dirty.add(conn_id)
         if conn_id not in self._closed:
             handler.receive_eof(now)
         self._run_broker(now)
@@ -272,6 +290,7 @@ class RelayService:
         handler.kind = ConnectionKind.CLOSED
         self._closed.discard(conn_id)
         self._timed.discard(conn_id)
+        self._entry.pop(conn_id, None)  # its heap entry goes stale
         self._reading.pop(conn_id, None)
         self._run_broker(now)
 
@@ -286,8 +305,7 @@ class RelayService:
         return changes
 
     def next_deadline(self) -> float | None:
-        # Only connections that ever had a deadline are looked at (not every relayed pair on
-        # every read); the ones whose deadline has gone are dropped on the way.
+        """When ``handle_timer`` must run next (None: no deadline); asked after every call."""
         best = self.broker.next_deadline()
         log_due = self.refusal_log.next_deadline()  # a summary of refusals not logged
         if log_due is not None and (best is None or log_due < best):
@@ -299,14 +317,118 @@ class RelayService:
             hubs = self.webpubsub.next_deadline()
             if hubs is not None and (best is None or hubs < best):
                 best = hubs
-        for conn_id in list(self._timed):
+        if not self._heap_mode and len(self._timed) < _HEAP_FROM:
+            # A few watched connections: asking each is the cheapest (a rendezvous at a time).
+            due = None
+            for conn_id in list(self._timed):
+                handler = self._handlers.get(conn_id)
+                deadline = handler.deadline() if handler is not None else None
+                if deadline is None:
+                    self._timed.discard(conn_id)  # watched again when it gets one
+                elif due is None or deadline < due:
+                    due = deadline
+        else:
+            due = self._handlers_due()
+        if due is not None and (best is None or due < best):
+            best = due
+        if self.check_deadlines:
+            scanned = self._scan_deadlines()
+            if scanned != due:
+                raise AssertionError(f"next_deadline: heap {due!r}, scan {scanned!r}")
+        return best
+
+    #: Tests set it: every ``next_deadline`` also scans the handlers as before the heap and
+    #: raises ``AssertionError`` when the two differ.
+    check_deadlines = False
+
+    def _handlers_due(self) -> float | None:
+        """The earliest handler deadline: what asking every watched handler's ``deadline()``
+        gives (``_scan_deadlines``). A few watched connections are asked each time (the
+        cheapest way for a handful: a rendezvous at a time); from ``_HEAP_FROM`` on (many
+        handshakes in flight), a heap answers without asking them all (issue 14).
+
+        ``_heap`` holds (deadline, conn) entries, ``_entry`` each connection's newest one; a
+        connection whose deadline may have come earlier is in ``_dirty`` (``watch``, its own
+        input, a switch, a changed timeout, a timer), so every entry is at most its handler's
+        deadline. The top entry is checked against its handler: equal, it is the earliest;
+        later or gone, it is replaced or dropped (lazy invalidation)."""
+        if not self._heap_mode:
+            if len(self._timed) < _HEAP_FROM:
+                best: float | None = None
+                for conn_id in list(self._timed):
+                    handler = self._handlers.get(conn_id)
+                    deadline = handler.deadline() if handler is not None else None
+                    if deadline is None:
+                        self._timed.discard(conn_id)  # watched again when it gets one
+                    elif best is None or deadline < best:
+                        best = deadline
+                return best
+            self._heap_mode = True
+            self._dirty.update(self._timed)
+        elif len(self._entry) < _HEAP_FROM // 4 and len(self._timed) < _HEAP_FROM // 2:
+            self._heap_mode = False  # few again: back to asking them
+            self._heap.clear()
+            self._entry.clear()
+            self._dirty.clear()
+            return self._handlers_due()
+        timeouts = (self.handshake_timeout, self.http_timeout)
+        if timeouts != self._timeouts:  # a changed timeout moves deadlines either way
+            self._timeouts = timeouts
+            self._dirty.update(self._timed)
+        handlers = self._handlers
+        heap = self._heap
+        entry = self._entry
+        dirty = self._dirty
+        if dirty:
+            for conn_id in dirty:
+                handler = handlers.get(conn_id)
+                deadline = handler.deadline() if handler is not None else None
+                if deadline is None:
+                    entry.pop(conn_id, None)
+                    self._timed.discard(conn_id)  # watched again when it gets one
+                elif entry.get(conn_id) != deadline:
+                    entry[conn_id] = deadline
+                    heapq.heappush(heap, (deadline, conn_id))
+            if len(heap) > 2 * len(entry) + 64:  # stale entries: rebuild from the live ones
+                heap[:] = [(deadline, conn_id) for conn_id, deadline in entry.items()]
+                heapq.heapify(heap)
+        while heap:
+            deadline, conn_id = heap[0]
+            if entry.get(conn_id) != deadline:
+                heapq.heappop(heap)  # stale: the connection has a newer entry, or none
+                continue
+            if conn_id in dirty:
+                break  # just asked
+            handler = handlers.get(conn_id)
+            now_due = handler.deadline() if handler is not None else None
+            if now_due == deadline:
+                break
+            if now_due is None:
+                del entry[conn_id]
+                heapq.heappop(heap)
+            else:  # later than its entry (it only moves earlier through _dirty)
+                entry[conn_id] = now_due
+                heapq.heapreplace(heap, (now_due, conn_id))
+        else:
+            deadline = None
+        if dirty:
+            dirty.clear()
+        return deadline
+
+    def _scan_deadlines(self) -> float | None:
+        """The earliest deadline of the watched handlers, asked of each (``check_deadlines``)."""
+        best: float | None = None
+        for conn_id in self._timed:
             handler = self._handlers.get(conn_id)
             deadline = handler.deadline() if handler is not None else None
-            if deadline is None:
-                self._timed.discard(conn_id)
-            elif best is None or deadline < best:
+            if deadline is not None and (best is None or deadline < best):
                 best = deadline
         return best
+
+    def _all_dirty(self) -> None:
+        """Every watched handler's deadline may have changed (a timeout changed, a timer ran)."""
+        if self._heap_mode:
+            self._dirty.update(self._timed)
 
     def handle_timer(self, now: float) -> None:
         due = [self.broker.next_deadline(), self.refusal_log.next_deadline(),
@@ -316,10 +438,13 @@ class RelayService:
         for conn_id in list(self._timed):
             handler = self._handlers.get(conn_id)
             deadline = handler.deadline() if handler is not None else None
+            if deadline is None:
+                self._timed.discard(conn_id)  # watched again when it gets one
             if handler is None or deadline is None or now < deadline:
                 continue
             self.activity += 1
             handler.handle_timer(now)
+        self._all_dirty()  # what the timers changed
         self.broker.handle_timer(now)
         self.refusal_log.handle_timer(now)
         if self.webpubsub is not None:
@@ -382,6 +507,7 @@ class RelayService:
         """Close everything cleanly: listeners and relayed legs hear ``code`` (1001: going
         away, hybrid-connections-wire §4.4), waiting senders get 503, half-read requests end."""
         self.activity += 1
+        self._all_dirty()
         for conn_id, handler in list(self._handlers.items()):
             if conn_id not in self._closed:
                 handler.shutdown(now, code, reason)
@@ -427,6 +553,8 @@ class RelayService:
     def switch(self, conn_id: int, handler: Handler) -> None:
         if conn_id in self._handlers:
             self._handlers[conn_id] = handler
+            if self._heap_mode and conn_id in self._timed:
+                self._dirty.add(conn_id)  # the new handler's deadline
 
     def handler(self, conn_id: int) -> Handler | None:
         if conn_id in self._closed:
@@ -435,6 +563,8 @@ class RelayService:
 
     def watch(self, conn_id: int) -> None:
         self._timed.add(conn_id)
+        if self._heap_mode:  # (scanning asks every watched handler anyway)
+            self._dirty.add(conn_id)
 
     def pause_reading(self, conn_id: int, paused: bool) -> None:
         if conn_id in self._handlers:
