@@ -232,6 +232,8 @@ class RelayBroker:
         self._auto_version = 0
         self._deadline_key: tuple[int, int, float, float, float] | None = None
         self._deadline: float | None = None
+        self._listeners_key: tuple[int, float] | None = None
+        self._listeners_deadline: float | None = None
         #: The rules found for the last hybrid connection asked about (``_rules_for``).
         self._rules: tuple[tuple[SasRule, ...], tuple[SasRule, ...],
                            Mapping[str, SasRule]] | None = None
@@ -831,33 +833,57 @@ class RelayBroker:
         # Asked after every input the service reads (the driver re-arms its timer): with the
         # in-process registry, the last answer while nothing it depends on changed (the
         # registry's version counts changes to listeners and pending senders, which the broker
-        # makes through it: Registry's contract); else a plain loop over each collection, no
-        # list of deadlines (half the time of min() over one).
+        # makes through it: Registry's contract), compared field by field (cheaper than a key
+        # tuple built per call); the listeners' part is kept apart (its own version), as a
+        # sender's connect and rendezvous change only the pending ones. Else a plain loop over
+        # each collection, no list of deadlines (half the time of min() over one).
         config = self.config
         registry = self.registry
-        key = None
+        local: LocalRegistry | None = None
         if type(registry) is LocalRegistry:
-            key = (registry.version, self._auto_version, config.accept_timeout,
-                   config.token_grace, config.auto_expiry)
-            if key == self._deadline_key:
+            local = registry
+            key = self._deadline_key
+            if (key is not None and key[0] == local.version and key[1] == self._auto_version
+                    and key[2] == config.accept_timeout and key[3] == config.token_grace
+                    and key[4] == config.auto_expiry):
                 return self._deadline
         best: float | None = None
-        for pending in self.registry.all_pending():
+        for pending in registry.all_pending():
             if best is None or pending.created < best:
                 best = pending.created
         if best is not None:
             best += config.accept_timeout
-        for record in self.registry.all_listeners():
-            expiry = record.token_expiry
-            if expiry is not None:
-                expiry += config.token_grace
-                if best is None or expiry < best:
-                    best = expiry
+        listeners = self._listeners_due(registry, config.token_grace, local)
+        if listeners is not None and (best is None or listeners < best):
+            best = listeners
         if self._auto:
             idle = min(self._auto.values()) + config.auto_expiry
             if best is None or idle < best:
                 best = idle
-        self._deadline_key, self._deadline = key, best
+        if local is not None:
+            self._deadline_key = (local.version, self._auto_version, config.accept_timeout,
+                                  config.token_grace, config.auto_expiry)
+        self._deadline = best
+        return best
+
+    def _listeners_due(self, registry: Registry, grace: float,
+                       local: LocalRegistry | None) -> float | None:
+        """The earliest listener token expiry plus ``grace`` (kept while the in-process
+        registry, ``local``, keeps the same listeners)."""
+        key = None
+        if local is not None:
+            key = (local.listeners_version, grace)
+            if key == self._listeners_key:
+                return self._listeners_deadline
+        best: float | None = None
+        for record in registry.all_listeners():
+            expiry = record.token_expiry
+            if expiry is not None:
+                expiry += grace
+                if best is None or expiry < best:
+                    best = expiry
+        if key is not None:
+            self._listeners_key, self._listeners_deadline = key, best
         return best
 
     def handle_timer(self, now: float) -> None:
@@ -900,3 +926,7 @@ class RelayBroker:
     def actions_to_take(self) -> list[Action]:
         actions, self._actions = self._actions, []
         return actions
+
+    def has_actions(self) -> bool:
+        """Whether ``actions_to_take`` has any (asked after every input: no list made)."""
+        return bool(self._actions)

@@ -124,9 +124,12 @@ class LocalRegistry:
         #: updated): the broker's deadline, which depends on nothing else here, is only
         #: looked for again when it moved.
         self.version = 0
+        #: Bumped by every change to the listeners alone.
+        self.listeners_version = 0
 
     def add_listener(self, record: ListenerRecord) -> None:
         self.version += 1
+        self.listeners_version += 1
         self._listeners[record.id] = record
         self._by_hc.setdefault(record.hc.name.lower(), {})[record.id] = record
 
@@ -134,6 +137,7 @@ class LocalRegistry:
         record = self._listeners.pop(listener_id, None)
         if record is not None:
             self.version += 1
+            self.listeners_version += 1
             group = self._by_hc.get(record.hc.name.lower(), {})
             group.pop(listener_id, None)
             if not group:

@@ -317,24 +317,27 @@ class RelayService:
             hubs = self.webpubsub.next_deadline()
             if hubs is not None and (best is None or hubs < best):
                 best = hubs
-        if not self._heap_mode and len(self._timed) < _HEAP_FROM:
+        timed = self._timed
+        if not timed:
+            return best
+        if not self._heap_mode and len(timed) < _HEAP_FROM:
             # A few watched connections: asking each is the cheapest (a rendezvous at a time).
-            due = None
-            for conn_id in list(self._timed):
-                handler = self._handlers.get(conn_id)
+            handlers = self._handlers
+            for conn_id in list(timed):
+                handler = handlers.get(conn_id)
                 deadline = handler.deadline() if handler is not None else None
                 if deadline is None:
-                    self._timed.discard(conn_id)  # watched again when it gets one
-                elif due is None or deadline < due:
-                    due = deadline
-        else:
-            due = self._handlers_due()
-        if due is not None and (best is None or due < best):
-            best = due
+                    timed.discard(conn_id)  # watched again when it gets one
+                elif best is None or deadline < best:
+                    best = deadline
+            return best
+        due = self._handlers_due()
         if self.check_deadlines:
             scanned = self._scan_deadlines()
             if scanned != due:
                 raise AssertionError(f"next_deadline: heap {due!r}, scan {scanned!r}")
+        if due is not None and (best is None or due < best):
+            best = due
         return best
 
     #: Tests set it: every ``next_deadline`` also scans the handlers as before the heap and
@@ -607,8 +610,9 @@ class RelayService:
     def _run_broker(self, now: float) -> None:
         # Taking an action may queue more (closing a listener offers its waiting senders to
         # another one, or refuses them): run until none is left.
-        while actions := self.broker.actions_to_take():
-            self._take_actions(now, actions)
+        broker = self.broker
+        while broker.has_actions():
+            self._take_actions(now, broker.actions_to_take())
 
     def _take_actions(self, now: float, actions: list[Action]) -> None:
         for action in actions:
