@@ -43,6 +43,14 @@ class LinkTransport(SocketTransport):
 
     _protocol: Link
 
+    def close(self) -> None:
+        self._protocol._fd = -1  # no more direct writes (Link.write: _fd only while open)
+        super().close()
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        self._protocol._fd = -1
+        super()._force_close(exc)
+
     def _on_readable(self) -> None:
         if self._closing:  # a readiness report that crossed a close
             return

@@ -83,10 +83,13 @@ class Link(asyncio.BufferedProtocol):
         self.write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         # Direct writes (see write): the socket's descriptor for a plain TCP transport, -1
-        # otherwise or once the connection is lost; _fd is it while the transport's write
-        # buffer is known to be empty, else -1 (asked again at the next write).
+        # otherwise or once the connection is lost. _fd is it while a write may go straight
+        # to the socket with nothing asked: the transport is a lean.LinkTransport (which sets
+        # _fd to -1 when it closes), not closing, and its write buffer is known to be empty;
+        # else -1 (asked again at the next write).
         self._sock_fd = -1
         self._fd = -1
+        self._lean = False
 
     @property
     def receiver(self) -> Receiver | None:
@@ -110,6 +113,7 @@ class Link(asyncio.BufferedProtocol):
         if (os.name == "posix" and info is not None and info("socket") is not None
                 and info("ssl_object") is None):
             self._sock_fd = info("socket").fileno()
+            self._lean = isinstance(transport, lean.LinkTransport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self._buffer
@@ -151,6 +155,15 @@ class Link(asyncio.BufferedProtocol):
         (``os.write``: the send the transport would make, without its Python layers); what the
         socket does not take now, and everything after it until the buffer is empty again,
         goes through the transport, so the order is kept."""
+        fd = self._fd
+        if fd >= 0 and chunk:  # the common case: nothing to ask (see __init__)
+            try:
+                sent = os.write(fd, chunk)
+            except OSError:  # EAGAIN, or an error the transport meets again and reports
+                sent = 0
+            if sent != len(chunk):
+                self.write_rest(chunk, sent)
+            return
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -158,20 +171,26 @@ class Link(asyncio.BufferedProtocol):
             self._fd = -1
             transport.close()
             return
-        fd = self._fd
-        if fd < 0 and self._sock_fd >= 0 and not transport.get_write_buffer_size():
-            fd = self._fd = self._sock_fd
-        if fd >= 0:
+        fd = self._sock_fd
+        if fd >= 0 and not transport.get_write_buffer_size():
+            if self._lean:
+                self._fd = fd
             try:
                 sent = os.write(fd, chunk)
-            except OSError:  # EAGAIN, or an error the transport meets again below and reports
+            except OSError:
                 sent = 0
-            if sent == len(chunk):
-                return
-            self._fd = -1
-            if sent:
-                chunk = memoryview(chunk)[sent:]  # type: ignore[assignment]
+            if sent != len(chunk):
+                self.write_rest(chunk, sent)
+            return
         transport.write(chunk)
+
+    def write_rest(self, chunk: bytes, sent: int) -> None:
+        """After a direct write of ``chunk`` that the socket took ``sent`` bytes of (maybe
+        none): the rest goes through the transport, and later writes behind it."""
+        self._fd = -1
+        transport = self.transport
+        if transport is not None:
+            transport.write(memoryview(chunk)[sent:] if sent else chunk)
 
     def write_all(self, chunks: list[bytes]) -> None:
         """Write ``chunks`` in order (``b""`` closes). Up to ``_JOIN`` bytes in all, while the
@@ -185,7 +204,7 @@ class Link(asyncio.BufferedProtocol):
         if len(chunks) == 1:
             self.write(chunks[0])
             return
-        if self._fd >= 0 or self._sock_fd >= 0:
+        if self._sock_fd >= 0:
             transport = self.transport
             if transport is None or transport.is_closing():
                 return
@@ -193,7 +212,9 @@ class Link(asyncio.BufferedProtocol):
                     and sum(map(len, chunks)) <= _JOIN):
                 fd = self._fd
                 if fd < 0 and not transport.get_write_buffer_size():
-                    fd = self._fd = self._sock_fd
+                    fd = self._sock_fd
+                    if self._lean:
+                        self._fd = fd
                 if fd >= 0:
                     self._writev(fd, transport, chunks)
                     return

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import os
 import ssl as _ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from types import TracebackType
@@ -72,6 +73,7 @@ _current_task: Callable[[asyncio.AbstractEventLoop], object] = (
     _tasks_by_loop.get if isinstance(_tasks_by_loop, dict)
     and hasattr(asyncio.current_task, "__code__") else asyncio.current_task)
 _Callback = Callable[[Any], object]
+_os_write = os.write
 
 
 class _Wakeup:
@@ -201,7 +203,7 @@ class _Wakeup:
     __iter__ = __await__
 
 
-_PENDING = _Wakeup._PENDING
+_PENDING, _DONE = _Wakeup._PENDING, _Wakeup._DONE
 
 
 class _Ready(tuple[Message]):
@@ -235,6 +237,7 @@ class WebSocket(SocketView):
         # The data phase itself once the handshake is behind us (``data_phase()``): the hot
         # paths below feed and drain it directly.
         self._ws: DataPhase | None = None
+        self._anext = self.__anext__  # what a waiter of __anext__ awaits if woken empty
         link.receiver = self
 
     # -- properties (more in SocketView) -------------------------------------------------
@@ -268,7 +271,20 @@ class WebSocket(SocketView):
             if waiter is not None and waiter._state == _PENDING:
                 message = ws.receive_message(view)  # type: ignore[arg-type]
                 if message is not None:
-                    waiter.wake(None, message)
+                    fn = waiter._first
+                    if fn is not None and not waiter._more and _current_task(self._loop) is None:
+                        # _Wakeup.wake(None, message) in place, inline (one call less).
+                        waiter._state = _DONE
+                        waiter._value = message
+                        waiter._first = None
+                        waiter._reusable = True
+                        context = waiter._context
+                        if context is None:
+                            fn(waiter)
+                        else:
+                            context.run(fn, waiter)
+                    else:
+                        waiter.wake(None, message)
                     return
             else:
                 ws.receive_data(view)  # type: ignore[arg-type]
@@ -405,8 +421,17 @@ class WebSocket(SocketView):
         codes raise. ``recv`` without a timeout, as a plain method returning what to await:
         the queued message (``_Ready``) or the waiter its arrival wakes, which then is the
         message (or, woken by the close, the next ``__anext__``): no coroutine per message."""
+        waiter = self._recv_waiter
+        if waiter is not None and waiter._reusable:  # _take's common case, inline
+            stream = self._stream
+            if not stream.messages and stream.closed is None:
+                waiter._state = _PENDING
+                waiter._reusable = False
+                waiter._then = self._anext
+                waiter._error = waiter._value = None
+                return waiter  # type: ignore[return-value]
         try:
-            got = self._take(self.__anext__)
+            got = self._take(self._anext)
         except ConnectionClosedError as exc:
             if exc.ok:
                 raise StopAsyncIteration from None
@@ -428,7 +453,16 @@ class WebSocket(SocketView):
             link = self._link
             frame = ws.frame_message(message)  # type: ignore[arg-type]
             if frame is not None:
-                link.write(frame)
+                fd = link._fd
+                if fd >= 0:  # Link.write's direct case, inline (one call less)
+                    try:
+                        sent = _os_write(fd, frame)
+                    except OSError:
+                        sent = 0
+                    if sent != len(frame):
+                        link.write_rest(frame, sent)
+                else:
+                    link.write(frame)
             else:
                 link.write_all(ws.data_to_send())
             if link.write_paused:
