@@ -28,6 +28,7 @@ from hyco_proto.control import (
 )
 from hyco_proto.handshake import ClientHandshake, ServerHandshake, _key_is_valid
 from hyco_proto.headers import Headers
+from hyco_proto.service import front
 from hyco_proto.service.broker import query_params
 from hyco_proto.service.front import _fast_head
 from hyco_proto.service.router import RelayService
@@ -88,6 +89,34 @@ def test_a_plain_upgrade_takes_the_fast_path_with_what_follows_it() -> None:
 def test_spaces_and_tabs_around_values_are_stripped_as_h11_strips_them() -> None:
     data = head("GET /x HTTP/1.1", [*PLAIN, ("X-A", " \t a \t b\t "), ("X-Empty", "")])
     assert assert_as_h11(data)
+
+
+def test_a_line_read_again_from_the_line_cache_reads_as_the_first_time() -> None:
+    """Header lines the fast path read are kept whole (``_KNOWN_LINES``): read again, a head
+    gives what h11 gives, values stripped, kinds kept (a second Host, a body header)."""
+    padded = ("X-Pad-Cache-Test", " \t padded value\t ")
+    data = head("GET /x HTTP/1.1", [*PLAIN, padded])
+    first = _fast_head(data)
+    assert "X-Pad-Cache-Test:  \t padded value\t " in front._KNOWN_LINES
+    second = _fast_head(data)
+    assert first is not None and second is not None
+    assert second[0].headers == first[0].headers and second[0].fields == first[0].fields
+    assert assert_as_h11(data)
+    assert second[0].header("x-pad-cache-test") == "padded value"
+    assert _fast_head(head("GET /x HTTP/1.1", [*PLAIN, ("Host", "127.0.0.1:9")])) is None
+    assert _fast_head(head("GET /x HTTP/1.1", [*PLAIN, ("Content-Length", "0")])) is None
+    assert _fast_head(head("GET /x HTTP/1.1", [*PLAIN, ("Content-Length", "0")])) is None
+
+
+def test_the_line_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(front, "_KNOWN_LINES", {})
+    for i in range(front._KNOWN_LINES_MAX + 50):
+        assert assert_as_h11(head("GET /x HTTP/1.1", [*PLAIN, ("X-N", str(i))]))
+    assert len(front._KNOWN_LINES) == front._KNOWN_LINES_MAX
+    monkeypatch.setattr(front, "_KNOWN_LINES", {})
+    long = ("X-Long", "v" * front._KNOWN_LINE_CHARS)
+    assert assert_as_h11(head("GET /x HTTP/1.1", [*PLAIN, long]))
+    assert not any(line.startswith(("X-Long", "Sec-WebSocket-Key")) for line in front._KNOWN_LINES)
 
 
 @pytest.mark.parametrize("data", [

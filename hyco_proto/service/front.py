@@ -145,6 +145,13 @@ _FIELD_KINDS = {
 #: names come in every request); at most ``_KNOWN_NAMES_MAX``, so no client can grow it.
 _KNOWN_NAMES: dict[str, tuple[str, int]] = {}
 _KNOWN_NAMES_MAX = 256
+#: Whole header lines already read, as (name, value, lower-case name, kind): the same lines
+#: (Host, Upgrade, Connection, the version, a client's token) come in request after request.
+#: Only lines the loop took; at most ``_KNOWN_LINES_MAX`` of at most ``_KNOWN_LINE_CHARS``
+#: characters (under 1 MiB however it is fed), never evicted.
+_KNOWN_LINES: dict[str, tuple[str, str, str, int]] = {}
+_KNOWN_LINES_MAX = 512
+_KNOWN_LINE_CHARS = 1024
 #: (The class's ``h11`` property hides the module in its annotations.)
 _H11Error = h11.RemoteProtocolError
 #: The fast path's bound on a head: the opening handshake's (``ServerHandshake``).
@@ -177,20 +184,28 @@ def _fast_head(data: bytes) -> tuple[RequestHead, bytes] | None:
     fields: dict[str, list[str]] = {}
     hosts = 0
     known = _KNOWN_NAMES
+    known_lines = _KNOWN_LINES
     for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        entry = known.get(name)
-        if entry is None:
-            if not colon or _TOKEN.fullmatch(name) is None:
-                return None  # obs-fold, whitespace before the colon, no field: h11 decides
-            lname = name.lower()
-            entry = (lname, _FIELD_KINDS.get(lname, _OTHER))
-            if len(known) < _KNOWN_NAMES_MAX:
-                known[name] = entry
-        elif not colon:
-            return None
-        lname, kind = entry
-        value = value.strip(" \t")
+        parsed = known_lines.get(line)
+        if parsed is not None:
+            name, value, lname, kind = parsed
+        else:
+            name, colon, value = line.partition(":")
+            entry = known.get(name)
+            if entry is None:
+                if not colon or _TOKEN.fullmatch(name) is None:
+                    return None  # obs-fold, whitespace before the colon, no field: h11 decides
+                lname = name.lower()
+                entry = (lname, _FIELD_KINDS.get(lname, _OTHER))
+                if len(known) < _KNOWN_NAMES_MAX:
+                    known[name] = entry
+            elif not colon:
+                return None
+            lname, kind = entry
+            value = value.strip(" \t")
+            if (len(line) <= _KNOWN_LINE_CHARS and len(known_lines) < _KNOWN_LINES_MAX
+                    and lname != "sec-websocket-key"):  # (a key is new every time)
+                known_lines[line] = (name, value, lname, kind)
         if kind == _HANDSHAKE:
             found = fields.get(lname)
             if found is None:

@@ -10,6 +10,7 @@ one-sided close). The relay speaks for itself only when a leg breaks the protoco
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 
 from ..frames import OP_CLOSE, Forwarder, encode_frame
 from .events import log_event
@@ -18,6 +19,7 @@ from .handler import Connection, ConnectionKind, Handler, ServiceCore
 __all__ = ["RelayLeg", "close_frame"]
 
 
+@lru_cache(maxsize=64)  # the same few (code, reason) pairs, one per relayed pair's end
 def close_frame(code: int, reason: str) -> bytes:
     return encode_frame(OP_CLOSE, code.to_bytes(2, "big") + reason.encode("utf-8")[:123])
 
