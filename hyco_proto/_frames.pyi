@@ -70,6 +70,12 @@ class FrameDecoder:
         unmasked into one bytes object as it arrives (no pieces to join); 0: none."""
 
     def feed(self, data: Buffer) -> list[tuple[int, bytes, bool]]: ...
+    def feed_message(self, data: Buffer) -> list[tuple[int, bytes, bool]] | bytes | str:
+        """``feed(data)``, except when nothing is held from earlier reads (no partial frame,
+        no fragmented message, no error) and ``data`` is exactly one whole frame with FIN, no
+        RSV bits and opcode 1 or 2 within the size limits: its payload alone, bytes for binary,
+        str for text that is valid UTF-8 (not: the list, as ``feed`` gives it). No list and no
+        tuple for the common message of one frame in one read."""
     @property
     def buffered(self) -> int:
         """Bytes held back: a partial header or a partial control frame, or the payload so far

@@ -704,6 +704,57 @@ cdef class FrameDecoder:
                 del self._buf[:used]
         return out
 
+    def feed_message(self, data):
+        """``feed(data)``, or the message itself (see ``_frames.pyi``)."""
+        cdef Py_buffer view
+        cdef const uint8_t* p
+        cdef Py_ssize_t n, head
+        cdef unsigned long long length = 0
+        cdef uint8_t b0
+        cdef object payload
+        if (self.error_code or self._remaining or self._in_message
+                or PyByteArray_GET_SIZE(self._buf)):
+            return self.feed(data)
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            p = <const uint8_t*>view.buf
+            n = view.len
+            if n < 2:
+                return self.feed(data)
+            b0 = p[0]
+            # FIN, no RSV, text or binary; the mask bit as the role requires.
+            if (b0 != 0x81 and b0 != 0x82) or ((p[1] & 0x80) != 0) != self._masked:
+                return self.feed(data)
+            head = _length_field(p, n, &length)
+            if head <= 0:
+                return self.feed(data)
+            if self._masked:
+                head += 4
+            if n < head or <unsigned long long>(n - head) != length:
+                return self.feed(data)  # not exactly one frame
+            if ((self._max_frame and length > <unsigned long long>self._max_frame)
+                    or (self._max_message and length > <unsigned long long>self._max_message)):
+                return self.feed(data)  # fails there
+            payload = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>length)
+            if self._masked:
+                _mask(<uint8_t*>PyBytes_AS_STRING(payload), p + head, <Py_ssize_t>length,
+                      p + head - 4, 0)
+            else:
+                memcpy(PyBytes_AS_STRING(payload), p + head, <Py_ssize_t>length)
+        finally:
+            PyBuffer_Release(&view)
+        # The state feed() leaves after one whole frame.
+        self._opcode = b0 & 0x0F
+        self._fin = True
+        self._message_size = length
+        self._phase = length & 3
+        if b0 == 0x82:
+            return payload
+        try:
+            return payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return [(1, payload, True)]
+
 
 cdef extern from "Python.h":
     # Raw-pointer forms, so the output bytes object can be shrunk in place (it has one owner).

@@ -261,6 +261,21 @@ class FrameDecoder:
         self._remaining = 0
         self._whole = None
 
+    def feed_message(self, data: Any) -> list[tuple[int, bytes, bool]] | bytes | str:
+        # (bool: _buf itself is the bytearray feed() empties)
+        held = bool(self.error_code or self._remaining or self._in_message or self._buf)
+        chunks = self.feed(data)
+        if (held or len(chunks) != 1 or data[0] not in (0x81, 0x82) or self._remaining
+                or self._buf):
+            return chunks  # not exactly one whole text or binary frame, FIN, no RSV
+        opcode, payload, _ = chunks[0]
+        if opcode == 2:
+            return payload
+        try:
+            return payload.decode("utf-8")
+        except UnicodeDecodeError:
+            return chunks
+
     def feed(self, data: Any) -> list[tuple[int, bytes, bool]]:
         out: list[tuple[int, bytes, bool]] = []
         if self.error_code:
