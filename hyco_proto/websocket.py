@@ -308,22 +308,40 @@ class WebSocketConnection:
         is not valid UTF-8 fails the connection there)."""
         if self._discard or not data:
             return None
-        chunks = self._decoder.feed(data)
-        if (len(chunks) == 1 and not self._msg_opcode and not self._events
-                and not self._decoder.error_code):
-            opcode, payload, fin = chunks[0]
-            if fin:
-                if opcode == OP_BINARY:
-                    if not self._stream_binary:
-                        return payload
-                elif opcode == OP_TEXT and (not self._max_text
-                                            or len(payload) <= self._max_text):
-                    try:
-                        return payload.decode("utf-8")
-                    except UnicodeDecodeError:
-                        pass  # failed below, as receive_data does
-        self._receive_chunks(chunks)
-        return None
+        if self._msg_opcode or self._events:
+            self._receive_chunks(self._decoder.feed(data))
+            return None
+        # The read's one message whole (one frame alone in it), or feed()'s chunks.
+        got = self._decoder.feed_message(data)
+        message: Message
+        if isinstance(got, list):
+            if len(got) != 1 or self._decoder.error_code or not got[0][2]:
+                self._receive_chunks(got)
+                return None
+            opcode, payload, _ = got[0]  # a frame's last bytes, its start read before
+            if opcode == OP_BINARY:
+                message = payload
+            elif opcode == OP_TEXT:
+                try:
+                    message = payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    self._receive_chunks(got)  # fails it
+                    return None
+            else:
+                self._receive_chunks(got)
+                return None
+        else:
+            message = got
+        if type(message) is bytes:
+            if self._stream_binary:
+                self._receive_chunks([(OP_BINARY, message, True)])
+                return None
+        elif self._max_text:
+            size = len(message.encode("utf-8"))  # type: ignore[union-attr]
+            if size > self._max_text:
+                self._fail_text_size(size)  # as _receive_chunks fails it
+                return None
+        return message
 
     def _receive_chunks(self, chunks: list[tuple[int, bytes, bool]]) -> None:
         """The decoder's chunks as events (and output: pongs, close replies, failures)."""
