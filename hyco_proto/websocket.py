@@ -513,16 +513,17 @@ class WebSocketConnection:
         if (not self._out and not self._close_sent and self.state is _OPEN
                 and not self._send_fragmented):
             cls = type(data)
+            # (encode_frame's arguments by position: no keywords to parse per message)
             if cls is bytes:
                 if len(data) < _PASSTHROUGH:
-                    return encode_frame(OP_BINARY, data, masked=self._client)
+                    return encode_frame(OP_BINARY, data, True, 0, self._client)
             elif cls is str and len(data) < _PASSTHROUGH // 4:  # at most 4 bytes per char
                 try:
                     raw = data.encode("utf-8")  # type: ignore[union-attr]
                 except UnicodeEncodeError:
                     pass  # refused below, as send_text does
                 else:
-                    return encode_frame(OP_TEXT, raw, masked=self._client)
+                    return encode_frame(OP_TEXT, raw, True, 0, self._client)
         if isinstance(data, str):
             self.send_text(data)
         else:

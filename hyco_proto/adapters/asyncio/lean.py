@@ -16,7 +16,14 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .sockets import ACCEPT_RETRY_DELAY, LoopPoller, SocketListener, SocketTransport, bind_sockets
+from .sockets import (
+    ACCEPT_RETRY_DELAY,
+    LoopPoller,
+    Poller,
+    SocketListener,
+    SocketTransport,
+    bind_sockets,
+)
 
 if TYPE_CHECKING:
     from .link import Link
@@ -43,6 +50,12 @@ class LinkTransport(SocketTransport):
 
     _protocol: Link
 
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: Link,
+                 peername: Any = None, read_now: bool = False,
+                 poller: Poller | None = None) -> None:
+        self._recv_into = sock.recv_into  # bound once, not per read (set first: read_now)
+        super().__init__(loop, sock, protocol, peername, read_now, poller)
+
     def close(self) -> None:
         self._protocol._fd = -1  # no more direct writes (Link.write: _fd only while open)
         super().close()
@@ -57,7 +70,7 @@ class LinkTransport(SocketTransport):
         link = self._protocol
         buffer = link._buffer
         try:
-            nbytes = self._sock.recv_into(buffer)
+            nbytes = self._recv_into(buffer)
         except _NOT_NOW:
             return
         except (SystemExit, KeyboardInterrupt):

@@ -122,7 +122,7 @@ class _Wakeup:
 
     def add_done_callback(self, fn: _Callback, *,
                           context: contextvars.Context | None = None) -> None:
-        if self._state != self._PENDING:
+        if self._state != 0:  # not _PENDING (a literal: no lookup, once per wait)
             self._loop.call_soon(fn, self, context=context)
         elif self._first is None:
             self._first, self._context = fn, context
@@ -137,7 +137,7 @@ class _Wakeup:
         return len(callbacks) - len(kept)
 
     def result(self) -> Message | None:
-        if self._state == self._CANCELLED:
+        if self._state == 2:  # _CANCELLED (a literal: the task's wake-up calls this)
             raise asyncio.CancelledError()
         if self._error is not None:
             raise self._error
@@ -190,10 +190,10 @@ class _Wakeup:
             self._loop.call_soon(fn, self, context=context)
 
     def __await__(self) -> Generator[Any, None, Message | None]:
-        if self._state == self._PENDING:
+        if self._state == 0:  # _PENDING, _DONE: literals, as in add_done_callback
             self._asyncio_future_blocking = True
             yield self
-        if self._state == self._DONE and self._error is None:
+        if self._state == 1 and self._error is None:
             value = self._value
             if value is None and self._then is not None:
                 return (yield from self._then().__await__())
