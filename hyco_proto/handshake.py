@@ -611,6 +611,7 @@ class ServerHandshake:
     def validate_head(self, method: str, target: str, http_version: str,
                       headers: list[tuple[str, str]], trailing_data: bytes = b"", *,
                       fields: Mapping[str, list[str]] | None = None,
+                      size_at_most: int | None = None,
                       ) -> HandshakeRequest | None:
         """:meth:`validate` for a head already decoded (latin-1, header names as sent, values
         without surrounding whitespace) by a parser as strict as h11: the service's front
@@ -618,11 +619,16 @@ class ServerHandshake:
 
         ``fields``: the values of ``headers`` by lower-case name, in order, when the parser
         already has them — every ``Upgrade``, ``Connection`` and ``Sec-WebSocket-*`` header
-        at least (the only ones looked up)."""
+        at least (the only ones looked up). ``size_at_most``: a bound the parser knows for the
+        head's size as counted here (request line and header lines with CRLF, values without
+        surrounding whitespace); at or under the limit, the size is not counted again."""
         if self.request is not None or self._answered:
             raise LocalProtocolError("validate() checks one request, before it is answered")
-        size = (len(method) + len(target) + 12 + 4 * len(headers)
-                + sum([len(k) + len(v) for k, v in headers]))
+        if size_at_most is None or size_at_most > self._max_header_size:
+            size = (len(method) + len(target) + 12 + 4 * len(headers)
+                    + sum([len(k) + len(v) for k, v in headers]))
+        else:
+            size = size_at_most
         if size > self._max_header_size:
             self._refuse(431, "request headers too large")
             return None

@@ -74,7 +74,42 @@ def assert_as_h11(data: bytes) -> bool:
     parsed, trailing = fast
     assert (parsed.method, parsed.target, parsed.http_version, parsed.headers,
             trailing) == reference
+    # The size validate_head counts (it skips counting at or under the bound).
+    size = (len(parsed.method) + len(parsed.target) + 12
+            + sum(len(k) + len(v) + 4 for k, v in parsed.headers))
+    assert parsed.size_at_most is not None and size <= parsed.size_at_most
     return True
+
+
+def test_the_size_bound_is_the_size_when_no_value_has_whitespace_around_it() -> None:
+    lines = ["GET /x HTTP/1.1", *(f"{k}:{v}" for k, v in PLAIN)]
+    data = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    parsed = _fast_head(data)
+    assert parsed is not None and assert_as_h11(data)
+    assert parsed[0].size_at_most == (3 + len("/x") + 12
+                                      + sum(len(k) + len(v) + 4 for k, v in PLAIN))
+
+
+def test_the_size_bound_decides_only_under_the_limit() -> None:
+    """A head over the handshake's 16 KiB limit gets 431 whether or not the fast path's bound
+    is under it; one whose bound is over it but whose counted size is not is taken."""
+    pad = " " * 40  # stripped: counted by the bound, not by the check
+    base = head("GET /$hc/hc HTTP/1.1", PLAIN)
+    # "\r\nX-Pad: " and the value take the head (up to its blank line) to 16384 bytes.
+    value_length = 16384 - (len(base) - 4) - len("\r\nX-Pad: ")
+    over = head("GET /$hc/hc HTTP/1.1", [*PLAIN, ("X-Pad", "v" * (value_length - 40) + pad)])
+    assert over.index(b"\r\n\r\n") == 16384
+    parsed = _fast_head(over)
+    assert parsed is not None and parsed[0].size_at_most is not None
+    assert parsed[0].size_at_most > 16384
+    handshake = ServerHandshake()
+    assert handshake.validate_head("GET", parsed[0].target, "1.1", parsed[0].headers,
+                                   fields=parsed[0].fields,
+                                   size_at_most=parsed[0].size_at_most) is not None
+    checked = ServerHandshake()
+    assert checked.validate_head("GET", "/", "1.1", [("X-Big", "v" * 17000)],
+                                 size_at_most=17100) is None
+    assert checked.rejection_status == 431
 
 
 def test_a_plain_upgrade_takes_the_fast_path_with_what_follows_it() -> None:

@@ -64,6 +64,10 @@ class RequestHead:
     #: The fast path's: the values of the opening handshake's own headers (``Upgrade``,
     #: ``Connection``, ``Sec-WebSocket-*``) by lower-case name, for ``validate_head``.
     fields: dict[str, list[str]] | None = None
+    #: The fast path's: a bound on the head's size as ``validate_head`` counts it (each line
+    #: with its CRLF: the bytes up to the blank line, plus a byte per header line, where the
+    #: check counts ": " for a colon, and the last CRLF).
+    size_at_most: int | None = None
 
     def header(self, name: str) -> str | None:
         lname = name.lower()
@@ -224,7 +228,8 @@ def _fast_head(data: bytes) -> tuple[RequestHead, bytes] | None:
         path = path or "/"
     else:
         path, query = split_target(target)
-    return (RequestHead("GET", target, path, query, headers, "1.1", None, fields),
+    return (RequestHead("GET", target, path, query, headers, "1.1", None, fields,
+                        end + 2 + len(headers)),
             bytes(data[end + 4:]))
 
 
@@ -390,7 +395,8 @@ class FrontDoor(Handler):
         handshake = ServerHandshake()  # upgrades keep the 16 KiB head bound
         if head.raw is None:  # read by the fast path
             handshake.validate_head(head.method, head.target, head.http_version, head.headers,
-                                    self._fast_trailing, fields=head.fields)
+                                    self._fast_trailing, fields=head.fields,
+                                    size_at_most=head.size_at_most)
             return handshake, self._fast_trailing
         trailing, _ = self.h11.trailing_data
         handshake.validate(head.raw, bytes(trailing))
