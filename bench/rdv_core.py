@@ -13,7 +13,8 @@ its own process, interleaved (A, B, B, A, ...), and prints the medians in µs pe
 times each part apart instead (a connection made, the sender's request up to the queued
 ``accept``, the listener's rendezvous up to both 101s, an EOF, a connection lost, and all the
 ``next_deadline()`` calls), in µs per rendezvous: more clock reads, so its total runs a little
-above the plain run's.
+above the plain run's. ``--idle N`` opens N connections first that never send a byte (spare or
+slow clients in their handshake: each has a deadline the core keeps track of throughout).
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def _phases(svc: Any, control: int, decoder: Any, senders: list[bytes], accept_t
     return {phase: spent / len(senders) * 1e6 for phase, spent in parts.items()}
 
 
-def _run(root: str, count: int, profile: bool, phases: bool = False) -> float | dict[str, float]:
+def _run(root: str, count: int, profile: bool, phases: bool = False,
+         idle: int = 0) -> float | dict[str, float]:
     """µs per rendezvous (core only); with ``phases``, one more run timed by part."""
     sys.path.insert(0, str(HERE.parent))
     from bench.tree import import_from_tree
@@ -116,6 +118,8 @@ def _run(root: str, count: int, profile: bool, phases: bool = False) -> float | 
     control = svc.connection_made(clock, ("127.0.0.1", 1))
     svc.receive_data(clock, control, request("/$hc/bench?sb-hc-action=listen&sb-hc-id=l1", auth))
     svc.data_to_send()
+    for k in range(idle):  # (they never send: the handshake timeout, 10 s, is not reached)
+        svc.connection_made(clock, ("127.0.0.1", 10000 + k))
     decoder = FrameDecoder(masked=False)
     senders = [request(f"/$hc/bench?sb-hc-action=connect&sb-hc-id=s{i}", auth)
                for i in range(count)]
@@ -177,10 +181,12 @@ def main() -> int:
     parser.add_argument("--count", type=positive, default=3000, help="rendezvous per round")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--phases", action="store_true", help="time each part apart")
+    parser.add_argument("--idle", type=int, default=0,
+                        help="connections open throughout that never send a byte")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_run(args.child, args.count, args.profile, args.phases)))
+        print(json.dumps(_run(args.child, args.count, args.profile, args.phases, args.idle)))
         return 0
     trees = [t.split("=", 1) for t in (args.tree or [f"this={HERE.parent}"])]
     results: dict[str, list[float]] = {label: [] for label, _ in trees}
@@ -191,7 +197,7 @@ def main() -> int:
             done = subprocess.run(
                 [sys.executable, str(HERE / "rdv_core.py"), "--child", root,
                  "--count", str(args.count), *(["--profile"] if args.profile else []),
-                 *(["--phases"] if args.phases else [])],
+                 *(["--phases"] if args.phases else []), "--idle", str(args.idle)],
                 capture_output=True, text=True, timeout=600)
             if done.returncode:
                 sys.exit(f"{label} ({root}): {done.stderr.strip().splitlines()[-1:] or done}")
