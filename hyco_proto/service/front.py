@@ -152,7 +152,7 @@ _KNOWN_NAMES_MAX = 256
 #: Whole header lines already read, as (name, value, lower-case name, kind): the same lines
 #: (Host, Upgrade, Connection, the version, a client's token) come in request after request.
 #: Only lines the loop took; at most ``_KNOWN_LINES_MAX`` of at most ``_KNOWN_LINE_CHARS``
-#: characters (under 1 MiB however it is fed), never evicted.
+#: characters (under 1 MiB however it is fed), emptied when full.
 _KNOWN_LINES: dict[str, tuple[str, str, str, int]] = {}
 _KNOWN_LINES_MAX = 512
 _KNOWN_LINE_CHARS = 1024
@@ -207,8 +207,9 @@ def _fast_head(data: bytes) -> tuple[RequestHead, bytes] | None:
                 return None
             lname, kind = entry
             value = value.strip(" \t")
-            if (len(line) <= _KNOWN_LINE_CHARS and len(known_lines) < _KNOWN_LINES_MAX
-                    and lname != "sec-websocket-key"):  # (a key is new every time)
+            if len(line) <= _KNOWN_LINE_CHARS and lname != "sec-websocket-key":  # (new each time)
+                if len(known_lines) >= _KNOWN_LINES_MAX:
+                    known_lines.clear()  # full: start again, the lines in use come back first
                 known_lines[line] = (name, value, lname, kind)
         if kind == _HANDSHAKE:
             found = fields.get(lname)
