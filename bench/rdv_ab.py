@@ -1,4 +1,5 @@
-"""Rendezvous A/B and profiles of the relay process (issue 14), without pytest.
+"""Rendezvous per second (relayed connections opened and closed) through relays side by side, A/B,
+and profiles of the relay process, without pytest.
 
 ``python bench/rdv_ab.py compare --tree A=/path/a --tree B=/path/b`` starts one relay process per
 source tree (``hyco_proto`` imported from that tree) and drives ``Session.rendezvous`` through
@@ -204,9 +205,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     relay = sub.add_parser("relay", help="the relay process compare starts (PORT n on stdout)")
-    relay.add_argument("--root", default=str(HERE.parent))
-    relay.add_argument("--profile")
-    relay.add_argument("--uvloop", action="store_true")
+    relay.add_argument("--root", default=str(HERE.parent),
+                       help="the checkout whose hyco_proto it runs (default: this one)")
+    relay.add_argument("--profile", metavar="FILE",
+                       help="run under cProfile; the stats go to FILE when it stops")
+    relay.add_argument("--uvloop", action="store_true", help="run on uvloop")
     compare = sub.add_parser("compare", help="rendezvous per second and relay CPU, A/B")
     def tree(text: str) -> str:
         if "=" not in text:
@@ -219,7 +222,8 @@ def main() -> int:
                               "LABEL=module:bench.relays.NAME (a peer relay); a LABEL ending "
                               "in +uvloop runs on uvloop")
     compare.add_argument("--rounds", type=positive, default=5,
-                         help="interleaved rounds (default: 5)")
+                         help="interleaved rounds (default: 5); the medians are the figures: "
+                              "one round on a shared machine is mostly noise")
     compare.add_argument("--count", type=positive, default=400,
                          help="rendezvous per round and relay (default: 400; the relay's CPU "
                               "comes from /proc in 10 ms ticks: count it in thousands)")
@@ -230,8 +234,8 @@ def main() -> int:
     compare.add_argument("--uvloop", action="store_true", help="run our relays on uvloop")
     compare.add_argument("--py-spy", metavar="DIR", help="sample each relay with py-spy")
     top = sub.add_parser("top", help="own samples per function of a py-spy raw file")
-    top.add_argument("file")
-    top.add_argument("--limit", type=int, default=25)
+    top.add_argument("file", help="a --py-spy DIR/<label>.txt")
+    top.add_argument("--limit", type=int, default=25, help="functions listed (default: 25)")
     args = parser.parse_args()
     run = {"relay": _relay, "compare": _compare, "top": _top}[args.cmd]
     try:

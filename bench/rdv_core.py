@@ -172,17 +172,22 @@ def main() -> int:
     sys.path.insert(0, str(HERE.parent))
     from bench.tree import positive  # (not from bench.loadgen: no hyco_proto before the tree's)
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--tree", action="append",
-                        help="LABEL=PATH, a checkout with its extension built (default: this "
-                             "tree)")
-    parser.add_argument("--rounds", type=positive, default=7, help="interleaved rounds")
-    parser.add_argument("--count", type=positive, default=3000, help="rendezvous per round")
-    parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--phases", action="store_true", help="time each part apart")
+                        help="LABEL=PATH, a checkout with its extension built; repeat it for "
+                             "an A/B (none given: this checkout, labelled 'this')")
+    parser.add_argument("--rounds", type=positive, default=7,
+                        help="interleaved rounds (default: 7)")
+    parser.add_argument("--count", type=positive, default=3000,
+                        help="rendezvous per round (default: 3000)")
+    parser.add_argument("--profile", action="store_true",
+                        help="one run per tree under cProfile: its top entries instead")
+    parser.add_argument("--phases", action="store_true",
+                        help="time each part apart (µs per rendezvous: a connection made, "
+                             "the sender's request, the listener's rendezvous, EOF, lost, "
+                             "next_deadline)")
     parser.add_argument("--idle", type=int, default=0,
-                        help="connections open throughout that never send a byte")
+                        help="connections open throughout that never send a byte (default: 0)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -215,10 +220,11 @@ def main() -> int:
             print(f"round {rnd} {label:8} {us:7.1f} µs per rendezvous", flush=True)
     for label, values in results.items():
         print(f"{label:8} median {statistics.median(values):7.1f} µs per rendezvous "
-              f"(core only, {len(values)} rounds of {args.count})")
+              f"(core only, median of {len(values)} "
+              f"round{'s' if len(values) != 1 else ''} of {args.count})")
         if by_phase[label]:
             print(" " * 9 + "  ".join(f"{phase} {statistics.median(v):.1f}"
-                                      for phase, v in by_phase[label].items()))
+                                      for phase, v in by_phase[label].items()) + "  (µs)")
     return 0
 
 
