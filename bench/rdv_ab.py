@@ -1,5 +1,7 @@
-"""Rendezvous per second (relayed connections opened and closed) through relays side by side, A/B,
-and profiles of the relay process, without pytest.
+"""Rendezvous per second through relays side by side (A/B), and profiles of the relay process.
+
+A rendezvous is one relayed connection opened (sender, accept, listener's rendezvous, both 101s)
+and closed; no pytest.
 
 ``python bench/rdv_ab.py compare --tree A=/path/a --tree B=/path/b`` starts one relay process per
 source tree (``hyco_proto`` imported from that tree) and drives ``Session.rendezvous`` through
