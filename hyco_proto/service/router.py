@@ -85,7 +85,19 @@ Lane = Callable[[float, memoryview, int, int], "memoryview | None"]
 
 
 class RelayService:
-    """Sans-IO relay service: see the module docstring for the driving loop."""
+    """Sans-IO relay service: see the module docstring for the driving loop.
+
+    ``config``: what it serves (:class:`ServiceConfig`: rules, hybrid connections, accept
+    timeout, listener limits); ``broker``: the rendezvous broker (default: one made from
+    ``config``); ``webpubsub``: a Web PubSub hub service served alongside.
+
+    Time limits, in seconds: ``handshake_timeout`` (10) for a client's whole request head, else
+    408; ``half_close_timeout`` (3600) for the other leg of a relayed pair after one leg's close
+    passed, then both are dropped; ``close_timeout`` (10) for a peer's close after the service
+    closed a connection itself; ``http_timeout`` (60) for a listener to start its response to a
+    relayed HTTP request, and for a response to stall, else 504. ``max_frame_size``: the largest
+    data frame relayed (0: no limit), a bigger one fails its leg with 1009.
+    """
 
     def __init__(
         self,
