@@ -329,21 +329,12 @@ class RelayService:
             hubs = self.webpubsub.next_deadline()
             if hubs is not None and (best is None or hubs < best):
                 best = hubs
-        timed = self._timed
-        if not timed:
+        if not self._timed:
             return best
-        if not self._heap_mode and len(timed) < _HEAP_FROM:
-            # A few watched connections: asking each is the cheapest (a rendezvous at a time).
-            handlers = self._handlers
-            for conn_id in list(timed):
-                handler = handlers.get(conn_id)
-                deadline = handler.deadline() if handler is not None else None
-                if deadline is None:
-                    timed.discard(conn_id)  # watched again when it gets one
-                elif best is None or deadline < best:
-                    best = deadline
-            return best
-        due = self._handlers_due()
+        if not self._heap_mode and len(self._timed) < _HEAP_FROM:
+            due = self._ask_each()  # a few watched: the cheapest way (a rendezvous at a time)
+        else:
+            due = self._handlers_due()
         if self.check_deadlines:
             scanned = self._scan_deadlines()
             if scanned != due:
@@ -369,15 +360,7 @@ class RelayService:
         later or gone, it is replaced or dropped (lazy invalidation)."""
         if not self._heap_mode:
             if len(self._timed) < _HEAP_FROM:
-                best: float | None = None
-                for conn_id in list(self._timed):
-                    handler = self._handlers.get(conn_id)
-                    deadline = handler.deadline() if handler is not None else None
-                    if deadline is None:
-                        self._timed.discard(conn_id)  # watched again when it gets one
-                    elif best is None or deadline < best:
-                        best = deadline
-                return best
+                return self._ask_each()
             self._heap_mode = True
             self._dirty.update(self._timed)
         elif len(self._entry) < _HEAP_FROM // 4 and len(self._timed) < _HEAP_FROM // 2:
@@ -385,7 +368,7 @@ class RelayService:
             self._heap.clear()
             self._entry.clear()
             self._dirty.clear()
-            return self._handlers_due()
+            return self._ask_each()
         timeouts = (self.handshake_timeout, self.http_timeout)
         if timeouts != self._timeouts:  # a changed timeout moves deadlines either way
             self._timeouts = timeouts
@@ -429,6 +412,21 @@ class RelayService:
         if dirty:
             dirty.clear()
         return deadline
+
+    def _ask_each(self) -> float | None:
+        """The earliest deadline of the watched handlers, asked of each; one that has none is
+        no longer watched (``watch`` adds it again when it gets one)."""
+        best: float | None = None
+        handlers = self._handlers
+        timed = self._timed
+        for conn_id in list(timed):
+            handler = handlers.get(conn_id)
+            deadline = handler.deadline() if handler is not None else None
+            if deadline is None:
+                timed.discard(conn_id)
+            elif best is None or deadline < best:
+                best = deadline
+        return best
 
     def _scan_deadlines(self) -> float | None:
         """The earliest deadline of the watched handlers, asked of each (``check_deadlines``)."""
