@@ -578,6 +578,12 @@ class SocketListener:
         self._on_error = on_error
         self._serving = True
         self._resting: dict[int, asyncio.TimerHandle] = {}
+        # Per listening socket, its C-level accept and the family and type of what it accepts:
+        # socket.socket's Python layer (its __init__, close and reference counting of
+        # makefile() streams) is not needed, and its family / type properties make an enum
+        # member on every read (1 µs per wake-up, measured).
+        self._accepting = {sock: (cast(Any, sock)._accept, int(sock.family), int(sock.type))
+                           for sock in sockets}
         for sock in sockets:
             loop.add_reader(sock.fileno(), self._on_acceptable, sock)
 
@@ -600,9 +606,7 @@ class SocketListener:
 
     def _on_acceptable(self, sock: socket.socket) -> None:
         loop = self._loop
-        # The C-level accept and socket type: socket.socket's Python layer (its __init__,
-        # close and reference counting of makefile() streams) is not needed here.
-        accept, family, kind = cast(Any, sock)._accept, sock.family, sock.type
+        accept, family, kind = self._accepting[sock]
         poller = self._poller
         for _ in range(self._batch):  # a few per wake-up: other sockets get their turn too
             try:
