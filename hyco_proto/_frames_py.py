@@ -266,7 +266,7 @@ class FrameDecoder:
         held = bool(self.error_code or self._remaining or self._in_message or self._buf)
         chunks = self.feed(data)
         if (held or len(chunks) != 1 or data[0] not in (0x81, 0x82) or self._remaining
-                or self._buf):
+                or self._buf or self.error_code):
             return chunks  # not exactly one whole text or binary frame, FIN, no RSV
         opcode, payload, _ = chunks[0]
         if opcode == 2:

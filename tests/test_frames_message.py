@@ -31,7 +31,10 @@ def decode_both(fmod: ModuleType, reads: list[bytes], **options: Any) -> None:
     by_feed = fmod.FrameDecoder(**options)
     for n, data in enumerate(reads):
         view = memoryview(bytearray(data)) if n % 2 else data  # any buffer
-        assert as_chunks(by_message.feed_message(view), data) == by_feed.feed(view)
+        got = by_message.feed_message(view)
+        assert as_chunks(got, data) == by_feed.feed(view)
+        if not isinstance(got, list):  # a message only from a read that held nothing else
+            assert not by_message.error_code and not by_message.buffered
         assert (by_message.error_code, by_message.buffered) == (by_feed.error_code,
                                                                 by_feed.buffered)
 
@@ -74,6 +77,8 @@ def test_everything_else_comes_as_feed_gives_it(fmod: ModuleType) -> None:
         ([b"\x82", b""], {}),
         ([text + ping[:1], ping[1:]], {}),  # the held byte's frame, its rest begins 0x82
         ([one, b"\x83\x80\0\0\0\0", one], {}),  # reserved opcode: 1002, then nothing
+        ([one + b"\x83\x80\0\0\0\0"], {}),  # a whole frame, then a bad one: the list
+        ([text + bytes([0xA1]) + masked_frame(OP_TEXT, b"r")[1:]], {}),  # then RSV 2
     ]
     for reads, options in cases:
         decode_both(fmod, reads, masked=True, **options)
