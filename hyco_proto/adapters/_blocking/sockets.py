@@ -176,7 +176,12 @@ class WebSocket(SocketView):
     # -- sending ---------------------------------------------------------------------------
 
     def send(self, message: str | bytes | bytearray | memoryview) -> None:
-        """Send a text (str) or binary (bytes-like) message; returns once it is written."""
+        """Send a text (str) or binary (bytes-like) message; returns once it is written.
+
+        Raises :class:`ConnectionClosedError` (with the close code) once the closing handshake
+        has begun or the connection is gone, and ``TypeError`` for anything but str or
+        bytes-like.
+        """
         with self._lock:
             self._check_open()
             if isinstance(message, str):

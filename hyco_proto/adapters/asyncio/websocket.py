@@ -442,7 +442,12 @@ class WebSocket(SocketView):
 
     async def send(self, message: Message | bytearray | memoryview) -> None:
         """Send a text (str) or binary (bytes-like) message; waits while the write buffer is
-        above its high-water mark (the message is queued before waiting)."""
+        above its high-water mark (the message is queued before waiting).
+
+        Raises :class:`ConnectionClosedError` (with the close code) once the closing handshake
+        has begun or the connection is gone, and ``TypeError`` for anything but str or
+        bytes-like.
+        """
         ws = self._ws
         if ws is not None and ws.state is _OPEN and self._stream.closed is None:
             # The common case, with the checks of the general path below in one test.
