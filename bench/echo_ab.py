@@ -65,11 +65,14 @@ def measure(size: int, runs: list[tuple[str, Path]], rounds: int, seconds: float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--sizes", default=["256B", "1MiB"], type=listed(SIZES),
-                        help=f"comma-separated, of {','.join(SIZES)}")
+                        help=f"comma-separated, of {','.join(SIZES)} (default: 256B,1MiB)")
     parser.add_argument("--servers", default=["hyco-asyncio", "picows"],
-                        type=listed(SERVERS), help=f"comma-separated, of {','.join(SERVERS)}")
-    parser.add_argument("--rounds", type=positive, default=7)
-    parser.add_argument("--seconds", type=float, default=1.0, help="per round")
+                        type=listed(SERVERS), help=f"comma-separated, of {','.join(SERVERS)} "
+                        "(default: hyco-asyncio,picows)")
+    parser.add_argument("--rounds", type=positive, default=7,
+                        help="interleaved rounds; the figures are their medians (default: 7)")
+    parser.add_argument("--seconds", type=float, default=1.0,
+                        help="per round and server (default: 1.0)")
     parser.add_argument("--before", type=Path, help="a checkout with the code before a change")
     parser.add_argument("--pin", action="store_true", help="servers on CPU 1, client on CPU 0")
     args = parser.parse_args()
