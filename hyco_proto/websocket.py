@@ -337,7 +337,9 @@ class WebSocketConnection:
                 self._receive_chunks([(OP_BINARY, message, True)])
                 return None
         elif self._max_text:
-            size = len(message.encode("utf-8"))  # type: ignore[union-attr]
+            text: str = message  # type: ignore[assignment]
+            # Its size in UTF-8 bytes: the length itself when ASCII (isascii() reads a flag).
+            size = len(text) if text.isascii() else len(text.encode("utf-8"))
             if size > self._max_text:
                 self._fail_text_size(size)  # as _receive_chunks fails it
                 return None

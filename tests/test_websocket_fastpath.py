@@ -95,6 +95,9 @@ def test_invalid_utf8_and_too_long_text_fail_as_receive_data_does() -> None:
     assert events[-1].code == 1007 and out  # type: ignore[union-attr]
     assert same([frame(OP_TEXT, b"x" * 11)], max_text_size=10) == 0
     assert same([frame(OP_TEXT, b"x" * 10)], max_text_size=10) == 1
+    # The limit counts UTF-8 bytes, not characters: 5 characters, 10 bytes.
+    assert same([frame(OP_TEXT, "ééééé".encode())], max_text_size=9) == 0
+    assert same([frame(OP_TEXT, "ééééé".encode())], max_text_size=10) == 1
 
 
 def test_a_close_or_a_second_frame_in_the_same_read_goes_the_general_way() -> None:
