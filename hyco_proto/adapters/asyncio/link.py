@@ -156,33 +156,34 @@ class Link(asyncio.BufferedProtocol):
         socket does not take now, and everything after it until the buffer is empty again,
         goes through the transport, so the order is kept."""
         fd = self._fd
-        if fd >= 0 and chunk:  # the common case: nothing to ask (see __init__)
-            try:
-                sent = os.write(fd, chunk)
-            except OSError:  # EAGAIN, or an error the transport meets again and reports
-                sent = 0
-            if sent != len(chunk):
-                self.write_rest(chunk, sent)
-            return
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        if not chunk:
-            self._fd = -1
-            transport.close()
-            return
-        fd = self._sock_fd
-        if fd >= 0 and not transport.get_write_buffer_size():
+        if fd < 0 or not chunk:  # (else the common case: nothing to ask, see __init__)
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return
+            if not chunk:
+                self._fd = -1
+                transport.close()
+                return
+            fd = self._direct_fd(transport)
+            if fd < 0:
+                transport.write(chunk)
+                return
+        try:
+            sent = os.write(fd, chunk)
+        except OSError:  # EAGAIN, or an error the transport meets again and reports
+            sent = 0
+        if sent != len(chunk):
+            self.write_rest(chunk, sent)
+
+    def _direct_fd(self, transport: asyncio.Transport) -> int:
+        """The socket's descriptor when a write may go straight to it now (the transport's
+        buffer is empty), else -1; kept in ``_fd`` on the lean transport (see __init__)."""
+        fd = self._fd
+        if fd < 0 and self._sock_fd >= 0 and not transport.get_write_buffer_size():
+            fd = self._sock_fd
             if self._lean:
                 self._fd = fd
-            try:
-                sent = os.write(fd, chunk)
-            except OSError:
-                sent = 0
-            if sent != len(chunk):
-                self.write_rest(chunk, sent)
-            return
-        transport.write(chunk)
+        return fd
 
     def write_rest(self, chunk: bytes, sent: int) -> None:
         """After a direct write of ``chunk`` that the socket took ``sent`` bytes of (maybe
@@ -210,11 +211,7 @@ class Link(asyncio.BufferedProtocol):
                 return
             if (_writev is not None and len(chunks) <= _IOV_MAX and all(chunks)
                     and sum(map(len, chunks)) <= _JOIN):
-                fd = self._fd
-                if fd < 0 and not transport.get_write_buffer_size():
-                    fd = self._sock_fd
-                    if self._lean:
-                        self._fd = fd
+                fd = self._direct_fd(transport)
                 if fd >= 0:
                     self._writev(fd, transport, chunks)
                     return
