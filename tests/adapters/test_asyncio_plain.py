@@ -51,6 +51,32 @@ async def test_handler_sees_request_and_its_error_closes_1011() -> None:
 
 
 @async_test
+async def test_server_close_cancels_the_handler_and_closes_1001() -> None:
+    """The handler runs in a task of its own: closing the server still cancels it (it sees
+    CancelledError) and the client gets 1001."""
+    started = asyncio.Event()
+    seen: list[str] = []
+
+    async def handler(ws: WebSocket) -> None:
+        started.set()
+        try:
+            await ws.recv()
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    server = await serve(handler, "127.0.0.1", 0)
+    ws = await bounded(connect(f"ws://127.0.0.1:{server.port}/"))
+    await bounded(started.wait())
+    server.close()
+    await bounded(server.wait_closed())
+    with pytest.raises(ConnectionClosedError) as info:
+        await bounded(ws.recv())
+    assert info.value.code == 1001 and info.value.reason == "server shutting down"
+    assert seen == ["cancelled"]
+
+
+@async_test
 async def test_unreachable_and_tls_mismatch_name_the_address() -> None:
     async with serve(echo, "127.0.0.1", 0) as server:
         port = server.port

@@ -105,8 +105,12 @@ class Server:
         conn.accept(select_subprotocol(first.request.subprotocols, self._subprotocols))
         ws._process()
         self._sockets.add(ws)
+        # The handler runs as a task of its own that this one awaits: a message's wake-up then
+        # resumes the handler's frames only, not this coroutine's as well (one frame less per
+        # message). Cancelling this task cancels the handler's (a task cancels what it awaits).
+        handler = asyncio.ensure_future(self._handler(ws))
         try:
-            await self._handler(ws)
+            await handler
         except asyncio.CancelledError:
             await ws.close(1001, "server shutting down")
             raise

@@ -437,7 +437,9 @@ class RelayedServer(ListenerView):
         try:
             result = hook(ws)
             if inspect.isawaitable(result):
-                await result
+                # In a task of its own that this one awaits (as serve runs its handler): a
+                # message's wake-up resumes the hook's frames only, not this coroutine's too.
+                await asyncio.ensure_future(result)
                 await ws.close()
         except asyncio.CancelledError:
             raise
