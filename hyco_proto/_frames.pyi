@@ -3,7 +3,9 @@
 Both modules implement exactly this API; ``hyco_proto.frames`` picks one at import time.
 """
 
-from typing import Final
+from collections.abc import Awaitable, Callable, Generator
+from contextvars import Context
+from typing import Any, Final
 
 from typing_extensions import Buffer
 
@@ -142,3 +144,40 @@ class Forwarder:
     @property
     def buffered(self) -> int:
         """Bytes held back: at most a partial header or a partial control frame."""
+
+class Wakeup:
+    """What a waiting asyncio ``recv`` awaits: a one-shot future that resumes its task at once.
+
+    ``wake`` outside any task (a protocol callback) runs the waiting task's wake-up in place,
+    in the task's context, when it is the only done callback; inside a task, or with more
+    callbacks, they go through ``loop.call_soon``. The task sees the future protocol
+    (``asyncio.isfuture``; the ``_loop`` attribute, no ``get_loop``). The kernel imports no
+    asyncio: ``current_task(loop)`` answers the running task or None, and a cancelled wait
+    raises ``cancelled_error()``. Woken without a value, the await's result is that of
+    awaiting ``then()`` (None without ``then``). Cython: the await steps in C (``__await__``
+    returns the waiter itself); one task awaits it at a time.
+    """
+
+    _asyncio_future_blocking: bool
+    #: Not resolved yet (read-only).
+    pending: bool
+
+    def __init__(self, loop: Any, current_task: Callable[[Any], object],
+                 cancelled_error: type[BaseException],
+                 then: Callable[[], Awaitable[Any]] | None = None) -> None: ...
+    def done(self) -> bool: ...
+    def cancelled(self) -> bool: ...
+    def add_done_callback(self, fn: Callable[[Any], object], *,
+                          context: Context | None = None) -> None: ...
+    def remove_done_callback(self, fn: Callable[[Any], object]) -> int: ...
+    def result(self) -> Any: ...
+    def exception(self) -> BaseException | None: ...
+    def cancel(self, msg: object = None) -> bool: ...
+    def wake(self, error: BaseException | None = None, value: Any = None) -> None:
+        """Resolve (``error`` raised by the await, or ``value`` its result) and resume the
+        waiting task. No effect once resolved."""
+    def rearm(self, then: Callable[[], Awaitable[Any]] | None) -> Wakeup | None:
+        """Pending again (``then`` for an empty wake) and returned, if it was woken in place
+        (its task has the outcome); else None."""
+    def __await__(self) -> Generator[Any, None, Any]: ...
+    __iter__ = __await__

@@ -16,6 +16,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from cpython.object cimport PyObject
+cimport cython
 from libc.string cimport memcpy, memmove
 
 import os
@@ -1125,3 +1126,305 @@ cdef class Forwarder:
             if out != NULL:
                 _decref(out)
             PyBuffer_Release(&view)
+
+
+# -- the asyncio receive waiter ---------------------------------------------------------------
+
+cdef extern from "Python.h":
+    int PyContext_Enter(object ctx) except -1
+    int PyContext_Exit(object ctx) except -1
+    # PYGEN_RETURN 0, PYGEN_ERROR -1 (exception set), PYGEN_NEXT 1; *presult: a new reference.
+    int PyIter_Send(object it, object arg, PyObject** presult) except -1
+
+cdef extern from *:
+    """
+    /* Wakeup's iteration in C: am_send (3.10+: what a coroutine's await uses to step it,
+       PyIter_Send, on 3.10 and 3.11) returns the result without an exception; tp_iternext
+       (3.12+'s await, next()) ends with StopIteration(value), as CPython's future iterator.
+       hyco_wakeup_step is Wakeup's _step: the next yielded object (*finished 0), the result
+       (*finished 1), or NULL with an exception set. */
+    typedef PyObject* (*hyco_step_fn)(PyObject*, PyObject*, int*);
+    static hyco_step_fn hyco_wakeup_step = NULL;
+
+    static void hyco_set_stop(PyObject* value) {
+        PyObject* e;
+        if (!PyTuple_Check(value) && !PyExceptionInstance_Check(value)) {
+            PyErr_SetObject(PyExc_StopIteration, value);
+            return;
+        }
+        /* A tuple or an exception would be read as the arguments / the exception itself. */
+        e = PyObject_CallOneArg(PyExc_StopIteration, value);
+        if (e != NULL) {
+            PyErr_SetObject(PyExc_StopIteration, e);
+            Py_DECREF(e);
+        }
+    }
+
+    static PyObject* hyco_wakeup_iternext(PyObject* self) {
+        int finished = 0;
+        PyObject* r = hyco_wakeup_step(self, Py_None, &finished);
+        if (r == NULL || !finished)
+            return r;
+        hyco_set_stop(r);
+        Py_DECREF(r);
+        return NULL;
+    }
+
+    static PySendResult hyco_wakeup_am_send(PyObject* self, PyObject* arg, PyObject** result) {
+        int finished = 0;
+        PyObject* r = hyco_wakeup_step(self, arg, &finished);
+        *result = r;
+        if (r == NULL)
+            return PYGEN_ERROR;
+        return finished ? PYGEN_RETURN : PYGEN_NEXT;
+    }
+
+    static int hyco_wakeup_slots(PyObject* type, hyco_step_fn step) {
+        PyTypeObject* t = (PyTypeObject*)type;
+        if (t->tp_as_async == NULL || t->tp_as_async->am_await == NULL) {
+            PyErr_SetString(PyExc_SystemError, "Wakeup has no __await__ slot");
+            return -1;
+        }
+        hyco_wakeup_step = step;
+        t->tp_as_async->am_send = hyco_wakeup_am_send;
+        t->tp_iternext = hyco_wakeup_iternext;
+    #ifdef Py_TPFLAGS_HAVE_AM_SEND
+        t->tp_flags |= Py_TPFLAGS_HAVE_AM_SEND;
+    #endif
+        PyType_Modified(t);
+        return 0;
+    }
+    """
+    ctypedef PyObject* (*hyco_step_fn)(PyObject*, PyObject*, int*)
+    int hyco_wakeup_slots(object type, hyco_step_fn step) except -1
+
+
+@cython.final
+cdef class Wakeup:
+    """What a waiting asyncio ``recv`` awaits: a one-shot future that resumes its task at once.
+
+    The Python twin's docstring (``_frames_py.Wakeup``) says what and why; here the await and
+    its steps are C (``__await__`` returns the waiter itself, stepped by ``am_send`` /
+    ``tp_iternext``): no generator and no Python frame per wait. One task awaits it at a time
+    (``then``'s continuation is kept on the waiter).
+    """
+
+    cdef readonly object _loop
+    cdef public bint _asyncio_future_blocking
+    cdef readonly bint pending
+    cdef bint _cancelled
+    cdef bint _reusable
+    cdef bint _yielded          # this await has yielded the waiter (its next step resumes)
+    cdef object _current_task
+    cdef object _cancelled_error
+    cdef object _then
+    cdef object _error
+    cdef object _value
+    cdef object _first
+    cdef object _context
+    cdef object _inner          # then()'s iterator while this await delegates to it
+    cdef list _more
+
+    def __init__(self, loop, current_task, cancelled_error, then=None):
+        self._loop = loop
+        self._current_task = current_task
+        self._cancelled_error = cancelled_error
+        self._then = then
+        self.pending = True
+
+    def done(self):
+        return not self.pending
+
+    def cancelled(self):
+        return self._cancelled
+
+    def add_done_callback(self, fn, *, context=None):
+        if not self.pending:
+            self._loop.call_soon(fn, self, context=context)
+        elif self._first is None:
+            self._first = fn
+            self._context = context
+        else:
+            if self._more is None:
+                self._more = []
+            self._more.append((fn, context))
+
+    def remove_done_callback(self, fn):
+        callbacks = self._take_callbacks()
+        kept = [(f, c) for f, c in callbacks if f != fn]
+        for f, c in kept:
+            self.add_done_callback(f, context=c)
+        return len(callbacks) - len(kept)
+
+    def result(self):
+        if self._cancelled:
+            raise self._cancelled_error()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def exception(self):
+        if self._cancelled:
+            raise self._cancelled_error()
+        return self._error
+
+    def cancel(self, msg=None):
+        if not self.pending:
+            return False
+        self.pending = False
+        self._cancelled = True
+        self._schedule()
+        return True
+
+    def wake(self, error=None, value=None):
+        """Resolve (with ``error`` raised by the await, or ``value`` its result) and resume the
+        waiting task: in place outside any task when it is the only callback, else through
+        ``call_soon``. No effect once resolved."""
+        if not self.pending:
+            return
+        self.pending = False
+        self._error = error
+        self._value = value
+        fn = self._first
+        if fn is not None and not self._more and self._current_task(self._loop) is None:
+            self._first = None
+            context = self._context
+            self._context = None
+            # The task's wake-up reads the result before it runs the task any further, so the
+            # task may already rearm this waiter while we are still in fn.
+            self._reusable = True
+            if context is None:
+                fn(self)
+            else:
+                PyContext_Enter(context)  # context.run(fn, self) without the call
+                try:
+                    fn(self)
+                finally:
+                    PyContext_Exit(context)
+        else:
+            self._schedule()
+
+    def rearm(self, then):
+        """Pending again for the next wait (woken by ``then()`` when empty) and returned, if it
+        was woken in place (its task has the outcome); else None: make a new one."""
+        if not self._reusable:
+            return None
+        self.pending = True
+        self._reusable = False
+        self._then = then
+        self._error = None
+        self._value = None
+        return self
+
+    cdef list _take_callbacks(self):
+        callbacks = self._more if self._more is not None else []
+        self._more = None
+        if self._first is not None:
+            callbacks.insert(0, (self._first, self._context))
+            self._first = None
+            self._context = None
+        return callbacks
+
+    cdef _schedule(self):
+        call_soon = self._loop.call_soon
+        for fn, context in self._take_callbacks():
+            call_soon(fn, self, context=context)
+
+    def __await__(self):
+        self._yielded = False
+        self._inner = None
+        return self
+
+    def __iter__(self):
+        self._yielded = False
+        self._inner = None
+        return self
+
+    def __next__(self):
+        # The slot is hyco_wakeup_iternext (module init); this is the method's name only.
+        cdef int finished = 0
+        result = _wakeup_step(self, None, &finished)
+        if finished:
+            raise StopIteration(result)
+        return result
+
+    def send(self, value):
+        cdef int finished = 0
+        result = _wakeup_step(self, value, &finished)
+        if finished:
+            raise StopIteration(result)
+        return result
+
+    def throw(self, typ, val=None, tb=None):
+        """Raise ``typ`` (an exception or its class, with ``val`` and ``tb`` the old way) at
+        the await; while delegating to ``then()``'s awaitable, into that."""
+        cdef int finished = 0
+        inner = self._inner
+        self._inner = None
+        if inner is not None:
+            throw = getattr(inner, "throw", None)
+            if throw is not None:
+                try:
+                    got = throw(typ) if val is None and tb is None else throw(typ, val, tb)
+                except StopIteration as stop:
+                    raise StopIteration(stop.value) from None
+                self._inner = inner  # it yielded: still delegating
+                return got
+        if val is None and isinstance(typ, BaseException):
+            exc = typ
+        elif isinstance(val, BaseException):
+            exc = val
+        else:
+            exc = typ() if val is None else typ(val)
+        if tb is not None:
+            exc = exc.with_traceback(tb)
+        raise exc
+
+    def close(self):
+        inner = self._inner
+        self._inner = None
+        if inner is not None:
+            close = getattr(inner, "close", None)
+            if close is not None:
+                close()
+
+
+cdef object _wakeup_step(object waiter, object arg, int* finished):
+    """One step of an await on ``waiter`` (see hyco_wakeup_step)."""
+    cdef Wakeup self = <Wakeup>waiter
+    if self._inner is not None:
+        return _delegate(self, self._inner, arg, finished)
+    if not self._yielded:
+        self._yielded = True
+        if self.pending:
+            self._asyncio_future_blocking = True
+            finished[0] = 0
+            return self
+    finished[0] = 1
+    if not self.pending and not self._cancelled and self._error is None:
+        value = self._value
+        if value is None and self._then is not None:
+            awaitable = self._then()
+            if awaitable is self:  # rearmed by then(): a new wait on this waiter
+                self._yielded = False
+                return _wakeup_step(self, None, finished)
+            return _delegate(self, awaitable.__await__(), None, finished)
+        return value
+    return self.result()  # raises
+
+
+cdef object _delegate(Wakeup self, object inner, object arg, int* finished):
+    """Step ``inner`` (``then()``'s iterator) as ``yield from`` does."""
+    cdef PyObject* got = NULL
+    cdef int status
+    self._inner = None
+    status = PyIter_Send(inner, arg, &got)  # raises on PYGEN_ERROR
+    result = <object>got
+    _decref(got)
+    if status == 1:  # PYGEN_NEXT: it yielded
+        self._inner = inner
+    finished[0] = status != 1
+    return result
+
+
+hyco_wakeup_slots(Wakeup, <hyco_step_fn>_wakeup_step)

@@ -9,7 +9,11 @@ from __future__ import annotations
 import codecs
 import os
 import struct
-from typing import Any
+from collections.abc import Awaitable, Callable, Generator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from contextvars import Context
 
 __all__ = [
     "FORWARD_HEADROOM",
@@ -21,6 +25,7 @@ __all__ = [
     "OP_TEXT",
     "Forwarder",
     "FrameDecoder",
+    "Wakeup",
     "apply_mask",
     "apply_mask_inplace",
     "check_close_payload",
@@ -667,3 +672,152 @@ class Forwarder:
             pos += size
         del buf[:pos]  # after a failure `buf` is no longer ours (_fail dropped it)
         return b"".join(out)
+
+
+_Callback = Callable[[Any], object]
+
+
+class Wakeup:
+    """What a waiting asyncio ``recv`` awaits: a one-shot future that resumes its task at once.
+
+    An ``asyncio.Future`` runs its task's wake-up with ``call_soon``: one more loop iteration
+    (an ``epoll_wait`` and a handle) between a message's arrival and the handler seeing it.
+    When :meth:`wake` is called outside any task (a protocol callback: ``data_received``), this
+    one runs the wake-up right there, in the task's own context, as the loop would have done one
+    iteration later; inside a task (where another task may not be entered) it falls back to
+    ``call_soon``. Tasks accept any awaitable that yields an object with
+    ``_asyncio_future_blocking``, ``add_done_callback`` and ``result`` (the future protocol
+    asyncio's ``Task`` checks for, ``asyncio.isfuture``) and its loop: ``get_loop()``, or
+    without that method the ``_loop`` attribute (``asyncio.futures._get_loop``; one call less
+    per wait, so this class has no ``get_loop``).
+
+    The kernel imports no asyncio (the core's rule): ``current_task(loop)`` answers the task
+    running on ``loop`` or None, and ``cancelled_error`` is the exception a cancelled wait
+    raises (``asyncio.CancelledError``). Woken without a value, the await's result is that of
+    awaiting ``then()`` (None without ``then``). Woken in place, its one waiting task has taken
+    the outcome, so :meth:`rearm` may make it pending again for the next wait.
+    """
+
+    __slots__ = ("_asyncio_future_blocking", "_cancelled", "_cancelled_error", "_context",
+                 "_current_task", "_error", "_first", "_loop", "_more", "_reusable", "_then",
+                 "_value", "pending")
+
+    def __init__(self, loop: Any, current_task: Callable[[Any], object],
+                 cancelled_error: type[BaseException],
+                 then: Callable[[], Awaitable[Any]] | None = None) -> None:
+        self._loop = loop
+        self._current_task = current_task
+        self._cancelled_error = cancelled_error
+        self._then = then
+        self._asyncio_future_blocking = False
+        #: Not resolved yet (read-only: ``wake``, ``cancel`` and ``rearm`` change it).
+        self.pending = True
+        self._cancelled = False
+        self._error: BaseException | None = None
+        self._value: Any = None
+        # The first done callback (the waiting task's wake-up) and its context, held apart
+        # from any others (rare): no list and no tuple per wait.
+        self._first: _Callback | None = None
+        self._context: Context | None = None
+        self._more: list[tuple[_Callback, Context | None]] = []
+        self._reusable = False
+
+    def done(self) -> bool:
+        return not self.pending
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def add_done_callback(self, fn: _Callback, *, context: Context | None = None) -> None:
+        if not self.pending:
+            self._loop.call_soon(fn, self, context=context)
+        elif self._first is None:
+            self._first, self._context = fn, context
+        else:
+            self._more.append((fn, context))
+
+    def remove_done_callback(self, fn: _Callback) -> int:
+        callbacks = self._take_callbacks()
+        kept = [(f, c) for f, c in callbacks if f != fn]
+        for f, c in kept:
+            self.add_done_callback(f, context=c)
+        return len(callbacks) - len(kept)
+
+    def result(self) -> Any:
+        if self._cancelled:
+            raise self._cancelled_error()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def exception(self) -> BaseException | None:
+        if self._cancelled:
+            raise self._cancelled_error()
+        return self._error
+
+    def cancel(self, msg: object = None) -> bool:
+        if not self.pending:
+            return False
+        self.pending = False
+        self._cancelled = True
+        self._schedule()
+        return True
+
+    def wake(self, error: BaseException | None = None, value: Any = None) -> None:
+        """Resolve (with ``error`` raised by the await, or ``value`` its result) and resume the
+        waiting task: in place outside any task when it is the only callback, else through
+        ``call_soon``. No effect once resolved."""
+        if not self.pending:
+            return
+        self.pending = False
+        self._error = error
+        self._value = value
+        fn = self._first
+        if fn is not None and not self._more and self._current_task(self._loop) is None:
+            self._first = None
+            context = self._context
+            # The task's wake-up reads the result before it runs the task any further, so the
+            # task may already rearm this waiter while we are still in fn.
+            self._reusable = True
+            if context is None:
+                fn(self)
+            else:
+                context.run(fn, self)
+        else:
+            self._schedule()
+
+    def rearm(self, then: Callable[[], Awaitable[Any]] | None) -> Wakeup | None:
+        """Pending again for the next wait (woken by ``then()`` when empty) and returned, if it
+        was woken in place (its task has the outcome); else None: make a new one."""
+        if not self._reusable:
+            return None
+        self.pending = True
+        self._reusable = False
+        self._then = then
+        self._error = self._value = None
+        return self
+
+    def _take_callbacks(self) -> list[tuple[_Callback, Context | None]]:
+        """Every done callback, in the order added; none is left."""
+        callbacks, self._more = self._more, []
+        if self._first is not None:
+            callbacks.insert(0, (self._first, self._context))
+            self._first = self._context = None
+        return callbacks
+
+    def _schedule(self) -> None:
+        for fn, context in self._take_callbacks():
+            self._loop.call_soon(fn, self, context=context)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        if self.pending:
+            self._asyncio_future_blocking = True
+            yield self
+        if not self.pending and not self._cancelled and self._error is None:
+            value = self._value
+            if value is None and self._then is not None:
+                return (yield from self._then().__await__())
+            return value
+        return self.result()  # raises
+
+    __iter__ = __await__
