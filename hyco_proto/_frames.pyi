@@ -138,6 +138,22 @@ class Forwarder:
         ``begin <= start`` and ``stop <= end``; the bytes after ``stop`` are not meaningful.
         Same results, counters and failures as ``feed`` on the same bytes; calls of both kinds
         may be mixed."""
+    def relay(self, fd: int, buffer: Buffer, start: int,
+              out_fd: int) -> tuple[int, int, int] | None:
+        """A relayed leg's read and write in one call (POSIX: ``fd`` and ``out_fd`` are
+        non-blocking sockets): one ``recv`` of socket ``fd`` into ``buffer[start:]`` (``start >=
+        FORWARD_HEADROOM``; ``buffer[:start]`` is ``feed_into``'s scratch space), re-framed in
+        place as ``feed_into(buffer, start, start + n)`` does, then, when the output is plain
+        data (no close frame, no violation) and ``out_fd >= 0``, one ``send`` of it to
+        ``out_fd``.
+
+        Returns None when all of the output was sent (or there was none). Otherwise ``(n,
+        begin, stop)``: ``n`` bytes were read (-1: none to read now; 0: end of stream) and
+        ``buffer[begin:stop]`` is the output not sent: all of it after a close frame or a
+        violation (``close_code`` / ``error_code``, as after ``feed_into``) or with ``out_fd <
+        0``, the rest after a partial or failed send (the caller writes it through its
+        transport, which meets a failure again). A failed read raises ``OSError`` (its
+        subclass for the errno), as ``socket.recv_into`` does."""
     @property
     def mid_frame(self) -> bool:
         """The output is inside a data frame: nothing may be injected into it now."""

@@ -765,6 +765,47 @@ cdef extern from "Python.h":
     void _decref "Py_DECREF" (PyObject* o)
 
 
+cdef extern from *:
+    """
+    /* Forwarder.relay's two system calls on non-blocking sockets: bytes moved, or -errno.
+       MSG_NOSIGNAL: a peer gone is EPIPE, never SIGPIPE, whatever the embedding program set. */
+    #ifndef _WIN32
+    #include <errno.h>
+    #include <sys/types.h>
+    #include <sys/socket.h>
+    #ifndef MSG_NOSIGNAL
+    #define MSG_NOSIGNAL 0
+    #endif
+    static Py_ssize_t hyco_recv(int fd, void* p, Py_ssize_t n) {
+        Py_ssize_t k = (Py_ssize_t)recv(fd, p, (size_t)n, 0);
+        return k < 0 ? -(Py_ssize_t)errno : k;
+    }
+    static Py_ssize_t hyco_send(int fd, const void* p, Py_ssize_t n) {
+        Py_ssize_t k = (Py_ssize_t)send(fd, p, (size_t)n, MSG_NOSIGNAL);
+        return k < 0 ? -(Py_ssize_t)errno : k;
+    }
+    static int hyco_retry(Py_ssize_t r) {
+        return r == -EAGAIN || r == -EWOULDBLOCK || r == -EINTR;
+    }
+    #else
+    /* Sockets are not file descriptors there: Forwarder.relay is for POSIX only. */
+    #define HYCO_NOSYS 40
+    static Py_ssize_t hyco_recv(int fd, void* p, Py_ssize_t n) { return -HYCO_NOSYS; }
+    static Py_ssize_t hyco_send(int fd, const void* p, Py_ssize_t n) { return -HYCO_NOSYS; }
+    static int hyco_retry(Py_ssize_t r) { return 0; }
+    #endif
+    """
+    Py_ssize_t _sock_recv "hyco_recv" (int fd, void* p, Py_ssize_t n) nogil
+    Py_ssize_t _sock_send "hyco_send" (int fd, const void* p, Py_ssize_t n) nogil
+    bint _sock_retry "hyco_retry" (Py_ssize_t r) noexcept nogil
+
+
+cdef int _raise_errno(Py_ssize_t r) except -1:
+    """OSError for -errno ``r``, of the subclass the errno maps to (as socket calls raise)."""
+    cdef int code = <int>-r
+    raise OSError(code, os.strerror(code))
+
+
 cdef inline bint _close_code_valid(int code) noexcept:
     # RFC 6455 §7.4; 1012-1014 were registered with IANA after the RFC.
     return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
@@ -1081,6 +1122,44 @@ cdef class Forwarder:
             if used < end - begin and not self.error_code and self.close_code < 0:
                 self._buf += (<const char*>p)[begin + used:end]
             return begin, begin + written
+        finally:
+            PyBuffer_Release(&view)
+
+    def relay(self, int fd, buffer, Py_ssize_t start, int out_fd):
+        """One read of socket ``fd`` into ``buffer[start:]``, re-framed in place as ``feed_into``
+        and sent to socket ``out_fd``: None when all of it went (or nothing was due), else
+        ``(n, begin, stop)``; see ``_frames.pyi``."""
+        cdef Py_buffer view
+        cdef Py_ssize_t n, held, begin, used, written = 0, sent
+        cdef uint8_t* p
+        PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE)
+        try:
+            if start < _HEADROOM or start >= view.len:
+                raise ValueError(f"relay needs FORWARD_HEADROOM ({_HEADROOM}) <= start < "
+                                 f"{view.len} (the buffer's size), got {start}")
+            p = <uint8_t*>view.buf
+            n = _sock_recv(fd, p + start, view.len - start)
+            if n < 0:
+                if _sock_retry(n):  # nothing to read now (or a signal: the loop asks again)
+                    return -1, start, start
+                _raise_errno(n)
+            if n == 0 or self.error_code or self.close_code >= 0:
+                return n, start, start
+            held = PyByteArray_GET_SIZE(self._buf)
+            begin = start - held  # (held < FORWARD_HEADROOM: see feed_into)
+            if held:
+                memcpy(p + begin, PyByteArray_AS_STRING(self._buf), held)
+                del self._buf[:]
+            used = self._forward(p + begin, start + n - begin, p + begin, &written)
+            if used < start + n - begin and not self.error_code and self.close_code < 0:
+                self._buf += (<const char*>p)[begin + used:start + n]
+            if self.error_code or self.close_code >= 0 or out_fd < 0:
+                return n, begin, begin + written
+            if written:
+                sent = _sock_send(out_fd, p + begin, written)
+                if sent < written:  # the socket is full or failed: the caller writes the rest
+                    return n, begin + (sent if sent > 0 else 0), begin + written
+            return None
         finally:
             PyBuffer_Release(&view)
 

@@ -565,6 +565,35 @@ class Forwarder:
         view[begin : begin + len(out)] = out  # never longer than what it came from
         return begin, begin + len(out)
 
+    def relay(self, fd: int, buffer: Any, start: int,
+              out_fd: int) -> tuple[int, int, int] | None:
+        """One read of socket ``fd`` into ``buffer[start:]``, re-framed in place as ``feed_into``
+        and sent to socket ``out_fd``: None when all of it went (or nothing was due), else
+        ``(n, begin, stop)``; see ``_frames.pyi``."""
+        view = memoryview(buffer).cast("B")
+        if view.readonly:
+            raise BufferError("Object is not writable.")
+        if start < FORWARD_HEADROOM or start >= len(view):
+            raise ValueError(f"relay needs FORWARD_HEADROOM ({FORWARD_HEADROOM}) <= start < "
+                             f"{len(view)} (the buffer's size), got {start}")
+        try:
+            n = os.readv(fd, [view[start:]])
+        except (BlockingIOError, InterruptedError):  # nothing now (or a signal: asked again)
+            return -1, start, start
+        if n == 0 or self.error_code or self.close_code >= 0:
+            return n, start, start
+        begin, stop = self.feed_into(view, start, start + n)
+        if self.error_code or self.close_code >= 0 or out_fd < 0:
+            return n, begin, stop
+        if stop > begin:
+            try:
+                sent = os.write(out_fd, view[begin:stop])
+            except OSError:  # full, or failed: the caller's write of the rest meets it
+                sent = 0
+            if sent < stop - begin:
+                return n, begin + sent, stop
+        return None
+
     def feed(self, data: Any) -> bytes:
         """Bytes from the source leg in; bytes for the other leg out (``b""`` when none)."""
         if self.error_code or self.close_code >= 0:
