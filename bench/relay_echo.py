@@ -10,7 +10,8 @@ the relay twice and the listener once, so twice the hops of a direct echo.
 ``python -m bench.relay_echo`` (no ``--relay``) runs the comparison without pytest: interleaved
 rounds of the relayed echo and picows's direct echo per size, medians, CPU per round trip of
 relay, listener and picows's server. ``--before DIR`` adds a relayed row whose listener runs
-another checkout's ``hyco_proto`` (the relay is this checkout's in both), in the same rounds.
+another checkout's ``hyco_proto`` (the relay is this checkout's in both), in the same rounds;
+``--relay-before DIR`` one whose relay runs that checkout's (the listener is this checkout's).
 ``--splice`` adds picows's echo behind a ``socat`` splice (``bench/interleaved.py``'s
 ``SocatSplice``): the same hops as through the relay, with a middle process that only copies
 bytes and a C echo server at the end, so the ratio no relay and listener can pass here.
@@ -52,6 +53,8 @@ RELAYED = "hyco-relay+hyco-asyncio"
 DIRECT = "picows-direct"
 #: The relayed figure with ``--before``'s listener.
 BEFORE = RELAYED + "@before"
+#: The relayed figure with ``--relay-before``'s relay.
+RELAY_BEFORE = RELAYED + "@relay-before"
 #: picows's echo behind socat (``--splice``).
 SPLICE = "socat+picows"
 
@@ -133,10 +136,10 @@ class _Setup:
 class RelayedEcho(_Setup):
     """Relay + listener processes and one relayed sender; ``stop()`` ends all three."""
 
-    def __init__(self, size: int, root: Path = ROOT) -> None:
+    def __init__(self, size: int, root: Path = ROOT, relay_root: Path = ROOT) -> None:
         super().__init__()
         with self.starting():
-            self.relay = relay = RelayProcess("hyco_proto")
+            self.relay = relay = RelayProcess("hyco_proto", relay_root)
             self.started(relay, relay.stop)
             self.listener = listener = ListenerProcess(relay.port, root)
             self.started(listener, listener.stop)
@@ -179,12 +182,13 @@ class SplicedEcho(_Setup):
 # ------------------------------------------------------------------------------ standalone
 
 
-def _round(kind: str, size: int, seconds: float, before: Path | None = None
-           ) -> dict[str, float]:
+def _round(kind: str, size: int, seconds: float, before: Path | None = None,
+           relay_before: Path | None = None) -> dict[str, float]:
     """One round: fresh processes, a warm-up, then round trips for ``seconds``."""
-    relayed = kind in (RELAYED, BEFORE)
-    setup: Any = (RelayedEcho(size, before if kind == BEFORE and before else ROOT) if relayed
-                  else SplicedEcho(size) if kind == SPLICE else DirectEcho(size))
+    relayed = kind in (RELAYED, BEFORE, RELAY_BEFORE)
+    setup: Any = (RelayedEcho(size, before if kind == BEFORE and before else ROOT,
+                              relay_before if kind == RELAY_BEFORE and relay_before else ROOT)
+                  if relayed else SplicedEcho(size) if kind == SPLICE else DirectEcho(size))
     try:
         client = setup.client
         client.run(50)
@@ -205,7 +209,8 @@ def _round(kind: str, size: int, seconds: float, before: Path | None = None
 
 
 def measure(size: int, kinds: list[str], rounds: int, seconds: float,
-            before: Path | None = None) -> dict[str, dict[str, Any]]:
+            before: Path | None = None, relay_before: Path | None = None
+            ) -> dict[str, dict[str, Any]]:
     """Interleaved rounds (every kind in turn, round after round, fresh processes each time):
     per kind, the median round trips/s and CPU µs per round trip of each part (``cpu0``,
     ``cpu1``: relay and listener, socat and picows, or picows's server alone), and every
@@ -213,7 +218,7 @@ def measure(size: int, kinds: list[str], rounds: int, seconds: float,
     got: dict[str, list[dict[str, float]]] = {kind: [] for kind in kinds}
     for _ in range(rounds):
         for kind in kinds:
-            got[kind].append(_round(kind, size, seconds, before))
+            got[kind].append(_round(kind, size, seconds, before, relay_before))
     return {kind: {"rate": statistics.median(r["rate"] for r in runs),
                    **{key: statistics.median(r[key] for r in runs)
                       for key in runs[0] if key.startswith("cpu")},
@@ -222,14 +227,16 @@ def measure(size: int, kinds: list[str], rounds: int, seconds: float,
 
 
 def compare(sizes: list[str], rounds: int, seconds: float, before: Path | None = None,
-            splice: bool = False) -> None:
+            splice: bool = False, relay_before: Path | None = None) -> None:
     """Interleaved rounds (relayed, direct, relayed, direct ...), medians, one line per size;
-    with ``before``, a relayed row whose listener is that checkout's, in the same rounds; with
-    ``splice``, picows's echo behind socat."""
+    with ``before``, a relayed row whose listener is that checkout's, and with
+    ``relay_before`` one whose relay is, in the same rounds; with ``splice``, picows's echo
+    behind socat."""
     kinds = ([RELAYED, DIRECT] + ([BEFORE] if before is not None else [])
+             + ([RELAY_BEFORE] if relay_before is not None else [])
              + ([SPLICE] if splice else []))
     for label in sizes:
-        result = measure(SIZES[label], kinds, rounds, seconds, before)
+        result = measure(SIZES[label], kinds, rounds, seconds, before, relay_before)
         direct = result[DIRECT]
         for kind in kinds:
             if kind == DIRECT:
@@ -273,6 +280,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=seconds, default=1.0, help="per round")
     parser.add_argument("--before", type=checkout,
                         help="also a relayed row with this checkout's hyco_proto in the listener")
+    parser.add_argument("--relay-before", type=checkout,
+                        help="also a relayed row with this checkout's hyco_proto in the relay")
     parser.add_argument("--splice", action="store_true",
                         help="also picows's echo behind a socat splice (the hops of the relay "
                              "path, nothing done in them)")
@@ -283,7 +292,8 @@ def main() -> None:
         return
     try:
         compare(args.sizes, args.rounds, args.seconds,
-                Path(args.before) if args.before is not None else None, args.splice)
+                Path(args.before) if args.before is not None else None, args.splice,
+                Path(args.relay_before) if args.relay_before is not None else None)
     except LoadgenError as exc:  # a process that did not start: its own message is above
         raise SystemExit(f"relay_echo: error: {exc}") from None
 

@@ -20,12 +20,43 @@ from tests.wsutil import frame as raw_frame
 
 
 class LaneSpy:
-    """Counts what the lanes ``RelayService.lane`` grants answered: views and ``None``s."""
+    """Counts what the lanes ``RelayService.lane`` grants answered: views and ``None``s; and
+    what the steps ``RelayService.relay_lane`` grants did (``steps``: reads; a read whose
+    output all went counts as a view, so does ``fed`` giving one; ``fed`` giving ``None`` as a
+    hand-back)."""
 
     def __init__(self, service: RelayService) -> None:
         self.views = 0
         self.handed_back = 0
+        self.steps = 0
         real = service.lane
+        real_relay = service.relay_lane
+
+        def relay_lane(conn_id: int) -> Any:
+            granted = real_relay(conn_id)
+            if granted is None:
+                return None
+            step, fed, peer = granted
+
+            def counted_step(fd: int, buffer: Any, start: int, out_fd: int) -> Any:
+                got = step(fd, buffer, start, out_fd)
+                if got is not False:
+                    self.steps += 1
+                if got is None:
+                    self.views += 1
+                return got
+
+            def counted_fed(now: float, buffer: Any, begin: int, stop: int) -> Any:
+                view = fed(now, buffer, begin, stop)
+                if view is None:
+                    self.handed_back += 1
+                else:
+                    self.views += 1
+                return view
+
+            return counted_step, counted_fed, peer
+
+        service.relay_lane = relay_lane  # type: ignore[method-assign]
 
         def lane(conn_id: int) -> Any:
             granted = real(conn_id)

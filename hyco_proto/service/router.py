@@ -82,6 +82,9 @@ _HEAP_FROM = 16
 
 #: A relayed leg's hot path (``RelayService.lane``): ``forward(now, buffer, start, end)``.
 Lane = Callable[[float, memoryview, int, int], "memoryview | None"]
+#: A relayed leg's read and write in one call (``RelayService.relay_lane``):
+#: ``step(fd, buffer, start, out_fd)``.
+RelayStep = Callable[[int, memoryview, int, int], "tuple[int, int, int] | bool | None"]
 
 
 class RelayService:
@@ -272,6 +275,45 @@ class RelayService:
             return None
 
         return forward, peer.id
+
+    def relay_lane(self, conn_id: int) -> tuple[RelayStep, Lane, int] | None:
+        """``lane`` for a driver whose legs are non-blocking POSIX sockets: ``(step, fed,
+        peer)`` for a relayed leg, else None. ``step(fd, buffer, start, out_fd)`` is the whole
+        read of this leg's socket ``fd``, its re-framing and its write to the peer's socket
+        ``out_fd`` (-1: the peer's transport has bytes queued, the driver writes) in one call to
+        the forwarder (``Forwarder.relay``, which the core calls but does no I/O of its own
+        around): it returns what that returns, or ``False`` (nothing read) once the leg is no
+        longer plainly relaying (the driver then reads the usual way and drops the step).
+        When it returns ``(n, begin, stop)`` with ``n > 0``, ``fed(now, buffer, begin, stop)``
+        takes the output not sent: the view still to write to ``peer`` when it is plain data,
+        else ``None`` after the usual handling of the close or violation that passed (the
+        driver goes on as after ``receive_into`` and drops the step). Counted as ``lane``."""
+        leg = self._handlers.get(conn_id)
+        if type(leg) is not RelayLeg or conn_id in self._closed or leg.close_in:
+            return None
+        peer = leg.other()
+        if peer is None:
+            return None
+        fwd = leg.fwd
+        relay = fwd.relay
+        kind = ConnectionKind.RELAY
+
+        def step(fd: int, buffer: memoryview, start: int,
+                 out_fd: int) -> tuple[int, int, int] | bool | None:
+            # As the lane's forward: both legs still relaying, nothing queued ahead.
+            if leg.kind is kind and peer.kind is kind and not self._out:
+                self.activity += 1
+                return relay(fd, buffer, start, out_fd)
+            return False
+
+        def fed(now: float, buffer: memoryview, begin: int, stop: int) -> memoryview | None:
+            if not fwd.error_code and fwd.close_code < 0:
+                return buffer[begin:stop]
+            leg.fed(now, peer, buffer, begin, stop)  # a close or a violation passed
+            self._run_broker(now)
+            return None
+
+        return step, fed, peer.id
 
     def counters(self) -> ServiceStats:
         """``stats``, with everything relayed through lanes until now counted."""

@@ -585,6 +585,8 @@ async def test_relayed_reads_take_the_lane_and_hand_back_at_the_close(own_socket
                 await asyncio.wait_for(ws.send(message), WAIT)
                 assert await asyncio.wait_for(ws.recv(), WAIT) == message
             assert spy.views >= 2 * (len(messages) - 1)  # both ways, after each first read
+            # On the own sockets a settled leg reads through its pump (relay_lane's step).
+            assert (spy.steps >= 2 * (len(messages) - own.SETTLE_AFTER)) == own_sockets
             counted = server.service.counters()
             assert counted.messages_relayed == 2 * len(messages)
             assert counted.bytes_relayed == 2 * sum(map(len, messages))

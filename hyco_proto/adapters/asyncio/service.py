@@ -45,13 +45,14 @@ from typing import Any, TypeVar, cast
 from ...frames import FORWARD_HEADROOM
 from ...sender import REJECTED_BY_HEADER
 from ...service.config import ServiceConfig
-from ...service.router import ConnectionKind, Lane, RelayService
+from ...service.router import ConnectionKind, Lane, RelayService, RelayStep
 from ...service.webpubsub_events import OutboundCall
 from .http import relayed_request as http_request  # a plain HTTP client without a token
 from .sockets import (
     ACCEPT_RETRY_DELAY,
     Poller,
     SocketListener,
+    SocketTransport,
     bind_sockets,
     make_poller,
 )
@@ -76,6 +77,8 @@ DEFAULT_WRITE_HIGH_WATER = 1 << 20
 #: about 1,700 / 2,700 / 3,100 / 3,400 MB/s (and 4 MiB was also the best at 64 B).
 READ_BUFFER_SIZE = 4 << 20
 _RELAY = ConnectionKind.RELAY
+#: Sockets are file descriptors (the relay step's system calls: Forwarder.relay).
+_POSIX = os.name == "posix"
 _CORE = -1  # a "target" id that blocks reading on the core's request (reading_changes)
 # A timer whose deadline is already past fires again after at least this long (no busy loop
 # if the core ever reports a deadline that handle_timer does not clear).
@@ -188,15 +191,13 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
                 view = lane[0](time.time(), server._read_buffer, FORWARD_HEADROOM,
                                FORWARD_HEADROOM + nbytes)
             except BaseException:
-                self.lane = None
-                server._after_input(self.conn_id)
+                self._lane_ended()
                 raise
             if view is not None:
                 if view:
                     lane[1](view)
                 return
-            self.lane = None  # no longer plain relaying: the usual steps from now on
-            server._after_input(self.conn_id)
+            self._lane_ended()  # no longer plain relaying: the usual steps from now on
             return
         # The shared read buffer is lent to the core; _after_input writes or copies its views,
         # also if the core failed half-way (before the next read overwrites them).
@@ -224,6 +225,77 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
             if granted is not None and granted[1] == peer_id:
                 self.lane = (granted[0], proto.transport.write if proto.own_transport
                              else proto.write_lane)
+                if self.own_transport and proto.own_transport and _POSIX:
+                    # Both on the own sockets: once settled, the loop calls the pump.
+                    relayed = server.service.relay_lane(self.conn_id)
+                    if relayed is not None and relayed[2] == peer_id:
+                        cast(SocketTransport, self.transport).pump_with(self._pump(
+                            relayed[0], relayed[1], cast(SocketTransport, proto.transport)))
+
+    def _pump(self, step: RelayStep, fed: Lane, peer: SocketTransport) -> Callable[[], None]:
+        """The read callback of a relayed leg on the own sockets (``SocketTransport.pump_with``):
+        the core's relay step reads the socket, re-frames in place and writes to the peer's
+        socket in one call to the forwarder (``RelayService.relay_lane``); the peer's
+        ``write_fd`` is -1 while its transport has bytes queued, and the rest comes back. One
+        Python call per read; the rare outcomes go to ``_pumped``."""
+        transport = cast(SocketTransport, self.transport)
+        fd = transport.get_extra_info("socket").fileno()
+        buffer = self._server._read_buffer
+        start = FORWARD_HEADROOM
+
+        def pump() -> None:
+            try:
+                got = step(fd, buffer, start, peer.write_fd)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except OSError as exc:  # the read failed (the forwarder raises nothing else)
+                transport.read_failed(exc)
+                return
+            except BaseException as exc:
+                self._lane_ended()
+                transport.read_failed(exc, "protocol failed on received data")
+                return
+            if got is not None:
+                self._pumped(got, fed, peer)
+
+        return pump
+
+    def _pumped(self, got: tuple[int, int, int] | bool, fed: Lane,
+                peer: SocketTransport) -> None:
+        """What the pump's step returned besides "all sent": see ``RelayService.relay_lane``."""
+        transport = cast(SocketTransport, self.transport)
+        if got is False or got is True:  # not plainly relaying any more; nothing was read
+            self.lane = None
+            transport.pump_with(None)
+            return
+        nbytes, begin, stop = got
+        if nbytes < 0:  # nothing to read after all
+            return
+        if not nbytes:
+            transport.read_eof()
+            return
+        try:
+            view = fed(time.time(), self._server._read_buffer, begin, stop)
+        except (SystemExit, KeyboardInterrupt):
+            self._lane_ended()
+            raise
+        except BaseException as exc:
+            self._lane_ended()
+            transport.read_failed(exc, "protocol failed on received data")
+            return
+        if view is None:
+            self._lane_ended()  # a close or a violation passed: the usual steps from now on
+        elif view:
+            peer.write(view)  # what the peer's socket did not take (its transport copies it)
+
+    def _lane_ended(self) -> None:
+        """The lane handed back (or failed): reads take the usual way, after the usual steps
+        for the read that ended it."""
+        self.lane = None
+        transport = self.transport
+        if self.own_transport and transport is not None:
+            cast(SocketTransport, transport).pump_with(None)
+        self._server._after_input(self.conn_id)
 
     def eof_received(self) -> bool | None:
         server = self._server

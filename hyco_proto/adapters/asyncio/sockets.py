@@ -94,7 +94,8 @@ class LoopPoller(Poller):
         # What is being added may fail: the entry then says what is registered.
         self._watched[fd] = (transport, old & events)
         if events & READ and not old & READ:
-            loop.add_reader(fd, transport._on_readable)
+            # A transport's pump, when it has one (SocketTransport.pump_with), reads instead.
+            loop.add_reader(fd, getattr(transport, "_pump", None) or transport._on_readable)
         if events & WRITE and not old & WRITE:
             loop.add_writer(fd, transport._on_writable)
         self._watched[fd] = (transport, events)
@@ -219,6 +220,8 @@ class SocketTransport:
     #: The service may hand ``write`` a view of a buffer it reuses: whatever is not sent at
     #: once is copied here (one copy), never kept as the view.
     copies_writes = True
+    #: The read callback the loop calls instead of ``_on_readable`` (``pump_with``).
+    _pump: Callable[[], None] | None = None
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: _socket.socket,
                  protocol: asyncio.BaseProtocol, peername: Any = None,
@@ -231,6 +234,9 @@ class SocketTransport:
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
         self._peername = peername
         self._buffer = bytearray()  # what the socket has not taken yet
+        #: The socket's number while a write may go straight to it (nothing queued, not
+        #: closing, no write_eof): a relayed pair's pump sends there itself. Else -1.
+        self.write_fd = self._fd
         self._high = 64 * 1024
         self._low = 16 * 1024
         self._writing_paused = False  # the protocol was told pause_writing
@@ -242,6 +248,7 @@ class SocketTransport:
         self._closing = False
         self._lost = False  # connection_lost is scheduled (or done)
         self._reads = 0  # until SETTLE_AFTER
+        self._pump_wanted: Callable[[], None] | None = None  # pump_with, until settled
         try:
             protocol.connection_made(self)  # type: ignore[arg-type]
         except (SystemExit, KeyboardInterrupt):
@@ -317,12 +324,32 @@ class SocketTransport:
     def can_write_eof(self) -> bool:
         return True
 
+    def pump_with(self, pump: Callable[[], None] | None) -> None:
+        """Once this connection has settled (``SETTLE_AFTER`` reads), the loop calls ``pump()``
+        when the socket is readable, instead of this transport's own read and its protocol's
+        ``get_buffer`` / ``buffer_updated`` (``None``: back to those). The pump reads the socket
+        itself (``sock.recv_into``) and does what ``_on_readable`` would: an exception of the
+        read goes to ``read_failed``, end of stream to ``read_eof``. (A relayed pair's hot
+        path: the relay service's read, forward and write in one Python call.)"""
+        self._pump_wanted = pump
+        if self._reads >= SETTLE_AFTER and not self._lost:
+            self._use_pump()
+
+    def read_failed(self, exc: BaseException, what: str = "read failed") -> None:
+        """A pump's read (or what it did with the bytes) failed: the connection ends."""
+        self._fatal(exc, what)
+
+    def read_eof(self) -> None:
+        """A pump's read met the end of the stream."""
+        self._on_eof()
+
     def write_eof(self) -> None:
         """Shut the socket's write side (the peer reads EOF) once the buffered bytes are sent;
         reading goes on."""
         if self._closing or self._eof_written:
             return
         self._eof_written = 1
+        self.write_fd = -1
         if not self._buffer:
             self._shut_write()
 
@@ -347,6 +374,7 @@ class SocketTransport:
                 return
             data = memoryview(data)[sent:]
             self._writing = True
+            self.write_fd = -1
             if not self._watch():  # the poller refused it: the connection is closed
                 return
         buffer += data
@@ -357,6 +385,7 @@ class SocketTransport:
         if self._closing:
             return
         self._closing = True
+        self.write_fd = -1
         self._stop_reading()
         if not self._buffer:
             self._schedule_lost(None)
@@ -405,6 +434,9 @@ class SocketTransport:
                 self._poller = self._poller.settle(self._fd, self, self._interest())
             except (OSError, ValueError, RuntimeError) as exc:
                 self._force_close(exc)
+                return
+            if self._pump_wanted is not None:
+                self._use_pump()
 
     def _on_eof(self) -> None:
         self._eof = True
@@ -439,6 +471,8 @@ class SocketTransport:
                 self._schedule_lost(None)
             elif self._eof_written == 1:
                 self._shut_write()
+            elif not self._eof_written:
+                self.write_fd = self._fd
 
     # -- internals -------------------------------------------------------------------------
 
@@ -448,6 +482,18 @@ class SocketTransport:
             self._sock.shutdown(socket.SHUT_WR)
         except OSError as exc:  # the peer is gone already: this connection ends
             self._fatal(exc, "shutdown failed")
+
+    def _use_pump(self) -> None:
+        """Read with ``_pump_wanted`` from now on (the poller registers the new callback)."""
+        pump = self._pump_wanted
+        if pump is self._pump:
+            return
+        self._pump = pump
+        if self._reading:  # registered with the old callback: again with the new one
+            self._reading = False
+            if self._watch():
+                self._reading = True
+                self._watch()
 
     def _interest(self) -> int:
         return (READ if self._reading else 0) | (WRITE if self._writing else 0)
@@ -501,6 +547,7 @@ class SocketTransport:
             return
         self._buffer.clear()
         self._closing = True
+        self.write_fd = -1
         if self._reading or self._writing:
             self._reading = self._writing = False
             self._poller.update(self._fd, self, 0)
@@ -509,9 +556,11 @@ class SocketTransport:
     def _schedule_lost(self, exc: BaseException | None) -> None:
         if not self._lost:
             self._lost = True
+            self.write_fd = -1
             self._loop.call_soon(self._connection_lost, exc)
 
     def _connection_lost(self, exc: BaseException | None) -> None:
+        self._pump = self._pump_wanted = None  # (it holds this transport: no cycle left)
         try:
             self._protocol.connection_lost(exc)
         finally:
