@@ -1130,7 +1130,7 @@ cdef class Forwarder:
         and sent to socket ``out_fd``: None when all of it went (or nothing was due), else
         ``(n, begin, stop)``; see ``_frames.pyi``."""
         cdef Py_buffer view
-        cdef Py_ssize_t n, held, begin, used, written = 0, sent
+        cdef Py_ssize_t n, more, space, held, begin, used, written = 0, sent
         cdef uint8_t* p
         PyObject_GetBuffer(buffer, &view, PyBUF_WRITABLE)
         try:
@@ -1138,11 +1138,21 @@ cdef class Forwarder:
                 raise ValueError(f"relay needs FORWARD_HEADROOM ({_HEADROOM}) <= start < "
                                  f"{view.len} (the buffer's size), got {start}")
             p = <uint8_t*>view.buf
-            n = _sock_recv(fd, p + start, view.len - start)
+            # Small reads keep the GIL (releasing it costs more than they take); a read that
+            # fills NOGIL_THRESHOLD takes the rest of what is there without it.
+            space = view.len - start
+            n = _sock_recv(fd, p + start, space if space < NOGIL_THRESHOLD else NOGIL_THRESHOLD)
             if n < 0:
                 if _sock_retry(n):  # nothing to read now (or a signal: the loop asks again)
                     return -1, start, start
                 _raise_errno(n)
+            if n == NOGIL_THRESHOLD and space > n:
+                with nogil:
+                    more = _sock_recv(fd, p + start + n, space - n)
+                if more > 0:
+                    n += more
+                elif more < 0 and not _sock_retry(more):
+                    _raise_errno(more)  # (what came before it is dropped with the connection)
             if n == 0 or self.error_code or self.close_code >= 0:
                 return n, start, start
             held = PyByteArray_GET_SIZE(self._buf)
@@ -1155,10 +1165,15 @@ cdef class Forwarder:
                 self._buf += (<const char*>p)[begin + used:start + n]
             if self.error_code or self.close_code >= 0 or out_fd < 0:
                 return n, begin, begin + written
-            if written:
+            if not written:
+                return None
+            if written >= NOGIL_THRESHOLD:
+                with nogil:
+                    sent = _sock_send(out_fd, p + begin, written)
+            else:
                 sent = _sock_send(out_fd, p + begin, written)
-                if sent < written:  # the socket is full or failed: the caller writes the rest
-                    return n, begin + (sent if sent > 0 else 0), begin + written
+            if sent < written:  # the socket is full or failed: the caller writes the rest
+                return n, begin + (sent if sent > 0 else 0), begin + written
             return None
         finally:
             PyBuffer_Release(&view)

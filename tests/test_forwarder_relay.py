@@ -11,6 +11,7 @@ import os
 import random
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -299,3 +300,38 @@ def test_relay_and_feed_into_mix(fmod: ModuleType, wire: Wire) -> None:
             stream += wire.buffer[got[1]:got[2]]
     assert bytes(stream) == expected
     _same_state(fwd, oracle)
+
+
+def test_a_read_over_the_nogil_threshold_takes_the_rest_too(fmod: ModuleType) -> None:
+    """Cython reads up to 256 KiB with the GIL held and the rest of what is there without it:
+    one ``relay`` call still forwards everything in one piece, in order."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    src = socket.create_connection(server.getsockname(), timeout=WAIT)
+    ours, _ = server.accept()
+    server.close()
+    try:
+        ours.setblocking(False)
+        payload = random.Random(5).randbytes(900_000)
+        data = masked_frame(2, payload)
+        oracle, expected = _oracle(fmod, data)
+        fwd = fmod.Forwarder()
+        buffer = memoryview(bytearray(START + (4 << 20)))
+        src.sendall(data)
+        src.close()
+        stream = bytearray()
+        largest = 0
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            got = fwd.relay(ours.fileno(), buffer, START, -1)
+            assert got is not None
+            if got[0] == 0:
+                break
+            largest = max(largest, got[0])
+            stream += buffer[got[1]:got[2]]
+        assert bytes(stream) == expected
+        assert largest > 256 * 1024, "no read went over the threshold: the test proves nothing"
+        _same_state(fwd, oracle)
+    finally:
+        ours.close()
