@@ -302,9 +302,9 @@ def test_relay_and_feed_into_mix(fmod: ModuleType, wire: Wire) -> None:
     _same_state(fwd, oracle)
 
 
-def test_a_read_over_the_nogil_threshold_takes_the_rest_too(fmod: ModuleType) -> None:
-    """Cython reads up to 256 KiB with the GIL held and the rest of what is there without it:
-    one ``relay`` call still forwards everything in one piece, in order."""
+def test_a_big_read_is_forwarded_whole(fmod: ModuleType) -> None:
+    """A read of more than 256 KiB (the size from which Cython masks without the GIL) is
+    re-framed and handed back in one piece, in order."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(1)
