@@ -376,3 +376,42 @@ async def test_pump_with_takes_over_reads_once_settled_and_hands_them_back() -> 
         transport.close()
         await asyncio.wait_for(proto.lost.wait(), WAIT)
         assert transport._pump is None  # no cycle left through the pump
+
+
+@async_test
+async def test_write_later_queues_without_trying_the_socket_and_keeps_order() -> None:
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    with b:
+        proto = Recorder()
+        transport = SocketTransport(loop, a, proto, poller=LoopPoller(loop))
+        transport.set_write_buffer_limits(high=64 * 1024)
+        lent = bytearray(b"first ")
+        transport.write_later(memoryview(lent))
+        assert transport.get_write_buffer_size() == 6  # not sent, though the socket has room
+        assert transport.write_fd == -1
+        lent[:] = b"XXXXXX"  # a copy was queued
+        transport.write(b"second ")  # behind it
+        big = bytes(range(256)) * 1024
+        transport.write_later(big)
+        assert proto.events == ["made", "pause"]  # over the high-water mark
+        got = await asyncio.wait_for(loop.run_in_executor(None, _drain, b, 13 + len(big)),
+                                     WAIT * 4)
+        assert got == b"first second " + big
+        await _until(lambda: transport.write_fd == a.fileno())
+        assert proto.events == ["made", "pause", "resume"]
+        transport.write_eof()
+        with pytest.raises(RuntimeError):
+            transport.write_later(b"after eof")
+        transport.close()
+        await asyncio.wait_for(proto.lost.wait(), WAIT)
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    with b:
+        proto = Recorder()
+        transport = SocketTransport(loop, a, proto, poller=LoopPoller(loop))
+        transport.abort()
+        transport.write_later(b"dropped")  # lost: nothing queued, nothing raised
+        assert transport.get_write_buffer_size() == 0
+        await asyncio.wait_for(proto.lost.wait(), WAIT)

@@ -286,7 +286,9 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
         if view is None:
             self._lane_ended()  # a close or a violation passed: the usual steps from now on
         elif view:
-            peer.write(view)  # what the peer's socket did not take (its transport copies it)
+            # What the peer's socket did not take just now, or bytes queued ahead of it: into
+            # its transport's buffer (a copy) without asking the socket again.
+            peer.write_later(view)
 
     def _lane_ended(self) -> None:
         """The lane handed back (or failed): reads take the usual way, after the usual steps

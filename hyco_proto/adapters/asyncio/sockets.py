@@ -380,6 +380,21 @@ class SocketTransport:
         buffer += data
         self._maybe_pause_writing()
 
+    def write_later(self, data: bytes | bytearray | memoryview) -> None:
+        """``write`` without trying the socket first: it refused these bytes a moment ago (a
+        pump's partial send), or bytes are queued ahead of them. A copy is queued."""
+        if self._eof_written:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if self._lost or not data:
+            return
+        if not self._buffer:
+            self._writing = True
+            self.write_fd = -1
+            if not self._watch():  # the poller refused it: the connection is closed
+                return
+        self._buffer += data
+        self._maybe_pause_writing()
+
     def close(self) -> None:
         """Stop reading; close the socket once the buffered bytes are sent."""
         if self._closing:
