@@ -350,7 +350,7 @@ async def test_pump_with_takes_over_reads_once_settled_and_hands_them_back() -> 
             b.sendall(data)
             await asyncio.wait_for(event.wait(), WAIT)
 
-        transport.pump_with(pump)  # asked early: taken once settled
+        transport.pump_with(lambda: pump)  # asked early: made once settled
         for i in range(SETTLE_AFTER):
             await send(b"%d," % i, proto.got)
         assert not pumped
@@ -368,7 +368,10 @@ async def test_pump_with_takes_over_reads_once_settled_and_hands_them_back() -> 
         transport.pump_with(None)  # back to the protocol
         await send(b"usual", proto.got)
         assert proto.data.endswith(b"usual") and len(pumped) == 2
-        transport.pump_with(pump)  # settled already: at once
+        transport.pump_with(lambda: None)  # no pump after all: the protocol reads
+        await send(b"still usual", proto.got)
+        assert proto.data.endswith(b"still usual") and len(pumped) == 2
+        transport.pump_with(lambda: pump)  # settled already: at once
         await send(b"again", woke)
         assert pumped[-1] == b"again"
         b.shutdown(socket.SHUT_WR)  # the pump reports the end of the stream

@@ -227,10 +227,21 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
                              else proto.write_lane)
                 if self.own_transport and proto.own_transport and _POSIX:
                     # Both on the own sockets: once settled, the loop calls the pump.
-                    relayed = server.service.relay_lane(self.conn_id)
-                    if relayed is not None and relayed[2] == peer_id:
-                        cast(SocketTransport, self.transport).pump_with(self._pump(
-                            relayed[0], relayed[1], cast(SocketTransport, proto.transport)))
+                    cast(SocketTransport, self.transport).pump_with(self._make_pump)
+
+    def _make_pump(self) -> Callable[[], None] | None:
+        """This leg's pump, made once its transport has settled, while it still has its lane
+        (``RelayService.relay_lane``) and its peer is on the own sockets; else None."""
+        if self.lane is None:
+            return None
+        server = self._server
+        relayed = server.service.relay_lane(self.conn_id)
+        if relayed is None:
+            return None
+        proto = server._protocols.get(relayed[2])
+        if proto is None or proto.transport is None or not proto.own_transport:
+            return None
+        return self._pump(relayed[0], relayed[1], cast(SocketTransport, proto.transport))
 
     def _pump(self, step: RelayStep, fed: Lane, peer: SocketTransport) -> Callable[[], None]:
         """The read callback of a relayed leg on the own sockets (``SocketTransport.pump_with``):

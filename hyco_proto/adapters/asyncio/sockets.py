@@ -248,7 +248,7 @@ class SocketTransport:
         self._closing = False
         self._lost = False  # connection_lost is scheduled (or done)
         self._reads = 0  # until SETTLE_AFTER
-        self._pump_wanted: Callable[[], None] | None = None  # pump_with, until settled
+        self._pump_make: Callable[[], Callable[[], None] | None] | None = None  # pump_with
         try:
             protocol.connection_made(self)  # type: ignore[arg-type]
         except (SystemExit, KeyboardInterrupt):
@@ -324,14 +324,16 @@ class SocketTransport:
     def can_write_eof(self) -> bool:
         return True
 
-    def pump_with(self, pump: Callable[[], None] | None) -> None:
-        """Once this connection has settled (``SETTLE_AFTER`` reads), the loop calls ``pump()``
-        when the socket is readable, instead of this transport's own read and its protocol's
-        ``get_buffer`` / ``buffer_updated`` (``None``: back to those). The pump reads the socket
-        itself (``sock.recv_into``) and does what ``_on_readable`` would: an exception of the
-        read goes to ``read_failed``, end of stream to ``read_eof``. (A relayed pair's hot
-        path: the relay service's read, forward and write in one Python call.)"""
-        self._pump_wanted = pump
+    def pump_with(self, make: Callable[[], Callable[[], None] | None] | None) -> None:
+        """Once this connection has settled (``SETTLE_AFTER`` reads; at once if it has),
+        ``make()`` may give a pump: then the loop calls ``pump()`` when the socket is readable,
+        instead of this transport's own read and its protocol's ``get_buffer`` /
+        ``buffer_updated`` (``make`` None, or ``make()`` None: back to those). The pump reads
+        the socket itself and does what ``_on_readable`` would: an exception of the read goes
+        to ``read_failed``, end of stream to ``read_eof``. (A relayed pair's hot path: the
+        relay service's read, forward and write in one Python call; made only for a pair that
+        keeps talking.)"""
+        self._pump_make = make
         if self._reads >= SETTLE_AFTER and not self._lost:
             self._use_pump()
 
@@ -450,7 +452,7 @@ class SocketTransport:
             except (OSError, ValueError, RuntimeError) as exc:
                 self._force_close(exc)
                 return
-            if self._pump_wanted is not None:
+            if self._pump_make is not None:
                 self._use_pump()
 
     def _on_eof(self) -> None:
@@ -499,8 +501,10 @@ class SocketTransport:
             self._fatal(exc, "shutdown failed")
 
     def _use_pump(self) -> None:
-        """Read with ``_pump_wanted`` from now on (the poller registers the new callback)."""
-        pump = self._pump_wanted
+        """Read with the pump ``_pump_make`` gives from now on (the poller registers the new
+        callback)."""
+        make = self._pump_make
+        pump = make() if make is not None else None
         if pump is self._pump:
             return
         self._pump = pump
@@ -575,7 +579,7 @@ class SocketTransport:
             self._loop.call_soon(self._connection_lost, exc)
 
     def _connection_lost(self, exc: BaseException | None) -> None:
-        self._pump = self._pump_wanted = None  # (it holds this transport: no cycle left)
+        self._pump = self._pump_make = None  # (they hold this transport: no cycle left)
         try:
             self._protocol.connection_lost(exc)
         finally:
