@@ -1288,6 +1288,7 @@ cdef extern from *:
 
 
 @cython.final
+@cython.auto_pickle(False)  # holds a loop and callbacks: nothing to pickle
 cdef class Wakeup:
     """What a waiting asyncio ``recv`` awaits: a one-shot future that resumes its task at once.
 
