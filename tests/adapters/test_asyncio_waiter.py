@@ -1,7 +1,7 @@
-"""The asyncio socket's recv waiter (``_Wakeup``): one woken in place inside a read callback is
-reused for the next wait (issue 14: no object per message); one woken any other way (from
-inside a task, by a timeout, by a cancellation) must keep its outcome until its own task has
-run, whatever other tasks do in between."""
+"""The asyncio socket's recv waiter (the kernel's ``Wakeup``): one woken in place inside a
+read callback is reused for the next wait (issue 14: no object per message); one woken any other
+way (from inside a task, by a timeout, by a cancellation) must keep its outcome until its own
+task has run, whatever other tasks do in between."""
 
 from __future__ import annotations
 
@@ -11,9 +11,13 @@ from collections.abc import Callable
 import pytest
 
 from hyco_proto.adapters.asyncio import WebSocket, connect, serve
-from hyco_proto.frames import OP_BINARY, encode_frame
+from hyco_proto.frames import OP_BINARY, Wakeup, encode_frame
 
 from .asyncio_util import WAIT, async_test, bounded
+
+
+def _wakeup(loop: asyncio.AbstractEventLoop) -> Wakeup:
+    return Wakeup(loop, asyncio.current_task, asyncio.CancelledError)
 
 
 async def _idle(ws: WebSocket) -> None:
@@ -68,8 +72,6 @@ async def test_messages_timeouts_and_cancellations_in_turn_lose_nothing() -> Non
 
 @async_test
 async def test_done_callbacks_run_once_in_the_order_added_and_removal_works() -> None:
-    from hyco_proto.adapters.asyncio.websocket import _Wakeup
-
     loop = asyncio.get_running_loop()
     calls: list[str] = []
 
@@ -77,7 +79,7 @@ async def test_done_callbacks_run_once_in_the_order_added_and_removal_works() ->
         return lambda _: calls.append(name)
 
     a, b, c = named("a"), named("b"), named("c")
-    waiter = _Wakeup(loop)
+    waiter = _wakeup(loop)
     for fn in (a, b, c, b):
         waiter.add_done_callback(fn)
     assert waiter.remove_done_callback(b) == 2
@@ -90,7 +92,7 @@ async def test_done_callbacks_run_once_in_the_order_added_and_removal_works() ->
     await asyncio.sleep(0)
     assert calls == ["a", "c", "late"]
 
-    cancelled = _Wakeup(loop)
+    cancelled = _wakeup(loop)
     cancelled.add_done_callback(a)
     cancelled.add_done_callback(c)
     assert cancelled.cancel() and cancelled.cancelled()
@@ -99,7 +101,7 @@ async def test_done_callbacks_run_once_in_the_order_added_and_removal_works() ->
     with pytest.raises(asyncio.CancelledError):
         cancelled.result()
 
-    alone = _Wakeup(loop)  # the one callback, woken outside any task: run in place
+    alone = _wakeup(loop)  # the one callback, woken outside any task: run in place
     alone.add_done_callback(named("in place"))
     loop.call_soon(alone.wake, None, "y")
     await asyncio.sleep(0)

@@ -15,7 +15,6 @@ a relayed connection hold. Flow control, end to end (nothing buffers without bou
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import os
 import ssl as _ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
@@ -44,6 +43,7 @@ from ...drivers.stream import (
 )
 from ...drivers.view import SocketView
 from ...errors import ConnectionLostError, RelayError
+from ...frames import Wakeup
 from ...listener import ConnectionRequested
 from ...sender import SenderConnect
 from ...websocket import _OPEN, State
@@ -72,138 +72,8 @@ _tasks_by_loop = getattr(asyncio.tasks, "_current_tasks", None)
 _current_task: Callable[[asyncio.AbstractEventLoop], object] = (
     _tasks_by_loop.get if isinstance(_tasks_by_loop, dict)
     and hasattr(asyncio.current_task, "__code__") else asyncio.current_task)
-_Callback = Callable[[Any], object]
+_CancelledError = asyncio.CancelledError
 _os_write = os.write
-
-
-class _Wakeup:
-    """What a waiting ``recv`` awaits: a one-shot future that resumes its task at once.
-
-    An ``asyncio.Future`` runs its task's wake-up with ``call_soon``: one more loop iteration
-    (an ``epoll_wait`` and a handle) between a message's arrival and the handler seeing it.
-    When :meth:`wake` is called outside any task (a protocol callback: ``data_received``), this
-    one runs the wake-up right there, in the task's own context, as the loop would have done one
-    iteration later; inside a task (where another task may not be entered) it falls back to
-    ``call_soon``. Tasks accept any awaitable that yields an object with
-    ``_asyncio_future_blocking``, ``add_done_callback`` and ``result`` (the future protocol
-    asyncio's ``Task`` checks for, ``asyncio.isfuture``) and its loop: ``get_loop()``, or
-    without that method the ``_loop`` attribute (``asyncio.futures._get_loop``; one call less
-    per wait, so this class has no ``get_loop``).
-    """
-
-    __slots__ = ("_asyncio_future_blocking", "_context", "_error", "_first", "_loop", "_more",
-                 "_reusable", "_state", "_then", "_value")
-
-    _PENDING, _DONE, _CANCELLED = 0, 1, 2
-
-    def __init__(self, loop: asyncio.AbstractEventLoop,
-                 then: Callable[[], Awaitable[Message]] | None = None) -> None:
-        self._loop = loop
-        # Awaited for the result when woken without a value (None: the result is None).
-        self._then = then
-        self._asyncio_future_blocking = False
-        self._state = self._PENDING
-        self._error: BaseException | None = None
-        self._value: Message | None = None
-        # The first done callback (the waiting task's wake-up) and its context, held apart
-        # from any others (rare): no list and no tuple per wait.
-        self._first: _Callback | None = None
-        self._context: contextvars.Context | None = None
-        self._more: list[tuple[_Callback, contextvars.Context | None]] = []
-        # Woken in place, so its one waiting task has taken the result: WebSocket._take may
-        # make it pending again for the next wait.
-        self._reusable = False
-
-    def done(self) -> bool:
-        return self._state != self._PENDING
-
-    def cancelled(self) -> bool:
-        return self._state == self._CANCELLED
-
-    def add_done_callback(self, fn: _Callback, *,
-                          context: contextvars.Context | None = None) -> None:
-        if self._state != 0:  # not _PENDING (a literal: no lookup, once per wait)
-            self._loop.call_soon(fn, self, context=context)
-        elif self._first is None:
-            self._first, self._context = fn, context
-        else:
-            self._more.append((fn, context))
-
-    def remove_done_callback(self, fn: _Callback) -> int:
-        callbacks = self._take_callbacks()
-        kept = [(f, c) for f, c in callbacks if f != fn]
-        for f, c in kept:
-            self.add_done_callback(f, context=c)
-        return len(callbacks) - len(kept)
-
-    def result(self) -> Message | None:
-        if self._state == 2:  # _CANCELLED (a literal: the task's wake-up calls this)
-            raise asyncio.CancelledError()
-        if self._error is not None:
-            raise self._error
-        return self._value
-
-    def exception(self) -> BaseException | None:
-        if self._state == self._CANCELLED:
-            raise asyncio.CancelledError()
-        return self._error
-
-    def cancel(self, msg: object = None) -> bool:
-        if self._state != self._PENDING:
-            return False
-        self._state = self._CANCELLED
-        self._schedule()
-        return True
-
-    def wake(self, error: BaseException | None = None, value: Message | None = None) -> None:
-        """Resolve (with ``error`` raised by the await, or ``value`` its result) and resume the
-        waiting task."""
-        if self._state != self._PENDING:
-            return
-        self._state = self._DONE
-        self._error = error
-        self._value = value
-        fn = self._first
-        if fn is not None and not self._more and _current_task(self._loop) is None:
-            self._first = None
-            context = self._context
-            # The task's wake-up reads the result before it runs the task any further, so the
-            # task may already reuse this waiter (WebSocket._take) while we are still in fn.
-            self._reusable = True
-            if context is None:
-                fn(self)
-            else:
-                context.run(fn, self)
-        else:
-            self._schedule()
-
-    def _take_callbacks(self) -> list[tuple[_Callback, contextvars.Context | None]]:
-        """Every done callback, in the order added; none is left."""
-        callbacks, self._more = self._more, []
-        if self._first is not None:
-            callbacks.insert(0, (self._first, self._context))
-            self._first = self._context = None
-        return callbacks
-
-    def _schedule(self) -> None:
-        for fn, context in self._take_callbacks():
-            self._loop.call_soon(fn, self, context=context)
-
-    def __await__(self) -> Generator[Any, None, Message | None]:
-        if self._state == 0:  # _PENDING, _DONE: literals, as in add_done_callback
-            self._asyncio_future_blocking = True
-            yield self
-        if self._state == 1 and self._error is None:
-            value = self._value
-            if value is None and self._then is not None:
-                return (yield from self._then().__await__())
-            return value
-        return self.result()  # raises
-
-    __iter__ = __await__
-
-
-_PENDING, _DONE = _Wakeup._PENDING, _Wakeup._DONE
 
 
 class _Ready(tuple[Message]):
@@ -233,7 +103,9 @@ class WebSocket(SocketView):
         self._stream: MessageStream[asyncio.Future[float]] = MessageStream(max_queue)
         self.close_timeout = close_timeout
         self.opened: asyncio.Future[object] = self._loop.create_future()
-        self._recv_waiter: _Wakeup | None = None
+        # What a waiting recv awaits (the kernel's Wakeup: resumed in place by the read
+        # callback that brings its message, and reused for the next wait).
+        self._recv_waiter: Wakeup | None = None
         # The data phase itself once the handshake is behind us (``data_phase()``): the hot
         # paths below feed and drain it directly.
         self._ws: DataPhase | None = None
@@ -268,23 +140,10 @@ class WebSocket(SocketView):
             self._conn.receive_data(bytes(view))
         else:
             waiter = self._recv_waiter
-            if waiter is not None and waiter._state == _PENDING:
+            if waiter is not None and waiter.pending:
                 message = ws.receive_message(view)  # type: ignore[arg-type]
                 if message is not None:
-                    fn = waiter._first
-                    if fn is not None and not waiter._more and _current_task(self._loop) is None:
-                        # _Wakeup.wake(None, message) in place, inline (one call less).
-                        waiter._state = _DONE
-                        waiter._value = message
-                        waiter._first = None
-                        waiter._reusable = True
-                        context = waiter._context
-                        if context is None:
-                            fn(waiter)
-                        else:
-                            context.run(fn, waiter)
-                    else:
-                        waiter.wake(None, message)
+                    waiter.wake(None, message)
                     return
             else:
                 ws.receive_data(view)  # type: ignore[arg-type]
@@ -318,7 +177,7 @@ class WebSocket(SocketView):
                     self._link.pause_reading()
                 self._settle_pings()
             self._flush()
-            # Last: the waiting recv may run its handler right here (see _Wakeup).
+            # Last: the waiting recv may run its handler right here (see Wakeup).
             if wake and self._recv_waiter is not None:
                 self._recv_waiter.wake()
             return
@@ -372,11 +231,11 @@ class WebSocket(SocketView):
         try:
             while True:
                 got = self._take()
-                if not isinstance(got, _Wakeup):
+                if not isinstance(got, Wakeup):
                     return got
                 if timeout is not None and timer is None:
                     timer = self._loop.call_later(timeout, self._recv_timed_out, timeout)
-                message = await got
+                message: Message | None = await got
                 if message is not None:
                     return message
         finally:
@@ -384,11 +243,11 @@ class WebSocket(SocketView):
                 timer.cancel()
 
     def _take(self, then: Callable[[], Awaitable[Message]] | None = None
-              ) -> Message | _Wakeup:
+              ) -> Message | Wakeup:
         """The next queued message, or the waiter its arrival wakes (one waiting task; woken
         without a message, it awaits ``then()``)."""
         waiter = self._recv_waiter
-        if waiter is not None and waiter._state == _PENDING:
+        if waiter is not None and waiter.pending:
             raise RuntimeError("recv() is already being awaited by another task")
         stream = self._stream
         if stream.messages or stream.closed is not None:  # else get() is None: skip the call
@@ -397,15 +256,13 @@ class WebSocket(SocketView):
                 if stream.resume_needed():
                     self._link.resume_reading()
                 return message
-        if waiter is not None and waiter._reusable:
+        if waiter is not None:
             # Woken in place, so its task has taken the outcome: pending again for the next
             # wait (no object per message).
-            waiter._state = _PENDING
-            waiter._reusable = False
-            waiter._then = then
-            waiter._error = waiter._value = None
-            return waiter
-        waiter = self._recv_waiter = _Wakeup(self._loop, then)
+            again = waiter.rearm(then)
+            if again is not None:
+                return again
+        waiter = self._recv_waiter = Wakeup(self._loop, _current_task, _CancelledError, then)
         return waiter
 
     def _recv_timed_out(self, timeout: float) -> None:
@@ -422,21 +279,19 @@ class WebSocket(SocketView):
         the queued message (``_Ready``) or the waiter its arrival wakes, which then is the
         message (or, woken by the close, the next ``__anext__``): no coroutine per message."""
         waiter = self._recv_waiter
-        if waiter is not None and waiter._reusable:  # _take's common case, inline
+        if waiter is not None:  # _take's common case, inline
             stream = self._stream
             if not stream.messages and stream.closed is None:
-                waiter._state = _PENDING
-                waiter._reusable = False
-                waiter._then = self._anext
-                waiter._error = waiter._value = None
-                return waiter  # type: ignore[return-value]
+                again = waiter.rearm(self._anext)
+                if again is not None:
+                    return again
         try:
             got = self._take(self._anext)
         except ConnectionClosedError as exc:
             if exc.ok:
                 raise StopAsyncIteration from None
             raise
-        return got if isinstance(got, _Wakeup) else _Ready((got,))  # type: ignore[return-value]
+        return got if isinstance(got, Wakeup) else _Ready((got,))
 
     # -- sending ---------------------------------------------------------------------------
 
