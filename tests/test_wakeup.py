@@ -375,6 +375,52 @@ def test_the_await_protocol_step_by_step(fmod: ModuleType) -> None:
     run(main)
 
 
+def test_asyncio_wrappers_take_the_waiter_itself_as_a_future(fmod: ModuleType) -> None:
+    """``shield`` / ``wait_for`` / ``gather`` of the waiter itself (not of a coroutine): they
+    use its callbacks, ``result``, ``exception`` and ``cancel`` directly."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        waiter = new(fmod)
+        outer = asyncio.shield(waiter)
+        loop.call_soon(waiter.wake, None, "through shield")
+        assert await asyncio.wait_for(outer, WAIT) == "through shield"
+
+        waiter = new(fmod)
+        outer = asyncio.shield(waiter)
+        outer.cancel()  # the waiter goes on, without the shield's callback
+        with pytest.raises(asyncio.CancelledError):
+            await outer
+        assert waiter.pending
+        log: list[str] = []
+        waiter.add_done_callback(lambda w: log.append("mine"))
+        # The only callback now, so run in place (the shield's would make two: scheduled).
+        loop.call_soon(lambda: (waiter.wake(None, "later"), log.append("woken")))
+        await settle()
+        assert log == ["mine", "woken"] and waiter.result() == "later"
+
+        waiter = new(fmod)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(waiter, 0.01)
+        assert waiter.cancelled()
+        waiter = new(fmod)
+        loop.call_soon(waiter.wake, None, "in time")
+        assert await asyncio.wait_for(waiter, WAIT) == "in time"
+
+        first, second = new(fmod), new(fmod)
+        loop.call_soon(first.wake, None, 1)
+        loop.call_soon(second.wake, None, 2)
+        assert await asyncio.wait_for(asyncio.gather(first, second), WAIT) == [1, 2]
+        first, second = new(fmod), new(fmod)
+        loop.call_soon(first.wake, KeyError("failed"))
+        loop.call_soon(second.wake, None, 2)
+        got = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True),
+                                     WAIT)
+        assert isinstance(got[0], KeyError) and got[1] == 2
+
+    run(main)
+
+
 # -- WebSocket.recv on each kernel's waiter ------------------------------------------------
 
 
