@@ -56,6 +56,13 @@ class LinkTransport(SocketTransport):
         self._recv_into = sock.recv_into  # bound once, not per read (set first: read_now)
         super().__init__(loop, sock, protocol, peername, read_now, poller)
 
+    def pump_with(self, make: Callable[[], Callable[[], None] | None] | None) -> None:
+        """As :meth:`SocketTransport.pump_with`, but at once: a link's connection is on the
+        loop's own callbacks from the start, there is nothing to settle."""
+        self._pump_make = make
+        if not self._lost:
+            self._use_pump()
+
     def close(self) -> None:
         self._protocol._fd = -1  # no more direct writes (Link.write: _fd only while open)
         super().close()

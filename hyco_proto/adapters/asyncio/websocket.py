@@ -47,6 +47,7 @@ from ...frames import Wakeup
 from ...listener import ConnectionRequested
 from ...sender import SenderConnect
 from ...websocket import _OPEN, State
+from . import lean
 from .link import DEFAULT_WRITE_LIMIT, Link, open_link
 
 __all__ = [
@@ -65,6 +66,8 @@ __all__ = [
 _HANDSHAKE_EVENTS = (Opened, Refused, HandshakeFailed, RequestReceived)
 
 S = TypeVar("S", bound="WebSocket")
+
+_NOT_NOW = (BlockingIOError, InterruptedError)
 
 _tasks_by_loop = getattr(asyncio.tasks, "_current_tasks", None)
 # Python 3.11's current_task is a Python function that looks its loop up in this dict: the
@@ -199,8 +202,53 @@ class WebSocket(SocketView):
         self._settle_pings()
         self._flush()
         self._ws = conn.data_phase()
+        if self._ws is not None and self._link._lean:
+            transport: Any = self._link.transport  # a lean.LinkTransport (Link._lean)
+            transport.pump_with(self._make_pump)
         if wake and self._recv_waiter is not None:
             self._recv_waiter.wake()
+
+    def _make_pump(self) -> Callable[[], None] | None:
+        """The lean transport's read callback for the data phase: its ``_on_readable`` and
+        :meth:`view_received` in one call (one Python frame less per read; what the two do,
+        step for step, with the transport's error handling)."""
+        ws, link = self._ws, self._link
+        transport: Any = link.transport
+        if ws is None or not isinstance(transport, lean.LinkTransport):
+            return None
+        buffer, recv_into, process = link._buffer, transport._recv_into, self._process
+
+        def pump() -> None:
+            if transport._closing:  # a readiness report that crossed a close
+                return
+            try:
+                nbytes = recv_into(buffer)
+            except _NOT_NOW:
+                return
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                transport.read_failed(exc)
+                return
+            if not nbytes:
+                transport.read_eof()
+                return
+            try:
+                waiter = self._recv_waiter
+                if waiter is not None and waiter.pending:
+                    message = ws.receive_message(buffer[:nbytes])  # type: ignore[arg-type]
+                    if message is not None:
+                        waiter.wake(None, message)
+                        return
+                else:
+                    ws.receive_data(buffer[:nbytes])  # type: ignore[arg-type]
+                process()
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                transport.read_failed(exc, "protocol failed on received data")
+
+        return pump
 
     def _settle_pings(self) -> None:
         """Resolve the pings a pong answered; fail those the close left unanswered."""
