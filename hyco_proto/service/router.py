@@ -239,6 +239,17 @@ class RelayService:
         self.receive_into(now, conn_id, buffer, start, end)
         return None
 
+    def _open_legs(self, conn_id: int) -> tuple[RelayLeg, RelayLeg] | None:
+        """``(leg, peer)`` when ``conn_id`` is a relayed leg that is open, not closing, and
+        paired (what ``lane`` and ``relay_lane`` need), else None."""
+        leg = self._handlers.get(conn_id)
+        if type(leg) is not RelayLeg or conn_id in self._closed or leg.close_in:
+            return None
+        peer = leg.other()
+        if peer is None:
+            return None
+        return leg, peer
+
     def lane(self, conn_id: int) -> tuple[Lane, int] | None:
         """The relay's hot path for a driver that calls it per read: ``(forward, peer)`` for a
         relayed leg, else None. ``forward(now, buffer, start, end)`` is ``forward_into`` for
@@ -249,12 +260,10 @@ class RelayService:
 
         What passes through a lane is added to ``stats`` at the next ``counters()``, at the
         leg's end, or at its next read through the other calls, not at once."""
-        leg = self._handlers.get(conn_id)
-        if type(leg) is not RelayLeg or conn_id in self._closed or leg.close_in:
+        legs = self._open_legs(conn_id)
+        if legs is None:
             return None
-        peer = leg.other()
-        if peer is None:
-            return None
+        leg, peer = legs
         fwd = leg.fwd
         feed_into = fwd.feed_into
         relay = ConnectionKind.RELAY
@@ -288,12 +297,10 @@ class RelayService:
         takes the output not sent: the view still to write to ``peer`` when it is plain data,
         else ``None`` after the usual handling of the close or violation that passed (the
         driver goes on as after ``receive_into`` and drops the step). Counted as ``lane``."""
-        leg = self._handlers.get(conn_id)
-        if type(leg) is not RelayLeg or conn_id in self._closed or leg.close_in:
+        legs = self._open_legs(conn_id)
+        if legs is None:
             return None
-        peer = leg.other()
-        if peer is None:
-            return None
+        leg, peer = legs
         fwd = leg.fwd
         relay = fwd.relay
         kind = ConnectionKind.RELAY
