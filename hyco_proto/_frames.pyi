@@ -147,13 +147,16 @@ class Forwarder:
         data (no close frame, no violation) and ``out_fd >= 0``, one ``send`` of it to
         ``out_fd``.
 
-        Returns None when all of the output was sent (or there was none). Otherwise ``(n,
+        Returns None when all of the output was sent (or, with ``out_fd >= 0``, there was
+        none). Otherwise ``(n,
         begin, stop)``: ``n`` bytes were read (-1: none to read now; 0: end of stream) and
         ``buffer[begin:stop]`` is the output not sent: all of it after a close frame or a
         violation (``close_code`` / ``error_code``, as after ``feed_into``) or with ``out_fd <
         0``, the rest after a partial or failed send (the caller writes it through its
         transport, which meets a failure again). A failed read raises ``OSError`` (its
-        subclass for the errno), as ``socket.recv_into`` does."""
+        subclass for the errno), as ``socket.recv_into`` does. The Cython kernel sends with
+        ``MSG_NOSIGNAL``; the Python twin with ``os.write``, which relies on Python's default
+        of ignoring ``SIGPIPE`` (a program that restores it dies on a closed peer)."""
     @property
     def mid_frame(self) -> bool:
         """The output is inside a data frame: nothing may be injected into it now."""

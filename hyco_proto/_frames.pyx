@@ -1138,6 +1138,9 @@ cdef class Forwarder:
                 raise ValueError(f"relay needs FORWARD_HEADROOM ({_HEADROOM}) <= start < "
                                  f"{view.len} (the buffer's size), got {start}")
             p = <uint8_t*>view.buf
+            if PyByteArray_GET_SIZE(self._buf) > start:  # cannot happen (as in feed_into)
+                raise ValueError(f"relay: {PyByteArray_GET_SIZE(self._buf)} bytes held over "
+                                 f"exceed start {start}")
             # One read of what is there, without the GIL (as socket.recv_into): holding it for
             # the first 256 KiB and reading the rest in a second call cost a read per big
             # message (1 MiB relay: 5 % more CPU per byte).
@@ -1306,6 +1309,7 @@ cdef class Wakeup:
     cdef bint _yielded          # this await has yielded the waiter (its next step resumes)
     cdef object _current_task
     cdef object _cancelled_error
+    cdef object _cancel_message  # cancel(msg)
     cdef object _then
     cdef object _error
     cdef object _value
@@ -1347,21 +1351,28 @@ cdef class Wakeup:
 
     def result(self):
         if self._cancelled:
-            raise self._cancelled_error()
+            raise self._cancel_error()
         if self._error is not None:
             raise self._error
         return self._value
 
     def exception(self):
         if self._cancelled:
-            raise self._cancelled_error()
+            raise self._cancel_error()
         return self._error
+
+    cdef _cancel_error(self):
+        # As asyncio.Future: the message given to cancel() is the error's argument.
+        if self._cancel_message is None:
+            return self._cancelled_error()
+        return self._cancelled_error(self._cancel_message)
 
     def cancel(self, msg=None):
         if not self.pending:
             return False
         self.pending = False
         self._cancelled = True
+        self._cancel_message = msg
         self._schedule()
         return True
 
@@ -1380,8 +1391,10 @@ cdef class Wakeup:
             context = self._context
             self._context = None
             # The task's wake-up reads the result before it runs the task any further, so the
-            # task may already rearm this waiter while we are still in fn.
-            self._reusable = True
+            # task may already rearm this waiter while we are still in fn. Only a task that
+            # awaited it (the await yielded it) does that; a callback added otherwise (gather,
+            # wait_for given the waiter itself) may read the result later: no reuse then.
+            self._reusable = self._yielded
             if context is None:
                 fn(self)
             else:
@@ -1400,6 +1413,7 @@ cdef class Wakeup:
             return None
         self.pending = True
         self._reusable = False
+        self._yielded = False
         self._then = then
         self._error = None
         self._value = None

@@ -727,9 +727,9 @@ class Wakeup:
     the outcome, so :meth:`rearm` may make it pending again for the next wait.
     """
 
-    __slots__ = ("_asyncio_future_blocking", "_cancelled", "_cancelled_error", "_context",
-                 "_current_task", "_error", "_first", "_loop", "_more", "_reusable", "_then",
-                 "_value", "pending")
+    __slots__ = ("_asyncio_future_blocking", "_cancel_message", "_cancelled", "_cancelled_error",
+                 "_context", "_current_task", "_error", "_first", "_loop", "_more", "_reusable",
+                 "_then", "_value", "_yielded", "pending")
 
     def __init__(self, loop: Any, current_task: Callable[[Any], object],
                  cancelled_error: type[BaseException],
@@ -750,6 +750,8 @@ class Wakeup:
         self._context: Context | None = None
         self._more: list[tuple[_Callback, Context | None]] = []
         self._reusable = False
+        self._yielded = False  # an await has yielded it (a task waits on it: reusable)
+        self._cancel_message: object = None
 
     def done(self) -> bool:
         return not self.pending
@@ -774,21 +776,28 @@ class Wakeup:
 
     def result(self) -> Any:
         if self._cancelled:
-            raise self._cancelled_error()
+            raise self._cancel_error()
         if self._error is not None:
             raise self._error
         return self._value
 
     def exception(self) -> BaseException | None:
         if self._cancelled:
-            raise self._cancelled_error()
+            raise self._cancel_error()
         return self._error
+
+    def _cancel_error(self) -> BaseException:
+        # As asyncio.Future: the message given to cancel() is the error's argument.
+        if self._cancel_message is None:
+            return self._cancelled_error()
+        return self._cancelled_error(self._cancel_message)
 
     def cancel(self, msg: object = None) -> bool:
         if not self.pending:
             return False
         self.pending = False
         self._cancelled = True
+        self._cancel_message = msg
         self._schedule()
         return True
 
@@ -806,8 +815,10 @@ class Wakeup:
             self._first = None
             context = self._context
             # The task's wake-up reads the result before it runs the task any further, so the
-            # task may already rearm this waiter while we are still in fn.
-            self._reusable = True
+            # task may already rearm this waiter while we are still in fn. Only a task that
+            # awaited it (the await yielded it) does that; a callback added otherwise (gather,
+            # wait_for given the waiter itself) may read the result later: no reuse then.
+            self._reusable = self._yielded
             if context is None:
                 fn(self)
             else:
@@ -822,6 +833,7 @@ class Wakeup:
             return None
         self.pending = True
         self._reusable = False
+        self._yielded = False
         self._then = then
         self._error = self._value = None
         return self
@@ -841,6 +853,7 @@ class Wakeup:
     def __await__(self) -> Generator[Any, None, Any]:
         if self.pending:
             self._asyncio_future_blocking = True
+            self._yielded = True
             yield self
         if not self.pending and not self._cancelled and self._error is None:
             value = self._value

@@ -492,14 +492,63 @@ async def test_recv_under_gather(ws: WebSocket) -> None:
 
 @with_echo
 async def test_async_for_takes_every_message_through_the_reused_waiter(ws: WebSocket) -> None:
+    # Awaited by this task itself (run() bounds the whole test): the waiter is reused.
     for i in range(20):
         await ws.send(f"m{i}")
-        assert await asyncio.wait_for(ws.__anext__(), WAIT) == f"m{i}"
+        assert await ws.__anext__() == f"m{i}"
     first = ws._recv_waiter
     await ws.send("again")
-    assert await asyncio.wait_for(ws.__anext__(), WAIT) == "again"
+    assert await ws.__anext__() == "again"
     assert ws._recv_waiter is first  # rearmed, not replaced
+    # Given to wait_for (a callback reads its result one loop step later): a new waiter next.
+    await ws.send("wrapped")
+    assert await asyncio.wait_for(ws.__anext__(), WAIT) == "wrapped"
+    await ws.send("after")
+    assert await ws.__anext__() == "after"
+    assert ws._recv_waiter is not first
 
 
 async def _await(waiter: Any) -> object:
     return await waiter
+
+
+def test_a_waiter_not_awaited_by_a_task_is_not_reused(fmod: ModuleType) -> None:
+    """Woken in place with a callback that is not an awaiting task's (gather given the waiter
+    itself): the result may be read later, so the next wait must get a new waiter, or a
+    second message would overwrite the first (review of session 5)."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        waiter = new(fmod)
+        gathered = asyncio.gather(waiter, loop.create_future())
+
+        def callback() -> None:  # a protocol callback: no task runs
+            waiter.wake(None, b"first")
+
+        loop.call_soon(callback)
+        await settle()
+        assert waiter.result() == b"first"
+        assert waiter.rearm(None) is None  # not reusable: gather reads the result later
+        assert waiter.result() == b"first"
+        gathered.cancel()
+        await settle()
+
+    run(main)
+
+
+def test_cancel_keeps_its_message(fmod: ModuleType) -> None:
+    async def main() -> None:
+        waiter = new(fmod)
+        assert waiter.cancel("bye") and waiter.cancelled()
+        with pytest.raises(asyncio.CancelledError) as info:
+            waiter.result()
+        assert info.value.args == ("bye",)
+        with pytest.raises(asyncio.CancelledError) as info:
+            waiter.exception()
+        assert info.value.args == ("bye",)
+        plain = new(fmod)
+        plain.cancel()
+        with pytest.raises(asyncio.CancelledError) as info:
+            plain.result()
+        assert info.value.args == ()
+
+    run(main)

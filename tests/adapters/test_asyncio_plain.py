@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -151,3 +152,26 @@ async def test_a_server_closing_without_a_word_suggests_wss() -> None:
             await bounded(connect(f"ws://127.0.0.1:{port}/"))
     finally:
         mute.close()
+
+
+@async_test
+async def test_a_handler_error_hidden_by_a_closing_server_is_still_logged(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The handler fails and the server closes in the same loop step, before the connection's
+    task sees the failure (it is cancelled instead): the error is logged all the same."""
+    servers: list[Any] = []
+
+    async def handler(ws: WebSocket) -> None:
+        asyncio.get_running_loop().call_soon(servers[0].close)  # runs before the awaiter
+        raise RuntimeError("boom in the handler")
+
+    server = await serve(handler, "127.0.0.1", 0)
+    servers.append(server)
+    with caplog.at_level("ERROR", logger="hyco_proto.adapters.asyncio"):
+        ws = await bounded(connect(f"ws://127.0.0.1:{server.port}/"))
+        with pytest.raises(ConnectionClosedError):
+            await bounded(ws.recv())
+        await bounded(server.wait_closed())
+    errors = [record for record in caplog.records
+              if record.exc_info and "boom in the handler" in str(record.exc_info[1])]
+    assert errors, [r.getMessage() for r in caplog.records]

@@ -418,3 +418,31 @@ async def test_write_later_queues_without_trying_the_socket_and_keeps_order() ->
         transport.write_later(b"dropped")  # lost: nothing queued, nothing raised
         assert transport.get_write_buffer_size() == 0
         await asyncio.wait_for(proto.lost.wait(), WAIT)
+
+
+def test_a_failure_after_the_pumps_step_ends_the_connection_not_the_loop(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever fails after the step (here what handles a close frame that came back) ends
+    that connection as a failing read does; nothing reaches the event loop's handler as an
+    'Exception in callback' (review of session 5)."""
+    from hyco_proto.adapters.asyncio import service as service_module
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("broken after the step")
+
+    with settled_pair() as (relay, pair):
+        monkeypatch.setattr(service_module._ServiceProtocol, "_pumped", broken)
+        with caplog.at_level("ERROR", logger="asyncio"):
+            pair.sender.sendall(close_frame(1000, "bye"))  # the step hands a close back
+            assert read_to_eof(pair.sender) == b""  # that leg's connection ended
+        messages = [record.getMessage() for record in caplog.records]
+        assert any("protocol failed on received data" in m for m in messages), messages
+        assert not any("Exception in callback" in m for m in messages), messages
+        # The relay still serves a new pair (the old listener gone, so the new one is asked).
+        pair.close()
+        fresh = RawPair(relay)
+        try:
+            fresh.sender.sendall(masked(2, b"after"))
+            assert read_exactly(fresh.listener, 7) == server_frame(2, b"after")
+        finally:
+            fresh.close()

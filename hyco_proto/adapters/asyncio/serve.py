@@ -34,6 +34,15 @@ logger = logging.getLogger("hyco_proto.adapters.asyncio")
 Handler = Callable[[WebSocket], Awaitable[None]]
 
 
+def log_hidden_failure(task: asyncio.Future[Any], what: str) -> None:
+    """Log the error ``task`` ended with when its awaiter was cancelled instead of seeing it
+    (the server closed in the loop step between the two), as the awaiter would have."""
+    if task.done() and not task.cancelled():
+        error = task.exception()
+        if error is not None and not isinstance(error, ConnectionClosedError):
+            logger.error("%s failed while the server closed", what, exc_info=error)
+
+
 class Server:
     """The listening server: ``port``, ``close()``, ``wait_closed()``, ``serve_forever()``."""
 
@@ -112,6 +121,7 @@ class Server:
         try:
             await handler
         except asyncio.CancelledError:
+            log_hidden_failure(handler, "connection handler")
             await ws.close(1001, "server shutting down")
             raise
         except ConnectionClosedError:

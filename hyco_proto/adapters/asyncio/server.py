@@ -61,6 +61,7 @@ from ...listener import (
 )
 from .http_listener import RelayedRequest, RequestHandler, body_chunks
 from .link import DEFAULT_WRITE_LIMIT, Link, open_link
+from .serve import log_hidden_failure
 from .websocket import (
     DEFAULT_CLOSE_TIMEOUT,
     DEFAULT_MAX_QUEUE,
@@ -439,7 +440,12 @@ class RelayedServer(ListenerView):
             if inspect.isawaitable(result):
                 # In a task of its own that this one awaits (as serve runs its handler): a
                 # message's wake-up resumes the hook's frames only, not this coroutine's too.
-                await asyncio.ensure_future(result)
+                task = asyncio.ensure_future(result)
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    log_hidden_failure(task, "connection hook")
+                    raise
                 await ws.close()
         except asyncio.CancelledError:
             raise

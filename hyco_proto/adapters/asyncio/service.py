@@ -263,13 +263,32 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
                 transport.read_failed(exc)
                 return
             except BaseException as exc:
-                self._lane_ended()
-                transport.read_failed(exc, "protocol failed on received data")
+                self._pump_failed(exc)
                 return
             if got is not None:
-                self._pumped(got, fed, peer)
+                # Whatever fails here ends this connection, as a failing read callback does;
+                # nothing reaches the event loop.
+                try:
+                    self._pumped(got, fed, peer)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._pump_failed(exc)
 
         return pump
+
+    def _pump_failed(self, exc: BaseException) -> None:
+        """The pump's step, or what followed it, raised: the lane ends (its usual steps) and
+        so does the connection, with the error (the first one, if those steps fail too)."""
+        transport = cast(SocketTransport, self.transport)
+        try:
+            self._lane_ended()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as also:  # reported with the first error (its __context__)
+            if exc.__context__ is None:
+                exc.__context__ = also
+        transport.read_failed(exc, "protocol failed on received data")
 
     def _pumped(self, got: tuple[int, int, int] | bool, fed: Lane,
                 peer: SocketTransport) -> None:
@@ -285,15 +304,7 @@ class _ServiceProtocol(asyncio.BufferedProtocol):
         if not nbytes:
             transport.read_eof()
             return
-        try:
-            view = fed(time.time(), self._server._read_buffer, begin, stop)
-        except (SystemExit, KeyboardInterrupt):
-            self._lane_ended()
-            raise
-        except BaseException as exc:
-            self._lane_ended()
-            transport.read_failed(exc, "protocol failed on received data")
-            return
+        view = fed(time.time(), self._server._read_buffer, begin, stop)  # (raises: the pump)
         if view is None:
             self._lane_ended()  # a close or a violation passed: the usual steps from now on
         elif view:
