@@ -361,8 +361,7 @@ class SocketTransport:
             raise RuntimeError("Cannot call write() after write_eof()")
         if self._lost or not data:
             return
-        buffer = self._buffer
-        if not buffer:
+        if not self._buffer:
             try:
                 sent = self._sock.send(data)
             except _NOT_NOW:
@@ -375,12 +374,7 @@ class SocketTransport:
             if sent == len(data):
                 return
             data = memoryview(data)[sent:]
-            self._writing = True
-            self.write_fd = -1
-            if not self._watch():  # the poller refused it: the connection is closed
-                return
-        buffer += data
-        self._maybe_pause_writing()
+        self._queue(data)
 
     def write_later(self, data: bytes | bytearray | memoryview) -> None:
         """``write`` without trying the socket first: it refused these bytes a moment ago (a
@@ -389,6 +383,11 @@ class SocketTransport:
             raise RuntimeError("Cannot call write() after write_eof()")
         if self._lost or not data:
             return
+        self._queue(data)
+
+    def _queue(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue (a copy of) ``data`` behind what is queued; the first bytes queued make the
+        socket watched for writing."""
         if not self._buffer:
             self._writing = True
             self.write_fd = -1

@@ -137,7 +137,8 @@ class WebSocket(SocketView):
         """A read in the link's shared buffer: the frame decoder copies what it keeps, so the
         data phase takes the view as it is; the handshake gets bytes. A read that is one whole
         message while ``recv`` waits (so none is queued) goes to it directly: no event, no
-        queue (``receive_message``)."""
+        queue (``receive_message``). (On the lean transport the data phase reads through
+        ``_make_pump``'s pump, which has these steps written out: keep the two alike.)"""
         ws = self._ws
         if ws is None:
             self._conn.receive_data(bytes(view))
