@@ -1297,8 +1297,13 @@ cdef class Wakeup:
 
     The Python twin's docstring (``_frames_py.Wakeup``) says what and why; here the await and
     its steps are C (``__await__`` returns the waiter itself, stepped by ``am_send`` /
-    ``tp_iternext``): no generator and no Python frame per wait. One task awaits it at a time
-    (``then``'s continuation is kept on the waiter).
+    ``tp_iternext``, with ``send`` / ``throw`` / ``close`` for callers that step it by hand):
+    no generator and no Python frame per wait. One task awaits it at a time.
+
+    ``Wakeup(loop, current_task, cancelled_error, then=None)``: ``current_task(loop)`` says
+    whether a task runs (then a wake goes through ``loop.call_soon``), ``cancelled_error`` is
+    the class ``cancel`` makes the await raise, and ``then()``, when given, is what the await
+    awaits instead when woken without a value (``wake()``; kept on the waiter meanwhile).
     """
 
     cdef readonly object _loop

@@ -176,8 +176,13 @@ class serve:
     """Serve WebSockets: ``server = await serve(handler, host, port)`` or
     ``async with serve(handler, host, port) as server:``; ``server.port`` is the bound port.
 
-    ``handler(ws)`` is a coroutine function; ``subprotocols`` are offered in order of
-    preference; ``open_timeout`` bounds each opening handshake.
+    ``handler(ws)`` is a coroutine function, run in a task of its own per connection; when
+    it returns (or lets the peer's close escape as ``ConnectionClosedError``) the connection
+    is closed with 1000, when it raises anything else with 1011 (logged), and when the server
+    closes it is cancelled and the connection closed with 1001. ``subprotocols`` are offered
+    in order of preference; ``open_timeout`` bounds each opening handshake. The awaited
+    ``serve`` is a :class:`Server` (``port``, ``close()``, ``wait_closed()``,
+    ``serve_forever()``).
     """
 
     def __init__(self, handler: Handler, host: str = "127.0.0.1", port: int = 0, *,
