@@ -34,6 +34,12 @@ def encode_frame(
 ) -> bytes:
     """A whole frame. ``masked=True`` (client role) masks with a fresh random key."""
 
+def encode_masked(opcode: int, payload: Buffer, fin: bool = True) -> tuple[bytes, bytes]:
+    """A masked frame (fresh random key) as two objects: its header, and its masked payload
+    exactly the payload's size. For large client messages: the copy is the size of a received
+    message, so the allocator reuses their freed blocks (one header-plus-payload object is a
+    few bytes bigger, fits none of them, and grows and shrinks the heap every message)."""
+
 def decode_header(
     data: Buffer, offset: int = 0
 ) -> tuple[bool, int, int, bytes | None, int, int] | None:
@@ -78,6 +84,17 @@ class FrameDecoder:
         RSV bits and opcode 1 or 2 within the size limits: its payload alone, bytes for binary,
         str for text that is valid UTF-8 (not: the list, as ``feed`` gives it). No list and no
         tuple for the common message of one frame in one read."""
+    def whole_slot(self, at_least: int = 1) -> Buffer | None:
+        """Where the rest of the whole binary frame being assembled goes, to receive into
+        directly (``socket.recv_into(slot)``: no copy through a read buffer, and no read past
+        the frame): a writable buffer of its remaining payload bytes, still masked when they
+        land. None when no such frame is partway, or fewer than ``at_least`` bytes remain.
+        Report what was written with :meth:`whole_received` before anything else is fed."""
+    def whole_received(self, nbytes: int) -> list[tuple[int, bytes, bool]]:
+        """The first ``nbytes`` bytes of the last :meth:`whole_slot` were written: they are
+        unmasked in place, and what ``feed`` would return for them comes back (the frame's
+        chunk once complete, else ``[]``). ``ValueError`` when no slot is out (``feed`` or a
+        failure since takes it back) or ``nbytes`` is more than it holds."""
     @property
     def buffered(self) -> int:
         """Bytes held back: a partial header or a partial control frame, or the payload so far

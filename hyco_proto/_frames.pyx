@@ -7,7 +7,10 @@ frames). Large buffers are masked with the GIL released.
 """
 
 from cpython.buffer cimport (
+    PyBUF_FORMAT,
+    PyBUF_ND,
     PyBUF_SIMPLE,
+    PyBUF_STRIDES,
     PyBUF_WRITABLE,
     PyBuffer_Release,
     PyObject_GetBuffer,
@@ -444,6 +447,25 @@ def encode_frame(int opcode, payload, bint fin=True, int rsv=0, bint masked=Fals
     return out
 
 
+def encode_masked(int opcode, payload, bint fin=True):
+    """A masked frame (fresh random key) as its header and its masked payload, the payload's
+    size (``_frames.pyi``: why large client messages go out this way)."""
+    cdef Py_buffer view
+    cdef uint8_t header[14]
+    cdef const uint8_t* k
+    cdef Py_ssize_t hsize
+    PyObject_GetBuffer(payload, &view, PyBUF_SIMPLE)
+    try:
+        _check_header_args(opcode, view.len, 0)
+        k = _random_key_ptr()
+        hsize = _write_header(header, opcode, <unsigned long long>view.len, fin, 0, k)
+        out = PyBytes_FromStringAndSize(NULL, view.len)
+        _mask(<uint8_t*>PyBytes_AS_STRING(out), <const uint8_t*>view.buf, view.len, k, 0)
+    finally:
+        PyBuffer_Release(&view)
+    return PyBytes_FromStringAndSize(<char*>header, hsize), out
+
+
 def decode_header(data, Py_ssize_t offset=0):
     """Parse a header at ``offset``: ``(fin, rsv, opcode, mask_key, payload_length,
     header_length)``, or ``None`` when ``data`` does not hold the whole header yet."""
@@ -535,6 +557,38 @@ cdef inline Py_ssize_t _length_field(const uint8_t* p, Py_ssize_t avail,
     return -1 if length[0] >> 63 else 10
 
 
+cdef class _Slot:
+    """A writable window on the bytes object a whole frame is assembled in (``whole_slot``):
+    the decoder's only owner of it until the frame completes, so writing is not observable."""
+
+    cdef object _owner
+    cdef char* _ptr
+    cdef Py_ssize_t _len
+    cdef Py_ssize_t _one
+
+    def __len__(self):
+        return self._len
+
+    def __getbuffer__(self, Py_buffer* buffer, int flags):
+        self._one = 1
+        buffer.buf = self._ptr
+        buffer.obj = self
+        buffer.len = self._len
+        buffer.readonly = 0
+        buffer.itemsize = 1
+        buffer.format = NULL
+        if (flags & PyBUF_FORMAT) == PyBUF_FORMAT:
+            buffer.format = b"B"
+        buffer.ndim = 1
+        buffer.shape = &self._len if (flags & PyBUF_ND) == PyBUF_ND else NULL
+        buffer.strides = &self._one if (flags & PyBUF_STRIDES) == PyBUF_STRIDES else NULL
+        buffer.suboffsets = NULL
+        buffer.internal = NULL
+
+    def __releasebuffer__(self, Py_buffer* buffer):
+        pass
+
+
 cdef class FrameDecoder:
     """Streaming RFC 6455 frame decoder; see ``_frames.pyi`` for the contract."""
 
@@ -553,6 +607,7 @@ cdef class FrameDecoder:
     cdef long long _whole_limit
     cdef object _whole  # bytes: a whole binary frame's payload, filled as it arrives; or None
     cdef Py_ssize_t _filled
+    cdef bint _slot_out  # whole_slot() handed out where the next payload bytes go
     cdef public int error_code
     cdef public str error_reason
 
@@ -572,6 +627,7 @@ cdef class FrameDecoder:
         self._whole_limit = whole_binary
         self._whole = None
         self._filled = 0
+        self._slot_out = False
         self.error_code = 0
         self.error_reason = ""
 
@@ -585,6 +641,7 @@ cdef class FrameDecoder:
         self._buf = bytearray()
         self._remaining = 0
         self._whole = None
+        self._slot_out = False
         return 0
 
     cdef Py_ssize_t _parse(self, const uint8_t* p, Py_ssize_t n, list out) except -1:
@@ -687,6 +744,7 @@ cdef class FrameDecoder:
         cdef list out = []
         cdef Py_buffer view
         cdef Py_ssize_t used
+        self._slot_out = False
         if self.error_code:
             return out
         if PyByteArray_GET_SIZE(self._buf) == 0:
@@ -703,6 +761,45 @@ cdef class FrameDecoder:
                                PyByteArray_GET_SIZE(self._buf), out)
             if used and not self.error_code:
                 del self._buf[:used]
+        return out
+
+    def whole_slot(self, Py_ssize_t at_least=1):
+        """A writable buffer of the rest of the whole binary frame being assembled, or None
+        (see ``_frames.pyi``)."""
+        cdef _Slot slot
+        if (self._whole is None or self.error_code or not self._remaining
+                or at_least > 0 and <unsigned long long>at_least > self._remaining
+                or PyByteArray_GET_SIZE(self._buf)):
+            return None
+        slot = _Slot.__new__(_Slot)
+        slot._owner = self._whole
+        slot._ptr = PyBytes_AS_STRING(self._whole) + self._filled
+        slot._len = <Py_ssize_t>self._remaining
+        self._slot_out = True
+        return slot
+
+    def whole_received(self, Py_ssize_t nbytes):
+        """Unmask the ``nbytes`` written into the last slot in place (see ``_frames.pyi``)."""
+        cdef list out = []
+        cdef uint8_t* dst
+        if not self._slot_out:
+            raise ValueError("whole_received() without a slot out: call whole_slot() first "
+                             "(feed() and failures take it back)")
+        if nbytes < 0 or <unsigned long long>nbytes > self._remaining:
+            raise ValueError(f"{nbytes} bytes received into a slot of {self._remaining}")
+        self._slot_out = False
+        if nbytes == 0:
+            return out
+        dst = <uint8_t*>PyBytes_AS_STRING(self._whole) + self._filled
+        if self._masked:
+            _mask(dst, dst, nbytes, self._key, self._phase)
+            self._phase = (self._phase + nbytes) & 3
+        self._filled += nbytes
+        self._remaining -= <unsigned long long>nbytes
+        if not self._remaining:
+            chunk = self._whole
+            self._whole = None
+            out.append((self._opcode, chunk, self._fin))
         return out
 
     def feed_message(self, data):

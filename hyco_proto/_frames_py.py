@@ -32,6 +32,7 @@ __all__ = [
     "decode_header",
     "encode_frame",
     "encode_header",
+    "encode_masked",
 ]
 
 #: Scratch bytes ``Forwarder.feed_into`` needs before ``start``: room for the bytes a forwarder
@@ -133,6 +134,14 @@ def encode_frame(
     return encode_header(opcode, n, fin, rsv) + bytes(payload)
 
 
+def encode_masked(opcode: int, payload: Any, fin: bool = True) -> tuple[bytes, bytes]:
+    """A masked frame (fresh random key) as its header and its masked payload, the payload's
+    size (see ``_frames.pyi``: why large client messages go out this way)."""
+    n = len(payload) if not isinstance(payload, memoryview) else payload.nbytes
+    key = _random_key()
+    return encode_header(opcode, n, fin, 0, key), apply_mask(payload, key)
+
+
 def decode_header(
     data: Any, offset: int = 0
 ) -> tuple[bool, int, int, bytes | None, int, int] | None:
@@ -223,6 +232,7 @@ class FrameDecoder:
         "_opcode",
         "_phase",
         "_remaining",
+        "_slot",
         "_whole",
         "_whole_limit",
         "error_code",
@@ -252,6 +262,7 @@ class FrameDecoder:
         self._message_size = 0
         self._whole_limit = whole_binary
         self._whole: bytearray | None = None  # a whole binary frame's payload so far
+        self._slot: bytearray | None = None  # the buffer whole_slot() handed out
         self.error_code = 0
         self.error_reason = ""
 
@@ -265,6 +276,29 @@ class FrameDecoder:
         self._buf = bytearray()
         self._remaining = 0
         self._whole = None
+        self._slot = None
+
+    def whole_slot(self, at_least: int = 1) -> bytearray | None:
+        # (The Cython kernel hands out a window on the frame's own bytes object; here the
+        # bytes land in a buffer of their own and go through feed(): the same contract.)
+        if (self._whole is None or self.error_code or not self._remaining
+                or at_least > self._remaining or self._buf):
+            return None
+        self._slot = bytearray(self._remaining)
+        return self._slot
+
+    def whole_received(self, nbytes: int) -> list[tuple[int, bytes, bool]]:
+        slot = self._slot
+        if slot is None:
+            raise ValueError("whole_received() without a slot out: call whole_slot() first "
+                             "(feed() and failures take it back)")
+        if not 0 <= nbytes <= len(slot):
+            raise ValueError(f"{nbytes} bytes received into a slot of {len(slot)}")
+        return self.feed(memoryview(slot)[:nbytes]) if nbytes else self._take_slot()
+
+    def _take_slot(self) -> list[tuple[int, bytes, bool]]:
+        self._slot = None
+        return []
 
     def feed_message(self, data: Any) -> list[tuple[int, bytes, bool]] | bytes | str:
         # (bool: _buf itself is the bytearray feed() empties)
@@ -283,6 +317,7 @@ class FrameDecoder:
 
     def feed(self, data: Any) -> list[tuple[int, bytes, bool]]:
         out: list[tuple[int, bytes, bool]] = []
+        self._slot = None
         if self.error_code:
             return out
         buf = self._buf

@@ -32,6 +32,7 @@ __all__ = [
     "describe",
     "encode_frame",
     "encode_header",
+    "encode_masked",
 ]
 
 _NO_EXT = os.environ.get("HYCO_PROTO_NO_EXTENSIONS", "") not in ("", "0")
@@ -70,6 +71,7 @@ if TYPE_CHECKING:
         decode_header,
         encode_frame,
         encode_header,
+        encode_masked,
     )
 
     IMPLEMENTATION = "python"

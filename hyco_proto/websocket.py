@@ -18,7 +18,7 @@ from __future__ import annotations
 import codecs
 import enum
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from .errors import LocalProtocolError, RemoteProtocolError
 from .frames import (
@@ -31,7 +31,11 @@ from .frames import (
     FrameDecoder,
     encode_frame,
     encode_header,
+    encode_masked,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer
 
 __all__ = [
     "BinaryFragment",
@@ -174,12 +178,15 @@ def _truncate_reason(reason: str) -> str:
 # (server role only; clients must mask, which copies anyway) so large sends are not copied.
 _PASSTHROUGH = 16384
 # Binary frames up to this size are assembled in place by the decoder (``whole_binary``): its
-# bytes object is allocated at the frame's header, so this also bounds what a peer that
-# announces a frame and stops can make us allocate. Under glibc's default mmap threshold
-# (128 KiB): bigger ones, allocated each while the previous message is still alive, were
-# mmapped afresh for every message (a 1 MiB relayed echo: 240 page faults per round trip
-# against 22, listener CPU 542 -> 867 us), so they stream in pieces, joined at the end.
-_WHOLE = 128 * 1024 - 64
+# bytes object is allocated at the frame's header, so this bounds what a peer that announces a
+# frame and stops can make us reserve (untouched pages: address space, not memory); bigger
+# frames (and messages in several frames) arrive in pieces, joined at the end. One object per
+# message halves the copies of a large message (1 MiB echo, server CPU per round trip 340 ->
+# 259 us). The allocator keeps reusing the freed blocks as long as what we allocate per message
+# is the same size: hence a client's large frames are sent as header and masked payload
+# (``encode_masked``); one object of both, 14 bytes bigger, fitted no freed block, and glibc grew
+# and trimmed its heap every message (a relayed 1 MiB echo: 240 page faults per round trip).
+_WHOLE = 16 * 1024 * 1024
 
 
 class WebSocketConnection:
@@ -345,6 +352,24 @@ class WebSocketConnection:
                 return None
         return message
 
+    def payload_buffer(self, at_least: int = 64 * 1024) -> Buffer | None:
+        """Where the rest of a large binary frame can be received directly, when one is partway
+        and at least ``at_least`` of its bytes are still to come: a writable buffer (pass it
+        to ``socket.recv_into``; what it holds is all the frame's, nothing beyond), else None.
+        Report what was written with :meth:`payload_received` before feeding anything else.
+        Saves the copy through a read buffer, and the reads: a frame's bytes land where the
+        message is assembled (binary frames up to 16 MiB, or ``max_message_size``)."""
+        if self._discard:
+            return None
+        return self._decoder.whole_slot(at_least)
+
+    def payload_received(self, nbytes: int) -> None:
+        """``nbytes`` were received into the last :meth:`payload_buffer`: as
+        ``receive_data`` with them (the message is queued once its frame is complete)."""
+        chunks = self._decoder.whole_received(nbytes)
+        if chunks and not self._discard:
+            self._receive_chunks(chunks)
+
     def _receive_chunks(self, chunks: list[tuple[int, bytes, bool]]) -> None:
         """The decoder's chunks as events (and output: pongs, close replies, failures)."""
         events = self._events
@@ -481,7 +506,10 @@ class WebSocketConnection:
                 "a binary message sent with send_binary_part() is unfinished; end it with "
                 "fin=True before sending another message (RFC 6455 §5.4)")
         if self._client:
-            self._out.append(encode_frame(opcode, payload, masked=True))
+            if len(payload) >= _PASSTHROUGH:
+                self._out.extend(encode_masked(opcode, payload))  # see _WHOLE
+            else:
+                self._out.append(encode_frame(opcode, payload, masked=True))
         elif len(payload) >= _PASSTHROUGH:
             # Header and payload as two buffers: no copy of a large payload.
             self._out.append(encode_header(opcode, len(payload)))
@@ -565,7 +593,10 @@ class WebSocketConnection:
         self._send_fragmented = not fin
         payload = bytes(data)
         if self._client:
-            self._out.append(encode_frame(opcode, payload, fin=fin, masked=True))
+            if len(payload) >= _PASSTHROUGH:
+                self._out.extend(encode_masked(opcode, payload, fin))  # see _WHOLE
+            else:
+                self._out.append(encode_frame(opcode, payload, fin=fin, masked=True))
         elif len(payload) >= _PASSTHROUGH:
             self._out.append(encode_header(opcode, len(payload), fin))
             self._out.append(payload)

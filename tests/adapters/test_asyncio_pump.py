@@ -201,3 +201,73 @@ async def test_a_failing_read_is_reported_and_ends_only_that_connection() -> Non
         writer2.close()
     with pytest.raises(ConnectionClosedError):
         await ws.recv()
+
+
+@async_test
+async def test_large_frames_are_received_into_their_messages_and_lose_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame's rest goes straight into its message's bytes (``payload_buffer``): cut
+    anywhere, several big frames in one write, a ping between them, a big first fragment."""
+    from hyco_proto.websocket import WebSocketConnection
+
+    slot_reads: list[int] = []
+    received = WebSocketConnection.payload_received
+
+    def counting(self: WebSocketConnection, nbytes: int) -> None:
+        slot_reads.append(nbytes)
+        received(self, nbytes)
+
+    monkeypatch.setattr(WebSocketConnection, "payload_received", counting)
+
+    async def echo(ws: WebSocket) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    big = [bytes([n]) * size for n, size in enumerate((300_000, 1 << 20, 70_000, 500_001))]
+    frames = [encode_frame(OP_BINARY, p, masked=True) for p in big]
+    frames.insert(2, encode_frame(OP_PING, b"between", masked=True))
+    frames += [encode_frame(OP_BINARY, b"A" * 200_000, masked=True, fin=False),
+               encode_frame(0, b"B" * 100, masked=True)]
+    stream = b"".join(frames)
+    async with serve(echo, "127.0.0.1", 0, max_size=None) as server:
+        reader, writer = await _raw_client(server.port)
+        try:
+            writer.write(encode_frame(OP_BINARY, b"first", masked=True))
+            assert await _messages(reader, 1) == [(OP_BINARY, b"first")]
+            pos = 0
+            for step in itertools.cycle((1, 9, 65_537, 400_000, 3, 250_000)):
+                if pos >= len(stream):
+                    break
+                writer.write(stream[pos:pos + step])
+                pos += step
+                await writer.drain()
+                await asyncio.sleep(0.001)
+            got = await _messages(reader, len(big) + 1)
+        finally:
+            writer.close()
+    assert got == [(OP_BINARY, p) for p in big] + [(OP_BINARY, b"A" * 200_000 + b"B" * 100)]
+    assert len(slot_reads) >= 4 and sum(slot_reads) > 1 << 20  # the slot path was taken
+
+
+@async_test
+async def test_end_of_stream_inside_a_large_frame_ends_the_connection_with_1006() -> None:
+    outcome: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    async def handler(ws: WebSocket) -> None:
+        try:
+            await ws.recv()
+        except ConnectionClosedError as exc:
+            outcome.set_result(exc)
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        _, writer = await _raw_client(server.port)
+        frame = encode_frame(OP_BINARY, b"x" * 1_000_000, masked=True)
+        writer.write(frame[:100_000])  # the rest would go into the frame's slot
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(frame[100_000:300_000])
+        await writer.drain()
+        writer.write_eof()
+        exc = await bounded(outcome)
+        writer.close()
+    assert isinstance(exc, ConnectionClosedError) and exc.code == 1006

@@ -218,12 +218,17 @@ class WebSocket(SocketView):
         if ws is None or not isinstance(transport, lean.LinkTransport):
             return None
         buffer, recv_into, process = link._buffer, transport._recv_into, self._process
+        payload_buffer, payload_received = ws.payload_buffer, ws.payload_received
+        # Where a large frame's rest is received straight into (its message's own bytes), or
+        # None: the read buffer. Asked for after a read that left a message unfinished.
+        slot: Any = None
 
         def pump() -> None:
+            nonlocal slot
             if transport._closing:  # a readiness report that crossed a close
                 return
             try:
-                nbytes = recv_into(buffer)
+                nbytes = recv_into(buffer if slot is None else slot)
             except _NOT_NOW:
                 return
             except (SystemExit, KeyboardInterrupt):
@@ -235,14 +240,19 @@ class WebSocket(SocketView):
                 transport.read_eof()
                 return
             try:
-                waiter = self._recv_waiter
-                if waiter is not None and waiter.pending:
-                    message = ws.receive_message(buffer[:nbytes])  # type: ignore[arg-type]
-                    if message is not None:
-                        waiter.wake(None, message)
-                        return
+                if slot is not None:
+                    slot = None
+                    payload_received(nbytes)
                 else:
-                    ws.receive_data(buffer[:nbytes])  # type: ignore[arg-type]
+                    waiter = self._recv_waiter
+                    if waiter is not None and waiter.pending:
+                        message = ws.receive_message(buffer[:nbytes])  # type: ignore[arg-type]
+                        if message is not None:
+                            waiter.wake(None, message)
+                            return
+                    else:
+                        ws.receive_data(buffer[:nbytes])  # type: ignore[arg-type]
+                slot = payload_buffer()
                 process()
             except (SystemExit, KeyboardInterrupt):
                 raise
