@@ -272,13 +272,25 @@ class WebSocket(SocketView):
         if error is not None:
             raise ConnectionClosedError(1006, f"connection lost: {error}") from error
 
-    def _receive(self, data: bytes | None, events: Sequence[object] = ()) -> None:
-        """Feed bytes (``b""``: end of stream; None: none) and earlier events, then wake
-        waiters, resolve pings and send what the connection answered."""
+    def _receive(self, data: bytes | None, events: Sequence[object] = (),
+                 received: int = 0) -> Any:
+        """Feed bytes (``b""``: end of stream; None: none; or ``received`` bytes written into
+        the last slot) and earlier events, then wake waiters, resolve pings and send what the
+        connection answered. Returns the next slot: where the rest of a large binary frame
+        partway is to be received (``WebSocketConnection.payload_buffer``), else None."""
         with self._lock:
             connection, stream = self._conn, self._stream
+            slot = None
             if data:
                 connection.receive_data(data)
+                ws = connection.ws
+                if ws is not None:
+                    slot = ws.payload_buffer()
+            elif received:
+                ws = connection.ws
+                assert ws is not None  # it gave out the slot
+                ws.payload_received(received)
+                slot = ws.payload_buffer()
             elif data is not None:
                 connection.receive_eof()
             self._outbox.extend(connection.data_to_send())
@@ -301,6 +313,7 @@ class WebSocket(SocketView):
                 self._sock.settimeout(self.close_timeout)
         if pending:
             self._flush(False)
+        return slot
 
     def _flush(self, wait: bool, timeout: float | None = None) -> None:
         """Write the outbox in order. ``wait=False``: only if nobody is writing (the writer
@@ -340,18 +353,36 @@ class WebSocket(SocketView):
             self.abort()  # the reader sees the end and closes the connection (1006)
 
     def _read_loop(self) -> None:
-        """The reader: runs until TCP ends, then closes the socket."""
+        """The reader: runs until TCP ends, then closes the socket.
+
+        After a read that leaves a large binary frame partway, the next reads go straight into
+        the message's own bytes (the slot ``_receive`` returns: no copy through a read buffer,
+        and a read as long as the rest of the frame); the slot is the reader's alone (only the
+        reader feeds the connection), so it is written without the lock."""
         sock = self._sock
+        recv, recv_into = sock.recv, sock.recv_into
+        slot: Any = None
         try:
             while True:
                 if self._stream.reading_paused and not self._closing:
                     self._wait_resume()
                     continue
-                try:
-                    data = sock.recv(RECV_SIZE)
-                except (OSError, ValueError):  # reset, TLS error, close timeout, shut down
+                if slot is not None:
+                    try:
+                        nbytes = recv_into(slot)
+                    except (OSError, ValueError):  # as below
+                        nbytes = 0
+                    if nbytes:
+                        slot = self._receive(None, received=nbytes)
+                        continue
+                    slot = None
                     data = b""
-                self._receive(data)
+                else:
+                    try:
+                        data = recv(RECV_SIZE)
+                    except (OSError, ValueError):  # reset, TLS error, close timeout, shut down
+                        data = b""
+                slot = self._receive(data)
                 if not data:
                     return
         except Exception:

@@ -18,9 +18,14 @@ from .runtime import Runtime
 
 __all__ = ["TlsSocket"]
 
+#: The most raw bytes :meth:`TlsSocket.recv_into` reads at once (a slot may be megabytes).
+_RAW_READ = 65536
+#: A TLS record's bytes beyond its plaintext, at most (header, MAC or tag, padding).
+_RECORD_OVERHEAD = 256
+
 
 class TlsSocket:
-    """The socket methods the adapters use (``recv``, ``sendall``, ``settimeout``,
+    """The socket methods the adapters use (``recv``, ``recv_into``, ``sendall``, ``settimeout``,
     ``shutdown``, ``close``, ``do_handshake``), with TLS in between."""
 
     def __init__(self, rt: Runtime, sock: Any, context: _ssl.SSLContext, *, server_side: bool,
@@ -84,6 +89,41 @@ class TlsSocket:
                     self._incoming.write(data)
                 else:
                     self._incoming.write_eof()
+
+    def recv_into(self, buffer: Any) -> int:
+        """Plaintext into ``buffer`` (writable, bytes-like), as much as is decrypted at once up
+        to its size; the count, 0 at the end (as :meth:`recv`)."""
+        with memoryview(buffer) as view:
+            size = view.nbytes
+            while True:
+                got = 0
+                ended = False
+                with self._lock:
+                    try:
+                        while got < size:
+                            # (with a buffer, read returns the count: typeshed says bytes)
+                            n: int = self._tls.read(size - got, view[got:])  # type: ignore
+                            if not n:  # the peer's close_notify came
+                                ended = True
+                                break
+                            got += n
+                    except _ssl.SSLWantReadError:
+                        pass
+                    except (_ssl.SSLZeroReturnError, _ssl.SSLEOFError):
+                        ended = True
+                    pending = self._outgoing.pending > 0
+                if pending:
+                    self._drain(False)
+                if got:
+                    return got
+                if ended:
+                    return 0
+                data = self._sock.recv(min(size + _RECORD_OVERHEAD, _RAW_READ))
+                with self._lock:
+                    if data:
+                        self._incoming.write(data)
+                    else:
+                        self._incoming.write_eof()
 
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
         with self._lock:
