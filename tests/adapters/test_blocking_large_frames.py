@@ -28,8 +28,11 @@ import pytest
 from hyco_proto.drivers.stream import ConnectionClosedError
 from hyco_proto.frames import FrameDecoder, encode_frame
 from hyco_proto.websocket import WebSocketConnection
+from tests.adapters.asyncio_util import token
+from tests.interop import ThreadedEmulator
 
 WAIT = 10.0
+slot_readers: set[int] = set()
 ADAPTERS = ["threads", "gevent"]
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -45,13 +48,17 @@ def adapter(request: pytest.FixtureRequest) -> Iterator[ModuleType]:
 
 @pytest.fixture
 def slot_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The byte counts given to ``payload_received``: one entry per read into a slot."""
+    """The byte counts given to ``payload_received``: one entry per read into a slot (and
+    ``slot_readers``: the connections that made them)."""
     counts: list[int] = []
     original = WebSocketConnection.payload_received
 
     def counting(self: WebSocketConnection, nbytes: int) -> None:
         counts.append(nbytes)
+        slot_readers.add(id(self))
         original(self, nbytes)
+
+    slot_readers.clear()
 
     monkeypatch.setattr(WebSocketConnection, "payload_received", counting)
     return counts
@@ -223,3 +230,28 @@ def test_tls_sockets_receive_into_the_slot(
     assert ws.close_code == 1000
     # both ends read into slots: well over one read per large message
     assert len(slot_reads) >= 2 * len(payloads)
+
+
+def test_relayed_sockets_receive_into_the_slot(adapter: ModuleType,
+                                               slot_reads: list[int]) -> None:
+    """Both ends of a relayed connection (the sender's socket, the one the listener accepted
+    and handed over) read large frames into slots."""
+    payloads = [os.urandom(n) for n in (1024 * 1024, 2 * 1024 * 1024 + 7)]
+    accepted: list[Any] = []
+
+    def connection(ws: Any) -> None:
+        accepted.append(ws)
+        for message in ws:
+            ws.send(message)
+
+    with ThreadedEmulator() as relay:
+        uri = f"{relay.url}/$hc/large"
+        with adapter.RelayedServer(uri, lambda: token(uri), connection=connection), \
+                adapter.relayed_connect(uri, token(uri)) as ws:
+            for payload in payloads:
+                ws.send(payload)
+                assert ws.recv(timeout=WAIT) == payload
+            assert poll(adapter, lambda: bool(accepted))
+            sides = {id(ws._conn.ws), id(accepted[0]._conn.ws)}
+        assert ws.close_code == 1000
+    assert sides <= slot_readers, "a side read no large frame into a slot"
