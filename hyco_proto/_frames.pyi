@@ -38,7 +38,8 @@ def encode_masked(opcode: int, payload: Buffer, fin: bool = True) -> tuple[bytes
     """A masked frame (fresh random key) as two objects: its header, and its masked payload
     exactly the payload's size. For large client messages: the copy is the size of a received
     message, so the allocator reuses their freed blocks (one header-plus-payload object is a
-    few bytes bigger, fits none of them, and grows and shrinks the heap every message)."""
+    few bytes bigger, fits none of them, and grows and shrinks the heap every message).
+    Like ``encode_frame``, it applies no control-frame rules (size, FIN): callers do."""
 
 def decode_header(
     data: Buffer, offset: int = 0
@@ -85,16 +86,20 @@ class FrameDecoder:
         str for text that is valid UTF-8 (not: the list, as ``feed`` gives it). No list and no
         tuple for the common message of one frame in one read."""
     def whole_slot(self, at_least: int = 1) -> Buffer | None:
-        """Where the rest of the whole binary frame being assembled goes, to receive into
+        """Where the next bytes of the whole binary frame being assembled go, to receive into
         directly (``socket.recv_into(slot)``: no copy through a read buffer, and no read past
-        the frame): a writable buffer of its remaining payload bytes, still masked when they
-        land. None when no such frame is partway, or fewer than ``at_least`` bytes remain.
-        Report what was written with :meth:`whole_received` before anything else is fed."""
+        the frame): a writable buffer of the frame's next payload bytes (Cython: all its rest,
+        a window on the message's own bytes; Python: up to 256 KiB of it, in a buffer reused),
+        still masked when they land. None when no such frame is partway, or fewer than
+        ``at_least`` bytes remain. Asked again before :meth:`whole_received`, the same one.
+        Report what was written with :meth:`whole_received`; ``feed`` takes it back unreported
+        (``BufferError`` in Cython while a memoryview of it is open: nothing is consumed)."""
     def whole_received(self, nbytes: int) -> list[tuple[int, bytes, bool]]:
-        """The first ``nbytes`` bytes of the last :meth:`whole_slot` were written: they are
-        unmasked in place, and what ``feed`` would return for them comes back (the frame's
-        chunk once complete, else ``[]``). ``ValueError`` when no slot is out (``feed`` or a
-        failure since takes it back) or ``nbytes`` is more than it holds."""
+        """The first ``nbytes`` bytes of the slot were written: they are unmasked in place,
+        and what ``feed`` would return for them comes back (the frame's chunk once complete,
+        else ``[]``). The slot is then used up (Cython: it exports no more; ``BufferError``,
+        nothing done, while a memoryview of it is open, since its bytes become the message).
+        ``ValueError`` when no slot is out or ``nbytes`` is more than it holds."""
     @property
     def buffered(self) -> int:
         """Bytes held back: a partial header or a partial control frame, or the payload so far

@@ -558,18 +558,25 @@ cdef inline Py_ssize_t _length_field(const uint8_t* p, Py_ssize_t avail,
 
 
 cdef class _Slot:
-    """A writable window on the bytes object a whole frame is assembled in (``whole_slot``):
-    the decoder's only owner of it until the frame completes, so writing is not observable."""
+    """A writable window on the bytes object a whole frame is assembled in (``whole_slot``).
+    Live from ``whole_slot`` until ``whole_received``, ``feed`` or a failure takes it back;
+    then it exports nothing more, and it cannot be taken back while a view of it is open: the
+    object becomes a message nobody may write to."""
 
     cdef object _owner
     cdef char* _ptr
     cdef Py_ssize_t _len
     cdef Py_ssize_t _one
+    cdef Py_ssize_t _exports
+    cdef bint _live
 
     def __len__(self):
-        return self._len
+        return self._len if self._live else 0
 
     def __getbuffer__(self, Py_buffer* buffer, int flags):
+        if not self._live:
+            raise BufferError("this payload buffer was used up (received into and reported, "
+                              "or taken back by feed): ask for a new one after every read")
         self._one = 1
         buffer.buf = self._ptr
         buffer.obj = self
@@ -584,9 +591,19 @@ cdef class _Slot:
         buffer.strides = &self._one if (flags & PyBUF_STRIDES) == PyBUF_STRIDES else NULL
         buffer.suboffsets = NULL
         buffer.internal = NULL
+        self._exports += 1
 
     def __releasebuffer__(self, Py_buffer* buffer):
-        pass
+        self._exports -= 1
+
+
+cdef int _retire(_Slot slot) except -1:
+    """Take a slot back (its bytes are the decoder's again); refused while a view is open."""
+    if slot._exports:
+        raise BufferError("a memoryview of the payload buffer is still open: release it "
+                          "before the decoder goes on (its bytes become the message)")
+    slot._live = False
+    return 0
 
 
 cdef class FrameDecoder:
@@ -607,7 +624,7 @@ cdef class FrameDecoder:
     cdef long long _whole_limit
     cdef object _whole  # bytes: a whole binary frame's payload, filled as it arrives; or None
     cdef Py_ssize_t _filled
-    cdef bint _slot_out  # whole_slot() handed out where the next payload bytes go
+    cdef _Slot _slot  # whole_slot()'s window, live until taken back; or None
     cdef public int error_code
     cdef public str error_reason
 
@@ -627,7 +644,7 @@ cdef class FrameDecoder:
         self._whole_limit = whole_binary
         self._whole = None
         self._filled = 0
-        self._slot_out = False
+        self._slot = None
         self.error_code = 0
         self.error_reason = ""
 
@@ -641,7 +658,9 @@ cdef class FrameDecoder:
         self._buf = bytearray()
         self._remaining = 0
         self._whole = None
-        self._slot_out = False
+        if self._slot is not None:
+            self._slot._live = False  # (a view still open writes into a dropped object)
+            self._slot = None
         return 0
 
     cdef Py_ssize_t _parse(self, const uint8_t* p, Py_ssize_t n, list out) except -1:
@@ -736,7 +755,10 @@ cdef class FrameDecoder:
             if length == 0:
                 out.append((opcode, b"", fin))
             elif opcode == 2 and length <= <unsigned long long>self._whole_limit:
-                self._whole = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>length)
+                try:
+                    self._whole = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>length)
+                except MemoryError:
+                    pass  # no room to reserve it whole: it streams in pieces, as bigger ones
                 self._filled = 0
         return pos
 
@@ -744,7 +766,9 @@ cdef class FrameDecoder:
         cdef list out = []
         cdef Py_buffer view
         cdef Py_ssize_t used
-        self._slot_out = False
+        if self._slot is not None:
+            _retire(self._slot)
+            self._slot = None
         if self.error_code:
             return out
         if PyByteArray_GET_SIZE(self._buf) == 0:
@@ -771,23 +795,29 @@ cdef class FrameDecoder:
                 or at_least > 0 and <unsigned long long>at_least > self._remaining
                 or PyByteArray_GET_SIZE(self._buf)):
             return None
+        if self._slot is not None:
+            return self._slot  # asked twice for one read: the same window
         slot = _Slot.__new__(_Slot)
         slot._owner = self._whole
         slot._ptr = PyBytes_AS_STRING(self._whole) + self._filled
         slot._len = <Py_ssize_t>self._remaining
-        self._slot_out = True
+        slot._live = True
+        self._slot = slot
         return slot
 
     def whole_received(self, Py_ssize_t nbytes):
-        """Unmask the ``nbytes`` written into the last slot in place (see ``_frames.pyi``)."""
+        """Unmask the ``nbytes`` written into the slot in place (see ``_frames.pyi``)."""
         cdef list out = []
         cdef uint8_t* dst
-        if not self._slot_out:
-            raise ValueError("whole_received() without a slot out: call whole_slot() first "
-                             "(feed() and failures take it back)")
-        if nbytes < 0 or <unsigned long long>nbytes > self._remaining:
-            raise ValueError(f"{nbytes} bytes received into a slot of {self._remaining}")
-        self._slot_out = False
+        if self._slot is None:
+            raise ValueError("no receive buffer is out: ask for one (whole_slot, "
+                             "payload_buffer) and receive into it first; feeding data takes "
+                             "it back")
+        if nbytes < 0 or nbytes > self._slot._len:
+            raise ValueError(f"{nbytes} bytes reported, but the receive buffer holds "
+                             f"{self._slot._len}: pass what recv_into returned")
+        _retire(self._slot)
+        self._slot = None
         if nbytes == 0:
             return out
         dst = <uint8_t*>PyBytes_AS_STRING(self._whole) + self._filled

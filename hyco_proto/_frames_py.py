@@ -61,7 +61,7 @@ def _check_key(key: bytes) -> None:
 def apply_mask(data: Any, key: bytes, offset: int = 0) -> bytes:
     """XOR ``data`` with ``key`` starting at phase ``offset`` (mod 4); return new bytes."""
     _check_key(key)
-    n = len(data) if not isinstance(data, memoryview) else data.nbytes
+    n = len(data) if type(data) is bytes else memoryview(data).nbytes
     if n == 0:
         return b""
     phase = offset & 3
@@ -83,6 +83,9 @@ def apply_mask_inplace(buffer: Any, key: bytes, offset: int = 0) -> None:
     view = view.cast("B")
     view[:] = apply_mask(view, key, offset)
 
+
+# The most FrameDecoder.whole_slot hands out at once (one buffer per decoder, reused).
+_SLOT_SIZE = 256 * 1024
 
 _URANDOM_POOL = b""
 _URANDOM_POS = 0
@@ -127,7 +130,7 @@ def encode_frame(
     opcode: int, payload: Any, fin: bool = True, rsv: int = 0, masked: bool = False
 ) -> bytes:
     """A whole frame. ``masked=True`` (client role) masks with a fresh random key."""
-    n = len(payload) if not isinstance(payload, memoryview) else payload.nbytes
+    n = len(payload) if type(payload) is bytes else memoryview(payload).nbytes
     if masked:
         key = _random_key()
         return encode_header(opcode, n, fin, rsv, key) + apply_mask(payload, key)
@@ -137,7 +140,7 @@ def encode_frame(
 def encode_masked(opcode: int, payload: Any, fin: bool = True) -> tuple[bytes, bytes]:
     """A masked frame (fresh random key) as its header and its masked payload, the payload's
     size (see ``_frames.pyi``: why large client messages go out this way)."""
-    n = len(payload) if not isinstance(payload, memoryview) else payload.nbytes
+    n = len(payload) if type(payload) is bytes else memoryview(payload).nbytes
     key = _random_key()
     return encode_header(opcode, n, fin, 0, key), apply_mask(payload, key)
 
@@ -233,6 +236,7 @@ class FrameDecoder:
         "_phase",
         "_remaining",
         "_slot",
+        "_slot_buffer",
         "_whole",
         "_whole_limit",
         "error_code",
@@ -262,7 +266,8 @@ class FrameDecoder:
         self._message_size = 0
         self._whole_limit = whole_binary
         self._whole: bytearray | None = None  # a whole binary frame's payload so far
-        self._slot: bytearray | None = None  # the buffer whole_slot() handed out
+        self._slot: memoryview | None = None  # what whole_slot() handed out
+        self._slot_buffer: bytearray | None = None  # where slots are, reused
         self.error_code = 0
         self.error_reason = ""
 
@@ -278,27 +283,32 @@ class FrameDecoder:
         self._whole = None
         self._slot = None
 
-    def whole_slot(self, at_least: int = 1) -> bytearray | None:
+    def whole_slot(self, at_least: int = 1) -> memoryview | None:
         # (The Cython kernel hands out a window on the frame's own bytes object; here the
-        # bytes land in a buffer of their own and go through feed(): the same contract.)
+        # bytes land in one reused buffer of at most _SLOT_SIZE and go through feed(): the
+        # same contract, a slot of the frame's next bytes, not necessarily all of them.)
         if (self._whole is None or self.error_code or not self._remaining
                 or at_least > self._remaining or self._buf):
             return None
-        self._slot = bytearray(self._remaining)
+        if self._slot is None:
+            if self._slot_buffer is None:
+                self._slot_buffer = bytearray(_SLOT_SIZE)
+            self._slot = memoryview(self._slot_buffer)[:min(self._remaining, _SLOT_SIZE)]
         return self._slot
 
     def whole_received(self, nbytes: int) -> list[tuple[int, bytes, bool]]:
         slot = self._slot
         if slot is None:
-            raise ValueError("whole_received() without a slot out: call whole_slot() first "
-                             "(feed() and failures take it back)")
+            raise ValueError("no receive buffer is out: ask for one (whole_slot, "
+                             "payload_buffer) and receive into it first; feeding data takes "
+                             "it back")
         if not 0 <= nbytes <= len(slot):
-            raise ValueError(f"{nbytes} bytes received into a slot of {len(slot)}")
-        return self.feed(memoryview(slot)[:nbytes]) if nbytes else self._take_slot()
-
-    def _take_slot(self) -> list[tuple[int, bytes, bool]]:
-        self._slot = None
-        return []
+            raise ValueError(f"{nbytes} bytes reported, but the receive buffer holds "
+                             f"{len(slot)}: pass what recv_into returned")
+        if not nbytes:
+            self._slot = None
+            return []
+        return self.feed(slot[:nbytes])
 
     def feed_message(self, data: Any) -> list[tuple[int, bytes, bool]] | bytes | str:
         # (bool: _buf itself is the bytearray feed() empties)

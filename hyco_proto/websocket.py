@@ -353,20 +353,36 @@ class WebSocketConnection:
         return message
 
     def payload_buffer(self, at_least: int = 64 * 1024) -> Buffer | None:
-        """Where the rest of a large binary frame can be received directly, when one is partway
-        and at least ``at_least`` of its bytes are still to come: a writable buffer (pass it
-        to ``socket.recv_into``; what it holds is all the frame's, nothing beyond), else None.
-        Report what was written with :meth:`payload_received` before feeding anything else.
-        Saves the copy through a read buffer, and the reads: a frame's bytes land where the
-        message is assembled (binary frames up to 16 MiB, or ``max_message_size``)."""
+        """Where the next bytes of a large binary frame can be received directly, when one is
+        partway and at least ``at_least`` of its bytes are still to come; else None.
+
+        A writable buffer: pass it to ``socket.recv_into``; it holds only the frame's bytes
+        (all of its rest, or in the pure-Python kernel up to 256 KiB of it), so nothing past
+        the frame is read. Then report what the read returned with :meth:`payload_received`
+        (``recv_into`` returning 0 is the end of the stream: call ``receive_eof``). One
+        buffer per read: asking again before reporting gives the same one; after the report
+        it is used up (Cython refuses to export it again), so ask again for the next read.
+        ``receive_data`` / ``receive_message`` take it back unreported (its bytes are
+        dropped). The point: a large frame's bytes land where its message is assembled, with
+        no copy through a read buffer and fewer reads. Offered for binary frames of at most
+        16 MiB or ``max_message_size``, never with ``stream_binary``; a connection in the
+        middle of such a frame holds its bytes object (Cython: reserved at the header)."""
         if self._discard:
             return None
         return self._decoder.whole_slot(at_least)
 
     def payload_received(self, nbytes: int) -> None:
         """``nbytes`` were received into the last :meth:`payload_buffer`: as
-        ``receive_data`` with them (the message is queued once its frame is complete)."""
-        chunks = self._decoder.whole_received(nbytes)
+        ``receive_data`` with them (the message is queued once its frame is complete).
+
+        ``LocalProtocolError`` when no buffer is out or ``nbytes`` is more than it holds.
+        After the connection failed or the peer's close, they are accepted and ignored."""
+        try:
+            chunks = self._decoder.whole_received(nbytes)
+        except ValueError as exc:
+            if self._discard:
+                return
+            raise LocalProtocolError(f"payload_received({nbytes}): {exc}") from None
         if chunks and not self._discard:
             self._receive_chunks(chunks)
 

@@ -6,6 +6,7 @@ Kernel functions run against every kernel (``fmod``); the core against the one i
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 from types import ModuleType
@@ -189,18 +190,18 @@ def test_a_slot_is_the_frames_rest_and_only_when_asked_for(fmod: ModuleType) -> 
 def test_whole_received_needs_its_slot(fmod: ModuleType) -> None:
     frame = masked_frame(OP_BINARY, bytes(100_000))
     dec = fmod.FrameDecoder(masked=True, whole_binary=1 << 20)
-    with pytest.raises(ValueError, match="without a slot"):
+    with pytest.raises(ValueError, match="no receive buffer is out"):
         dec.whole_received(1)
     dec.feed(frame[:1000])
     slot = dec.whole_slot()
-    with pytest.raises(ValueError, match="into a slot of"):
+    with pytest.raises(ValueError, match="bytes reported, but the receive buffer holds"):
         dec.whole_received(len(slot) + 1)
     dec.feed(frame[1000:2000])  # feed takes the slot back: its bytes would be stale
-    with pytest.raises(ValueError, match="without a slot"):
+    with pytest.raises(ValueError, match="no receive buffer is out"):
         dec.whole_received(10)
     dec.whole_slot()
     assert dec.whole_received(0) == []  # nothing came: the slot is spent all the same
-    with pytest.raises(ValueError, match="without a slot"):
+    with pytest.raises(ValueError, match="no receive buffer is out"):
         dec.whole_received(0)
     dec.feed(frame[2000:])
     assert dec.buffered == 0
@@ -221,7 +222,7 @@ def test_no_slot_for_text_streamed_or_failed_frames(fmod: ModuleType) -> None:
     assert dec.feed(frame[500:] + b"\x83\x80") == [(OP_BINARY, bytes(99_999), True)]
     # (the frame completed, then a reserved opcode failed the connection)
     assert dec.error_code == 1002 and dec.whole_slot() is None
-    with pytest.raises(ValueError, match="without a slot"):
+    with pytest.raises(ValueError, match="no receive buffer is out"):
         dec.whole_received(1)
 
 
@@ -244,4 +245,94 @@ def test_the_core_queues_what_arrived_in_its_payload_buffer() -> None:
     conn.receive_data(masked_frame(OP_BINARY, payload)[:70_000])
     assert conn.payload_buffer() is not None
     conn._discard = True  # as after the peer's close or a failure: nothing more is taken
+    assert conn.payload_buffer() is None
+
+
+def test_asking_twice_for_one_read_gives_the_same_slot(fmod: ModuleType) -> None:
+    payload = random.Random(10).randbytes(150_000)
+    frame = masked_frame(OP_BINARY, payload)
+    dec = fmod.FrameDecoder(masked=True, whole_binary=1 << 20)
+    dec.feed(frame[:14])
+    first, second = dec.whole_slot(), dec.whole_slot()
+    memoryview(first)[:1000] = frame[14:1014]  # written through the first one
+    assert len(second) == len(first)
+    assert dec.whole_received(1000) == []
+    rest = dec.feed(frame[1014:])
+    assert rest == [(OP_BINARY, payload, True)]
+
+
+def test_a_used_slot_never_changes_the_delivered_message(fmod: ModuleType) -> None:
+    payload = random.Random(11).randbytes(100_000)
+    frame = masked_frame(OP_BINARY, payload)
+    dec = fmod.FrameDecoder(masked=True, whole_binary=1 << 20)
+    dec.feed(frame[:14])
+    slot = dec.whole_slot()
+    view = memoryview(slot)
+    view[:len(payload)] = frame[14:]
+    released = False
+    try:
+        out = dec.whole_received(len(payload))
+    except BufferError:  # (Cython: not while a view of the message's bytes is open)
+        with pytest.raises(ValueError, match="bytes reported, but the receive buffer holds"):
+            dec.whole_received(len(payload) + 1)  # the slot is still out, nothing lost
+        view.release()
+        released = True
+        out = dec.whole_received(len(payload))
+    assert out == [(OP_BINARY, payload, True)]
+    message = out[0][1]
+    # A stale slot: refused (Cython), or only its own scratch changes (Python).
+    with contextlib.suppress(BufferError):
+        memoryview(slot)[:4] = b"XXXX"
+    if not released:
+        view[:4] = b"YYYY"
+    assert message == payload and hash(message) == hash(bytes(payload))
+
+
+def test_feed_while_a_view_of_the_slot_is_open_is_refused_or_harmless(fmod: ModuleType) -> None:
+    payload = random.Random(12).randbytes(100_000)
+    frame = masked_frame(OP_BINARY, payload)
+    dec = fmod.FrameDecoder(masked=True, whole_binary=1 << 20)
+    dec.feed(frame[:14])
+    view = memoryview(dec.whole_slot())
+    released = False
+    try:
+        out = dec.feed(frame[14:])
+    except BufferError:  # (Cython) nothing consumed: release the view and feed again
+        view.release()
+        released = True
+        out = dec.feed(frame[14:])
+    if not released:
+        view[:100] = bytes(100)
+    assert out == [(OP_BINARY, payload, True)]
+
+
+def test_a_frame_too_big_to_reserve_streams_instead(fmod: ModuleType) -> None:
+    """A header announcing more than can be allocated (here 2**62 bytes) is no error: the frame
+    comes in pieces, as frames over ``whole_binary`` do (Cython reserves at the header)."""
+    dec = fmod.FrameDecoder(masked=True, whole_binary=(1 << 63) - 1)
+    header = bytes([0x82, 0x80 | 127]) + (1 << 62).to_bytes(8, "big") + bytes(4)
+    dec.feed(header + b"a" * 1000)
+    assert dec.error_code == 0
+    more = dec.feed(b"b" * 1000)
+    assert dec.error_code == 0 and (more == [] or more == [(OP_BINARY, b"b" * 1000, False)])
+
+
+def test_the_core_says_what_to_do_when_payload_received_is_misused() -> None:
+    from hyco_proto.errors import LocalProtocolError
+
+    conn = WebSocketConnection(Role.SERVER)
+    with pytest.raises(LocalProtocolError, match=r"payload_received\(3\): no receive buffer"):
+        conn.payload_received(3)
+    conn.receive_data(zero_key_frame(bytes(200_000))[:1000])
+    slot = conn.payload_buffer()
+    assert slot is not None
+    with pytest.raises(LocalProtocolError, match="pass what recv_into returned"):
+        conn.payload_received(len(slot) + 1)
+    conn.receive_data(b"")  # (nothing: the buffer is still out)
+    conn.receive_data(zero_key_frame(bytes(200_000))[1000:2000])  # takes it back
+    with pytest.raises(LocalProtocolError, match="no receive buffer"):
+        conn.payload_received(1)
+    conn.payload_buffer()
+    conn.fail(1008, "policy")  # after a failure: accepted and ignored
+    conn.payload_received(10)
     assert conn.payload_buffer() is None
