@@ -336,3 +336,17 @@ def test_the_core_says_what_to_do_when_payload_received_is_misused() -> None:
     conn.fail(1008, "policy")  # after a failure: accepted and ignored
     conn.payload_received(10)
     assert conn.payload_buffer() is None
+
+
+def test_a_buffer_of_wider_items_is_framed_by_its_bytes(fmod: ModuleType) -> None:
+    import array
+
+    items = array.array("i", [1, 2, 3])
+    raw = items.tobytes()
+    header, masked = fmod.encode_masked(OP_BINARY, items)
+    assert unmasked_decode(fmod, header + masked) == [(OP_BINARY, raw, True)]
+    assert unmasked_decode(fmod, fmod.encode_frame(OP_BINARY, items, masked=True)) == [
+        (OP_BINARY, raw, True)]
+    plain = fmod.encode_frame(OP_BINARY, items)
+    assert plain[1] == len(raw) and plain[2:] == raw
+    assert fmod.apply_mask(items, b"\x00\x00\x00\x00") == raw
