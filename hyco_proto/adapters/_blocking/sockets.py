@@ -356,9 +356,10 @@ class WebSocket(SocketView):
         """The reader: runs until TCP ends, then closes the socket.
 
         After a read that leaves a large binary frame partway, the next reads go straight into
-        the message's own bytes (the slot ``_receive`` returns: no copy through a read buffer,
-        and a read as long as the rest of the frame); the slot is the reader's alone (only the
-        reader feeds the connection), so it is written without the lock."""
+        the message's own bytes (the slot ``_receive`` returns, asked anew after every read: no
+        copy through a read buffer, and reads as long as the rest of the frame, up to 256 KiB
+        in the pure-Python kernel); the slot is the reader's alone (only the reader feeds the
+        connection), so it is written without the lock."""
         sock = self._sock
         recv, recv_into = sock.recv, sock.recv_into
         slot: Any = None
