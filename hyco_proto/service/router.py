@@ -137,6 +137,8 @@ class RelayService:
         #: The two timeouts handler deadlines are counted with when asked, as the heap's
         #: entries were (``_handlers_due``).
         self._timeouts = (handshake_timeout, http_timeout)
+        #: Those two as ``next_deadline`` last saw them (``connection_deadline``).
+        self._asked_timeouts = self._timeouts
         #: Bytes a waiting sender may send before its 101 (they are relayed once it is joined).
         self.max_early_bytes = 65536
         self.stats = ServiceStats()
@@ -341,12 +343,22 @@ class RelayService:
             handler.receive_eof(now)
         self._run_broker(now)
 
-    def connection_lost(self, now: float, conn_id: int) -> None:
-        """The driver closed or lost the TCP connection: forget it."""
+    def connection_lost(self, now: float, conn_id: int) -> bool:
+        """The driver closed or lost the TCP connection: forget it.
+
+        Returns True when that left the driver nothing to do: no output queued, no reading
+        changed, no deadline gained (one may have gone: a timer that fires early finds nothing
+        due). So far only for a relayed leg whose end the service had already handled (its
+        EOF read: the end of every relayed pair); the driver then need not ask
+        ``data_to_send`` / ``reading_changes`` / ``next_deadline``. False: take the usual
+        steps."""
         handler = self._handlers.pop(conn_id, None)
         if handler is None:
-            return
+            return not self._out and not self._reading
         self.activity += 1
+        # A leg whose EOF was handled: its connection_lost only counts (RelayLeg.receive_eof
+        # returns at once), so nothing below can queue output or set a deadline.
+        ended = type(handler) is RelayLeg and handler.eof
         handler.connection_lost(now)
         handler.kind = ConnectionKind.CLOSED
         self._closed.discard(conn_id)
@@ -354,6 +366,7 @@ class RelayService:
         self._entry.pop(conn_id, None)  # its heap entry goes stale
         self._reading.pop(conn_id, None)
         self._run_broker(now)
+        return ended and not self._out and not self._reading
 
     def data_to_send(self) -> list[tuple[int, bytes | memoryview]]:
         out, self._out = self._out, []
@@ -362,11 +375,26 @@ class RelayService:
     def reading_changes(self) -> list[tuple[int, bool]]:
         """``(conn, paused)`` for connections whose reading must stop (True) or resume
         (False): a relayed request's body waiting for its listener's rendezvous."""
+        if not self._reading:  # (the usual answer: asked after every input)
+            return []
         changes, self._reading = list(self._reading.items()), {}
         return changes
 
+    def connection_deadline(self, conn_id: int) -> float | None:
+        """The deadline of that connection alone (None: it has none, or is unknown). Right
+        after ``connection_made``, which queues no output, changes no reading and adds no
+        deadline but the new connection's, this is all ``next_deadline`` could have gained:
+        a driver whose timer already fires no later needs to ask nothing else. If a timeout
+        was changed since ``next_deadline`` was last asked (which moves every deadline
+        counted with it), this is ``next_deadline()`` instead."""
+        if (self.handshake_timeout, self.http_timeout) != self._asked_timeouts:
+            return self.next_deadline()
+        handler = self._handlers.get(conn_id)
+        return handler.deadline() if handler is not None else None
+
     def next_deadline(self) -> float | None:
         """When ``handle_timer`` must run next (None: no deadline); asked after every call."""
+        self._asked_timeouts = (self.handshake_timeout, self.http_timeout)
         best = self.broker.next_deadline()
         log_due = self.refusal_log.next_deadline()  # a summary of refusals not logged
         if log_due is not None and (best is None or log_due < best):
@@ -467,14 +495,19 @@ class RelayService:
         no longer watched (``watch`` adds it again when it gets one)."""
         best: float | None = None
         handlers = self._handlers
-        timed = self._timed
-        for conn_id in list(timed):
+        idle: list[int] | None = None
+        for conn_id in self._timed:  # (no copy: the ones to forget are dropped afterwards)
             handler = handlers.get(conn_id)
             deadline = handler.deadline() if handler is not None else None
             if deadline is None:
-                timed.discard(conn_id)
+                if idle is None:
+                    idle = [conn_id]
+                else:
+                    idle.append(conn_id)
             elif best is None or deadline < best:
                 best = deadline
+        if idle is not None:
+            self._timed.difference_update(idle)
         return best
 
     def _scan_deadlines(self) -> float | None:
