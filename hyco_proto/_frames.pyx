@@ -603,6 +603,9 @@ cdef int _retire(_Slot slot) except -1:
         raise BufferError("a memoryview of the payload buffer is still open: release it "
                           "before the decoder goes on (its bytes become the message)")
     slot._live = False
+    slot._owner = None  # a slot kept by its caller does not keep the message alive
+    slot._ptr = NULL
+    slot._len = 0
     return 0
 
 
@@ -757,7 +760,7 @@ cdef class FrameDecoder:
             elif opcode == 2 and length <= <unsigned long long>self._whole_limit:
                 try:
                     self._whole = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>length)
-                except MemoryError:
+                except (MemoryError, OverflowError):
                     pass  # no room to reserve it whole: it streams in pieces, as bigger ones
                 self._filled = 0
         return pos

@@ -84,7 +84,7 @@ def apply_mask_inplace(buffer: Any, key: bytes, offset: int = 0) -> None:
     view[:] = apply_mask(view, key, offset)
 
 
-# The most FrameDecoder.whole_slot hands out at once (one buffer per decoder, reused).
+# The most FrameDecoder.whole_slot hands out at once (one buffer per frame, reused).
 _SLOT_SIZE = 256 * 1024
 
 _URANDOM_POOL = b""
@@ -282,6 +282,7 @@ class FrameDecoder:
         self._remaining = 0
         self._whole = None
         self._slot = None
+        self._slot_buffer = None
 
     def whole_slot(self, at_least: int = 1) -> memoryview | None:
         # (The Cython kernel hands out a window on the frame's own bytes object; here the
@@ -291,9 +292,10 @@ class FrameDecoder:
                 or at_least > self._remaining or self._buf):
             return None
         if self._slot is None:
-            if self._slot_buffer is None:
-                self._slot_buffer = bytearray(_SLOT_SIZE)
-            self._slot = memoryview(self._slot_buffer)[:min(self._remaining, _SLOT_SIZE)]
+            if self._slot_buffer is None:  # for this frame (its rest only shrinks)
+                self._slot_buffer = bytearray(min(self._remaining, _SLOT_SIZE))
+            size = min(self._remaining, len(self._slot_buffer))
+            self._slot = memoryview(self._slot_buffer)[:size]
         return self._slot
 
     def whole_received(self, nbytes: int) -> list[tuple[int, bytes, bool]]:
@@ -411,6 +413,8 @@ class FrameDecoder:
                 self._whole = bytearray()
         if pos:
             del buf[:pos]
+        if self._whole is None:
+            self._slot_buffer = None  # kept for the frame under way only
         return out
 
 

@@ -302,7 +302,9 @@ class WebSocketConnection:
     # ------------------------------------------------------------------ input
 
     def receive_data(self, data: bytes) -> None:
-        """Feed bytes from the peer. Never raises for bad input; see ``events_received``."""
+        """Feed bytes from the peer. Never raises for bad input; see ``events_received``.
+        (Cython kernel: ``BufferError``, nothing consumed, while a memoryview of a
+        :meth:`payload_buffer` is still open; release it first.)"""
         if self._discard or not data:
             return
         self._receive_chunks(self._decoder.feed(data))
@@ -375,8 +377,10 @@ class WebSocketConnection:
         """``nbytes`` were received into the last :meth:`payload_buffer`: as
         ``receive_data`` with them (the message is queued once its frame is complete).
 
-        ``LocalProtocolError`` when no buffer is out or ``nbytes`` is more than it holds.
-        After the connection failed or the peer's close, they are accepted and ignored."""
+        ``LocalProtocolError`` when no buffer is out or ``nbytes`` is more than it holds;
+        (Cython kernel) ``BufferError``, nothing done, while a memoryview of the buffer is
+        still open: its bytes become the message. After the connection failed or the peer's
+        close, they are accepted and ignored."""
         try:
             chunks = self._decoder.whole_received(nbytes)
         except ValueError as exc:

@@ -127,11 +127,27 @@ async def test_paused_reading_resumes_on_the_pump() -> None:
     assert seen == [b"first"] + [n.to_bytes(2, "big") for n in range(1, 200)]
 
 
+def _count_slot_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The byte counts reported by every ``payload_received`` from now on (the slot path)."""
+    from hyco_proto.websocket import WebSocketConnection
+
+    reads: list[int] = []
+    received = WebSocketConnection.payload_received
+
+    def counting(self: WebSocketConnection, nbytes: int) -> None:
+        reads.append(nbytes)
+        received(self, nbytes)
+
+    monkeypatch.setattr(WebSocketConnection, "payload_received", counting)
+    return reads
+
+
 @pytest.mark.parametrize("size, cut", [(100, 50), (1_000_000, 300_000)],
                          ids=["small frame", "large frame, read into its slot"])
 @async_test
-async def test_end_of_stream_mid_frame_ends_the_connection_with_1006(size: int,
-                                                                     cut: int) -> None:
+async def test_end_of_stream_mid_frame_ends_the_connection_with_1006(
+        size: int, cut: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    slot_reads = _count_slot_reads(monkeypatch)
     outcome: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
 
     async def handler(ws: WebSocket) -> None:
@@ -156,6 +172,7 @@ async def test_end_of_stream_mid_frame_ends_the_connection_with_1006(size: int,
         exc = await bounded(outcome)
         writer.close()
     assert isinstance(exc, ConnectionClosedError) and exc.code == 1006
+    assert bool(slot_reads) is (size > 65_536)  # a large frame's rest went into its slot
 
 
 @async_test
@@ -215,16 +232,7 @@ async def test_large_frames_are_received_into_their_messages_and_lose_nothing(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """A frame's rest goes straight into its message's bytes (``payload_buffer``): cut
     anywhere, several big frames in one write, a ping between them, a big first fragment."""
-    from hyco_proto.websocket import WebSocketConnection
-
-    slot_reads: list[int] = []
-    received = WebSocketConnection.payload_received
-
-    def counting(self: WebSocketConnection, nbytes: int) -> None:
-        slot_reads.append(nbytes)
-        received(self, nbytes)
-
-    monkeypatch.setattr(WebSocketConnection, "payload_received", counting)
+    slot_reads = _count_slot_reads(monkeypatch)
 
     async def echo(ws: WebSocket) -> None:
         async for message in ws:
@@ -254,3 +262,37 @@ async def test_large_frames_are_received_into_their_messages_and_lose_nothing(
             writer.close()
     assert got == [(OP_BINARY, p) for p in big] + [(OP_BINARY, b"A" * 200_000 + b"B" * 100)]
     assert len(slot_reads) >= 4 and sum(slot_reads) > 1 << 20  # the slot path was taken
+
+
+@async_test
+async def test_a_read_that_ends_one_message_and_begins_a_large_frame_takes_its_slot(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read that completes a message (handed to the waiting handler) may also hold the
+    start of a large frame: the next read goes into that frame's slot, not the read buffer."""
+    slot_reads = _count_slot_reads(monkeypatch)
+
+    async def echo(ws: WebSocket) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    small = encode_frame(OP_BINARY, b"s" * 100, masked=True)
+    large = encode_frame(OP_BINARY, b"L" * 700_000, masked=True)
+    async with serve(echo, "127.0.0.1", 0, max_size=None) as server:
+        reader, writer = await _raw_client(server.port)
+        try:
+            writer.write(encode_frame(OP_BINARY, b"first", masked=True))
+            assert await _messages(reader, 1) == [(OP_BINARY, b"first")]
+            writer.write(small[:50])  # the handler waits; this message's start comes first
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(small[50:] + large[:1000])  # its end, and the large frame's start
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            writer.write(large[1000:])
+            got = await _messages(reader, 2)
+        finally:
+            writer.close()
+    assert got == [(OP_BINARY, b"s" * 100), (OP_BINARY, b"L" * 700_000)]
+    # All the rest came through its slot, but for a last piece under payload_buffer's 64 KiB
+    # (without the slot asked for after the wake, the first read, up to 256 KiB, did not).
+    assert sum(slot_reads) > len(large) - 1000 - 65_536

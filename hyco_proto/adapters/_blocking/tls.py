@@ -93,7 +93,7 @@ class TlsSocket:
     def recv_into(self, buffer: Any) -> int:
         """Plaintext into ``buffer`` (writable, bytes-like), as much as is decrypted at once up
         to its size; the count, 0 at the end (as :meth:`recv`)."""
-        with memoryview(buffer) as view:
+        with memoryview(buffer).cast("B") as view:
             size = view.nbytes
             while True:
                 got = 0

@@ -249,6 +249,8 @@ class WebSocket(SocketView):
                         message = ws.receive_message(buffer[:nbytes])  # type: ignore[arg-type]
                         if message is not None:
                             waiter.wake(None, message)
+                            # (the read may also have begun a large frame)
+                            slot = payload_buffer()
                             return
                     else:
                         ws.receive_data(buffer[:nbytes])  # type: ignore[arg-type]
