@@ -249,8 +249,12 @@ class WebSocket(SocketView):
                         message = ws.receive_message(buffer[:nbytes])  # type: ignore[arg-type]
                         if message is not None:
                             waiter.wake(None, message)
-                            # (the read may also have begun a large frame)
-                            slot = payload_buffer()
+                            # The read may also have begun a large frame: then it holds at
+                            # least its 10-byte length header beyond the message's bytes and
+                            # their own header (one read, one frame: 2 to 8 bytes more, not
+                            # worth asking about).
+                            if nbytes > len(message) + 8:
+                                slot = payload_buffer()
                             return
                     else:
                         ws.receive_data(buffer[:nbytes])  # type: ignore[arg-type]
