@@ -141,14 +141,49 @@ def exchange(rt: Runtime, sock: Any, connection: ClientConnection | ServerConnec
             sock.settimeout(None)
 
 
+#: write_chunks: a chunk under _SMALL bytes goes out with the next in one sendmsg, up to _JOIN.
+_SMALL = 1024
+_JOIN = 256 * 1024
+
+
 def write_chunks(sock: Any, chunks: Iterable[bytes], *, server: bool) -> bool:
-    """Write a connection's output; ``b""`` ends TCP (see :func:`end_tcp`). True once ended."""
+    """Write a connection's output; ``b""`` ends TCP (see :func:`end_tcp`). True once ended.
+
+    A frame header followed by its payload (up to ``_JOIN`` bytes in all) goes out in one
+    ``sendmsg`` where the socket has it (not TLS): a large frame does not start with a
+    header-sized TCP segment, which costs a send here and a wake-up at the peer."""
+    if type(chunks) is list and len(chunks) == 1 and chunks[0]:
+        sock.sendall(chunks[0])  # the common case: one frame
+        return False
+    sendmsg = getattr(sock, "sendmsg", None)
+    pending: bytes | None = None  # a small chunk waiting for what follows it
     for chunk in chunks:
+        if pending is not None:
+            head, pending = pending, None
+            if chunk and len(head) + len(chunk) <= _JOIN:
+                _send_pair(sock, sendmsg, head, chunk)
+                continue
+            sock.sendall(head)
         if not chunk:
             end_tcp(sock, server=server)
             return True
+        if sendmsg is not None and len(chunk) < _SMALL:
+            pending = chunk
+            continue
         sock.sendall(chunk)
+    if pending is not None:
+        sock.sendall(pending)
     return False
+
+
+def _send_pair(sock: Any, sendmsg: Any, head: bytes, body: bytes) -> None:
+    """``sendall(head + body)`` without joining them: one ``sendmsg``, then what it left."""
+    sent = sendmsg([head, body])
+    if sent < len(head):
+        sock.sendall(memoryview(head)[sent:])
+        sock.sendall(body)
+    elif sent - len(head) < len(body):
+        sock.sendall(memoryview(body)[sent - len(head):])
 
 
 def end_tcp(sock: Any, *, server: bool) -> None:
