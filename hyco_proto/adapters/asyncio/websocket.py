@@ -249,10 +249,10 @@ class WebSocket(SocketView):
                         message = ws.receive_message(buffer[:nbytes])  # type: ignore[arg-type]
                         if message is not None:
                             waiter.wake(None, message)
-                            # The read may also have begun a large frame: then it holds at
-                            # least its 10-byte length header beyond the message's bytes and
-                            # their own header (one read, one frame: 2 to 8 bytes more, not
-                            # worth asking about).
+                            # The read may also have begun a large frame: then it holds
+                            # that frame's header (10 bytes or more, a 64-bit length) beyond
+                            # the message's bytes and their own header. A read of one small
+                            # frame holds at most 8 more bytes: no call for it.
                             if nbytes > len(message) + 8:
                                 slot = payload_buffer()
                             return
