@@ -12,15 +12,11 @@ shape where the writes are cut (never a timing threshold).
 
 from __future__ import annotations
 
-import gc
-import importlib
 import os
 import random
 import socket
 import ssl
 import struct
-import sys
-import threading
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
@@ -30,33 +26,17 @@ import pytest
 from hyco_proto.drivers.stream import ConnectionClosedError
 from hyco_proto.frames import FrameDecoder, encode_frame
 from hyco_proto.websocket import WebSocketConnection
+from tests.adapters import test_blocking_adapters
 from tests.adapters.asyncio_util import token
 from tests.interop import ThreadedEmulator
 
 WAIT = 10.0
+#: The adapter module, threads then gevent; fails a test that leaves a thread or greenlet running.
+adapter = test_blocking_adapters.adapter
 slot_readers: set[int] = set()
-ADAPTERS = ["threads", "gevent"]
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
 
-def live_greenlets() -> list[Any]:
-    if "gevent" not in sys.modules:
-        return []
-    import gevent
-
-    return [g for g in gc.get_objects() if isinstance(g, gevent.Greenlet) and not g.dead]
-
-
-@pytest.fixture(params=ADAPTERS)
-def adapter(request: pytest.FixtureRequest) -> Iterator[ModuleType]:
-    """The adapter module; fails the test if a thread or greenlet it started survives."""
-    module = importlib.import_module(f"hyco_proto.adapters.{request.param}")
-    threads = set(threading.enumerate())
-    greenlets = {id(g) for g in live_greenlets()}
-    yield module
-    left = [t.name for t in threading.enumerate() if t not in threads and t.is_alive()]
-    left += [repr(g) for g in live_greenlets() if id(g) not in greenlets]
-    assert not left, f"still running after the test: {left}"
 
 
 @pytest.fixture

@@ -22,6 +22,19 @@ NOW = 1_700_000_000.0
 WAIT = 10.0
 
 
+def count_deadline_queries(service: RelayService) -> list[int]:
+    """Count the core's ``next_deadline`` queries from now on: the list's one item."""
+    asked = [0]
+    next_deadline = service.next_deadline
+
+    def counted() -> float | None:
+        asked[0] += 1
+        return next_deadline()
+
+    service.next_deadline = counted  # type: ignore[method-assign]
+    return asked
+
+
 def test_connection_deadline_is_what_next_deadline_gains() -> None:
     svc = RelayService(handshake_timeout=7.0)
     assert svc.connection_deadline(12345) is None  # unknown
@@ -78,15 +91,7 @@ def test_earlier_deadline_rearms_and_later_one_asks_nothing() -> None:
 
     async def main() -> None:
         service = RelayService(handshake_timeout=60.0)
-        asked = 0
-        next_deadline = service.next_deadline
-
-        def counted() -> float | None:
-            nonlocal asked
-            asked += 1
-            return next_deadline()
-
-        service.next_deadline = counted  # type: ignore[method-assign]
+        asked = count_deadline_queries(service)
         async with RelayServiceServer(service, host="127.0.0.1", port=0) as server:
             _r1, w1 = await asyncio.open_connection("127.0.0.1", server.port)
             for _ in range(100):  # until the relay has taken it (bounded)
@@ -96,14 +101,14 @@ def test_earlier_deadline_rearms_and_later_one_asks_nothing() -> None:
             assert server.connections == 1 and server._timer is not None
             armed = server._timer_at
             # Due later than the armed timer: kept, and the core is not asked again.
-            before = asked
+            before = asked[0]
             _r2, w2 = await asyncio.open_connection("127.0.0.1", server.port)
             for _ in range(100):
                 if server.connections == 2:
                     break
                 await asyncio.sleep(0.01)
             assert server.connections == 2
-            assert asked == before and server._timer_at == armed
+            assert asked[0] == before and server._timer_at == armed
             # Due before it: re-armed, and that connection is timed out.
             service.handshake_timeout = 0.2
             answer = await _silent_connection_closed(server.port)
@@ -268,15 +273,7 @@ def test_relayed_pair_end_through_the_adapter() -> None:
 
     async def main() -> None:
         service = RelayService()
-        asked = 0
-        next_deadline = service.next_deadline
-
-        def counted() -> float | None:
-            nonlocal asked
-            asked += 1
-            return next_deadline()
-
-        service.next_deadline = counted  # type: ignore[method-assign]
+        asked = count_deadline_queries(service)
         loop = asyncio.get_running_loop()
         async with RelayServiceServer(service, host="127.0.0.1", port=0) as server:
             control, pairs = await loop.run_in_executor(None, _pairs, server.port, 2)
@@ -284,7 +281,7 @@ def test_relayed_pair_end_through_the_adapter() -> None:
             # Both legs end with a FIN: two EOFs asked for the deadline, the two
             # connection_lost calls did not.
             sender, listener = pairs[0]
-            asked_before = asked
+            asked_before = asked[0]
             sender.close()
             listener.close()
             for _ in range(500):  # until both legs are gone (bounded)
@@ -292,7 +289,7 @@ def test_relayed_pair_end_through_the_adapter() -> None:
                     break
                 await asyncio.sleep(0.01)
             assert legs(service) == 2
-            assert asked - asked_before == 2
+            assert asked[0] - asked_before == 2
             # A reset, no FIN: the listener's leg still hears 1001.
             sender, listener = pairs[1]
             sender.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
