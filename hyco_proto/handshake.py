@@ -512,7 +512,8 @@ class ServerHandshake:
     refused_request: RefusedRequest | None = None
     #: (method, target, headers) of the request being checked, for ``refused_request``.
     _candidate: tuple[str, str, list[tuple[str, str]]] | None = None
-    #: Bytes received after the request: the first WebSocket frames.
+    #: Bytes received after the request: the first WebSocket frames. After ``accept()``, pass
+    #: them on: ``WebSocketConnection(Role.SERVER, trailing_data=handshake.trailing_data)``.
     trailing_data = b""
     _pending: h11.Request | None = None
     _answered = False
