@@ -33,6 +33,7 @@ from tests.interop import ThreadedEmulator
 WAIT = 10.0
 #: The adapter module, threads then gevent; fails a test that leaves a thread or greenlet running.
 adapter = test_blocking_adapters.adapter
+poll = test_blocking_adapters.poll  # wait (bounded) until a condition holds; gevent-friendly
 slot_readers: set[int] = set()
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 
@@ -55,16 +56,6 @@ def slot_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
     monkeypatch.setattr(WebSocketConnection, "payload_received", counting)
     return counts
-
-
-def poll(adapter: ModuleType, condition: Any, timeout: float = WAIT) -> bool:
-    rt = adapter.RUNTIME
-    deadline = rt.monotonic() + timeout
-    while not condition():
-        if rt.monotonic() > deadline:
-            return False
-        rt.sleep(0.002)
-    return True
 
 
 def raw_client(adapter: ModuleType, port: int, path: str) -> Any:

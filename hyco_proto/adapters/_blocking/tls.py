@@ -59,40 +59,13 @@ class TlsSocket:
 
     def recv(self, size: int) -> bytes:
         """Up to ``size`` bytes of plaintext; ``b""`` at the end (close_notify or TCP EOF)."""
-        while True:
-            chunks: list[bytes] = []
-            left = size
-            ended = False
-            with self._lock:
-                try:
-                    while left > 0:
-                        chunk = self._tls.read(left)
-                        if not chunk:  # the peer's close_notify came (CPython returns b"")
-                            ended = True
-                            break
-                        chunks.append(chunk)
-                        left -= len(chunk)
-                except _ssl.SSLWantReadError:
-                    pass
-                except (_ssl.SSLZeroReturnError, _ssl.SSLEOFError):
-                    ended = True
-                pending = self._outgoing.pending > 0  # TLS 1.3 key updates and the like
-            if pending:
-                self._drain(False)
-            if chunks:
-                return b"".join(chunks)
-            if ended:
-                return b""
-            data = self._sock.recv(size)
-            with self._lock:
-                if data:
-                    self._incoming.write(data)
-                else:
-                    self._incoming.write_eof()
+        buffer = bytearray(size)
+        del buffer[self.recv_into(buffer):]
+        return bytes(buffer)
 
     def recv_into(self, buffer: Any) -> int:
         """Plaintext into ``buffer`` (writable, bytes-like), as much as is decrypted at once up
-        to its size; the count, 0 at the end (as :meth:`recv`)."""
+        to its size; the count, 0 at the end (close_notify or TCP EOF)."""
         with memoryview(buffer).cast("B") as view:
             size = view.nbytes
             while True:
@@ -111,7 +84,7 @@ class TlsSocket:
                         pass
                     except (_ssl.SSLZeroReturnError, _ssl.SSLEOFError):
                         ended = True
-                    pending = self._outgoing.pending > 0
+                    pending = self._outgoing.pending > 0  # TLS 1.3 key updates and the like
                 if pending:
                     self._drain(False)
                 if got:
