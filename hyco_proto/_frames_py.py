@@ -58,10 +58,15 @@ def _check_key(key: bytes) -> None:
         raise ValueError(f"mask key must be 4 bytes, got {len(key)}")
 
 
+def _nbytes(data: Any) -> int:
+    """The size in bytes of a bytes-like object (``len`` counts items: 4 per ``array('i')``)."""
+    return len(data) if type(data) is bytes else memoryview(data).nbytes
+
+
 def apply_mask(data: Any, key: bytes, offset: int = 0) -> bytes:
     """XOR ``data`` with ``key`` starting at phase ``offset`` (mod 4); return new bytes."""
     _check_key(key)
-    n = len(data) if type(data) is bytes else memoryview(data).nbytes
+    n = _nbytes(data)
     if n == 0:
         return b""
     phase = offset & 3
@@ -130,7 +135,7 @@ def encode_frame(
     opcode: int, payload: Any, fin: bool = True, rsv: int = 0, masked: bool = False
 ) -> bytes:
     """A whole frame. ``masked=True`` (client role) masks with a fresh random key."""
-    n = len(payload) if type(payload) is bytes else memoryview(payload).nbytes
+    n = _nbytes(payload)
     if masked:
         key = _random_key()
         return encode_header(opcode, n, fin, rsv, key) + apply_mask(payload, key)
@@ -140,7 +145,7 @@ def encode_frame(
 def encode_masked(opcode: int, payload: Any, fin: bool = True) -> tuple[bytes, bytes]:
     """A masked frame (fresh random key) as its header and its masked payload, the payload's
     size (see ``_frames.pyi``: why large client messages go out this way)."""
-    n = len(payload) if type(payload) is bytes else memoryview(payload).nbytes
+    n = _nbytes(payload)
     key = _random_key()
     return encode_header(opcode, n, fin, 0, key), apply_mask(payload, key)
 
