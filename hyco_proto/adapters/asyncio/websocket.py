@@ -515,9 +515,12 @@ async def _open(ws: S, url: str, host: str, port: int, secure: bool,
                 ssl: _ssl.SSLContext | None, timeout: float | None) -> object:
     """Connect, run the opening handshake, return its outcome; abort on any failure."""
     link = ws._link
+    connected = False
 
     async def run() -> object:
+        nonlocal connected
         await open_link(link, host, port, secure=secure, ssl=ssl, timeout=None)
+        connected = True
         ws._flush()
         return await ws.opened
 
@@ -525,8 +528,10 @@ async def _open(ws: S, url: str, host: str, port: int, secure: bool,
         return await asyncio.wait_for(run(), timeout)
     except asyncio.TimeoutError:
         link.abort()
-        raise TimeoutError(f"no answer to the WebSocket upgrade from {host}:{port} "
-                           f"({url.split('?')[0]}) within {timeout:g} s") from None
+        what = ("no answer to the WebSocket upgrade from" if connected else
+                "could not connect (TCP, or TLS) to")
+        raise TimeoutError(f"{what} {host}:{port} ({url.split('?')[0]}) "
+                           f"within {timeout:g} s") from None
     except BaseException:
         link.abort()
         raise
