@@ -12,7 +12,11 @@ Contenders, sender→listener with the raw-socket load generator (``bench/loadge
   work; the counter unmasks the sender's frames itself), so it is the physical limit for a relay
   process on this machine. ``SOCAT_BUFFER`` is the read size that moved 1 MiB messages fastest
   here (``python -m bench.interleaved --socat-buffers`` measures it again);
-- ``loadgen ceiling``: sender and counter joined directly over loopback TCP, no relay at all.
+- ``loadgen ceiling``: sender and counter joined directly over loopback TCP, no relay at all;
+- ``loadgen ceiling (one core)``: the same, with the generator's two threads (sender and counter)
+  held on one CPU during its runs (``CEILING_ONE_CORE``). Context, not a target: it shows how much
+  the ceiling itself depends on where the scheduler puts those two threads (on one core the bytes
+  the sender writes stay in that core's cache when the counter reads them).
 
 ``python -m bench.interleaved [--size 1MiB|64B] [--rounds N]`` prints the table;
 ``bench/test_bench_relay.py`` runs it for ``make bench`` and ``bench/report.py`` shows it.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shutil
 import socket
 import statistics
@@ -41,6 +46,7 @@ from bench.loadgen import BIG, HOST, SMALL, TIMEOUT, LoadgenError, Pair, Stream
 SOCAT_BUFFER = 1 << 18
 SOCAT = "socat"
 CEILING = "loadgen ceiling"
+CEILING_ONE_CORE = "loadgen ceiling (one core)"
 T = TypeVar("T")
 
 
@@ -117,6 +123,26 @@ class Contender:
     stream: Stream
     batches: int = 0
     rates: list[float] = field(default_factory=list)  # messages/s per round
+    one_core: bool = False  # the generator's threads held on one CPU while it runs
+
+    def run(self, batches: int) -> int:
+        """``stream.run(batches)``; with ``one_core``, the calling thread and the stream's
+        counter thread run on one CPU meanwhile (their affinity restored after)."""
+        if not self.one_core:
+            return self.stream.run(batches)
+        counter = self.stream.counter.native_id
+        if counter is None:
+            raise LoadgenError(f"{self.label}: the counter thread has not started")
+        threads = [0, counter]  # 0: the calling thread
+        before = [os.sched_getaffinity(tid) for tid in threads]
+        cpu = min(before[0])
+        for tid in threads:
+            os.sched_setaffinity(tid, {cpu})
+        try:
+            return self.stream.run(batches)
+        finally:
+            for tid, cpus in zip(threads, before, strict=True):
+                os.sched_setaffinity(tid, cpus)
 
     def median(self) -> float:
         return statistics.median(self.rates)
@@ -129,7 +155,7 @@ def contenders(size: int, labels: list[str]) -> Iterator[list[Contender]]:
     found: list[Contender] = []
     with stack:
         for label in labels:
-            if label == CEILING:
+            if label in (CEILING, CEILING_ONE_CORE):
                 stream = Stream(loadgen.loopback_pair(), size, masked_receiver=True)
             elif label == SOCAT:
                 splice = SocatSplice()
@@ -140,7 +166,7 @@ def contenders(size: int, labels: list[str]) -> Iterator[list[Contender]]:
                 stream = relay_stream(stack, loadgen.RelayProcess(
                     name, Path(root) if root else loadgen.ROOT), size)
             stack.callback(stream.close)
-            found.append(Contender(label, stream))
+            found.append(Contender(label, stream, one_core=label == CEILING_ONE_CORE))
         yield found
 
 
@@ -157,13 +183,13 @@ def relay_stream(stack: contextlib.ExitStack, relay: loadgen.RelayProcess, size:
 def run_rounds(found: list[Contender], rounds: int, seconds: float = 0.4) -> None:
     """Calibrate each contender to about ``seconds`` a run, then ``rounds`` rounds in turn."""
     for contender in found:
-        contender.batches = loadgen.calibrated(contender.stream.run, warmup=1, start=2,
+        contender.batches = loadgen.calibrated(contender.run, warmup=1, start=2,
                                                limit=1 << 16, seconds=seconds)
         contender.stream.stats = loadgen.RunStats()
     for _ in range(rounds):
         for contender in found:
             t0 = time.perf_counter()
-            moved = contender.stream.run(contender.batches)
+            moved = contender.run(contender.batches)
             elapsed = time.perf_counter() - t0
             if moved != contender.batches * contender.stream.per_batch:
                 raise LoadgenError(f"{contender.label}: {moved} messages counted")
@@ -212,7 +238,7 @@ def _socat_buffers(rounds: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--size", choices=["64B", "1MiB"], default="1MiB")
-    known = [*loadgen.RELAYS, SOCAT, CEILING]
+    known = [*loadgen.RELAYS, SOCAT, CEILING, CEILING_ONE_CORE]
     parser.add_argument("--rounds", type=loadgen.positive, default=5)
     parser.add_argument("--contenders", type=loadgen.listed(known),
                         default=["hyco_proto", "picows", SOCAT, CEILING],

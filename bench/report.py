@@ -300,8 +300,11 @@ def interleaved_summary(groups: dict[str, list[dict[str, Any]]]) -> list[str]:
              f"`-b {tables[0][2].get('socat_buffer', '?')}`) "
              "only copies the TCP byte stream between the two sockets (the load generator's "
              "counter unmasks the frames itself): the physical limit for a relay process here. "
-             "`loadgen ceiling`: sender and counter joined directly, no relay. In brackets: "
-             "ours ÷ that contender.", ""]
+             "`loadgen ceiling`: sender and counter joined directly, no relay (the 64 B "
+             "target's yardstick). `loadgen ceiling (one core)`: the same with the generator's "
+             "sender and counter threads held on one CPU while it runs; context only, it shows "
+             "how far the ceiling moves with where the scheduler puts those two threads. "
+             "In brackets: ours ÷ that contender.", ""]
     for size, title, info in tables:
         data = info["interleaved"]
         big = size == "1 MiB"
@@ -315,7 +318,8 @@ def interleaved_summary(groups: dict[str, list[dict[str, Any]]]) -> list[str]:
             rounds = [float(r) * (info["message_size"] / 1e6 if big else 1)
                       for r in row["rounds_msgs"]]
             ratio = "" if name == "hyco_proto" else f" ({ours / value:.2f}{TIMES})"
-            relay_cpu = f"{row['relay_cpu']:.2f}" if name != "loadgen ceiling" else DASH
+            relay_cpu = (DASH if name.startswith("loadgen ceiling")
+                         else f"{row['relay_cpu']:.2f}")
             lines.append(f"| {name} | {value:,.0f}{ratio} | "
                          f"{', '.join(f'{r:,.0f}' for r in rounds)} | "
                          f"{relay_cpu} / {row['loadgen_cpu']:.2f} |")

@@ -23,6 +23,7 @@ runs the generator back to back over loopback TCP with no relay: its own limit.
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -48,7 +49,9 @@ GROUP_IDLE = "relay: 500 idle pairs (memory)"
 GROUP_CEILING = "loadgen ceiling: no relay, loopback TCP"
 GROUP_INTERLEAVED = "relay: interleaved rounds"
 INTERLEAVED_ROUNDS = 5
-INTERLEAVED = ["hyco_proto", "picows", interleaved.SOCAT, interleaved.CEILING]
+INTERLEAVED = ["hyco_proto", "picows", interleaved.SOCAT, interleaved.CEILING,
+               # (context; it needs CPU affinity, which Linux has)
+               *([interleaved.CEILING_ONE_CORE] if hasattr(os, "sched_setaffinity") else [])]
 
 loadgen.raise_fd_limit()
 
