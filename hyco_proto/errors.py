@@ -26,6 +26,7 @@ __all__ = [
     "describe_connect_error",
     "extract_tracking_id",
     "host_port",
+    "open_timeout_failure",
     "relay_error_for_close",
     "relay_error_for_status",
 ]
@@ -271,3 +272,24 @@ def connect_failure(exc: BaseException, *, host: str, port: int, secure: bool,
         error = ConnectionError(message)
     error.__cause__ = exc
     return error
+
+
+def open_timeout_failure(*, host: str, port: int, url: str, timeout: float | None,
+                         connected: bool) -> TimeoutError:
+    """The ``TimeoutError`` every adapter's ``connect`` / ``relayed_connect`` raises when its
+    ``open_timeout`` ran out, naming the stage it ran out in:
+
+    * ``connected`` false (TCP, or TLS, never connected; no upgrade was sent) →
+      "could not connect (TCP, or TLS) to HOST:PORT (URL) within N s";
+    * ``connected`` true (the upgrade request went out) →
+      "no answer to the WebSocket upgrade from HOST:PORT (URL) within N s".
+
+    ``url`` is shown without its query and fragment (a token travels there: ``sb-hc-token``,
+    ``access_token``). ``timeout`` None (the system's own connect timeout) says "(timed out)".
+    """
+    shown = url.split("?", 1)[0].split("#", 1)[0]
+    address = host_port(host, port)
+    what = (f"no answer to the WebSocket upgrade from {address}" if connected
+            else f"could not connect (TCP, or TLS) to {address}")
+    limit = f"within {timeout:g} s" if timeout is not None else "(timed out)"
+    return TimeoutError(f"{what} ({shown}) {limit}")

@@ -32,8 +32,9 @@ class Api:
         """Open a plain WebSocket to ``url`` (``ws://`` or ``wss://``; no relay).
 
         Connecting, TLS and the upgrade together take at most ``open_timeout`` seconds.
-        Failures raise ``OSError`` s naming the address and the cause (``TimeoutError``,
-        ``ConnectionRefusedError``, ``ssl.SSLError`` ...); an upgrade answered with another
+        Failures raise ``OSError`` s naming the address and the cause (``TimeoutError``
+        naming the stage, TCP / TLS or the upgrade; ``ConnectionRefusedError``,
+        ``ssl.SSLError`` ...); an upgrade answered with another
         status raises :func:`~hyco_proto.drivers.connection.refusal_error`. The socket is a
         context manager.
         """
@@ -41,8 +42,9 @@ class Api:
         connection = ClientConnection.from_url(url, subprotocols=subprotocols,
                                                headers=headers or (), max_message_size=max_size)
         target = connection.url
-        sock, events = open_client(self.runtime, connection, host=target.host, port=target.port,
-                                   secure=target.secure, ssl=ssl, timeout=open_timeout)
+        sock, events = open_client(self.runtime, connection, url=url, host=target.host,
+                                   port=target.port, secure=target.secure, ssl=ssl,
+                                   timeout=open_timeout)
         first = events[0]
         if isinstance(first, Refused):
             raise refusal_error(first.response, target.url)
@@ -80,7 +82,8 @@ class Api:
         (or the ``sb-hc-token`` query with ``token_in_query``). A refused handshake raises the
         typed error (``AuthorizationError``, ``EndpointNotFoundError``,
         ``ListenerRejectedError`` for a listener's reject ...); connecting failures raise
-        ``OSError`` s naming the address, ``TimeoutError`` after ``open_timeout``.
+        ``OSError`` s naming the address, ``TimeoutError`` after ``open_timeout`` (naming the
+        stage: TCP / TLS, or the relay's answer to the upgrade).
         """
         check_max_queue(max_queue)
         connect = SenderConnect(uri, token=token, token_in_query=token_in_query,
@@ -88,9 +91,9 @@ class Api:
                                 allowed_listeners=allowed_listeners,
                                 disallowed_listeners=disallowed_listeners)
         connection = ClientConnection(connect.handshake(), max_message_size=max_size)
-        sock, events = open_client(self.runtime, connection, host=connect.hostname,
-                                   port=connect.port, secure=connect.secure, ssl=ssl,
-                                   timeout=open_timeout)
+        sock, events = open_client(self.runtime, connection, url=uri,
+                                   host=connect.hostname, port=connect.port,
+                                   secure=connect.secure, ssl=ssl, timeout=open_timeout)
         first = events[0]
         if isinstance(first, Refused):
             raise connect.error_for_rejection(first.response)

@@ -23,7 +23,7 @@ from ...drivers.connection import (
     ServerConnection,
     handshake_failure,
 )
-from ...errors import connect_failure
+from ...errors import connect_failure, open_timeout_failure
 from .runtime import Runtime
 from .tls import TlsSocket
 
@@ -202,19 +202,29 @@ def shutdown(sock: Any, *, write_only: bool = False) -> None:
         sock.shutdown(how)
 
 
-def open_client(rt: Runtime, connection: ClientConnection, *, host: str, port: int,
+def open_client(rt: Runtime, connection: ClientConnection, *, url: str, host: str, port: int,
                 secure: bool, ssl: _ssl.SSLContext | None,
                 timeout: float | None) -> tuple[Any, list[ConnectionEvent]]:
     """Connect and run ``connection``'s opening handshake, all within ``timeout``.
 
     Returns the socket and the connection's first events: ``Opened`` (then the socket is the
     caller's) or ``Refused`` (the socket is closed). Failures raise ``OSError`` s naming the
-    address (``TimeoutError`` included); the socket is closed.
+    address; the socket is closed. A timeout raises
+    :func:`~hyco_proto.errors.open_timeout_failure`'s ``TimeoutError`` (the stage it ran out
+    in, and ``url`` without its query).
     """
     deadline = None if timeout is None else rt.monotonic() + timeout
-    sock = open_connection(rt, host, port, secure=secure, ssl=ssl, timeout=timeout)
+    try:
+        sock = open_connection(rt, host, port, secure=secure, ssl=ssl, timeout=timeout)
+    except TimeoutError as exc:
+        raise open_timeout_failure(host=host, port=port, url=url, timeout=timeout,
+                                   connected=False) from exc.__cause__
     try:
         events = exchange(rt, sock, connection, deadline, "WebSocket upgrade")
+    except TimeoutError as exc:
+        sock.close()
+        raise open_timeout_failure(host=host, port=port, url=url, timeout=timeout,
+                                   connected=True) from exc
     except (OSError, ValueError) as exc:
         sock.close()
         raise connect_failure(exc, host=host, port=port, secure=secure, timeout=timeout) from exc

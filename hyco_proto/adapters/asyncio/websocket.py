@@ -42,7 +42,7 @@ from ...drivers.stream import (
     MessageStream,
 )
 from ...drivers.view import SocketView
-from ...errors import ConnectionLostError, RelayError
+from ...errors import ConnectionLostError, RelayError, open_timeout_failure
 from ...frames import Wakeup
 from ...listener import ConnectionRequested
 from ...sender import SenderConnect
@@ -528,10 +528,8 @@ async def _open(ws: S, url: str, host: str, port: int, secure: bool,
         return await asyncio.wait_for(run(), timeout)
     except asyncio.TimeoutError:
         link.abort()
-        what = ("no answer to the WebSocket upgrade from" if connected else
-                "could not connect (TCP, or TLS) to")
-        raise TimeoutError(f"{what} {host}:{port} ({url.split('?')[0]}) "
-                           f"within {timeout:g} s") from None
+        raise open_timeout_failure(host=host, port=port, url=url, timeout=timeout,
+                                   connected=connected) from None
     except BaseException:
         link.abort()
         raise
