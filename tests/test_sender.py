@@ -233,7 +233,32 @@ class TestHandshake:
         assert type(error) is ListenerRejectedError
         assert isinstance(error, RelayError) and not isinstance(error, AuthorizationError)
         assert (error.status, error.description, error.tracking_id) == (401, "Not you", None)
-        assert str(error) == "the listener rejected the connection with 401: Not you"
+        # Unmarked (no X-Hyco-Rejected-By, no TrackingId): Azure's pass-through of a listener's
+        # reject, or a web server at a mistyped address; the message claims neither.
+        assert str(error) == ("rejected with 401: Not you \N{EM DASH} by the listener, or by "
+                              "something that is not a relay at this address (the answer "
+                              "carries no relay TrackingId)")
+
+    def test_a_plain_web_server_404_is_not_said_to_be_a_listener(self) -> None:
+        conn = SenderConnect("wss://typo.example/$hc/x?sb-hc-token=secret", token=None)
+        error = conn.error_for_rejection(self.rejected(conn, "HTTP/1.1 404 Not Found"))
+        assert type(error) is ListenerRejectedError  # callers' except clauses keep working
+        assert (error.status, error.description) == (404, "Not Found")
+        assert str(error) == ("wss://typo.example/$hc/x: rejected with 404: Not Found "
+                              "\N{EM DASH} by the listener, or by something that is not a "
+                              "relay at this address (the answer carries no relay TrackingId)")
+        assert not str(error).startswith("wss://typo.example/$hc/x: the listener")
+        bare = error_for_rejection(self.rejected(conn, "HTTP/1.1 404 "))
+        assert str(bare).startswith("rejected with 404 \N{EM DASH} by the listener, or by ")
+
+    def test_the_emulators_listener_mark_keeps_the_plain_text(self) -> None:
+        conn = SenderConnect("ws://127.0.0.1:9090/$hc/x")
+        marked = self.rejected(conn, "HTTP/1.1 404 Not Found",
+                               f"{REJECTED_BY_HEADER}: listener\r\n")
+        assert str(error_for_rejection(marked)) == \
+            "the listener rejected the connection with 404: Not Found"
+        bare = self.rejected(conn, "HTTP/1.1 403 ", f"{REJECTED_BY_HEADER}: listener\r\n")
+        assert str(error_for_rejection(bare)) == "the listener rejected the connection with 403"
 
     @pytest.mark.parametrize(("reason", "by", "cls"), [
         # The emulator names who refused; the header wins over the TrackingId rule.
