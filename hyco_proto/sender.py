@@ -87,8 +87,8 @@ def error_for_rejection(rejected: HandshakeRejected) -> RelayError:
     * without that header (the Azure service), the relay's own refusals always carry a
       ``TrackingId:`` in their description, and a listener's reject passes through unchanged,
       so a description without one is the listener's. A web server at a mistyped address
-      answers the same way, though: the message says both ("rejected with 404: Not Found — by
-      the listener, or by something that is not a relay at this address ..."); only the
+      answers the same way, though: the message says both ("rejected with 404: Not Found (by
+      the listener, or by something that is not a relay at this address ...)"); only the
       emulator's ``listener`` mark gives the plain "the listener rejected ...".
 
     Everything else maps by status as in :func:`error_for_status`.
@@ -104,8 +104,8 @@ def error_for_rejection(rejected: HandshakeRejected) -> RelayError:
         if by == "listener":
             text = f"the listener rejected the connection with {status}"
         else:
-            text = (f"rejected with {status} \N{EM DASH} by the listener, or by something that "
-                    "is not a relay at this address (the answer carries no relay TrackingId)")
+            text = (f"rejected with {status} (by the listener, or by something that is not a "
+                    "relay at this address: the answer carries no relay TrackingId)")
         return ListenerRejectedError(text, status=rejected.status,
                                      description=rejected.reason or None)
     return error_for_status(rejected.status, rejected.reason)
