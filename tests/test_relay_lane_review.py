@@ -27,7 +27,7 @@ def _status_request(pair: Pair) -> None:
     service = pair.net.service
     door = service.connection_made(pair.net.now)
     service.receive_data(pair.net.now, door,
-                         b"GET /$status HTTP/1.1\r\nHost: relay\r\n\r\n")
+                         b"GET /$status HTTP/1.1\r\nHost: localhost\r\n\r\n")
 
 
 def _relayed(server: Any) -> tuple[Any, Any, RelayLeg]:
@@ -196,7 +196,7 @@ def test_every_reader_of_the_counters_sees_lane_traffic() -> None:
     def get(path: str) -> bytes:
         door = service.connection_made(pair.net.now)
         service.receive_data(pair.net.now, door,
-                             f"GET {path} HTTP/1.1\r\nHost: relay\r\n\r\n".encode())
+                             f"GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
         return b"".join(bytes(data) for conn, data in service.data_to_send() if conn == door)
 
     status = get("/$status")

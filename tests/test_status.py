@@ -98,8 +98,8 @@ def test_other_paths_are_relayed_http_requests(target: str) -> None:
 def test_status_keeps_the_connection_alive_for_a_second_request() -> None:
     service = RelayService()
     conn = service.connection_made(NOW, ("127.0.0.1", 40000))
-    one = b"GET /$status HTTP/1.1\r\nHost: h\r\n\r\n"
-    service.receive_data(NOW, conn, one + b"HEAD /metrics HTTP/1.1\r\nHost: h\r\n\r\n")
+    one = b"GET /$status HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    service.receive_data(NOW, conn, one + b"HEAD /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
     out = service.data_to_send()
     assert (conn, b"") not in out, "keep-alive: the connection stays open"
     raw = b"".join(data for _, data in out)

@@ -137,7 +137,7 @@ def test_root_serves_the_self_contained_page() -> None:
 def test_root_on_the_webpubsub_port_and_head_and_other_methods() -> None:
     net = network()
     conn = net.service.connection_made(net.now, ("127.0.0.1", 1), service="webpubsub")
-    net.service.receive_data(net.now, conn, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    net.service.receive_data(net.now, conn, b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
     raw = b"".join(data for cid, data in net.service.data_to_send() if cid == conn)
     assert split_response(raw)[0] == 200 and raw.endswith(PAGE)
 
@@ -443,7 +443,7 @@ def test_asyncio_server_reports_a_full_write_buffer() -> None:
     async def scenario() -> None:
         async with RelayServiceServer(port=0) as server:
             reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-            writer.write(b"GET /$events HTTP/1.1\r\nHost: x\r\n\r\n")
+            writer.write(b"GET /$events HTTP/1.1\r\nHost: localhost\r\n\r\n")
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             assert head.startswith(b"HTTP/1.1 200 OK\r\n")
             (conn, stream), = server.service.webview.watchers.items()

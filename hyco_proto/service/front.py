@@ -11,6 +11,7 @@ connection to another handler for good; a plain-HTTP route answers through the d
 from __future__ import annotations
 
 import http
+import ipaddress
 import logging
 import re
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ import h11
 from .._syntax import split_target
 from .._text import printable
 from ..handshake import ServerHandshake
+from ..uris import is_loopback_host
 from .events import log_event
 from .handler import Connection, ConnectionKind, Handler, ServiceCore
 
@@ -234,6 +236,26 @@ def _fast_head(data: bytes) -> tuple[RequestHead, bytes] | None:
             bytes(data[end + 4:]))
 
 
+#: The DNS suffix of Azure Relay namespaces (``myns.servicebus.windows.net``).
+AZURE_SUFFIX = ".servicebus.windows.net"
+
+
+def _host_name(value: str) -> str | None:
+    """The name a ``Host`` header gives, lower case, without port or trailing dot; None when
+    it is an IP address (``[v6]``, with or without a port, or a bare IPv4 or IPv6 literal)."""
+    host = value.strip().lower()
+    if host.startswith("["):
+        return None
+    if host.count(":") == 1:  # name:port (more colons: a bare IPv6 literal)
+        host = host.partition(":")[0]
+    host = host.removesuffix(".")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    return None
+
+
 class FrontDoor(Handler):
     """A connection reading HTTP requests and routing them (see the module docstring)."""
 
@@ -432,6 +454,39 @@ class FrontDoor(Handler):
         self.svc.refusal_log.refused(now, 405, head.path, f"{why} (not {head.method[:20]})",
                                      remote=self.conn.remote, tracking=f"conn-{self.id}")
         self.respond(now, 405, why, headers=[("Allow", allowed)], close=True)
+        return True
+
+    def refuse_rebound_host(self, now: float, head: RequestHead) -> bool:
+        """Answer 403 (logged and counted as a refusal) when a client on this machine asks for
+        the service's own pages (``/$status``, ``/metrics``, the web view) by a ``Host`` name
+        that is not this machine's or the namespace's: a web page elsewhere whose name was made
+        to resolve to 127.0.0.1 (DNS rebinding) cannot read them through the browser then.
+        Whether it was refused.
+
+        Allowed: an IP address, ``localhost`` and names under it (RFC 6761), the namespace's
+        name as configured, any ``*.servicebus.windows.net`` name (Azure's DNS answers for
+        those, not an attacker's: a hosts file mapping one to 127.0.0.1 is the user's own), and
+        a request without ``Host`` (HTTP/1.0, not a browser). Clients elsewhere are not
+        checked: rebinding turns a remote page into a client of this machine's loopback."""
+        value = head.header("host")
+        if value is None or not is_loopback_host(self.conn.remote[0]):
+            return False
+        name = _host_name(value)
+        if name is None or is_loopback_host(name):
+            return False
+        namespace = self.svc.broker.config.namespace.lower().removesuffix(".")
+        # Names under Azure's suffix resolve as Microsoft says: nobody can rebind them here.
+        if name == namespace or name.endswith(AZURE_SUFFIX):
+            return False
+        shown = printable(value.strip()[:100])
+        why = (f"{head.path[:100]} answers a client on this machine by localhost, an IP "
+               f"address, the namespace's name ({namespace}) or a *{AZURE_SUFFIX} name only, "
+               f"not by \"{shown}\" (a guard against DNS rebinding); use one of those, or "
+               "start the emulator with --namespace set to that name")
+        self.svc.stats.handshake_errors += 1
+        self.svc.refusal_log.refused(now, 403, head.path, why, remote=self.conn.remote,
+                                     tracking=f"conn-{self.id}")
+        self.respond(now, 403, why + ".", close=True)
         return True
 
     def respond(self, now: float, status: int, text: str = "", *,

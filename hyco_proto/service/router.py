@@ -65,7 +65,7 @@ class ServiceEndpointsRoute:
         return service_endpoint("GET", head.target) is not None
 
     def handle(self, door: FrontDoor, head: RequestHead, now: float) -> None:
-        if door.refuse_method(now, head):
+        if door.refuse_rebound_host(now, head) or door.refuse_method(now, head):
             return
         endpoint = service_endpoint("GET", head.target)
         assert endpoint is not None

@@ -389,7 +389,7 @@ class WebViewRoute:
         return _path(head) in ("/", EVENTS_PATH) and not head.is_upgrade
 
     def handle(self, door: FrontDoor, head: RequestHead, now: float) -> None:
-        if door.refuse_method(now, head):
+        if door.refuse_rebound_host(now, head) or door.refuse_method(now, head):
             return
         if _path(head) == EVENTS_PATH:
             self.view.open(door, head, now)

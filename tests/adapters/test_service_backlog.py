@@ -102,7 +102,7 @@ async def test_beyond_max_connections_a_client_gets_503_and_the_rest_are_served(
         await held_writer.wait_closed()
         await asyncio.sleep(0.05)
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"GET /$status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        writer.write(b"GET /$status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         answer = await asyncio.wait_for(reader.read(), 5)
         assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
         writer.close()

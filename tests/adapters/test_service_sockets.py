@@ -341,7 +341,7 @@ async def test_the_service_answers_on_either_transport(own_sockets: bool) -> Non
     async with RelayServiceServer(port=0, own_sockets=own_sockets) as server:
         assert isinstance(server._server, SocketListener) is own_sockets
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"GET /$status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        writer.write(b"GET /$status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         answer = await asyncio.wait_for(reader.read(), WAIT)
         assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
         writer.close()
@@ -561,7 +561,7 @@ async def test_a_wildcard_host_on_any_port_is_reached_at_its_url(own_sockets: bo
         if own_sockets:
             assert ports == {server.port}
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write(b"GET /$status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        writer.write(b"GET /$status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         answer = await asyncio.wait_for(reader.read(), WAIT)
         assert answer.startswith(b"HTTP/1.1 200 "), answer[:100]
         writer.close()
