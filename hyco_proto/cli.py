@@ -597,20 +597,26 @@ def cmd_token(args: argparse.Namespace) -> int:
 # hyco listen / hyco send: netcat over a relayed WebSocket
 
 
+class _StdinNotText(Exception):
+    """A stdin line that is not UTF-8 in text mode: nothing from it on is sent."""
+
+
 class _Stdin:
     """Reads stdin on a daemon thread (portable, never blocks interpreter exit) into a bounded
     queue: binary chunks, or lines (without the newline) in text mode. ``None`` marks EOF and
-    is returned forever after."""
+    is returned forever after. In text mode a line that is not UTF-8 ends the input: ``get``
+    raises :class:`_StdinNotText` (a text message must be UTF-8, RFC 6455 §5.6; replacing
+    the bytes would send something else than was given, without a word)."""
 
     def __init__(self, stream: IO[bytes] | None, *, text: bool) -> None:
         self._loop = asyncio.get_running_loop()
-        self._queue: asyncio.Queue[str | bytes | None] = asyncio.Queue(16)
+        self._queue: asyncio.Queue[str | bytes | _StdinNotText | None] = asyncio.Queue(16)
         self._eof = False
         self._text = text
         self._stream = stream
         threading.Thread(target=self._read, name="hyco-stdin", daemon=True).start()
 
-    def _put(self, item: str | bytes | None) -> bool:
+    def _put(self, item: str | bytes | _StdinNotText | None) -> bool:
         future = asyncio.run_coroutine_threadsafe(self._queue.put(item), self._loop)
         try:
             future.result()
@@ -638,14 +644,15 @@ class _Stdin:
     def _read(self) -> None:
         try:
             if self._text:
-                pending = b""
+                pending, number = b"", 0
                 for chunk in self._chunks():
                     *lines, pending = (pending + chunk).split(b"\n")
                     for line in lines:
-                        if not self._put(line.rstrip(b"\r").decode("utf-8", "replace")):
+                        number += 1
+                        if not self._put(_text_line(line, number)):
                             return
                 if pending:
-                    self._put(pending.rstrip(b"\r").decode("utf-8", "replace"))
+                    self._put(_text_line(pending, number + 1))
             else:
                 for chunk in self._chunks():
                     if not self._put(chunk):
@@ -655,12 +662,28 @@ class _Stdin:
         self._put(None)
 
     async def get(self) -> str | bytes | None:
+        """The next message from stdin; None at its end (``_StdinNotText`` in text mode for a
+        line that is not UTF-8, then None)."""
         if self._eof:
             return None
         item = await self._queue.get()
-        if item is None:
+        if item is None or isinstance(item, _StdinNotText):
             self._eof = True
+        if isinstance(item, _StdinNotText):
+            raise item
         return item
+
+
+def _text_line(line: bytes, number: int) -> str | _StdinNotText:
+    """Stdin line ``number`` (its newline and a CR before it removed) as a text message, or
+    the error saying why it cannot be one."""
+    try:
+        return line.rstrip(b"\r").decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _StdinNotText(
+            f"stdin line {number} is not UTF-8 (byte {exc.start + 1} of the line): --text sends "
+            "each line as a text message, which must be UTF-8; nothing from that line on was "
+            "sent (leave out --text to send stdin's bytes as they are)")
 
 
 def _write_message(out: IO[bytes], message: str | bytes, *, text: bool) -> int:
@@ -725,9 +748,17 @@ async def _session(ws: RelayedWebSocket, stdin: _Stdin, args: argparse.Namespace
                           interval=_PROGRESS_INTERVAL, delay=_PROGRESS_DELAY,
                           columns=lambda: shutil.get_terminal_size().columns)
 
+    refused_input = ""
+
     async def outgoing() -> None:
+        nonlocal refused_input
         while True:
-            item = await stdin.get()
+            try:
+                item = await stdin.get()
+            except _StdinNotText as exc:
+                refused_input = str(exc)
+                await ws.close(1000, "sender input ended: not UTF-8 text")
+                return
             if item is None:
                 if args.close_on_eof:
                     await ws.close()
@@ -752,6 +783,8 @@ async def _session(ws: RelayedWebSocket, stdin: _Stdin, args: argparse.Namespace
         failure = f"connection closed with {exc.code} {exc.reason}".rstrip()
         status = 1
     finally:
+        if refused_input:
+            failure, status = refused_input, 1
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError, RelayError, OSError):
             await sender

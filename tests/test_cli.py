@@ -263,6 +263,24 @@ def test_listen_send_text_both_directions(emulator: Emulator) -> None:
     assert counters["relayed_pairs"] == 2
 
 
+def test_send_text_refuses_a_line_that_is_not_utf8(emulator: Emulator) -> None:
+    # A text message must be UTF-8: the line is not replaced with U+FFFD behind the user's
+    # back; the lines before it are sent, the error names the line, the exit status is 1.
+    listener = Proc(["listen", *emulator.client_args("notutf8"), "--text", "--no-stdin"])
+    try:
+        listener.wait_line(r"listening on ws://", stream="stderr")
+        sender = Proc(["send", *emulator.client_args("notutf8"), "--text", "-N"],
+                      stdin=b"fine\nbad \xff here\nnever sent\n")
+        assert sender.wait() == 1
+        errors = "\n".join(sender.stderr_text)
+        assert "stdin line 2 is not UTF-8 (byte 5 of the line)" in errors, errors
+        assert "leave out --text" in errors and "Traceback" not in errors
+        assert listener.wait() == 0, listener.stderr_text
+        assert listener.stdout == b"fine\n"
+    finally:
+        listener.kill()
+
+
 def test_verbose_prints_addresses_as_host_port(emulator: Emulator) -> None:
     listener = Proc(["listen", *emulator.client_args("verbose"), "-v", "--text",
                      "--no-stdin"])
