@@ -353,9 +353,11 @@ def _webpubsub_service(config: EmulatorConfig, out: IO[str]) -> WebPubSubService
         import jwt  # noqa: F401  (the hubs verify and mint access tokens with PyJWT)
     except ImportError:
         if settings.required:
-            raise CliError("the Web PubSub hubs need PyJWT: pip install 'hyco_proto[webpubsub]'"
+            raise CliError("the Web PubSub hubs need PyJWT: pip install PyJWT (hyco_proto's "
+                           "webpubsub extra)"
                            " (or leave out the Web PubSub flags)") from None
-        print("Web PubSub: not served: it needs PyJWT (pip install 'hyco_proto[webpubsub]')",
+        print("Web PubSub: not served: it needs PyJWT (pip install PyJWT: hyco_proto's "
+              "webpubsub extra)",
               file=out, flush=True)
         return None
     key = settings.access_key

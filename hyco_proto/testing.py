@@ -8,7 +8,7 @@ these fixtures need no import or ``conftest.py``:
   ``token(uri)``, ``connection_string(entity)`` and ``status()``;
 * ``webpubsub`` / ``webpubsub_session``: the same emulator's Web PubSub hubs, a
   :class:`WebPubSub` with ``endpoint``, ``connection_string``, ``access_key`` and
-  ``client_url(hub, ...)`` (needs PyJWT: ``pip install hyco_proto[webpubsub]``);
+  ``client_url(hub, ...)`` (needs PyJWT: ``pip install PyJWT``, the ``webpubsub`` extra);
 * ``hyco_emulator`` / ``hyco_emulator_session``: the :class:`Emulator` behind both (its
   ``thread`` is the :class:`~hyco_proto.adapters.asyncio.RelayServiceThread`).
 
@@ -37,7 +37,7 @@ __all__ = ["DEFAULT_TIMEOUT", "HOST", "Emulator", "Relay", "WebPubSub"]
 HOST = "127.0.0.1"
 #: Upper bound, in seconds, for starting or stopping the emulator and for ``status()``.
 DEFAULT_TIMEOUT = 10.0
-_WEBPUBSUB_HINT = "pip install 'hyco_proto[webpubsub]'"
+_WEBPUBSUB_HINT = "pip install PyJWT (hyco_proto's webpubsub extra)"
 
 
 class Relay:

@@ -90,7 +90,8 @@ def test_emulator_stops_and_frees_its_ports() -> None:
 
 def test_missing_pyjwt_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "jwt", None)  # import jwt raises ImportError
-    with pytest.raises(pytest.fail.Exception, match=r"pip install 'hyco_proto\[webpubsub\]'"):
+    with pytest.raises(pytest.fail.Exception,
+                       match=r"pip install PyJWT \(hyco_proto's webpubsub extra\)"):
         _require_pyjwt()
 
 

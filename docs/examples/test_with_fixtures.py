@@ -1,6 +1,7 @@
 """Tests against the local emulator through the hyco_proto pytest fixtures (docs/testing.md).
 
-Run with ``pytest test_with_fixtures.py`` once ``pip install 'hyco_proto[testing]'`` is done:
+Run with ``pytest test_with_fixtures.py`` once hyco_proto is installed with its ``testing``
+extra (``pip install '.[testing]'`` in a clone):
 the fixtures need no import and no conftest.py.
 """
 

@@ -129,7 +129,8 @@ def test_silent_connection_after_a_rendezvous_is_timed_out(timeout: float) -> No
         async with RelayServiceServer(service, host="127.0.0.1", port=0) as server:
             for _ in range(3):
                 reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-                writer.write(b"GET /$status HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                writer.write(b"GET /$status HTTP/1.1\r\nHost: localhost\r\n"
+                             b"Connection: close\r\n\r\n")
                 answer = await asyncio.wait_for(reader.read(), WAIT)
                 assert answer.startswith(b"HTTP/1.1 200 ")
                 writer.close()

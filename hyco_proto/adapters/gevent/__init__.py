@@ -2,7 +2,7 @@
 
 The same API as :mod:`hyco_proto.adapters.threads`, on gevent's own sockets, locks, events,
 queues and greenlets; calls block only the calling greenlet. Nothing is monkey-patched (a
-monkey-patched program works too). Needs the ``gevent`` extra: ``pip install hyco_proto[gevent]``.
+monkey-patched program works too). Needs gevent (the ``gevent`` extra: ``pip install gevent``).
 Only importing this module imports gevent.
 """
 
