@@ -126,6 +126,25 @@ def test_bad_application_spec() -> None:
         assert why in output and "Traceback" not in output
 
 
+def test_an_app_module_that_fails_to_import_says_why_in_one_line(tmp_path: Path) -> None:
+    # Its own import of a missing package, a syntax error, an exception in its code: one line
+    # naming the module, the error and where it was raised (docs/http-apps.md), no traceback.
+    (tmp_path / "needs_dep.py").write_text("import json\nimport no_such_dependency_xyz\n")
+    (tmp_path / "bad_syntax.py").write_text("app = (\n")
+    (tmp_path / "raises.py").write_text("x = 1\nraise RuntimeError('DATABASE_URL unset')\n")
+    for spec, why in (
+            ("needs_dep:app", "importing 'needs_dep' failed: ModuleNotFoundError: No module "
+             f"named 'no_such_dependency_xyz' ({tmp_path / 'needs_dep.py'}, line 2)"),
+            ("bad_syntax:app", "importing 'bad_syntax' failed: SyntaxError: '(' was never "
+             f"closed ({tmp_path / 'bad_syntax.py'}, line 1)"),
+            ("raises:app", "importing 'raises' failed: RuntimeError: DATABASE_URL unset "
+             f"({tmp_path / 'raises.py'}, line 2)")):
+        hyco = Hyco("http", "--asgi", spec, "--app-dir", str(tmp_path), "--path", "x")
+        code, output = hyco.finish()
+        assert code == 1, output
+        assert f"hyco http: error: {why}" in output and "Traceback" not in output, output
+
+
 def test_an_app_of_the_other_kind_is_refused_at_start() -> None:
     for flag, spec, why in (
             ("--wsgi", "tests.adapters.http_apps:asgi_app", "looks like an ASGI application; "

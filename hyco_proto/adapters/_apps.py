@@ -14,6 +14,7 @@ import importlib
 import inspect
 import logging
 import sys
+import traceback
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, unquote_to_bytes
@@ -102,7 +103,10 @@ def load_app(spec: str, *, app_dir: str | None = ".") -> object:
         if exc.name is not None and (module_name == exc.name
                                        or module_name.startswith(exc.name + ".")):
             raise ValueError(f"cannot import module {module_name!r}: {exc}") from None
-        raise  # a module the application itself imports is missing: show the whole story
+        # A module the application itself imports is missing: say which, and where.
+        raise ValueError(f"importing {module_name!r} failed: {_raised_at(exc)}") from exc
+    except Exception as exc:  # the module's own code failed (a syntax error, a bad setting)
+        raise ValueError(f"importing {module_name!r} failed: {_raised_at(exc)}") from exc
     obj: object = module
     for part in attribute.split("."):
         try:
@@ -110,6 +114,20 @@ def load_app(spec: str, *, app_dir: str | None = ".") -> object:
         except AttributeError:
             raise ValueError(f"module {module_name!r} has no attribute {attribute!r}") from None
     return obj
+
+
+def _raised_at(exc: BaseException) -> str:
+    """``Type: message (file, line N)``: the exception and where it was raised (a syntax
+    error: where the bad line is), on one line."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"{type(exc).__name__}: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    frames = traceback.extract_tb(exc.__traceback__)
+    # The deepest frame outside the import machinery (importlib's frames are "<frozen ...>").
+    for frame in reversed(frames):
+        if not frame.filename.startswith("<frozen "):
+            return f"{text} ({frame.filename}, line {frame.lineno})"
+    return text
 
 
 def app_kind(app: Any) -> str | None:
