@@ -916,8 +916,10 @@ async def _listen(args: argparse.Namespace) -> int:
     is served wait, said on stderr, and are served in turn; without ``-K`` a second sender is
     refused with 503 at once. A lost relay connection is said on stderr; without ``-K`` the
     listener gives up (exit 1) when it has not reconnected within ``--timeout``."""
-    from .adapters.asyncio import RelayedServer
+    from ._text import printable
+    from .adapters.asyncio import RelayedRequest, RelayedServer
     from .drivers.decisions import Reject
+    from .drivers.http import NOT_IMPLEMENTED, Response
     from .listener import ConnectionRequested, ListenerState
 
     ep, uri, token = _listen_target(args)
@@ -1000,11 +1002,24 @@ async def _listen(args: argparse.Namespace) -> int:
                         f"connection at a time; {waiting.qsize() + 1} waiting")
         waiting.put_nowait(ws)
 
+    def on_request(request: RelayedRequest) -> Response:
+        # The relay spreads a hybrid connection's HTTP requests over all its listeners: say
+        # so when one lands here, or a `hyco http` on the same name fails now and then in
+        # silence (new-user trial). The answer is the listener's usual one. The path only:
+        # a query may carry the sender's token (sb-hc-token).
+        _note(args, f"answered 501 to a relayed HTTP request ({request.method[:16]} "
+                    f"{printable(request.path[:200])}): hyco listen takes WebSocket "
+                    "connections only; is another listener (hyco http) meant to serve it? "
+                    "The relay shares the hybrid connection's requests among its listeners",
+              logging.WARNING)
+        return NOT_IMPLEMENTED
+
     stdin = _Stdin(None if args.no_stdin else sys.stdin.buffer, text=args.text)
     out = sys.stdout.buffer
     status = 0
     # Without -K a lost relay ends the command once it has been gone --timeout seconds.
     server = RelayedServer(uri, token, headers=decide, connection=on_connection,
+                           request_handler=on_request,
                            error=on_error, ssl=context, open_timeout=args.timeout,
                            offline_timeout=None if args.keep_open else args.timeout)
     try:

@@ -281,6 +281,28 @@ def test_send_text_refuses_a_line_that_is_not_utf8(emulator: Emulator) -> None:
         listener.kill()
 
 
+def test_listen_says_when_it_answers_an_http_request_501(emulator: Emulator) -> None:
+    # hyco listen takes WebSockets only; the relay shares a hybrid connection's HTTP requests
+    # among its listeners, so a leftover hyco listen makes a hyco http on the same name fail
+    # now and then: the 501 is said where it happens, not only to the sender.
+    from hyco_proto import create_relay_token
+    from hyco_proto.adapters.threads import relayed_request
+
+    listener = Proc(["listen", *emulator.client_args("webonly"), "-K", "--no-stdin"])
+    try:
+        listener.wait_line(r"listening on ws://", stream="stderr")
+        uri = f"http://127.0.0.1:{emulator.port}/webonly/orders?x=1"
+        token = create_relay_token(uri, DEFAULT_RULE_NAME, DEVELOPMENT_KEY)
+        with relayed_request("GET", uri, token, timeout=10) as response:
+            assert response.status == 501
+            assert b"WebSocket connections only" in response.read()
+        line = listener.wait_line(r"answered 501 to a relayed HTTP request",
+                                  stream="stderr").string
+        assert "(GET /orders)" in line and "hyco http" in line, line  # no query
+    finally:
+        listener.kill()
+
+
 def test_verbose_prints_addresses_as_host_port(emulator: Emulator) -> None:
     listener = Proc(["listen", *emulator.client_args("verbose"), "-v", "--text",
                      "--no-stdin"])
