@@ -1046,7 +1046,11 @@ async def _listen(args: argparse.Namespace) -> int:
             else:
                 raise CliError(f"the listener at {address} went offline: {last_error}")
             if args.verbose:
-                _note(args, f"connection from {_peer(ws.remote_endpoint)} to {ws.request_url}")
+                # What the sender asked for (path and application query; .NET's request_url
+                # would show sb://host without the port).
+                target = urllib.parse.urlsplit(ws.request_url)
+                asked = target.path + (f"?{target.query}" if target.query else "")
+                _note(args, f"connection from {_peer(ws.remote_endpoint)} to {asked}")
             serving = True
             try:
                 status = await _session(ws, stdin, args, out)
@@ -1142,8 +1146,8 @@ def _add_netcat_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-stdin", action="store_true",
                         help="do not read stdin (receive only)")
     parser.add_argument("--verbose", "-v", action="store_true",
-                        help="report connections, listener errors and a summary per "
-                             "connection (bytes each way, time, rate) on stderr")
+                        help="report connections, errors and a summary per connection "
+                             "(bytes each way, time, rate) on stderr")
     _add_log_level(parser, "WARNING",
                    "DEBUG, INFO, WARNING (default: the library's warnings) or ERROR, "
                    "case-insensitive; with --log-format json the status lines (listening, "
@@ -1327,20 +1331,20 @@ def _port(text: str) -> int:
 
 def _lifetime(text: str) -> float:
     """A token lifetime: > 0 (``create_relay_token`` reads 0 as hyco-ws's default 3600 s)."""
-    value = _seconds(text)
+    value = _seconds(text, what="more than 0 seconds")
     if value == 0:
         raise argparse.ArgumentTypeError(
             "must be more than 0 seconds (a token lifetime of 0 would mean the default, 3600)")
     return value
 
 
-def _seconds(text: str) -> float:
+def _seconds(text: str, what: str = "a non-negative number of seconds") -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if value < 0 or value != value:
-        raise argparse.ArgumentTypeError("must be a non-negative number of seconds")
+        raise argparse.ArgumentTypeError(f"must be {what}")
     return value
 
 

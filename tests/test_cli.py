@@ -114,6 +114,11 @@ def test_token_errors(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(["token", "http://x/y", "--ttl", "soon"])
     assert exc.value.code == 2
+    for ttl in ("-5", "0"):  # one rule, one message: a lifetime is more than 0 seconds
+        with pytest.raises(SystemExit) as exc:
+            cli.main(["token", "http://x/y", "--ttl", ttl])
+        assert exc.value.code == 2
+        assert "argument --ttl: must be more than 0 seconds" in capsys.readouterr().err
 
 
 def test_python_m_hyco_proto_version() -> None:
@@ -315,7 +320,8 @@ def test_verbose_prints_addresses_as_host_port(emulator: Emulator) -> None:
     finally:
         listener.kill()
     text = "\n".join(listener.stderr_text + sender.stderr_text)
-    assert re.search(r"^hyco: connection from 127\.0\.0\.1:\d+ to ", text, re.M), text
+    # The path the sender asked for, not .NET's sb://host/path (which drops the port).
+    assert re.search(r"^hyco: connection from 127\.0\.0\.1:\d+ to /verbose$", text, re.M), text
     assert f"hyco: connected to ws://127.0.0.1:{emulator.port}/$hc/verbose" in text, text
     assert "Endpoint(" not in text and "address=" not in text, text
     assert cli.host_port("::1", 5000) == "[::1]:5000"  # what -v uses for the peer
