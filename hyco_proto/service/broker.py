@@ -180,6 +180,12 @@ _G_SUFFIXES = re.compile(r"(?:_G\d+)+$")
 _UNRESERVED = re.compile(r"[A-Za-z0-9_.\-~]+", re.ASCII)
 
 
+#: Added to a strict service's 404 for an undeclared hybrid connection (docs/emulator.md).
+_DECLARE_HINT = (" This emulator serves declared ones only (--strict): declare it with `hyco "
+                 "emulator --hc NAME`, "
+                 "or a [hybrid_connections.NAME] table in its --config file.")
+
+
 def _token_reason(exc: TokenError) -> str:
     """Why a token failed, without any piece of it: reasons and logs never quote a token's
     fields (a malformed one may be a secret pasted in the wrong place)."""
@@ -317,11 +323,10 @@ class RelayBroker:
         # the token checks (:meth:`_adopt`), so refused requests leave no state behind.
         hc = self.config.lookup(path, create=False)
         if hc is None:
-            return self._refuse(
-                now,
-                404,
-                f"Endpoint does not exist: no hybrid connection matches '/{path.strip('/')}'.",
-            )
+            text = f"Endpoint does not exist: no hybrid connection matches '/{path.strip('/')}'."
+            if self.config.strict:
+                text += _DECLARE_HINT
+            return self._refuse(now, 404, text)
         return hc
 
     def _adopt(self, now: float, hc: HybridConnectionConfig) -> None:
@@ -549,7 +554,7 @@ class RelayBroker:
                 now,
                 404,
                 f"Endpoint does not exist: no listener is connected "
-                f"to hybrid connection '{hc.name}'.",
+                f"to hybrid connection '{hc.name}'.{self._no_listener_hint(hc)}",
                 hc.name,
             )
         connect_id = base = _query_value(query, "sb-hc-id") or self._new_id()
@@ -582,6 +587,14 @@ class RelayBroker:
         self.registry.add_pending(pending)
         self._actions.append(SendControl(listener.id, serialize_command(accept)))
         return pending
+
+    def _no_listener_hint(self, hc: HybridConnectionConfig) -> str:
+        """What to do when no listener took a sender: nothing to add when listeners are there
+        (the sender's pinning headers left none of them)."""
+        if any(not c.closing for c in self.registry.listeners_of(hc.name)):
+            return ""
+        return (f" A listener must connect to it first (for example `hyco listen --path "
+                f"{hc.name}`): senders are not held until one does.")
 
     def _pick_listener(
         self, hc: HybridConnectionConfig, headers: Sequence[tuple[str, str]]
@@ -715,7 +728,8 @@ class RelayBroker:
         if listener is None:
             return self._refuse(
                 now, 502,
-                f"Bad Gateway: no listener is connected to hybrid connection '{hc.name}'.",
+                f"Bad Gateway: no listener is connected to hybrid connection '{hc.name}'."
+                f"{self._no_listener_hint(hc)}",
                 hc.name)
         request_id = self._new_id()
         while self.registry.request(request_id) is not None:

@@ -60,6 +60,8 @@ class ServiceCore(Protocol):
     max_early_bytes: int
     handshake_timeout: float
     http_timeout: float
+    #: The service's base addresses by route set (``"relay"``, ``"webpubsub"``), when known.
+    addresses: dict[str, str]
 
     def send(self, conn_id: int, data: bytes | memoryview) -> None:
         """Queue ``data`` for connection ``conn_id`` (in order with everything else). A view

@@ -27,6 +27,7 @@ import h11
 from ..control import RequestCommand, ResponseCommand, parse_command, serialize_command
 from ..errors import RemoteProtocolError
 from ..handshake import HandshakeRequest, ServerHandshake
+from ..webpubsub.rest import is_rest_path
 from ..websocket import (
     BinaryFragment,
     ConnectionClosed,
@@ -81,6 +82,36 @@ def _no_body_status(status: int) -> bool:
     return status in (204, 304) or 100 <= status < 200
 
 
+def hub_port_text(svc: ServiceCore) -> str:
+    """``the emulator's Web PubSub port`` with its address when the service knows it."""
+    address = svc.addresses.get("webpubsub")
+    if address:
+        return f"the emulator's Web PubSub port, {address}"
+    return ("the emulator's Web PubSub port (the address `hyco emulator` prints as 'Web PubSub "
+            "hubs on'; 8080 by default)")
+
+
+def _looks_like_rest_call(svc: ServiceCore, head: RequestHead) -> bool:
+    """A Web PubSub REST API request (``/api/...`` with a Bearer token) sent to the relay port,
+    for a hybrid connection no listener serves: its refusal (which a real relay would give too)
+    can say where the REST API is. A live listener's hybrid connection named ``api`` is left
+    alone: its refusals are about it."""
+    if not is_rest_path(head.path):
+        return False
+    if (head.header("authorization") or "")[:7].lower() != "bearer ":
+        return False
+    hc = svc.broker.config.lookup(head.path.lstrip("/"), create=False)
+    return hc is None or not any(not c.closing for c in svc.broker.registry.listeners_of(hc.name))
+
+
+def _with_hint(description: str, hint: str) -> str:
+    """``hint`` after the message, before the relay's ``TrackingId:...`` tail."""
+    at = description.find(" TrackingId:")
+    if at < 0:
+        return description + hint
+    return description[:at] + hint + description[at:]
+
+
 class HttpRelayRoute:
     """Every request that is not a WebSocket path or a service endpoint: relay it."""
 
@@ -96,7 +127,7 @@ class HttpRelayRoute:
             # HTTP relaying cannot carry an upgrade; the sender most likely forgot the prefix.
             text = "Not a relay address: WebSocket connections use /$hc/{hybrid connection}."
             if head.path.lower().startswith("/client/"):
-                text += " Web PubSub clients connect to the emulator's Web PubSub port."
+                text += f" Web PubSub clients connect to {hub_port_text(svc)}."
             svc.refusal_log.refused(now, 404, head.path, text, remote=door.conn.remote)
             door.respond(now, 404, text, reason=text, close=True, headers=BY_RELAY)
             return
@@ -110,9 +141,14 @@ class HttpRelayRoute:
         if isinstance(result, Refused):
             if result.status in (401, 403):
                 svc.stats.auth_failures += 1
-            svc.refusal_log.refused(now, result.status, head.path, result.description,
+            description = result.description
+            if _looks_like_rest_call(svc, head):
+                description = _with_hint(description, (
+                    " This looks like a Web PubSub REST API call (/api/... with a Bearer token) "
+                    f"sent to the emulator's relay port: the REST API is on {hub_port_text(svc)}."))
+            svc.refusal_log.refused(now, result.status, head.path, description,
                                    remote=door.conn.remote)
-            door.respond(now, result.status, result.description, reason=result.description,
+            door.respond(now, result.status, description, reason=description,
                          close=True, headers=BY_RELAY)
             return
         headers_size = len(json.dumps(result.command.request_headers))

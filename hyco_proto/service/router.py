@@ -44,7 +44,7 @@ from .front import FrontDoor, RequestHead, Route
 from .handler import Connection, ConnectionKind, Handler
 from .http_relay import RESPONSE_TIMEOUT, HttpExchange, HttpRelayRoute, open_request_rendezvous
 from .legs import RelayLeg
-from .relay import BY_RELAY, ControlChannel, HybridConnectionsRoute, WaitingSender
+from .relay import BY_RELAY, ControlChannel, HybridConnectionsRoute, WaitingSender, relay_path
 from .stats import ServiceStats
 from .status import RefusalLog, service_endpoint
 from .webpubsub import WebPubSubRoute, WebPubSubService
@@ -75,6 +75,27 @@ class ServiceEndpointsRoute:
                       connections=service.connection_counts(exclude=door.id))
         door.respond(now, 200, headers=[("Content-Type", content_type),
                                         ("Cache-Control", "no-store")], body=body)
+
+
+class RelayPathOnHubRoute:
+    """``/$hc/...`` asked of the Web PubSub port (a relay tool given the wrong port): 404 that
+    says where Hybrid Connections are served, instead of a bare ``Not found.``."""
+
+    def __init__(self, service: RelayService) -> None:
+        self.service = service
+
+    def match(self, head: RequestHead) -> bool:
+        return relay_path(head.path) is not None
+
+    def handle(self, door: FrontDoor, head: RequestHead, now: float) -> None:
+        service = self.service
+        relay = service.addresses.get("relay")
+        text = ("Not a Web PubSub address: this is the emulator's Web PubSub port; Hybrid "
+                "Connections (/$hc/...) are served on its relay port"
+                + (f", {relay}." if relay else " (the address `hyco emulator` prints as "
+                   "'listening on'; 9090 by default)."))
+        service.refusal_log.refused(now, 404, head.path, text, remote=door.conn.remote)
+        door.respond(now, 404, text, reason=text, close=True, headers=BY_RELAY)
 
 
 #: Watched connections from which ``next_deadline`` keeps a heap instead of asking each.
@@ -160,8 +181,17 @@ class RelayService:
         self.webpubsub = webpubsub
         self.route_sets: dict[str, list[Route]] = {"relay": self.routes}
         if webpubsub is not None:
+            # /$status and /metrics on the hub port too (the same emulator, the same counters),
+            # and /$hc/ paths told where they belong.
             self.route_sets["webpubsub"] = [WebPubSubRestRoute(self, webpubsub),
-                                            WebPubSubRoute(self, webpubsub), webview]
+                                            WebPubSubRoute(self, webpubsub),
+                                            ServiceEndpointsRoute(self), RelayPathOnHubRoute(self),
+                                            webview]
+        #: Base addresses by route set, as clients reach them (``"relay"``: ``ws://host:port``,
+        #: ``"webpubsub"``: ``http://host:port``): a driver that knows its bound ports sets them,
+        #: and a request at the wrong port is told the right one. Empty: refusals name the port
+        #: without its address.
+        self.addresses: dict[str, str] = {}
         #: Bumped by every driver call that may change the state (bytes read, a connection made
         #: or lost, a timer of the service due...): the web view does not look again while it
         #: stays the same.

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
+from ..service.status import utc_text
 from .endpoints import validate_hub_name
 from .hub import Hub, HubAction
 from .messages import BinaryData, Data, JsonData, TextData
@@ -290,11 +291,12 @@ class RestApi:
         if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not math.isfinite(exp):
             raise _unauthorized("the token's 'exp' is not a number")
         if now >= exp + self.leeway:
-            raise _unauthorized(f"the token expired at {exp:.0f} (now {math.floor(now)})")
+            raise _unauthorized(f"the token expired at {utc_text(exp)} (now {utc_text(now)})")
         nbf = claims.get("nbf")
         if isinstance(nbf, (int, float)) and not isinstance(nbf, bool) \
                 and nbf > now + self.leeway:
-            raise _unauthorized(f"the token is not valid before {nbf:.0f}")
+            raise _unauthorized(f"the token is not valid before {utc_text(nbf)} "
+                                f"(now {utc_text(now)})")
         aud = claims.get("aud")
         auds = [aud] if isinstance(aud, str) else aud
         url = request.base + request.target

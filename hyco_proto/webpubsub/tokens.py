@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import TokenError
+from ..service.status import utc_text
 from .endpoints import build_client_url, client_audience, validate_hub_name
 from .permissions import Permissions, is_valid_group_name
 
@@ -274,12 +275,13 @@ def verify_client_token(token: str, *, key: str, endpoint: str, hub: str, now: f
     iat = _time_claim(claims, "iat")
     assert exp is not None  # required above
     if now >= exp + leeway:
-        raise WebPubSubTokenError(f"token expired at {exp:.0f} (now {math.floor(now)})")
+        raise WebPubSubTokenError(f"token expired at {utc_text(exp)} (now {utc_text(now)})")
     if nbf is not None and nbf > now + leeway:
-        raise WebPubSubTokenError(f"token is not valid before {nbf:.0f} (now {math.floor(now)})")
+        raise WebPubSubTokenError(f"token is not valid before {utc_text(nbf)} "
+                                  f"(now {utc_text(now)})")
     if iat is not None and iat > now + leeway:
-        raise WebPubSubTokenError(f"token is issued in the future, at {iat:.0f} "
-                                  f"(now {math.floor(now)})")
+        raise WebPubSubTokenError(f"token is issued in the future, at {utc_text(iat)} "
+                                  f"(now {utc_text(now)})")
     if iat is not None and exp <= iat:
         raise WebPubSubTokenError(f"token expires ({exp:.0f}) before it is issued ({iat:.0f})")
     if max_lifetime is not None and exp - now > max_lifetime:
