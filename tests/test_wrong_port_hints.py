@@ -230,3 +230,32 @@ def test_rest_api_expired_token_in_utc() -> None:
     assert result.response.status == 401
     assert (b"the token expired at 2026-11-29T22:54:20Z (now 2026-11-30T00:53:20Z)"
             in result.response.body)
+
+
+def test_the_asyncio_server_tells_each_port_the_others_address() -> None:
+    # RelayServiceServer fills RelayService.addresses once bound: the hints name real ports.
+    import socket
+
+    from hyco_proto.adapters.asyncio import RelayServiceThread
+
+    def ask(port: int, request: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(request)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        return answer
+
+    with RelayServiceThread(service(addresses=False), port=0, webpubsub_port=0) as relay:
+        hub_port = relay.server.webpubsub_port
+        assert relay.server.service.addresses == {
+            "relay": f"ws://127.0.0.1:{relay.port}",
+            "webpubsub": f"http://127.0.0.1:{hub_port}"}
+        on_hub = ask(hub_port, b"GET /$hc/orders HTTP/1.1\r\nHost: localhost\r\n"
+                               b"Connection: close\r\n\r\n")
+        assert on_hub.startswith(b"HTTP/1.1 404 ")
+        assert f"relay port, ws://127.0.0.1:{relay.port}.".encode() in on_hub
+        on_relay = ask(relay.port, b"POST /api/hubs/chat/:send HTTP/1.1\r\nHost: localhost\r\n"
+                                   b"Authorization: Bearer a.b.c\r\nContent-Length: 0\r\n"
+                                   b"Connection: close\r\n\r\n")
+        assert f"Web PubSub port, http://127.0.0.1:{hub_port}.".encode() in on_relay, on_relay

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .._syntax import split_target
 from .._text import printable
 from .._version import __version__
+from .._wallclock import utc_text
 from .events import client_text
 
 if TYPE_CHECKING:
@@ -210,14 +211,6 @@ class _Window:
     suppressed: int = 0
     first: float = 0.0  # when the first and last suppressed refusal came
     last: float = 0.0
-
-
-def utc_text(when: float) -> str:
-    """``2026-11-30T23:19:42Z`` (``-`` for a time no calendar holds)."""
-    try:
-        return datetime.fromtimestamp(when, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    except (OverflowError, OSError, ValueError):
-        return "-"
 
 
 def _clock(when: float) -> str:

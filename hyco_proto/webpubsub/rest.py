@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from ..service.status import utc_text
+from .._wallclock import utc_text
 from .endpoints import validate_hub_name
 from .hub import Hub, HubAction
 from .messages import BinaryData, Data, JsonData, TextData
@@ -271,8 +271,8 @@ class RestApi:
         try:
             import jwt  # PyJWT: the optional 'webpubsub' extra, as for client tokens
         except ImportError:
-            raise RestError(500, "InternalServerError", "The REST API needs PyJWT: pip install "
-                            "'hyco_proto[webpubsub]'.") from None
+            raise RestError(500, "InternalServerError", "The REST API needs PyJWT: pip "
+                            "install PyJWT (hyco_proto's webpubsub extra).") from None
 
         try:
             claims: dict[str, Any] = jwt.decode(

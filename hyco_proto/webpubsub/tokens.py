@@ -7,10 +7,10 @@ claims, in this order, ``aud`` (``http(s)://host[:port]/client/hubs/{hub}``, see
 user id), ``role`` (a list) and ``webpubsub.group`` (groups joined at connect time) when given.
 For the same clock second the token is byte-identical to the Python SDK's.
 
-PyJWT is optional: ``pip install 'hyco_proto[webpubsub]'``. It checks the header, algorithm and
-signature; the time claims are checked here against the caller's ``now`` (PyJWT would read the
-wall clock), and the audience is compared as the official emulator does (case-insensitively; a
-default port is the same as none).
+PyJWT is optional (``pip install PyJWT``, the ``webpubsub`` extra). It checks the header,
+algorithm and signature; the time claims are checked here against the caller's ``now`` (PyJWT
+would read the wall clock), and the audience is compared as the official emulator does
+(case-insensitively; a default port is the same as none).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import urlsplit
 
+from .._wallclock import utc_text
 from ..errors import TokenError
-from ..service.status import utc_text
 from .endpoints import build_client_url, client_audience, validate_hub_name
 from .permissions import Permissions, is_valid_group_name
 
@@ -50,7 +50,7 @@ DEFAULT_MAX_LIFETIME = 366 * 86400.0
 #: Longer tokens are refused before any parsing.
 MAX_TOKEN_LENGTH = 16384
 
-_INSTALL_HINT = "pip install 'hyco_proto[webpubsub]'"
+_INSTALL_HINT = "pip install PyJWT (hyco_proto's webpubsub extra)"
 _PYJWT_REASONS = {
     "InvalidSubjectError": "malformed token: claim 'sub' (user id) must be a string",
     "InvalidJTIError": "malformed token: claim 'jti' must be a string",

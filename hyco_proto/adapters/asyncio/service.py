@@ -764,6 +764,12 @@ class RelayServiceServer:
             self._webpubsub_server = extra
             self._webpubsub_port = _bound_port(extra, self._requested_webpubsub_port, self.host)
         self._server = server
+        # Where clients reach each route set: a request at the wrong port is told the right one.
+        scheme = "https" if self.ssl is not None else "http"
+        main = f"{scheme}://{_shown_host(self.host)}:{self.port}"
+        self.service.addresses[self.routes] = self.url if self.routes == "relay" else main
+        if self._webpubsub_port is not None:
+            self.service.addresses["webpubsub"] = self.webpubsub_endpoint
         self._arm_timer()
 
     def _uses_own_sockets(self, loop: asyncio.AbstractEventLoop) -> bool:
