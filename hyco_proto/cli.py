@@ -759,7 +759,7 @@ async def _session(ws: RelayedWebSocket, stdin: _Stdin, args: argparse.Namespace
                 item = await stdin.get()
             except _StdinNotText as exc:
                 refused_input = str(exc)
-                await ws.close(1000, "sender input ended: not UTF-8 text")
+                await ws.close(1000, "input ended: a stdin line was not UTF-8")
                 return
             if item is None:
                 if args.close_on_eof:
