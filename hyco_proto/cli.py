@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import select
@@ -43,6 +44,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from ._progress import TransferMeter
 from ._syntax import is_token
+from ._text import printable
 from ._version import __version__
 from .errors import (
     ConnectionLostError,
@@ -916,7 +918,6 @@ async def _listen(args: argparse.Namespace) -> int:
     is served wait, said on stderr, and are served in turn; without ``-K`` a second sender is
     refused with 503 at once. A lost relay connection is said on stderr; without ``-K`` the
     listener gives up (exit 1) when it has not reconnected within ``--timeout``."""
-    from ._text import printable
     from .adapters.asyncio import RelayedRequest, RelayedServer
     from .drivers.decisions import Reject
     from .drivers.http import NOT_IMPLEMENTED, Response
@@ -1287,6 +1288,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         with urllib.request.urlopen(target, timeout=args.timeout, context=context) as response:
             document = json.loads(response.read().decode("utf-8"))
     except urllib.error.HTTPError as exc:
+        if exc.code == 403:  # the emulator's own refusal says why (the DNS rebinding guard)
+            body = exc.read(2048).decode("utf-8", "replace").strip()
+            raise CliError(f"cannot read {target}: 403 {printable(body or str(exc.reason))}"
+                           ) from None
         raise CliError(f"cannot read {target}: {exc.code} {exc.reason} (is this a hyco "
                        "emulator's address? it prints it when it starts)") from None
     except (urllib.error.URLError, OSError) as exc:
@@ -1331,7 +1336,7 @@ def _port(text: str) -> int:
 
 def _lifetime(text: str) -> float:
     """A token lifetime: > 0 (``create_relay_token`` reads 0 as hyco-ws's default 3600 s)."""
-    value = _seconds(text, what="more than 0 seconds")
+    value = _seconds(text, what="more than 0 seconds (and finite)")
     if value == 0:
         raise argparse.ArgumentTypeError(
             "must be more than 0 seconds (a token lifetime of 0 would mean the default, 3600)")
@@ -1343,7 +1348,7 @@ def _seconds(text: str, what: str = "a non-negative number of seconds") -> float
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value < 0 or value != value:
+    if not 0 <= value < math.inf:  # (NaN fails both)
         raise argparse.ArgumentTypeError(f"must be {what}")
     return value
 

@@ -114,11 +114,31 @@ def test_token_errors(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(["token", "http://x/y", "--ttl", "soon"])
     assert exc.value.code == 2
-    for ttl in ("-5", "0"):  # one rule, one message: a lifetime is more than 0 seconds
+    for ttl in ("-5", "0", "inf", "nan"):  # one rule: a lifetime is more than 0 seconds
         with pytest.raises(SystemExit) as exc:
             cli.main(["token", "http://x/y", "--ttl", ttl])
         assert exc.value.code == 2
         assert "argument --ttl: must be more than 0 seconds" in capsys.readouterr().err
+
+
+def test_status_shows_the_emulators_403_text(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    # The DNS rebinding guard's 403 says why and what to do: hyco status passes it on rather
+    # than asking whether this is an emulator's address.
+    import io
+    import urllib.error
+    import urllib.request
+
+    why = b'/$status answers by localhost, ... not by "vm:9090" (a guard against DNS rebinding)'
+
+    def refuse(url: str, **_: Any) -> None:
+        raise urllib.error.HTTPError(url, 403, "Forbidden", {}, io.BytesIO(why))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    status, _, err = hyco(["status", "--url", "http://vm:9090"], capsys)
+    assert status == 1
+    assert 'cannot read http://vm:9090/$status: 403 /$status answers by localhost' in err
+    assert "DNS rebinding" in err and "is this a hyco" not in err
 
 
 def test_python_m_hyco_proto_version() -> None:

@@ -132,13 +132,16 @@ def test_an_app_module_that_fails_to_import_says_why_in_one_line(tmp_path: Path)
     (tmp_path / "needs_dep.py").write_text("import json\nimport no_such_dependency_xyz\n")
     (tmp_path / "bad_syntax.py").write_text("app = (\n")
     (tmp_path / "raises.py").write_text("x = 1\nraise RuntimeError('DATABASE_URL unset')\n")
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(3)\n")  # argparse at import
     for spec, why in (
             ("needs_dep:app", "importing 'needs_dep' failed: ModuleNotFoundError: No module "
              f"named 'no_such_dependency_xyz' ({tmp_path / 'needs_dep.py'}, line 2)"),
             ("bad_syntax:app", "importing 'bad_syntax' failed: SyntaxError: '(' was never "
              f"closed ({tmp_path / 'bad_syntax.py'}, line 1)"),
             ("raises:app", "importing 'raises' failed: RuntimeError: DATABASE_URL unset "
-             f"({tmp_path / 'raises.py'}, line 2)")):
+             f"({tmp_path / 'raises.py'}, line 2)"),
+            ("exits:app", f"importing 'exits' failed: SystemExit: 3 ({tmp_path / 'exits.py'}, "
+             "line 2)")):
         hyco = Hyco("http", "--asgi", spec, "--app-dir", str(tmp_path), "--path", "x")
         code, output = hyco.finish()
         assert code == 1, output

@@ -125,7 +125,7 @@ def test_silent_listener_is_dropped_after_close_timeout(how: str) -> None:
     assert stuck.id in net.closed, "TCP dropped after close_timeout"
     assert net.svc.kind(stuck.id) is None or net.svc.kind(stuck.id) is ConnectionKind.CLOSED
     assert net.svc.broker.listener_count("myhc") == 0, "unregistered"
-    status = net.connect_raw(b"GET /$status HTTP/1.1\r\nHost: x\r\n\r\n")
+    status = net.connect_raw(b"GET /$status HTTP/1.1\r\nHost: localhost\r\n\r\n")
     counters = json.loads(parse_response(net.raw[status])[1])["counters"]
     assert counters["listeners"] == 0
 
@@ -141,12 +141,12 @@ def test_listener_answering_the_close_is_gone_before_the_timeout() -> None:
 
 
 def status_of(net: Net) -> dict[str, object]:
-    conn = net.connect_raw(b"GET /$status HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn = net.connect_raw(b"GET /$status HTTP/1.1\r\nHost: localhost\r\n\r\n")
     return json.loads(parse_response(net.raw[conn])[1])  # type: ignore[no-any-return]
 
 
 def metrics_of(net: Net) -> str:
-    conn = net.connect_raw(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn = net.connect_raw(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
     return parse_response(net.raw[conn])[1].decode()
 
 

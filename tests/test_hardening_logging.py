@@ -102,7 +102,7 @@ def test_handshake_timeout_is_logged(caplog: pytest.LogCaptureFixture) -> None:
     net = make_net()
     with caplog.at_level(logging.INFO, logger=LOGGER):
         conn = RawSender(net)
-        conn.write(b"GET /$status HTTP/1.1\r\nHost: h\r\n")
+        conn.write(b"GET /$status HTTP/1.1\r\nHost: localhost\r\n")
         net.advance(net.service.handshake_timeout + 1)
     assert conn.raw().startswith(b"HTTP/1.1 408")
     [record] = lines(caplog, "handshake-failed")
@@ -362,7 +362,7 @@ def test_wrong_method_on_the_status_endpoint_is_logged_405(
     net = make_net()
     with caplog.at_level(logging.INFO, logger=LOGGER):
         conn = RawSender(net)
-        conn.write(b"DELETE /$status HTTP/1.1\r\nHost: h\r\n\r\n")
+        conn.write(b"DELETE /$status HTTP/1.1\r\nHost: localhost\r\n\r\n")
     assert conn.raw().startswith(b"HTTP/1.1 405"), conn.raw()[:60]
     assert net.service.stats.handshake_errors == 1
     [record] = lines(caplog, "refused")
@@ -453,7 +453,7 @@ def test_protocol_notes_state_the_head_limits_the_service_has() -> None:
     net = make_net()
     big = b"X-Big: " + b"a" * 20000 + b"\r\n"
     status = RawSender(net)
-    status.write(b"GET /$status HTTP/1.1\r\nHost: h\r\n" + big + b"\r\n")
+    status.write(b"GET /$status HTTP/1.1\r\nHost: localhost\r\n" + big + b"\r\n")
     assert status.raw().startswith(b"HTTP/1.1 200"), status.raw()[:60]
     upgrade = RawSender(net)
     upgrade.write(b"GET /$hc/myhc?sb-hc-action=listen HTTP/1.1\r\n" + UPGRADE +

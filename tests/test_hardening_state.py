@@ -28,7 +28,7 @@ UPGRADE = (b"Host: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
 
 def _get(service: RelayService, target: str) -> bytes:
     conn = service.connection_made(NOW, ("10.0.0.9", 40000))
-    service.receive_data(NOW, conn, f"GET {target} HTTP/1.1\r\nHost: h\r\n"
+    service.receive_data(NOW, conn, f"GET {target} HTTP/1.1\r\nHost: localhost\r\n"
                                     "Connection: close\r\n\r\n".encode())
     out = b"".join(data for cid, data in service.data_to_send() if cid == conn)
     service.connection_lost(NOW, conn)

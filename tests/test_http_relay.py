@@ -530,11 +530,11 @@ def test_relayed_http_is_counted_in_status_and_metrics() -> None:
     control.conn.send_close(1000)
     control.flush()
     listen(net)  # a second listener: two opened, one connected
-    status = net.connect_raw(b"GET /$status HTTP/1.1\r\nHost: x\r\n\r\n")
+    status = net.connect_raw(b"GET /$status HTTP/1.1\r\nHost: localhost\r\n\r\n")
     counters = json.loads(parse_response(net.raw[status])[1])["counters"]
     assert (counters["http_requests"], counters["http_bytes_relayed"]) == (1, 8)
     assert (counters["listeners"], counters["listeners_opened"]) == (1, 2)
-    metrics = net.connect_raw(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+    metrics = net.connect_raw(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n")
     text = parse_response(net.raw[metrics])[1].decode()
     assert "hyco_http_requests_total 1\n" in text
     assert "hyco_http_bytes_relayed_total 8\n" in text

@@ -1,6 +1,6 @@
-"""The service's own pages refuse a client on this machine that names a foreign host (DNS
-rebinding): ``FrontDoor.refuse_rebound_host`` on ``/$status``, ``/metrics``, the web view and
-its event stream. Relayed traffic and clients elsewhere are not affected."""
+"""The service's own pages refuse a client that names a foreign host (DNS rebinding, to
+127.0.0.1 or to the address the service listens on): ``FrontDoor.refuse_rebound_host`` on
+``/$status``, ``/metrics``, the web view and its event stream. Relayed traffic is not affected."""
 
 from __future__ import annotations
 
@@ -80,11 +80,32 @@ def test_a_request_without_host_is_served() -> None:
     assert status_of(ask(RelayService(), "/$status", None, version="1.0")) == 200
 
 
-def test_a_client_elsewhere_is_not_checked() -> None:
-    # Rebinding makes a remote page a client of this machine's loopback: a client that is
-    # elsewhere already reaches the service by whatever name routes to it.
-    raw = ask(RelayService(), "/$status", "relay.corp.example", remote=("10.0.0.7", 40000))
-    assert status_of(raw) == 200
+def test_a_client_on_the_network_is_checked_too() -> None:
+    # With the service bound to a LAN address, a page can rebind its name to that address:
+    # the browser then connects from the LAN (or from the machine's own LAN address).
+    for remote in (("10.0.0.7", 40000), ("192.168.1.5", 40000), ("::ffff:127.0.0.1", 1)):
+        raw = ask(RelayService(), "/$status", "evil.example", remote=remote)
+        assert status_of(raw) == 403, remote
+        assert status_of(ask(RelayService(), "/$status", "10.0.0.1:9090", remote=remote)) == 200
+
+
+def test_the_drivers_names_are_served() -> None:
+    # RelayServiceServer adds the name it was bound by and the machine's own name.
+    service = RelayService()
+    service.allowed_hosts.add("devbox")
+    assert status_of(ask(service, "/$status", "DevBox:9090", remote=("10.0.0.7", 1))) == 200
+    assert status_of(ask(service, "/$status", "devbox.evil.example")) == 403
+
+
+def test_the_asyncio_server_allows_its_host_and_the_machines_name() -> None:
+    import socket
+
+    async def main() -> None:
+        async with RelayServiceServer(host="localhost", port=0) as server:
+            assert server.service.allowed_hosts == {"localhost",
+                                                    socket.gethostname().lower()}
+
+    asyncio.run(main())
 
 
 def test_relayed_paths_are_not_affected() -> None:

@@ -105,7 +105,7 @@ def load_app(spec: str, *, app_dir: str | None = ".") -> object:
             raise ValueError(f"cannot import module {module_name!r}: {exc}") from None
         # A module the application itself imports is missing: say which, and where.
         raise ValueError(f"importing {module_name!r} failed: {_raised_at(exc)}") from exc
-    except Exception as exc:  # the module's own code failed (a syntax error, a bad setting)
+    except (Exception, SystemExit) as exc:  # its own code failed, or exited (argparse)
         raise ValueError(f"importing {module_name!r} failed: {_raised_at(exc)}") from exc
     obj: object = module
     for part in attribute.split("."):

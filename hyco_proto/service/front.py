@@ -457,30 +457,30 @@ class FrontDoor(Handler):
         return True
 
     def refuse_rebound_host(self, now: float, head: RequestHead) -> bool:
-        """Answer 403 (logged and counted as a refusal) when a client on this machine asks for
-        the service's own pages (``/$status``, ``/metrics``, the web view) by a ``Host`` name
-        that is not this machine's or the namespace's: a web page elsewhere whose name was made
-        to resolve to 127.0.0.1 (DNS rebinding) cannot read them through the browser then.
-        Whether it was refused.
+        """Answer 403 (logged and counted as a refusal) when a client asks for the service's
+        own pages (``/$status``, ``/metrics``, the web view) by a ``Host`` name that is not one
+        of the service's: a web page elsewhere whose name was made to resolve to this machine
+        (DNS rebinding: to 127.0.0.1, or to its LAN address when the service listens there)
+        cannot read them through a browser then. Whether it was refused.
 
         Allowed: an IP address, ``localhost`` and names under it (RFC 6761), the namespace's
         name as configured, any ``*.servicebus.windows.net`` name (Azure's DNS answers for
-        those, not an attacker's: a hosts file mapping one to 127.0.0.1 is the user's own), and
-        a request without ``Host`` (HTTP/1.0, not a browser). Clients elsewhere are not
-        checked: rebinding turns a remote page into a client of this machine's loopback."""
+        those, not an attacker's: a hosts file mapping one here is the user's own), the names
+        the driver added to ``allowed_hosts`` (the name it was bound by, the machine's own
+        name), and a request without ``Host`` (HTTP/1.0, not a browser)."""
         value = head.header("host")
-        if value is None or not is_loopback_host(self.conn.remote[0]):
+        if value is None:
             return False
         name = _host_name(value)
-        if name is None or is_loopback_host(name):
+        if name is None or is_loopback_host(name) or name in self.svc.allowed_hosts:
             return False
         namespace = self.svc.broker.config.namespace.lower().removesuffix(".")
         # Names under Azure's suffix resolve as Microsoft says: nobody can rebind them here.
         if name == namespace or name.endswith(AZURE_SUFFIX):
             return False
         shown = printable(value.strip()[:100])
-        why = (f"{head.path[:100]} answers a client on this machine by localhost, an IP "
-               f"address, the namespace's name ({namespace}) or a *{AZURE_SUFFIX} name only, "
+        why = (f"{head.path[:100]} answers by localhost, an IP address, this machine's "
+               f"name, the namespace's name ({namespace}) or a *{AZURE_SUFFIX} name only, "
                f"not by \"{shown}\" (a guard against DNS rebinding); use one of those, or "
                "start the emulator with --namespace set to that name")
         self.svc.stats.handshake_errors += 1

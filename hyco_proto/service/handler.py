@@ -62,6 +62,8 @@ class ServiceCore(Protocol):
     http_timeout: float
     #: The service's base addresses by route set (``"relay"``, ``"webpubsub"``), when known.
     addresses: dict[str, str]
+    #: More host names its own pages answer (``FrontDoor.refuse_rebound_host``).
+    allowed_hosts: set[str]
 
     def send(self, conn_id: int, data: bytes | memoryview) -> None:
         """Queue ``data`` for connection ``conn_id`` (in order with everything else). A view

@@ -192,6 +192,10 @@ class RelayService:
         #: and a request at the wrong port is told the right one. Empty: refusals name the port
         #: without its address.
         self.addresses: dict[str, str] = {}
+        #: Host names (lower case) the service's own pages answer besides ``localhost``, IP
+        #: addresses, the namespace and Azure's names (``FrontDoor.refuse_rebound_host``): a
+        #: driver adds the names it was bound by and the machine's own name.
+        self.allowed_hosts: set[str] = set()
         #: Bumped by every driver call that may change the state (bytes read, a connection made
         #: or lost, a timer of the service due...): the web view does not look again while it
         #: stays the same.

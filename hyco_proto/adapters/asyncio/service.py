@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import os
 import socket
 import ssl as _ssl
@@ -127,6 +128,14 @@ async def _resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> lis
     except socket.gaierror:
         return await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                       flags=passive)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _shown_host(host: str) -> str:
@@ -770,6 +779,11 @@ class RelayServiceServer:
         self.service.addresses[self.routes] = self.url if self.routes == "relay" else main
         if self._webpubsub_port is not None:
             self.service.addresses["webpubsub"] = self.webpubsub_endpoint
+        # The names this machine is reached by, for the service's own pages (DNS rebinding
+        # guard): the one it was bound by, and its own (no DNS lookup).
+        for name in (self.host, socket.gethostname()):
+            if name and not _is_ip(name):
+                self.service.allowed_hosts.add(name.lower().removesuffix("."))
         self._arm_timer()
 
     def _uses_own_sockets(self, loop: asyncio.AbstractEventLoop) -> bool:
