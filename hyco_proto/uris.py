@@ -31,6 +31,7 @@ __all__ = [
     "create_relay_listen_uri",
     "create_relay_send_uri",
     "default_scheme",
+    "is_ip_address",
     "is_loopback_host",
     "parse_connection_string",
     "parse_relay_uri",
@@ -107,6 +108,15 @@ def _authority(host: str, port: int | None) -> str:
 #: Ports on which a loopback host is still assumed to speak TLS: wss's default and the
 #: emulator's TLS port.
 _TLS_PORTS = frozenset({443, 9443})
+
+
+def is_ip_address(host: str) -> bool:
+    """Whether ``host`` is an IPv4 or IPv6 address (brackets allowed), not a name."""
+    try:
+        ipaddress.ip_address(host.strip().removeprefix("[").removesuffix("]"))
+    except ValueError:
+        return False
+    return True
 
 
 def is_loopback_host(host: str) -> bool:

@@ -588,10 +588,14 @@ class RelayBroker:
         self._actions.append(SendControl(listener.id, serialize_command(accept)))
         return pending
 
+    def live_listeners(self, hc_name: str) -> list[ListenerRecord]:
+        """The listeners of hybrid connection ``hc_name`` that are not being closed."""
+        return [c for c in self.registry.listeners_of(hc_name) if not c.closing]
+
     def _no_listener_hint(self, hc: HybridConnectionConfig) -> str:
         """What to do when no listener took a sender: nothing to add when listeners are there
         (the sender's pinning headers left none of them)."""
-        if any(not c.closing for c in self.registry.listeners_of(hc.name)):
+        if self.live_listeners(hc.name):
             return ""
         return (f" A listener must connect to it first (for example `hyco listen --path "
                 f"{hc.name}`): senders are not held until one does.")
@@ -611,7 +615,7 @@ class RelayBroker:
     def _choose_listener(self, hc: HybridConnectionConfig, allowed: str | None,
                          disallowed: str | None) -> ListenerRecord | None:
         """A random live listener of ``hc`` that the sender's pinning headers allow."""
-        candidates = [c for c in self.registry.listeners_of(hc.name) if not c.closing]
+        candidates = self.live_listeners(hc.name)
         if not candidates:
             return None
         if allowed is None and disallowed is None and len(candidates) == 1:

@@ -11,7 +11,6 @@ connection to another handler for good; a plain-HTTP route answers through the d
 from __future__ import annotations
 
 import http
-import ipaddress
 import logging
 import re
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ import h11
 from .._syntax import split_target
 from .._text import printable
 from ..handshake import ServerHandshake
-from ..uris import is_loopback_host
+from ..uris import is_ip_address, is_loopback_host
 from .events import log_event
 from .handler import Connection, ConnectionKind, Handler, ServiceCore
 
@@ -249,11 +248,7 @@ def _host_name(value: str) -> str | None:
     if host.count(":") == 1:  # name:port (more colons: a bare IPv6 literal)
         host = host.partition(":")[0]
     host = host.removesuffix(".")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return host
-    return None
+    return None if is_ip_address(host) else host
 
 
 class FrontDoor(Handler):

@@ -101,7 +101,7 @@ def _looks_like_rest_call(svc: ServiceCore, head: RequestHead) -> bool:
     if (head.header("authorization") or "")[:7].lower() != "bearer ":
         return False
     hc = svc.broker.config.lookup(head.path.lstrip("/"), create=False)
-    return hc is None or not any(not c.closing for c in svc.broker.registry.listeners_of(hc.name))
+    return hc is None or not svc.broker.live_listeners(hc.name)
 
 
 def _with_hint(description: str, hint: str) -> str:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import os
 import socket
 import ssl as _ssl
@@ -51,6 +50,7 @@ from ...sender import REJECTED_BY_HEADER
 from ...service.config import ServiceConfig
 from ...service.router import ConnectionKind, Lane, RelayService, RelayStep
 from ...service.webpubsub_events import OutboundCall
+from ...uris import is_ip_address
 from .http import relayed_request as http_request  # a plain HTTP client without a token
 from .sockets import (
     ACCEPT_RETRY_DELAY,
@@ -128,14 +128,6 @@ async def _resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> lis
     except socket.gaierror:
         return await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                       flags=passive)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
 
 
 def _shown_host(host: str) -> str:
@@ -782,7 +774,7 @@ class RelayServiceServer:
         # The names this machine is reached by, for the service's own pages (DNS rebinding
         # guard): the one it was bound by, and its own (no DNS lookup).
         for name in (self.host, socket.gethostname()):
-            if name and not _is_ip(name):
+            if name and not is_ip_address(name):
                 self.service.allowed_hosts.add(name.lower().removesuffix("."))
         self._arm_timer()
 
