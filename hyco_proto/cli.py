@@ -1277,9 +1277,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     url = args.url.rstrip("/")
     if "://" not in url:
         url = "http://" + url
-    # The emulator prints its WebSocket address (ws:// or wss://): the same port serves HTTP.
+    # The emulator prints its WebSocket address (ws:// or wss://) and a connection string's
+    # sb:// endpoint: the same port serves HTTP. sb:// says nothing of TLS: the scheme the
+    # other commands would guess for that host and port (uris.default_scheme).
     scheme, sep, rest = url.partition("://")
-    url = {"ws": "http", "wss": "https"}.get(scheme.lower(), scheme) + sep + rest
+    scheme = scheme.lower()
+    if scheme == "sb":
+        parts = urllib.parse.urlsplit("http://" + rest)
+        scheme = default_scheme(parts.hostname or "", parts.port)
+    url = {"ws": "http", "wss": "https"}.get(scheme, scheme) + sep + rest
     target = url if url.endswith(("/$status", "/health")) else url + "/$status"
     context = None
     if target.startswith("https:"):
@@ -1648,7 +1654,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "by kind, counters and hybrid connections) as JSON. Exit 1, saying why, "
                     "when it cannot be read.")
     sta.add_argument("--url", default=f"http://{DEFAULT_HOST}:{DEFAULT_PORT}",
-                     help=f"emulator address, http(s):// or the ws(s):// one it prints "
+                     help=f"emulator address, http(s)://, the ws(s):// one it prints or "
+                          f"a connection string's sb:// endpoint "
                           f"(default http://{DEFAULT_HOST}:{DEFAULT_PORT})")
     sta.add_argument("--cafile", metavar="PEM", help="trust this certificate for https://")
     sta.add_argument("--insecure", action="store_true", help="do not verify TLS")

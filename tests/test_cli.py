@@ -204,6 +204,12 @@ def test_status_maps_wss_to_https(monkeypatch: pytest.MonkeyPatch,
     assert status == 0, err
     assert opened[0][0] == "https://127.0.0.1:9443/$status"
     assert opened[0][1] is not None  # a TLS context, with --insecure's settings
+    # A connection string's sb:// endpoint (the banner prints one): the port's usual scheme.
+    for endpoint, target in (("sb://127.0.0.1:9090/", "http://127.0.0.1:9090/$status"),
+                             ("sb://127.0.0.1:9443", "https://127.0.0.1:9443/$status")):
+        status, _, err = hyco(["status", "--url", endpoint, "--insecure"], capsys)
+        assert status == 0, err
+        assert opened[-1][0] == target
 
 
 def test_emulator_config_file_and_flags(tmp_path: Path) -> None:
